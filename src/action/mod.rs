@@ -1,0 +1,65 @@
+//! Lattice actions S(φ): the [`Action`] trait that every sampler and the flow trainer work
+//! with, and its implementations (φ⁴ in its three conventions, the free field).
+
+use ndarray::{ArrayView2, ArrayViewMut1, ArrayViewMut2};
+
+use crate::lattice::Lattice;
+
+/// A real scalar field theory on a lattice, with weight e^{−S(φ)}.
+///
+/// All quantities are f64. A user's own action implements this trait and then works with
+/// every kernel and with flow training.
+pub trait Action: Send + Sync {
+    /// The lattice the field lives on.
+    fn lattice(&self) -> &Lattice;
+
+    /// S(φ).
+    fn action(&self, phi: &[f64]) -> f64;
+
+    /// Writes the force ∂S/∂φ_x into `out`.
+    fn force(&self, phi: &[f64], out: &mut [f64]);
+
+    /// S(φ') − S(φ) where φ' equals φ except φ'_site = `new`.
+    fn delta_local(&self, phi: &[f64], site: usize, new: f64) -> f64;
+
+    /// S(φ) and the force in one pass (override where it saves work).
+    fn action_and_force(&self, phi: &[f64], out: &mut [f64]) -> f64 {
+        self.force(phi, out);
+        self.action(phi)
+    }
+
+    /// S for every row of a batch `[n, volume]`.
+    fn action_batch(&self, phis: ArrayView2<f64>, mut out: ArrayViewMut1<f64>) {
+        for (row, o) in phis.outer_iter().zip(out.iter_mut()) {
+            *o = match row.as_slice() {
+                Some(s) => self.action(s),
+                None => self.action(&row.to_vec()),
+            };
+        }
+    }
+
+    /// S and ∂S/∂φ for every row of a batch; returns nothing, writes `actions` and `forces`.
+    fn action_and_force_batch(
+        &self,
+        phis: ArrayView2<f64>,
+        mut actions: ArrayViewMut1<f64>,
+        mut forces: ArrayViewMut2<f64>,
+    ) {
+        let v = self.lattice().volume();
+        let mut buf_phi = vec![0.0; v];
+        let mut buf_f = vec![0.0; v];
+        for ((row, a), mut f) in phis
+            .outer_iter()
+            .zip(actions.iter_mut())
+            .zip(forces.outer_iter_mut())
+        {
+            for (b, &x) in buf_phi.iter_mut().zip(row.iter()) {
+                *b = x;
+            }
+            *a = self.action_and_force(&buf_phi, &mut buf_f);
+            for (o, &x) in f.iter_mut().zip(&buf_f) {
+                *o = x;
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Normalizing flows: the [`Flow`] trait (forward z → φ and inverse φ → z on batches, with
+//! exact log-Jacobians), pointwise transforms, coupling layers, networks, priors, recipes
+//! and model files.
+
+use ndarray::{Array1, Array2, ArrayView2};
+
+use crate::lattice::Lattice;
+
+pub mod transform;
+
+pub use transform::{PointwiseTransform, Real};
+
+/// An invertible map between latent and field configurations on a lattice.
+///
+/// Batches are `[n, volume]` arrays in f32 (network math); log-Jacobians are f64. A flow's
+/// log-density is a fixed function of one configuration: no batch statistics.
+pub trait Flow: Send + Sync {
+    /// The lattice the flow acts on.
+    fn lattice(&self) -> &Lattice;
+
+    /// z → φ; returns φ and log|det ∂φ/∂z| for every row.
+    fn forward(&self, z: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>);
+
+    /// φ → z; returns z and log|det ∂z/∂φ| (the negative of the forward log-det) for every row.
+    fn inverse(&self, phi: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>);
+}

@@ -1,0 +1,37 @@
+//! Pointwise monotone transforms C(v; θ) applied to the active sites of a coupling layer.
+
+/// The float types network math runs in (f32 in production, f64 for gradient checks).
+pub trait Real:
+    num_traits::Float
+    + num_traits::FromPrimitive
+    + ndarray::LinalgScalar
+    + ndarray::ScalarOperand
+    + std::fmt::Debug
+    + std::iter::Sum
+    + Send
+    + Sync
+    + 'static
+{
+}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// A monotone scalar map C(v; θ) with `params_per_site()` parameters for each active site.
+///
+/// Slices hold `n` sites: `v`, `y`, `ld` have length n, `theta` has length n·k with the
+/// parameters of site i at `theta[i*k..(i+1)*k]`. `ld[i] = log|∂C/∂v|` at site i.
+pub trait PointwiseTransform<T: Real>: Send + Sync {
+    /// Parameters per active site, k.
+    fn params_per_site(&self) -> usize;
+
+    /// y = C(v; θ) and its log-derivative per site.
+    fn forward(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T]);
+
+    /// v = C⁻¹(y; θ) and log|∂C⁻¹/∂y| (= −log|∂C/∂v| at v) per site.
+    fn inverse(&self, y: &[T], theta: &[T], v: &mut [T], ld: &mut [T]);
+
+    /// Given ∂L/∂y (`gy`) and ∂L/∂ld (`gld`) per site, *adds* ∂L/∂v into `gv` and ∂L/∂θ
+    /// into `gtheta`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(&self, v: &[T], theta: &[T], gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]);
+}

@@ -1,0 +1,30 @@
+//! latflow: Monte Carlo sampling in lattice field theory with normalizing-flow proposals,
+//! measured against the classic samplers (HMC, local Metropolis).
+//!
+//! Data flows one way through the modules:
+//! [`lattice`] + [`action`] (what is sampled) → [`flow`] + [`train`] (a learned proposal)
+//! → [`kernel`] (Markov chains with their accept/reject history) → [`observable`]
+//! → [`stats`] (numbers with honest errors) → [`io`] (what the user reads).
+
+pub mod action;
+pub mod autodiff;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod error;
+pub mod fft;
+pub mod flow;
+pub mod io;
+pub mod kernel;
+pub mod lattice;
+pub mod observable;
+pub mod rng;
+pub mod stats;
+pub mod testing;
+pub mod train;
+
+pub use action::Action;
+pub use error::{Error, Result};
+pub use kernel::{MoveInfo, Proposal, State};
+pub use lattice::Lattice;
+pub use observable::Observable;
+pub use rng::{SimRng, rng_from_seed};
