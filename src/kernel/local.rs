@@ -24,6 +24,9 @@ pub enum SweepOrder {
 const STEP_SIZE_RANGE: (f64, f64) = (1e-8, 1e8);
 
 /// Single-site Metropolis updates; one step is one sweep of |Λ|·hits proposals.
+///
+/// While adapting, after each sweep log δ moves by γ_t·(acceptance − target) with the
+/// decaying gain γ_t = (1 + t/10)^(−0.6), t counting sweeps since adaptation was switched on.
 pub struct LocalMetropolis<A: Action> {
     action: Arc<A>,
     step_size: f64,
@@ -31,6 +34,7 @@ pub struct LocalMetropolis<A: Action> {
     order: SweepOrder,
     target_acceptance: f64,
     adapting: bool,
+    adaptation_steps: u32,
     permutation: Vec<usize>,
 }
 
@@ -59,6 +63,7 @@ impl<A: Action> LocalMetropolis<A> {
             order: SweepOrder::Sequential,
             target_acceptance: 0.5,
             adapting: false,
+            adaptation_steps: 0,
             permutation: (0..v).collect(),
         })
     }
@@ -168,8 +173,12 @@ impl<A: Action> Proposal for LocalMetropolis<A> {
         state.action += delta_sum;
         let proposed = self.hits * self.permutation.len() as u32;
         if self.adapting {
+            // Robbins–Monro on log δ with a decaying gain: fast at first, then settling so
+            // that the final δ does not carry the noise of the last few sweeps.
             let rate = accepted as f64 / proposed as f64;
-            let factor = (rate - self.target_acceptance).exp();
+            let gain = (1.0 + self.adaptation_steps as f64 / 10.0).powf(-0.6);
+            self.adaptation_steps = self.adaptation_steps.saturating_add(1);
+            let factor = (gain * (rate - self.target_acceptance)).exp();
             self.step_size = (self.step_size * factor).clamp(STEP_SIZE_RANGE.0, STEP_SIZE_RANGE.1);
         }
         moves.push(MoveInfo {
@@ -181,6 +190,9 @@ impl<A: Action> Proposal for LocalMetropolis<A> {
     }
 
     fn set_adapting(&mut self, on: bool) {
+        if on && !self.adapting {
+            self.adaptation_steps = 0;
+        }
         self.adapting = on;
     }
 }
