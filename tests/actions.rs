@@ -15,7 +15,7 @@ fn random_field(volume: usize, seed: u64, scale: f64) -> Vec<f64> {
 
 fn sample_actions() -> Vec<Phi4> {
     let mut out = Vec::new();
-    for extents in [vec![6, 4], vec![4, 3, 5]] {
+    for extents in [vec![7], vec![6, 4], vec![4, 3, 5], vec![3, 2, 2, 2, 2]] {
         let lat = Lattice::new(&extents).unwrap();
         out.push(Phi4::hopping(lat.clone(), 0.576, 0.5).unwrap());
         out.push(Phi4::hopping(lat.clone(), 0.3, 1.7).unwrap());

@@ -233,14 +233,86 @@ impl Phi4 {
         ))
     }
 
-    /// Σ_μ (φ_{x+μ} + φ_{x−μ}) at one site.
-    #[inline]
-    fn neighbour_sum(&self, phi: &[f64], site: usize) -> f64 {
-        let d = self.lattice.dim();
+    /// Σ_μ (φ_{x+μ} + φ_{x−μ}) at one site; `D` is the dimension when known at compile
+    /// time (0 = read it from the lattice).
+    #[inline(always)]
+    fn neighbour_sum<const D: usize>(&self, phi: &[f64], site: usize) -> f64 {
+        let d = if D == 0 { self.lattice.dim() } else { D };
         let fwd = &self.lattice.fwd_table()[site * d..(site + 1) * d];
         let bwd = &self.lattice.bwd_table()[site * d..(site + 1) * d];
         fwd.iter().zip(bwd).map(|(&f, &b)| phi[f] + phi[b]).sum()
     }
+
+    #[inline(always)]
+    fn delta_local_in<const D: usize>(&self, phi: &[f64], site: usize, new: f64) -> f64 {
+        let old = phi[site];
+        let n = self.neighbour_sum::<D>(phi, site);
+        let (a2, b2) = (old * old, new * new);
+        (new - old) * (self.mass * (new + old) - self.kappa * n)
+            + self.quartic * (b2 * b2 - a2 * a2)
+    }
+
+    fn action_in<const D: usize>(&self, phi: &[f64]) -> f64 {
+        let d = if D == 0 { self.lattice.dim() } else { D };
+        let (kappa, mass, quartic) = (self.kappa, self.mass, self.quartic);
+        let mut s = 0.0;
+        for (&x, fwd) in phi.iter().zip(self.lattice.fwd_table().chunks_exact(d)) {
+            let forward: f64 = fwd.iter().map(|&f| phi[f]).sum();
+            let x2 = x * x;
+            s += x * (mass * x - kappa * forward) + quartic * x2 * x2;
+        }
+        s + self.constant_per_site * phi.len() as f64
+    }
+
+    fn force_in<const D: usize>(&self, phi: &[f64], out: &mut [f64]) {
+        let d = if D == 0 { self.lattice.dim() } else { D };
+        let (kappa, mass2, quartic4) = (self.kappa, 2.0 * self.mass, 4.0 * self.quartic);
+        let tables = self
+            .lattice
+            .fwd_table()
+            .chunks_exact(d)
+            .zip(self.lattice.bwd_table().chunks_exact(d));
+        for ((o, &x), (fwd, bwd)) in out.iter_mut().zip(phi).zip(tables) {
+            let n: f64 = fwd.iter().zip(bwd).map(|(&f, &b)| phi[f] + phi[b]).sum();
+            *o = x * (mass2 + quartic4 * x * x) - kappa * n;
+        }
+    }
+
+    fn action_and_force_in<const D: usize>(&self, phi: &[f64], out: &mut [f64]) -> f64 {
+        let d = if D == 0 { self.lattice.dim() } else { D };
+        let (kappa, mass, quartic) = (self.kappa, self.mass, self.quartic);
+        let tables = self
+            .lattice
+            .fwd_table()
+            .chunks_exact(d)
+            .zip(self.lattice.bwd_table().chunks_exact(d));
+        let mut s = 0.0;
+        for ((o, &x), (fwd, bwd)) in out.iter_mut().zip(phi).zip(tables) {
+            let (mut forward, mut backward) = (0.0, 0.0);
+            for (&f, &b) in fwd.iter().zip(bwd) {
+                forward += phi[f];
+                backward += phi[b];
+            }
+            let x2 = x * x;
+            s += x * (mass * x - kappa * forward) + quartic * x2 * x2;
+            *o = x * (2.0 * mass + 4.0 * quartic * x2) - kappa * (forward + backward);
+        }
+        s + self.constant_per_site * phi.len() as f64
+    }
+}
+
+/// Calls `$self.$method::<D>($args)` with the lattice dimension as a compile-time
+/// constant for d ≤ 4 (so the neighbour loop unrolls), and the generic loop otherwise.
+macro_rules! by_dimension {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self.lattice.dim() {
+            1 => $self.$method::<1>($($arg),*),
+            2 => $self.$method::<2>($($arg),*),
+            3 => $self.$method::<3>($($arg),*),
+            4 => $self.$method::<4>($($arg),*),
+            _ => $self.$method::<0>($($arg),*),
+        }
+    };
 }
 
 fn non_negative(name: &str, value: f64) -> Result<()> {
@@ -260,60 +332,20 @@ impl Action for Phi4 {
     }
 
     fn action(&self, phi: &[f64]) -> f64 {
-        let d = self.lattice.dim();
-        let (kappa, mass, quartic) = (self.kappa, self.mass, self.quartic);
-        let mut s = 0.0;
-        for (&x, fwd) in phi.iter().zip(self.lattice.fwd_table().chunks_exact(d)) {
-            let forward: f64 = fwd.iter().map(|&f| phi[f]).sum();
-            let x2 = x * x;
-            s += x * (mass * x - kappa * forward) + quartic * x2 * x2;
-        }
-        s + self.constant_per_site * phi.len() as f64
+        by_dimension!(self.action_in(phi))
     }
 
     fn force(&self, phi: &[f64], out: &mut [f64]) {
-        let d = self.lattice.dim();
-        let (kappa, mass2, quartic4) = (self.kappa, 2.0 * self.mass, 4.0 * self.quartic);
-        let tables = self
-            .lattice
-            .fwd_table()
-            .chunks_exact(d)
-            .zip(self.lattice.bwd_table().chunks_exact(d));
-        for ((o, &x), (fwd, bwd)) in out.iter_mut().zip(phi).zip(tables) {
-            let n: f64 = fwd.iter().zip(bwd).map(|(&f, &b)| phi[f] + phi[b]).sum();
-            *o = x * (mass2 + quartic4 * x * x) - kappa * n;
-        }
+        by_dimension!(self.force_in(phi, out))
     }
 
     #[inline]
     fn delta_local(&self, phi: &[f64], site: usize, new: f64) -> f64 {
-        let old = phi[site];
-        let n = self.neighbour_sum(phi, site);
-        let (a2, b2) = (old * old, new * new);
-        (new - old) * (self.mass * (new + old) - self.kappa * n)
-            + self.quartic * (b2 * b2 - a2 * a2)
+        by_dimension!(self.delta_local_in(phi, site, new))
     }
 
     fn action_and_force(&self, phi: &[f64], out: &mut [f64]) -> f64 {
-        let d = self.lattice.dim();
-        let (kappa, mass, quartic) = (self.kappa, self.mass, self.quartic);
-        let tables = self
-            .lattice
-            .fwd_table()
-            .chunks_exact(d)
-            .zip(self.lattice.bwd_table().chunks_exact(d));
-        let mut s = 0.0;
-        for ((o, &x), (fwd, bwd)) in out.iter_mut().zip(phi).zip(tables) {
-            let (mut forward, mut backward) = (0.0, 0.0);
-            for (&f, &b) in fwd.iter().zip(bwd) {
-                forward += phi[f];
-                backward += phi[b];
-            }
-            let x2 = x * x;
-            s += x * (mass * x - kappa * forward) + quartic * x2 * x2;
-            *o = x * (2.0 * mass + 4.0 * quartic * x2) - kappa * (forward + backward);
-        }
-        s + self.constant_per_site * phi.len() as f64
+        by_dimension!(self.action_and_force_in(phi, out))
     }
 }
 
