@@ -1,1 +1,3 @@
-//! (module being written)
+//! Public helpers for testing a user's own kernels, layers and transforms.
+
+pub mod balance;
