@@ -102,6 +102,36 @@ mod tests {
         assert!(out[0].is_nan());
     }
 
+    /// S = ½ Σ φ², enough to check the density's normalisation.
+    struct HalfSquare(Lattice);
+
+    impl Action for HalfSquare {
+        fn lattice(&self) -> &Lattice {
+            &self.0
+        }
+        fn action(&self, phi: &[f64]) -> f64 {
+            0.5 * phi.iter().map(|x| x * x).sum::<f64>()
+        }
+        fn force(&self, phi: &[f64], out: &mut [f64]) {
+            out.copy_from_slice(phi);
+        }
+        fn delta_local(&self, phi: &[f64], site: usize, new: f64) -> f64 {
+            0.5 * (new * new - phi[site] * phi[site])
+        }
+    }
+
+    #[test]
+    fn action_density_divides_by_volume() {
+        let lat = Lattice::new(&[2, 3]).unwrap();
+        let mut density = ActionDensity::new(Arc::new(HalfSquare(lat)));
+        let mut out = [0.0];
+        density.measure(&[1.0, 2.0, 0.0, -1.0, 0.0, 2.0], &mut out);
+        assert!((out[0] - 5.0 / 6.0).abs() < 1e-15);
+        assert_eq!(density.name(), "action_density");
+        density.measure(&[1.0; 5], &mut out);
+        assert!(out[0].is_nan());
+    }
+
     #[test]
     fn ising_energy_matches_coordinate_sum() {
         let lat = Lattice::new(&[3, 5]).unwrap();

@@ -28,6 +28,24 @@ const FIXED: [&str; 6] = ["m", "abs_m", "m2", "m4", "phi2", "energy"];
 /// The series of one chain: m, |m|, m², m⁴, ⟨φ²⟩, the Ising energy, G̃(q̂_μ) for each
 /// direction (`"G_p_min[μ]"`), Ĝ(t) for t = 0..L (`"G_hat[t]"`, averaged over directions
 /// on a hypercubic lattice, along direction 0 otherwise), then any added observables.
+///
+/// ```
+/// use latflow::Lattice;
+/// use latflow::observable::Measurements;
+/// use rand::RngExt;
+///
+/// let lattice = Lattice::new(&[4, 4])?;
+/// let mut measurements = Measurements::new(&lattice);
+/// let mut rng = latflow::rng_from_seed(3);
+/// for _ in 0..100 {
+///     let phi: Vec<f64> = (0..16).map(|_| rng.random::<f64>() - 0.5).collect();
+///     measurements.record(&phi)?;
+/// }
+/// let summary = measurements.summary()?;
+/// let chi = summary.get("chi").expect("χ is always estimated");
+/// assert!(chi.err > 0.0);
+/// # Ok::<(), latflow::Error>(())
+/// ```
 pub struct Measurements {
     lattice: Lattice,
     zero_momentum: ZeroMomentumCorrelator,

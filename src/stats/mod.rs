@@ -2,6 +2,19 @@
 //! derived quantities, replicas), the blocked bootstrap, acceptance diagnostics (τ_rej),
 //! importance weights (ESS, reweighted means) and histograms. Pure functions of slices; no
 //! knowledge of physics.
+//!
+//! ```
+//! use latflow::stats::{gamma_method, gamma_method_derived};
+//! use rand::RngExt;
+//!
+//! let mut rng = latflow::rng_from_seed(1);
+//! let a: Vec<f64> = (0..1000).map(|_| 1.0 + rng.random::<f64>()).collect();
+//! let b: Vec<f64> = (0..1000).map(|_| 2.0 + rng.random::<f64>()).collect();
+//! let mean_a = gamma_method(&a)?;
+//! let ratio = gamma_method_derived(&[&a, &b], |m| m[0] / m[1])?;
+//! assert!(mean_a.err > 0.0 && ratio.err > 0.0);
+//! # Ok::<(), latflow::Error>(())
+//! ```
 
 mod bootstrap;
 mod gamma;
