@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod lattice;
 pub mod observable;
 pub mod rng;
+pub mod run;
 pub mod stats;
 pub mod testing;
 pub mod train;

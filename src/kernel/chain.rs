@@ -145,36 +145,53 @@ impl<K: Proposal> Chain<K> {
         thin: usize,
         observables: &mut [Box<dyn Observable>],
     ) -> Result<ChainRecord> {
-        if thin == 0 {
-            return Err(Error::param("thin", "must be at least 1"));
-        }
-        let n_meas = n / thin;
-        let start = Instant::now();
         let names = observables.iter().map(|o| o.name().to_string()).collect();
         let components: Vec<usize> = observables.iter().map(|o| o.components()).collect();
+        let n_meas = n / thin.max(1);
         let mut measurements: Vec<Vec<f64>> = components
             .iter()
             .map(|&c| Vec::with_capacity(n_meas * c))
             .collect();
+        let mut record = self.run_with(n, thin, |state| {
+            for ((obs, series), &c) in observables
+                .iter_mut()
+                .zip(measurements.iter_mut())
+                .zip(&components)
+            {
+                let at = series.len();
+                series.resize(at + c, 0.0);
+                obs.measure(&state.phi, &mut series[at..]);
+            }
+            Ok(())
+        })?;
+        record.names = names;
+        record.components = components;
+        record.measurements = measurements;
+        Ok(record)
+    }
+
+    /// Makes `n` steps and calls `measure` with the state after every `thin`-th step; the
+    /// record holds the move history (and no observables). An error from `measure` stops the
+    /// run and is returned.
+    pub fn run_with<F>(&mut self, n: usize, thin: usize, mut measure: F) -> Result<ChainRecord>
+    where
+        F: FnMut(&State) -> Result<()>,
+    {
+        if thin == 0 {
+            return Err(Error::param("thin", "must be at least 1"));
+        }
+        let start = Instant::now();
         let mut moves = Vec::with_capacity(n);
         for i in 1..=n {
             self.kernel.step(&mut self.state, &mut self.rng, &mut moves);
             if i % thin == 0 {
-                for ((obs, series), &c) in observables
-                    .iter_mut()
-                    .zip(measurements.iter_mut())
-                    .zip(&components)
-                {
-                    let at = series.len();
-                    series.resize(at + c, 0.0);
-                    obs.measure(&self.state.phi, &mut series[at..]);
-                }
+                measure(&self.state)?;
             }
         }
         Ok(ChainRecord {
-            names,
-            components,
-            measurements,
+            names: Vec::new(),
+            components: Vec::new(),
+            measurements: Vec::new(),
             moves,
             steps: n,
             wall_seconds: start.elapsed().as_secs_f64(),

@@ -15,7 +15,8 @@ use crate::kernel::{MoveInfo, Proposal, State};
 pub const OMELYAN_LAMBDA: f64 = 0.193_183_327_503_783_6;
 
 /// The molecular-dynamics integrator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Integrator {
     /// Leapfrog (Störmer–Verlet): one force evaluation per step.
     #[default]

@@ -1,0 +1,148 @@
+//! End-to-end checks of the `latflow` binary: the JSON report's stable keys, runcards, and
+//! clear errors with a non-zero exit code on bad input.
+
+use std::process::Command;
+
+fn latflow(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_latflow"))
+        .args(args)
+        .output()
+        .expect("the latflow binary runs")
+}
+
+#[test]
+fn sample_json_has_the_stable_keys() {
+    let out = latflow(&[
+        "sample",
+        "--lattice",
+        "6x6",
+        "--beta",
+        "0.537",
+        "--lambda",
+        "0.5",
+        "--kernel",
+        "hmc",
+        "--n",
+        "400",
+        "--therm",
+        "100",
+        "--seed",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["lattice"], serde_json::json!([6, 6]));
+    assert_eq!(v["kernel"], "hmc");
+    assert_eq!(v["n"], 400);
+    let acc = v["acceptance"].as_f64().unwrap();
+    assert!(acc > 0.0 && acc <= 1.0);
+    assert!(v["seconds"].as_f64().unwrap() >= 0.0);
+    for key in ["phi2", "abs_m", "m2", "chi", "xi_2nd", "xi_eff", "energy"] {
+        let o = &v["observables"][key];
+        for field in ["mean", "err", "tau_int", "tau_int_err"] {
+            assert!(
+                o[field].as_f64().is_some(),
+                "observables.{key}.{field} missing: {o}"
+            );
+        }
+    }
+}
+
+#[test]
+fn same_seed_same_report_numbers() {
+    let args = [
+        "sample",
+        "--lattice",
+        "4x4",
+        "--beta",
+        "0.5",
+        "--lambda",
+        "0.5",
+        "--kernel",
+        "local+hmc",
+        "--n",
+        "200",
+        "--therm",
+        "50",
+        "--seed",
+        "9",
+        "--json",
+    ];
+    let a: serde_json::Value = serde_json::from_slice(&latflow(&args).stdout).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&latflow(&args).stdout).unwrap();
+    assert_eq!(a["observables"], b["observables"]);
+    assert_eq!(a["acceptance"], b["acceptance"]);
+}
+
+#[test]
+fn runcard_runs_and_malformed_runcard_is_refused() {
+    let dir = std::env::temp_dir().join(format!("latflow-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "lattice = [4, 4]\nn = 100\n[action]\nform = \"phi4-quartic\"\nm2 = -4.0\nlambda = 6.975\n\
+         [kernel]\nkind = \"local\"\n",
+    )
+    .unwrap();
+    let out = latflow(&["sample", "--config", good.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "lattice = [4, 4]\nn = 100\n[action]\nform = \"phi5\"\n",
+    )
+    .unwrap();
+    let out = latflow(&["sample", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runcard"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_nonzero_exit() {
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &[
+                "sample",
+                "--lattice",
+                "1x8",
+                "--beta",
+                "0.5",
+                "--lambda",
+                "0.5",
+            ],
+            "at least 2",
+        ),
+        (&["sample", "--beta", "nan", "--lambda", "0.5"], "beta"),
+        (&["sample", "--beta", "0.5", "--lambda", "inf"], "lambda"),
+        (
+            &["sample", "--beta", "0.5", "--lambda", "0.5", "--n", "0"],
+            "`n`",
+        ),
+        (
+            &[
+                "sample", "--beta", "0.5", "--lambda", "0.5", "--kernel", "gibbs",
+            ],
+            "gibbs",
+        ),
+        (&["sample", "--action", "free", "--mass", "-1"], "mass"),
+    ];
+    for (args, needle) in cases {
+        let out = latflow(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
