@@ -170,8 +170,9 @@ impl Measurements {
     }
 
     /// Γ-method estimates from independent replicas measured alike: the primary
-    /// quantities `phi2`, `m`, `abs_m`, `m2`, `energy` and every added observable, and the
-    /// derived `chi` (|Λ|(⟨m²⟩ − ⟨m⟩²)), `binder`, `xi_2nd`, `xi_eff[t]` for
+    /// quantities `phi2`, `m`, `abs_m`, `m2`, `energy`, every added observable and
+    /// `m_positive` (the fraction of configurations with m > 0, ½ for a Z2-symmetric
+    /// ensemble: a lost mode shows as 0 or 1), and the derived `chi` (|Λ|(⟨m²⟩ − ⟨m⟩²)), `binder`, `xi_2nd`, `xi_eff[t]` for
     /// 1 ≤ t < L/2, `xi_eff` (the value at t = max(1, ⌊L/4⌋)) and `xi_fit` (cosh fit of
     /// Ĝ_conn on max(1, ⌊L/4⌋)..=⌊L/2⌋). A quantity whose analysis fails (e.g. a noisy
     /// arcosh argument below 1) is listed under [`Summary::failures`].
@@ -202,6 +203,18 @@ impl Measurements {
             let views: Vec<&[f64]> = replicas.iter().map(|m| m.series[k].as_slice()).collect();
             summary.push(&first.names[k], gamma_method_replicas(&views));
         }
+        // The fraction of configurations with m > 0: ½ unless a Z2 mode is missed.
+        let positive: Vec<Vec<f64>> = replicas
+            .iter()
+            .map(|m| {
+                m.series[M]
+                    .iter()
+                    .map(|&x| if x > 0.0 { 1.0 } else { 0.0 })
+                    .collect()
+            })
+            .collect();
+        let views: Vec<&[f64]> = positive.iter().map(Vec::as_slice).collect();
+        summary.push("m_positive", gamma_method_replicas(&views));
 
         let derived = |indices: &[usize], f: &dyn Fn(&[f64]) -> f64| {
             let per_replica: Vec<Vec<&[f64]>> = replicas
