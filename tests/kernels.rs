@@ -470,3 +470,17 @@ fn mixture_picks_its_first_kernel_with_the_given_probability() {
         .is_err()
     );
 }
+
+#[test]
+fn bad_kernel_parameters_are_refused() {
+    let action = Arc::new(Phi4::hopping(Lattice::hypercubic(2, 4).unwrap(), 0.5, 0.5).unwrap());
+    assert!(LocalMetropolis::new(action.clone(), 0.0).is_err());
+    assert!(LocalMetropolis::new(action.clone(), f64::NAN).is_err());
+    let local = || LocalMetropolis::new(action.clone(), 1.0).unwrap();
+    assert!(local().with_hits(0).is_err());
+    assert!(local().with_target_acceptance(1.0).is_err());
+    assert!(local().with_target_acceptance(0.0).is_err());
+    assert!(Repeat::new(local(), 0).is_err());
+    assert!(Hmc::new(action.clone(), f64::INFINITY, 4).is_err());
+    assert!(Hmc::new(action, -1.0, 4).is_err());
+}

@@ -5,9 +5,9 @@
 
 use latflow::rng::stream;
 use latflow::stats::{
-    GammaEstimate, GammaMethod, Window, blocked_bootstrap, ess_fraction, gamma_method,
-    gamma_method_derived, gamma_method_derived_replicas, gamma_method_replicas,
-    rejection_autocorrelation, reweighted_mean,
+    GammaEstimate, GammaMethod, Histogram, SignSplitHistogram, Window, blocked_bootstrap,
+    ess_fraction, gamma_method, gamma_method_derived, gamma_method_derived_replicas,
+    gamma_method_replicas, rejection_autocorrelation, reweighted_mean,
 };
 use rand::RngExt;
 use rand_distr::StandardNormal;
@@ -389,4 +389,52 @@ fn reweighted_mean_of_shifted_gaussian() {
         "error {} vs {expected_err}",
         e.err
     );
+}
+
+/// Probability of N(0,1) in [a, b) by Simpson's rule (error far below the test's σ).
+fn normal_probability(a: f64, b: f64) -> f64 {
+    let pdf = |x: f64| (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let n = 64;
+    let h = (b - a) / n as f64;
+    let inner: f64 = (1..n)
+        .map(|k| pdf(a + k as f64 * h) * if k % 2 == 1 { 4.0 } else { 2.0 })
+        .sum();
+    (pdf(a) + pdf(b) + inner) * h / 3.0
+}
+
+/// 10⁵ standard normal values in 40 bins on [−4, 4): every bin count is within 4 binomial σ
+/// of N p_k, the outside counts too; the sign split of ±|x| values is ½ within 4σ, and a
+/// one-sided sample gives 1.
+#[test]
+fn histograms_of_gaussian_values() {
+    const N: usize = 100_000;
+    let mut rng = stream(1100, 0);
+    let x: Vec<f64> = (0..N).map(|_| rng.sample(StandardNormal)).collect();
+    let mut h = Histogram::new(-4.0, 4.0, 40).unwrap();
+    h.add_all(&x);
+    let edges = h.edges();
+    for (k, &count) in h.counts().iter().enumerate() {
+        let p = normal_probability(edges[k], edges[k + 1]);
+        let sigma = (N as f64 * p * (1.0 - p)).sqrt();
+        assert!(
+            (count as f64 - N as f64 * p).abs() < 4.0 * sigma,
+            "bin {k}: {count} vs {}",
+            N as f64 * p
+        );
+    }
+    let (under, over, bad) = h.outside();
+    let tail = 0.5 - normal_probability(0.0, 4.0);
+    let tail_sigma = (N as f64 * tail).sqrt();
+    assert!((under as f64 - N as f64 * tail).abs() < 4.0 * tail_sigma);
+    assert!((over as f64 - N as f64 * tail).abs() < 4.0 * tail_sigma);
+    assert_eq!(bad, 0);
+    assert_eq!(h.total(), N as u64);
+
+    let mut split = SignSplitHistogram::new(4.0, 20).unwrap();
+    x.iter().for_each(|&m| split.add(m));
+    let sigma = 0.5 / (N as f64).sqrt();
+    assert!((split.fraction_positive() - 0.5).abs() < 4.0 * sigma);
+    let mut one_sided = SignSplitHistogram::new(4.0, 20).unwrap();
+    x.iter().for_each(|&m| one_sided.add(m.abs()));
+    assert_eq!(one_sided.fraction_positive(), 1.0);
 }

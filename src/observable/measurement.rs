@@ -3,6 +3,8 @@
 //! series into named Γ-method estimates, primary and derived (χ, Binder cumulant, ξ three
 //! ways), for one chain or for independent replicas.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use super::Observable;
@@ -14,7 +16,9 @@ use super::estimators::{
 use super::field::{field_squared, magnetisation};
 use crate::error::{Error, Result};
 use crate::lattice::Lattice;
-use crate::stats::{GammaEstimate, gamma_method_derived_replicas, gamma_method_replicas};
+use crate::stats::{
+    GammaEstimate, MIN_REPLICA_LEN, gamma_method_derived_replicas, gamma_method_replicas,
+};
 
 /// Positions of the fixed series.
 const M: usize = 0;
@@ -170,11 +174,13 @@ impl Measurements {
     }
 
     /// Γ-method estimates from independent replicas measured alike: the primary
-    /// quantities `phi2`, `m`, `abs_m`, `m2`, `energy` and every added observable, and the
-    /// derived `chi` (|Λ|(⟨m²⟩ − ⟨m⟩²)), `binder`, `xi_2nd`, `xi_eff[t]` for
-    /// 1 ≤ t < L/2, `xi_eff` (the value at t = max(1, ⌊L/4⌋)) and `xi_fit` (cosh fit of
-    /// Ĝ_conn on max(1, ⌊L/4⌋)..=⌊L/2⌋). A quantity whose analysis fails (e.g. a noisy
-    /// arcosh argument below 1) is listed under [`Summary::failures`].
+    /// quantities `phi2`, `m`, `abs_m`, `m2`, `energy`, every added observable and
+    /// `m_positive` (the fraction of configurations with m > 0, ½ for a Z2-symmetric
+    /// ensemble: a lost mode shows as 0 or 1), and the derived `chi` (|Λ|(⟨m²⟩ − ⟨m⟩²)),
+    /// `binder`, `xi_2nd`, `xi_eff[t]` for 1 ≤ t < L/2, `xi_eff` (the value at
+    /// t = max(1, ⌊L/4⌋)) and `xi_fit` (cosh fit of Ĝ_conn on max(1, ⌊L/4⌋)..=⌊L/2⌋).
+    /// A quantity whose analysis fails (e.g. a noisy arcosh argument below 1) is listed
+    /// under [`Summary::failures`]; too few measurements are an error.
     pub fn summarise(replicas: &[&Measurements]) -> Result<Summary> {
         let first = replicas
             .first()
@@ -186,6 +192,15 @@ impl Measurements {
             return Err(Error::Incompatible(format!(
                 "replica {r} measured other observables or another lattice than replica 0"
             )));
+        }
+        if let Some(r) = replicas.iter().position(|m| m.len() < MIN_REPLICA_LEN) {
+            return Err(Error::param(
+                "measurements",
+                format!(
+                    "replica {r} has {} configurations, at least {MIN_REPLICA_LEN} are needed",
+                    replicas[r].len()
+                ),
+            ));
         }
         let volume = first.lattice.volume();
         let d = first.lattice.dim();
@@ -202,6 +217,18 @@ impl Measurements {
             let views: Vec<&[f64]> = replicas.iter().map(|m| m.series[k].as_slice()).collect();
             summary.push(&first.names[k], gamma_method_replicas(&views));
         }
+        // The fraction of configurations with m > 0: ½ unless a Z2 mode is missed.
+        let positive: Vec<Vec<f64>> = replicas
+            .iter()
+            .map(|m| {
+                m.series[M]
+                    .iter()
+                    .map(|&x| if x > 0.0 { 1.0 } else { 0.0 })
+                    .collect()
+            })
+            .collect();
+        let views: Vec<&[f64]> = positive.iter().map(Vec::as_slice).collect();
+        summary.push("m_positive", gamma_method_replicas(&views));
 
         let derived = |indices: &[usize], f: &dyn Fn(&[f64]) -> f64| {
             let per_replica: Vec<Vec<&[f64]>> = replicas
@@ -297,5 +324,95 @@ impl Summary {
                 }),
             }
         }
+    }
+}
+
+impl fmt::Display for Summary {
+    /// One line per quantity: name, mean ± error, τ_int ± error and the window; then the
+    /// failures with their reasons.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self
+            .estimates
+            .iter()
+            .map(|e| e.name.len())
+            .chain(self.failures.iter().map(|e| e.name.len()))
+            .max()
+            .unwrap_or(0);
+        for NamedEstimate { name, estimate: e } in &self.estimates {
+            writeln!(
+                f,
+                "{name:<width$}  {:>14.8e} ± {:<10.3e}  τ_int {:>8.3} ± {:<7.3}  W {}{}",
+                e.mean,
+                e.err,
+                e.tau_int,
+                e.tau_int_err,
+                e.window,
+                if e.window_converged {
+                    ""
+                } else {
+                    " (window not converged)"
+                }
+            )?;
+        }
+        for Failure { name, reason } in &self.failures {
+            writeln!(f, "{name:<width$}  failed: {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observable::TwoPoint;
+
+    fn field(volume: usize, k: usize) -> Vec<f64> {
+        (0..volume)
+            .map(|x| ((x * 7919 + k * 104_729) as f64 * 0.618).sin())
+            .collect()
+    }
+
+    #[test]
+    fn added_observables_become_named_series_and_estimates() {
+        let lattice = Lattice::new(&[4, 2]).unwrap();
+        let mut m = Measurements::new(&lattice);
+        m.add(Box::new(TwoPoint::momentum(&lattice))).unwrap();
+        for k in 0..50 {
+            m.record(&field(8, k)).unwrap();
+        }
+        assert!(m.add(Box::new(TwoPoint::position(&lattice))).is_err());
+        assert_eq!(m.series("G_p[0]").unwrap().len(), 50);
+        assert_eq!(m.series("G_hat[3]").unwrap().len(), 50);
+        assert!(m.series("G_hat[4]").is_none());
+        // G̃(0) = |Λ| m² configuration by configuration.
+        for (g0, m2) in m
+            .series("G_p[0]")
+            .unwrap()
+            .iter()
+            .zip(m.series("m2").unwrap())
+        {
+            assert!((g0 - 8.0 * m2).abs() < 1e-12);
+        }
+        let summary = m.summary().unwrap();
+        assert!(summary.get("G_p[7]").is_some());
+        let text = summary.to_string();
+        assert!(text.contains("chi") && text.contains("G_p[7]"));
+    }
+
+    #[test]
+    fn mismatched_or_short_replicas_are_refused() {
+        let a = Measurements::new(&Lattice::new(&[4, 4]).unwrap());
+        let mut b = Measurements::new(&Lattice::new(&[4, 2]).unwrap());
+        b.record(&field(8, 0)).unwrap();
+        assert!(Measurements::summarise(&[]).is_err());
+        assert!(matches!(
+            Measurements::summarise(&[&a, &a]),
+            Err(Error::InvalidParameter { .. })
+        ));
+        assert!(matches!(
+            Measurements::summarise(&[&b, &a]),
+            Err(Error::Incompatible(_))
+        ));
+        assert!(matches!(b.record(&field(16, 0)), Err(Error::Shape(_))));
     }
 }
