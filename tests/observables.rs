@@ -368,3 +368,28 @@ fn measurements_of_exact_free_fields_match_exact_values() {
         assert!(whole.record(&bad).is_err());
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// On any small lattice in d = 1..3 and any field, the FFT G(y) equals the direct sum and
+    /// Ĝ(t) along direction 0 sums it over hyperplanes.
+    #[test]
+    fn fft_two_point_is_the_direct_sum_on_any_shape(
+        extents in proptest::collection::vec(2usize..7, 1..4),
+        seed in 0u64..1000,
+    ) {
+        let lattice = Lattice::new(&extents).unwrap();
+        let phi = random_field(lattice.volume(), seed);
+        let direct = direct_two_point(&lattice, &phi);
+        let by_fft = measure(&mut TwoPoint::position(&lattice), &phi);
+        for (a, b) in direct.iter().zip(&by_fft) {
+            proptest::prop_assert!((a - b).abs() < 1e-12 * direct[0]);
+        }
+        let along = measure(&mut ZeroMomentumCorrelator::along(&lattice, 0).unwrap(), &phi);
+        let sums = hyperplane_sums(&lattice, &direct, 0);
+        for (a, b) in along.iter().zip(&sums) {
+            proptest::prop_assert!((a - b).abs() < 1e-12 * direct[0] * lattice.volume() as f64);
+        }
+    }
+}
