@@ -14,11 +14,24 @@ use latflow::testing::{
 };
 use num_traits::Float;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 /// (v, θ) for `sites` sites of a transform with `k` parameters per site: v of order 6 with
 /// one value in four up to |v| = 50, θ uniform in (−scale, scale).
 fn case(k: usize, sites: usize, scale: f64) -> impl Strategy<Value = (Vec<f64>, Vec<f64>)> {
     (arb_field(sites, 6.0), arb_theta(k, sites, scale))
+}
+
+/// `cases` cases per property; failing cases are saved to (and replayed from)
+/// `proptest-regressions/transforms.txt`.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/transforms.txt",
+        ))),
+        ..ProptestConfig::default()
+    }
 }
 
 fn shift_scale_transforms() -> Vec<(&'static str, Box<dyn PointwiseTransform<f64>>)> {
@@ -84,7 +97,7 @@ fn gradient_check_detects_a_missing_term() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(config(128))]
 
     /// Backward against central differences of L = Σ a y + b ld in f64 (h = 1e-5,
     /// rtol 1e-6, atol 1e-6 · max(1, |v|)); |s| ≤ 3 keeps e^{±s} of order 20.
@@ -313,7 +326,7 @@ fn rqs_default() -> Rqs {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(config(96))]
 
     /// Built-in shift-scale transforms agree with their forward-mode oracles (forward and
     /// backward, rtol 1e-12, atol 1e-12).
@@ -484,6 +497,70 @@ proptest! {
             let r = check_transform_invertible::<f64>(t.as_ref(), &v, theta, INVERSE_TOL_F64);
             prop_assert!(r.is_ok(), "{name}: {}", r.unwrap_err());
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// The f32 code paths agree with f64 on the same (f32-representable) inputs: y and ld
+    /// to 1e-5 (1 + |·|), and the backward pass to 1e-4 (1 + |·|) (f32 rounding of e^{−s}
+    /// and of the network-side inputs, amplified at most by the condition of the spline).
+    #[test]
+    fn f32_paths_agree_with_f64(
+        (v, theta) in arb_sites(23, 6, 6.0, 2.0),
+        seed in any::<u64>(),
+    ) {
+        let rqs = rqs_default();
+        let transforms: [(&str, &dyn PointwiseTransform<f32>, &dyn PointwiseTransform<f64>); 4] = [
+            ("additive", &Additive, &Additive),
+            ("affine", &Affine, &Affine),
+            ("z2-affine", &Z2Affine, &Z2Affine),
+            ("rqs", &rqs, &rqs),
+        ];
+        let n = v.len();
+        for (name, t32, t64) in transforms {
+            let k = t64.params_per_site();
+            let v32 = to_f32(&v);
+            let th32 = to_f32(&theta[..n * k]);
+            let v64: Vec<f64> = v32.iter().map(|&x| x as f64).collect();
+            let th64: Vec<f64> = th32.iter().map(|&x| x as f64).collect();
+            let (mut y32, mut ld32) = (vec![0.0f32; n], vec![0.0f32; n]);
+            let (mut y64, mut ld64) = (vec![0.0; n], vec![0.0; n]);
+            t32.forward(&v32, &th32, &mut y32, &mut ld32);
+            t64.forward(&v64, &th64, &mut y64, &mut ld64);
+            let (gy, gld) = latflow::testing::random_loss_weights(n, seed);
+            let (gy32, gld32) = (to_f32(&gy), to_f32(&gld));
+            let gy64: Vec<f64> = gy32.iter().map(|&x| x as f64).collect();
+            let gld64: Vec<f64> = gld32.iter().map(|&x| x as f64).collect();
+            let (mut gv32, mut gt32) = (vec![0.0f32; n], vec![0.0f32; n * k]);
+            let (mut gv64, mut gt64) = (vec![0.0; n], vec![0.0; n * k]);
+            t32.backward(&v32, &th32, &gy32, &gld32, &mut gv32, &mut gt32);
+            t64.backward(&v64, &th64, &gy64, &gld64, &mut gv64, &mut gt64);
+            let close = |a: f32, b: f64, tol: f64| (a as f64 - b).abs() <= tol * (1.0 + b.abs());
+            for i in 0..n {
+                prop_assert!(close(y32[i], y64[i], 1e-5), "{name} y[{i}]: {} vs {}", y32[i], y64[i]);
+                prop_assert!(close(ld32[i], ld64[i], 1e-5), "{name} ld[{i}]: {} vs {}", ld32[i], ld64[i]);
+                prop_assert!(close(gv32[i], gv64[i], 1e-4), "{name} gv[{i}]: {} vs {}", gv32[i], gv64[i]);
+            }
+            for j in 0..n * k {
+                prop_assert!(close(gt32[j], gt64[j], 1e-4), "{name} gθ[{j}]: {} vs {}", gt32[j], gt64[j]);
+            }
+        }
+    }
+}
+
+#[test]
+fn single_bin_spline_is_the_identity() {
+    // K = 1: one bin of width and height 2a with end derivatives 1, so s = 1 and C(v) = v.
+    let t = Rqs::new(1, 3.0).unwrap();
+    let v: Vec<f64> = (0..61).map(|i| -6.0 + 0.2 * i as f64).collect();
+    let theta: Vec<f64> = (0..2 * v.len()).map(|j| 0.37 * j as f64 - 4.0).collect();
+    let (mut y, mut ld) = (vec![0.0; v.len()], vec![0.0; v.len()]);
+    t.forward(&v, &theta, &mut y, &mut ld);
+    for i in 0..v.len() {
+        assert!((y[i] - v[i]).abs() < 1e-14, "{} vs {}", y[i], v[i]);
+        assert!(ld[i].abs() < 1e-14, "ld {}", ld[i]);
     }
 }
 

@@ -17,6 +17,34 @@ use crate::error::{Error, Result};
 /// `eval` must be a smooth (almost everywhere), strictly monotone function of `v` for
 /// every θ, built from `num_traits::Float` operations only, so that dual numbers can flow
 /// through it. Constants are written `F::from(2.0).unwrap()` or built from `F::one()`.
+///
+/// ```
+/// use latflow::flow::PointwiseTransform;
+/// use latflow::flow::transform::{ForwardMode, ScalarMap};
+/// use num_traits::Float;
+///
+/// /// C(v; θ) = v + e^θ v³, increasing for every θ.
+/// struct Cubic;
+///
+/// impl ScalarMap for Cubic {
+///     fn params_per_site(&self) -> usize {
+///         1
+///     }
+///     fn eval<F: Float>(&self, v: F, theta: &[F]) -> F {
+///         v + theta[0].exp() * v * v * v
+///     }
+/// }
+///
+/// let cubic = ForwardMode::new(Cubic)?;
+/// let (mut y, mut ld) = ([0.0f64], [0.0f64]);
+/// cubic.forward(&[2.0], &[0.0], &mut y, &mut ld);
+/// assert!((y[0] - 10.0).abs() < 1e-12); // 2 + 8
+/// assert!((ld[0] - 13f64.ln()).abs() < 1e-12); // C' = 1 + 3 v²
+/// let (mut v, mut ld_inv) = ([0.0f64], [0.0f64]);
+/// cubic.inverse(&y, &[0.0], &mut v, &mut ld_inv);
+/// assert!((v[0] - 2.0).abs() < 1e-12);
+/// # Ok::<(), latflow::Error>(())
+/// ```
 pub trait ScalarMap: Send + Sync {
     /// Parameters per site, k.
     fn params_per_site(&self) -> usize;
