@@ -286,7 +286,7 @@ fn forward_mode<M: ScalarMap>(map: M) -> ForwardMode<M> {
 }
 
 #[test]
-fn forward_mode_rejects_too_many_parameters() {
+fn forward_mode_rejects_bad_parameter_counts() {
     struct Wide;
     impl ScalarMap for Wide {
         fn params_per_site(&self) -> usize {
@@ -296,7 +296,17 @@ fn forward_mode_rejects_too_many_parameters() {
             v
         }
     }
+    struct Fixed;
+    impl ScalarMap for Fixed {
+        fn params_per_site(&self) -> usize {
+            0
+        }
+        fn eval<F: Float>(&self, v: F, _theta: &[F]) -> F {
+            v
+        }
+    }
     assert!(ForwardMode::new(Wide).is_err());
+    assert!(ForwardMode::new(Fixed).is_err());
     assert!(forward_mode(AffineMap).with_tolerance(0.0).is_err());
     assert!(forward_mode(AffineMap).with_tolerance(1e-10).is_ok());
 }

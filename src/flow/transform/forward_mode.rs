@@ -81,13 +81,14 @@ impl<M: ScalarMap> ForwardMode<M> {
     /// Default relative tolerance of the inverse.
     pub const DEFAULT_TOLERANCE: f64 = 1e-13;
 
-    /// Wraps `map`; fails if it has more than [`MAX_FORWARD_MODE_PARAMS`] parameters per site.
+    /// Wraps `map`; fails unless it has between 1 and [`MAX_FORWARD_MODE_PARAMS`] parameters
+    /// per site (a map without parameters could not depend on the passive sites).
     pub fn new(map: M) -> Result<Self> {
         let k = map.params_per_site();
-        if k > MAX_FORWARD_MODE_PARAMS {
+        if k == 0 || k > MAX_FORWARD_MODE_PARAMS {
             return Err(Error::param(
                 "params_per_site",
-                format!("forward mode supports at most {MAX_FORWARD_MODE_PARAMS}, got {k}"),
+                format!("forward mode supports 1 to {MAX_FORWARD_MODE_PARAMS}, got {k}"),
             ));
         }
         Ok(ForwardMode {
@@ -241,10 +242,15 @@ impl<T: Real, M: ScalarMap> PointwiseTransform<T> for ForwardMode<M> {
 
     fn forward(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T]) {
         let k = self.map.params_per_site();
+        debug_assert_eq!(theta.len(), v.len() * k);
         let mut buf = [0.0; MAX_FORWARD_MODE_PARAMS];
-        for (i, (yi, ldi)) in y.iter_mut().zip(ld.iter_mut()).enumerate() {
-            let p = site_params(&theta[i * k..(i + 1) * k], &mut buf);
-            let (c, slope) = self.value_and_slope(to_f64(v[i]), p);
+        for (((yi, ldi), &vi), p) in y
+            .iter_mut()
+            .zip(ld.iter_mut())
+            .zip(v)
+            .zip(theta.chunks_exact(k))
+        {
+            let (c, slope) = self.value_and_slope(to_f64(vi), site_params(p, &mut buf));
             *yi = from_f64(c);
             *ldi = from_f64(slope.abs().ln());
         }
@@ -252,10 +258,16 @@ impl<T: Real, M: ScalarMap> PointwiseTransform<T> for ForwardMode<M> {
 
     fn inverse(&self, y: &[T], theta: &[T], v: &mut [T], ld: &mut [T]) {
         let k = self.map.params_per_site();
+        debug_assert_eq!(theta.len(), y.len() * k);
         let mut buf = [0.0; MAX_FORWARD_MODE_PARAMS];
-        for (i, (vi, ldi)) in v.iter_mut().zip(ld.iter_mut()).enumerate() {
-            let p = site_params(&theta[i * k..(i + 1) * k], &mut buf);
-            let x = self.solve(to_f64(y[i]), p);
+        for (((vi, ldi), &yi), p) in v
+            .iter_mut()
+            .zip(ld.iter_mut())
+            .zip(y)
+            .zip(theta.chunks_exact(k))
+        {
+            let p = site_params(p, &mut buf);
+            let x = self.solve(to_f64(yi), p);
             let (_, slope) = self.value_and_slope(x, p);
             *vi = from_f64(x);
             *ldi = from_f64(-slope.abs().ln());
@@ -264,15 +276,22 @@ impl<T: Real, M: ScalarMap> PointwiseTransform<T> for ForwardMode<M> {
 
     fn backward(&self, v: &[T], theta: &[T], gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]) {
         let k = self.map.params_per_site();
+        debug_assert_eq!(theta.len(), v.len() * k);
+        debug_assert_eq!(gtheta.len(), theta.len());
         let mut buf = [0.0; MAX_FORWARD_MODE_PARAMS];
         let mut g = [0.0; MAX_FORWARD_MODE_PARAMS];
-        for (i, gvi) in gv.iter_mut().enumerate() {
-            let p = site_params(&theta[i * k..(i + 1) * k], &mut buf);
-            let dv =
-                self.site_gradients(to_f64(v[i]), p, to_f64(gy[i]), to_f64(gld[i]), &mut g[..k]);
+        for ((((gvi, gt), &vi), p), (&gyi, &gldi)) in gv
+            .iter_mut()
+            .zip(gtheta.chunks_exact_mut(k))
+            .zip(v)
+            .zip(theta.chunks_exact(k))
+            .zip(gy.iter().zip(gld))
+        {
+            let p = site_params(p, &mut buf);
+            let dv = self.site_gradients(to_f64(vi), p, to_f64(gyi), to_f64(gldi), &mut g[..k]);
             *gvi = *gvi + from_f64(dv);
-            for (gt, &gj) in gtheta[i * k..(i + 1) * k].iter_mut().zip(&g[..k]) {
-                *gt = *gt + from_f64(gj);
+            for (gtj, &gj) in gt.iter_mut().zip(&g[..k]) {
+                *gtj = *gtj + from_f64(gj);
             }
         }
     }
