@@ -14,7 +14,7 @@ use latflow::testing::{
 };
 use num_traits::Float;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
+use proptest::test_runner::{FileFailurePersistence, RngSeed};
 
 /// (v, θ) for `sites` sites of a transform with `k` parameters per site: v of order 6 with
 /// one value in four up to |v| = 50, θ uniform in (−scale, scale).
@@ -22,17 +22,27 @@ fn case(k: usize, sites: usize, scale: f64) -> impl Strategy<Value = (Vec<f64>, 
     (arb_field(sites, 6.0), arb_theta(k, sites, scale))
 }
 
-/// `cases` cases per property; failing cases are saved to (and replayed from)
+/// `cases` cases per property (`PROPTEST_CASES` overrides it), from a fixed seed; failing cases are saved to (and replayed from)
 /// `proptest-regressions/transforms.txt`.
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
-        cases,
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(cases),
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "proptest-regressions/transforms.txt",
         ))),
+        rng_seed: match std::env::var("PROPTEST_RNG_SEED") {
+            Ok(_) => ProptestConfig::default().rng_seed,
+            Err(_) => RngSeed::Fixed(FIXED_SEED),
+        },
         ..ProptestConfig::default()
     }
 }
+
+/// The proptest seed unless `PROPTEST_RNG_SEED` is set: runs are reproducible by default.
+const FIXED_SEED: u64 = 20_261_123;
 
 fn shift_scale_transforms() -> Vec<(&'static str, Box<dyn PointwiseTransform<f64>>)> {
     vec![
@@ -100,12 +110,14 @@ proptest! {
     #![proptest_config(config(128))]
 
     /// Backward against central differences of L = Σ a y + b ld in f64 (h = 1e-5,
-    /// rtol 1e-6, atol 1e-6 · max(1, |v|)); |s| ≤ 3 keeps e^{±s} of order 20.
+    /// rtol 1e-6, atol 1e-6 · max(1, |v|)); |s| ≤ 3 keeps e^{±s} of order 20, and cases with
+    /// some |s| < 1e-4 are skipped (the kink of |s| in Z2Affine lies within reach of h).
     #[test]
     fn shift_scale_backward_matches_finite_differences(
         (v, theta) in case(2, 6, 3.0),
         seed in any::<u64>(),
     ) {
+        prop_assume!(theta.chunks(2).all(|p| p[0].abs() >= 1e-4));
         for (name, t) in shift_scale_transforms() {
             let k = t.params_per_site();
             let theta = &theta[..v.len() * k];
@@ -281,6 +293,28 @@ impl ScalarMap for SinhArcsinh {
     }
 }
 
+/// Bin widths of a default-minimum spline on [−a, a] from its raw width parameters:
+/// 1e-3 + (2a − K·1e-3) softmax(raw).
+fn bin_widths(raw: &[f64], a: f64) -> Vec<f64> {
+    let max = raw.iter().cloned().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = raw.iter().map(|r| (r - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    let scale = 2.0 * a - raw.len() as f64 * 1e-3;
+    e.iter().map(|ek| 1e-3 + scale * ek / sum).collect()
+}
+
+/// The interior knots X_1 … X_{K−1} of the same spline.
+fn width_knots(raw: &[f64], a: f64) -> Vec<f64> {
+    let w = bin_widths(raw, a);
+    w[..w.len() - 1]
+        .iter()
+        .scan(-a, |x, wk| {
+            *x += wk;
+            Some(*x)
+        })
+        .collect()
+}
+
 fn forward_mode<M: ScalarMap>(map: M) -> ForwardMode<M> {
     ForwardMode::new(map).expect("few parameters")
 }
@@ -364,12 +398,21 @@ proptest! {
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
     }
 
-    /// RQS backward against central differences (h = 1e-6, rtol 1e-5, atol 1e-6).
+    /// RQS backward against central differences (h = 1e-6, rtol 1e-5, atol 1e-6), raw
+    /// parameters in (−2, 2). With wider raw ranges, bins of width ~1e-3 and slopes ~1e3
+    /// give log C' a curvature that no single finite-difference step resolves (truncation
+    /// at h = 1e-6, rounding amplified by the slope at h = 1e-7); the exact comparison with
+    /// forward mode above covers (−3, 3). A point within h of a knot would fail
+    /// legitimately (probability ~1e-6 per site).
     #[test]
     fn rqs_backward_matches_finite_differences(
-        (v, theta) in arb_sites(23, 6, 6.0, 3.0),
+        (v, theta) in arb_sites(23, 6, 6.0, 2.0),
         seed in any::<u64>(),
     ) {
+        for (&vi, p) in v.iter().zip(theta.chunks(23)) {
+            let near = |x: f64| (vi - x).abs() < 1e-5;
+            prop_assume!(!near(5.0) && !near(-5.0) && !width_knots(&p[..8], 5.0).into_iter().any(near));
+        }
         let cfg = GradCheck { step: 1e-6, rtol: 1e-5, atol: 1e-6, seed };
         let r = check_transform_gradients(&rqs_default(), &v, &theta, &cfg);
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
@@ -430,12 +473,7 @@ proptest! {
             let (y2, l2) = probe(x + side * 2.0 * delta);
             (2.0 * y1 - y2, 2.0 * l1 - l2)
         };
-        // Bin widths from the parameters: 1e-3 + (10 − 8e-3) softmax.
-        let raw_w = &theta[..8];
-        let max = raw_w.iter().cloned().fold(f64::MIN, f64::max);
-        let e: Vec<f64> = raw_w.iter().map(|r| (r - max).exp()).collect();
-        let sum: f64 = e.iter().sum();
-        let w: Vec<f64> = e.iter().map(|ek| 1e-3 + (10.0 - 8e-3) * ek / sum).collect();
+        let w = bin_widths(&theta[..8], 5.0);
         for (edge, width) in [(a, w[7]), (-a, w[0])] {
             let delta = 1e-8 * width;
             let (y_in, ld_in) = limit(edge, -edge.signum(), delta);
