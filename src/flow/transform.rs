@@ -1,4 +1,7 @@
-//! Pointwise monotone transforms C(v; θ) applied to the active sites of a coupling layer.
+//! Pointwise monotone transforms C(v; θ) applied to the active sites of a coupling layer:
+//! the [`PointwiseTransform`] trait and its implementations — [`Additive`], [`Affine`],
+//! [`Z2Affine`], the rational-quadratic spline [`Rqs`], and [`ForwardMode`], which turns a
+//! user's [`ScalarMap`] (the forward formula alone) into a full transform.
 
 /// The float types network math runs in (f32 in production, f64 for gradient checks).
 pub trait Real:
@@ -35,3 +38,11 @@ pub trait PointwiseTransform<T: Real>: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn backward(&self, v: &[T], theta: &[T], gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]);
 }
+
+mod affine;
+mod forward_mode;
+mod rqs;
+
+pub use affine::{Additive, Affine, Z2Affine};
+pub use forward_mode::{ForwardMode, MAX_FORWARD_MODE_PARAMS, ScalarMap};
+pub use rqs::{MAX_BINS, Rqs};
