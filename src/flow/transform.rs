@@ -35,3 +35,7 @@ pub trait PointwiseTransform<T: Real>: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn backward(&self, v: &[T], theta: &[T], gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]);
 }
+
+mod affine;
+
+pub use affine::{Additive, Affine, Z2Affine};
