@@ -271,6 +271,13 @@ impl<T: Real> Tape<T> {
         Var(i)
     }
 
+    /// A constant `rows × cols` block of zeros.
+    pub fn zeros(&mut self, rows: usize, cols: usize) -> Var {
+        let i = self.push(Op::Input, (rows, cols), false);
+        self.nodes[i].value.fill(T::zero());
+        Var(i)
+    }
+
     /// An input whose gradient is wanted (e.g. to check a backward pass).
     pub fn input_with_grad(&mut self, x: ArrayView2<T>) -> Var {
         let v = self.input(x);
@@ -370,7 +377,10 @@ impl<T: Real> Tape<T> {
     /// `[rows, cols / group, group]` view).
     pub fn softmax(&mut self, x: Var, group: usize) -> Var {
         let shape = self.shape(x);
-        assert!(group > 0 && shape.1.is_multiple_of(group), "softmax: group {group}");
+        assert!(
+            group > 0 && shape.1.is_multiple_of(group),
+            "softmax: group {group}"
+        );
         let ng = self.needs(x.0);
         let i = self.push(Op::Softmax { x: x.0, group }, shape, ng);
         let (prev, node) = self.split(i);
@@ -392,7 +402,10 @@ impl<T: Real> Tape<T> {
     /// Cumulative sum over each run of `group` consecutive columns.
     pub fn cumsum(&mut self, x: Var, group: usize) -> Var {
         let shape = self.shape(x);
-        assert!(group > 0 && shape.1.is_multiple_of(group), "cumsum: group {group}");
+        assert!(
+            group > 0 && shape.1.is_multiple_of(group),
+            "cumsum: group {group}"
+        );
         let ng = self.needs(x.0);
         let i = self.push(Op::CumSum { x: x.0, group }, shape, ng);
         let (prev, node) = self.split(i);
