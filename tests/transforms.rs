@@ -1,24 +1,24 @@
 //! Laws of the pointwise transforms: invertibility (f32 and f64), log-derivatives,
-//! backward passes against finite differences, identities at zero parameters and the Z2
-//! symmetry of `Z2Affine`.
+//! backward passes against finite differences and against forward mode, identities at
+//! zero parameters, the Z2 symmetry of `Z2Affine`, and continuity of the spline at its
+//! knots and at ±a.
 
 use latflow::flow::PointwiseTransform;
-use latflow::flow::transform::{Additive, Affine, Z2Affine};
-use latflow::testing::{GradCheck, check_transform_gradients};
+use latflow::flow::transform::{
+    Additive, Affine, ForwardMode, MAX_FORWARD_MODE_PARAMS, Rqs, ScalarMap, Z2Affine,
+};
+use latflow::testing::strategies::{arb_field, arb_sites, arb_theta};
+use latflow::testing::{
+    GradCheck, check_transform_finite, check_transform_gradients, check_transform_invertible,
+    check_transform_log_derivative, check_transform_matches_reference, to_f32,
+};
+use num_traits::Float;
 use proptest::prelude::*;
 
-/// Field values: mostly order one, some far out (up to |v| = 50).
-fn field(n: usize) -> impl Strategy<Value = Vec<f64>> {
-    proptest::collection::vec(prop_oneof![3 => -6.0..6.0f64, 1 => -50.0..50.0f64], n)
-}
-
-fn params(n: usize, scale: f64) -> impl Strategy<Value = Vec<f64>> {
-    proptest::collection::vec(-scale..scale, n)
-}
-
-/// (v, θ) for `sites` sites of a transform with `k` parameters per site.
+/// (v, θ) for `sites` sites of a transform with `k` parameters per site: v of order 6 with
+/// one value in four up to |v| = 50, θ uniform in (−scale, scale).
 fn case(k: usize, sites: usize, scale: f64) -> impl Strategy<Value = (Vec<f64>, Vec<f64>)> {
-    (field(sites), params(sites * k, scale))
+    (arb_field(sites, 6.0), arb_theta(k, sites, scale))
 }
 
 fn shift_scale_transforms() -> Vec<(&'static str, Box<dyn PointwiseTransform<f64>>)> {
@@ -172,4 +172,361 @@ proptest! {
             prop_assert_eq!(ld3[i], ld[i]);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward-mode oracles: the same maps written once as formulas.
+
+fn c<F: Float>(x: f64) -> F {
+    F::from(x).unwrap()
+}
+
+struct AdditiveMap;
+impl ScalarMap for AdditiveMap {
+    fn params_per_site(&self) -> usize {
+        1
+    }
+    fn eval<F: Float>(&self, v: F, theta: &[F]) -> F {
+        v - theta[0]
+    }
+}
+
+struct AffineMap;
+impl ScalarMap for AffineMap {
+    fn params_per_site(&self) -> usize {
+        2
+    }
+    fn eval<F: Float>(&self, v: F, theta: &[F]) -> F {
+        (v - theta[1]) * (-theta[0]).exp()
+    }
+}
+
+struct Z2AffineMap;
+impl ScalarMap for Z2AffineMap {
+    fn params_per_site(&self) -> usize {
+        2
+    }
+    fn eval<F: Float>(&self, v: F, theta: &[F]) -> F {
+        (v - theta[1]) * (-theta[0].abs()).exp()
+    }
+}
+
+/// The spline of SPEC 3.3 written out directly (default minimums 1e-3).
+struct RqsMap {
+    bins: usize,
+    bound: f64,
+}
+
+impl ScalarMap for RqsMap {
+    fn params_per_site(&self) -> usize {
+        3 * self.bins - 1
+    }
+    fn eval<F: Float>(&self, v: F, theta: &[F]) -> F {
+        let k = self.bins;
+        let a: F = c(self.bound);
+        if !(v > -a && v < a) {
+            return v;
+        }
+        let min: F = c(1e-3);
+        let sizes = |raw: &[F]| -> Vec<F> {
+            let max = raw.iter().fold(raw[0], |m, &r| m.max(r));
+            let e: Vec<F> = raw.iter().map(|&r| (r - max).exp()).collect();
+            let sum = e.iter().fold(F::zero(), |s, &x| s + x);
+            let scale = c::<F>(2.0) * a - c::<F>(k as f64) * min;
+            e.iter().map(|&x| min + scale * x / sum).collect()
+        };
+        let w = sizes(&theta[..k]);
+        let h = sizes(&theta[k..2 * k]);
+        let mut d = vec![F::one(); k + 1];
+        for j in 1..k {
+            d[j] = (F::one() + theta[2 * k + j - 1].exp()).ln() + min;
+        }
+        let (mut x0, mut y0) = (-a, -a);
+        let mut l = 0;
+        while l + 1 < k && v >= x0 + w[l] {
+            x0 = x0 + w[l];
+            y0 = y0 + h[l];
+            l += 1;
+        }
+        let s = h[l] / w[l];
+        let alpha = (v - x0) / w[l];
+        let q = alpha * (F::one() - alpha);
+        let num = s * alpha * alpha + d[l] * q;
+        let den = s + (d[l] + d[l + 1] - c::<F>(2.0) * s) * q;
+        y0 + h[l] * num / den
+    }
+}
+
+/// A sinh–arcsinh map C = sinh(e^{θ₁} asinh(v) − θ₀), monotone for every θ.
+struct SinhArcsinh;
+impl ScalarMap for SinhArcsinh {
+    fn params_per_site(&self) -> usize {
+        2
+    }
+    fn eval<F: Float>(&self, v: F, theta: &[F]) -> F {
+        (theta[1].exp() * v.asinh() - theta[0]).sinh()
+    }
+}
+
+fn forward_mode<M: ScalarMap>(map: M) -> ForwardMode<M> {
+    ForwardMode::new(map).expect("few parameters")
+}
+
+#[test]
+fn forward_mode_rejects_too_many_parameters() {
+    struct Wide;
+    impl ScalarMap for Wide {
+        fn params_per_site(&self) -> usize {
+            MAX_FORWARD_MODE_PARAMS + 1
+        }
+        fn eval<F: Float>(&self, v: F, _theta: &[F]) -> F {
+            v
+        }
+    }
+    assert!(ForwardMode::new(Wide).is_err());
+    assert!(forward_mode(AffineMap).with_tolerance(0.0).is_err());
+    assert!(forward_mode(AffineMap).with_tolerance(1e-10).is_ok());
+}
+
+#[test]
+fn forward_mode_derivatives_by_hand() {
+    // C = sinh(2 asinh v − 0.5) at v = 0.7: C' = 2 cosh(2 asinh v − 0.5) / √(1 + v²).
+    let fm = forward_mode(SinhArcsinh);
+    let (v, theta) = (0.7f64, [0.5, 2f64.ln()]);
+    let u = 2.0 * v.asinh() - 0.5;
+    let (value, slope) = fm.value_and_slope(v, &theta);
+    assert!((value - u.sinh()).abs() < 1e-14);
+    assert!((slope - 2.0 * u.cosh() / (1.0 + v * v).sqrt()).abs() < 1e-14);
+    // C⁻¹ = sinh((asinh y + 0.5)/2), solved to the default tolerance 1e-13 (1 + |v|).
+    let y = 3.0f64;
+    let exact = ((y.asinh() + 0.5) / 2.0).sinh();
+    assert!((fm.solve(y, &theta) - exact).abs() < 1e-13 * (1.0 + exact.abs()));
+}
+
+/// Per-site f32/f64 tolerances of `check_transform_invertible` (see its documentation:
+/// errors scaled by 1 + |v| + |y|/C').
+const INVERSE_TOL_F64: f64 = 1e-10;
+const INVERSE_TOL_F32: f64 = 1e-5;
+
+fn rqs_default() -> Rqs {
+    Rqs::default()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Built-in shift-scale transforms agree with their forward-mode oracles (forward and
+    /// backward, rtol 1e-12, atol 1e-12).
+    #[test]
+    fn shift_scale_match_forward_mode((v, theta) in case(2, 6, 3.0), seed in any::<u64>()) {
+        let n = v.len();
+        let checks: [(&str, &dyn PointwiseTransform<f64>, &dyn PointwiseTransform<f64>); 3] = [
+            ("additive", &Additive, &forward_mode(AdditiveMap)),
+            ("affine", &Affine, &forward_mode(AffineMap)),
+            ("z2-affine", &Z2Affine, &forward_mode(Z2AffineMap)),
+        ];
+        for (name, t, oracle) in checks {
+            let k = t.params_per_site();
+            let r = check_transform_matches_reference(t, oracle, &v, &theta[..n * k], seed, 1e-12, 1e-12);
+            prop_assert!(r.is_ok(), "{name}: {}", r.unwrap_err());
+        }
+    }
+
+    /// RQS forward and backward against the forward-mode oracle of the SPEC formula
+    /// (rtol 1e-9, atol 1e-9: two different f64 evaluation orders of the same formula).
+    #[test]
+    fn rqs_matches_forward_mode((v, theta) in arb_sites(23, 8, 6.0, 3.0), seed in any::<u64>()) {
+        let oracle = forward_mode(RqsMap { bins: 8, bound: 5.0 });
+        let r = check_transform_matches_reference(&rqs_default(), &oracle, &v, &theta, seed, 1e-9, 1e-9);
+        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+    }
+
+    /// RQS backward against central differences (h = 1e-6, rtol 1e-5, atol 1e-6).
+    #[test]
+    fn rqs_backward_matches_finite_differences(
+        (v, theta) in arb_sites(23, 6, 6.0, 3.0),
+        seed in any::<u64>(),
+    ) {
+        let cfg = GradCheck { step: 1e-6, rtol: 1e-5, atol: 1e-6, seed };
+        let r = check_transform_gradients(&rqs_default(), &v, &theta, &cfg);
+        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+    }
+
+    /// RQS: C⁻¹(C(v)) = v and ld consistency in f64 and f32, ld against finite
+    /// differences (h = 1e-6, |Δ log C'| ≤ 1e-6), and only finite numbers, for K = 8 on
+    /// [−5, 5] and for K = 3 on [−2, 2].
+    #[test]
+    fn rqs_invertible_and_log_derivative(
+        (v, theta) in arb_sites(23, 8, 6.0, 3.0),
+        (v3, theta3) in arb_sites(8, 8, 3.0, 3.0),
+    ) {
+        let small = Rqs::new(3, 2.0).unwrap();
+        let cases: [(&Rqs, &[f64], &[f64]); 2] = [(&rqs_default(), &v, &theta), (&small, &v3, &theta3)];
+        for (t, v, theta) in cases {
+            let r = check_transform_invertible::<f64>(t, v, theta, INVERSE_TOL_F64);
+            prop_assert!(r.is_ok(), "f64: {}", r.unwrap_err());
+            let r = check_transform_invertible::<f32>(t, &to_f32(v), &to_f32(theta), INVERSE_TOL_F32);
+            prop_assert!(r.is_ok(), "f32: {}", r.unwrap_err());
+            let r = check_transform_log_derivative(t, v, theta, 1e-6, 1e-6);
+            prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+            prop_assert!(check_transform_finite::<f64>(t, v, theta).is_ok());
+        }
+    }
+
+    /// Extreme raw parameters (|θ| up to 40) and |v| up to 50: no NaN or infinity in any
+    /// output of the spline, in f64 and f32.
+    #[test]
+    fn rqs_finite_for_extreme_parameters((v, theta) in arb_sites(23, 8, 6.0, 40.0)) {
+        let t = rqs_default();
+        let r = check_transform_finite::<f64>(&t, &v, &theta);
+        prop_assert!(r.is_ok(), "f64: {}", r.unwrap_err());
+        let r = check_transform_finite::<f32>(&t, &to_f32(&v), &to_f32(&theta));
+        prop_assert!(r.is_ok(), "f32: {}", r.unwrap_err());
+    }
+
+    /// The spline is C¹ at ±a and at every interior knot. Values are probed at distances δ
+    /// and 2δ on each side and extrapolated linearly to the point, which removes the O(δ)
+    /// slope term. Next to a bin of width w with slope s, log C' varies on the scale
+    /// w d/(2s) in v, so δ = 1e-8 · (narrower adjacent width) keeps the remaining
+    /// O(δ² ld'') below 1e-6 even for the narrowest bins (w ≈ 1e-3, s ≈ 1e4). The one-sided
+    /// limits of C must agree to 1e-9 and those of log C' to 1e-5 (a wrong knot
+    /// derivative shows as a jump of order one). At ±a the inner limits must be C = ±a,
+    /// log C' = 0, and just outside the map is exactly the identity.
+    #[test]
+    fn rqs_continuous_at_bounds_and_knots(theta in arb_theta(23, 1, 3.0)) {
+        let t = rqs_default();
+        let a = 5.0;
+        let probe = |x: f64| {
+            let (mut y, mut ld) = ([0.0], [0.0]);
+            t.forward(&[x], &theta, &mut y, &mut ld);
+            (y[0], ld[0])
+        };
+        // One-sided limits at x from the side `side` = ±1.
+        let limit = |x: f64, side: f64, delta: f64| {
+            let (y1, l1) = probe(x + side * delta);
+            let (y2, l2) = probe(x + side * 2.0 * delta);
+            (2.0 * y1 - y2, 2.0 * l1 - l2)
+        };
+        // Bin widths from the parameters: 1e-3 + (10 − 8e-3) softmax.
+        let raw_w = &theta[..8];
+        let max = raw_w.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = raw_w.iter().map(|r| (r - max).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        let w: Vec<f64> = e.iter().map(|ek| 1e-3 + (10.0 - 8e-3) * ek / sum).collect();
+        for (edge, width) in [(a, w[7]), (-a, w[0])] {
+            let delta = 1e-8 * width;
+            let (y_in, ld_in) = limit(edge, -edge.signum(), delta);
+            prop_assert!((y_in - edge).abs() < 1e-9, "C → {y_in} at {edge}");
+            prop_assert!(ld_in.abs() < 1e-5, "log C' → {ld_in} at {edge}");
+            let outside = edge + edge.signum() * delta;
+            prop_assert_eq!(probe(outside), (outside, 0.0));
+        }
+        let mut knot = -a;
+        for k in 0..7 {
+            knot += w[k];
+            let delta = 1e-8 * w[k].min(w[k + 1]);
+            let (y_lo, ld_lo) = limit(knot, -1.0, delta);
+            let (y_hi, ld_hi) = limit(knot, 1.0, delta);
+            prop_assert!((y_hi - y_lo).abs() < 1e-9, "C jumps at knot {knot}: {y_lo} → {y_hi}");
+            prop_assert!((ld_hi - ld_lo).abs() < 1e-5, "log C' jumps at knot {knot}: {ld_lo} → {ld_hi}");
+        }
+    }
+
+    /// The analytic RQS inverse agrees with the forward-mode Newton inverse of the oracle
+    /// to 1e-9 (1 + |y|/C') and with it the log-derivative to 1e-8.
+    #[test]
+    fn rqs_inverse_matches_newton((v, theta) in arb_sites(23, 8, 6.0, 3.0)) {
+        let t = rqs_default();
+        let oracle = forward_mode(RqsMap { bins: 8, bound: 5.0 });
+        let n = v.len();
+        let (mut y, mut ld) = (vec![0.0; n], vec![0.0; n]);
+        t.forward(&v, &theta, &mut y, &mut ld);
+        let (mut a, mut la, mut b, mut lb) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        t.inverse(&y, &theta, &mut a, &mut la);
+        oracle.inverse(&y, &theta, &mut b, &mut lb);
+        for i in 0..n {
+            let tol = 1e-9 * (1.0 + y[i].abs() * (-ld[i]).exp());
+            prop_assert!((a[i] - b[i]).abs() <= tol, "site {i}: {} vs {}", a[i], b[i]);
+            prop_assert!((la[i] - lb[i]).abs() <= 1e-8 * (1.0 + la[i].abs()), "site {i}: {} vs {}", la[i], lb[i]);
+        }
+    }
+
+    /// A user map through ForwardMode (sinh–arcsinh, |θ| ≤ 1): invertible in f64 and f32,
+    /// ld against finite differences (h = 1e-6, 1e-6), backward against finite
+    /// differences (h = 1e-5, rtol 1e-5, atol 1e-6), finite everywhere.
+    #[test]
+    fn forward_mode_user_map_laws(
+        (v, theta) in arb_sites(2, 6, 6.0, 1.0),
+        seed in any::<u64>(),
+    ) {
+        let t = forward_mode(SinhArcsinh);
+        let r = check_transform_invertible::<f64>(&t, &v, &theta, INVERSE_TOL_F64);
+        prop_assert!(r.is_ok(), "f64: {}", r.unwrap_err());
+        let r = check_transform_invertible::<f32>(&t, &to_f32(&v), &to_f32(&theta), INVERSE_TOL_F32);
+        prop_assert!(r.is_ok(), "f32: {}", r.unwrap_err());
+        let r = check_transform_log_derivative(&t, &v, &theta, 1e-6, 1e-6);
+        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+        let cfg = GradCheck { step: 1e-5, rtol: 1e-5, atol: 1e-6, seed };
+        let r = check_transform_gradients(&t, &v, &theta, &cfg);
+        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+        prop_assert!(check_transform_finite::<f64>(&t, &v, &theta).is_ok());
+    }
+
+    /// Shift-scale transforms: ld against finite differences and the shared invertibility
+    /// check in f64 and f32.
+    #[test]
+    fn shift_scale_log_derivative_and_inverse((v, theta) in case(2, 8, 3.0)) {
+        for (name, t) in shift_scale_transforms() {
+            let k = t.params_per_site();
+            let theta = &theta[..v.len() * k];
+            let r = check_transform_log_derivative(t.as_ref(), &v, theta, 1e-6, 1e-6);
+            prop_assert!(r.is_ok(), "{name}: {}", r.unwrap_err());
+            let r = check_transform_invertible::<f64>(t.as_ref(), &v, theta, INVERSE_TOL_F64);
+            prop_assert!(r.is_ok(), "{name}: {}", r.unwrap_err());
+        }
+    }
+}
+
+#[test]
+fn invertibility_check_detects_a_wrong_inverse() {
+    /// Affine whose inverse forgets the shift.
+    struct BrokenInverse;
+    impl PointwiseTransform<f64> for BrokenInverse {
+        fn params_per_site(&self) -> usize {
+            2
+        }
+        fn forward(&self, v: &[f64], theta: &[f64], y: &mut [f64], ld: &mut [f64]) {
+            Affine.forward(v, theta, y, ld)
+        }
+        fn inverse(&self, y: &[f64], theta: &[f64], v: &mut [f64], ld: &mut [f64]) {
+            let no_shift: Vec<f64> = theta.chunks(2).flat_map(|p| [p[0], 0.0]).collect();
+            Affine.inverse(y, &no_shift, v, ld)
+        }
+        fn backward(
+            &self,
+            v: &[f64],
+            th: &[f64],
+            gy: &[f64],
+            gld: &[f64],
+            gv: &mut [f64],
+            gt: &mut [f64],
+        ) {
+            Affine.backward(v, th, gy, gld, gv, gt)
+        }
+    }
+    let (v, theta) = ([0.5, -2.0], [0.3, 0.1, -0.2, 0.7]);
+    assert!(check_transform_invertible::<f64>(&Affine, &v, &theta, INVERSE_TOL_F64).is_ok());
+    assert!(
+        check_transform_invertible::<f64>(&BrokenInverse, &v, &theta, INVERSE_TOL_F64).is_err()
+    );
+    // A log-derivative off by a constant fails the finite-difference check.
+    let oracle = forward_mode(AffineMap);
+    assert!(check_transform_log_derivative(&oracle, &v, &theta, 1e-6, 1e-6).is_ok());
+    let scaled: Vec<f64> = theta.iter().map(|x| 1.01 * x).collect();
+    assert!(
+        check_transform_matches_reference(&Affine, &oracle, &v, &scaled, 0, 1e-12, 1e-12).is_ok()
+    );
+    assert!(
+        check_transform_matches_reference(&Z2Affine, &oracle, &v, &theta, 0, 1e-12, 1e-12).is_err()
+    );
 }

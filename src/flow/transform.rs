@@ -37,5 +37,9 @@ pub trait PointwiseTransform<T: Real>: Send + Sync {
 }
 
 mod affine;
+mod forward_mode;
+mod rqs;
 
 pub use affine::{Additive, Affine, Z2Affine};
+pub use forward_mode::{ForwardMode, MAX_FORWARD_MODE_PARAMS, ScalarMap};
+pub use rqs::{MAX_BINS, Rqs};

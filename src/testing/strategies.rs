@@ -1,0 +1,48 @@
+//! Proptest strategies for fields, transform parameters and latent batches (behind the
+//! default `proptest` feature).
+
+use ndarray::Array2;
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+/// Largest |v| the field strategies produce: far outside a spline interval [−5, 5].
+pub const FAR_FIELD: f64 = 50.0;
+
+/// `n` field values: three in four uniform in (−scale, scale), one in four uniform in
+/// (−50, 50), so that values far outside a spline interval are always exercised.
+pub fn arb_field(n: usize, scale: f64) -> impl Strategy<Value = Vec<f64>> {
+    vec(arb_value(scale), n)
+}
+
+fn arb_value(scale: f64) -> impl Strategy<Value = f64> {
+    prop_oneof![3 => -scale..scale, 1 => -FAR_FIELD..FAR_FIELD]
+}
+
+/// Parameters for `n` sites of a transform with `k` parameters per site (length n·k),
+/// uniform in (−scale, scale).
+pub fn arb_theta(k: usize, n: usize, scale: f64) -> impl Strategy<Value = Vec<f64>> {
+    vec(-scale..scale, n * k)
+}
+
+/// A transform test case `(v, θ)` with 1 ..= `max_sites` sites: v from [`arb_field`] with
+/// `field_scale`, θ from [`arb_theta`] with `theta_scale`.
+pub fn arb_sites(
+    k: usize,
+    max_sites: usize,
+    field_scale: f64,
+    theta_scale: f64,
+) -> impl Strategy<Value = (Vec<f64>, Vec<f64>)> {
+    (1..=max_sites.max(1))
+        .prop_flat_map(move |n| (arb_field(n, field_scale), arb_theta(k, n, theta_scale)))
+}
+
+/// A `[rows, volume]` batch of latent values in f32, uniform in (−scale, scale).
+pub fn arb_latent_batch(
+    rows: usize,
+    volume: usize,
+    scale: f32,
+) -> impl Strategy<Value = Array2<f32>> {
+    vec(-scale..scale, rows * volume).prop_map(move |values| {
+        Array2::from_shape_fn((rows, volume), |(r, c)| values[r * volume + c])
+    })
+}
