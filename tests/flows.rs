@@ -2,11 +2,15 @@
 //! Z2 equivariance, identity at zero network output, finiteness for large inputs, model files,
 //! and the training gradient of `forward_backward` against finite differences.
 
+use latflow::flow::transform::Rqs;
 use latflow::flow::{
     BlockConfig, Flow, FlowConfig, FlowModel, LayerConfig, NetConfig, Partition, TransformKind,
     Workspace,
 };
-use latflow::testing::{assert_gradients_close, finite_difference_gradient};
+use latflow::testing::{
+    assert_gradients_close, check_flow_invertible, check_flow_log_det_bruteforce,
+    check_flow_z2_equivariant, finite_difference_gradient,
+};
 use latflow::{Error, Lattice, rng_from_seed};
 use ndarray::{Array2, ArrayView2};
 use rand::RngExt;
@@ -30,6 +34,11 @@ fn configs() -> Vec<(&'static str, FlowConfig)> {
             FlowConfig::convolutional(TransformKind::Z2Affine, 1, &[2, 2], 3),
         ),
         ("mixed", mixed_config()),
+        ("seed", FlowConfig::seed(16, 1, 4).unwrap()),
+        (
+            "conv_rqs",
+            FlowConfig::convolutional(TransformKind::Rqs(Rqs::new(6, 3.0).unwrap()), 1, &[2], 3),
+        ),
     ]
 }
 
@@ -420,4 +429,29 @@ fn configs_round_trip_through_json_and_initialisation_is_seeded() {
         assert_eq!(a.params(), b.params());
         assert_ne!(a.params(), c.params());
     }
+}
+
+#[test]
+fn seed_recipe_matches_the_reference_parameter_count() {
+    // L = 6, H = 36, 2 affine blocks, K = 8, as torch_ref.py: per affine layer two bias-free
+    // nets 18→36→18; per RQS layer one net 18→36→18·23 with biases; two scalar scales.
+    let config = FlowConfig::seed(36, 2, 8).unwrap();
+    let model = FlowModel::new(&config, &lattice(6), 0).unwrap();
+    let affine_layer = 2 * (18 * 36 + 36 * 18);
+    let rqs_layer = 18 * 36 + 36 + 36 * 18 * 23 + 18 * 23;
+    assert_eq!(model.n_params(), 4 * affine_layer + 2 * rqs_layer + 2);
+    assert_eq!(model.n_params(), 42374);
+}
+
+#[test]
+fn shared_flow_checks_pass_on_the_seed_recipe() {
+    let model = random_model(&FlowConfig::seed(16, 2, 8).unwrap(), 4, 0.3, 30);
+    let z = normal_batch(64, 16, 31);
+    check_flow_invertible(&model, z.view(), 1e-4).unwrap();
+    for row in z.outer_iter().take(4) {
+        check_flow_log_det_bruteforce(&model, row.as_slice().unwrap(), 1e-2, 1e-2).unwrap();
+    }
+    let z2 = random_model(&FlowConfig::z2_affine(2, 16), 4, 0.3, 32);
+    check_flow_z2_equivariant(&z2, z.view(), 1e-5).unwrap();
+    assert!(check_flow_z2_equivariant(&model, z.view(), 1e-5).is_err());
 }

@@ -59,6 +59,7 @@ impl TransformPair {
             TransformKind::Additive => Self::of(Additive),
             TransformKind::Affine => Self::of(Affine),
             TransformKind::Z2Affine => Self::of(Z2Affine),
+            TransformKind::Rqs(spline) => Self::of(*spline),
         })
     }
 

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Result;
+use crate::flow::transform::Rqs;
 use crate::lattice::Lattice;
 
 /// The latent distribution r(z).
@@ -25,6 +27,8 @@ pub enum TransformKind {
     Affine,
     /// C = (v − t) e^{−|s|}, with bias-free nets: Z2-equivariant.
     Z2Affine,
+    /// Rational-quadratic spline (segments, interval, minimum bin sizes).
+    Rqs(Rqs),
 }
 
 /// The network that computes a block's transform parameters.
@@ -128,6 +132,27 @@ impl FlowConfig {
         }
     }
 
+    /// The seed recipe of SPEC 3.5, structured like the PyTorch reference: `affine_blocks`
+    /// Z2-affine blocks (separate bias-free s and t nets, one hidden layer of width
+    /// `hidden`), a learnable scale, one RQS block with `bins` segments on [−5, 5] (one net
+    /// with biases, same width), and a learnable output scale.
+    pub fn seed(hidden: usize, affine_blocks: usize, bins: usize) -> Result<Self> {
+        let mut config = Self::z2_affine(affine_blocks, hidden);
+        config.layers.pop();
+        config.layers.push(LayerConfig::Scale);
+        config.layers.push(LayerConfig::Block(BlockConfig {
+            transform: TransformKind::Rqs(Rqs::new(bins, 5.0)?),
+            net: NetConfig::Dense {
+                hidden: vec![hidden],
+                bias: true,
+            },
+            separate_nets: false,
+            partition: Partition::Checkerboard,
+        }));
+        config.layers.push(LayerConfig::Scale);
+        Ok(config)
+    }
+
     /// Real NVP: `blocks` affine blocks, one dense net with biases and the given hidden widths.
     pub fn real_nvp(blocks: usize, hidden: &[usize]) -> Self {
         Self::dense_blocks(TransformKind::Affine, blocks, hidden)
@@ -162,14 +187,14 @@ impl FlowConfig {
         channels: &[usize],
         kernel: usize,
     ) -> Self {
-        let bias = transform != TransformKind::Z2Affine;
+        let z2 = transform == TransformKind::Z2Affine;
         let block = BlockConfig {
-            separate_nets: transform == TransformKind::Z2Affine,
+            separate_nets: z2,
             transform,
             net: NetConfig::Conv {
                 channels: channels.to_vec(),
                 kernel,
-                bias,
+                bias: !z2,
             },
             partition: Partition::Checkerboard,
         };
