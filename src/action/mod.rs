@@ -5,6 +5,12 @@ use ndarray::{ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
 use crate::lattice::Lattice;
 
+mod free;
+mod phi4;
+
+pub use free::{FreeField, FreeFieldSampler};
+pub use phi4::{Phi4, Phi4Conversion, Phi4Couplings, Phi4Form};
+
 /// A real scalar field theory on a lattice, with weight e^{−S(φ)}.
 ///
 /// All quantities are f64. A user's own action implements this trait and then works with

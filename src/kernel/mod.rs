@@ -7,6 +7,16 @@ use serde::{Deserialize, Serialize};
 use crate::action::Action;
 use crate::error::{Error, Result};
 
+mod chain;
+mod combine;
+mod hmc;
+mod local;
+
+pub use chain::{Chain, ChainRecord};
+pub use combine::{Cycle, Mixture, Repeat};
+pub use hmc::{Hmc, Integrator, OMELYAN_LAMBDA};
+pub use local::{LocalMetropolis, SweepOrder};
+
 /// The state a kernel moves: the field and its cached action.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct State {

@@ -1,5 +1,12 @@
 //! Observables measured on one configuration: the [`Observable`] trait and the φ⁴ set.
 
+mod field;
+
+pub use field::{
+    AbsMagnetisation, FieldSquared, Magnetisation, MagnetisationFourth, MagnetisationSquared,
+    field_squared, magnetisation,
+};
+
 /// A measurement on one configuration, possibly vector-valued (a correlator).
 ///
 /// An observable does not know which kernel produced the configuration.

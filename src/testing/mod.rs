@@ -1,4 +1,5 @@
 //! Public test helpers for users who add their own layers, transforms or kernels:
+//! detailed-balance checks for kernels,
 //! gradient checks against finite differences and forward mode, invertibility,
 //! log-derivative and finiteness checks for pointwise transforms, flow-level checks
 //! (invertibility, brute-force log-determinant, Z2 equivariance) and proptest strategies.
@@ -7,6 +8,7 @@
 //! component, so it can be used with `prop_assert!`, `?` or `assert!(...is_ok())`. Each
 //! documents the tolerance it applies.
 
+pub mod balance;
 pub mod flow;
 pub mod gradcheck;
 #[cfg(feature = "proptest")]

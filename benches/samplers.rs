@@ -1,0 +1,86 @@
+//! Classic samplers on 2D φ⁴ (β = 0.576, λ = 0.5) at L = 8, 16, 64: one local Metropolis
+//! sweep (throughput in site updates), one HMC trajectory and the force alone (throughput
+//! in site·steps).
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use latflow::action::{Action, Phi4};
+use latflow::kernel::{Chain, Hmc, LocalMetropolis};
+use latflow::{Lattice, Proposal, State, rng_from_seed};
+
+const SIZES: [usize; 3] = [8, 16, 64];
+const HMC_STEPS: usize = 10;
+
+fn phi4(l: usize) -> Arc<Phi4> {
+    Arc::new(Phi4::hopping(Lattice::hypercubic(2, l).unwrap(), 0.576, 0.5).unwrap())
+}
+
+/// A configuration thermalised by local sweeps, so that acceptances are realistic.
+fn thermalised(action: &Arc<Phi4>) -> State {
+    let kernel = LocalMetropolis::new(action.clone(), 1.0).unwrap();
+    let mut chain = Chain::new(kernel, State::zero(&**action), 1);
+    chain.thermalise(200);
+    chain.into_parts().1
+}
+
+fn local_sweep(c: &mut Criterion) {
+    let mut group = c.benchmark_group("local_sweep");
+    for l in SIZES {
+        let action = phi4(l);
+        let mut state = thermalised(&action);
+        let mut kernel = LocalMetropolis::new(action.clone(), 1.0).unwrap();
+        let mut rng = rng_from_seed(2);
+        let mut moves = Vec::with_capacity(1);
+        group.throughput(Throughput::Elements((l * l) as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(l), &l, |b, _| {
+            b.iter(|| {
+                moves.clear();
+                kernel.step(black_box(&mut state), &mut rng, &mut moves);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn hmc_trajectory(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hmc_trajectory");
+    for l in SIZES {
+        let action = phi4(l);
+        let mut state = thermalised(&action);
+        let mut kernel = Hmc::new(action.clone(), 1.0, HMC_STEPS)
+            .unwrap()
+            .with_randomised_length(false);
+        let mut rng = rng_from_seed(3);
+        let mut moves = Vec::with_capacity(1);
+        group.throughput(Throughput::Elements((l * l * HMC_STEPS) as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(l), &l, |b, _| {
+            b.iter(|| {
+                moves.clear();
+                kernel.step(black_box(&mut state), &mut rng, &mut moves);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn force(c: &mut Criterion) {
+    let mut group = c.benchmark_group("force");
+    for l in SIZES {
+        let action = phi4(l);
+        let state = thermalised(&action);
+        let mut out = vec![0.0; l * l];
+        group.throughput(Throughput::Elements((l * l) as u64));
+        group.bench_with_input(BenchmarkId::new("force", l), &l, |b, _| {
+            b.iter(|| action.force(black_box(&state.phi), &mut out))
+        });
+        group.bench_with_input(BenchmarkId::new("action_and_force", l), &l, |b, _| {
+            b.iter(|| black_box(action.action_and_force(black_box(&state.phi), &mut out)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(samplers, local_sweep, hmc_trajectory, force);
+criterion_main!(samplers);

@@ -1,0 +1,203 @@
+//! A Markov chain: a kernel, its state and a seeded generator. It thermalises (adapting
+//! step sizes), then runs with thinning, measuring observables and recording every
+//! accept/reject in a [`ChainRecord`].
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::kernel::{MoveInfo, Proposal, State};
+use crate::observable::Observable;
+use crate::rng::{SimRng, rng_from_seed};
+
+/// A kernel, the state it moves and the random stream that drives it.
+pub struct Chain<K: Proposal> {
+    kernel: K,
+    state: State,
+    rng: SimRng,
+    scratch_moves: Vec<MoveInfo>,
+}
+
+/// Everything a run produced: measurements and the full move history.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChainRecord {
+    /// Observable names, in the order given to [`Chain::run`].
+    pub names: Vec<String>,
+    /// Numbers per measurement of each observable.
+    pub components: Vec<usize>,
+    /// Per observable, `n_measurements × components` values, measurement-major.
+    pub measurements: Vec<Vec<f64>>,
+    /// Every move record, in order.
+    pub moves: Vec<MoveInfo>,
+    /// Kernel steps made.
+    pub steps: usize,
+    /// Wall-clock seconds the run took.
+    pub wall_seconds: f64,
+}
+
+impl ChainRecord {
+    /// Number of measurements of each observable.
+    pub fn n_measurements(&self) -> usize {
+        match (self.measurements.first(), self.components.first()) {
+            (Some(m), Some(&c)) if c > 0 => m.len() / c,
+            _ => 0,
+        }
+    }
+
+    /// Index of the observable called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// The time series of one component of the observable called `name`.
+    pub fn series(&self, name: &str, component: usize) -> Option<Vec<f64>> {
+        let i = self.index_of(name)?;
+        let c = self.components[i];
+        if component >= c {
+            return None;
+        }
+        Some(
+            self.measurements[i]
+                .iter()
+                .skip(component)
+                .step_by(c)
+                .copied()
+                .collect(),
+        )
+    }
+
+    /// Accepted / proposed over all moves (NaN when nothing was proposed).
+    pub fn acceptance(&self) -> f64 {
+        acceptance_of(self.moves.iter())
+    }
+
+    /// Accepted / proposed over the moves with kernel label `label` (NaN when none).
+    pub fn acceptance_of(&self, label: &str) -> f64 {
+        acceptance_of(self.moves.iter().filter(|m| m.kernel == label))
+    }
+
+    /// The accept (true) / reject (false) sequence of the single-proposal moves labelled
+    /// `label`, in order — the input of the rejection-based autocorrelation.
+    pub fn accept_history(&self, label: &str) -> Vec<bool> {
+        self.moves
+            .iter()
+            .filter(|m| m.kernel == label && m.proposed == 1)
+            .map(|m| m.accepted == 1)
+            .collect()
+    }
+
+    /// The `delta` field (ΔH for HMC) of every move labelled `label`, in order.
+    pub fn deltas(&self, label: &str) -> Vec<f64> {
+        self.moves
+            .iter()
+            .filter(|m| m.kernel == label)
+            .map(|m| m.delta)
+            .collect()
+    }
+}
+
+fn acceptance_of<'a>(moves: impl Iterator<Item = &'a MoveInfo>) -> f64 {
+    let (acc, prop) = moves.fold((0u64, 0u64), |(a, p), m| {
+        (a + m.accepted as u64, p + m.proposed as u64)
+    });
+    if prop == 0 {
+        f64::NAN
+    } else {
+        acc as f64 / prop as f64
+    }
+}
+
+impl<K: Proposal> Chain<K> {
+    /// A chain starting from `state`, driven by a generator seeded with `seed`.
+    pub fn new(kernel: K, state: State, seed: u64) -> Self {
+        Self::with_rng(kernel, state, rng_from_seed(seed))
+    }
+
+    /// A chain driven by a given generator (e.g. a derived stream or a checkpoint).
+    pub fn with_rng(kernel: K, state: State, rng: SimRng) -> Self {
+        Chain {
+            kernel,
+            state,
+            rng,
+            scratch_moves: Vec::new(),
+        }
+    }
+
+    /// Makes `n` steps with adaptation on, then switches adaptation off; the moves are
+    /// not recorded.
+    pub fn thermalise(&mut self, n: usize) {
+        self.kernel.set_adapting(true);
+        for _ in 0..n {
+            self.scratch_moves.clear();
+            self.kernel
+                .step(&mut self.state, &mut self.rng, &mut self.scratch_moves);
+        }
+        self.kernel.set_adapting(false);
+        self.scratch_moves.clear();
+    }
+
+    /// Makes `n` steps, measuring every observable after every `thin`-th step
+    /// (⌊n/thin⌋ measurements), and returns the record.
+    pub fn run(
+        &mut self,
+        n: usize,
+        thin: usize,
+        observables: &mut [Box<dyn Observable>],
+    ) -> Result<ChainRecord> {
+        if thin == 0 {
+            return Err(Error::param("thin", "must be at least 1"));
+        }
+        let n_meas = n / thin;
+        let start = Instant::now();
+        let names = observables.iter().map(|o| o.name().to_string()).collect();
+        let components: Vec<usize> = observables.iter().map(|o| o.components()).collect();
+        let mut measurements: Vec<Vec<f64>> = components
+            .iter()
+            .map(|&c| Vec::with_capacity(n_meas * c))
+            .collect();
+        let mut moves = Vec::with_capacity(n);
+        for i in 1..=n {
+            self.kernel.step(&mut self.state, &mut self.rng, &mut moves);
+            if i % thin == 0 {
+                for ((obs, series), &c) in observables
+                    .iter_mut()
+                    .zip(measurements.iter_mut())
+                    .zip(&components)
+                {
+                    let at = series.len();
+                    series.resize(at + c, 0.0);
+                    obs.measure(&self.state.phi, &mut series[at..]);
+                }
+            }
+        }
+        Ok(ChainRecord {
+            names,
+            components,
+            measurements,
+            moves,
+            steps: n,
+            wall_seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The kernel.
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// The kernel, mutably (e.g. to change a step size between runs).
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
+    /// Takes the chain apart into kernel, state and generator.
+    pub fn into_parts(self) -> (K, State, SimRng) {
+        (self.kernel, self.state, self.rng)
+    }
+}
