@@ -100,11 +100,8 @@ fn gradcheck(inputs: &[Array2<f64>], params: &[f64], build: &Build<'_>) {
         let checked = assert_gradients_close(analytic.as_slice().unwrap(), &numeric, rtol, atol);
         assert!(checked.is_ok(), "input {k}: {}", checked.unwrap_err());
     }
-    let numeric = finite_difference_gradient(
-        |probe| loss(inputs, probe, Some(&weights)).1,
-        params,
-        step,
-    );
+    let numeric =
+        finite_difference_gradient(|probe| loss(inputs, probe, Some(&weights)).1, params, step);
     let checked = assert_gradients_close(&pgrad, &numeric, rtol, atol);
     assert!(checked.is_ok(), "parameters: {}", checked.unwrap_err());
 }
@@ -348,4 +345,25 @@ fn a_reset_tape_reuses_its_buffers_and_gives_the_same_result() {
             }
         }
     }
+}
+
+#[test]
+fn fast_f32_tanh_is_accurate_and_odd() {
+    use latflow::autodiff::tanh_f32;
+    let mut worst = 0.0f64;
+    for i in -200_000..=200_000 {
+        let x = i as f32 * 1e-4;
+        let exact = (x as f64).tanh();
+        let err = (tanh_f32(x) as f64 - exact).abs() / exact.abs().max(1e-30);
+        worst = worst.max(err);
+        assert_eq!(tanh_f32(-x), -tanh_f32(x));
+    }
+    // A few f32 ulp (ε = 1.2e-7) over [−20, 20].
+    assert!(worst < 6e-7, "worst relative error {worst}");
+    assert_eq!(tanh_f32(1e4), tanh_f32(9.0));
+    assert!(
+        (tanh_f32(9.0) - 1.0).abs() < 1e-7,
+        "tanh(9) = {}",
+        tanh_f32(9.0)
+    );
 }

@@ -5,4 +5,4 @@
 
 mod tape;
 
-pub use tape::{ConvTaps, ParamSlice, Tape, Var, sigmoid, softplus};
+pub use tape::{ConvTaps, ParamSlice, Tape, Var, sigmoid, softplus, tanh_f32};
