@@ -6,8 +6,20 @@ use ndarray::{Array1, Array2, ArrayView2};
 
 use crate::lattice::Lattice;
 
+mod layers;
+mod model;
+mod net;
+mod prior;
+mod recipe;
 pub mod transform;
 
+pub use layers::{Coupling, FlowFloat, Layer, TransformPair};
+pub use model::{FlowModel, MODEL_FORMAT_VERSION, Workspace};
+pub use net::{ConvNet, DenseNet, Net, conv_taps};
+pub use prior::Prior;
+pub use recipe::{
+    BlockConfig, FlowConfig, LayerConfig, NetConfig, Partition, PriorConfig, TransformKind,
+};
 pub use transform::{PointwiseTransform, Real};
 
 /// An invertible map between latent and field configurations on a lattice.

@@ -1,4 +1,5 @@
 //! Public test helpers for users who add their own layers, transforms or kernels:
+//! detailed-balance checks for kernels,
 //! gradient checks against finite differences and forward mode, invertibility,
 //! log-derivative and finiteness checks for pointwise transforms, flow-level checks
 //! (invertibility, brute-force log-determinant, Z2 equivariance) and proptest strategies.

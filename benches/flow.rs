@@ -1,0 +1,75 @@
+//! Throughput (configurations/s) of the seed recipe at the sizes of the seed study: forward
+//! pass alone, and forward + backward with the φ⁴ reverse-KL gradient seed (the work of one
+//! training step apart from the optimiser update).
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use latflow::flow::{Flow, FlowConfig, FlowModel, Workspace};
+use latflow::{Lattice, rng_from_seed};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
+use rand_distr::{Distribution, StandardNormal};
+
+/// (L, batch, affine blocks) of the seed study; H = L².
+const SIZES: [(usize, usize, usize); 4] = [(6, 300, 2), (8, 500, 2), (10, 1250, 3), (12, 4000, 3)];
+const LAMBDA: f64 = 0.5;
+const BETA: f64 = 0.6;
+
+fn latent(n: usize, v: usize) -> Array2<f32> {
+    let mut rng = rng_from_seed(1);
+    Array2::from_shape_fn((n, v), |_| {
+        let x: f64 = StandardNormal.sample(&mut rng);
+        x as f32
+    })
+}
+
+fn bench_flow(c: &mut Criterion) {
+    for (l, batch, blocks) in SIZES {
+        let lattice = Lattice::new(&[l, l]).unwrap();
+        let v = lattice.volume();
+        let config = FlowConfig::seed(v, blocks, 8).unwrap();
+        let model = FlowModel::new(&config, &lattice, 0).unwrap();
+        let z = latent(batch, v);
+        let fwd = lattice.fwd_table().to_vec();
+        let bwd = lattice.bwd_table().to_vec();
+        let n = batch as f64;
+        // ∂L/∂φ = ∂S/∂φ / N for the hopping φ⁴ action, ∂L/∂logdet = −1/N.
+        let seed = |phi: ArrayView2<f32>,
+                    _ld: ArrayView1<f64>,
+                    mut g_phi: ArrayViewMut2<f32>,
+                    mut g_ld: ArrayViewMut1<f32>| {
+            for (row, mut g) in phi.outer_iter().zip(g_phi.outer_iter_mut()) {
+                for x in 0..v {
+                    let p = row[x] as f64;
+                    let nb: f64 = (0..2)
+                        .map(|mu| (row[fwd[2 * x + mu]] + row[bwd[2 * x + mu]]) as f64)
+                        .sum();
+                    let force = -BETA * nb + 2.0 * p + 4.0 * LAMBDA * p * (p * p - 1.0);
+                    g[x] = (force / n) as f32;
+                }
+            }
+            g_ld.fill(-1.0 / n as f32);
+        };
+
+        let mut group = c.benchmark_group(format!("seed_L{l}_batch{batch}"));
+        group.throughput(Throughput::Elements(batch as u64));
+        group.sample_size(10);
+        group.bench_function("forward", |b| {
+            b.iter(|| black_box(model.forward(black_box(z.view()))))
+        });
+        let mut ws = Workspace::<f32>::per_thread();
+        let mut grad = vec![0.0f32; model.n_params()];
+        group.bench_function("forward_backward", |b| {
+            b.iter(|| {
+                model
+                    .forward_backward(black_box(z.view()), &mut ws, seed, &mut grad)
+                    .unwrap();
+                black_box(&grad);
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_flow);
+criterion_main!(benches);

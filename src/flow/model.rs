@@ -1,0 +1,531 @@
+//! [`FlowModel`]: a prior and a sequence of layers with all parameters in one flat vector;
+//! exact sampling and density evaluation, the data-parallel forward + backward pass that
+//! training needs ([`FlowModel::forward_backward`] with its reusable [`Workspace`]), and
+//! model files (JSON of config, lattice, parameters and metadata, written atomically).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, s};
+use rand::Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::autodiff::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::flow::Flow;
+use crate::flow::layers::{Coupling, FlowFloat, Layer};
+use crate::flow::net::ParamBuilder;
+use crate::flow::prior::Prior;
+use crate::flow::recipe::{FlowConfig, LayerConfig, Partition};
+use crate::lattice::Lattice;
+use crate::rng::rng_from_seed;
+
+/// Version of the model-file format written by [`FlowModel::save`].
+pub const MODEL_FORMAT_VERSION: u32 = 1;
+
+/// A normalizing flow: latent prior, layers, and the flat parameter vector.
+#[derive(Clone)]
+pub struct FlowModel {
+    config: FlowConfig,
+    lattice: Lattice,
+    prior: Prior,
+    layers: Vec<Layer>,
+    params: Vec<f32>,
+    metadata: BTreeMap<String, serde_json::Value>,
+}
+
+impl std::fmt::Debug for FlowModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowModel")
+            .field("lattice", &self.lattice.to_string())
+            .field("config", &self.config)
+            .field("n_params", &self.params.len())
+            .finish()
+    }
+}
+
+impl FlowModel {
+    /// Builds the flow described by `config` on `lattice`, with parameters initialised
+    /// deterministically from `seed` (Glorot-uniform hidden layers, small output layers and
+    /// zero biases and scales, so that a fresh flow is close to the identity).
+    pub fn new(config: &FlowConfig, lattice: &Lattice, seed: u64) -> Result<Self> {
+        let mut builder = ParamBuilder::new(rng_from_seed(seed));
+        let mut layers = Vec::new();
+        for layer in &config.layers {
+            match layer {
+                LayerConfig::Scale => layers.push(Layer::Scale(builder.zeros(1, 1).offset)),
+                LayerConfig::Block(block) => {
+                    let first = match &block.partition {
+                        Partition::Checkerboard => lattice.sites_of_parity(0),
+                        Partition::Sites { first } => first.clone(),
+                    };
+                    let mut is_first = vec![false; lattice.volume()];
+                    for &site in first.iter().filter(|&&s| s < lattice.volume()) {
+                        is_first[site] = true;
+                    }
+                    let second = (0..lattice.volume()).filter(|&s| !is_first[s]).collect();
+                    for active in [first, second] {
+                        let c = Coupling::new(lattice, active, block, &mut builder)?;
+                        layers.push(Layer::Coupling(c));
+                    }
+                }
+            }
+        }
+        Ok(FlowModel {
+            config: config.clone(),
+            lattice: lattice.clone(),
+            prior: Prior::new(&config.prior),
+            layers,
+            params: builder.finish(),
+            metadata: BTreeMap::new(),
+        })
+    }
+
+    /// The configuration the flow was built from.
+    pub fn config(&self) -> &FlowConfig {
+        &self.config
+    }
+
+    /// The latent distribution.
+    pub fn prior(&self) -> &Prior {
+        &self.prior
+    }
+
+    /// Number of trainable parameters.
+    pub fn n_params(&self) -> usize {
+        self.params.len()
+    }
+
+    /// The flat parameter vector.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// The flat parameter vector, for optimisers.
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+
+    /// Free-form metadata saved with the model (e.g. the action it was trained for).
+    pub fn metadata(&self) -> &BTreeMap<String, serde_json::Value> {
+        &self.metadata
+    }
+
+    /// Mutable access to the metadata.
+    pub fn metadata_mut(&mut self) -> &mut BTreeMap<String, serde_json::Value> {
+        &mut self.metadata
+    }
+
+    fn check_batch(&self, x: &ArrayView2<impl Sized>) -> Result<()> {
+        if x.ncols() != self.lattice.volume() {
+            return Err(Error::Shape(format!(
+                "batch has {} columns, the {} lattice has {} sites",
+                x.ncols(),
+                self.lattice,
+                self.lattice.volume()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records z → (φ, log|det ∂φ/∂z| as `[n, 1]`) on a tape, with parameters `params`
+    /// (laid out like [`FlowModel::params`], in any float type).
+    pub fn build_forward<T: FlowFloat>(
+        &self,
+        tape: &mut Tape<T>,
+        params: &[T],
+        z: Var,
+    ) -> (Var, Var) {
+        let n = tape.shape(z).0;
+        let mut logdet = tape.zeros(n, 1);
+        let mut x = z;
+        for layer in &self.layers {
+            (x, logdet) = layer.build(tape, params, x, logdet);
+        }
+        (x, logdet)
+    }
+
+    /// z → φ with `params`; returns φ and the forward log-det per row.
+    pub fn forward_with<T: FlowFloat>(
+        &self,
+        params: &[T],
+        z: ArrayView2<T>,
+    ) -> (Array2<T>, Array1<f64>) {
+        let n = z.nrows();
+        let mut phi = Array2::zeros(z.raw_dim());
+        let mut logdet = Array1::zeros(n);
+        let ranges = chunk_ranges(n, rayon::current_num_threads());
+        let mut phi_parts = split_rows_mut(phi.view_mut(), &ranges);
+        let mut ld_parts = split_mut(logdet.view_mut(), &ranges);
+        phi_parts
+            .par_iter_mut()
+            .zip(ld_parts.par_iter_mut())
+            .zip(ranges.par_iter())
+            .for_each(|((phi_part, ld_part), &(a, b))| {
+                let mut tape = Tape::new();
+                let zv = tape.input(z.slice(s![a..b, ..]));
+                let (x, ld) = self.build_forward(&mut tape, params, zv);
+                phi_part.assign(&tape.value(x));
+                for (o, &l) in ld_part.iter_mut().zip(tape.value(ld).iter()) {
+                    *o = l.to_f64().unwrap_or(f64::NAN);
+                }
+            });
+        (phi, logdet)
+    }
+
+    /// φ → z with `params`; returns z and the inverse log-det per row.
+    pub fn inverse_with<T: FlowFloat>(
+        &self,
+        params: &[T],
+        phi: ArrayView2<T>,
+    ) -> (Array2<T>, Array1<f64>) {
+        let n = phi.nrows();
+        let ranges = chunk_ranges(n, rayon::current_num_threads());
+        let parts: Vec<(Array2<T>, Array1<f64>)> = ranges
+            .par_iter()
+            .map(|&(a, b)| {
+                let mut tape = Tape::new();
+                let mut x = phi.slice(s![a..b, ..]).to_owned();
+                let mut logdet = Array1::zeros(b - a);
+                for layer in self.layers.iter().rev() {
+                    layer.invert(&mut tape, params, &mut x, &mut logdet);
+                }
+                (x, logdet)
+            })
+            .collect();
+        let mut z = Array2::zeros(phi.raw_dim());
+        let mut logdet = Array1::zeros(n);
+        for ((x, ld), &(a, b)) in parts.iter().zip(&ranges) {
+            z.slice_mut(s![a..b, ..]).assign(x);
+            logdet.slice_mut(s![a..b]).assign(ld);
+        }
+        (z, logdet)
+    }
+
+    /// Draws `n` configurations: φ and its exact log p̃(φ) = log r(z) − log|det ∂φ/∂z|.
+    pub fn sample<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> (Array2<f32>, Array1<f64>) {
+        let mut z = Array2::zeros((n, self.lattice.volume()));
+        self.prior.sample_into(z.view_mut(), rng);
+        let mut log_r = Array1::zeros(n);
+        self.prior.log_density_into(z.view(), log_r.view_mut());
+        let (phi, logdet) = self.forward(z.view());
+        (phi, log_r - logdet)
+    }
+
+    /// Exact log p̃(φ) = log r(f⁻¹(φ)) + log|det ∂f⁻¹/∂φ| of every row.
+    pub fn log_density(&self, phi: ArrayView2<f32>) -> Result<Array1<f64>> {
+        self.check_batch(&phi)?;
+        let (z, logdet) = self.inverse(phi);
+        let mut log_r = Array1::zeros(phi.nrows());
+        self.prior.log_density_into(z.view(), log_r.view_mut());
+        Ok(log_r + logdet)
+    }
+
+    /// One training pass in f32 with the model's own parameters: see
+    /// [`FlowModel::forward_backward_with`].
+    pub fn forward_backward<'w, F>(
+        &self,
+        z: ArrayView2<f32>,
+        ws: &'w mut Workspace<f32>,
+        seed: F,
+        grad: &mut [f32],
+    ) -> Result<(ArrayView2<'w, f32>, ArrayView1<'w, f64>)>
+    where
+        F: Fn(ArrayView2<f32>, ArrayView1<f64>, ArrayViewMut2<f32>, ArrayViewMut1<f32>) + Sync,
+    {
+        self.forward_backward_with(&self.params, z, ws, seed, grad)
+    }
+
+    /// Forward pass z → (φ, log-det) and backward pass to the parameters, data-parallel over
+    /// the workspace's fixed number of batch chunks.
+    ///
+    /// For each chunk, `seed(φ, logdet, ∂L/∂φ, ∂L/∂logdet)` receives φ and the log-det of the
+    /// chunk's rows and writes the gradients of the loss with respect to them (all zero on
+    /// entry). `grad` is overwritten with ∂L/∂θ, summed over chunks in chunk order, so the
+    /// result depends only on the inputs and the workspace's chunk count. Returns φ and the
+    /// log-det of the whole batch (views into the workspace).
+    pub fn forward_backward_with<'w, T, F>(
+        &self,
+        params: &[T],
+        z: ArrayView2<T>,
+        ws: &'w mut Workspace<T>,
+        seed: F,
+        grad: &mut [T],
+    ) -> Result<(ArrayView2<'w, T>, ArrayView1<'w, f64>)>
+    where
+        T: FlowFloat,
+        F: Fn(ArrayView2<T>, ArrayView1<f64>, ArrayViewMut2<T>, ArrayViewMut1<T>) + Sync,
+    {
+        self.check_batch(&z)?;
+        let np = self.params.len();
+        if params.len() != np || grad.len() != np {
+            return Err(Error::Shape(format!(
+                "the flow has {np} parameters, got {} values and a gradient of {}",
+                params.len(),
+                grad.len()
+            )));
+        }
+        let n = z.nrows();
+        let ranges = chunk_ranges(n, ws.chunks.len());
+        if ws.phi.dim() != z.dim() {
+            ws.phi = Array2::zeros(z.dim());
+            ws.logdet = Array1::zeros(n);
+        }
+        ws.chunks
+            .par_iter_mut()
+            .zip(ranges.par_iter())
+            .for_each(|(chunk, &(a, b))| {
+                chunk.grad.clear();
+                chunk.grad.resize(np, T::zero());
+                if a == b {
+                    return;
+                }
+                let tape = &mut chunk.tape;
+                tape.reset();
+                let zv = tape.input(z.slice(s![a..b, ..]));
+                let (phi, ld) = self.build_forward(tape, params, zv);
+                if chunk.logdet.len() != b - a {
+                    chunk.logdet = Array1::zeros(b - a);
+                    chunk.grad_logdet = Array1::zeros(b - a);
+                }
+                for (o, &l) in chunk.logdet.iter_mut().zip(tape.value(ld).iter()) {
+                    *o = l.to_f64().unwrap_or(f64::NAN);
+                }
+                chunk.grad_logdet.fill(T::zero());
+                tape.zero_grads();
+                {
+                    let (phi_value, phi_grad) = tape.value_and_grad_mut(phi);
+                    seed(
+                        phi_value,
+                        chunk.logdet.view(),
+                        phi_grad,
+                        chunk.grad_logdet.view_mut(),
+                    );
+                }
+                tape.grad_mut(ld).column_mut(0).assign(&chunk.grad_logdet);
+                tape.backward(params, &mut chunk.grad);
+                chunk.phi_var = Some(phi);
+            });
+        grad.fill(T::zero());
+        for (chunk, &(a, b)) in ws.chunks.iter().zip(&ranges) {
+            for (g, &c) in grad.iter_mut().zip(&chunk.grad) {
+                *g = *g + c;
+            }
+            if let (Some(phi), true) = (chunk.phi_var, a < b) {
+                ws.phi
+                    .slice_mut(s![a..b, ..])
+                    .assign(&chunk.tape.value(phi));
+                ws.logdet.slice_mut(s![a..b]).assign(&chunk.logdet);
+            }
+        }
+        Ok((ws.phi.view(), ws.logdet.view()))
+    }
+
+    /// Writes the model (format version, config, lattice, parameters, metadata) as JSON,
+    /// atomically: a temporary file in the same directory is renamed over `path`.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let file = ModelFile {
+            format_version: MODEL_FORMAT_VERSION,
+            config: self.config.clone(),
+            lattice: self.lattice.clone(),
+            params: self.params.clone(),
+            metadata: self.metadata.clone(),
+        };
+        let text =
+            serde_json::to_vec(&file).map_err(|e| Error::format("model file", e.to_string()))?;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::param("path", format!("{} names no file", path.display())))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = match dir {
+            Some(d) => d.join(&tmp_name),
+            None => tmp_name.into(),
+        };
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()
+        };
+        write().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(path, e)
+        })
+    }
+
+    /// Reads a model file, checking its format version and that its parameter vector fits
+    /// its configuration on its lattice.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let file: ModelFile = serde_json::from_slice(&text)
+            .map_err(|e| Error::format(format!("model file {}", path.display()), e.to_string()))?;
+        if file.format_version != MODEL_FORMAT_VERSION {
+            return Err(Error::Incompatible(format!(
+                "{} has model format version {}, this library reads version {}",
+                path.display(),
+                file.format_version,
+                MODEL_FORMAT_VERSION
+            )));
+        }
+        let mut model = FlowModel::new(&file.config, &file.lattice, 0)?;
+        if file.params.len() != model.params.len() {
+            return Err(Error::Incompatible(format!(
+                "{} holds {} parameters, its configuration on a {} lattice needs {}",
+                path.display(),
+                file.params.len(),
+                file.lattice,
+                model.params.len()
+            )));
+        }
+        if let Some(i) = file.params.iter().position(|p| !p.is_finite()) {
+            return Err(Error::NonFinite(format!(
+                "parameter {i} of {}",
+                path.display()
+            )));
+        }
+        model.params = file.params;
+        model.metadata = file.metadata;
+        Ok(model)
+    }
+
+    /// [`FlowModel::load`], refusing a model made for a different lattice.
+    pub fn load_for(path: impl AsRef<Path>, lattice: &Lattice) -> Result<Self> {
+        let model = Self::load(path.as_ref())?;
+        if model.lattice != *lattice {
+            return Err(Error::Incompatible(format!(
+                "{} was made for a {} lattice, not {}",
+                path.as_ref().display(),
+                model.lattice,
+                lattice
+            )));
+        }
+        Ok(model)
+    }
+}
+
+impl Flow for FlowModel {
+    fn lattice(&self) -> &Lattice {
+        &self.lattice
+    }
+
+    /// Panics if `z` does not have one column per site.
+    fn forward(&self, z: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>) {
+        assert_eq!(z.ncols(), self.lattice.volume(), "batch width");
+        self.forward_with(&self.params, z)
+    }
+
+    /// Panics if `phi` does not have one column per site.
+    fn inverse(&self, phi: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>) {
+        assert_eq!(phi.ncols(), self.lattice.volume(), "batch width");
+        self.inverse_with(&self.params, phi)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ModelFile {
+    format_version: u32,
+    config: FlowConfig,
+    lattice: Lattice,
+    params: Vec<f32>,
+    #[serde(default)]
+    metadata: BTreeMap<String, serde_json::Value>,
+}
+
+struct ChunkWork<T: FlowFloat> {
+    tape: Tape<T>,
+    grad: Vec<T>,
+    logdet: Array1<f64>,
+    grad_logdet: Array1<T>,
+    phi_var: Option<Var>,
+}
+
+/// Reusable buffers of [`FlowModel::forward_backward`]: one tape and gradient buffer per
+/// batch chunk. The chunk count fixes the summation order of the gradient, so results are
+/// reproducible for a given seed and chunk count.
+pub struct Workspace<T: FlowFloat> {
+    chunks: Vec<ChunkWork<T>>,
+    phi: Array2<T>,
+    logdet: Array1<f64>,
+}
+
+impl<T: FlowFloat> Workspace<T> {
+    /// A workspace that splits batches into `chunks` parts (at least one).
+    pub fn new(chunks: usize) -> Self {
+        Workspace {
+            chunks: (0..chunks.max(1))
+                .map(|_| ChunkWork {
+                    tape: Tape::new(),
+                    grad: Vec::new(),
+                    logdet: Array1::zeros(0),
+                    grad_logdet: Array1::zeros(0),
+                    phi_var: None,
+                })
+                .collect(),
+            phi: Array2::zeros((0, 0)),
+            logdet: Array1::zeros(0),
+        }
+    }
+
+    /// One chunk per rayon thread.
+    pub fn per_thread() -> Self {
+        Self::new(rayon::current_num_threads())
+    }
+
+    /// Number of batch chunks.
+    pub fn n_chunks(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+/// Splits `n` rows into `parts` contiguous ranges of near-equal size.
+fn chunk_ranges(n: usize, parts: usize) -> Vec<(usize, usize)> {
+    let parts = parts.max(1);
+    let (q, r) = (n / parts, n % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|i| {
+            let len = q + usize::from(i < r);
+            let range = (start, start + len);
+            start += len;
+            range
+        })
+        .collect()
+}
+
+fn split_rows_mut<'a, T>(
+    mut a: ArrayViewMut2<'a, T>,
+    ranges: &[(usize, usize)],
+) -> Vec<ArrayViewMut2<'a, T>> {
+    let mut parts = Vec::with_capacity(ranges.len());
+    let mut offset = 0;
+    for &(start, end) in ranges {
+        let (head, tail) = a.split_at(Axis(0), end - offset);
+        debug_assert_eq!(start, offset);
+        parts.push(head);
+        a = tail;
+        offset = end;
+    }
+    parts
+}
+
+fn split_mut<'a, T>(
+    mut a: ArrayViewMut1<'a, T>,
+    ranges: &[(usize, usize)],
+) -> Vec<ArrayViewMut1<'a, T>> {
+    let mut parts = Vec::with_capacity(ranges.len());
+    let mut offset = 0;
+    for &(_, end) in ranges {
+        let (head, tail) = a.split_at(Axis(0), end - offset);
+        parts.push(head);
+        a = tail;
+        offset = end;
+    }
+    parts
+}

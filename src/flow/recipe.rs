@@ -1,0 +1,211 @@
+//! Flow configurations: a serde-able [`FlowConfig`] that describes a flow completely (prior,
+//! layers, transforms, networks), and the recipes of SPEC 3.5 that build one (`seed`,
+//! `real_nvp`, `additive`, and convolutional variants).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::flow::transform::Rqs;
+use crate::lattice::Lattice;
+
+/// The latent distribution r(z).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PriorConfig {
+    /// Independent N(0, 1) at every site.
+    #[default]
+    StandardNormal,
+}
+
+/// The pointwise transform of a coupling block.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TransformKind {
+    /// C = v − t.
+    Additive,
+    /// C = (v − t) e^{−s}.
+    Affine,
+    /// C = (v − t) e^{−|s|}, with bias-free nets: Z2-equivariant.
+    Z2Affine,
+    /// Rational-quadratic spline (segments, interval, minimum bin sizes).
+    Rqs(Rqs),
+}
+
+/// The network that computes a block's transform parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NetConfig {
+    /// Fully connected over the passive sites, tanh between layers, linear output.
+    Dense {
+        /// Hidden widths (one entry per hidden layer).
+        hidden: Vec<usize>,
+        /// Whether the layers have biases (must be false for Z2-affine).
+        bias: bool,
+    },
+    /// Periodic convolutions over the lattice with the active sites zeroed.
+    Conv {
+        /// Hidden channels (one entry per hidden layer).
+        channels: Vec<usize>,
+        /// Kernel extent k (odd): k^d taps.
+        kernel: usize,
+        /// Whether the layers have biases (must be false for Z2-affine).
+        bias: bool,
+    },
+}
+
+impl NetConfig {
+    /// Whether the net's layers carry biases.
+    pub fn has_bias(&self) -> bool {
+        match self {
+            NetConfig::Dense { bias, .. } | NetConfig::Conv { bias, .. } => *bias,
+        }
+    }
+}
+
+/// How the sites are split into the two halves of a block.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Partition {
+    /// Even sites first, then odd sites (the parity of Σ_μ x_μ).
+    #[default]
+    Checkerboard,
+    /// The given sites first, then their complement.
+    Sites {
+        /// The sites updated by the first layer of the block.
+        first: Vec<usize>,
+    },
+}
+
+/// Two coupling layers: the first updates one half of the partition, the second the other.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockConfig {
+    /// The pointwise transform of both layers.
+    pub transform: TransformKind,
+    /// The network of both layers.
+    pub net: NetConfig,
+    /// One network per transform parameter (e.g. separate s and t nets) instead of one net
+    /// with all parameters as outputs.
+    pub separate_nets: bool,
+    /// The split of the sites.
+    #[serde(default)]
+    pub partition: Partition,
+}
+
+/// One element of a flow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LayerConfig {
+    /// A pair of coupling layers.
+    Block(BlockConfig),
+    /// Global rescaling φ → e^c φ with a learnable c (initially 0).
+    Scale,
+}
+
+/// A complete description of a flow: enough to rebuild it (given a lattice and parameters).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowConfig {
+    /// The latent distribution.
+    pub prior: PriorConfig,
+    /// The layers, applied in order from latent to field.
+    pub layers: Vec<LayerConfig>,
+}
+
+impl FlowConfig {
+    /// `affine_blocks` Z2-equivariant affine blocks with separate bias-free s and t nets of
+    /// one hidden layer of width `hidden`, then a learnable output scale: a flow that
+    /// commutes with φ → −φ.
+    pub fn z2_affine(affine_blocks: usize, hidden: usize) -> Self {
+        let block = BlockConfig {
+            transform: TransformKind::Z2Affine,
+            net: NetConfig::Dense {
+                hidden: vec![hidden],
+                bias: false,
+            },
+            separate_nets: true,
+            partition: Partition::Checkerboard,
+        };
+        let mut layers = vec![LayerConfig::Block(block); affine_blocks];
+        layers.push(LayerConfig::Scale);
+        FlowConfig {
+            prior: PriorConfig::StandardNormal,
+            layers,
+        }
+    }
+
+    /// The seed recipe of SPEC 3.5, structured like the PyTorch reference: `affine_blocks`
+    /// Z2-affine blocks (separate bias-free s and t nets, one hidden layer of width
+    /// `hidden`), a learnable scale, one RQS block with `bins` segments on [−5, 5] (one net
+    /// with biases, same width), and a learnable output scale.
+    pub fn seed(hidden: usize, affine_blocks: usize, bins: usize) -> Result<Self> {
+        let mut config = Self::z2_affine(affine_blocks, hidden);
+        config.layers.pop();
+        config.layers.push(LayerConfig::Scale);
+        config.layers.push(LayerConfig::Block(BlockConfig {
+            transform: TransformKind::Rqs(Rqs::new(bins, 5.0)?),
+            net: NetConfig::Dense {
+                hidden: vec![hidden],
+                bias: true,
+            },
+            separate_nets: false,
+            partition: Partition::Checkerboard,
+        }));
+        config.layers.push(LayerConfig::Scale);
+        Ok(config)
+    }
+
+    /// Real NVP: `blocks` affine blocks, one dense net with biases and the given hidden widths.
+    pub fn real_nvp(blocks: usize, hidden: &[usize]) -> Self {
+        Self::dense_blocks(TransformKind::Affine, blocks, hidden)
+    }
+
+    /// Additive (NICE) blocks, one dense net with biases and the given hidden widths.
+    pub fn additive(blocks: usize, hidden: &[usize]) -> Self {
+        Self::dense_blocks(TransformKind::Additive, blocks, hidden)
+    }
+
+    fn dense_blocks(transform: TransformKind, blocks: usize, hidden: &[usize]) -> Self {
+        let block = BlockConfig {
+            transform,
+            net: NetConfig::Dense {
+                hidden: hidden.to_vec(),
+                bias: true,
+            },
+            separate_nets: false,
+            partition: Partition::Checkerboard,
+        };
+        FlowConfig {
+            prior: PriorConfig::StandardNormal,
+            layers: vec![LayerConfig::Block(block); blocks],
+        }
+    }
+
+    /// Convolutional variant: `blocks` blocks of `transform` with periodic `kernel^d`
+    /// convolutions and the given hidden channels (bias-free for Z2-affine).
+    pub fn convolutional(
+        transform: TransformKind,
+        blocks: usize,
+        channels: &[usize],
+        kernel: usize,
+    ) -> Self {
+        let z2 = transform == TransformKind::Z2Affine;
+        let block = BlockConfig {
+            separate_nets: z2,
+            transform,
+            net: NetConfig::Conv {
+                channels: channels.to_vec(),
+                kernel,
+                bias: !z2,
+            },
+            partition: Partition::Checkerboard,
+        };
+        FlowConfig {
+            prior: PriorConfig::StandardNormal,
+            layers: vec![LayerConfig::Block(block); blocks],
+        }
+    }
+
+    /// Hidden width |Λ| of the seed recipe for a lattice.
+    pub fn default_hidden(lattice: &Lattice) -> usize {
+        lattice.volume()
+    }
+}
