@@ -358,6 +358,9 @@ fn forward_mode_derivatives_by_hand() {
     let y = 3.0f64;
     let exact = ((y.asinh() + 0.5) / 2.0).sinh();
     assert!((fm.solve(y, &theta) - exact).abs() < 1e-13 * (1.0 + exact.abs()));
+    // A parameter slice of the wrong length gives NaN, not a panic.
+    assert!(fm.value_and_slope(v, &[0.5]).0.is_nan());
+    assert!(fm.solve(y, &[0.0; 200]).is_nan());
 }
 
 #[test]
