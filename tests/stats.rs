@@ -297,7 +297,7 @@ fn blocked_bootstrap_error_of_ar1_mean() {
 /// An independence sampler with constant acceptance a has P(t rejections) = (1−a)^t and
 /// τ_rej = 1/a − ½ exactly: the estimate agrees within 4σ for a = 0.3, 0.6, 0.9 (N = 10⁵),
 /// and the lower bound 1/Ā − ½ agrees too. A one-step shift of the lags (τ off by
-/// (1−a)/a − (1−a)²/a = 1 − a) would be 0.7/0.08 ≈ 9σ away at a = 0.3.
+/// (1−a)/a − (1−a)²/a = 1 − a) would be 0.7/0.085 ≈ 8σ away at a = 0.3.
 #[test]
 fn tau_rej_of_constant_acceptance() {
     use rand::RngExt;

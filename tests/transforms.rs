@@ -358,6 +358,36 @@ fn forward_mode_derivatives_by_hand() {
     let y = 3.0f64;
     let exact = ((y.asinh() + 0.5) / 2.0).sinh();
     assert!((fm.solve(y, &theta) - exact).abs() < 1e-13 * (1.0 + exact.abs()));
+    // A parameter slice of the wrong length gives NaN, not a panic.
+    assert!(fm.value_and_slope(v, &[0.5]).0.is_nan());
+    assert!(fm.solve(y, &[0.0; 200]).is_nan());
+}
+
+#[test]
+fn forward_mode_handles_decreasing_maps() {
+    /// C(v; θ) = −e^θ v − v³: strictly decreasing, ld = log(e^θ + 3v²).
+    struct Decreasing;
+    impl ScalarMap for Decreasing {
+        fn params_per_site(&self) -> usize {
+            1
+        }
+        fn eval<F: Float>(&self, v: F, theta: &[F]) -> F {
+            -(theta[0].exp() * v) - v * v * v
+        }
+    }
+    let t = forward_mode(Decreasing);
+    let v = [-3.0, -0.4, 0.0, 0.25, 2.0, 7.5];
+    let theta = [0.3, -1.0, 2.0, 0.0, -0.5, 1.0];
+    let (mut y, mut ld) = ([0.0; 6], [0.0; 6]);
+    t.forward(&v, &theta, &mut y, &mut ld);
+    for i in 0..6 {
+        let exact = (theta[i].exp() + 3.0 * v[i] * v[i]).ln();
+        assert!((ld[i] - exact).abs() < 1e-14, "ld {} vs {exact}", ld[i]);
+    }
+    let r = check_transform_invertible::<f64>(&t, &v, &theta, INVERSE_TOL_F64);
+    assert!(r.is_ok(), "{}", r.unwrap_err());
+    let r = check_transform_log_derivative(&t, &v, &theta, 1e-6, 1e-6);
+    assert!(r.is_ok(), "{}", r.unwrap_err());
 }
 
 /// Per-site f32/f64 tolerances of `check_transform_invertible` (see its documentation:

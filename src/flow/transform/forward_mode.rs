@@ -115,8 +115,11 @@ impl<M: ScalarMap> ForwardMode<M> {
         &self.map
     }
 
-    /// C(v; θ) and ∂C/∂v in f64.
+    /// C(v; θ) and ∂C/∂v in f64; NaN if `theta` does not hold `params_per_site()` values.
     pub fn value_and_slope(&self, v: f64, theta: &[f64]) -> (f64, f64) {
+        if theta.len() != self.map.params_per_site() {
+            return (f64::NAN, f64::NAN);
+        }
         let mut duals = [F1::cst(0.0); MAX_FORWARD_MODE_PARAMS];
         for (d, &t) in duals.iter_mut().zip(theta) {
             *d = F1::cst(t);
@@ -125,7 +128,8 @@ impl<M: ScalarMap> ForwardMode<M> {
         (c.value(), c.deriv())
     }
 
-    /// C⁻¹(y; θ) in f64 (see the type's documentation for the method and tolerance).
+    /// C⁻¹(y; θ) in f64 (see the type's documentation for the method and tolerance); NaN
+    /// if `theta` does not hold `params_per_site()` values.
     pub fn solve(&self, y: f64, theta: &[f64]) -> f64 {
         let residual = |v: f64| {
             let (c, slope) = self.value_and_slope(v, theta);
