@@ -9,11 +9,13 @@ use crate::error::{Error, Result};
 
 mod chain;
 mod combine;
+mod flow;
 mod hmc;
 mod local;
 
 pub use chain::{Chain, ChainRecord};
 pub use combine::{Cycle, Mixture, Repeat};
+pub use flow::{FlowProposal, Reweighted, reweight};
 pub use hmc::{Hmc, Integrator, OMELYAN_LAMBDA};
 pub use local::{LocalMetropolis, SweepOrder};
 

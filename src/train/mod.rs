@@ -1,8 +1,14 @@
 //! Training flows by reverse Kullback–Leibler divergence (SPEC 4): optimisers, learning-rate
 //! schedules, and the trainer with its metrics stream and checkpoints.
 
+mod checkpoint;
 pub mod optim;
 pub mod schedule;
+mod trainer;
 
+pub use checkpoint::CHECKPOINT_FORMAT_VERSION;
 pub use optim::{Optimizer, OptimizerKind};
 pub use schedule::Schedule;
+pub use trainer::{
+    AnnealFn, EvalMetrics, StepMetrics, TrainConfig, TrainSummary, Trainer, evaluate_flow,
+};
