@@ -30,11 +30,14 @@ fn temp_path(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A trained flow and the (loss, loss variance) of every training step.
+type TrainedFlow = (Arc<FlowModel>, Vec<(f64, f64)>);
+
 /// Real NVP with 4 affine blocks and linear nets (the target is Gaussian, so a linear flow
 /// can represent it exactly), trained on the free field once; keeps every step's loss and
 /// loss variance.
-fn free_flow() -> &'static (Arc<FlowModel>, Vec<(f64, f64)>) {
-    static FLOW: OnceLock<(Arc<FlowModel>, Vec<(f64, f64)>)> = OnceLock::new();
+fn free_flow() -> &'static TrainedFlow {
+    static FLOW: OnceLock<TrainedFlow> = OnceLock::new();
     FLOW.get_or_init(|| {
         let model = FlowModel::new(&FlowConfig::real_nvp(4, &[]), &lattice(), 1).unwrap();
         let mut config = TrainConfig::new(256, 2000, 0.005);
