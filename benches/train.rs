@@ -1,0 +1,41 @@
+//! Throughput (configurations/s) of one complete training step of the seed recipe (SPEC 5.4:
+//! H = |Λ|, K = 8, the study's batch and block counts) at L = 6, 8, 10 on φ⁴ at the study's
+//! β: latent draw, forward + backward with the action's force, loss statistics and the Adam
+//! update.
+
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use latflow::action::Phi4;
+use latflow::flow::{FlowConfig, FlowModel};
+use latflow::train::{TrainConfig, Trainer};
+use latflow::{Action, Lattice};
+
+/// (L, β, batch, affine blocks, η0) of the seed study.
+const SIZES: [(usize, f64, usize, usize, f64); 3] = [
+    (6, 0.537, 300, 2, 0.02),
+    (8, 0.576, 500, 2, 0.01),
+    (10, 0.601, 1250, 3, 0.005),
+];
+
+fn bench_train_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("train_step");
+    for (l, beta, batch, blocks, lr) in SIZES {
+        let action =
+            Arc::new(Phi4::hopping(Lattice::hypercubic(2, l).unwrap(), beta, 0.5).unwrap());
+        let config = FlowConfig::seed(action.lattice().volume(), blocks, 8).unwrap();
+        let model = FlowModel::new(&config, action.lattice(), 0).unwrap();
+        // Far more iterations than criterion runs, so every measured step is a real one.
+        let mut trainer =
+            Trainer::new(model, action, TrainConfig::new(batch, usize::MAX / 2, lr)).unwrap();
+        trainer.step().unwrap();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("L{l}_batch{batch}"), |b| {
+            b.iter_batched(|| (), |()| trainer.step().unwrap(), BatchSize::SmallInput)
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_train_step);
+criterion_main!(benches);
