@@ -455,3 +455,40 @@ fn shared_flow_checks_pass_on_the_seed_recipe() {
     check_flow_z2_equivariant(&z2, z.view(), 1e-5).unwrap();
     assert!(check_flow_z2_equivariant(&model, z.view(), 1e-5).is_err());
 }
+
+#[test]
+fn free_field_prior_gives_exact_free_field_densities_and_samples() {
+    use latflow::Action;
+    use latflow::action::FreeField;
+    use latflow::flow::PriorConfig;
+    let m0sq = 0.5;
+    let mut config = FlowConfig::real_nvp(1, &[8]);
+    config.prior = PriorConfig::FreeField { m0sq };
+    let mut model = FlowModel::new(&config, &lattice(4), 0).unwrap();
+    model.params_mut().fill(0.0);
+    let field = FreeField::new(lattice(4), m0sq).unwrap();
+    let n = 4000;
+    let (phi, log_p) = model.sample(n, &mut rng_from_seed(40));
+    let mut actions = Vec::with_capacity(n);
+    for (row, lp) in phi.outer_iter().zip(log_p.iter()) {
+        let row: Vec<f64> = row.iter().map(|&x| x as f64).collect();
+        // The identity flow's density is the free field's, exactly normalised.
+        assert!((lp - field.log_density(&row)).abs() < 1e-9 * (1.0 + lp.abs()));
+        actions.push(field.action(&row));
+    }
+    // ⟨S⟩ = |Λ|/2 = 8 and Var S = |Λ|/2 for independent exact samples: |Δ| < 4σ.
+    let mean = actions.iter().sum::<f64>() / n as f64;
+    let sigma = (8.0 / n as f64).sqrt();
+    assert!((mean - 8.0).abs() < 4.0 * sigma, "⟨S⟩ = {mean} ± {sigma}");
+    assert!(matches!(
+        FlowModel::new(
+            &FlowConfig {
+                prior: PriorConfig::FreeField { m0sq: -1.0 },
+                layers: vec![]
+            },
+            &lattice(4),
+            0
+        ),
+        Err(Error::InvalidParameter { .. })
+    ));
+}

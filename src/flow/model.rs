@@ -76,7 +76,7 @@ impl FlowModel {
         Ok(FlowModel {
             config: config.clone(),
             lattice: lattice.clone(),
-            prior: Prior::new(&config.prior),
+            prior: Prior::new(&config.prior, lattice)?,
             layers,
             params: builder.finish(),
             metadata: BTreeMap::new(),
@@ -207,7 +207,9 @@ impl FlowModel {
     /// Draws `n` configurations: φ and its exact log p̃(φ) = log r(z) − log|det ∂φ/∂z|.
     pub fn sample<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> (Array2<f32>, Array1<f64>) {
         let mut z = Array2::zeros((n, self.lattice.volume()));
-        self.prior.sample_into(z.view_mut(), rng);
+        self.prior
+            .sample_into(z.view_mut(), rng)
+            .expect("the latent batch has one column per site");
         let mut log_r = Array1::zeros(n);
         self.prior.log_density_into(z.view(), log_r.view_mut());
         let (phi, logdet) = self.forward(z.view());
