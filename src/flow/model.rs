@@ -270,48 +270,47 @@ impl FlowModel {
             )));
         }
         let n = z.nrows();
-        let ranges = chunk_ranges(n, ws.chunks.len());
+        let parts = ws.chunks.len();
         if ws.phi.dim() != z.dim() {
             ws.phi = Array2::zeros(z.dim());
             ws.logdet = Array1::zeros(n);
         }
-        ws.chunks
-            .par_iter_mut()
-            .zip(ranges.par_iter())
-            .for_each(|(chunk, &(a, b))| {
-                chunk.grad.clear();
-                chunk.grad.resize(np, T::zero());
-                if a == b {
-                    return;
-                }
-                let tape = &mut chunk.tape;
-                tape.reset();
-                let zv = tape.input(z.slice(s![a..b, ..]));
-                let (phi, ld) = self.build_forward(tape, params, zv);
-                if chunk.logdet.len() != b - a {
-                    chunk.logdet = Array1::zeros(b - a);
-                    chunk.grad_logdet = Array1::zeros(b - a);
-                }
-                for (o, &l) in chunk.logdet.iter_mut().zip(tape.value(ld).iter()) {
-                    *o = l.to_f64().unwrap_or(f64::NAN);
-                }
-                chunk.grad_logdet.fill(T::zero());
-                tape.zero_grads();
-                {
-                    let (phi_value, phi_grad) = tape.value_and_grad_mut(phi);
-                    seed(
-                        phi_value,
-                        chunk.logdet.view(),
-                        phi_grad,
-                        chunk.grad_logdet.view_mut(),
-                    );
-                }
-                tape.grad_mut(ld).column_mut(0).assign(&chunk.grad_logdet);
-                tape.backward(params, &mut chunk.grad);
-                chunk.phi_var = Some(phi);
-            });
+        ws.chunks.par_iter_mut().enumerate().for_each(|(i, chunk)| {
+            let (a, b) = chunk_range(n, parts, i);
+            chunk.grad.clear();
+            chunk.grad.resize(np, T::zero());
+            if a == b {
+                return;
+            }
+            let tape = &mut chunk.tape;
+            tape.reset();
+            let zv = tape.input(z.slice(s![a..b, ..]));
+            let (phi, ld) = self.build_forward(tape, params, zv);
+            if chunk.logdet.len() != b - a {
+                chunk.logdet = Array1::zeros(b - a);
+                chunk.grad_logdet = Array1::zeros(b - a);
+            }
+            for (o, &l) in chunk.logdet.iter_mut().zip(tape.value(ld).iter()) {
+                *o = l.to_f64().unwrap_or(f64::NAN);
+            }
+            chunk.grad_logdet.fill(T::zero());
+            tape.zero_grads();
+            {
+                let (phi_value, phi_grad) = tape.value_and_grad_mut(phi);
+                seed(
+                    phi_value,
+                    chunk.logdet.view(),
+                    phi_grad,
+                    chunk.grad_logdet.view_mut(),
+                );
+            }
+            tape.grad_mut(ld).column_mut(0).assign(&chunk.grad_logdet);
+            tape.backward(params, &mut chunk.grad);
+            chunk.phi_var = Some(phi);
+        });
         grad.fill(T::zero());
-        for (chunk, &(a, b)) in ws.chunks.iter().zip(&ranges) {
+        for (i, chunk) in ws.chunks.iter().enumerate() {
+            let (a, b) = chunk_range(n, parts, i);
             for (g, &c) in grad.iter_mut().zip(&chunk.grad) {
                 *g = *g + c;
             }
@@ -486,19 +485,17 @@ impl<T: FlowFloat> Workspace<T> {
     }
 }
 
-/// Splits `n` rows into `parts` contiguous ranges of near-equal size.
+/// The `i`-th of `parts` contiguous row ranges of near-equal size covering `0..n`.
+fn chunk_range(n: usize, parts: usize, i: usize) -> (usize, usize) {
+    let (q, r) = (n / parts, n % parts);
+    let start = i * q + i.min(r);
+    (start, start + q + usize::from(i < r))
+}
+
+/// All `parts` row ranges of [`chunk_range`].
 fn chunk_ranges(n: usize, parts: usize) -> Vec<(usize, usize)> {
     let parts = parts.max(1);
-    let (q, r) = (n / parts, n % parts);
-    let mut start = 0;
-    (0..parts)
-        .map(|i| {
-            let len = q + usize::from(i < r);
-            let range = (start, start + len);
-            start += len;
-            range
-        })
-        .collect()
+    (0..parts).map(|i| chunk_range(n, parts, i)).collect()
 }
 
 fn split_rows_mut<'a, T>(
