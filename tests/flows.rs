@@ -4,8 +4,8 @@
 
 use latflow::flow::transform::Rqs;
 use latflow::flow::{
-    BlockConfig, Flow, FlowConfig, FlowModel, LayerConfig, NetConfig, Partition, TransformKind,
-    Workspace,
+    BlockConfig, ChunkSeed, Flow, FlowConfig, FlowModel, LayerConfig, NetConfig, Partition,
+    TransformKind, Workspace,
 };
 use latflow::testing::{
     assert_gradients_close, check_flow_invertible, check_flow_log_det_bruteforce,
@@ -362,26 +362,32 @@ fn check_forward_backward(model: &FlowModel) {
     let params: Vec<f64> = model.params().iter().map(|&p| p as f64).collect();
     let z = normal_batch(7, 16, 18).mapv(|x| x as f64);
     let n = z.nrows() as f64;
-    let seed = |phi: ArrayView2<f64>,
-                _ld: ndarray::ArrayView1<f64>,
-                mut g_phi: ndarray::ArrayViewMut2<f64>,
-                mut g_ld: ndarray::ArrayViewMut1<f64>| {
-        for (row, mut g) in phi.outer_iter().zip(g_phi.outer_iter_mut()) {
+    let seed = |mut c: ChunkSeed<f64>| {
+        for ((row, mut g), r) in c
+            .phi
+            .outer_iter()
+            .zip(c.grad_phi.outer_iter_mut())
+            .zip(c.record.iter_mut())
+        {
             let row = row.as_slice().unwrap();
             for (i, gi) in g.iter_mut().enumerate() {
                 *gi = toy_force(row, i) / n;
             }
+            *r = toy_action(row);
         }
-        g_ld.fill(-1.0 / n);
+        c.grad_logdet.fill(-1.0 / n);
     };
     let mut ws = Workspace::<f64>::new(3);
     let mut grad = vec![0.0; params.len()];
-    let (phi, ld) = model
+    let out = model
         .forward_backward_with(&params, z.view(), &mut ws, seed, &mut grad)
         .unwrap();
     let (phi_ref, ld_ref) = model.forward_with(&params, z.view());
-    assert_eq!(phi, phi_ref);
-    assert_eq!(ld, ld_ref);
+    assert_eq!(out.phi, phi_ref);
+    assert_eq!(out.logdet, ld_ref);
+    for (row, &r) in phi_ref.outer_iter().zip(out.record.iter()) {
+        assert_eq!(r, toy_action(row.as_slice().unwrap()));
+    }
     // Step 1e-5: the losses of these random models are O(30–300), so rounding in the
     // difference quotient, ε·|L|/h, stays below 7e-9, and the truncation error O(h² f''')
     // below about 1e-9 (checked by varying h).
@@ -398,17 +404,14 @@ fn check_forward_backward(model: &FlowModel) {
 
     // The f32 path agrees with the f64 one to f32 accuracy, and repeats bit for bit.
     let z32 = z.mapv(|x| x as f32);
-    let seed32 = |phi: ArrayView2<f32>,
-                  _ld: ndarray::ArrayView1<f64>,
-                  mut g_phi: ndarray::ArrayViewMut2<f32>,
-                  mut g_ld: ndarray::ArrayViewMut1<f32>| {
-        for (row, mut g) in phi.outer_iter().zip(g_phi.outer_iter_mut()) {
+    let seed32 = |mut c: ChunkSeed<f32>| {
+        for (row, mut g) in c.phi.outer_iter().zip(c.grad_phi.outer_iter_mut()) {
             let row: Vec<f64> = row.iter().map(|&x| x as f64).collect();
             for (i, gi) in g.iter_mut().enumerate() {
                 *gi = (toy_force(&row, i) / n) as f32;
             }
         }
-        g_ld.fill(-1.0 / n as f32);
+        c.grad_logdet.fill(-1.0 / n as f32);
     };
     let mut ws32 = Workspace::<f32>::new(2);
     let mut g32 = vec![0.0f32; params.len()];
@@ -534,12 +537,9 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 fn the_steady_state_training_step_does_not_allocate() {
     let model = random_model(&FlowConfig::seed(16, 1, 8).unwrap(), 4, 0.3, 50);
     let z = normal_batch(40, 16, 51);
-    let seed = |phi: ArrayView2<f32>,
-                _ld: ndarray::ArrayView1<f64>,
-                mut g_phi: ndarray::ArrayViewMut2<f32>,
-                mut g_ld: ndarray::ArrayViewMut1<f32>| {
-        g_phi.zip_mut_with(&phi, |g, &p| *g = p / 40.0);
-        g_ld.fill(-1.0 / 40.0);
+    let seed = |mut c: ChunkSeed<f32>| {
+        c.grad_phi.zip_mut_with(&c.phi, |g, &p| *g = p / 40.0);
+        c.grad_logdet.fill(-1.0 / 40.0);
     };
     // One worker thread runs the whole step, so its own counter sees every allocation.
     let pool = rayon::ThreadPoolBuilder::new()

@@ -14,7 +14,7 @@ mod recipe;
 pub mod transform;
 
 pub use layers::{Coupling, FlowFloat, Layer, TransformPair};
-pub use model::{FlowModel, MODEL_FORMAT_VERSION, Workspace};
+pub use model::{BatchOutput, ChunkSeed, FlowModel, MODEL_FORMAT_VERSION, Workspace};
 pub use net::{ConvNet, DenseNet, Net, conv_taps};
 pub use prior::Prior;
 pub use recipe::{

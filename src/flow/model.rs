@@ -233,9 +233,9 @@ impl FlowModel {
         ws: &'w mut Workspace<f32>,
         seed: F,
         grad: &mut [f32],
-    ) -> Result<(ArrayView2<'w, f32>, ArrayView1<'w, f64>)>
+    ) -> Result<BatchOutput<'w, f32>>
     where
-        F: Fn(ArrayView2<f32>, ArrayView1<f64>, ArrayViewMut2<f32>, ArrayViewMut1<f32>) + Sync,
+        F: Fn(ChunkSeed<'_, f32>) + Sync,
     {
         self.forward_backward_with(&self.params, z, ws, seed, grad)
     }
@@ -243,11 +243,11 @@ impl FlowModel {
     /// Forward pass z → (φ, log-det) and backward pass to the parameters, data-parallel over
     /// the workspace's fixed number of batch chunks.
     ///
-    /// For each chunk, `seed(φ, logdet, ∂L/∂φ, ∂L/∂logdet)` receives φ and the log-det of the
-    /// chunk's rows and writes the gradients of the loss with respect to them (all zero on
-    /// entry). `grad` is overwritten with ∂L/∂θ, summed over chunks in chunk order, so the
-    /// result depends only on the inputs and the workspace's chunk count. Returns φ and the
-    /// log-det of the whole batch (views into the workspace).
+    /// For each chunk, `seed` receives a [`ChunkSeed`]: φ and the log-det of the chunk's rows,
+    /// where it writes ∂L/∂φ and ∂L/∂logdet (for reverse KL, ∂S/∂φ / N and −1/N) and may
+    /// record one f64 per row (e.g. S(φ)). `grad` is overwritten with ∂L/∂θ, summed over
+    /// chunks in chunk order, so the result depends only on the inputs and the workspace's
+    /// chunk count. Returns φ, the log-det and the recorded values of the whole batch.
     pub fn forward_backward_with<'w, T, F>(
         &self,
         params: &[T],
@@ -255,10 +255,10 @@ impl FlowModel {
         ws: &'w mut Workspace<T>,
         seed: F,
         grad: &mut [T],
-    ) -> Result<(ArrayView2<'w, T>, ArrayView1<'w, f64>)>
+    ) -> Result<BatchOutput<'w, T>>
     where
         T: FlowFloat,
-        F: Fn(ArrayView2<T>, ArrayView1<f64>, ArrayViewMut2<T>, ArrayViewMut1<T>) + Sync,
+        F: Fn(ChunkSeed<'_, T>) + Sync,
     {
         self.check_batch(&z)?;
         let np = self.params.len();
@@ -274,6 +274,7 @@ impl FlowModel {
         if ws.phi.dim() != z.dim() {
             ws.phi = Array2::zeros(z.dim());
             ws.logdet = Array1::zeros(n);
+            ws.record = Array1::zeros(n);
         }
         ws.chunks.par_iter_mut().enumerate().for_each(|(i, chunk)| {
             let (a, b) = chunk_range(n, parts, i);
@@ -289,20 +290,23 @@ impl FlowModel {
             if chunk.logdet.len() != b - a {
                 chunk.logdet = Array1::zeros(b - a);
                 chunk.grad_logdet = Array1::zeros(b - a);
+                chunk.record = Array1::zeros(b - a);
             }
             for (o, &l) in chunk.logdet.iter_mut().zip(tape.value(ld).iter()) {
                 *o = l.to_f64().unwrap_or(f64::NAN);
             }
             chunk.grad_logdet.fill(T::zero());
+            chunk.record.fill(0.0);
             tape.zero_grads();
             {
                 let (phi_value, phi_grad) = tape.value_and_grad_mut(phi);
-                seed(
-                    phi_value,
-                    chunk.logdet.view(),
-                    phi_grad,
-                    chunk.grad_logdet.view_mut(),
-                );
+                seed(ChunkSeed {
+                    phi: phi_value,
+                    logdet: chunk.logdet.view(),
+                    grad_phi: phi_grad,
+                    grad_logdet: chunk.grad_logdet.view_mut(),
+                    record: chunk.record.view_mut(),
+                });
             }
             tape.grad_mut(ld).column_mut(0).assign(&chunk.grad_logdet);
             tape.backward(params, &mut chunk.grad);
@@ -319,9 +323,14 @@ impl FlowModel {
                     .slice_mut(s![a..b, ..])
                     .assign(&chunk.tape.value(phi));
                 ws.logdet.slice_mut(s![a..b]).assign(&chunk.logdet);
+                ws.record.slice_mut(s![a..b]).assign(&chunk.record);
             }
         }
-        Ok((ws.phi.view(), ws.logdet.view()))
+        Ok(BatchOutput {
+            phi: ws.phi.view(),
+            logdet: ws.logdet.view(),
+            record: ws.record.view(),
+        })
     }
 
     /// Writes the model (format version, config, lattice, parameters, metadata) as JSON,
@@ -439,11 +448,37 @@ struct ModelFile {
     metadata: BTreeMap<String, serde_json::Value>,
 }
 
+/// What the gradient seed of [`FlowModel::forward_backward`] sees and writes for one chunk of
+/// the batch.
+pub struct ChunkSeed<'a, T> {
+    /// φ of the chunk's rows, `[rows, volume]`.
+    pub phi: ArrayView2<'a, T>,
+    /// log|det ∂φ/∂z| of the chunk's rows.
+    pub logdet: ArrayView1<'a, f64>,
+    /// ∂L/∂φ to be written (zero on entry).
+    pub grad_phi: ArrayViewMut2<'a, T>,
+    /// ∂L/∂logdet to be written (zero on entry).
+    pub grad_logdet: ArrayViewMut1<'a, T>,
+    /// One free f64 per row (zero on entry), returned in [`BatchOutput::record`], e.g. S(φ).
+    pub record: ArrayViewMut1<'a, f64>,
+}
+
+/// The whole batch after [`FlowModel::forward_backward`] (views into the workspace).
+pub struct BatchOutput<'w, T> {
+    /// φ = f(z), `[n, volume]`.
+    pub phi: ArrayView2<'w, T>,
+    /// log|det ∂φ/∂z| per row.
+    pub logdet: ArrayView1<'w, f64>,
+    /// The values the seed recorded per row.
+    pub record: ArrayView1<'w, f64>,
+}
+
 struct ChunkWork<T: FlowFloat> {
     tape: Tape<T>,
     grad: Vec<T>,
     logdet: Array1<f64>,
     grad_logdet: Array1<T>,
+    record: Array1<f64>,
     phi_var: Option<Var>,
 }
 
@@ -454,6 +489,7 @@ pub struct Workspace<T: FlowFloat> {
     chunks: Vec<ChunkWork<T>>,
     phi: Array2<T>,
     logdet: Array1<f64>,
+    record: Array1<f64>,
 }
 
 impl<T: FlowFloat> Workspace<T> {
@@ -466,11 +502,13 @@ impl<T: FlowFloat> Workspace<T> {
                     grad: Vec::new(),
                     logdet: Array1::zeros(0),
                     grad_logdet: Array1::zeros(0),
+                    record: Array1::zeros(0),
                     phi_var: None,
                 })
                 .collect(),
             phi: Array2::zeros((0, 0)),
             logdet: Array1::zeros(0),
+            record: Array1::zeros(0),
         }
     }
 
