@@ -1,7 +1,21 @@
 //! The public test helpers in `latflow::testing` checked on cases with known answers, and
 //! shown to fail on deliberately wrong inputs.
 
+use latflow::Lattice;
+use latflow::flow::transform::{Affine, Rqs, Z2Affine};
+use latflow::flow::{Flow, PointwiseTransform};
+use latflow::rng::rng_from_seed;
+use latflow::testing::strategies::{FAR_FIELD, arb_field, arb_latent_batch, arb_sites};
 use latflow::testing::{assert_gradients_close, finite_difference_gradient, random_loss_weights};
+use latflow::testing::{
+    check_flow_invertible, check_flow_log_det_bruteforce, check_flow_z2_equivariant, log_abs_det,
+};
+use ndarray::{Array1, Array2, ArrayView2};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::TestRunner;
+use proptest::test_runner::{FileFailurePersistence, RngSeed};
+use rand::RngExt;
 
 #[test]
 fn finite_difference_gradient_of_a_known_function() {
@@ -39,19 +53,27 @@ fn random_loss_weights_are_seeded_and_in_range() {
 // ---------------------------------------------------------------------------------------
 // Flow-level checks on a small coupling flow built from the pointwise transforms.
 
-use latflow::Lattice;
-use latflow::flow::transform::{Affine, Rqs, Z2Affine};
-use latflow::flow::{Flow, PointwiseTransform};
-use latflow::rng::rng_from_seed;
-use latflow::testing::strategies::{FAR_FIELD, arb_field, arb_latent_batch, arb_sites};
-use latflow::testing::{
-    check_flow_invertible, check_flow_log_det_bruteforce, check_flow_z2_equivariant, log_abs_det,
-};
-use ndarray::{Array1, Array2, ArrayView2};
-use proptest::prelude::*;
-use proptest::strategy::ValueTree;
-use proptest::test_runner::TestRunner;
-use rand::RngExt;
+/// `cases` cases per property (`PROPTEST_CASES` overrides it), from a fixed seed; failing cases are saved to (and replayed from)
+/// `proptest-regressions/testing_helpers.txt`.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(cases),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/testing_helpers.txt",
+        ))),
+        rng_seed: match std::env::var("PROPTEST_RNG_SEED") {
+            Ok(_) => ProptestConfig::default().rng_seed,
+            Err(_) => RngSeed::Fixed(FIXED_SEED),
+        },
+        ..ProptestConfig::default()
+    }
+}
+
+/// The proptest seed unless `PROPTEST_RNG_SEED` is set: runs are reproducible by default.
+const FIXED_SEED: u64 = 20_261_123;
 
 /// One coupling layer: θ = tanh(W v_P + b) · scale for the active sites.
 struct Layer {
@@ -313,7 +335,7 @@ fn strategies_cover_far_fields_and_stay_in_range() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(config(32))]
 
     /// Random latent batches: the coupling flow with a spline is invertible (tol 1e-4) and
     /// the Z2-affine flow is Z2-equivariant (tol 1e-5).

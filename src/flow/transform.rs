@@ -1,4 +1,7 @@
-//! Pointwise monotone transforms C(v; θ) applied to the active sites of a coupling layer.
+//! Pointwise monotone transforms C(v; θ) applied to the active sites of a coupling layer:
+//! the [`PointwiseTransform`] trait and its implementations — [`Additive`], [`Affine`],
+//! [`Z2Affine`], the rational-quadratic spline [`Rqs`], and [`ForwardMode`], which turns a
+//! user's [`ScalarMap`] (the forward formula alone) into a full transform.
 
 /// The float types network math runs in (f32 in production, f64 for gradient checks).
 pub trait Real:

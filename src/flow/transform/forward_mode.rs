@@ -17,6 +17,34 @@ use crate::error::{Error, Result};
 /// `eval` must be a smooth (almost everywhere), strictly monotone function of `v` for
 /// every θ, built from `num_traits::Float` operations only, so that dual numbers can flow
 /// through it. Constants are written `F::from(2.0).unwrap()` or built from `F::one()`.
+///
+/// ```
+/// use latflow::flow::PointwiseTransform;
+/// use latflow::flow::transform::{ForwardMode, ScalarMap};
+/// use num_traits::Float;
+///
+/// /// C(v; θ) = v + e^θ v³, increasing for every θ.
+/// struct Cubic;
+///
+/// impl ScalarMap for Cubic {
+///     fn params_per_site(&self) -> usize {
+///         1
+///     }
+///     fn eval<F: Float>(&self, v: F, theta: &[F]) -> F {
+///         v + theta[0].exp() * v * v * v
+///     }
+/// }
+///
+/// let cubic = ForwardMode::new(Cubic)?;
+/// let (mut y, mut ld) = ([0.0f64], [0.0f64]);
+/// cubic.forward(&[2.0], &[0.0], &mut y, &mut ld);
+/// assert!((y[0] - 10.0).abs() < 1e-12); // 2 + 8
+/// assert!((ld[0] - 13f64.ln()).abs() < 1e-12); // C' = 1 + 3 v²
+/// let (mut v, mut ld_inv) = ([0.0f64], [0.0f64]);
+/// cubic.inverse(&y, &[0.0], &mut v, &mut ld_inv);
+/// assert!((v[0] - 2.0).abs() < 1e-12);
+/// # Ok::<(), latflow::Error>(())
+/// ```
 pub trait ScalarMap: Send + Sync {
     /// Parameters per site, k.
     fn params_per_site(&self) -> usize;
@@ -53,13 +81,14 @@ impl<M: ScalarMap> ForwardMode<M> {
     /// Default relative tolerance of the inverse.
     pub const DEFAULT_TOLERANCE: f64 = 1e-13;
 
-    /// Wraps `map`; fails if it has more than [`MAX_FORWARD_MODE_PARAMS`] parameters per site.
+    /// Wraps `map`; fails unless it has between 1 and [`MAX_FORWARD_MODE_PARAMS`] parameters
+    /// per site (a map without parameters could not depend on the passive sites).
     pub fn new(map: M) -> Result<Self> {
         let k = map.params_per_site();
-        if k > MAX_FORWARD_MODE_PARAMS {
+        if k == 0 || k > MAX_FORWARD_MODE_PARAMS {
             return Err(Error::param(
                 "params_per_site",
-                format!("forward mode supports at most {MAX_FORWARD_MODE_PARAMS}, got {k}"),
+                format!("forward mode supports 1 to {MAX_FORWARD_MODE_PARAMS}, got {k}"),
             ));
         }
         Ok(ForwardMode {
@@ -86,8 +115,11 @@ impl<M: ScalarMap> ForwardMode<M> {
         &self.map
     }
 
-    /// C(v; θ) and ∂C/∂v in f64.
+    /// C(v; θ) and ∂C/∂v in f64; NaN if `theta` does not hold `params_per_site()` values.
     pub fn value_and_slope(&self, v: f64, theta: &[f64]) -> (f64, f64) {
+        if theta.len() != self.map.params_per_site() {
+            return (f64::NAN, f64::NAN);
+        }
         let mut duals = [F1::cst(0.0); MAX_FORWARD_MODE_PARAMS];
         for (d, &t) in duals.iter_mut().zip(theta) {
             *d = F1::cst(t);
@@ -96,7 +128,8 @@ impl<M: ScalarMap> ForwardMode<M> {
         (c.value(), c.deriv())
     }
 
-    /// C⁻¹(y; θ) in f64 (see the type's documentation for the method and tolerance).
+    /// C⁻¹(y; θ) in f64 (see the type's documentation for the method and tolerance); NaN
+    /// if `theta` does not hold `params_per_site()` values.
     pub fn solve(&self, y: f64, theta: &[f64]) -> f64 {
         let residual = |v: f64| {
             let (c, slope) = self.value_and_slope(v, theta);
@@ -213,10 +246,15 @@ impl<T: Real, M: ScalarMap> PointwiseTransform<T> for ForwardMode<M> {
 
     fn forward(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T]) {
         let k = self.map.params_per_site();
+        debug_assert_eq!(theta.len(), v.len() * k);
         let mut buf = [0.0; MAX_FORWARD_MODE_PARAMS];
-        for (i, (yi, ldi)) in y.iter_mut().zip(ld.iter_mut()).enumerate() {
-            let p = site_params(&theta[i * k..(i + 1) * k], &mut buf);
-            let (c, slope) = self.value_and_slope(to_f64(v[i]), p);
+        for (((yi, ldi), &vi), p) in y
+            .iter_mut()
+            .zip(ld.iter_mut())
+            .zip(v)
+            .zip(theta.chunks_exact(k))
+        {
+            let (c, slope) = self.value_and_slope(to_f64(vi), site_params(p, &mut buf));
             *yi = from_f64(c);
             *ldi = from_f64(slope.abs().ln());
         }
@@ -224,10 +262,16 @@ impl<T: Real, M: ScalarMap> PointwiseTransform<T> for ForwardMode<M> {
 
     fn inverse(&self, y: &[T], theta: &[T], v: &mut [T], ld: &mut [T]) {
         let k = self.map.params_per_site();
+        debug_assert_eq!(theta.len(), y.len() * k);
         let mut buf = [0.0; MAX_FORWARD_MODE_PARAMS];
-        for (i, (vi, ldi)) in v.iter_mut().zip(ld.iter_mut()).enumerate() {
-            let p = site_params(&theta[i * k..(i + 1) * k], &mut buf);
-            let x = self.solve(to_f64(y[i]), p);
+        for (((vi, ldi), &yi), p) in v
+            .iter_mut()
+            .zip(ld.iter_mut())
+            .zip(y)
+            .zip(theta.chunks_exact(k))
+        {
+            let p = site_params(p, &mut buf);
+            let x = self.solve(to_f64(yi), p);
             let (_, slope) = self.value_and_slope(x, p);
             *vi = from_f64(x);
             *ldi = from_f64(-slope.abs().ln());
@@ -236,15 +280,22 @@ impl<T: Real, M: ScalarMap> PointwiseTransform<T> for ForwardMode<M> {
 
     fn backward(&self, v: &[T], theta: &[T], gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]) {
         let k = self.map.params_per_site();
+        debug_assert_eq!(theta.len(), v.len() * k);
+        debug_assert_eq!(gtheta.len(), theta.len());
         let mut buf = [0.0; MAX_FORWARD_MODE_PARAMS];
         let mut g = [0.0; MAX_FORWARD_MODE_PARAMS];
-        for (i, gvi) in gv.iter_mut().enumerate() {
-            let p = site_params(&theta[i * k..(i + 1) * k], &mut buf);
-            let dv =
-                self.site_gradients(to_f64(v[i]), p, to_f64(gy[i]), to_f64(gld[i]), &mut g[..k]);
+        for ((((gvi, gt), &vi), p), (&gyi, &gldi)) in gv
+            .iter_mut()
+            .zip(gtheta.chunks_exact_mut(k))
+            .zip(v)
+            .zip(theta.chunks_exact(k))
+            .zip(gy.iter().zip(gld))
+        {
+            let p = site_params(p, &mut buf);
+            let dv = self.site_gradients(to_f64(vi), p, to_f64(gyi), to_f64(gldi), &mut g[..k]);
             *gvi = *gvi + from_f64(dv);
-            for (gt, &gj) in gtheta[i * k..(i + 1) * k].iter_mut().zip(&g[..k]) {
-                *gt = *gt + from_f64(gj);
+            for (gtj, &gj) in gt.iter_mut().zip(&g[..k]) {
+                *gtj = *gtj + from_f64(gj);
             }
         }
     }

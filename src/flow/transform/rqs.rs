@@ -413,12 +413,14 @@ impl Segment {
         (self.s * alpha * alpha + self.d0 * q) / self.denominator(alpha)
     }
 
-    /// log ∂C/∂v = 2 log s + log[d1 α² + 2s α(1−α) + d0 (1−α)²] − 2 log D.
+    /// log ∂C/∂v = log((s/D)² [d1 α² + 2s α(1−α) + d0 (1−α)²]) with one logarithm per site
+    /// (D ≥ s/2, so s/D ≤ 2 and the product cannot overflow).
     #[inline]
     fn log_slope(&self, alpha: f64) -> f64 {
         let beta = 1.0 - alpha;
         let m = self.d1 * alpha * alpha + 2.0 * self.s * alpha * beta + self.d0 * beta * beta;
-        2.0 * self.s.ln() + m.ln() - 2.0 * self.denominator(alpha).ln()
+        let ratio = self.s / self.denominator(alpha);
+        (ratio * ratio * m).ln()
     }
 
     /// The α ∈ [0, 1] with R(α) = ξ: the root of A α² + B α − ξ s = 0 with
