@@ -9,50 +9,20 @@ use latflow::action::{Action, FreeField, Phi4};
 use latflow::kernel::{
     Chain, ChainRecord, Cycle, Hmc, Integrator, LocalMetropolis, Mixture, Repeat, SweepOrder,
 };
-use latflow::observable::{FieldSquared, Magnetisation, MagnetisationSquared, Observable};
+use latflow::observable::{
+    ActionDensity, FieldSquared, IsingEnergy, Magnetisation, MagnetisationSquared, Observable,
+};
 use latflow::stats::{GammaEstimate, gamma_method, gamma_method_derived};
 use latflow::{Lattice, Proposal, State, rng_from_seed};
 use rand_distr::{Distribution, StandardNormal};
-
-/// (1/|Λ|) Σ_x Σ_μ φ_x φ_{x+e_μ}, the Ising energy of SPEC 5.1.
-struct IsingEnergy(Lattice);
-
-impl Observable for IsingEnergy {
-    fn name(&self) -> &str {
-        "energy"
-    }
-    fn measure(&mut self, phi: &[f64], out: &mut [f64]) {
-        let d = self.0.dim();
-        let sum: f64 = (0..phi.len())
-            .map(|x| {
-                (0..d)
-                    .map(|mu| phi[x] * phi[self.0.fwd(x, mu)])
-                    .sum::<f64>()
-            })
-            .sum();
-        out[0] = sum / phi.len() as f64;
-    }
-}
-
-/// S(φ)/|Λ|.
-struct ActionDensity<A: Action>(Arc<A>);
-
-impl<A: Action> Observable for ActionDensity<A> {
-    fn name(&self) -> &str {
-        "action_density"
-    }
-    fn measure(&mut self, phi: &[f64], out: &mut [f64]) {
-        out[0] = self.0.action(phi) / phi.len() as f64;
-    }
-}
 
 fn observables<A: Action + 'static>(action: &Arc<A>) -> Vec<Box<dyn Observable>> {
     vec![
         Box::new(Magnetisation),
         Box::new(MagnetisationSquared),
         Box::new(FieldSquared),
-        Box::new(ActionDensity(action.clone())),
-        Box::new(IsingEnergy(action.lattice().clone())),
+        Box::new(ActionDensity::new(action.clone())),
+        Box::new(IsingEnergy::new(action.lattice())),
     ]
 }
 
@@ -469,4 +439,18 @@ fn mixture_picks_its_first_kernel_with_the_given_probability() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn bad_kernel_parameters_are_refused() {
+    let action = Arc::new(Phi4::hopping(Lattice::hypercubic(2, 4).unwrap(), 0.5, 0.5).unwrap());
+    assert!(LocalMetropolis::new(action.clone(), 0.0).is_err());
+    assert!(LocalMetropolis::new(action.clone(), f64::NAN).is_err());
+    let local = || LocalMetropolis::new(action.clone(), 1.0).unwrap();
+    assert!(local().with_hits(0).is_err());
+    assert!(local().with_target_acceptance(1.0).is_err());
+    assert!(local().with_target_acceptance(0.0).is_err());
+    assert!(Repeat::new(local(), 0).is_err());
+    assert!(Hmc::new(action.clone(), f64::INFINITY, 4).is_err());
+    assert!(Hmc::new(action, -1.0, 4).is_err());
 }

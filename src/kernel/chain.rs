@@ -12,6 +12,27 @@ use crate::observable::Observable;
 use crate::rng::{SimRng, rng_from_seed};
 
 /// A kernel, the state it moves and the random stream that drives it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use latflow::action::Phi4;
+/// use latflow::kernel::{Chain, Cycle, Hmc, LocalMetropolis};
+/// use latflow::observable::{FieldSquared, Observable};
+/// use latflow::{Lattice, State};
+///
+/// let action = Arc::new(Phi4::hopping(Lattice::hypercubic(2, 8)?, 0.576, 0.5)?);
+/// let kernel = Cycle::new(
+///     LocalMetropolis::new(action.clone(), 1.0)?,
+///     Hmc::new(action.clone(), 1.0, 8)?,
+/// );
+/// let mut chain = Chain::new(kernel, State::zero(&*action), 42);
+/// chain.thermalise(100);
+/// let mut observables: Vec<Box<dyn Observable>> = vec![Box::new(FieldSquared)];
+/// let record = chain.run(200, 2, &mut observables)?;
+/// assert_eq!(record.n_measurements(), 100);
+/// assert_eq!(record.accept_history("hmc").len(), 200);
+/// # Ok::<(), latflow::Error>(())
+/// ```
 pub struct Chain<K: Proposal> {
     kernel: K,
     state: State,

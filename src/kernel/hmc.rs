@@ -25,7 +25,8 @@ pub enum Integrator {
     Omelyan,
 }
 
-/// Hybrid Monte Carlo with trajectory length τ and nominal step count n (ε = τ/n).
+/// Hybrid Monte Carlo with trajectory length τ and nominal step count n (ε = τ/n). The
+/// step size is the user's choice; HMC does not adapt it while thermalising.
 ///
 /// With a randomised length (the default) each trajectory uses a step count drawn
 /// uniformly from {⌈n/2⌉, …, ⌊3n/2⌋} (at least 1) at the fixed step size ε = τ/n, so its

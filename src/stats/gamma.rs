@@ -472,6 +472,26 @@ mod tests {
     }
 
     #[test]
+    fn autocorrelation_is_normalised_direct_gamma() {
+        let data = pseudo_series(100);
+        let rho = autocorrelation(&data, 10).unwrap();
+        let mean = data.iter().sum::<f64>() / 100.0;
+        let gamma = |t: usize| {
+            data[..100 - t]
+                .iter()
+                .zip(&data[t..])
+                .map(|(a, b)| (a - mean) * (b - mean))
+                .sum::<f64>()
+                / (100 - t) as f64
+        };
+        assert_eq!(rho.len(), 11);
+        for (t, r) in rho.iter().enumerate() {
+            assert!((r - gamma(t) / gamma(0)).abs() < 1e-14);
+        }
+        assert!(autocorrelation(&data, 100).is_err());
+    }
+
+    #[test]
     fn replicas_normalise_by_n_minus_r_t() {
         let a = [1.0, 2.0, 0.0, 3.0];
         let b = [2.0, -1.0, 1.0, 0.0];
