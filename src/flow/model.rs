@@ -147,7 +147,8 @@ impl FlowModel {
         (x, logdet)
     }
 
-    /// z → φ with `params`; returns φ and the forward log-det per row.
+    /// z → φ with `params`; returns φ and the forward log-det per row. Panics unless `z` has
+    /// one column per site and `params` the model's length (see [`FlowModel::n_params`]).
     pub fn forward_with<T: FlowFloat>(
         &self,
         params: &[T],
@@ -175,7 +176,8 @@ impl FlowModel {
         (phi, logdet)
     }
 
-    /// φ → z with `params`; returns z and the inverse log-det per row.
+    /// φ → z with `params`; returns z and the inverse log-det per row. Panics unless `phi`
+    /// has one column per site and `params` the model's length.
     pub fn inverse_with<T: FlowFloat>(
         &self,
         params: &[T],

@@ -53,7 +53,7 @@ impl Prior {
         Ok(())
     }
 
-    /// log r(z) of every row, exactly normalised.
+    /// log r(z) of every row, exactly normalised (`z` has one column per site).
     pub fn log_density_into(&self, z: ArrayView2<f32>, mut out: ArrayViewMut1<f64>) {
         match self {
             Prior::StandardNormal => {
