@@ -5,9 +5,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use latflow::flow::{Flow, FlowConfig, FlowModel, Workspace};
+use latflow::flow::{ChunkSeed, Flow, FlowConfig, FlowModel, Workspace};
 use latflow::{Lattice, rng_from_seed};
-use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
+use ndarray::Array2;
 use rand_distr::{Distribution, StandardNormal};
 
 /// (L, batch, affine blocks) of the seed study; H = L².
@@ -34,11 +34,8 @@ fn bench_flow(c: &mut Criterion) {
         let bwd = lattice.bwd_table().to_vec();
         let n = batch as f64;
         // ∂L/∂φ = ∂S/∂φ / N for the hopping φ⁴ action, ∂L/∂logdet = −1/N.
-        let seed = |phi: ArrayView2<f32>,
-                    _ld: ArrayView1<f64>,
-                    mut g_phi: ArrayViewMut2<f32>,
-                    mut g_ld: ArrayViewMut1<f32>| {
-            for (row, mut g) in phi.outer_iter().zip(g_phi.outer_iter_mut()) {
+        let seed = |mut c: ChunkSeed<f32>| {
+            for (row, mut g) in c.phi.outer_iter().zip(c.grad_phi.outer_iter_mut()) {
                 for x in 0..v {
                     let p = row[x] as f64;
                     let nb: f64 = (0..2)
@@ -48,7 +45,7 @@ fn bench_flow(c: &mut Criterion) {
                     g[x] = (force / n) as f32;
                 }
             }
-            g_ld.fill(-1.0 / n as f32);
+            c.grad_logdet.fill(-1.0 / n as f32);
         };
 
         let mut group = c.benchmark_group(format!("seed_L{l}_batch{batch}"));

@@ -29,3 +29,8 @@ pub use kernel::{MoveInfo, Proposal, State};
 pub use lattice::Lattice;
 pub use observable::Observable;
 pub use rng::{SimRng, rng_from_seed};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -8,6 +8,7 @@ use latflow::Lattice;
 use latflow::action::{Action, Phi4};
 use latflow::kernel::{Hmc, Integrator, LocalMetropolis};
 use latflow::testing::balance::{hmc_balance, hmc_log_jacobian, local_metropolis_balance};
+use latflow::testing::strategies::proptest_config;
 use proptest::prelude::*;
 
 fn lattice_strategy() -> impl Strategy<Value = Lattice> {
@@ -27,7 +28,7 @@ fn field_of(values: &[f64], volume: usize) -> Vec<f64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(proptest_config(200, "proptest-regressions/balance.txt"))]
 
     #[test]
     fn local_metropolis_satisfies_detailed_balance(
@@ -70,7 +71,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(proptest_config(24, "proptest-regressions/balance.txt"))]
 
     #[test]
     fn hmc_map_preserves_phase_space_volume(

@@ -4,8 +4,8 @@
 
 use latflow::flow::transform::Rqs;
 use latflow::flow::{
-    BlockConfig, Flow, FlowConfig, FlowModel, LayerConfig, NetConfig, Partition, TransformKind,
-    Workspace,
+    BlockConfig, ChunkSeed, Flow, FlowConfig, FlowModel, LayerConfig, NetConfig, Partition,
+    TransformKind, Workspace,
 };
 use latflow::testing::{
     assert_gradients_close, check_flow_invertible, check_flow_log_det_bruteforce,
@@ -348,31 +348,50 @@ fn toy_loss(model: &FlowModel, params: &[f64], z: &Array2<f64>) -> f64 {
 
 #[test]
 fn forward_backward_gives_the_loss_gradient() {
-    let model = random_model(&mixed_config(), 4, 0.4, 17);
+    // Every layer kind except RQS, then the seed recipe (Z2-affine, scales, RQS).
+    check_forward_backward(&random_model(&mixed_config(), 4, 0.4, 17));
+    check_forward_backward(&random_model(
+        &FlowConfig::seed(6, 1, 4).unwrap(),
+        4,
+        0.4,
+        19,
+    ));
+}
+
+fn check_forward_backward(model: &FlowModel) {
     let params: Vec<f64> = model.params().iter().map(|&p| p as f64).collect();
     let z = normal_batch(7, 16, 18).mapv(|x| x as f64);
     let n = z.nrows() as f64;
-    let seed = |phi: ArrayView2<f64>,
-                _ld: ndarray::ArrayView1<f64>,
-                mut g_phi: ndarray::ArrayViewMut2<f64>,
-                mut g_ld: ndarray::ArrayViewMut1<f64>| {
-        for (row, mut g) in phi.outer_iter().zip(g_phi.outer_iter_mut()) {
+    let seed = |mut c: ChunkSeed<f64>| {
+        for ((row, mut g), r) in c
+            .phi
+            .outer_iter()
+            .zip(c.grad_phi.outer_iter_mut())
+            .zip(c.record.iter_mut())
+        {
             let row = row.as_slice().unwrap();
             for (i, gi) in g.iter_mut().enumerate() {
                 *gi = toy_force(row, i) / n;
             }
+            *r = toy_action(row);
         }
-        g_ld.fill(-1.0 / n);
+        c.grad_logdet.fill(-1.0 / n);
     };
     let mut ws = Workspace::<f64>::new(3);
     let mut grad = vec![0.0; params.len()];
-    let (phi, ld) = model
+    let out = model
         .forward_backward_with(&params, z.view(), &mut ws, seed, &mut grad)
         .unwrap();
     let (phi_ref, ld_ref) = model.forward_with(&params, z.view());
-    assert_eq!(phi, phi_ref);
-    assert_eq!(ld, ld_ref);
-    let numeric = finite_difference_gradient(|p| toy_loss(&model, p, &z), &params, 1e-6);
+    assert_eq!(out.phi, phi_ref);
+    assert_eq!(out.logdet, ld_ref);
+    for (row, &r) in phi_ref.outer_iter().zip(out.record.iter()) {
+        assert_eq!(r, toy_action(row.as_slice().unwrap()));
+    }
+    // Step 1e-5: the losses of these random models are O(30–300), so rounding in the
+    // difference quotient, ε·|L|/h, stays below 7e-9, and the truncation error O(h² f''')
+    // below about 1e-9 (checked by varying h).
+    let numeric = finite_difference_gradient(|p| toy_loss(model, p, &z), &params, 1e-5);
     assert_gradients_close(&grad, &numeric, 1e-6, 1e-8).unwrap();
 
     // Another chunk count sums in another order: equal up to rounding.
@@ -385,17 +404,14 @@ fn forward_backward_gives_the_loss_gradient() {
 
     // The f32 path agrees with the f64 one to f32 accuracy, and repeats bit for bit.
     let z32 = z.mapv(|x| x as f32);
-    let seed32 = |phi: ArrayView2<f32>,
-                  _ld: ndarray::ArrayView1<f64>,
-                  mut g_phi: ndarray::ArrayViewMut2<f32>,
-                  mut g_ld: ndarray::ArrayViewMut1<f32>| {
-        for (row, mut g) in phi.outer_iter().zip(g_phi.outer_iter_mut()) {
+    let seed32 = |mut c: ChunkSeed<f32>| {
+        for (row, mut g) in c.phi.outer_iter().zip(c.grad_phi.outer_iter_mut()) {
             let row: Vec<f64> = row.iter().map(|&x| x as f64).collect();
             for (i, gi) in g.iter_mut().enumerate() {
                 *gi = (toy_force(&row, i) / n) as f32;
             }
         }
-        g_ld.fill(-1.0 / n as f32);
+        c.grad_logdet.fill(-1.0 / n as f32);
     };
     let mut ws32 = Workspace::<f32>::new(2);
     let mut g32 = vec![0.0f32; params.len()];
@@ -454,4 +470,100 @@ fn shared_flow_checks_pass_on_the_seed_recipe() {
     let z2 = random_model(&FlowConfig::z2_affine(2, 16), 4, 0.3, 32);
     check_flow_z2_equivariant(&z2, z.view(), 1e-5).unwrap();
     assert!(check_flow_z2_equivariant(&model, z.view(), 1e-5).is_err());
+}
+
+#[test]
+fn free_field_prior_gives_exact_free_field_densities_and_samples() {
+    use latflow::Action;
+    use latflow::action::FreeField;
+    use latflow::flow::PriorConfig;
+    let m0sq = 0.5;
+    let mut config = FlowConfig::real_nvp(1, &[8]);
+    config.prior = PriorConfig::FreeField { m0sq };
+    let mut model = FlowModel::new(&config, &lattice(4), 0).unwrap();
+    model.params_mut().fill(0.0);
+    let field = FreeField::new(lattice(4), m0sq).unwrap();
+    let n = 4000;
+    let (phi, log_p) = model.sample(n, &mut rng_from_seed(40));
+    let mut actions = Vec::with_capacity(n);
+    for (row, lp) in phi.outer_iter().zip(log_p.iter()) {
+        let row: Vec<f64> = row.iter().map(|&x| x as f64).collect();
+        // The identity flow's density is the free field's, exactly normalised.
+        assert!((lp - field.log_density(&row)).abs() < 1e-9 * (1.0 + lp.abs()));
+        actions.push(field.action(&row));
+    }
+    // ⟨S⟩ = |Λ|/2 = 8 and Var S = |Λ|/2 for independent exact samples: |Δ| < 4σ.
+    let mean = actions.iter().sum::<f64>() / n as f64;
+    let sigma = (8.0 / n as f64).sqrt();
+    assert!((mean - 8.0).abs() < 4.0 * sigma, "⟨S⟩ = {mean} ± {sigma}");
+    assert!(matches!(
+        FlowModel::new(
+            &FlowConfig {
+                prior: PriorConfig::FreeField { m0sq: -1.0 },
+                layers: vec![]
+            },
+            &lattice(4),
+            0
+        ),
+        Err(Error::InvalidParameter { .. })
+    ));
+}
+
+/// Counts heap allocations per thread (other tests of this binary run concurrently).
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn allocations_on_this_thread() -> usize {
+    ALLOCATIONS.with(|a| a.get())
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+#[test]
+fn the_steady_state_training_step_does_not_allocate() {
+    let model = random_model(&FlowConfig::seed(16, 1, 8).unwrap(), 4, 0.3, 50);
+    let z = normal_batch(40, 16, 51);
+    let seed = |mut c: ChunkSeed<f32>| {
+        c.grad_phi.zip_mut_with(&c.phi, |g, &p| *g = p / 40.0);
+        c.grad_logdet.fill(-1.0 / 40.0);
+    };
+    // One worker thread runs the whole step, so its own counter sees every allocation.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let per_step = pool.install(|| {
+        let mut ws = Workspace::<f32>::new(1);
+        let mut grad = vec![0.0f32; model.n_params()];
+        model
+            .forward_backward(z.view(), &mut ws, seed, &mut grad)
+            .unwrap();
+        let before = allocations_on_this_thread();
+        for _ in 0..3 {
+            model
+                .forward_backward(z.view(), &mut ws, seed, &mut grad)
+                .unwrap();
+        }
+        (allocations_on_this_thread() - before) / 3
+    });
+    // The only allocations left are matrixmultiply's packing buffer, one per matrix product.
+    // Per step: 12 products forward (2 Z2 layers × 2 nets × 2 dense layers, 2 RQS layers × 2
+    // dense layers) and 22 backward: 12 weight gradients, plus input gradients for the 6
+    // second dense layers and for the 4 first dense layers whose input is not the latent z.
+    // A tape that reallocated its buffers would add about 60 a step (one per node).
+    assert_eq!(per_step, 12 + 22);
 }

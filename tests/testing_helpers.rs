@@ -5,6 +5,7 @@ use latflow::Lattice;
 use latflow::flow::transform::{Affine, Rqs, Z2Affine};
 use latflow::flow::{Flow, PointwiseTransform};
 use latflow::rng::rng_from_seed;
+use latflow::testing::strategies::proptest_config;
 use latflow::testing::strategies::{FAR_FIELD, arb_field, arb_latent_batch, arb_sites};
 use latflow::testing::{assert_gradients_close, finite_difference_gradient, random_loss_weights};
 use latflow::testing::{
@@ -14,7 +15,6 @@ use ndarray::{Array1, Array2, ArrayView2};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
-use proptest::test_runner::{FileFailurePersistence, RngSeed};
 use rand::RngExt;
 
 #[test]
@@ -53,27 +53,11 @@ fn random_loss_weights_are_seeded_and_in_range() {
 // ---------------------------------------------------------------------------------------
 // Flow-level checks on a small coupling flow built from the pointwise transforms.
 
-/// `cases` cases per property (`PROPTEST_CASES` overrides it), from a fixed seed; failing cases are saved to (and replayed from)
+/// `cases` cases per property from a fixed seed; failing cases go to
 /// `proptest-regressions/testing_helpers.txt`.
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(cases),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/testing_helpers.txt",
-        ))),
-        rng_seed: match std::env::var("PROPTEST_RNG_SEED") {
-            Ok(_) => ProptestConfig::default().rng_seed,
-            Err(_) => RngSeed::Fixed(FIXED_SEED),
-        },
-        ..ProptestConfig::default()
-    }
+    proptest_config(cases, "proptest-regressions/testing_helpers.txt")
 }
-
-/// The proptest seed unless `PROPTEST_RNG_SEED` is set: runs are reproducible by default.
-const FIXED_SEED: u64 = 20_261_123;
 
 /// One coupling layer: θ = tanh(W v_P + b) · scale for the active sites.
 struct Layer {

@@ -7,6 +7,7 @@ use latflow::flow::PointwiseTransform;
 use latflow::flow::transform::{
     Additive, Affine, ForwardMode, MAX_FORWARD_MODE_PARAMS, Rqs, ScalarMap, Z2Affine,
 };
+use latflow::testing::strategies::proptest_config;
 use latflow::testing::strategies::{arb_field, arb_sites, arb_theta};
 use latflow::testing::{
     GradCheck, check_transform_finite, check_transform_gradients, check_transform_invertible,
@@ -14,7 +15,6 @@ use latflow::testing::{
 };
 use num_traits::Float;
 use proptest::prelude::*;
-use proptest::test_runner::{FileFailurePersistence, RngSeed};
 
 /// (v, θ) for `sites` sites of a transform with `k` parameters per site: v of order 6 with
 /// one value in four up to |v| = 50, θ uniform in (−scale, scale).
@@ -22,27 +22,11 @@ fn case(k: usize, sites: usize, scale: f64) -> impl Strategy<Value = (Vec<f64>, 
     (arb_field(sites, 6.0), arb_theta(k, sites, scale))
 }
 
-/// `cases` cases per property (`PROPTEST_CASES` overrides it), from a fixed seed; failing cases are saved to (and replayed from)
+/// `cases` cases per property from a fixed seed; failing cases go to
 /// `proptest-regressions/transforms.txt`.
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(cases),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/transforms.txt",
-        ))),
-        rng_seed: match std::env::var("PROPTEST_RNG_SEED") {
-            Ok(_) => ProptestConfig::default().rng_seed,
-            Err(_) => RngSeed::Fixed(FIXED_SEED),
-        },
-        ..ProptestConfig::default()
-    }
+    proptest_config(cases, "proptest-regressions/transforms.txt")
 }
-
-/// The proptest seed unless `PROPTEST_RNG_SEED` is set: runs are reproducible by default.
-const FIXED_SEED: u64 = 20_261_123;
 
 fn shift_scale_transforms() -> Vec<(&'static str, Box<dyn PointwiseTransform<f64>>)> {
     vec![

@@ -1,6 +1,18 @@
 //! Normalizing flows: the [`Flow`] trait (forward z → φ and inverse φ → z on batches, with
 //! exact log-Jacobians), pointwise transforms, coupling layers, networks, priors, recipes
 //! and model files.
+//!
+//! ```
+//! use latflow::flow::{Flow, FlowConfig, FlowModel};
+//!
+//! let lattice = latflow::Lattice::new(&[6, 6])?;
+//! // The seed recipe: 2 Z2-affine blocks and one RQS block (K = 8), hidden width |Λ|.
+//! let model = FlowModel::new(&FlowConfig::seed(36, 2, 8)?, &lattice, 1)?;
+//! let (phi, log_p) = model.sample(10, &mut latflow::rng_from_seed(2));
+//! let again = model.log_density(phi.view())?;
+//! assert!((log_p[0] - again[0]).abs() < 1e-3);
+//! # Ok::<(), latflow::Error>(())
+//! ```
 
 use ndarray::{Array1, Array2, ArrayView2};
 
@@ -14,7 +26,7 @@ mod recipe;
 pub mod transform;
 
 pub use layers::{Coupling, FlowFloat, Layer, TransformPair};
-pub use model::{FlowModel, MODEL_FORMAT_VERSION, Workspace};
+pub use model::{BatchOutput, ChunkSeed, FlowModel, MODEL_FORMAT_VERSION, Workspace};
 pub use net::{ConvNet, DenseNet, Net, conv_taps};
 pub use prior::Prior;
 pub use recipe::{

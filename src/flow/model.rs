@@ -76,7 +76,7 @@ impl FlowModel {
         Ok(FlowModel {
             config: config.clone(),
             lattice: lattice.clone(),
-            prior: Prior::new(&config.prior),
+            prior: Prior::new(&config.prior, lattice)?,
             layers,
             params: builder.finish(),
             metadata: BTreeMap::new(),
@@ -147,7 +147,8 @@ impl FlowModel {
         (x, logdet)
     }
 
-    /// z → φ with `params`; returns φ and the forward log-det per row.
+    /// z → φ with `params`; returns φ and the forward log-det per row. Panics unless `z` has
+    /// one column per site and `params` the model's length (see [`FlowModel::n_params`]).
     pub fn forward_with<T: FlowFloat>(
         &self,
         params: &[T],
@@ -175,7 +176,8 @@ impl FlowModel {
         (phi, logdet)
     }
 
-    /// φ → z with `params`; returns z and the inverse log-det per row.
+    /// φ → z with `params`; returns z and the inverse log-det per row. Panics unless `phi`
+    /// has one column per site and `params` the model's length.
     pub fn inverse_with<T: FlowFloat>(
         &self,
         params: &[T],
@@ -207,7 +209,9 @@ impl FlowModel {
     /// Draws `n` configurations: φ and its exact log p̃(φ) = log r(z) − log|det ∂φ/∂z|.
     pub fn sample<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> (Array2<f32>, Array1<f64>) {
         let mut z = Array2::zeros((n, self.lattice.volume()));
-        self.prior.sample_into(z.view_mut(), rng);
+        self.prior
+            .sample_into(z.view_mut(), rng)
+            .expect("the latent batch has one column per site");
         let mut log_r = Array1::zeros(n);
         self.prior.log_density_into(z.view(), log_r.view_mut());
         let (phi, logdet) = self.forward(z.view());
@@ -231,9 +235,9 @@ impl FlowModel {
         ws: &'w mut Workspace<f32>,
         seed: F,
         grad: &mut [f32],
-    ) -> Result<(ArrayView2<'w, f32>, ArrayView1<'w, f64>)>
+    ) -> Result<BatchOutput<'w, f32>>
     where
-        F: Fn(ArrayView2<f32>, ArrayView1<f64>, ArrayViewMut2<f32>, ArrayViewMut1<f32>) + Sync,
+        F: Fn(ChunkSeed<'_, f32>) + Sync,
     {
         self.forward_backward_with(&self.params, z, ws, seed, grad)
     }
@@ -241,11 +245,11 @@ impl FlowModel {
     /// Forward pass z → (φ, log-det) and backward pass to the parameters, data-parallel over
     /// the workspace's fixed number of batch chunks.
     ///
-    /// For each chunk, `seed(φ, logdet, ∂L/∂φ, ∂L/∂logdet)` receives φ and the log-det of the
-    /// chunk's rows and writes the gradients of the loss with respect to them (all zero on
-    /// entry). `grad` is overwritten with ∂L/∂θ, summed over chunks in chunk order, so the
-    /// result depends only on the inputs and the workspace's chunk count. Returns φ and the
-    /// log-det of the whole batch (views into the workspace).
+    /// For each chunk, `seed` receives a [`ChunkSeed`]: φ and the log-det of the chunk's rows,
+    /// where it writes ∂L/∂φ and ∂L/∂logdet (for reverse KL, ∂S/∂φ / N and −1/N) and may
+    /// record one f64 per row (e.g. S(φ)). `grad` is overwritten with ∂L/∂θ, summed over
+    /// chunks in chunk order, so the result depends only on the inputs and the workspace's
+    /// chunk count. Returns φ, the log-det and the recorded values of the whole batch.
     pub fn forward_backward_with<'w, T, F>(
         &self,
         params: &[T],
@@ -253,10 +257,10 @@ impl FlowModel {
         ws: &'w mut Workspace<T>,
         seed: F,
         grad: &mut [T],
-    ) -> Result<(ArrayView2<'w, T>, ArrayView1<'w, f64>)>
+    ) -> Result<BatchOutput<'w, T>>
     where
         T: FlowFloat,
-        F: Fn(ArrayView2<T>, ArrayView1<f64>, ArrayViewMut2<T>, ArrayViewMut1<T>) + Sync,
+        F: Fn(ChunkSeed<'_, T>) + Sync,
     {
         self.check_batch(&z)?;
         let np = self.params.len();
@@ -268,48 +272,51 @@ impl FlowModel {
             )));
         }
         let n = z.nrows();
-        let ranges = chunk_ranges(n, ws.chunks.len());
+        let parts = ws.chunks.len();
         if ws.phi.dim() != z.dim() {
             ws.phi = Array2::zeros(z.dim());
             ws.logdet = Array1::zeros(n);
+            ws.record = Array1::zeros(n);
         }
-        ws.chunks
-            .par_iter_mut()
-            .zip(ranges.par_iter())
-            .for_each(|(chunk, &(a, b))| {
-                chunk.grad.clear();
-                chunk.grad.resize(np, T::zero());
-                if a == b {
-                    return;
-                }
-                let tape = &mut chunk.tape;
-                tape.reset();
-                let zv = tape.input(z.slice(s![a..b, ..]));
-                let (phi, ld) = self.build_forward(tape, params, zv);
-                if chunk.logdet.len() != b - a {
-                    chunk.logdet = Array1::zeros(b - a);
-                    chunk.grad_logdet = Array1::zeros(b - a);
-                }
-                for (o, &l) in chunk.logdet.iter_mut().zip(tape.value(ld).iter()) {
-                    *o = l.to_f64().unwrap_or(f64::NAN);
-                }
-                chunk.grad_logdet.fill(T::zero());
-                tape.zero_grads();
-                {
-                    let (phi_value, phi_grad) = tape.value_and_grad_mut(phi);
-                    seed(
-                        phi_value,
-                        chunk.logdet.view(),
-                        phi_grad,
-                        chunk.grad_logdet.view_mut(),
-                    );
-                }
-                tape.grad_mut(ld).column_mut(0).assign(&chunk.grad_logdet);
-                tape.backward(params, &mut chunk.grad);
-                chunk.phi_var = Some(phi);
-            });
+        ws.chunks.par_iter_mut().enumerate().for_each(|(i, chunk)| {
+            let (a, b) = chunk_range(n, parts, i);
+            chunk.grad.clear();
+            chunk.grad.resize(np, T::zero());
+            if a == b {
+                return;
+            }
+            let tape = &mut chunk.tape;
+            tape.reset();
+            let zv = tape.input(z.slice(s![a..b, ..]));
+            let (phi, ld) = self.build_forward(tape, params, zv);
+            if chunk.logdet.len() != b - a {
+                chunk.logdet = Array1::zeros(b - a);
+                chunk.grad_logdet = Array1::zeros(b - a);
+                chunk.record = Array1::zeros(b - a);
+            }
+            for (o, &l) in chunk.logdet.iter_mut().zip(tape.value(ld).iter()) {
+                *o = l.to_f64().unwrap_or(f64::NAN);
+            }
+            chunk.grad_logdet.fill(T::zero());
+            chunk.record.fill(0.0);
+            tape.zero_grads();
+            {
+                let (phi_value, phi_grad) = tape.value_and_grad_mut(phi);
+                seed(ChunkSeed {
+                    phi: phi_value,
+                    logdet: chunk.logdet.view(),
+                    grad_phi: phi_grad,
+                    grad_logdet: chunk.grad_logdet.view_mut(),
+                    record: chunk.record.view_mut(),
+                });
+            }
+            tape.grad_mut(ld).column_mut(0).assign(&chunk.grad_logdet);
+            tape.backward(params, &mut chunk.grad);
+            chunk.phi_var = Some(phi);
+        });
         grad.fill(T::zero());
-        for (chunk, &(a, b)) in ws.chunks.iter().zip(&ranges) {
+        for (i, chunk) in ws.chunks.iter().enumerate() {
+            let (a, b) = chunk_range(n, parts, i);
             for (g, &c) in grad.iter_mut().zip(&chunk.grad) {
                 *g = *g + c;
             }
@@ -318,9 +325,14 @@ impl FlowModel {
                     .slice_mut(s![a..b, ..])
                     .assign(&chunk.tape.value(phi));
                 ws.logdet.slice_mut(s![a..b]).assign(&chunk.logdet);
+                ws.record.slice_mut(s![a..b]).assign(&chunk.record);
             }
         }
-        Ok((ws.phi.view(), ws.logdet.view()))
+        Ok(BatchOutput {
+            phi: ws.phi.view(),
+            logdet: ws.logdet.view(),
+            record: ws.record.view(),
+        })
     }
 
     /// Writes the model (format version, config, lattice, parameters, metadata) as JSON,
@@ -438,11 +450,37 @@ struct ModelFile {
     metadata: BTreeMap<String, serde_json::Value>,
 }
 
+/// What the gradient seed of [`FlowModel::forward_backward`] sees and writes for one chunk of
+/// the batch.
+pub struct ChunkSeed<'a, T> {
+    /// φ of the chunk's rows, `[rows, volume]`.
+    pub phi: ArrayView2<'a, T>,
+    /// log|det ∂φ/∂z| of the chunk's rows.
+    pub logdet: ArrayView1<'a, f64>,
+    /// ∂L/∂φ to be written (zero on entry).
+    pub grad_phi: ArrayViewMut2<'a, T>,
+    /// ∂L/∂logdet to be written (zero on entry).
+    pub grad_logdet: ArrayViewMut1<'a, T>,
+    /// One free f64 per row (zero on entry), returned in [`BatchOutput::record`], e.g. S(φ).
+    pub record: ArrayViewMut1<'a, f64>,
+}
+
+/// The whole batch after [`FlowModel::forward_backward`] (views into the workspace).
+pub struct BatchOutput<'w, T> {
+    /// φ = f(z), `[n, volume]`.
+    pub phi: ArrayView2<'w, T>,
+    /// log|det ∂φ/∂z| per row.
+    pub logdet: ArrayView1<'w, f64>,
+    /// The values the seed recorded per row.
+    pub record: ArrayView1<'w, f64>,
+}
+
 struct ChunkWork<T: FlowFloat> {
     tape: Tape<T>,
     grad: Vec<T>,
     logdet: Array1<f64>,
     grad_logdet: Array1<T>,
+    record: Array1<f64>,
     phi_var: Option<Var>,
 }
 
@@ -453,6 +491,7 @@ pub struct Workspace<T: FlowFloat> {
     chunks: Vec<ChunkWork<T>>,
     phi: Array2<T>,
     logdet: Array1<f64>,
+    record: Array1<f64>,
 }
 
 impl<T: FlowFloat> Workspace<T> {
@@ -465,11 +504,13 @@ impl<T: FlowFloat> Workspace<T> {
                     grad: Vec::new(),
                     logdet: Array1::zeros(0),
                     grad_logdet: Array1::zeros(0),
+                    record: Array1::zeros(0),
                     phi_var: None,
                 })
                 .collect(),
             phi: Array2::zeros((0, 0)),
             logdet: Array1::zeros(0),
+            record: Array1::zeros(0),
         }
     }
 
@@ -484,19 +525,17 @@ impl<T: FlowFloat> Workspace<T> {
     }
 }
 
-/// Splits `n` rows into `parts` contiguous ranges of near-equal size.
+/// The `i`-th of `parts` contiguous row ranges of near-equal size covering `0..n`.
+fn chunk_range(n: usize, parts: usize, i: usize) -> (usize, usize) {
+    let (q, r) = (n / parts, n % parts);
+    let start = i * q + i.min(r);
+    (start, start + q + usize::from(i < r))
+}
+
+/// All `parts` row ranges of [`chunk_range`].
 fn chunk_ranges(n: usize, parts: usize) -> Vec<(usize, usize)> {
     let parts = parts.max(1);
-    let (q, r) = (n / parts, n % parts);
-    let mut start = 0;
-    (0..parts)
-        .map(|i| {
-            let len = q + usize::from(i < r);
-            let range = (start, start + len);
-            start += len;
-            range
-        })
-        .collect()
+    (0..parts).map(|i| chunk_range(n, parts, i)).collect()
 }
 
 fn split_rows_mut<'a, T>(

@@ -97,7 +97,7 @@ impl DenseNet {
     }
 
     /// Multiply-adds per configuration of one forward pass.
-    pub fn flops_per_row(&self) -> usize {
+    pub fn multiply_adds_per_row(&self) -> usize {
         self.layers.iter().map(|(w, _)| w.rows * w.cols).sum()
     }
 }

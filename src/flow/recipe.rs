@@ -15,6 +15,12 @@ pub enum PriorConfig {
     /// Independent N(0, 1) at every site.
     #[default]
     StandardNormal,
+    /// The exact free field of mass² `m0sq` (standard form, SPEC 1.4): the flow then only
+    /// has to learn the interacting part.
+    FreeField {
+        /// Bare mass squared m0² (> 0).
+        m0sq: f64,
+    },
 }
 
 /// The pointwise transform of a coupling block.

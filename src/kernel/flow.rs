@@ -75,10 +75,16 @@ impl<A: Action> FlowProposal<A> {
         self.batch
     }
 
-    /// Draws a new batch of proposals with `rng`.
+    /// Draws a new batch of proposals with `rng`. The latent buffer has one column per site
+    /// by construction; should the prior still refuse it, the batch holds only proposals
+    /// with log w = NaN, which are never accepted.
     fn refill<R: Rng + ?Sized>(&mut self, rng: &mut R) {
+        self.next = 0;
         let prior = self.model.prior();
-        prior.sample_into(self.latent.view_mut(), rng);
+        if prior.sample_into(self.latent.view_mut(), rng).is_err() {
+            self.proposal_log_w.fill(f64::NAN);
+            return;
+        }
         prior.log_density_into(self.latent.view(), self.log_prior.view_mut());
         let (phi, logdet) = self.model.forward(self.latent.view());
         for (i, (row, mut out)) in phi
@@ -96,7 +102,6 @@ impl<A: Action> FlowProposal<A> {
             self.proposal_action[i] = s;
             self.proposal_log_w[i] = -s - (self.log_prior[i] - logdet[i]);
         }
-        self.next = 0;
     }
 
     /// log w of `state`, from the cache when the field is unchanged since the last step.

@@ -5,6 +5,7 @@
 use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::kernel::{Hmc, LocalMetropolis};
+use crate::testing::flow::log_abs_det;
 
 /// The two sides of detailed balance in logs:
 /// log p(x) + log T(x → y) against log p(y) + log T(y → x), with unnormalised p = e^{−S}.
@@ -179,43 +180,4 @@ pub fn hmc_log_jacobian<A: Action>(
         }
     }
     Ok(log_abs_det(&mut jac, n))
-}
-
-/// log |det M| of a dense n×n matrix (row-major, overwritten) by LU with partial pivoting.
-fn log_abs_det(m: &mut [f64], n: usize) -> f64 {
-    let mut log_det = 0.0;
-    for col in 0..n {
-        let pivot = (col..n)
-            .max_by(|&a, &b| m[a * n + col].abs().total_cmp(&m[b * n + col].abs()))
-            .unwrap_or(col);
-        if m[pivot * n + col] == 0.0 {
-            return f64::NEG_INFINITY;
-        }
-        if pivot != col {
-            for k in 0..n {
-                m.swap(col * n + k, pivot * n + k);
-            }
-        }
-        let diag = m[col * n + col];
-        log_det += diag.abs().ln();
-        for row in col + 1..n {
-            let factor = m[row * n + col] / diag;
-            for k in col..n {
-                m[row * n + k] -= factor * m[col * n + k];
-            }
-        }
-    }
-    log_det
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_abs_det_of_known_matrix() {
-        // det [[0, 2, 0], [1, 0, 0], [0, 0, -3]] = 6 in absolute value.
-        let mut m = vec![0.0, 2.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -3.0];
-        assert!((log_abs_det(&mut m, 3) - 6f64.ln()).abs() < 1e-14);
-    }
 }

@@ -4,6 +4,7 @@
 use ndarray::Array2;
 use proptest::collection::vec;
 use proptest::prelude::*;
+use proptest::test_runner::{FileFailurePersistence, RngSeed};
 
 /// Largest |v| the field strategies produce: far outside a spline interval [−5, 5].
 pub const FAR_FIELD: f64 = 50.0;
@@ -45,4 +46,26 @@ pub fn arb_latent_batch(
     vec(-scale..scale, rows * volume).prop_map(move |values| {
         Array2::from_shape_fn((rows, volume), |(r, c)| values[r * volume + c])
     })
+}
+
+/// The proptest seed used unless `PROPTEST_RNG_SEED` is set: runs are reproducible by default.
+pub const FIXED_SEED: u64 = 20_261_123;
+
+/// A proptest configuration with `cases` cases per property (`PROPTEST_CASES` overrides it),
+/// a fixed seed (unless `PROPTEST_RNG_SEED` is set), and failing cases saved to and replayed
+/// from `regressions` (a path relative to the crate root, e.g.
+/// `"proptest-regressions/my_layer.txt"`).
+pub fn proptest_config(cases: u32, regressions: &'static str) -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(cases),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
+        rng_seed: match std::env::var("PROPTEST_RNG_SEED") {
+            Ok(_) => ProptestConfig::default().rng_seed,
+            Err(_) => RngSeed::Fixed(FIXED_SEED),
+        },
+        ..ProptestConfig::default()
+    }
 }

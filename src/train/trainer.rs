@@ -8,13 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
+use ndarray::{Array2, ArrayView1, ArrayView2};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
 use crate::error::{Error, Result};
-use crate::flow::{FlowModel, Workspace};
+use crate::flow::{ChunkSeed, FlowModel, Workspace};
 use crate::rng::{SimRng, rng_from_seed, stream};
 use crate::stats::{ess_fraction, rejection_autocorrelation};
 use crate::train::checkpoint::Checkpoint;
@@ -167,7 +167,6 @@ pub struct Trainer<A: Action> {
     workspace: Workspace<f32>,
     latent: Array2<f32>,
     grad: Vec<f32>,
-    row: Vec<f64>,
 }
 
 impl<A: Action + 'static> Trainer<A> {
@@ -216,7 +215,6 @@ impl<A: Action + 'static> Trainer<A> {
         Ok(Trainer {
             latent: Array2::zeros((config.batch, volume)),
             grad: vec![0.0; model.n_params()],
-            row: vec![0.0; volume],
             model,
             action,
             config,
@@ -266,21 +264,30 @@ impl<A: Action + 'static> Trainer<A> {
 
         self.model
             .prior()
-            .sample_into(self.latent.view_mut(), &mut self.rng);
+            .sample_into(self.latent.view_mut(), &mut self.rng)?;
         let inv_n = 1.0 / self.config.batch as f64;
-        let seed = |phi: ArrayView2<f32>,
-                    _logdet: ArrayView1<f64>,
-                    mut grad_phi: ArrayViewMut2<f32>,
-                    mut grad_logdet: ArrayViewMut1<f32>| {
+        let seed = |chunk: ChunkSeed<'_, f32>| {
+            let ChunkSeed {
+                phi,
+                logdet,
+                mut grad_phi,
+                mut grad_logdet,
+                mut record,
+            } = chunk;
             ROW_SCRATCH.with(|cell| {
                 let (x, force) = &mut *cell.borrow_mut();
                 x.resize(phi.ncols(), 0.0);
                 force.resize(phi.ncols(), 0.0);
-                for (row, mut g) in phi.outer_iter().zip(grad_phi.outer_iter_mut()) {
+                for (((row, mut g), r), &ld) in phi
+                    .outer_iter()
+                    .zip(grad_phi.outer_iter_mut())
+                    .zip(record.iter_mut())
+                    .zip(logdet.iter())
+                {
                     for (a, &b) in x.iter_mut().zip(row.iter()) {
                         *a = f64::from(b);
                     }
-                    action.action_and_force(x, force);
+                    *r = action.action_and_force(x, force) - ld;
                     for (o, &f) in g.iter_mut().zip(force.iter()) {
                         *o = (f * inv_n) as f32;
                     }
@@ -288,7 +295,7 @@ impl<A: Action + 'static> Trainer<A> {
             });
             grad_logdet.fill((-inv_n) as f32);
         };
-        let (phi, logdet) = self.model.forward_backward(
+        let output = self.model.forward_backward(
             self.latent.view(),
             &mut self.workspace,
             seed,
@@ -296,11 +303,7 @@ impl<A: Action + 'static> Trainer<A> {
         )?;
 
         let (mut sum, mut sum_sq) = (0.0, 0.0);
-        for (row, &ld) in phi.outer_iter().zip(logdet.iter()) {
-            for (a, &b) in self.row.iter_mut().zip(row.iter()) {
-                *a = f64::from(b);
-            }
-            let l = action.action(&self.row) - ld;
+        for &l in output.record.iter() {
             sum += l;
             sum_sq += l * l;
         }
