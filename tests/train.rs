@@ -309,3 +309,31 @@ fn annealing_trains_against_the_scheduled_action_and_metrics_are_reported() {
     assert!(e.var_log_w >= 0.0);
     assert!(trainer.step().is_err(), "stepping past the last iteration");
 }
+
+/// A flow equal to its target: φ = z/√2 against S = Σ φ² (hopping form, β = λ = 0). Then
+/// log w = log Z = (|Λ|/2) ln π for every sample: acceptance 1, ESS 1, no variance.
+#[test]
+fn evaluation_of_an_exact_flow() {
+    let lattice = Lattice::hypercubic(2, 4).unwrap();
+    let action = Phi4::hopping(lattice.clone(), 0.0, 0.0).unwrap();
+    let config = FlowConfig {
+        prior: latflow::flow::PriorConfig::StandardNormal,
+        layers: vec![latflow::flow::LayerConfig::Scale],
+    };
+    let mut model = FlowModel::new(&config, &lattice, 0).unwrap();
+    model.params_mut()[0] = -0.5 * std::f32::consts::LN_2;
+    let mut rng = latflow::rng_from_seed(1);
+    let e = latflow::train::evaluate_flow(&model, &action, 4000, &mut rng).unwrap();
+    let log_z = 8.0 * std::f64::consts::PI.ln();
+    assert!(
+        (e.mean_log_w - log_z).abs() < 1e-4,
+        "{} vs {log_z}",
+        e.mean_log_w
+    );
+    assert!(e.var_log_w < 1e-9, "{}", e.var_log_w);
+    assert!(e.acceptance > 0.999 && (e.ess - 1.0).abs() < 1e-9, "{e:?}");
+    assert!((e.tau_rej - 0.5).abs() < 0.01, "τ_rej {}", e.tau_rej);
+    // Half the samples have M > 0: binomial error √(¼/4000) ≈ 0.008.
+    assert!((e.fraction_positive_m - 0.5).abs() < 4.0 * 0.0079, "{e:?}");
+    assert!(latflow::train::evaluate_flow(&model, &action, 1, &mut rng).is_err());
+}
