@@ -41,6 +41,9 @@ fn trained() -> Arc<FlowModel> {
                 "trained acceptance {}",
                 summary.eval.acceptance
             );
+            // Both Z2 modes kept: M > 0 in half of 2000 samples (binomial σ ≈ 0.011).
+            let positive = summary.eval.fraction_positive_m;
+            assert!((positive - 0.5).abs() < 4.0 * 0.0112, "M > 0 in {positive}");
             Arc::new(trainer.into_model())
         })
         .clone()

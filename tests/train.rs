@@ -337,3 +337,70 @@ fn evaluation_of_an_exact_flow() {
     assert!((e.fraction_positive_m - 0.5).abs() < 4.0 * 0.0079, "{e:?}");
     assert!(latflow::train::evaluate_flow(&model, &action, 1, &mut rng).is_err());
 }
+
+/// Counts heap allocations per thread (other tests of this binary run concurrently).
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn allocations_on_this_thread() -> usize {
+    ALLOCATIONS.with(|a| a.get())
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// In steady state a training step allocates exactly what the bare forward + backward pass
+/// allocates (matrixmultiply's packing buffers): the latent batch, the row scratch, the
+/// gradient and the optimiser state are all reused.
+#[test]
+fn the_steady_state_step_allocates_only_in_forward_backward() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let (step, bare) = pool.install(|| {
+        let lattice = Lattice::hypercubic(2, 4).unwrap();
+        let action = Arc::new(Phi4::hopping(lattice.clone(), 0.5, 0.5).unwrap());
+        let model = FlowModel::new(&FlowConfig::seed(16, 1, 8).unwrap(), &lattice, 0).unwrap();
+        let mut config = TrainConfig::new(40, 10, 0.01);
+        config.chunks = 1;
+        let mut trainer = Trainer::new(model.clone(), action, config).unwrap();
+        trainer.step().unwrap();
+        let before = allocations_on_this_thread();
+        for _ in 0..3 {
+            trainer.step().unwrap();
+        }
+        let step = (allocations_on_this_thread() - before) / 3;
+
+        let z = ndarray::Array2::<f32>::zeros((40, 16));
+        let mut ws = latflow::flow::Workspace::<f32>::new(1);
+        let mut grad = vec![0.0f32; model.n_params()];
+        let seed = |mut c: latflow::flow::ChunkSeed<f32>| c.grad_logdet.fill(-1.0 / 40.0);
+        model
+            .forward_backward(z.view(), &mut ws, seed, &mut grad)
+            .unwrap();
+        let before = allocations_on_this_thread();
+        model
+            .forward_backward(z.view(), &mut ws, seed, &mut grad)
+            .unwrap();
+        (step, allocations_on_this_thread() - before)
+    });
+    assert!(
+        bare > 0,
+        "the pass is expected to allocate its packing buffers"
+    );
+    assert_eq!(step, bare);
+}
