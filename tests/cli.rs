@@ -146,3 +146,112 @@ fn bad_input_gives_clear_errors_and_nonzero_exit() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn train_then_sample_with_the_model() {
+    let dir = std::env::temp_dir().join(format!("latflow-cli-train-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("model.json");
+    let out = latflow(&[
+        "train",
+        "--lattice",
+        "4x4",
+        "--beta",
+        "0.5",
+        "--lambda",
+        "0.5",
+        "--recipe",
+        "seed",
+        "--hidden",
+        "16",
+        "--affine-blocks",
+        "1",
+        "--batch",
+        "64",
+        "--iterations",
+        "20",
+        "--lr",
+        "0.01",
+        "--seed",
+        "2",
+        "--eval-samples",
+        "500",
+        "--out",
+        model.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in ["seconds", "acceptance", "ess", "configs_seen", "n_params"] {
+        assert!(v[key].as_f64().is_some(), "{key} missing: {v}");
+    }
+    assert_eq!(v["configs_seen"], 64 * 20);
+
+    for kernel in ["flow", "flow+local", "flow+hmc"] {
+        let out = latflow(&[
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "--kernel",
+            kernel,
+            "--n",
+            "300",
+            "--therm",
+            "20",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{kernel}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["lattice"], serde_json::json!([4, 4]));
+        assert!(v["tau_rej"].as_f64().is_some(), "{kernel}: {v}");
+        assert!(
+            v["longest_rejection_run"].as_u64().is_some(),
+            "{kernel}: {v}"
+        );
+        assert!(v["observables"]["chi"]["mean"].as_f64().is_some());
+    }
+
+    // Couplings or a lattice that differ from the model's are refused.
+    for extra in [["--beta", "0.6"], ["--lattice", "6x6"]] {
+        let mut args = vec![
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "--kernel",
+            "flow",
+        ];
+        args.extend(extra);
+        if extra[0] == "--beta" {
+            args.extend(["--lambda", "0.5"]);
+        }
+        let out = latflow(&args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("model"));
+    }
+    // A flow kernel without a model, and a corrupt model file, give clear errors.
+    let out = latflow(&[
+        "sample", "--beta", "0.5", "--lambda", "0.5", "--kernel", "flow",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model"));
+    std::fs::write(&model, b"{ not a model").unwrap();
+    let out = latflow(&[
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--kernel",
+        "flow",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("model") && !err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

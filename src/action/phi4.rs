@@ -141,6 +141,22 @@ impl Phi4 {
         Self::new(lattice, Phi4Couplings::Quartic { m2, lambda })
     }
 
+    /// A copy with the hopping coefficient κ multiplied by `factor`, for coupling annealing
+    /// during training (in the hopping form this ramps β to its target as `factor` → 1;
+    /// the other forms keep reporting their target couplings).
+    pub fn with_scaled_hopping(&self, factor: f64) -> Result<Self> {
+        ensure_finite("factor", factor)?;
+        let mut scaled = self.clone();
+        scaled.kappa *= factor;
+        if let Phi4Couplings::Hopping { beta, lambda } = self.couplings {
+            scaled.couplings = Phi4Couplings::Hopping {
+                beta: beta * factor,
+                lambda,
+            };
+        }
+        Ok(scaled)
+    }
+
     /// The couplings as the user gave them.
     pub fn couplings(&self) -> Phi4Couplings {
         self.couplings

@@ -3,13 +3,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use latflow::Lattice;
 use latflow::kernel::Integrator;
-use latflow::run::{ActionSpec, KernelKind, KernelSpec, SampleReport, SampleSpec, sample};
+use latflow::run::{
+    ActionSpec, AnnealSpec, KernelKind, KernelSpec, RecipeKind, RecipeSpec, SampleReport,
+    SampleSpec, TrainSpec, model_target, sample, train,
+};
+use latflow::train::{OptimizerKind, Schedule, TrainConfig};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +30,193 @@ struct Cli {
 enum Command {
     /// Run a Markov chain and report observables with Γ-method errors.
     Sample(SampleArgs),
+    /// Train a normalizing flow by reverse KL and write the model file.
+    Train(TrainArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RecipeName {
+    /// Z2-equivariant affine blocks, then one spline block (SPEC 3.5).
+    Seed,
+    /// Affine blocks only.
+    #[value(name = "real-nvp")]
+    RealNvp,
+    /// Additive blocks only.
+    Additive,
+    /// Z2-equivariant affine blocks only.
+    #[value(name = "z2-affine")]
+    Z2Affine,
+    /// Z2-equivariant affine blocks with convolutional nets.
+    Conv,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScheduleName {
+    Constant,
+    Cosine,
+    /// Cosine with warm restarts every --restart-period iterations.
+    #[value(name = "warm-restarts")]
+    WarmRestarts,
+}
+
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+struct TrainArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Flow recipe.
+    #[arg(long, value_enum, default_value = "seed")]
+    recipe: RecipeName,
+    /// Hidden width of the dense nets (default |Λ|).
+    #[arg(long, default_value_t = 0)]
+    hidden: usize,
+    /// Hidden layers of the nets.
+    #[arg(long, default_value_t = 1)]
+    depth: usize,
+    /// Affine (or additive, or convolutional) coupling blocks.
+    #[arg(long, default_value_t = 2)]
+    affine_blocks: usize,
+    /// Spline segments K.
+    #[arg(long, default_value_t = 8)]
+    segments: usize,
+    /// Channels of the convolutional nets.
+    #[arg(long, default_value_t = 8)]
+    channels: usize,
+    /// Configurations per training step.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Training steps.
+    #[arg(long, default_value_t = 750)]
+    iterations: usize,
+    /// Initial learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: ScheduleName,
+    /// Period of the warm restarts.
+    #[arg(long, default_value_t = 100)]
+    restart_period: usize,
+    /// AdamW weight decay (0: plain Adam).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Anneal the hopping coupling from this fraction of its target (hopping form).
+    #[arg(long)]
+    anneal_start: Option<f64>,
+    /// Fraction of training over which the coupling reaches its target.
+    #[arg(long, default_value_t = 0.5)]
+    anneal_over: f64,
+    /// Seed of initialisation and latent stream.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Batch chunks for the data-parallel pass (0: one per thread).
+    #[arg(long, default_value_t = 0)]
+    chunks: usize,
+    /// Evaluate acceptance and ESS every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Samples of each evaluation.
+    #[arg(long, default_value_t = 10_000)]
+    eval_samples: usize,
+    /// Where to write the trained model.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print one JSON object to stdout instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+impl TrainArgs {
+    fn spec(&self) -> Result<TrainSpec> {
+        let (lattice, action) = self.target.resolve(None)?;
+        let recipe = RecipeSpec {
+            kind: match self.recipe {
+                RecipeName::Seed => RecipeKind::Seed,
+                RecipeName::RealNvp => RecipeKind::RealNvp,
+                RecipeName::Additive => RecipeKind::Additive,
+                RecipeName::Z2Affine => RecipeKind::Z2Affine,
+                RecipeName::Conv => RecipeKind::Conv,
+            },
+            hidden: self.hidden,
+            depth: self.depth,
+            affine_blocks: self.affine_blocks,
+            segments: self.segments,
+            channels: self.channels,
+            ..RecipeSpec::default()
+        };
+        let mut train = TrainConfig::new(self.batch, self.iterations, self.lr);
+        train.schedule = match self.schedule {
+            ScheduleName::Constant => Schedule::Constant,
+            ScheduleName::Cosine => Schedule::Cosine,
+            ScheduleName::WarmRestarts => Schedule::WarmRestarts {
+                period: self.restart_period,
+                growth: 1.0,
+            },
+        };
+        if self.weight_decay > 0.0 {
+            train.optimizer = OptimizerKind::adamw(self.weight_decay);
+        }
+        train.seed = self.seed;
+        train.chunks = self.chunks;
+        train.eval_every = self.eval_every;
+        train.eval_samples = self.eval_samples;
+        let anneal = self.anneal_start.map(|start| AnnealSpec {
+            start,
+            over: self.anneal_over,
+        });
+        Ok(TrainSpec {
+            lattice,
+            action,
+            recipe,
+            train,
+            anneal,
+            out: self.out.clone(),
+        })
+    }
+}
+
+fn run_train(args: &TrainArgs) -> Result<()> {
+    let spec = args.spec()?;
+    let bar = ProgressBar::new(spec.train.iterations as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut last_acceptance = f64::NAN;
+    let report = train(&spec, &mut |m| {
+        if let Some(e) = &m.eval {
+            last_acceptance = e.acceptance;
+        }
+        bar.set_position(m.iteration as u64 + 1);
+        bar.set_message(format!(
+            "loss {:.4}  acceptance {:.3}",
+            m.loss, last_acceptance
+        ));
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "trained {} parameters on {:?} in {:.2} s ({:.0} configurations/s, {} seen)",
+            report.n_params,
+            report.lattice,
+            report.seconds,
+            report.configs_per_second,
+            report.configs_seen
+        );
+        println!(
+            "acceptance {:.4}  ESS {:.4}  tau_rej {:.3}  mean log w {:.4}  var log w {:.4}  M>0 {:.3}",
+            report.acceptance,
+            report.ess,
+            report.tau_rej,
+            report.mean_log_w,
+            report.var_log_w,
+            report.fraction_positive_m
+        );
+        println!("model written to {}", report.model.display());
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -51,6 +242,14 @@ enum KernelName {
     /// One local sweep then one HMC trajectory.
     #[value(name = "local+hmc")]
     LocalHmc,
+    /// Independence proposals of a trained flow (--model).
+    Flow,
+    /// One flow proposal then one local sweep (--model).
+    #[value(name = "flow+local")]
+    FlowLocal,
+    /// One flow proposal then one HMC trajectory (--model).
+    #[value(name = "flow+hmc")]
+    FlowHmc,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -59,15 +258,12 @@ enum IntegratorName {
     Omelyan,
 }
 
+/// The lattice and the action, in the convention the user chose.
 #[derive(Args)]
-#[command(allow_negative_numbers = true)]
-struct SampleArgs {
-    /// TOML runcard describing the whole run (flags are then not used).
-    #[arg(long, conflicts_with_all = ["lattice", "beta", "m0sq", "m2", "mass"])]
-    config: Option<PathBuf>,
-    /// Lattice extents, e.g. 8x8.
-    #[arg(long, default_value = "8x8")]
-    lattice: String,
+struct TargetArgs {
+    /// Lattice extents, e.g. 8x8 (default 8x8).
+    #[arg(long)]
+    lattice: Option<String>,
     /// Convention of the action.
     #[arg(long, value_enum, default_value = "phi4")]
     action: ActionForm,
@@ -89,6 +285,85 @@ struct SampleArgs {
     /// Mass (--action free).
     #[arg(long)]
     mass: Option<f64>,
+}
+
+fn need(value: Option<f64>, flag: &str, action: &str) -> Result<f64> {
+    value.with_context(|| format!("--action {action} needs --{flag}"))
+}
+
+impl TargetArgs {
+    fn any_coupling(&self) -> bool {
+        [
+            self.beta,
+            self.lambda,
+            self.m0sq,
+            self.g0,
+            self.m2,
+            self.mass,
+        ]
+        .iter()
+        .any(Option::is_some)
+    }
+
+    fn lattice(&self) -> Result<Lattice> {
+        Ok(self.lattice.as_deref().unwrap_or("8x8").parse()?)
+    }
+
+    fn action(&self) -> Result<ActionSpec> {
+        Ok(match self.action {
+            ActionForm::Phi4 => ActionSpec::Phi4 {
+                beta: need(self.beta, "beta", "phi4")?,
+                lambda: need(self.lambda, "lambda", "phi4")?,
+            },
+            ActionForm::Phi4Standard => ActionSpec::Phi4Standard {
+                m0sq: need(self.m0sq, "m0sq", "phi4-standard")?,
+                g0: need(self.g0, "g0", "phi4-standard")?,
+            },
+            ActionForm::Phi4Quartic => ActionSpec::Phi4Quartic {
+                m2: need(self.m2, "m2", "phi4-quartic")?,
+                lambda: need(self.lambda, "lambda", "phi4-quartic")?,
+            },
+            ActionForm::Free => ActionSpec::Free {
+                mass: need(self.mass, "mass", "free")?,
+            },
+        })
+    }
+
+    /// The lattice and action of a run with `model`: taken from the model file; flags
+    /// given on the command line must agree with it.
+    fn resolve(&self, model: Option<&std::path::Path>) -> Result<(Lattice, ActionSpec)> {
+        let Some(path) = model else {
+            return Ok((self.lattice()?, self.action()?));
+        };
+        let (lattice, action) = model_target(path)?;
+        if self.lattice.is_some() && self.lattice()? != lattice {
+            bail!(
+                "--lattice {} does not match the model's lattice {lattice}",
+                self.lattice()?
+            );
+        }
+        if self.any_coupling() && self.action()? != action {
+            bail!("the couplings given do not match the model's action {action:?}");
+        }
+        Ok((lattice, action))
+    }
+}
+
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+struct SampleArgs {
+    /// TOML runcard describing the whole run (flags are then not used).
+    #[arg(long, conflicts_with_all = ["lattice", "beta", "m0sq", "m2", "mass", "model"])]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Trained model file (for --kernel flow, flow+local, flow+hmc); the lattice and action
+    /// come from it, and any given on the command line must match.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Flow proposals generated per batch.
+    #[arg(long, default_value_t = 1000)]
+    flow_batch: usize,
     /// Markov chain kernel.
     #[arg(long, value_enum, default_value = "hmc")]
     kernel: KernelName,
@@ -127,38 +402,20 @@ struct SampleArgs {
     out: Option<PathBuf>,
 }
 
-fn need(value: Option<f64>, flag: &str, action: &str) -> Result<f64> {
-    value.with_context(|| format!("--action {action} needs --{flag}"))
-}
-
 impl SampleArgs {
     fn spec(&self) -> Result<SampleSpec> {
         if let Some(path) = &self.config {
             return Ok(SampleSpec::from_toml_file(path)?);
         }
-        let lattice: Lattice = self.lattice.parse()?;
-        let action = match self.action {
-            ActionForm::Phi4 => ActionSpec::Phi4 {
-                beta: need(self.beta, "beta", "phi4")?,
-                lambda: need(self.lambda, "lambda", "phi4")?,
-            },
-            ActionForm::Phi4Standard => ActionSpec::Phi4Standard {
-                m0sq: need(self.m0sq, "m0sq", "phi4-standard")?,
-                g0: need(self.g0, "g0", "phi4-standard")?,
-            },
-            ActionForm::Phi4Quartic => ActionSpec::Phi4Quartic {
-                m2: need(self.m2, "m2", "phi4-quartic")?,
-                lambda: need(self.lambda, "lambda", "phi4-quartic")?,
-            },
-            ActionForm::Free => ActionSpec::Free {
-                mass: need(self.mass, "mass", "free")?,
-            },
-        };
+        let (lattice, action) = self.target.resolve(self.model.as_deref())?;
         let kernel = KernelSpec {
             kind: match self.kernel {
                 KernelName::Local => KernelKind::Local,
                 KernelName::Hmc => KernelKind::Hmc,
                 KernelName::LocalHmc => KernelKind::LocalHmc,
+                KernelName::Flow => KernelKind::Flow,
+                KernelName::FlowLocal => KernelKind::FlowLocal,
+                KernelName::FlowHmc => KernelKind::FlowHmc,
             },
             step_size: self.step_size,
             tau: self.tau,
@@ -168,6 +425,7 @@ impl SampleArgs {
                 IntegratorName::Omelyan => Integrator::Omelyan,
             },
             fixed_length: self.fixed_length,
+            flow_batch: self.flow_batch,
         };
         let spec = SampleSpec {
             lattice,
@@ -177,6 +435,7 @@ impl SampleArgs {
             therm: self.therm,
             thin: self.thin,
             seed: self.seed,
+            model: self.model.clone(),
         };
         spec.validate()?;
         Ok(spec)
@@ -218,6 +477,13 @@ fn print_table(report: &SampleReport) {
     for (name, reason) in &report.failures {
         println!("{name:<16} not estimated: {reason}");
     }
+    if let (Some(t), Some(e), Some(r)) = (
+        report.tau_rej,
+        report.tau_rej_err,
+        report.longest_rejection_run,
+    ) {
+        println!("tau_rej          {t:>14.4} {e:>12.4}   longest rejection run {r}");
+    }
     if let Some(e) = &report.exp_minus_delta_h {
         println!("<exp(-dH)>       {:>14.6} {:>12.6}", e.mean, e.err);
     }
@@ -243,6 +509,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Sample(args) => run_sample(args),
+        Command::Train(args) => run_train(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,8 +11,10 @@ use crate::error::{Error, Result};
 use crate::lattice::Lattice;
 
 mod sample;
+mod train;
 
 pub use sample::{Estimate, KernelKind, KernelSpec, SampleReport, SampleSpec, sample};
+pub use train::{AnnealSpec, RecipeKind, RecipeSpec, TrainReport, TrainSpec, model_target, train};
 
 /// The action to sample, in the convention the user chose (observables are reported in it).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

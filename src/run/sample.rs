@@ -1,15 +1,18 @@
 //! Sampling runs: a [`SampleSpec`] in, a [`SampleReport`] out.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::ActionSpec;
+use super::{ActionSpec, model_target};
 use crate::action::{Action, Phi4};
 use crate::error::{Error, Result};
-use crate::kernel::{Chain, ChainRecord, Cycle, Hmc, Integrator, LocalMetropolis, Proposal, State};
+use crate::flow::FlowModel;
+use crate::kernel::{
+    Chain, ChainRecord, Cycle, FlowProposal, Hmc, Integrator, LocalMetropolis, Proposal, State,
+};
 use crate::lattice::Lattice;
 use crate::observable::{ActionDensity, Measurements, Summary};
 
@@ -24,6 +27,14 @@ pub enum KernelKind {
     /// A cycle: one local sweep, then one HMC trajectory.
     #[serde(rename = "local+hmc")]
     LocalHmc,
+    /// Independence proposals from a trained flow.
+    Flow,
+    /// A cycle: one flow proposal, then one local sweep.
+    #[serde(rename = "flow+local")]
+    FlowLocal,
+    /// A cycle: one flow proposal, then one HMC trajectory.
+    #[serde(rename = "flow+hmc")]
+    FlowHmc,
 }
 
 impl KernelKind {
@@ -33,7 +44,18 @@ impl KernelKind {
             KernelKind::Local => "local",
             KernelKind::Hmc => "hmc",
             KernelKind::LocalHmc => "local+hmc",
+            KernelKind::Flow => "flow",
+            KernelKind::FlowLocal => "flow+local",
+            KernelKind::FlowHmc => "flow+hmc",
         }
+    }
+
+    /// True for the kernels that need a trained flow.
+    pub fn uses_flow(&self) -> bool {
+        matches!(
+            self,
+            KernelKind::Flow | KernelKind::FlowLocal | KernelKind::FlowHmc
+        )
     }
 }
 
@@ -53,6 +75,8 @@ pub struct KernelSpec {
     pub integrator: Integrator,
     /// Keep the HMC trajectory length fixed instead of randomising it (not recommended).
     pub fixed_length: bool,
+    /// Flow proposals generated per batch.
+    pub flow_batch: usize,
 }
 
 impl Default for KernelSpec {
@@ -64,6 +88,7 @@ impl Default for KernelSpec {
             md_steps: 10,
             integrator: Integrator::Leapfrog,
             fixed_length: false,
+            flow_batch: 1000,
         }
     }
 }
@@ -90,6 +115,10 @@ pub struct SampleSpec {
     /// Seed of the chain's random stream.
     #[serde(default)]
     pub seed: u64,
+    /// Trained model file, for the flow kernels; it must have been trained for this lattice
+    /// and action.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
 }
 
 fn one() -> usize {
@@ -113,6 +142,15 @@ impl SampleSpec {
         }
         if self.thin == 0 {
             return Err(Error::param("thin", "must be at least 1"));
+        }
+        if self.kernel.kind.uses_flow() && self.model.is_none() {
+            return Err(Error::param(
+                "model",
+                format!(
+                    "kernel {} needs a trained model file",
+                    self.kernel.kind.label()
+                ),
+            ));
         }
         if self.n / self.thin < 2 {
             return Err(Error::param(
@@ -174,6 +212,12 @@ pub struct SampleReport {
     pub exact: Option<BTreeMap<String, f64>>,
     /// The local step size after thermalisation, when local updates ran.
     pub local_step_size: Option<f64>,
+    /// Rejection-based autocorrelation time of the flow proposals (SPEC 5.3), when they ran.
+    pub tau_rej: Option<f64>,
+    /// Error of `tau_rej`.
+    pub tau_rej_err: Option<f64>,
+    /// Longest run of consecutive rejected flow proposals.
+    pub longest_rejection_run: Option<usize>,
 }
 
 /// Reported quantities; the per-t `xi_eff[t]` values stay in the library's [`Summary`].
@@ -219,10 +263,55 @@ pub fn sample(spec: &SampleSpec, progress: &mut dyn FnMut(usize, usize)) -> Resu
             let step = chain.kernel().first.step_size();
             (rec, summ, secs, Some(step))
         }
+        KernelKind::Flow | KernelKind::FlowLocal | KernelKind::FlowHmc => {
+            let model = Arc::new(load_model_for(spec)?);
+            let flow = || FlowProposal::new(model.clone(), action.clone(), k.flow_batch);
+            match k.kind {
+                KernelKind::Flow => {
+                    let (_, rec, summ, secs) = run_chain(flow()?, &action, spec, progress)?;
+                    (rec, summ, secs, None)
+                }
+                KernelKind::FlowLocal => {
+                    let (chain, rec, summ, secs) =
+                        run_chain(Cycle::new(flow()?, local()?), &action, spec, progress)?;
+                    let step = chain.kernel().second.step_size();
+                    (rec, summ, secs, Some(step))
+                }
+                _ => {
+                    let kernel = Cycle::new(flow()?, hmc()?);
+                    let (_, rec, summ, secs) = run_chain(kernel, &action, spec, progress)?;
+                    (rec, summ, secs, None)
+                }
+            }
+        }
     };
     Ok(build_report(
         spec, &record, &summary, seconds, exact, local_step,
     ))
+}
+
+/// Loads the spec's model, refusing one trained for another lattice or action.
+fn load_model_for(spec: &SampleSpec) -> Result<FlowModel> {
+    let path = spec
+        .model
+        .as_deref()
+        .ok_or_else(|| Error::param("model", "the flow kernels need a trained model file"))?;
+    let (lattice, action) = model_target(path)?;
+    if lattice != spec.lattice {
+        return Err(Error::Incompatible(format!(
+            "model {} was trained on a {lattice} lattice, the run is on {}",
+            path.display(),
+            spec.lattice
+        )));
+    }
+    if action != spec.action {
+        return Err(Error::Incompatible(format!(
+            "model {} was trained for {action:?}, the run asks for {:?}",
+            path.display(),
+            spec.action
+        )));
+    }
+    FlowModel::load_for(path, &spec.lattice)
 }
 
 type ChainRun<K> = (Chain<K>, ChainRecord, Summary, f64);
@@ -294,6 +383,8 @@ fn build_report(
         .map(|&l| (l.to_string(), record.acceptance_of(l)))
         .collect();
     let exp_dh: Vec<f64> = record.deltas("hmc").iter().map(|d| (-d).exp()).collect();
+    let flow_history = record.accept_history("flow");
+    let rejection = crate::stats::rejection_autocorrelation(&flow_history).ok();
     let exp_minus_delta_h = crate::stats::gamma_method(&exp_dh)
         .ok()
         .map(|g| as_estimate(&g));
@@ -313,5 +404,8 @@ fn build_report(
         exp_minus_delta_h,
         exact,
         local_step_size,
+        tau_rej: rejection.as_ref().map(|r| r.tau_rej),
+        tau_rej_err: rejection.as_ref().map(|r| r.tau_rej_err),
+        longest_rejection_run: rejection.as_ref().map(|r| r.longest_rejection_run),
     }
 }
