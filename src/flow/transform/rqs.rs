@@ -232,6 +232,8 @@ pub fn ln_f32(x: f32) -> f32 {
 /// library's in f64, the branch-free [`exp_f32`] and [`ln_f32`] in f32, so that the loops
 /// over the bins of a site vectorise.
 pub trait SplineFloat: Real {
+    /// eˣ in this type.
+    fn exp_native(self) -> Self;
     /// eˣ at this type's precision.
     fn exp_wide(x: f64) -> f64;
     /// ln x (x > 0) at this type's precision.
@@ -245,6 +247,10 @@ pub trait SplineFloat: Real {
 }
 
 impl SplineFloat for f64 {
+    #[inline]
+    fn exp_native(self) -> f64 {
+        self.exp()
+    }
     #[inline]
     fn exp_wide(x: f64) -> f64 {
         x.exp()
@@ -268,6 +274,10 @@ impl SplineFloat for f64 {
 }
 
 impl SplineFloat for f32 {
+    #[inline]
+    fn exp_native(self) -> f32 {
+        exp_f32(self)
+    }
     #[inline]
     fn exp_wide(x: f64) -> f64 {
         exp_f32(x as f32) as f64
@@ -321,14 +331,17 @@ struct Axis<const K: usize> {
 impl<const K: usize> Axis<K> {
     #[inline(always)]
     fn new<T: SplineFloat>(raw: &[T], min: f64, bound: f64) -> Self {
-        let mut p = [0.0; K];
-        for (pi, &r) in p.iter_mut().zip(&raw[..K]) {
-            *pi = r.widen();
+        // The exponentials in T, over a fixed-size array (vectorised), then widened.
+        let mut e = [T::zero(); K];
+        e.copy_from_slice(&raw[..K]);
+        let max = e.iter().fold(e[0], |m, &r| m.max(r));
+        for ei in e.iter_mut() {
+            *ei = (*ei - max).exp_native();
         }
-        let max = p.iter().fold(p[0], |m, &r| m.max(r));
+        let mut p = [0.0; K];
         let mut sum = 0.0;
-        for pi in p.iter_mut() {
-            *pi = T::exp_wide(*pi - max);
+        for (pi, &ei) in p.iter_mut().zip(&e) {
+            *pi = ei.widen();
             sum += *pi;
         }
         let inv = 1.0 / sum;
@@ -565,7 +578,7 @@ impl Rqs {
         macro_rules! dispatch {
             ($($k:literal)*) => {
                 match self.bins {
-                    $($k => self.run_bins::<T, $k>(batch),)*
+                    $($k => self.run_bins_dispatch::<T, $k>(batch),)*
                     // `new` admits 1 ..= MAX_BINS only.
                     _ => unreachable!("bins out of range"),
                 }
@@ -574,6 +587,27 @@ impl Rqs {
         dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
     }
 
+    /// Runs `batch` compiled for AVX2 + FMA when the processor has them (the per-bin loops
+    /// then run 8 f32 / 4 f64 lanes wide), else for the baseline target.
+    fn run_bins_dispatch<T: SplineFloat, const K: usize>(&self, batch: Batch<'_, T>) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the processor supports the features `run_bins_avx2` is compiled for.
+            unsafe { self.run_bins_avx2::<T, K>(batch) };
+            return;
+        }
+        self.run_bins::<T, K>(batch)
+    }
+
+    /// [`Rqs::run_bins`] compiled with AVX2 and FMA enabled.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_bins_avx2<T: SplineFloat, const K: usize>(&self, batch: Batch<'_, T>) {
+        self.run_bins::<T, K>(batch)
+    }
+
+    #[inline(always)]
     fn run_bins<T: SplineFloat, const K: usize>(&self, batch: Batch<'_, T>) {
         let k = 3 * K - 1;
         let inside = |x: T| x.widen() > -self.bound && x.widen() < self.bound;
