@@ -873,3 +873,83 @@ mod fast_math_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod precision_tests {
+    use super::*;
+    use crate::rng::rng_from_seed;
+    use rand::RngExt;
+
+    fn sites(k: usize, n: usize, v_max: f32, theta_max: f32, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let mut rng = rng_from_seed(seed);
+        let v = (0..n).map(|_| rng.random_range(-v_max..v_max)).collect();
+        let theta = (0..n * k)
+            .map(|_| rng.random_range(-theta_max..theta_max))
+            .collect();
+        (v, theta)
+    }
+
+    fn widen(x: &[f32]) -> Vec<f64> {
+        x.iter().map(|&x| x as f64).collect()
+    }
+
+    /// For several bin counts, the f32 kernel (f32 exponentials and logarithm) agrees with
+    /// the f64 one on the same inputs: y and ld to 1e-5 (1 + |·|), the backward pass to
+    /// 1e-4 (1 + |·|), the standard of `tests/transforms.rs`.
+    #[test]
+    fn f32_kernel_agrees_with_f64_for_all_bin_counts() {
+        let close = |a: f32, b: f64, tol: f64| (a as f64 - b).abs() <= tol * (1.0 + b.abs());
+        for bins in [1, 2, 3, 8, 13, 32] {
+            let r = Rqs::new(bins, 4.0).unwrap();
+            let k = 3 * bins - 1;
+            let n = 400;
+            let (v, theta) = sites(k, n, 5.0, 2.0, bins as u64);
+            let (gy, gld) = sites(1, n, 1.0, 1.0, 100 + bins as u64);
+            let (mut y32, mut ld32) = (vec![0.0f32; n], vec![0.0f32; n]);
+            let (mut y64, mut ld64) = (vec![0.0; n], vec![0.0; n]);
+            r.forward(&v, &theta, &mut y32, &mut ld32);
+            r.forward(&widen(&v), &widen(&theta), &mut y64, &mut ld64);
+            let (mut gv32, mut gt32) = (vec![0.0f32; n], vec![0.0f32; n * k]);
+            let (mut gv64, mut gt64) = (vec![0.0; n], vec![0.0; n * k]);
+            r.backward(&v, &theta, &gy, &gld[..n], &mut gv32, &mut gt32);
+            let (gy64, gld64) = (widen(&gy), widen(&gld[..n]));
+            r.backward(
+                &widen(&v),
+                &widen(&theta),
+                &gy64,
+                &gld64,
+                &mut gv64,
+                &mut gt64,
+            );
+            for i in 0..n {
+                assert!(close(y32[i], y64[i], 1e-5), "K={bins} y[{i}]");
+                assert!(close(ld32[i], ld64[i], 1e-5), "K={bins} ld[{i}]");
+                assert!(close(gv32[i], gv64[i], 1e-4), "K={bins} gv[{i}]");
+            }
+            for j in 0..n * k {
+                assert!(close(gt32[j], gt64[j], 1e-4), "K={bins} gθ[{j}]");
+            }
+        }
+    }
+
+    /// Inputs up to |v| = 50 and raw parameters up to ±80 (softmax weights spanning e^160,
+    /// knot derivatives from 1e-3 to 80) give finite f32 outputs, inverses and gradients.
+    #[test]
+    fn f32_kernel_is_finite_for_extreme_inputs() {
+        let r = Rqs::default();
+        let k = 23;
+        let n = 4000;
+        let (v, theta) = sites(k, n, 50.0, 80.0, 7);
+        let (mut y, mut ld) = (vec![0.0f32; n], vec![0.0f32; n]);
+        let (mut back, mut ld_back) = (vec![0.0f32; n], vec![0.0f32; n]);
+        let (mut gv, mut gt) = (vec![0.0f32; n], vec![0.0f32; n * k]);
+        r.forward(&v, &theta, &mut y, &mut ld);
+        r.inverse(&y, &theta, &mut back, &mut ld_back);
+        r.backward(&v, &theta, &y, &ld, &mut gv, &mut gt);
+        let inside = v.iter().filter(|x| x.abs() < 5.0).count();
+        assert!(inside > 300, "too few sites inside the spline: {inside}");
+        for x in [&y, &ld, &back, &ld_back, &gv, &gt] {
+            assert!(x.iter().all(|x| x.is_finite()));
+        }
+    }
+}
