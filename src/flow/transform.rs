@@ -45,4 +45,4 @@ mod rqs;
 
 pub use affine::{Additive, Affine, Z2Affine};
 pub use forward_mode::{ForwardMode, MAX_FORWARD_MODE_PARAMS, ScalarMap};
-pub use rqs::{MAX_BINS, Rqs};
+pub use rqs::{MAX_BINS, Rqs, SplineFloat, exp_f32, ln_f32};

@@ -2,8 +2,11 @@
 //! 2019): K segments on [−a, a], identity outside, with an analytic inverse and a
 //! hand-derived backward pass through softmax, cumulative sums and softplus.
 //!
-//! All spline arithmetic runs in f64 whatever the float type of the slices, on fixed stack
-//! arrays: no allocation per site.
+//! One kernel serves both float types: it is generic over the number of bins K (a const
+//! parameter, so every per-site loop has a fixed trip count and runs on stack arrays) and
+//! over [`SplineFloat`], which supplies exp and ln — the standard library's in f64, the
+//! branch-free polynomials [`exp_f32`] and [`ln_f32`] in f32 so that the loops over bins
+//! vectorise. The bin search is a branch-free count of the knots below the input.
 
 use serde::{Deserialize, Serialize};
 
@@ -166,212 +169,273 @@ impl Rqs {
     pub fn min_derivative(&self) -> f64 {
         self.min_derivative
     }
-
-    /// The widths axis (raw numbers, minimum) of one site's parameters.
-    fn widths<'a>(&self, raw: &'a [f64]) -> Axis<'a> {
-        Axis {
-            raw: &raw[..self.bins],
-            min: self.min_bin_width,
-            bound: self.bound,
-        }
-    }
-
-    /// The heights axis of one site's parameters.
-    fn heights<'a>(&self, raw: &'a [f64]) -> Axis<'a> {
-        Axis {
-            raw: &raw[self.bins..2 * self.bins],
-            min: self.min_bin_height,
-            bound: self.bound,
-        }
-    }
-
-    /// Knot derivatives at the lower and upper end of bin `l`.
-    fn knot_derivatives(&self, raw: &[f64], l: usize) -> (f64, f64) {
-        let d = &raw[2 * self.bins..];
-        let at = |k: usize| {
-            if k == 0 || k == self.bins {
-                1.0
-            } else {
-                softplus(d[k - 1]) + self.min_derivative
-            }
-        };
-        (at(l), at(l + 1))
-    }
-
-    /// The segment of bin `l` for one site, with its knot positions.
-    fn segment(&self, raw: &[f64], l: usize, px: &Softmax, py: &Softmax) -> Segment {
-        let (x0, w) = self.widths(raw).bin(px, l);
-        let (y0, h) = self.heights(raw).bin(py, l);
-        let (d0, d1) = self.knot_derivatives(raw, l);
-        Segment {
-            x0,
-            w,
-            y0,
-            h,
-            s: h / w,
-            d0,
-            d1,
-        }
-    }
-
-    /// C and log C' of one site (f64).
-    fn forward_site(&self, v: f64, raw: &[f64]) -> (f64, f64) {
-        if !(v > -self.bound && v < self.bound) {
-            return (v, 0.0);
-        }
-        let xs = self.widths(raw);
-        let px = Softmax::of(xs.raw);
-        let l = xs.locate(&px, v);
-        let py = Softmax::of(self.heights(raw).raw);
-        let seg = self.segment(raw, l, &px, &py);
-        let alpha = ((v - seg.x0) / seg.w).clamp(0.0, 1.0);
-        (seg.y0 + seg.h * seg.ratio(alpha), seg.log_slope(alpha))
-    }
-
-    /// C⁻¹ and log |∂C⁻¹/∂y| of one site (f64).
-    fn inverse_site(&self, y: f64, raw: &[f64]) -> (f64, f64) {
-        if !(y > -self.bound && y < self.bound) {
-            return (y, 0.0);
-        }
-        let ys = self.heights(raw);
-        let py = Softmax::of(ys.raw);
-        let l = ys.locate(&py, y);
-        let px = Softmax::of(self.widths(raw).raw);
-        let seg = self.segment(raw, l, &px, &py);
-        let alpha = seg.solve(((y - seg.y0) / seg.h).clamp(0.0, 1.0));
-        (seg.x0 + alpha * seg.w, -seg.log_slope(alpha))
-    }
-
-    /// Adds ∂L/∂v to `gv` and ∂L/∂raw to `graw` for one site, given ∂L/∂y and ∂L/∂ld.
-    fn backward_site(
-        &self,
-        v: f64,
-        raw: &[f64],
-        gy: f64,
-        gld: f64,
-        gv: &mut f64,
-        graw: &mut [f64],
-    ) {
-        if !(v > -self.bound && v < self.bound) {
-            *gv += gy;
-            return;
-        }
-        let k = self.bins;
-        let xs = self.widths(raw);
-        let px = Softmax::of(xs.raw);
-        let l = xs.locate(&px, v);
-        let py = Softmax::of(self.heights(raw).raw);
-        let seg = self.segment(raw, l, &px, &py);
-        let alpha = ((v - seg.x0) / seg.w).clamp(0.0, 1.0);
-        let local = seg.gradients(alpha, gy, gld);
-
-        *gv += local.alpha / seg.w;
-        // α = (v − X_l)/w_l and s = h_l/w_l.
-        let g_x0 = -local.alpha / seg.w;
-        let g_w = -(local.alpha * alpha + local.s * seg.s) / seg.w;
-        let g_h = local.h + local.s / seg.w;
-        // X_l = −a + Σ_{j<l} w_j, likewise Y_l: the lower knot collects from every earlier bin.
-        xs.backward(&px, l, g_x0, g_w, &mut graw[..k]);
-        self.heights(raw)
-            .backward(&py, l, local.y0, g_h, &mut graw[k..2 * k]);
-        let d = &raw[2 * k..];
-        let gd = &mut graw[2 * k..];
-        if l >= 1 {
-            gd[l - 1] += local.d0 * sigmoid(d[l - 1]);
-        }
-        if l + 1 < k {
-            gd[l] += local.d1 * sigmoid(d[l]);
-        }
-    }
 }
 
-/// softplus(x) = ln(1 + eˣ), without overflow.
+/// exp(x) in f32 without library calls or branches (so loops over it vectorise): range
+/// reduction x = n ln 2 + r with |r| ≤ ln 2 / 2 and a degree-6 polynomial for eʳ (Cephes
+/// `expf`). Relative error below 2.5e-7 (about 2 ulp) for x ∈ [−87, 88]; the input is
+/// clamped to that range, so the result is always finite and positive (NaN stays NaN).
 #[inline]
-fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2²³ rounds to the nearest integer, which then sits in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    let exponent = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    er * f32::from_bits((exponent.wrapping_add(127) as u32) << 23)
 }
 
-/// σ(x) = 1/(1 + e⁻ˣ), the derivative of softplus.
+/// ln(x) in f32 without library calls or branches: x = m·2ᵉ with m ∈ [√½, √2) and a
+/// degree-9 polynomial in m − 1 (Cephes `logf`). Absolute error below 1.2e-7 · max(1, |ln x|)
+/// for positive normal x; inputs below the smallest positive normal (zero, subnormals,
+/// negatives) are treated as that number, so the result is always finite.
 #[inline]
-fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
+pub fn ln_f32(x: f32) -> f32 {
+    const SQRT2: f32 = std::f32::consts::SQRT_2;
+    let x = x.max(f32::MIN_POSITIVE);
+    let bits = x.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - 127;
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    let big = m > SQRT2;
+    e += big as i32;
+    let f = if big { 0.5 * m } else { m } - 1.0;
+    let z = f * f;
+    let p = 7.037_683_6e-2f32;
+    let p = p * f - 1.151_461_1e-1;
+    let p = p * f + 1.167_699_9e-1;
+    let p = p * f - 1.242_014_1e-1;
+    let p = p * f + 1.424_932_3e-1;
+    let p = p * f - 1.666_805_8e-1;
+    let p = p * f + 2.000_071_4e-1;
+    let p = p * f - 2.499_999_4e-1;
+    let p = p * f + 3.333_333e-1;
+    let e = e as f32;
+    let y = p * f * z + e * -2.121_944_4e-4 - 0.5 * z;
+    f + y + e * 0.693_359_4
+}
+
+/// The float types the spline kernel reads and writes. The kernel computes knots and
+/// segments in f64 (so that the bin geometry, a running sum over bins, keeps f64 accuracy)
+/// and evaluates its transcendental functions at the precision of the slices: the standard
+/// library's in f64, the branch-free [`exp_f32`] and [`ln_f32`] in f32, so that the loops
+/// over the bins of a site vectorise.
+pub trait SplineFloat: Real {
+    /// eˣ in this type.
+    fn exp_native(self) -> Self;
+    /// eˣ at this type's precision.
+    fn exp_wide(x: f64) -> f64;
+    /// ln x (x > 0) at this type's precision.
+    fn ln_wide(x: f64) -> f64;
+    /// ln(1 + u) for u ∈ [0, 1] at this type's precision.
+    fn ln_1p_wide(u: f64) -> f64;
+    /// The value as f64.
+    fn widen(self) -> f64;
+    /// The nearest value of this type.
+    fn narrow(x: f64) -> Self;
+}
+
+impl SplineFloat for f64 {
+    #[inline]
+    fn exp_native(self) -> f64 {
+        self.exp()
+    }
+    #[inline]
+    fn exp_wide(x: f64) -> f64 {
+        x.exp()
+    }
+    #[inline]
+    fn ln_wide(x: f64) -> f64 {
+        x.ln()
+    }
+    #[inline]
+    fn ln_1p_wide(u: f64) -> f64 {
+        u.ln_1p()
+    }
+    #[inline]
+    fn widen(self) -> f64 {
+        self
+    }
+    #[inline]
+    fn narrow(x: f64) -> f64 {
+        x
     }
 }
 
-/// A softmax over at most [`MAX_BINS`] raw numbers, on the stack.
-struct Softmax {
-    p: [f64; MAX_BINS],
+impl SplineFloat for f32 {
+    #[inline]
+    fn exp_native(self) -> f32 {
+        exp_f32(self)
+    }
+    #[inline]
+    fn exp_wide(x: f64) -> f64 {
+        exp_f32(x as f32) as f64
+    }
+    #[inline]
+    fn ln_wide(x: f64) -> f64 {
+        ln_f32(x as f32) as f64
+    }
+    /// ln(1 + u) = ln(w) · u / (w − 1) with w = 1 + u rounded, which cancels the rounding
+    /// of w (Goldberg's trick); exactly u when w rounds to 1.
+    #[inline]
+    fn ln_1p_wide(u: f64) -> f64 {
+        let u = u as f32;
+        let w = 1.0 + u;
+        let d = w - 1.0;
+        (if d == 0.0 { u } else { ln_f32(w) * (u / d) }) as f64
+    }
+    #[inline]
+    fn widen(self) -> f64 {
+        self as f64
+    }
+    #[inline]
+    fn narrow(x: f64) -> f32 {
+        x as f32
+    }
 }
 
-impl Softmax {
-    fn of(raw: &[f64]) -> Self {
-        let mut p = [0.0; MAX_BINS];
-        let max = raw.iter().fold(f64::NEG_INFINITY, |m, &r| m.max(r));
+/// softplus(x) = ln(1 + eˣ), without overflow, at the precision of `T`.
+#[inline]
+fn softplus<T: SplineFloat>(x: f64) -> f64 {
+    x.max(0.0) + T::ln_1p_wide(T::exp_wide(-x.abs()))
+}
+
+/// σ(x) = 1/(1 + e⁻ˣ), the derivative of softplus, at the precision of `T`.
+#[inline]
+fn sigmoid<T: SplineFloat>(x: f64) -> f64 {
+    let e = T::exp_wide(-x.abs());
+    let r = 1.0 / (1.0 + e);
+    if x >= 0.0 { r } else { e * r }
+}
+
+/// One axis (widths or heights) of one site with K bins: the softmax p of the raw numbers,
+/// bin sizes `min + scale · p` and lower knots laid end to end from −a.
+struct Axis<const K: usize> {
+    p: [f64; K],
+    lower: [f64; K],
+    size: [f64; K],
+    scale: f64,
+}
+
+impl<const K: usize> Axis<K> {
+    #[inline(always)]
+    fn new<T: SplineFloat>(raw: &[T], min: f64, bound: f64) -> Self {
+        // The exponentials in T, over a fixed-size array (vectorised), then widened.
+        let mut e = [T::zero(); K];
+        e.copy_from_slice(&raw[..K]);
+        let max = e.iter().fold(e[0], |m, &r| m.max(r));
+        for ei in e.iter_mut() {
+            *ei = (*ei - max).exp_native();
+        }
+        let mut p = [0.0; K];
         let mut sum = 0.0;
-        for (pi, &r) in p.iter_mut().zip(raw) {
-            *pi = (r - max).exp();
+        for (pi, &ei) in p.iter_mut().zip(&e) {
+            *pi = ei.widen();
             sum += *pi;
         }
-        p[..raw.len()].iter_mut().for_each(|pi| *pi /= sum);
-        Softmax { p }
-    }
-}
-
-/// One axis of the spline (the widths or the heights): bin sizes
-/// `min + (2a − K·min) · softmax(raw)` laid end to end from −a.
-struct Axis<'a> {
-    raw: &'a [f64],
-    min: f64,
-    bound: f64,
-}
-
-impl Axis<'_> {
-    fn scale(&self) -> f64 {
-        2.0 * self.bound - self.raw.len() as f64 * self.min
-    }
-
-    /// The bin containing `x` ∈ (−a, a) (the last bin absorbs rounding at the top).
-    fn locate(&self, p: &Softmax, x: f64) -> usize {
-        let k = self.raw.len();
-        let scale = self.scale();
-        let mut upper = -self.bound;
-        for (l, &pl) in p.p[..k - 1].iter().enumerate() {
-            upper += self.min + scale * pl;
-            if x < upper {
-                return l;
-            }
+        let inv = 1.0 / sum;
+        let scale = 2.0 * bound - K as f64 * min;
+        let mut size = [0.0; K];
+        for (si, pi) in size.iter_mut().zip(p.iter_mut()) {
+            *pi *= inv;
+            *si = min + scale * *pi;
         }
-        k - 1
+        let mut lower = [0.0; K];
+        let mut knot = -bound;
+        for (li, &si) in lower.iter_mut().zip(&size) {
+            *li = knot;
+            knot += si;
+        }
+        Axis {
+            p,
+            lower,
+            size,
+            scale,
+        }
     }
 
-    /// Lower knot and size of bin `l`.
-    fn bin(&self, p: &Softmax, l: usize) -> (f64, f64) {
-        let scale = self.scale();
-        let below: f64 = p.p[..l].iter().sum();
-        (
-            -self.bound + l as f64 * self.min + scale * below,
-            self.min + scale * p.p[l],
-        )
+    /// The bin containing `x` ∈ (−a, a): the number of interior knots at or below x.
+    #[inline(always)]
+    fn locate(&self, x: f64) -> usize {
+        self.lower[1..].iter().map(|&k| (k <= x) as usize).sum()
     }
 
-    /// Adds to `graw` the gradient of L through this axis, given ∂L/∂(lower knot of bin l)
-    /// and ∂L/∂(size of bin l): the bin sizes' gradient is g_j = g_knot [j < l] + g_size [j = l],
-    /// and softmax backprop gives scale · p_i (g_i − Σ_j g_j p_j).
-    fn backward(&self, p: &Softmax, l: usize, g_knot: f64, g_size: f64, graw: &mut [f64]) {
-        let scale = self.scale();
-        let below: f64 = p.p[..l].iter().sum();
-        let mean = g_knot * below + g_size * p.p[l];
-        for (j, (g, &pj)) in graw.iter_mut().zip(&p.p).enumerate() {
-            let gj = match j.cmp(&l) {
-                std::cmp::Ordering::Less => g_knot,
-                std::cmp::Ordering::Equal => g_size,
-                std::cmp::Ordering::Greater => 0.0,
+    /// Adds to `graw` the gradient through this axis given ∂L/∂(lower knot of bin l) and
+    /// ∂L/∂(size of bin l): the bin sizes' gradient is g_j = g_knot [j < l] + g_size [j = l],
+    /// and softmax backprop gives scale · p_j (g_j − Σ_i g_i p_i).
+    #[inline(always)]
+    fn backward<T: SplineFloat>(&self, l: usize, g_knot: f64, g_size: f64, graw: &mut [T]) {
+        let mut g = [0.0; K];
+        let mut mean = 0.0;
+        for (j, (gj, &pj)) in g.iter_mut().zip(&self.p).enumerate() {
+            *gj = if j < l {
+                g_knot
+            } else if j == l {
+                g_size
+            } else {
+                0.0
             };
-            *g += scale * pj * (gj - mean);
+            mean += *gj * pj;
+        }
+        for ((out, &gj), &pj) in graw[..K].iter_mut().zip(&g).zip(&self.p) {
+            *out = T::narrow(out.widen() + self.scale * pj * (gj - mean));
+        }
+    }
+}
+
+/// The spline of one site with K bins: both axes and the raw knot derivatives.
+struct SiteSpline<'a, T, const K: usize> {
+    xs: Axis<K>,
+    ys: Axis<K>,
+    raw_derivatives: &'a [T],
+    min_derivative: f64,
+}
+
+impl<'a, T: SplineFloat, const K: usize> SiteSpline<'a, T, K> {
+    #[inline(always)]
+    fn new(rqs: &Rqs, raw: &'a [T]) -> Self {
+        SiteSpline {
+            xs: Axis::new(&raw[..K], rqs.min_bin_width, rqs.bound),
+            ys: Axis::new(&raw[K..2 * K], rqs.min_bin_height, rqs.bound),
+            raw_derivatives: &raw[2 * K..3 * K - 1],
+            min_derivative: rqs.min_derivative,
+        }
+    }
+
+    /// Knot derivative k (1 at both ends).
+    #[inline(always)]
+    fn derivative(&self, k: usize) -> f64 {
+        if k == 0 || k == K {
+            1.0
+        } else {
+            softplus::<T>(self.raw_derivatives[k - 1].widen()) + self.min_derivative
+        }
+    }
+
+    /// The segment of bin `l`.
+    #[inline(always)]
+    fn segment(&self, l: usize) -> Segment {
+        let l = l.min(K - 1);
+        let (w, h) = (self.xs.size[l], self.ys.size[l]);
+        Segment {
+            x0: self.xs.lower[l],
+            w,
+            y0: self.ys.lower[l],
+            h,
+            s: h / w,
+            d0: self.derivative(l),
+            d1: self.derivative(l + 1),
         }
     }
 }
@@ -400,14 +464,14 @@ struct LocalGradients {
 
 impl Segment {
     /// The denominator s + (d0 + d1 − 2s) α(1−α), written as a sum of positive terms.
-    #[inline]
+    #[inline(always)]
     fn denominator(&self, alpha: f64) -> f64 {
         let beta = 1.0 - alpha;
         self.s * (alpha * alpha + beta * beta) + (self.d0 + self.d1) * alpha * beta
     }
 
     /// R(α) with C = y0 + h R.
-    #[inline]
+    #[inline(always)]
     fn ratio(&self, alpha: f64) -> f64 {
         let q = alpha * (1.0 - alpha);
         (self.s * alpha * alpha + self.d0 * q) / self.denominator(alpha)
@@ -415,26 +479,28 @@ impl Segment {
 
     /// log ∂C/∂v = log((s/D)² [d1 α² + 2s α(1−α) + d0 (1−α)²]) with one logarithm per site
     /// (D ≥ s/2, so s/D ≤ 2 and the product cannot overflow).
-    #[inline]
-    fn log_slope(&self, alpha: f64) -> f64 {
+    #[inline(always)]
+    fn log_slope<T: SplineFloat>(&self, alpha: f64) -> f64 {
         let beta = 1.0 - alpha;
-        let m = self.d1 * alpha * alpha + 2.0 * self.s * alpha * beta + self.d0 * beta * beta;
+        let two_s = self.s + self.s;
+        let m = self.d1 * alpha * alpha + two_s * alpha * beta + self.d0 * beta * beta;
         let ratio = self.s / self.denominator(alpha);
-        (ratio * ratio * m).ln()
+        T::ln_wide(ratio * ratio * m)
     }
 
     /// The α ∈ [0, 1] with R(α) = ξ: the root of A α² + B α − ξ s = 0 with
     /// A = s − d0 + ξδ, B = d0 − ξδ, δ = d0 + d1 − 2s, written as 2ξs / (B + √(B² + 4Aξs))
     /// (no cancellation: the denominator is positive on the whole segment).
-    #[inline]
+    #[inline(always)]
     fn solve(&self, xi: f64) -> f64 {
-        let delta = self.d0 + self.d1 - 2.0 * self.s;
+        let delta = self.d0 + self.d1 - (self.s + self.s);
         let a = self.s - self.d0 + xi * delta;
         let b = self.d0 - xi * delta;
-        let disc = (b * b + 4.0 * a * xi * self.s).max(0.0);
+        let four = 4.0;
+        let disc = (b * b + four * a * xi * self.s).max(0.0);
         let denom = b + disc.sqrt();
         if denom > 0.0 {
-            (2.0 * xi * self.s / denom).clamp(0.0, 1.0)
+            ((xi + xi) * self.s / denom).clamp(0.0, 1.0)
         } else {
             // Unreachable in exact arithmetic (B > 0 wherever A < 0); ξ = 1 is the only
             // remaining root.
@@ -443,27 +509,32 @@ impl Segment {
     }
 
     /// Chain rule through one segment for upstream ∂L/∂y = gy and ∂L/∂ld = gld.
+    #[inline(always)]
     fn gradients(&self, alpha: f64, gy: f64, gld: f64) -> LocalGradients {
         let (s, d0, d1) = (self.s, self.d0, self.d1);
-        let beta = 1.0 - alpha;
+        let one = 1.0;
+        let two = 2.0;
+        let beta = one - alpha;
         let q = alpha * beta;
-        let dq = 1.0 - 2.0 * alpha;
-        let delta = d0 + d1 - 2.0 * s;
+        let dq = one - two * alpha;
+        let delta = d0 + d1 - two * s;
         let den = self.denominator(alpha);
-        let r = (s * alpha * alpha + d0 * q) / den;
-        let m = d1 * alpha * alpha + 2.0 * s * q + d0 * beta * beta;
+        let inv_den = one / den;
+        let r = (s * alpha * alpha + d0 * q) * inv_den;
+        let m = d1 * alpha * alpha + two * s * q + d0 * beta * beta;
+        let inv_m = one / m;
 
         // R = N/D with N = sα² + d0 q, D = s + δ q.
-        let dr_dalpha = (2.0 * s * alpha + d0 * dq - r * delta * dq) / den;
-        let dr_ds = (alpha * alpha - r * (1.0 - 2.0 * q)) / den;
-        let dr_dd0 = q * (1.0 - r) / den;
-        let dr_dd1 = -r * q / den;
+        let dr_dalpha = (two * s * alpha + d0 * dq - r * delta * dq) * inv_den;
+        let dr_ds = (alpha * alpha - r * (one - two * q)) * inv_den;
+        let dr_dd0 = q * (one - r) * inv_den;
+        let dr_dd1 = -r * q * inv_den;
         // ld = 2 ln s + ln M − 2 ln D.
-        let dm_dalpha = 2.0 * d1 * alpha + 2.0 * s * dq - 2.0 * d0 * beta;
-        let dld_dalpha = dm_dalpha / m - 2.0 * delta * dq / den;
-        let dld_ds = 2.0 / s + 2.0 * q / m - 2.0 * (1.0 - 2.0 * q) / den;
-        let dld_dd0 = beta * beta / m - 2.0 * q / den;
-        let dld_dd1 = alpha * alpha / m - 2.0 * q / den;
+        let dm_dalpha = two * d1 * alpha + two * s * dq - two * d0 * beta;
+        let dld_dalpha = dm_dalpha * inv_m - two * delta * dq * inv_den;
+        let dld_ds = two / s + two * q * inv_m - two * (one - two * q) * inv_den;
+        let dld_dd0 = beta * beta * inv_m - two * q * inv_den;
+        let dld_dd1 = alpha * alpha * inv_m - two * q * inv_den;
 
         let gyh = gy * self.h;
         LocalGradients {
@@ -477,91 +548,213 @@ impl Segment {
     }
 }
 
-/// Copies one site's parameters into f64 stack storage.
-#[inline]
-fn site_params<'a, T: Real>(theta: &[T], buf: &'a mut [f64; 3 * MAX_BINS]) -> &'a [f64] {
-    for (b, &t) in buf.iter_mut().zip(theta) {
-        *b = to_f64(t);
+/// The work of one call on a batch of sites.
+enum Batch<'a, T> {
+    Forward {
+        v: &'a [T],
+        theta: &'a [T],
+        y: &'a mut [T],
+        ld: &'a mut [T],
+    },
+    Inverse {
+        y: &'a [T],
+        theta: &'a [T],
+        v: &'a mut [T],
+        ld: &'a mut [T],
+    },
+    Backward {
+        v: &'a [T],
+        theta: &'a [T],
+        gy: &'a [T],
+        gld: &'a [T],
+        gv: &'a mut [T],
+        gtheta: &'a mut [T],
+    },
+}
+
+impl Rqs {
+    /// Runs `batch` with the bin count as a compile-time constant.
+    fn run<T: SplineFloat>(&self, batch: Batch<'_, T>) {
+        macro_rules! dispatch {
+            ($($k:literal)*) => {
+                match self.bins {
+                    $($k => self.run_bins_dispatch::<T, $k>(batch),)*
+                    // `new` admits 1 ..= MAX_BINS only.
+                    _ => unreachable!("bins out of range"),
+                }
+            };
+        }
+        dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
     }
-    &buf[..theta.len()]
+
+    /// Runs `batch` compiled for AVX2 + FMA when the processor has them (the per-bin loops
+    /// then run 8 f32 / 4 f64 lanes wide), else for the baseline target.
+    fn run_bins_dispatch<T: SplineFloat, const K: usize>(&self, batch: Batch<'_, T>) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the processor supports the features `run_bins_avx2` is compiled for.
+            unsafe { self.run_bins_avx2::<T, K>(batch) };
+            return;
+        }
+        self.run_bins::<T, K>(batch)
+    }
+
+    /// [`Rqs::run_bins`] compiled with AVX2 and FMA enabled.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_bins_avx2<T: SplineFloat, const K: usize>(&self, batch: Batch<'_, T>) {
+        self.run_bins::<T, K>(batch)
+    }
+
+    #[inline(always)]
+    fn run_bins<T: SplineFloat, const K: usize>(&self, batch: Batch<'_, T>) {
+        let k = 3 * K - 1;
+        let inside = |x: T| x.widen() > -self.bound && x.widen() < self.bound;
+        match batch {
+            Batch::Forward { v, theta, y, ld } => {
+                debug_assert_eq!(theta.len(), v.len() * k);
+                for (((yi, ldi), &vi), raw) in y
+                    .iter_mut()
+                    .zip(ld.iter_mut())
+                    .zip(v)
+                    .zip(theta.chunks_exact(k))
+                {
+                    (*yi, *ldi) = if inside(vi) {
+                        self.forward_site::<T, K>(vi, raw)
+                    } else {
+                        (vi, T::zero())
+                    };
+                }
+            }
+            Batch::Inverse { y, theta, v, ld } => {
+                debug_assert_eq!(theta.len(), y.len() * k);
+                for (((vi, ldi), &yi), raw) in v
+                    .iter_mut()
+                    .zip(ld.iter_mut())
+                    .zip(y)
+                    .zip(theta.chunks_exact(k))
+                {
+                    (*vi, *ldi) = if inside(yi) {
+                        self.inverse_site::<T, K>(yi, raw)
+                    } else {
+                        (yi, T::zero())
+                    };
+                }
+            }
+            Batch::Backward {
+                v,
+                theta,
+                gy,
+                gld,
+                gv,
+                gtheta,
+            } => {
+                debug_assert_eq!(theta.len(), v.len() * k);
+                debug_assert_eq!(gtheta.len(), theta.len());
+                for ((((gvi, graw), &vi), raw), (&gyi, &gldi)) in gv
+                    .iter_mut()
+                    .zip(gtheta.chunks_exact_mut(k))
+                    .zip(v)
+                    .zip(theta.chunks_exact(k))
+                    .zip(gy.iter().zip(gld))
+                {
+                    if inside(vi) {
+                        self.backward_site::<T, K>(vi, raw, gyi, gldi, gvi, graw);
+                    } else {
+                        *gvi = *gvi + gyi;
+                    }
+                }
+            }
+        }
+    }
+
+    /// C and log C' of one site inside (−a, a).
+    #[inline(always)]
+    fn forward_site<T: SplineFloat, const K: usize>(&self, v: T, raw: &[T]) -> (T, T) {
+        let v = v.widen();
+        let spline = SiteSpline::<T, K>::new(self, raw);
+        let seg = spline.segment(spline.xs.locate(v));
+        let alpha = ((v - seg.x0) / seg.w).clamp(0.0, 1.0);
+        (
+            T::narrow(seg.y0 + seg.h * seg.ratio(alpha)),
+            T::narrow(seg.log_slope::<T>(alpha)),
+        )
+    }
+
+    /// C⁻¹ and log |∂C⁻¹/∂y| of one site inside (−a, a).
+    #[inline(always)]
+    fn inverse_site<T: SplineFloat, const K: usize>(&self, y: T, raw: &[T]) -> (T, T) {
+        let y = y.widen();
+        let spline = SiteSpline::<T, K>::new(self, raw);
+        let seg = spline.segment(spline.ys.locate(y));
+        let alpha = seg.solve(((y - seg.y0) / seg.h).clamp(0.0, 1.0));
+        (
+            T::narrow(seg.x0 + alpha * seg.w),
+            T::narrow(-seg.log_slope::<T>(alpha)),
+        )
+    }
+
+    /// Adds ∂L/∂v to `gv` and ∂L/∂raw to `graw` for one site inside (−a, a), given ∂L/∂y
+    /// and ∂L/∂ld.
+    #[inline(always)]
+    fn backward_site<T: SplineFloat, const K: usize>(
+        &self,
+        v: T,
+        raw: &[T],
+        gy: T,
+        gld: T,
+        gv: &mut T,
+        graw: &mut [T],
+    ) {
+        let v = v.widen();
+        let spline = SiteSpline::<T, K>::new(self, raw);
+        let l = spline.xs.locate(v).min(K - 1);
+        let seg = spline.segment(l);
+        let alpha = ((v - seg.x0) / seg.w).clamp(0.0, 1.0);
+        let local = seg.gradients(alpha, gy.widen(), gld.widen());
+
+        *gv = T::narrow(gv.widen() + local.alpha / seg.w);
+        // α = (v − X_l)/w_l and s = h_l/w_l.
+        let g_x0 = -local.alpha / seg.w;
+        let g_w = -(local.alpha * alpha + local.s * seg.s) / seg.w;
+        let g_h = local.h + local.s / seg.w;
+        // X_l = −a + Σ_{j<l} w_j, likewise Y_l: the lower knot collects from every earlier bin.
+        spline.xs.backward(l, g_x0, g_w, &mut graw[..K]);
+        spline.ys.backward(l, local.y0, g_h, &mut graw[K..2 * K]);
+        let d = spline.raw_derivatives;
+        let gd = &mut graw[2 * K..];
+        if l >= 1 {
+            gd[l - 1] = T::narrow(gd[l - 1].widen() + local.d0 * sigmoid::<T>(d[l - 1].widen()));
+        }
+        if l + 1 < K {
+            gd[l] = T::narrow(gd[l].widen() + local.d1 * sigmoid::<T>(d[l].widen()));
+        }
+    }
 }
 
-#[inline]
-fn to_f64<T: Real>(x: T) -> f64 {
-    x.to_f64().unwrap_or(f64::NAN)
-}
-
-#[inline]
-fn from_f64<T: Real>(x: f64) -> T {
-    T::from_f64(x).unwrap_or_else(T::nan)
-}
-
-impl<T: Real> PointwiseTransform<T> for Rqs {
+impl<T: SplineFloat> PointwiseTransform<T> for Rqs {
     fn params_per_site(&self) -> usize {
         3 * self.bins - 1
     }
 
     fn forward(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T]) {
-        let k = 3 * self.bins - 1;
-        debug_assert_eq!(theta.len(), v.len() * k);
-        let mut buf = [0.0; 3 * MAX_BINS];
-        for (((yi, ldi), &vi), p) in y
-            .iter_mut()
-            .zip(ld.iter_mut())
-            .zip(v)
-            .zip(theta.chunks_exact(k))
-        {
-            let (c, l) = self.forward_site(to_f64(vi), site_params(p, &mut buf));
-            *yi = from_f64(c);
-            *ldi = from_f64(l);
-        }
+        self.run(Batch::Forward { v, theta, y, ld });
     }
 
     fn inverse(&self, y: &[T], theta: &[T], v: &mut [T], ld: &mut [T]) {
-        let k = 3 * self.bins - 1;
-        debug_assert_eq!(theta.len(), y.len() * k);
-        let mut buf = [0.0; 3 * MAX_BINS];
-        for (((vi, ldi), &yi), p) in v
-            .iter_mut()
-            .zip(ld.iter_mut())
-            .zip(y)
-            .zip(theta.chunks_exact(k))
-        {
-            let (x, l) = self.inverse_site(to_f64(yi), site_params(p, &mut buf));
-            *vi = from_f64(x);
-            *ldi = from_f64(l);
-        }
+        self.run(Batch::Inverse { y, theta, v, ld });
     }
 
     fn backward(&self, v: &[T], theta: &[T], gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]) {
-        let k = 3 * self.bins - 1;
-        debug_assert_eq!(theta.len(), v.len() * k);
-        debug_assert_eq!(gtheta.len(), theta.len());
-        let mut buf = [0.0; 3 * MAX_BINS];
-        let mut graw = [0.0; 3 * MAX_BINS];
-        for ((((gvi, gt), &vi), p), (&gyi, &gldi)) in gv
-            .iter_mut()
-            .zip(gtheta.chunks_exact_mut(k))
-            .zip(v)
-            .zip(theta.chunks_exact(k))
-            .zip(gy.iter().zip(gld))
-        {
-            let raw = site_params(p, &mut buf);
-            graw[..k].fill(0.0);
-            let mut g = 0.0;
-            self.backward_site(
-                to_f64(vi),
-                raw,
-                to_f64(gyi),
-                to_f64(gldi),
-                &mut g,
-                &mut graw[..k],
-            );
-            *gvi = *gvi + from_f64(g);
-            for (gtj, &gj) in gt.iter_mut().zip(&graw[..k]) {
-                *gtj = *gtj + from_f64(gj);
-            }
-        }
+        self.run(Batch::Backward {
+            v,
+            theta,
+            gy,
+            gld,
+            gv,
+            gtheta,
+        });
     }
 }
 
@@ -609,8 +802,154 @@ mod tests {
         for k in 0..=8 {
             let x = -5.0 + 10.0 * k as f64 / 8.0;
             let x = x.clamp(-5.0, 5.0);
-            let (y, _) = r.forward_site(x, &raw);
+            let (mut y, mut ld) = ([0.0], [0.0]);
+            r.forward(&[x], &raw, &mut y, &mut ld);
+            let y = y[0];
             assert!((y - x).abs() < 1e-12, "knot {k}: {y} vs {x}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod fast_math_tests {
+    use super::*;
+
+    /// Every 61st f32 in [lo, hi] (a few hundred thousand points spread over all exponents).
+    fn floats_between(lo: f32, hi: f32) -> impl Iterator<Item = f32> {
+        let start = lo.to_bits();
+        let end = hi.to_bits();
+        (start..=end).step_by(61).map(f32::from_bits)
+    }
+
+    #[test]
+    fn exp_f32_relative_error_is_within_its_stated_bound() {
+        let mut worst = 0.0f64;
+        // Negative and positive halves of [−87, 88] (bit patterns run in opposite orders).
+        for x in floats_between(0.0, 87.0)
+            .map(|x| -x)
+            .chain(floats_between(0.0, 88.0))
+        {
+            let exact = (x as f64).exp();
+            worst = worst.max(((exp_f32(x) as f64 - exact) / exact).abs());
+        }
+        assert!(worst < 2.5e-7, "max relative error {worst:e}");
+        // Clamped outside the range: finite, positive, monotone at the ends.
+        assert!(exp_f32(-1e30) > 0.0 && exp_f32(-1e30) == exp_f32(-87.0));
+        assert!(exp_f32(1e30).is_finite() && exp_f32(1e30) == exp_f32(88.0));
+    }
+
+    #[test]
+    fn ln_f32_error_is_within_its_stated_bound() {
+        let mut worst = 0.0f64;
+        for x in floats_between(f32::MIN_POSITIVE, f32::MAX) {
+            let exact = (x as f64).ln();
+            worst = worst.max((ln_f32(x) as f64 - exact).abs() / exact.abs().max(1.0));
+        }
+        assert!(worst < 1.2e-7, "max scaled error {worst:e}");
+        for bad in [0.0, -1.0, 1e-45, f32::MIN_POSITIVE / 4.0] {
+            assert_eq!(ln_f32(bad), ln_f32(f32::MIN_POSITIVE));
+        }
+    }
+
+    #[test]
+    fn f32_ln_1p_and_softplus_match_f64() {
+        for i in 0..=20_000 {
+            let u = i as f32 / 20_000.0 * if i % 2 == 0 { 1.0 } else { 1e-6 };
+            let exact = (u as f64).ln_1p();
+            let err = (f32::ln_1p_wide(u as f64) - exact).abs();
+            assert!(
+                err <= 2.5e-7 * exact.abs() + 1e-45,
+                "ln_1p({u}): error {err:e}"
+            );
+        }
+        for i in 0..=8000 {
+            let x = -40.0 + i as f32 * 0.01;
+            let exact = softplus::<f64>(x as f64);
+            let err = (softplus::<f32>(x as f64) - exact).abs();
+            assert!(err <= 5e-7 * exact, "softplus({x}): error {err:e}");
+            let exact = sigmoid::<f64>(x as f64);
+            let err = (sigmoid::<f32>(x as f64) - exact).abs();
+            assert!(err <= 5e-7 * exact, "sigmoid({x}): error {err:e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod precision_tests {
+    use super::*;
+    use crate::rng::rng_from_seed;
+    use rand::RngExt;
+
+    fn sites(k: usize, n: usize, v_max: f32, theta_max: f32, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let mut rng = rng_from_seed(seed);
+        let v = (0..n).map(|_| rng.random_range(-v_max..v_max)).collect();
+        let theta = (0..n * k)
+            .map(|_| rng.random_range(-theta_max..theta_max))
+            .collect();
+        (v, theta)
+    }
+
+    fn widen(x: &[f32]) -> Vec<f64> {
+        x.iter().map(|&x| x as f64).collect()
+    }
+
+    /// For several bin counts, the f32 kernel (f32 exponentials and logarithm) agrees with
+    /// the f64 one on the same inputs: y and ld to 1e-5 (1 + |·|), the backward pass to
+    /// 1e-4 (1 + |·|), the standard of `tests/transforms.rs`.
+    #[test]
+    fn f32_kernel_agrees_with_f64_for_all_bin_counts() {
+        let close = |a: f32, b: f64, tol: f64| (a as f64 - b).abs() <= tol * (1.0 + b.abs());
+        for bins in [1, 2, 3, 8, 13, 32] {
+            let r = Rqs::new(bins, 4.0).unwrap();
+            let k = 3 * bins - 1;
+            let n = 400;
+            let (v, theta) = sites(k, n, 5.0, 2.0, bins as u64);
+            let (gy, gld) = sites(1, n, 1.0, 1.0, 100 + bins as u64);
+            let (mut y32, mut ld32) = (vec![0.0f32; n], vec![0.0f32; n]);
+            let (mut y64, mut ld64) = (vec![0.0; n], vec![0.0; n]);
+            r.forward(&v, &theta, &mut y32, &mut ld32);
+            r.forward(&widen(&v), &widen(&theta), &mut y64, &mut ld64);
+            let (mut gv32, mut gt32) = (vec![0.0f32; n], vec![0.0f32; n * k]);
+            let (mut gv64, mut gt64) = (vec![0.0; n], vec![0.0; n * k]);
+            r.backward(&v, &theta, &gy, &gld[..n], &mut gv32, &mut gt32);
+            let (gy64, gld64) = (widen(&gy), widen(&gld[..n]));
+            r.backward(
+                &widen(&v),
+                &widen(&theta),
+                &gy64,
+                &gld64,
+                &mut gv64,
+                &mut gt64,
+            );
+            for i in 0..n {
+                assert!(close(y32[i], y64[i], 1e-5), "K={bins} y[{i}]");
+                assert!(close(ld32[i], ld64[i], 1e-5), "K={bins} ld[{i}]");
+                assert!(close(gv32[i], gv64[i], 1e-4), "K={bins} gv[{i}]");
+            }
+            for j in 0..n * k {
+                assert!(close(gt32[j], gt64[j], 1e-4), "K={bins} gθ[{j}]");
+            }
+        }
+    }
+
+    /// Inputs up to |v| = 50 and raw parameters up to ±80 (softmax weights spanning e^160,
+    /// knot derivatives from 1e-3 to 80) give finite f32 outputs, inverses and gradients.
+    #[test]
+    fn f32_kernel_is_finite_for_extreme_inputs() {
+        let r = Rqs::default();
+        let k = 23;
+        let n = 4000;
+        let (v, theta) = sites(k, n, 50.0, 80.0, 7);
+        let (mut y, mut ld) = (vec![0.0f32; n], vec![0.0f32; n]);
+        let (mut back, mut ld_back) = (vec![0.0f32; n], vec![0.0f32; n]);
+        let (mut gv, mut gt) = (vec![0.0f32; n], vec![0.0f32; n * k]);
+        r.forward(&v, &theta, &mut y, &mut ld);
+        r.inverse(&y, &theta, &mut back, &mut ld_back);
+        r.backward(&v, &theta, &y, &ld, &mut gv, &mut gt);
+        let inside = v.iter().filter(|x| x.abs() < 5.0).count();
+        assert!(inside > 300, "too few sites inside the spline: {inside}");
+        for x in [&y, &ld, &back, &ld_back, &gv, &gt] {
+            assert!(x.iter().all(|x| x.is_finite()));
         }
     }
 }
