@@ -509,26 +509,7 @@ fn free_field_prior_gives_exact_free_field_densities_and_samples() {
     ));
 }
 
-/// Counts heap allocations per thread (other tests of this binary run concurrently).
-struct CountingAllocator;
-
-thread_local! {
-    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-fn allocations_on_this_thread() -> usize {
-    ALLOCATIONS.with(|a| a.get())
-}
-
-unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-}
+use latflow::testing::alloc::{CountingAllocator, allocations_on_this_thread};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;

@@ -8,6 +8,7 @@
 //! component, so it can be used with `prop_assert!`, `?` or `assert!(...is_ok())`. Each
 //! documents the tolerance it applies.
 
+pub mod alloc;
 pub mod balance;
 pub mod flow;
 pub mod gradcheck;
