@@ -45,11 +45,12 @@ pub fn check_transform_invertible<T: Real>(
     tol: f64,
 ) -> Result<(), String> {
     let n = v.len();
-    check_theta_length(t.params_per_site(), n, theta.len())?;
-    let (mut y, mut ld) = (vec![T::zero(); n], vec![T::zero(); n]);
-    let (mut back, mut ld_back) = (vec![T::zero(); n], vec![T::zero(); n]);
-    t.forward(v, theta, &mut y, &mut ld);
-    t.inverse(&y, theta, &mut back, &mut ld_back);
+    let RoundTrip {
+        y,
+        ld,
+        back,
+        ld_back,
+    } = round_trip(t, v, theta)?;
     // ld over the neighbourhood v ± allowance that the round trip is allowed to land in.
     let allowance: Vec<f64> = (0..n)
         .map(|i| {
@@ -145,11 +146,12 @@ pub fn check_transform_finite<T: Real>(
     theta: &[T],
 ) -> Result<(), String> {
     let n = v.len();
-    check_theta_length(t.params_per_site(), n, theta.len())?;
-    let (mut y, mut ld) = (vec![T::zero(); n], vec![T::zero(); n]);
-    let (mut back, mut ld_back) = (vec![T::zero(); n], vec![T::zero(); n]);
-    t.forward(v, theta, &mut y, &mut ld);
-    t.inverse(&y, theta, &mut back, &mut ld_back);
+    let RoundTrip {
+        y,
+        ld,
+        back,
+        ld_back,
+    } = round_trip(t, v, theta)?;
     let ones = vec![T::one(); n];
     let mut gv = vec![T::zero(); n];
     let mut gtheta = vec![T::zero(); theta.len()];
@@ -231,4 +233,32 @@ pub fn check_transform_matches_reference(
         }
     }
     Ok(())
+}
+
+/// Forward outputs of `v` and the inverse of those outputs.
+struct RoundTrip<T> {
+    y: Vec<T>,
+    ld: Vec<T>,
+    back: Vec<T>,
+    ld_back: Vec<T>,
+}
+
+/// Runs forward then inverse after checking the parameter length.
+fn round_trip<T: Real>(
+    t: &dyn PointwiseTransform<T>,
+    v: &[T],
+    theta: &[T],
+) -> Result<RoundTrip<T>, String> {
+    let n = v.len();
+    check_theta_length(t.params_per_site(), n, theta.len())?;
+    let (mut y, mut ld) = (vec![T::zero(); n], vec![T::zero(); n]);
+    let (mut back, mut ld_back) = (vec![T::zero(); n], vec![T::zero(); n]);
+    t.forward(v, theta, &mut y, &mut ld);
+    t.inverse(&y, theta, &mut back, &mut ld_back);
+    Ok(RoundTrip {
+        y,
+        ld,
+        back,
+        ld_back,
+    })
 }
