@@ -548,3 +548,46 @@ fn the_steady_state_training_step_does_not_allocate() {
     // A tape that reallocated its buffers would add about 60 a step (one per node).
     assert_eq!(per_step, 12 + 22);
 }
+
+#[test]
+fn the_steady_state_forward_pass_does_not_allocate_and_matches_forward() {
+    let model = random_model(&FlowConfig::seed(16, 1, 8).unwrap(), 4, 0.3, 52);
+    let z = normal_batch(40, 16, 53);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let (per_call, phi, logdet) = pool.install(|| {
+        let mut ws = Workspace::<f32>::new(1);
+        model.forward_in(model.params(), z.view(), &mut ws).unwrap();
+        let before = allocations_on_this_thread();
+        for _ in 0..3 {
+            model.forward_in(model.params(), z.view(), &mut ws).unwrap();
+        }
+        let per_call = (allocations_on_this_thread() - before) / 3;
+        let (phi, logdet) = model.forward_in(model.params(), z.view(), &mut ws).unwrap();
+        (per_call, phi.to_owned(), logdet.to_owned())
+    });
+    // Only matrixmultiply's packing buffers remain: the 12 forward products of the step above.
+    assert_eq!(per_call, 12);
+    let (phi_ref, logdet_ref) = model.forward(z.view());
+    assert_eq!(phi, phi_ref);
+    assert_eq!(logdet, logdet_ref);
+}
+
+#[test]
+fn forward_in_refuses_a_batch_of_the_wrong_width_or_parameters_of_the_wrong_length() {
+    let model = random_model(&FlowConfig::seed(16, 1, 8).unwrap(), 4, 0.3, 54);
+    let mut ws = Workspace::<f32>::new(2);
+    let narrow = normal_batch(5, 15, 55);
+    assert!(matches!(
+        model.forward_in(model.params(), narrow.view(), &mut ws),
+        Err(Error::Shape(_))
+    ));
+    let z = normal_batch(5, 16, 56);
+    let short = &model.params()[1..];
+    assert!(matches!(
+        model.forward_in(short, z.view(), &mut ws),
+        Err(Error::Shape(_))
+    ));
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, s};
 use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -130,6 +130,16 @@ impl FlowModel {
         Ok(())
     }
 
+    fn check_params(&self, len: usize) -> Result<()> {
+        if len != self.params.len() {
+            return Err(Error::Shape(format!(
+                "the flow has {} parameters, got {len} values",
+                self.params.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Records z → (φ, log|det ∂φ/∂z| as `[n, 1]`) on a tape, with parameters `params`
     /// (laid out like [`FlowModel::params`], in any float type).
     pub fn build_forward<T: FlowFloat>(
@@ -148,32 +158,59 @@ impl FlowModel {
     }
 
     /// z → φ with `params`; returns φ and the forward log-det per row. Panics unless `z` has
-    /// one column per site and `params` the model's length (see [`FlowModel::n_params`]).
+    /// one column per site and `params` the model's length (see [`FlowModel::n_params`]);
+    /// [`FlowModel::forward_in`] returns an error instead and reuses its buffers.
     pub fn forward_with<T: FlowFloat>(
         &self,
         params: &[T],
         z: ArrayView2<T>,
     ) -> (Array2<T>, Array1<f64>) {
-        let n = z.nrows();
-        let mut phi = Array2::zeros(z.raw_dim());
-        let mut logdet = Array1::zeros(n);
-        let ranges = chunk_ranges(n, rayon::current_num_threads());
-        let mut phi_parts = split_rows_mut(phi.view_mut(), &ranges);
-        let mut ld_parts = split_mut(logdet.view_mut(), &ranges);
-        phi_parts
-            .par_iter_mut()
-            .zip(ld_parts.par_iter_mut())
-            .zip(ranges.par_iter())
-            .for_each(|((phi_part, ld_part), &(a, b))| {
-                let mut tape = Tape::new();
-                let zv = tape.input(z.slice(s![a..b, ..]));
-                let (x, ld) = self.build_forward(&mut tape, params, zv);
-                phi_part.assign(&tape.value(x));
-                for (o, &l) in ld_part.iter_mut().zip(tape.value(ld).iter()) {
-                    *o = l.to_f64().unwrap_or(f64::NAN);
-                }
-            });
-        (phi, logdet)
+        let mut ws = Workspace::per_thread();
+        match self.forward_in(params, z, &mut ws) {
+            Ok((phi, logdet)) => (phi.to_owned(), logdet.to_owned()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// z → (φ, log|det ∂φ/∂z| per row) with `params`, data-parallel over the workspace's
+    /// batch chunks and reusing its tapes and buffers, so that repeated calls with batches of
+    /// one size allocate nothing. Returns views into the workspace.
+    pub fn forward_in<'w, T: FlowFloat>(
+        &self,
+        params: &[T],
+        z: ArrayView2<T>,
+        ws: &'w mut Workspace<T>,
+    ) -> Result<(ArrayView2<'w, T>, ArrayView1<'w, f64>)> {
+        self.check_batch(&z)?;
+        self.check_params(params.len())?;
+        ws.fit(z.dim());
+        let (n, parts) = (z.nrows(), ws.chunks.len());
+        ws.chunks.par_iter_mut().enumerate().for_each(|(i, chunk)| {
+            let (a, b) = chunk_range(n, parts, i);
+            chunk.phi_var = None;
+            if a == b {
+                return;
+            }
+            let tape = &mut chunk.tape;
+            tape.reset();
+            let zv = tape.input(z.slice(s![a..b, ..]));
+            let (x, ld) = self.build_forward(tape, params, zv);
+            if chunk.logdet.len() != b - a {
+                chunk.logdet = Array1::zeros(b - a);
+            }
+            for (o, &l) in chunk.logdet.iter_mut().zip(tape.value(ld).iter()) {
+                *o = l.to_f64().unwrap_or(f64::NAN);
+            }
+            chunk.phi_var = Some(x);
+        });
+        for (i, chunk) in ws.chunks.iter().enumerate() {
+            let (a, b) = chunk_range(n, parts, i);
+            if let Some(x) = chunk.phi_var {
+                ws.phi.slice_mut(s![a..b, ..]).assign(&chunk.tape.value(x));
+                ws.logdet.slice_mut(s![a..b]).assign(&chunk.logdet);
+            }
+        }
+        Ok((ws.phi.view(), ws.logdet.view()))
     }
 
     /// φ → z with `params`; returns z and the inverse log-det per row. Panics unless `phi`
@@ -273,11 +310,7 @@ impl FlowModel {
         }
         let n = z.nrows();
         let parts = ws.chunks.len();
-        if ws.phi.dim() != z.dim() {
-            ws.phi = Array2::zeros(z.dim());
-            ws.logdet = Array1::zeros(n);
-            ws.record = Array1::zeros(n);
-        }
+        ws.fit(z.dim());
         ws.chunks.par_iter_mut().enumerate().for_each(|(i, chunk)| {
             let (a, b) = chunk_range(n, parts, i);
             chunk.grad.clear();
@@ -523,6 +556,15 @@ impl<T: FlowFloat> Workspace<T> {
     pub fn n_chunks(&self) -> usize {
         self.chunks.len()
     }
+
+    /// Sizes the whole-batch buffers for a batch of `dim` = (rows, sites).
+    fn fit(&mut self, dim: (usize, usize)) {
+        if self.phi.dim() != dim {
+            self.phi = Array2::zeros(dim);
+            self.logdet = Array1::zeros(dim.0);
+            self.record = Array1::zeros(dim.0);
+        }
+    }
 }
 
 /// The `i`-th of `parts` contiguous row ranges of near-equal size covering `0..n`.
@@ -536,35 +578,4 @@ fn chunk_range(n: usize, parts: usize, i: usize) -> (usize, usize) {
 fn chunk_ranges(n: usize, parts: usize) -> Vec<(usize, usize)> {
     let parts = parts.max(1);
     (0..parts).map(|i| chunk_range(n, parts, i)).collect()
-}
-
-fn split_rows_mut<'a, T>(
-    mut a: ArrayViewMut2<'a, T>,
-    ranges: &[(usize, usize)],
-) -> Vec<ArrayViewMut2<'a, T>> {
-    let mut parts = Vec::with_capacity(ranges.len());
-    let mut offset = 0;
-    for &(start, end) in ranges {
-        let (head, tail) = a.split_at(Axis(0), end - offset);
-        debug_assert_eq!(start, offset);
-        parts.push(head);
-        a = tail;
-        offset = end;
-    }
-    parts
-}
-
-fn split_mut<'a, T>(
-    mut a: ArrayViewMut1<'a, T>,
-    ranges: &[(usize, usize)],
-) -> Vec<ArrayViewMut1<'a, T>> {
-    let mut parts = Vec::with_capacity(ranges.len());
-    let mut offset = 0;
-    for &(_, end) in ranges {
-        let (head, tail) = a.split_at(Axis(0), end - offset);
-        parts.push(head);
-        a = tail;
-        offset = end;
-    }
-    parts
 }

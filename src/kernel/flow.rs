@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::action::Action;
 use crate::error::{Error, Result};
-use crate::flow::{Flow, FlowModel};
+use crate::flow::{Flow, FlowModel, Workspace};
 use crate::kernel::{MoveInfo, Proposal, State};
 use crate::rng::rng_from_seed;
 use crate::stats::{GammaEstimate, ess_fraction, reweighted_mean};
@@ -31,6 +31,7 @@ pub struct FlowProposal<A: Action> {
     proposal_log_w: Vec<f64>,
     proposal_action: Vec<f64>,
     next: usize,
+    workspace: Workspace<f32>,
     cached_phi: Vec<f64>,
     cached_log_w: f64,
 }
@@ -60,6 +61,7 @@ impl<A: Action> FlowProposal<A> {
             proposal_log_w: vec![0.0; batch],
             proposal_action: vec![0.0; batch],
             next: batch,
+            workspace: Workspace::per_thread(),
             cached_phi: Vec::new(),
             cached_log_w: f64::NAN,
         })
@@ -86,7 +88,13 @@ impl<A: Action> FlowProposal<A> {
             return;
         }
         prior.log_density_into(self.latent.view(), self.log_prior.view_mut());
-        let (phi, logdet) = self.model.forward(self.latent.view());
+        let Ok((phi, logdet)) =
+            self.model
+                .forward_in(self.model.params(), self.latent.view(), &mut self.workspace)
+        else {
+            self.proposal_log_w.fill(f64::NAN);
+            return;
+        };
         for (i, (row, mut out)) in phi
             .outer_iter()
             .zip(self.proposals.outer_iter_mut())
