@@ -143,12 +143,14 @@ impl Lattice {
         self.bwd[site * self.extents.len() + mu]
     }
 
-    /// The forward-neighbour table, `[site * d + mu]`.
+    /// The forward-neighbour table, `[site * d + mu]`; `volume · d` entries, each a site
+    /// index below the volume.
     pub fn fwd_table(&self) -> &[usize] {
         &self.fwd
     }
 
-    /// The backward-neighbour table, `[site * d + mu]`.
+    /// The backward-neighbour table, `[site * d + mu]`; `volume · d` entries, each a site
+    /// index below the volume.
     pub fn bwd_table(&self) -> &[usize] {
         &self.bwd
     }

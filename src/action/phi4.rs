@@ -360,6 +360,8 @@ impl Phi4 {
 
     fn force_in<const D: usize>(&self, phi: &[f64], out: &mut [f64]) {
         let d = if D == 0 { self.lattice.dim() } else { D };
+        // A field shorter than the lattice panics here, as indexing it would.
+        let phi = &phi[..self.lattice.volume()];
         let (kappa, mass2, quartic4) = (self.kappa, 2.0 * self.mass, 4.0 * self.quartic);
         let tables = self
             .lattice
@@ -367,7 +369,13 @@ impl Phi4 {
             .chunks_exact(d)
             .zip(self.lattice.bwd_table().chunks_exact(d));
         for ((o, &x), (fwd, bwd)) in out.iter_mut().zip(phi).zip(tables) {
-            let n: f64 = fwd.iter().zip(bwd).map(|(&f, &b)| phi[f] + phi[b]).sum();
+            let n: f64 = fwd
+                .iter()
+                .zip(bwd)
+                // SAFETY: the lattice's neighbour tables hold site indices below its
+                // volume, and phi has exactly `volume` entries (sliced above).
+                .map(|(&f, &b)| unsafe { *phi.get_unchecked(f) + *phi.get_unchecked(b) })
+                .sum();
             *o = x * (mass2 + quartic4 * x * x) - kappa * n;
         }
     }
