@@ -1,6 +1,10 @@
 //! Classic samplers on 2D φ⁴ (β = 0.576, λ = 0.5) at L = 8, 16, 64: one local Metropolis
-//! sweep (throughput in site updates), one HMC trajectory and the force alone (throughput
-//! in site·steps).
+//! sweep (throughput in site updates), one HMC trajectory and one bare leapfrog step
+//! (throughput in site·steps), and the force alone (throughput in sites).
+//!
+//! `local_sweep/L`, `hmc_leapfrog/L` and `force/force/L` do the same work as the loops of
+//! benches/c_reference/phi4.c, which prints its rates under these names
+//! (benches/compare_c.sh puts the two side by side).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -9,6 +13,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use latflow::action::{Action, Phi4};
 use latflow::kernel::{Chain, Hmc, LocalMetropolis};
 use latflow::{Lattice, Proposal, State, rng_from_seed};
+use rand::RngExt;
+use rand_distr::StandardNormal;
 
 const SIZES: [usize; 3] = [8, 16, 64];
 const HMC_STEPS: usize = 10;
@@ -65,6 +71,24 @@ fn hmc_trajectory(c: &mut Criterion) {
     group.finish();
 }
 
+fn hmc_leapfrog(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hmc_leapfrog");
+    for l in SIZES {
+        let action = phi4(l);
+        let state = thermalised(&action);
+        let kernel = Hmc::new(action.clone(), 1.0, HMC_STEPS).unwrap();
+        let mut phi = state.phi;
+        let mut rng = rng_from_seed(4);
+        let mut momentum: Vec<f64> = (0..l * l).map(|_| rng.sample(StandardNormal)).collect();
+        let mut force = vec![0.0; l * l];
+        group.throughput(Throughput::Elements((l * l) as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(l), &l, |b, _| {
+            b.iter(|| kernel.leapfrog_step(black_box(&mut phi), &mut momentum, &mut force))
+        });
+    }
+    group.finish();
+}
+
 fn force(c: &mut Criterion) {
     let mut group = c.benchmark_group("force");
     for l in SIZES {
@@ -82,5 +106,5 @@ fn force(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(samplers, local_sweep, hmc_trajectory, force);
+criterion_group!(samplers, local_sweep, hmc_trajectory, hmc_leapfrog, force);
 criterion_main!(samplers);

@@ -143,14 +143,31 @@ impl Lattice {
         self.bwd[site * self.extents.len() + mu]
     }
 
-    /// The forward-neighbour table, `[site * d + mu]`.
+    /// The forward-neighbour table, `[site * d + mu]`; `volume · d` entries, each a site
+    /// index below the volume.
     pub fn fwd_table(&self) -> &[usize] {
         &self.fwd
     }
 
-    /// The backward-neighbour table, `[site * d + mu]`.
+    /// The backward-neighbour table, `[site * d + mu]`; `volume · d` entries, each a site
+    /// index below the volume.
     pub fn bwd_table(&self) -> &[usize] {
         &self.bwd
+    }
+
+    /// The forward and backward neighbour tables as one `[usize; D]` row per site, when
+    /// `D` is the lattice dimension (`None` otherwise, and for `D = 0`).
+    ///
+    /// Every entry is a site index below [`Lattice::volume`], and each table has exactly
+    /// `volume` rows: the construction guarantees both, and the tables never change.
+    #[allow(clippy::type_complexity)]
+    pub fn neighbour_rows<const D: usize>(&self) -> Option<(&[[usize; D]], &[[usize; D]])> {
+        if D == 0 || D != self.dim() {
+            return None;
+        }
+        let (fwd, _) = self.fwd.as_chunks::<D>();
+        let (bwd, _) = self.bwd.as_chunks::<D>();
+        Some((fwd, bwd))
     }
 
     /// Checkerboard parity of a site: 0 when Σ_μ x_μ is even, 1 when odd.
@@ -244,6 +261,21 @@ mod tests {
                 let mut y = x;
                 y[mu] = (y[mu] + 1) % lat.extents()[mu];
                 assert_eq!(lat.fwd(s, mu), lat.site(&y));
+            }
+        }
+    }
+
+    #[test]
+    fn neighbour_rows_match_the_flat_tables() {
+        let lat = Lattice::new(&[3, 4, 5]).unwrap();
+        assert!(lat.neighbour_rows::<2>().is_none());
+        assert!(lat.neighbour_rows::<0>().is_none());
+        let (fwd, bwd) = lat.neighbour_rows::<3>().unwrap();
+        assert_eq!((fwd.len(), bwd.len()), (lat.volume(), lat.volume()));
+        for s in 0..lat.volume() {
+            for mu in 0..3 {
+                assert_eq!(fwd[s][mu], lat.fwd(s, mu));
+                assert_eq!(bwd[s][mu], lat.bwd(s, mu));
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use latflow::action::{Action, FreeField, Phi4};
+use latflow::action::{Action, FreeField, Phi4, single_site_sweep};
 use latflow::kernel::{
     Chain, ChainRecord, Cycle, Hmc, Integrator, LocalMetropolis, Mixture, Repeat, SweepOrder,
 };
@@ -13,7 +13,8 @@ use latflow::observable::{
     ActionDensity, FieldSquared, IsingEnergy, Magnetisation, MagnetisationSquared, Observable,
 };
 use latflow::stats::{GammaEstimate, gamma_method, gamma_method_derived};
-use latflow::{Lattice, Proposal, State, rng_from_seed};
+use latflow::{Lattice, Proposal, SimRng, State, rng_from_seed};
+use rand::{Rng, RngExt};
 use rand_distr::{Distribution, StandardNormal};
 
 fn observables<A: Action + 'static>(action: &Arc<A>) -> Vec<Box<dyn Observable>> {
@@ -453,4 +454,59 @@ fn bad_kernel_parameters_are_refused() {
     assert!(Repeat::new(local(), 0).is_err());
     assert!(Hmc::new(action.clone(), f64::INFINITY, 4).is_err());
     assert!(Hmc::new(action, -1.0, 4).is_err());
+}
+
+#[test]
+fn phi4_sweep_takes_the_reference_decisions() {
+    // Phi4's specialised sweep (d ≤ 4) and its fallback (d = 5) against the reference
+    // sweep through delta_local: same seed, so the fields, tallies and generator states
+    // must agree exactly.
+    let extents: [&[usize]; 5] = [&[7], &[5, 6], &[3, 4, 5], &[3, 3, 2, 3], &[2, 2, 2, 2, 3]];
+    for (case, ext) in extents.iter().enumerate() {
+        let lattice = Lattice::new(ext).unwrap();
+        let v = lattice.volume();
+        let action = Phi4::hopping(lattice, 0.6, 0.5).unwrap();
+        let mut rng = rng_from_seed(40 + case as u64);
+        let phi0: Vec<f64> = (0..v).map(|_| rng.random_range(-1.5..1.5)).collect();
+        let mut sites: Vec<usize> = (0..v).rev().chain(0..v).collect();
+        sites.swap(1, v / 2);
+        for hits in [1, 3] {
+            let propose =
+                |old: f64, rng: &mut SimRng| old + 1.2 * (2.0 * rng.random::<f64>() - 1.0);
+            let (mut phi_fast, mut rng_fast) = (phi0.clone(), rng_from_seed(7));
+            let fast = action.metropolis_sweep(&mut phi_fast, &sites, hits, &mut rng_fast, propose);
+            let (mut phi_ref, mut rng_ref) = (phi0.clone(), rng_from_seed(7));
+            let reference =
+                single_site_sweep(&action, &mut phi_ref, &sites, hits, &mut rng_ref, propose);
+            assert_eq!(fast, reference, "d = {}, hits = {hits}", ext.len());
+            assert_eq!(phi_fast, phi_ref, "d = {}, hits = {hits}", ext.len());
+            assert_eq!(rng_fast.next_u64(), rng_ref.next_u64());
+            let total = sites.len() as u32 * hits;
+            assert!(
+                fast.accepted > total / 10 && fast.accepted < total,
+                "{fast:?}"
+            );
+            let exact = action.action(&phi_fast) - action.action(&phi0);
+            assert!((fast.delta_action - exact).abs() < 1e-9 * exact.abs().max(1.0));
+        }
+    }
+}
+
+#[test]
+fn leapfrog_step_is_force_then_kick_then_drift() {
+    let (action, phi0) = thermalised_phi4(8, 16);
+    let hmc = Hmc::new(action.clone(), 1.0, 8).unwrap();
+    let eps = hmc.step_size();
+    let mut rng = rng_from_seed(17);
+    let pi0: Vec<f64> = (0..64).map(|_| StandardNormal.sample(&mut rng)).collect();
+    let (mut phi, mut pi, mut force) = (phi0.clone(), pi0.clone(), vec![0.0; 64]);
+    hmc.leapfrog_step(&mut phi, &mut pi, &mut force);
+    let mut expected_force = vec![0.0; 64];
+    action.force(&phi0, &mut expected_force);
+    assert_eq!(force, expected_force);
+    for i in 0..64 {
+        let p = pi0[i] - eps * expected_force[i];
+        assert_eq!(pi[i], p, "π_{i}");
+        assert_eq!(phi[i], phi0[i] + eps * p, "φ_{i}");
+    }
 }

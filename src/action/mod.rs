@@ -2,6 +2,7 @@
 //! with, and its implementations (φ⁴ in its three conventions, the free field).
 
 use ndarray::{ArrayView2, ArrayViewMut1, ArrayViewMut2};
+use rand::{Rng, RngExt};
 
 use crate::lattice::Lattice;
 
@@ -10,6 +11,53 @@ mod phi4;
 
 pub use free::{FreeField, FreeFieldSampler};
 pub use phi4::{Phi4, Phi4Conversion, Phi4Couplings, Phi4Form};
+
+/// What a Metropolis sweep did: how many proposals it accepted and the summed action
+/// change S(φ_after) − S(φ_before).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SweepTally {
+    /// Accepted single-site proposals.
+    pub accepted: u32,
+    /// Sum of ΔS over the accepted proposals.
+    pub delta_action: f64,
+}
+
+/// The Metropolis decision for an action change ΔS = `delta`: accepts when ΔS ≤ 0
+/// without drawing, otherwise draws u ~ U[0, 1) and accepts when u < e^{−ΔS}.
+#[inline(always)]
+pub fn metropolis_accepts<R: Rng + ?Sized>(delta: f64, rng: &mut R) -> bool {
+    delta <= 0.0 || rng.random::<f64>() < (-delta).exp()
+}
+
+/// The reference single-site Metropolis sweep through [`Action::delta_local`]: the default
+/// body of [`Action::metropolis_sweep`], and the fallback of its specialisations.
+pub fn single_site_sweep<A, R, P>(
+    action: &A,
+    phi: &mut [f64],
+    sites: &[usize],
+    hits: u32,
+    rng: &mut R,
+    mut propose: P,
+) -> SweepTally
+where
+    A: Action + ?Sized,
+    R: Rng + ?Sized,
+    P: FnMut(f64, &mut R) -> f64,
+{
+    let mut tally = SweepTally::default();
+    for &site in sites {
+        for _ in 0..hits {
+            let new = propose(phi[site], rng);
+            let delta = action.delta_local(phi, site, new);
+            if metropolis_accepts(delta, rng) {
+                phi[site] = new;
+                tally.accepted += 1;
+                tally.delta_action += delta;
+            }
+        }
+    }
+    tally
+}
 
 /// A real scalar field theory on a lattice, with weight e^{−S(φ)}.
 ///
@@ -27,6 +75,29 @@ pub trait Action: Send + Sync {
 
     /// S(φ') − S(φ) where φ' equals φ except φ'_site = `new`.
     fn delta_local(&self, phi: &[f64], site: usize, new: f64) -> f64;
+
+    /// Single-site Metropolis updates of `phi` at each site of `sites` in turn, `hits`
+    /// times per site: `propose(old, rng)` gives the new value, accepted by
+    /// [`metropolis_accepts`] on [`Action::delta_local`].
+    ///
+    /// Implementations may reorganise the work (hoist dispatch, reuse the neighbour sum
+    /// across hits) but must draw the same random numbers and take the same decisions as
+    /// this default body. Panics if a site lies outside `phi`.
+    fn metropolis_sweep<R, P>(
+        &self,
+        phi: &mut [f64],
+        sites: &[usize],
+        hits: u32,
+        rng: &mut R,
+        propose: P,
+    ) -> SweepTally
+    where
+        Self: Sized,
+        R: Rng + ?Sized,
+        P: FnMut(f64, &mut R) -> f64,
+    {
+        single_site_sweep(self, phi, sites, hits, rng, propose)
+    }
 
     /// S(φ) and the force in one pass (override where it saves work).
     fn action_and_force(&self, phi: &[f64], out: &mut [f64]) -> f64 {

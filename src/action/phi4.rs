@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::action::Action;
+use rand::Rng;
+
+use crate::action::{Action, SweepTally, metropolis_accepts, single_site_sweep};
 use crate::error::{Error, Result, ensure_finite};
 use crate::lattice::Lattice;
 
@@ -259,13 +261,89 @@ impl Phi4 {
         fwd.iter().zip(bwd).map(|(&f, &b)| phi[f] + phi[b]).sum()
     }
 
+    /// S(φ') − S(φ) for φ_x: `old` → `new` at a site whose neighbour sum is `n`.
     #[inline(always)]
-    fn delta_local_in<const D: usize>(&self, phi: &[f64], site: usize, new: f64) -> f64 {
-        let old = phi[site];
-        let n = self.neighbour_sum::<D>(phi, site);
+    fn delta_from_neighbours(&self, old: f64, new: f64, n: f64) -> f64 {
         let (a2, b2) = (old * old, new * new);
         (new - old) * (self.mass * (new + old) - self.kappa * n)
             + self.quartic * (b2 * b2 - a2 * a2)
+    }
+
+    #[inline(always)]
+    fn delta_local_in<const D: usize>(&self, phi: &[f64], site: usize, new: f64) -> f64 {
+        let n = self.neighbour_sum::<D>(phi, site);
+        self.delta_from_neighbours(phi[site], new, n)
+    }
+
+    /// [`Action::metropolis_sweep`] with the dimension `D` ≥ 1 fixed at compile time: the
+    /// neighbour sum is formed once per site (the neighbours do not move during its hits)
+    /// and read straight from the neighbour rows. Falls back to the default body when the
+    /// field does not cover the lattice, a site is out of range, or `hits` is 0.
+    #[inline(always)]
+    fn metropolis_sweep_in<const D: usize, R, P>(
+        &self,
+        phi: &mut [f64],
+        sites: &[usize],
+        hits: u32,
+        rng: &mut R,
+        mut propose: P,
+    ) -> SweepTally
+    where
+        R: Rng + ?Sized,
+        P: FnMut(f64, &mut R) -> f64,
+    {
+        let Some((fwd, bwd)) = self.lattice.neighbour_rows::<D>() else {
+            return single_site_sweep(self, phi, sites, hits, rng, propose);
+        };
+        let volume = phi.len();
+        if hits == 0 || volume != fwd.len() || volume != bwd.len() {
+            return single_site_sweep(self, phi, sites, hits, rng, propose);
+        }
+        // One pass over the site list up front, so that the update loop has no bounds
+        // checks (and no panic path that would force the generator state out of registers).
+        if sites.iter().any(|&site| site >= volume) {
+            return single_site_sweep(self, phi, sites, hits, rng, propose);
+        }
+        let mut accepted = 0u32;
+        let mut delta_action = 0.0;
+        for &site in sites {
+            // SAFETY: site < volume (checked above) and phi, fwd and bwd all have `volume`
+            // entries; every neighbour-row entry is a site index below the volume
+            // (Lattice::neighbour_rows).
+            let (up, down, old) = unsafe {
+                (
+                    fwd.get_unchecked(site),
+                    bwd.get_unchecked(site),
+                    *phi.get_unchecked(site),
+                )
+            };
+            let mut n = 0.0;
+            for mu in 0..D {
+                // SAFETY: as above, neighbour indices are below the volume.
+                n += unsafe { *phi.get_unchecked(up[mu]) + *phi.get_unchecked(down[mu]) };
+            }
+            let mut current = old;
+            let mut hits_left = hits;
+            loop {
+                let new = propose(current, rng);
+                let delta = self.delta_from_neighbours(current, new, n);
+                if metropolis_accepts(delta, rng) {
+                    current = new;
+                    accepted += 1;
+                    delta_action += delta;
+                }
+                hits_left -= 1;
+                if hits_left == 0 {
+                    break;
+                }
+            }
+            // SAFETY: site < volume = phi.len(), checked above.
+            unsafe { *phi.get_unchecked_mut(site) = current };
+        }
+        SweepTally {
+            accepted,
+            delta_action,
+        }
     }
 
     fn action_in<const D: usize>(&self, phi: &[f64]) -> f64 {
@@ -282,6 +360,8 @@ impl Phi4 {
 
     fn force_in<const D: usize>(&self, phi: &[f64], out: &mut [f64]) {
         let d = if D == 0 { self.lattice.dim() } else { D };
+        // A field shorter than the lattice panics here, as indexing it would.
+        let phi = &phi[..self.lattice.volume()];
         let (kappa, mass2, quartic4) = (self.kappa, 2.0 * self.mass, 4.0 * self.quartic);
         let tables = self
             .lattice
@@ -289,7 +369,13 @@ impl Phi4 {
             .chunks_exact(d)
             .zip(self.lattice.bwd_table().chunks_exact(d));
         for ((o, &x), (fwd, bwd)) in out.iter_mut().zip(phi).zip(tables) {
-            let n: f64 = fwd.iter().zip(bwd).map(|(&f, &b)| phi[f] + phi[b]).sum();
+            let n: f64 = fwd
+                .iter()
+                .zip(bwd)
+                // SAFETY: the lattice's neighbour tables hold site indices below its
+                // volume, and phi has exactly `volume` entries (sliced above).
+                .map(|(&f, &b)| unsafe { *phi.get_unchecked(f) + *phi.get_unchecked(b) })
+                .sum();
             *o = x * (mass2 + quartic4 * x * x) - kappa * n;
         }
     }
@@ -362,6 +448,27 @@ impl Action for Phi4 {
 
     fn action_and_force(&self, phi: &[f64], out: &mut [f64]) -> f64 {
         by_dimension!(self.action_and_force_in(phi, out))
+    }
+
+    fn metropolis_sweep<R, P>(
+        &self,
+        phi: &mut [f64],
+        sites: &[usize],
+        hits: u32,
+        rng: &mut R,
+        propose: P,
+    ) -> SweepTally
+    where
+        R: Rng + ?Sized,
+        P: FnMut(f64, &mut R) -> f64,
+    {
+        match self.lattice.dim() {
+            1 => self.metropolis_sweep_in::<1, R, P>(phi, sites, hits, rng, propose),
+            2 => self.metropolis_sweep_in::<2, R, P>(phi, sites, hits, rng, propose),
+            3 => self.metropolis_sweep_in::<3, R, P>(phi, sites, hits, rng, propose),
+            4 => self.metropolis_sweep_in::<4, R, P>(phi, sites, hits, rng, propose),
+            _ => single_site_sweep(self, phi, sites, hits, rng, propose),
+        }
     }
 }
 

@@ -149,16 +149,12 @@ impl<A: Action> Hmc<A> {
         match self.integrator {
             Integrator::Leapfrog => {
                 kick(momentum, force, 0.5 * eps);
-                for i in 0..steps {
-                    drift(phi, momentum, eps);
-                    if i + 1 < steps {
-                        action.force(phi, force);
-                        kick(momentum, force, eps);
-                    } else {
-                        s = action.action_and_force(phi, force);
-                        kick(momentum, force, 0.5 * eps);
-                    }
+                drift(phi, momentum, eps);
+                for _ in 1..steps {
+                    self.leapfrog_step(phi, momentum, force);
                 }
+                s = action.action_and_force(phi, force);
+                kick(momentum, force, 0.5 * eps);
             }
             Integrator::Omelyan => {
                 let lam = OMELYAN_LAMBDA;
@@ -181,6 +177,16 @@ impl<A: Action> Hmc<A> {
         s
     }
 
+    /// One inner leapfrog step of size ε = τ/n between two half-step-shifted momenta:
+    /// `force` ← ∂S/∂φ at the incoming φ, then π ← π − ε·force and φ ← φ + ε·π in one
+    /// pass. A trajectory of k steps is a half kick and a drift, k − 1 of these, and a
+    /// closing force evaluation and half kick. Slices must all have length |Λ|.
+    #[inline]
+    pub fn leapfrog_step(&self, phi: &mut [f64], momentum: &mut [f64], force: &mut [f64]) {
+        self.action.force(phi, force);
+        kick_drift(phi, momentum, force, self.step_size());
+    }
+
     /// log A = min(0, −ΔH): the kernel's own acceptance for an energy change ΔH.
     #[inline]
     pub fn log_acceptance(delta_h: f64) -> f64 {
@@ -201,6 +207,15 @@ fn kinetic(momentum: &[f64]) -> f64 {
 fn kick(momentum: &mut [f64], force: &[f64], dt: f64) {
     for (p, f) in momentum.iter_mut().zip(force) {
         *p -= dt * f;
+    }
+}
+
+/// π ← π − dt·force, then φ ← φ + dt·π, site by site in one pass.
+#[inline]
+fn kick_drift(phi: &mut [f64], momentum: &mut [f64], force: &[f64], dt: f64) {
+    for ((x, p), f) in phi.iter_mut().zip(momentum.iter_mut()).zip(force) {
+        *p -= dt * f;
+        *x += dt * *p;
     }
 }
 

@@ -125,25 +125,6 @@ impl<A: Action> LocalMetropolis<A> {
             f64::NEG_INFINITY
         }
     }
-
-    #[inline]
-    fn update_site<R: Rng + ?Sized>(
-        &self,
-        phi: &mut [f64],
-        site: usize,
-        rng: &mut R,
-    ) -> Option<f64> {
-        let old = phi[site];
-        let new = old + self.step_size * (2.0 * rng.random::<f64>() - 1.0);
-        let delta = self.action.delta_local(phi, site, new);
-        // Accept when u < e^{−ΔS}; ΔS ≤ 0 always accepts without drawing.
-        if delta <= 0.0 || rng.random::<f64>() < (-delta).exp() {
-            phi[site] = new;
-            Some(delta)
-        } else {
-            None
-        }
-    }
 }
 
 impl<A: Action> Proposal for LocalMetropolis<A> {
@@ -159,18 +140,16 @@ impl<A: Action> Proposal for LocalMetropolis<A> {
                 self.permutation.swap(i, j);
             }
         }
-        let mut accepted = 0u32;
-        let mut delta_sum = 0.0;
-        let phi = &mut state.phi[..];
-        for &site in &self.permutation {
-            for _ in 0..self.hits {
-                if let Some(delta) = self.update_site(phi, site, rng) {
-                    accepted += 1;
-                    delta_sum += delta;
-                }
-            }
-        }
-        state.action += delta_sum;
+        let step_size = self.step_size;
+        let tally = self.action.metropolis_sweep(
+            &mut state.phi,
+            &self.permutation,
+            self.hits,
+            rng,
+            |old, rng: &mut R| old + step_size * (2.0 * rng.random::<f64>() - 1.0),
+        );
+        let accepted = tally.accepted;
+        state.action += tally.delta_action;
         let proposed = self.hits * self.permutation.len() as u32;
         if self.adapting {
             // Robbins–Monro on log δ with a decaying gain: fast at first, then settling so
