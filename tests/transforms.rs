@@ -669,3 +669,179 @@ fn invertibility_check_detects_a_wrong_inverse() {
         check_transform_matches_reference(&Z2Affine, &oracle, &v, &theta, 0, 1e-12, 1e-12).is_err()
     );
 }
+
+/// The f32 spline kernel (f32 exponentials and segment formulas, eight sites per vector)
+/// against the f64 kernel on the same f32 inputs, at K = 8 on [−5, 5] with raw parameters in (−3, 3).
+/// Inputs: uniform in (−6, 6), every knot X_k and its f32 neighbours, points in the two
+/// outermost bins, ±a and their neighbours, and |v| up to 50; 4000 sites in all, so every
+/// group also has a partial remainder.
+///
+/// Error model: f32 knots carry an absolute error ε_X ≈ a·2⁻²³ per summand, which moves
+/// the output by C'(v) ε_X, plus the relative f32 rounding of the segment formulas. The
+/// stated tolerances are y: 4e-6 (1 + |y| + C'), ld: 4e-5 (1 + |ld| + 1/w_ℓ), where the
+/// 1/w_ℓ term bounds the change of log C' when the knot errors shift α by ε_X/w_ℓ, plus
+/// ε_X |∂ld/∂v| (for the inverse ε_X |∂ld/∂v| (1 + 1/C'), as y = C(v)) where the spline
+/// bends sharply; inverse v: 4e-6 (1 + |v| + 1/C') (ld, inverse and gradients away from
+/// knots, see below); gradients: 1e-3 (1 + |g|) relative to the largest
+/// gradient of the site (the same condition numbers, one order of differentiation up),
+/// except within rounding distance of an interior knot, where ∂ log C'/∂v jumps and the two
+/// kernels may take the derivative from different sides.
+#[test]
+fn f32_kernel_agrees_with_f64_kernel_at_edges_and_outside() {
+    use rand::RngExt;
+    // Knots from f32 exponentials (relative error 2.5e-7) summed over up to 2a = 10: 2.5e-6,
+    // with a factor 4 of margin.
+    const KNOT_ERROR: f64 = 1e-5;
+    let t = rqs_default();
+    let (bins, a, k) = (8usize, 5.0f64, 23usize);
+    let mut rng = latflow::rng::rng_from_seed(2024);
+    let mut v = Vec::new();
+    let mut theta = Vec::new();
+    while v.len() < 4000 {
+        let raw: Vec<f32> = (0..k).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        let raw64: Vec<f64> = raw.iter().map(|&r| r as f64).collect();
+        let knots = width_knots(&raw64[..bins], a);
+        let mut xs: Vec<f32> = vec![rng.random_range(-6.0f32..6.0)];
+        for &x in &knots {
+            let x = x as f32;
+            xs.extend([x, x.next_down(), x.next_up()]);
+        }
+        let (first, last) = (knots[0], knots[bins - 2]);
+        xs.push(rng.random_range(-a..first) as f32);
+        xs.push(rng.random_range(last..a) as f32);
+        for edge in [-a as f32, a as f32] {
+            xs.extend([edge, edge.next_down(), edge.next_up()]);
+        }
+        xs.push(rng.random_range(-50.0f32..50.0));
+        for x in xs {
+            v.push(x);
+            theta.extend_from_slice(&raw);
+        }
+    }
+    let n = v.len() - 3; // not a multiple of the group size
+    let (v, theta) = (&v[..n], &theta[..n * k]);
+    let wide = |x: &[f32]| x.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    let (v64, theta64) = (wide(v), wide(theta));
+
+    let (mut y32, mut ld32) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let (mut y64, mut ld64) = (vec![0.0; n], vec![0.0; n]);
+    t.forward(v, theta, &mut y32, &mut ld32);
+    t.forward(&v64, &theta64, &mut y64, &mut ld64);
+
+    let (mut back32, mut lb32) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let (mut back64, mut lb64) = (vec![0.0; n], vec![0.0; n]);
+    t.inverse(&y32, theta, &mut back32, &mut lb32);
+    t.inverse(&wide(&y32), &theta64, &mut back64, &mut lb64);
+
+    let (gy, gld) = latflow::testing::random_loss_weights(n, 5);
+    let (gy32, gld32) = (to_f32(&gy), to_f32(&gld));
+    let (mut gv32, mut gt32) = (vec![0.0f32; n], vec![0.0f32; n * k]);
+    let (mut gv64, mut gt64) = (vec![0.0; n], vec![0.0; n * k]);
+    t.backward(v, theta, &gy32, &gld32, &mut gv32, &mut gt32);
+    t.backward(
+        &v64,
+        &theta64,
+        &wide(&gy32),
+        &wide(&gld32),
+        &mut gv64,
+        &mut gt64,
+    );
+
+    // ∂ld/∂v from the f64 kernel (gy = 0, gld = 1): how far a knot error moves log C'.
+    let mut dld = vec![0.0; n];
+    let mut unused = vec![0.0; n * k];
+    t.backward(
+        &v64,
+        &theta64,
+        &vec![0.0; n],
+        &vec![1.0; n],
+        &mut dld,
+        &mut unused,
+    );
+    let mut worst = [0.0f64; 4];
+    for i in 0..n {
+        let slope = ld64[i].exp();
+        let w = bin_widths(&theta64[i * k..i * k + bins], a);
+        let bin = width_knots(&theta64[i * k..i * k + bins], a)
+            .iter()
+            .filter(|&&x| x <= v64[i])
+            .count();
+        // Within rounding distance of an interior knot the two kernels may evaluate from
+        // different sides, where the curvature of log C' differs (by orders of magnitude
+        // next to a narrow bin), and the inverse of an f32 y may land on either side: only y
+        // is compared there.
+        let near_knot = width_knots(&theta64[i * k..i * k + bins], a)
+            .iter()
+            .any(|&x| (x - v64[i]).abs() <= 1e-5);
+        let away = if near_knot { 0.0 } else { 1.0 };
+        let scaled = [
+            (y32[i] as f64 - y64[i]).abs() / (4e-6 * (1.0 + y64[i].abs() + slope)),
+            away * (ld32[i] as f64 - ld64[i]).abs()
+                / (4e-5 * (1.0 + ld64[i].abs() + 1.0 / w[bin]) + KNOT_ERROR * dld[i].abs()),
+            away * (back32[i] as f64 - back64[i]).abs()
+                / (4e-6 * (1.0 + back64[i].abs() + 1.0 / slope)),
+            away * (lb32[i] as f64 - lb64[i]).abs()
+                / (4e-5 * (1.0 + lb64[i].abs() + 1.0 / w[bin])
+                    + KNOT_ERROR * dld[i].abs() * (1.0 + 1.0 / slope)),
+        ];
+        for (w, s) in worst.iter_mut().zip(scaled) {
+            *w = w.max(s);
+        }
+        assert!(
+            scaled[0] <= 1.0,
+            "y[{i}] at v = {}: {} vs {}",
+            v[i],
+            y32[i],
+            y64[i]
+        );
+        assert!(
+            scaled[1] <= 1.0,
+            "ld[{i}] at v = {}: {} vs {}",
+            v[i],
+            ld32[i],
+            ld64[i]
+        );
+        assert!(
+            scaled[2] <= 1.0,
+            "inverse[{i}] at v = {}: {} vs {}",
+            v[i],
+            back32[i],
+            back64[i]
+        );
+        assert!(
+            scaled[3] <= 1.0,
+            "inverse ld[{i}] at v = {}: {} vs {}",
+            v[i],
+            lb32[i],
+            lb64[i]
+        );
+        if near_knot {
+            continue;
+        }
+        let gmax = gt64[i * k..(i + 1) * k]
+            .iter()
+            .fold(gv64[i].abs(), |m, g| m.max(g.abs()));
+        let gtol = 1e-3 * (1.0 + gmax);
+        assert!(
+            (gv32[i] as f64 - gv64[i]).abs() <= gtol,
+            "gv[{i}] at v = {}: {} vs {}",
+            v[i],
+            gv32[i],
+            gv64[i]
+        );
+        for j in i * k..(i + 1) * k {
+            assert!(
+                (gt32[j] as f64 - gt64[j]).abs() <= gtol,
+                "gθ[{j}] at v = {}: {} vs {}",
+                v[i],
+                gt32[j],
+                gt64[j]
+            );
+        }
+    }
+    // Sites outside (−a, a) are the exact identity with zero log-derivative.
+    for i in (0..n).filter(|&i| v[i].abs() >= 5.0) {
+        assert_eq!((y32[i], ld32[i]), (v[i], 0.0));
+    }
+    eprintln!("worst scaled errors (y, ld, inverse v, inverse ld): {worst:?}");
+}

@@ -244,6 +244,13 @@ pub trait SplineFloat: Real {
     fn widen(self) -> f64;
     /// The nearest value of this type.
     fn narrow(x: f64) -> Self;
+
+    /// Runs one batch of the spline in this type. The default is the per-site kernel with
+    /// f64 knots; f32 overrides it with the kernel over groups of [`LANES`] sites.
+    #[doc(hidden)]
+    fn run_spline(rqs: &Rqs, batch: Batch<'_, Self>) {
+        rqs.run::<Self, PerSite>(batch)
+    }
 }
 
 impl SplineFloat for f64 {
@@ -302,6 +309,9 @@ impl SplineFloat for f32 {
     #[inline]
     fn narrow(x: f64) -> f32 {
         x as f32
+    }
+    fn run_spline(rqs: &Rqs, batch: Batch<'_, f32>) {
+        rqs.run::<f32, LaneGroups>(batch)
     }
 }
 
@@ -425,7 +435,7 @@ impl<'a, T: SplineFloat, const K: usize> SiteSpline<'a, T, K> {
 
     /// The segment of bin `l`.
     #[inline(always)]
-    fn segment(&self, l: usize) -> Segment {
+    fn segment(&self, l: usize) -> Segment<f64> {
         let l = l.min(K - 1);
         let (w, h) = (self.xs.size[l], self.ys.size[l]);
         Segment {
@@ -440,80 +450,114 @@ impl<'a, T: SplineFloat, const K: usize> SiteSpline<'a, T, K> {
     }
 }
 
+/// The arithmetic a segment evaluation needs: f64 for one site, [`Lanes`] for a group of
+/// f32 sites, so that both kernels share one set of formulas.
+trait SegmentMath:
+    Copy
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    /// The constant `x` in this type.
+    fn constant(x: f64) -> Self;
+    /// The value clamped to [0, 1].
+    fn clamp01(self) -> Self;
+    /// √max(x, 0).
+    fn sqrt_nonneg(self) -> Self;
+    /// `yes` where the value is positive, else `no`.
+    fn if_positive(self, yes: Self, no: Self) -> Self;
+}
+
+impl SegmentMath for f64 {
+    #[inline(always)]
+    fn constant(x: f64) -> f64 {
+        x
+    }
+    #[inline(always)]
+    fn clamp01(self) -> f64 {
+        self.clamp(0.0, 1.0)
+    }
+    #[inline(always)]
+    fn sqrt_nonneg(self) -> f64 {
+        self.max(0.0).sqrt()
+    }
+    #[inline(always)]
+    fn if_positive(self, yes: f64, no: f64) -> f64 {
+        if self > 0.0 { yes } else { no }
+    }
+}
+
 /// One rational-quadratic segment: lower knot (x0, y0), width w, height h, slope s = h/w
 /// and knot derivatives d0 (lower), d1 (upper).
-struct Segment {
-    x0: f64,
-    w: f64,
-    y0: f64,
-    h: f64,
-    s: f64,
-    d0: f64,
-    d1: f64,
+struct Segment<N> {
+    x0: N,
+    w: N,
+    y0: N,
+    h: N,
+    s: N,
+    d0: N,
+    d1: N,
 }
 
 /// ∂L/∂(α, s, d0, d1, y0, h) of one segment evaluation, h taken at fixed s.
-struct LocalGradients {
-    alpha: f64,
-    s: f64,
-    d0: f64,
-    d1: f64,
-    y0: f64,
-    h: f64,
+struct LocalGradients<N> {
+    alpha: N,
+    s: N,
+    d0: N,
+    d1: N,
+    y0: N,
+    h: N,
 }
 
-impl Segment {
+impl<N: SegmentMath> Segment<N> {
     /// The denominator s + (d0 + d1 − 2s) α(1−α), written as a sum of positive terms.
     #[inline(always)]
-    fn denominator(&self, alpha: f64) -> f64 {
-        let beta = 1.0 - alpha;
+    fn denominator(&self, alpha: N) -> N {
+        let beta = N::constant(1.0) - alpha;
         self.s * (alpha * alpha + beta * beta) + (self.d0 + self.d1) * alpha * beta
     }
 
     /// R(α) with C = y0 + h R.
     #[inline(always)]
-    fn ratio(&self, alpha: f64) -> f64 {
-        let q = alpha * (1.0 - alpha);
+    fn ratio(&self, alpha: N) -> N {
+        let q = alpha * (N::constant(1.0) - alpha);
         (self.s * alpha * alpha + self.d0 * q) / self.denominator(alpha)
     }
 
-    /// log ∂C/∂v = log((s/D)² [d1 α² + 2s α(1−α) + d0 (1−α)²]) with one logarithm per site
-    /// (D ≥ s/2, so s/D ≤ 2 and the product cannot overflow).
+    /// ∂C/∂v = (s/D)² [d1 α² + 2s α(1−α) + d0 (1−α)²], the argument of the one logarithm
+    /// per site (D ≥ s/2, so s/D ≤ 2 and the product cannot overflow).
     #[inline(always)]
-    fn log_slope<T: SplineFloat>(&self, alpha: f64) -> f64 {
-        let beta = 1.0 - alpha;
+    fn slope(&self, alpha: N) -> N {
+        let beta = N::constant(1.0) - alpha;
         let two_s = self.s + self.s;
         let m = self.d1 * alpha * alpha + two_s * alpha * beta + self.d0 * beta * beta;
         let ratio = self.s / self.denominator(alpha);
-        T::ln_wide(ratio * ratio * m)
+        ratio * ratio * m
     }
 
     /// The α ∈ [0, 1] with R(α) = ξ: the root of A α² + B α − ξ s = 0 with
     /// A = s − d0 + ξδ, B = d0 − ξδ, δ = d0 + d1 − 2s, written as 2ξs / (B + √(B² + 4Aξs))
     /// (no cancellation: the denominator is positive on the whole segment).
     #[inline(always)]
-    fn solve(&self, xi: f64) -> f64 {
+    fn solve(&self, xi: N) -> N {
         let delta = self.d0 + self.d1 - (self.s + self.s);
         let a = self.s - self.d0 + xi * delta;
         let b = self.d0 - xi * delta;
-        let four = 4.0;
-        let disc = (b * b + four * a * xi * self.s).max(0.0);
-        let denom = b + disc.sqrt();
-        if denom > 0.0 {
-            ((xi + xi) * self.s / denom).clamp(0.0, 1.0)
-        } else {
-            // Unreachable in exact arithmetic (B > 0 wherever A < 0); ξ = 1 is the only
-            // remaining root.
-            1.0
-        }
+        let disc = b * b + N::constant(4.0) * a * xi * self.s;
+        let denom = b + disc.sqrt_nonneg();
+        // Denominator ≤ 0 is unreachable in exact arithmetic (B > 0 wherever A < 0); ξ = 1
+        // is then the only remaining root. The quotient is only used where denom > 0.
+        let safe = denom.if_positive(denom, N::constant(1.0));
+        denom.if_positive(((xi + xi) * self.s / safe).clamp01(), N::constant(1.0))
     }
 
     /// Chain rule through one segment for upstream ∂L/∂y = gy and ∂L/∂ld = gld.
     #[inline(always)]
-    fn gradients(&self, alpha: f64, gy: f64, gld: f64) -> LocalGradients {
+    fn gradients(&self, alpha: N, gy: N, gld: N) -> LocalGradients<N> {
         let (s, d0, d1) = (self.s, self.d0, self.d1);
-        let one = 1.0;
-        let two = 2.0;
+        let one = N::constant(1.0);
+        let two = N::constant(2.0);
         let beta = one - alpha;
         let q = alpha * beta;
         let dq = one - two * alpha;
@@ -528,7 +572,7 @@ impl Segment {
         let dr_dalpha = (two * s * alpha + d0 * dq - r * delta * dq) * inv_den;
         let dr_ds = (alpha * alpha - r * (one - two * q)) * inv_den;
         let dr_dd0 = q * (one - r) * inv_den;
-        let dr_dd1 = -r * q * inv_den;
+        let dr_dd1 = (N::constant(0.0) - r) * q * inv_den;
         // ld = 2 ln s + ln M − 2 ln D.
         let dm_dalpha = two * d1 * alpha + two * s * dq - two * d0 * beta;
         let dld_dalpha = dm_dalpha * inv_m - two * delta * dq * inv_den;
@@ -549,19 +593,22 @@ impl Segment {
 }
 
 /// The work of one call on a batch of sites.
-enum Batch<'a, T> {
+pub enum Batch<'a, T> {
+    /// y = C(v), ld = log C'(v).
     Forward {
         v: &'a [T],
         theta: &'a [T],
         y: &'a mut [T],
         ld: &'a mut [T],
     },
+    /// v = C⁻¹(y), ld = −log C'(v).
     Inverse {
         y: &'a [T],
         theta: &'a [T],
         v: &'a mut [T],
         ld: &'a mut [T],
     },
+    /// Adds ∂L/∂v to gv and ∂L/∂θ to gtheta.
     Backward {
         v: &'a [T],
         theta: &'a [T],
@@ -572,13 +619,39 @@ enum Batch<'a, T> {
     },
 }
 
+/// A kernel that runs a batch with the bin count K as a compile-time constant.
+trait BinKernel<T> {
+    /// Runs `batch` for K bins.
+    fn run<const K: usize>(rqs: &Rqs, batch: Batch<'_, T>);
+}
+
+/// One site at a time, knots in f64 (any [`SplineFloat`]).
+struct PerSite;
+
+/// Groups of [`LANES`] f32 sites, one per vector lane.
+struct LaneGroups;
+
+impl<T: SplineFloat> BinKernel<T> for PerSite {
+    #[inline(always)]
+    fn run<const K: usize>(rqs: &Rqs, batch: Batch<'_, T>) {
+        rqs.run_bins::<T, K>(batch)
+    }
+}
+
+impl BinKernel<f32> for LaneGroups {
+    #[inline(always)]
+    fn run<const K: usize>(rqs: &Rqs, batch: Batch<'_, f32>) {
+        rqs.run_lanes::<K>(batch)
+    }
+}
+
 impl Rqs {
-    /// Runs `batch` with the bin count as a compile-time constant.
-    fn run<T: SplineFloat>(&self, batch: Batch<'_, T>) {
+    /// Runs `batch` with kernel `B` and the bin count as a compile-time constant.
+    fn run<T, B: BinKernel<T>>(&self, batch: Batch<'_, T>) {
         macro_rules! dispatch {
             ($($k:literal)*) => {
                 match self.bins {
-                    $($k => self.run_bins_dispatch::<T, $k>(batch),)*
+                    $($k => self.run_bins_dispatch::<T, B, $k>(batch),)*
                     // `new` admits 1 ..= MAX_BINS only.
                     _ => unreachable!("bins out of range"),
                 }
@@ -587,24 +660,24 @@ impl Rqs {
         dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
     }
 
-    /// Runs `batch` compiled for AVX2 + FMA when the processor has them (the per-bin loops
-    /// then run 8 f32 / 4 f64 lanes wide), else for the baseline target.
-    fn run_bins_dispatch<T: SplineFloat, const K: usize>(&self, batch: Batch<'_, T>) {
+    /// Runs `batch` compiled for AVX2 + FMA when the processor has them (8 f32 / 4 f64
+    /// lanes), else for the baseline target.
+    fn run_bins_dispatch<T, B: BinKernel<T>, const K: usize>(&self, batch: Batch<'_, T>) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the processor supports the features `run_bins_avx2` is compiled for.
-            unsafe { self.run_bins_avx2::<T, K>(batch) };
+            unsafe { self.run_bins_avx2::<T, B, K>(batch) };
             return;
         }
-        self.run_bins::<T, K>(batch)
+        B::run::<K>(self, batch)
     }
 
-    /// [`Rqs::run_bins`] compiled with AVX2 and FMA enabled.
+    /// `B::run` compiled with AVX2 and FMA enabled.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn run_bins_avx2<T: SplineFloat, const K: usize>(&self, batch: Batch<'_, T>) {
-        self.run_bins::<T, K>(batch)
+    fn run_bins_avx2<T, B: BinKernel<T>, const K: usize>(&self, batch: Batch<'_, T>) {
+        B::run::<K>(self, batch)
     }
 
     #[inline(always)]
@@ -678,7 +751,7 @@ impl Rqs {
         let alpha = ((v - seg.x0) / seg.w).clamp(0.0, 1.0);
         (
             T::narrow(seg.y0 + seg.h * seg.ratio(alpha)),
-            T::narrow(seg.log_slope::<T>(alpha)),
+            T::narrow(T::ln_wide(seg.slope(alpha))),
         )
     }
 
@@ -691,7 +764,7 @@ impl Rqs {
         let alpha = seg.solve(((y - seg.y0) / seg.h).clamp(0.0, 1.0));
         (
             T::narrow(seg.x0 + alpha * seg.w),
-            T::narrow(-seg.log_slope::<T>(alpha)),
+            T::narrow(-T::ln_wide(seg.slope(alpha))),
         )
     }
 
@@ -733,28 +806,591 @@ impl Rqs {
     }
 }
 
+/// Sites per group of the f32 kernel: one site per lane of an AVX2 register.
+const LANES: usize = 8;
+
+/// One f32 per site of a group. The operations are element-wise loops of fixed length,
+/// which the compiler turns into single vector instructions.
+#[derive(Clone, Copy)]
+struct Lanes([f32; LANES]);
+
+macro_rules! lanes_binary_op {
+    ($($trait:ident $method:ident $op:tt),*) => {$(
+        impl std::ops::$trait for Lanes {
+            type Output = Lanes;
+            #[inline(always)]
+            fn $method(self, other: Lanes) -> Lanes {
+                self.zip(other, |a, b| a $op b)
+            }
+        }
+    )*};
+}
+lanes_binary_op!(Add add +, Sub sub -, Mul mul *, Div div /);
+
+impl Lanes {
+    #[inline(always)]
+    fn splat(x: f32) -> Lanes {
+        Lanes([x; LANES])
+    }
+
+    /// The first `x.len()` (≤ LANES) lanes from `x`, zeros after.
+    #[inline(always)]
+    fn load(x: &[f32]) -> Lanes {
+        let mut out = [0.0; LANES];
+        out[..x.len()].copy_from_slice(x);
+        Lanes(out)
+    }
+
+    /// Writes the first `out.len()` lanes.
+    #[inline(always)]
+    fn store(self, out: &mut [f32]) {
+        out.copy_from_slice(&self.0[..out.len()]);
+    }
+
+    #[inline(always)]
+    fn map(self, f: impl Fn(f32) -> f32) -> Lanes {
+        let mut out = self.0;
+        for x in out.iter_mut() {
+            *x = f(*x);
+        }
+        Lanes(out)
+    }
+
+    #[inline(always)]
+    fn zip(self, other: Lanes, f: impl Fn(f32, f32) -> f32) -> Lanes {
+        let mut out = self.0;
+        for (x, &y) in out.iter_mut().zip(&other.0) {
+            *x = f(*x, y);
+        }
+        Lanes(out)
+    }
+
+    /// `yes` in the lanes where `mask(lane)` holds, else `no`.
+    #[inline(always)]
+    fn select(mask: impl Fn(usize) -> bool, yes: Lanes, no: Lanes) -> Lanes {
+        let mut out = no.0;
+        for (lane, (x, &y)) in out.iter_mut().zip(&yes.0).enumerate() {
+            *x = if mask(lane) { y } else { *x };
+        }
+        Lanes(out)
+    }
+
+    #[inline(always)]
+    fn max(self, other: Lanes) -> Lanes {
+        self.zip(other, |a, b| if a > b { a } else { b })
+    }
+
+    #[inline(always)]
+    fn min(self, other: Lanes) -> Lanes {
+        self.zip(other, |a, b| if a < b { a } else { b })
+    }
+
+    #[inline(always)]
+    fn exp(self) -> Lanes {
+        self.map(exp_f32)
+    }
+
+    #[inline(always)]
+    fn ln(self) -> Lanes {
+        self.map(ln_f32)
+    }
+}
+
+impl SegmentMath for Lanes {
+    #[inline(always)]
+    fn constant(x: f64) -> Lanes {
+        Lanes::splat(x as f32)
+    }
+    #[inline(always)]
+    fn clamp01(self) -> Lanes {
+        self.max(Lanes::splat(0.0)).min(Lanes::splat(1.0))
+    }
+    #[inline(always)]
+    fn sqrt_nonneg(self) -> Lanes {
+        self.max(Lanes::splat(0.0)).map(f32::sqrt)
+    }
+    #[inline(always)]
+    fn if_positive(self, yes: Lanes, no: Lanes) -> Lanes {
+        Lanes::select(|j| self.0[j] > 0.0, yes, no)
+    }
+}
+
+/// softplus(x) = ln(1 + e⁻|ˣ|) + max(x, 0) and its derivative σ(x), lane-wise; ln(1 + u)
+/// as ln(w) · u / (w − 1) with w = 1 + u rounded (exactly u where w rounds to 1).
+#[inline(always)]
+fn softplus_and_sigmoid(x: Lanes) -> (Lanes, Lanes) {
+    let zero = Lanes::splat(0.0);
+    let one = Lanes::splat(1.0);
+    let u = (zero - x.zip(x, |a, _| a.abs())).exp();
+    let w = one + u;
+    let dw = w - one;
+    let ratio = u / Lanes::select(|j| dw.0[j] == 0.0, one, dw);
+    let log1p = Lanes::select(|j| dw.0[j] == 0.0, u, w.ln() * ratio);
+    let r = one / w;
+    let sigmoid = Lanes::select(|j| x.0[j] >= 0.0, r, u * r);
+    (x.max(zero) + log1p, sigmoid)
+}
+
+/// The raw parameters of a group of sites, transposed to one [`Lanes`] per parameter:
+/// widths, heights and the K − 1 interior derivatives (the last row of `d` is unused).
+struct LaneParams<const K: usize> {
+    w: [Lanes; K],
+    h: [Lanes; K],
+    d: [Lanes; K],
+}
+
+impl<const K: usize> LaneParams<K> {
+    #[inline(always)]
+    fn zeros() -> Self {
+        let z = [Lanes::splat(0.0); K];
+        LaneParams { w: z, h: z, d: z }
+    }
+
+    /// Transposes the 3K − 1 parameters per site of up to LANES consecutive sites
+    /// (site-major); absent lanes get zeros.
+    #[inline(always)]
+    fn load(theta: &[f32]) -> Self {
+        let mut p = Self::zeros();
+        for (lane, raw) in theta.chunks_exact(3 * K - 1).enumerate() {
+            for i in 0..K {
+                p.w[i].0[lane] = raw[i];
+                p.h[i].0[lane] = raw[K + i];
+            }
+            for i in 0..K - 1 {
+                p.d[i].0[lane] = raw[2 * K + i];
+            }
+        }
+        p
+    }
+
+    /// Adds the transposed parameters back into up to LANES sites of `out` (site-major).
+    #[inline(always)]
+    fn add_to(&self, out: &mut [f32]) {
+        for (lane, raw) in out.chunks_exact_mut(3 * K - 1).enumerate() {
+            for i in 0..K {
+                raw[i] += self.w[i].0[lane];
+                raw[K + i] += self.h[i].0[lane];
+            }
+            for i in 0..K - 1 {
+                raw[2 * K + i] += self.d[i].0[lane];
+            }
+        }
+    }
+}
+
+/// Softmax over the bins, lane-wise. The exponentials are f32; the normalisation and the bin sizes `min + scale · p` are f64,
+/// so that the knots, running sums of the sizes, keep f64 accuracy as in the per-site kernel.
+/// Returns p in f32 (for the backward pass) and the sizes in f64.
+#[inline(always)]
+fn softmax_lanes<const K: usize>(
+    raw: &[Lanes; K],
+    min: f64,
+    scale: f64,
+) -> ([Lanes; K], [Wide; K]) {
+    let max = raw[1..].iter().fold(raw[0], |m, &r| m.max(r));
+    let mut e = [Lanes::splat(0.0); K];
+    let mut sum = Wide::splat(0.0);
+    for (ei, &ri) in e.iter_mut().zip(raw) {
+        *ei = (ri - max).exp();
+        sum = sum.add(*ei);
+    }
+    let mut inv = sum;
+    for x in inv.0.iter_mut() {
+        *x = 1.0 / *x;
+    }
+    let mut p = [Lanes::splat(0.0); K];
+    let mut sizes = [Wide::splat(0.0); K];
+    for ((pi, si), ei) in p.iter_mut().zip(sizes.iter_mut()).zip(&e) {
+        for lane in 0..LANES {
+            let p64 = f64::from(ei.0[lane]) * inv.0[lane];
+            pi.0[lane] = p64 as f32;
+            si.0[lane] = min + scale * p64;
+        }
+    }
+    (p, sizes)
+}
+
+/// The segment of each lane of a group, with what the backward pass needs.
+struct LaneSpline<const K: usize> {
+    /// Softmax of the raw widths and heights.
+    pw: [Lanes; K],
+    ph: [Lanes; K],
+    /// The bin of each lane, as a float (0 ..= K − 1).
+    bin: Lanes,
+    segment: Segment<Lanes>,
+    /// The lower knots of each lane's bin in f64 (the running sums over the bins keep f64
+    /// accuracy, so that α = (v − x0)/w stays accurate in narrow bins).
+    x0: Wide,
+    y0: Wide,
+    /// The bin width and height of each lane in f64.
+    w: Wide,
+    h: Wide,
+    /// σ of the raw lower and upper knot derivatives (their softplus derivatives).
+    sigmoid0: Lanes,
+    sigmoid1: Lanes,
+}
+
+impl<const K: usize> LaneSpline<K> {
+    /// The segment of one lane in f64, with its f64 lower knots.
+    #[inline(always)]
+    fn wide_segment(&self, lane: usize) -> Segment<f64> {
+        let seg = &self.segment;
+        let wide = |x: Lanes| f64::from(x.0[lane]);
+        let (w, h) = (self.w.0[lane], self.h.0[lane]);
+        Segment {
+            x0: self.x0.0[lane],
+            w,
+            y0: self.y0.0[lane],
+            h,
+            s: h / w,
+            d0: wide(seg.d0),
+            d1: wide(seg.d1),
+        }
+    }
+}
+
+/// One f64 per site of a group: the knot sums.
+#[derive(Clone, Copy)]
+struct Wide([f64; LANES]);
+
+impl Wide {
+    #[inline(always)]
+    fn splat(x: f64) -> Wide {
+        Wide([x; LANES])
+    }
+
+    /// self + x, lane-wise.
+    #[inline(always)]
+    fn add(self, x: Lanes) -> Wide {
+        let mut out = self.0;
+        for (o, &b) in out.iter_mut().zip(&x.0) {
+            *o += f64::from(b);
+        }
+        Wide(out)
+    }
+
+    /// self + x, lane-wise.
+    #[inline(always)]
+    fn plus(self, x: Wide) -> Wide {
+        let mut out = self.0;
+        for (o, &b) in out.iter_mut().zip(&x.0) {
+            *o += b;
+        }
+        Wide(out)
+    }
+
+    /// `yes` in the lanes where `mask(lane)` holds, else `self`.
+    #[inline(always)]
+    fn select(self, mask: impl Fn(usize) -> bool, yes: Wide) -> Wide {
+        let mut out = self.0;
+        for (lane, (x, &y)) in out.iter_mut().zip(&yes.0).enumerate() {
+            *x = if mask(lane) { y } else { *x };
+        }
+        Wide(out)
+    }
+
+    /// The nearest f32 of every lane.
+    #[inline(always)]
+    fn narrow(self) -> Lanes {
+        let mut out = [0.0; LANES];
+        for (o, &x) in out.iter_mut().zip(&self.0) {
+            *o = x as f32;
+        }
+        Lanes(out)
+    }
+
+    /// ((key − self) / size) per lane, computed in f64, clamped to [0, 1], as f32.
+    #[inline(always)]
+    fn fraction(self, key: Lanes, size: Wide) -> Lanes {
+        let mut out = [0.0; LANES];
+        for (lane, o) in out.iter_mut().enumerate() {
+            let f = (f64::from(key.0[lane]) - self.0[lane]) / size.0[lane];
+            *o = f.clamp(0.0, 1.0) as f32;
+        }
+        Lanes(out)
+    }
+}
+
+impl Rqs {
+    /// The spline of each lane at `key`, which is located among the x knots (forward) or
+    /// the y knots (inverse). One pass over the bins builds the knots (sizes in f32, sums in f64) and keeps,
+    /// per lane, the last bin whose lower knot is at or below the key.
+    #[inline(always)]
+    fn lane_spline<const K: usize>(
+        &self,
+        params: &LaneParams<K>,
+        key: Lanes,
+        key_on_y: bool,
+    ) -> LaneSpline<K> {
+        let scale = |min: f64| 2.0 * self.bound - K as f64 * min;
+        let (pw, ws) = softmax_lanes(&params.w, self.min_bin_width, scale(self.min_bin_width));
+        let (ph, hs) = softmax_lanes(&params.h, self.min_bin_height, scale(self.min_bin_height));
+        let zero = Lanes::splat(0.0);
+        let upper_raw = |j: usize| if j + 1 < K { params.d[j] } else { zero };
+
+        let mut x0 = Wide::splat(-self.bound);
+        let mut y0 = x0;
+        let (mut w, mut h) = (ws[0], hs[0]);
+        let (mut raw0, mut raw1) = (zero, upper_raw(0));
+        let mut bin = zero;
+        let (mut xk, mut yk) = (x0.plus(w), y0.plus(h));
+        for j in 1..K {
+            let knot = if key_on_y { yk } else { xk };
+            let at_or_below = |l: usize| knot.0[l] <= f64::from(key.0[l]);
+            let take = |new: Lanes, old: Lanes| Lanes::select(at_or_below, new, old);
+            x0 = x0.select(at_or_below, xk);
+            y0 = y0.select(at_or_below, yk);
+            w = w.select(at_or_below, ws[j]);
+            h = h.select(at_or_below, hs[j]);
+            raw0 = take(params.d[j - 1], raw0);
+            raw1 = take(upper_raw(j), raw1);
+            bin = take(Lanes::splat(j as f32), bin);
+            xk = xk.plus(ws[j]);
+            yk = yk.plus(hs[j]);
+        }
+        let (w32, h32) = (w.narrow(), h.narrow());
+        let (softplus0, sigmoid0) = softplus_and_sigmoid(raw0);
+        let (softplus1, sigmoid1) = softplus_and_sigmoid(raw1);
+        let one = Lanes::splat(1.0);
+        let min_d = Lanes::splat(self.min_derivative as f32);
+        let last = (K - 1) as f32;
+        let d0 = Lanes::select(|l| bin.0[l] == 0.0, one, softplus0 + min_d);
+        let d1 = Lanes::select(|l| bin.0[l] == last, one, softplus1 + min_d);
+        LaneSpline {
+            pw,
+            ph,
+            bin,
+            segment: Segment {
+                x0: x0.narrow(),
+                w: w32,
+                y0: y0.narrow(),
+                h: h32,
+                s: h32 / w32,
+                d0,
+                d1,
+            },
+            x0,
+            y0,
+            w,
+            h,
+            sigmoid0,
+            sigmoid1,
+        }
+    }
+
+    /// Lanes strictly inside (−a, a).
+    #[inline(always)]
+    fn lanes_inside(&self, x: Lanes) -> impl Fn(usize) -> bool {
+        let bound = self.bound as f32;
+        move |l| x.0[l] > -bound && x.0[l] < bound
+    }
+
+    /// C and log C' of a group (identity outside (−a, a)).
+    #[inline(always)]
+    fn forward_lanes<const K: usize>(&self, v: Lanes, params: &LaneParams<K>) -> (Lanes, Lanes) {
+        let spline = self.lane_spline(params, v, false);
+        let seg = &spline.segment;
+        let alpha = spline.x0.fraction(v, spline.w);
+        // y = y0 + h R(α) in f64, rounded once: an f32 R would carry a relative error that
+        // the inverse amplifies by 1/R'(α) where the spline is flat.
+        let mut y = Lanes::splat(0.0);
+        for (lane, out) in y.0.iter_mut().enumerate() {
+            let seg64 = spline.wide_segment(lane);
+            let alpha = ((f64::from(v.0[lane]) - seg64.x0) / seg64.w).clamp(0.0, 1.0);
+            *out = (seg64.y0 + seg64.h * seg64.ratio(alpha)) as f32;
+        }
+        let ld = seg.slope(alpha).ln();
+        let inside = self.lanes_inside(v);
+        (
+            Lanes::select(&inside, y, v),
+            Lanes::select(&inside, ld, Lanes::splat(0.0)),
+        )
+    }
+
+    /// C⁻¹ and log |∂C⁻¹/∂y| of a group (identity outside (−a, a)).
+    #[inline(always)]
+    fn inverse_lanes<const K: usize>(&self, y: Lanes, params: &LaneParams<K>) -> (Lanes, Lanes) {
+        let spline = self.lane_spline(params, y, true);
+        // The root of the quadratic loses digits to cancellation in f32 where the slope is
+        // steep, so each lane solves in f64 (the inverse is off the training path).
+        let (mut v, mut ld) = (Lanes::splat(0.0), Lanes::splat(0.0));
+        for lane in 0..LANES {
+            let seg64 = spline.wide_segment(lane);
+            let xi = ((f64::from(y.0[lane]) - seg64.y0) / seg64.h).clamp(0.0, 1.0);
+            let alpha = seg64.solve(xi);
+            v.0[lane] = (seg64.x0 + alpha * seg64.w) as f32;
+            ld.0[lane] = -(seg64.slope(alpha).ln()) as f32;
+        }
+        let inside = self.lanes_inside(y);
+        (
+            Lanes::select(&inside, v, y),
+            Lanes::select(&inside, ld, Lanes::splat(0.0)),
+        )
+    }
+
+    /// ∂L/∂v and ∂L/∂θ of a group given ∂L/∂y and ∂L/∂ld.
+    #[inline(always)]
+    fn backward_lanes<const K: usize>(
+        &self,
+        v: Lanes,
+        params: &LaneParams<K>,
+        gy: Lanes,
+        gld: Lanes,
+    ) -> (Lanes, LaneParams<K>) {
+        let spline = self.lane_spline(params, v, false);
+        let seg = &spline.segment;
+        let alpha = spline.x0.fraction(v, spline.w);
+        let local = seg.gradients(alpha, gy, gld);
+        let inside = self.lanes_inside(v);
+        let zero = Lanes::splat(0.0);
+        let masked = |g: Lanes| Lanes::select(&inside, g, zero);
+        let inv_w = Lanes::splat(1.0) / seg.w;
+
+        let gv = Lanes::select(&inside, local.alpha * inv_w, gy);
+        // α = (v − X_l)/w_l and s = h_l/w_l.
+        let g_x0 = masked(zero - local.alpha * inv_w);
+        let g_w = masked(zero - (local.alpha * alpha + local.s * seg.s) * inv_w);
+        let g_y0 = masked(local.y0);
+        let g_h = masked(local.h + local.s * inv_w);
+        let g_d0 = masked(local.d0 * spline.sigmoid0);
+        let g_d1 = masked(local.d1 * spline.sigmoid1);
+
+        let bound = self.bound as f32;
+        let scale_w = 2.0 * bound - K as f32 * self.min_bin_width as f32;
+        let scale_h = 2.0 * bound - K as f32 * self.min_bin_height as f32;
+        let mut grad = LaneParams::<K>::zeros();
+        let bin = spline.bin;
+        self.axis_backward_lanes(&spline.pw, bin, g_x0, g_w, scale_w, &mut grad.w);
+        self.axis_backward_lanes(&spline.ph, bin, g_y0, g_h, scale_h, &mut grad.h);
+        // Knot derivative j + 1 is the upper end of bin j and the lower end of bin j + 1.
+        for (j, gd) in grad.d[..K - 1].iter_mut().enumerate() {
+            let upper = j as f32;
+            let lower = (j + 1) as f32;
+            *gd = Lanes::select(|l| bin.0[l] == upper, g_d1, zero)
+                + Lanes::select(|l| bin.0[l] == lower, g_d0, zero);
+        }
+        (gv, grad)
+    }
+
+    /// The gradient through one axis of a group, given ∂L/∂(lower knot of the bin) and
+    /// ∂L/∂(size of the bin): the bin sizes get g_j = g_knot [j < l] + g_size [j = l],
+    /// and softmax backprop gives scale · p_j (g_j − Σ_i g_i p_i).
+    #[inline(always)]
+    fn axis_backward_lanes<const K: usize>(
+        &self,
+        p: &[Lanes; K],
+        bin: Lanes,
+        g_knot: Lanes,
+        g_size: Lanes,
+        scale: f32,
+        out: &mut [Lanes; K],
+    ) {
+        let zero = Lanes::splat(0.0);
+        let mut mean = zero;
+        for (j, (gj, &pj)) in out.iter_mut().zip(p).enumerate() {
+            let j = j as f32;
+            *gj = Lanes::select(
+                |l| j < bin.0[l],
+                g_knot,
+                Lanes::select(|l| j == bin.0[l], g_size, zero),
+            );
+            mean = mean + *gj * pj;
+        }
+        let scale = Lanes::splat(scale);
+        for (gj, &pj) in out.iter_mut().zip(p) {
+            *gj = scale * pj * (*gj - mean);
+        }
+    }
+
+    /// The f32 kernel: the batch in groups of LANES sites (the last one padded).
+    #[inline(always)]
+    fn run_lanes<const K: usize>(&self, batch: Batch<'_, f32>) {
+        let group = LANES * (3 * K - 1);
+        match batch {
+            Batch::Forward { v, theta, y, ld } => {
+                debug_assert_eq!(theta.len(), v.len() * (3 * K - 1));
+                for (((v, theta), y), ld) in v
+                    .chunks(LANES)
+                    .zip(theta.chunks(group))
+                    .zip(y.chunks_mut(LANES))
+                    .zip(ld.chunks_mut(LANES))
+                {
+                    let (yg, ldg) =
+                        self.forward_lanes(Lanes::load(v), &LaneParams::<K>::load(theta));
+                    yg.store(y);
+                    ldg.store(ld);
+                }
+            }
+            Batch::Inverse { y, theta, v, ld } => {
+                debug_assert_eq!(theta.len(), y.len() * (3 * K - 1));
+                for (((y, theta), v), ld) in y
+                    .chunks(LANES)
+                    .zip(theta.chunks(group))
+                    .zip(v.chunks_mut(LANES))
+                    .zip(ld.chunks_mut(LANES))
+                {
+                    let (vg, ldg) =
+                        self.inverse_lanes(Lanes::load(y), &LaneParams::<K>::load(theta));
+                    vg.store(v);
+                    ldg.store(ld);
+                }
+            }
+            Batch::Backward {
+                v,
+                theta,
+                gy,
+                gld,
+                gv,
+                gtheta,
+            } => {
+                debug_assert_eq!(theta.len(), v.len() * (3 * K - 1));
+                debug_assert_eq!(gtheta.len(), theta.len());
+                for ((((v, theta), (gy, gld)), gv), gtheta) in v
+                    .chunks(LANES)
+                    .zip(theta.chunks(group))
+                    .zip(gy.chunks(LANES).zip(gld.chunks(LANES)))
+                    .zip(gv.chunks_mut(LANES))
+                    .zip(gtheta.chunks_mut(group))
+                {
+                    let (gvg, grad) = self.backward_lanes(
+                        Lanes::load(v),
+                        &LaneParams::<K>::load(theta),
+                        Lanes::load(gy),
+                        Lanes::load(gld),
+                    );
+                    (Lanes::load(gv) + gvg).store(gv);
+                    grad.add_to(gtheta);
+                }
+            }
+        }
+    }
+}
+
 impl<T: SplineFloat> PointwiseTransform<T> for Rqs {
     fn params_per_site(&self) -> usize {
         3 * self.bins - 1
     }
 
     fn forward(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T]) {
-        self.run(Batch::Forward { v, theta, y, ld });
+        T::run_spline(self, Batch::Forward { v, theta, y, ld });
     }
 
     fn inverse(&self, y: &[T], theta: &[T], v: &mut [T], ld: &mut [T]) {
-        self.run(Batch::Inverse { y, theta, v, ld });
+        T::run_spline(self, Batch::Inverse { y, theta, v, ld });
     }
 
     fn backward(&self, v: &[T], theta: &[T], gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]) {
-        self.run(Batch::Backward {
-            v,
-            theta,
-            gy,
-            gld,
-            gv,
-            gtheta,
-        });
+        T::run_spline(
+            self,
+            Batch::Backward {
+                v,
+                theta,
+                gy,
+                gld,
+                gv,
+                gtheta,
+            },
+        );
     }
 }
 
