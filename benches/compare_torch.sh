@@ -4,13 +4,15 @@
 # the other on an otherwise idle machine. Prints one JSON line per program and L.
 #
 #   python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install torch numpy
-#   benches/compare_torch.sh [L ...]        (default: 6 8 10; seeds via SEEDS="1 2 3")
+#   benches/compare_torch.sh [L ...]        (default: 6 8 10; seeds via SEEDS="1 2 3",
+#                                            one side only via PROGRAMS=torch or latflow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${TORCH_PYTHON:-/tmp/torch-venv/bin/python}
 PEER=${PEER:-../shared/peers/torch_ref.py}
 SEEDS=${SEEDS:-1}
-cargo build --release --quiet
+PROGRAMS=${PROGRAMS:-torch latflow}
+[[ $PROGRAMS == *latflow* ]] && cargo build --release --quiet
 recipe() {
   case "$1" in
     6) echo "0.537 36 2 300 350 0.02" ;;
@@ -24,10 +26,11 @@ for L in "${@:-6 8 10}"; do
   for l in $L; do
     read -r beta hidden blocks batch iters lr <<<"$(recipe "$l")"
     for seed in $SEEDS; do
-      if [ -x "$PY" ]; then
+      if [[ $PROGRAMS == *torch* && -x "$PY" ]]; then
         echo -n "torch   L=$l seed=$seed "
         "$PY" "$PEER" "$l" "$beta" 0.5 "$hidden" "$blocks" 8 "$batch" "$iters" "$lr" --seed "$seed"
       fi
+      [[ $PROGRAMS == *latflow* ]] || continue
       echo -n "latflow L=$l seed=$seed "
       target/release/latflow train --lattice "${l}x${l}" --beta "$beta" --lambda 0.5 \
         --recipe seed --hidden "$hidden" --affine-blocks "$blocks" --segments 8 \
