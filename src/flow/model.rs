@@ -191,16 +191,7 @@ impl FlowModel {
             if a == b {
                 return;
             }
-            let tape = &mut chunk.tape;
-            tape.reset();
-            let zv = tape.input(z.slice(s![a..b, ..]));
-            let (x, ld) = self.build_forward(tape, params, zv);
-            if chunk.logdet.len() != b - a {
-                chunk.logdet = Array1::zeros(b - a);
-            }
-            for (o, &l) in chunk.logdet.iter_mut().zip(tape.value(ld).iter()) {
-                *o = l.to_f64().unwrap_or(f64::NAN);
-            }
+            let (x, _) = chunk.record_forward(self, params, z.slice(s![a..b, ..]));
             chunk.phi_var = Some(x);
         });
         for (i, chunk) in ws.chunks.iter().enumerate() {
@@ -318,18 +309,12 @@ impl FlowModel {
             if a == b {
                 return;
             }
-            let tape = &mut chunk.tape;
-            tape.reset();
-            let zv = tape.input(z.slice(s![a..b, ..]));
-            let (phi, ld) = self.build_forward(tape, params, zv);
-            if chunk.logdet.len() != b - a {
-                chunk.logdet = Array1::zeros(b - a);
+            let (phi, ld) = chunk.record_forward(self, params, z.slice(s![a..b, ..]));
+            if chunk.grad_logdet.len() != b - a {
                 chunk.grad_logdet = Array1::zeros(b - a);
                 chunk.record = Array1::zeros(b - a);
             }
-            for (o, &l) in chunk.logdet.iter_mut().zip(tape.value(ld).iter()) {
-                *o = l.to_f64().unwrap_or(f64::NAN);
-            }
+            let tape = &mut chunk.tape;
             chunk.grad_logdet.fill(T::zero());
             chunk.record.fill(0.0);
             tape.zero_grads();
@@ -515,6 +500,23 @@ struct ChunkWork<T: FlowFloat> {
     grad_logdet: Array1<T>,
     record: Array1<f64>,
     phi_var: Option<Var>,
+}
+
+impl<T: FlowFloat> ChunkWork<T> {
+    /// Records z → φ of the chunk's rows `z` on the chunk's tape and stores the log-det of
+    /// each row in `logdet`; returns the φ and log-det variables.
+    fn record_forward(&mut self, model: &FlowModel, params: &[T], z: ArrayView2<T>) -> (Var, Var) {
+        self.tape.reset();
+        let zv = self.tape.input(z);
+        let (x, ld) = model.build_forward(&mut self.tape, params, zv);
+        if self.logdet.len() != z.nrows() {
+            self.logdet = Array1::zeros(z.nrows());
+        }
+        for (o, &l) in self.logdet.iter_mut().zip(self.tape.value(ld).iter()) {
+            *o = l.to_f64().unwrap_or(f64::NAN);
+        }
+        (x, ld)
+    }
 }
 
 /// Reusable buffers of [`FlowModel::forward_backward`]: one tape and gradient buffer per
