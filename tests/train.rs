@@ -344,7 +344,7 @@ use latflow::testing::alloc::{CountingAllocator, allocations_on_this_thread};
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// In steady state a training step allocates exactly what the bare forward + backward pass
-/// allocates (matrixmultiply's packing buffers): the latent batch, the row scratch, the
+/// allocates (the matrix products' own buffers): the latent batch, the row scratch, the
 /// gradient and the optimiser state are all reused.
 #[test]
 fn the_steady_state_step_allocates_only_in_forward_backward() {

@@ -10,8 +10,9 @@ use latflow::flow::transform::{
 use latflow::testing::strategies::proptest_config;
 use latflow::testing::strategies::{arb_field, arb_sites, arb_theta};
 use latflow::testing::{
-    GradCheck, check_transform_finite, check_transform_gradients, check_transform_invertible,
-    check_transform_log_derivative, check_transform_matches_reference, to_f32,
+    GradCheck, check_saved_backward, check_transform_finite, check_transform_gradients,
+    check_transform_invertible, check_transform_log_derivative, check_transform_matches_reference,
+    to_f32,
 };
 use num_traits::Float;
 use proptest::prelude::*;
@@ -844,4 +845,97 @@ fn f32_kernel_agrees_with_f64_kernel_at_edges_and_outside() {
         assert_eq!((y32[i], ld32[i]), (v[i], 0.0));
     }
     eprintln!("worst scaled errors (y, ld, inverse v, inverse ld): {worst:?}");
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// The training path, which saves the spline of each site in the forward pass and
+    /// reuses it in the backward pass, gives bit for bit what the plain passes give: f32
+    /// (the lane kernel, 1 to 40 sites, so partial groups of eight too) and f64, several
+    /// bin counts, sites inside and outside (−a, a).
+    #[test]
+    fn saved_state_backward_matches_the_plain_backward(
+        bins in prop_oneof![Just(1usize), Just(3), Just(8), Just(13)],
+        (v, theta) in arb_sites(3 * 13 - 1, 40, 6.0, 3.0),
+        seed in any::<u64>(),
+    ) {
+        let rqs = Rqs::new(bins, 5.0).unwrap();
+        let n = v.len();
+        let k = 3 * bins - 1;
+        let theta = &theta[..n * k];
+        let (gy, gld) = latflow::testing::random_loss_weights(n, seed);
+        let r = check_saved_backward::<f32>(&rqs, &to_f32(&v), &to_f32(theta), &to_f32(&gy), &to_f32(&gld));
+        prop_assert!(r.is_ok(), "f32, K = {bins}: {}", r.unwrap_err());
+        let r = check_saved_backward::<f64>(&rqs, &v, theta, &gy, &gld);
+        prop_assert!(r.is_ok(), "f64, K = {bins}: {}", r.unwrap_err());
+        prop_assert!(PointwiseTransform::<f32>::saved_len(&rqs, n) >= n * (2 * bins + 11));
+    }
+}
+
+/// A spline whose saved-state backward pass reads a slightly corrupted state.
+struct CorruptedState(Rqs);
+
+impl PointwiseTransform<f32> for CorruptedState {
+    fn params_per_site(&self) -> usize {
+        PointwiseTransform::<f32>::params_per_site(&self.0)
+    }
+    fn forward(&self, v: &[f32], theta: &[f32], y: &mut [f32], ld: &mut [f32]) {
+        self.0.forward(v, theta, y, ld)
+    }
+    fn inverse(&self, y: &[f32], theta: &[f32], v: &mut [f32], ld: &mut [f32]) {
+        self.0.inverse(y, theta, v, ld)
+    }
+    fn backward(
+        &self,
+        v: &[f32],
+        theta: &[f32],
+        gy: &[f32],
+        gld: &[f32],
+        gv: &mut [f32],
+        gt: &mut [f32],
+    ) {
+        self.0.backward(v, theta, gy, gld, gv, gt)
+    }
+    fn saved_len(&self, sites: usize) -> usize {
+        PointwiseTransform::<f32>::saved_len(&self.0, sites)
+    }
+    fn forward_saving(
+        &self,
+        v: &[f32],
+        theta: &[f32],
+        y: &mut [f32],
+        ld: &mut [f32],
+        saved: &mut [f32],
+    ) {
+        self.0.forward_saving(v, theta, y, ld, saved)
+    }
+    fn backward_saved(
+        &self,
+        v: &[f32],
+        theta: &[f32],
+        saved: &[f32],
+        gy: &[f32],
+        gld: &[f32],
+        gv: &mut [f32],
+        gt: &mut [f32],
+    ) {
+        let nudged: Vec<f32> = saved.iter().map(|&x| x * (1.0 + 1e-3)).collect();
+        self.0.backward_saved(v, theta, &nudged, gy, gld, gv, gt)
+    }
+}
+
+#[test]
+fn saved_state_check_detects_a_corrupted_state() {
+    let n = 11;
+    let v: Vec<f32> = (0..n).map(|i| -4.0 + 0.8 * i as f32).collect();
+    let theta: Vec<f32> = (0..n * 23)
+        .map(|j| ((j * 37) % 17) as f32 / 8.0 - 1.0)
+        .collect();
+    let (gy, gld) = latflow::testing::random_loss_weights(n, 3);
+    let (gy, gld) = (to_f32(&gy), to_f32(&gld));
+    let rqs = Rqs::default();
+    assert!(check_saved_backward::<f32>(&rqs, &v, &theta, &gy, &gld).is_ok());
+    let err = check_saved_backward::<f32>(&CorruptedState(rqs), &v, &theta, &gy, &gld);
+    assert!(err.is_err(), "a corrupted saved state went unnoticed");
 }

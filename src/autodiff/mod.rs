@@ -23,6 +23,7 @@
 //! assert!((grad[0] - slope * 1.0).abs() < 1e-12 && (grad[1] - slope * 2.0).abs() < 1e-12);
 //! ```
 
+mod matmul;
 mod tape;
 
 pub use tape::{ConvTaps, ParamSlice, Tape, Var, sigmoid, softplus, tanh_f32};

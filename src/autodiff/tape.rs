@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
+use super::matmul::mat_mul;
 use crate::flow::{PointwiseTransform, Real};
 
 /// A handle to a node of a [`Tape`]: valid until the next [`Tape::reset`].
@@ -146,6 +146,8 @@ struct Node<T: Real> {
     aux: Array2<T>,
     /// Op-specific backward scratch (gradient of per-site log-derivatives, im2col gradient).
     aux_grad: Array2<T>,
+    /// State a pointwise transform saved for its backward pass (empty: none saved).
+    saved: Vec<T>,
 }
 
 fn ensure_shape<T: Real>(buf: &mut Array2<T>, shape: (usize, usize)) {
@@ -173,6 +175,7 @@ pub struct Tape<T: Real> {
     len: usize,
     group_ids: Vec<usize>,
     mask: Vec<bool>,
+    save_for_backward: bool,
 }
 
 impl<T: Real> Default for Tape<T> {
@@ -189,7 +192,14 @@ impl<T: Real> Tape<T> {
             len: 0,
             group_ids: Vec::new(),
             mask: Vec::new(),
+            save_for_backward: true,
         }
+    }
+
+    /// Whether pointwise transforms keep per-site state for the backward pass (on by
+    /// default; forward-only passes turn it off to skip the stores).
+    pub fn set_save_for_backward(&mut self, on: bool) {
+        self.save_for_backward = on;
     }
 
     /// Forgets the graph but keeps every buffer for the next one.
@@ -244,6 +254,7 @@ impl<T: Real> Tape<T> {
                 grad: Array2::zeros((0, 0)),
                 aux: Array2::zeros((0, 0)),
                 aux_grad: Array2::zeros((0, 0)),
+                saved: Vec::new(),
             });
         } else {
             let node = &mut self.nodes[i];
@@ -305,12 +316,11 @@ impl<T: Real> Tape<T> {
             }
             None => T::zero(),
         };
-        general_mat_mul(
-            T::one(),
-            &prev[x.0].value,
+        mat_mul(
+            &prev[x.0].value.view(),
             &w.view(params),
             beta,
-            &mut node.value,
+            &mut node.value.view_mut(),
         );
         Var(i)
     }
@@ -323,12 +333,11 @@ impl<T: Real> Tape<T> {
         let ng = self.needs(a.0) || self.needs(b.0);
         let i = self.push(Op::MatMul { a: a.0, b: b.0 }, (n, m), ng);
         let (prev, node) = self.split(i);
-        general_mat_mul(
-            T::one(),
-            &prev[a.0].value,
-            &prev[b.0].value,
+        mat_mul(
+            &prev[a.0].value.view(),
+            &prev[b.0].value.view(),
             T::zero(),
-            &mut node.value,
+            &mut node.value.view_mut(),
         );
         Var(i)
     }
@@ -574,7 +583,7 @@ impl<T: Real> Tape<T> {
             }
             None => T::zero(),
         };
-        general_mat_mul(T::one(), &node.aux, &w.view(params), beta, &mut out);
+        mat_mul(&node.aux.view(), &w.view(params), beta, &mut out);
         Var(i)
     }
 
@@ -672,13 +681,20 @@ impl<T: Real> Tape<T> {
             transform: transform.clone(),
         };
         let i = self.push(op, (n, m), ng);
+        let save = ng && self.save_for_backward;
         let (prev, node) = self.split(i);
         ensure_shape(&mut node.aux, (n, m));
-        transform.forward(
+        let saved_len = if save { transform.saved_len(n * m) } else { 0 };
+        // Resized only when the length changes, so steady-state passes allocate nothing.
+        if node.saved.len() != saved_len {
+            node.saved.resize(saved_len, T::zero());
+        }
+        transform.forward_saving(
             contiguous(&prev[v.0].value),
             contiguous(&prev[theta.0].value),
             contiguous_mut(&mut node.value),
             contiguous_mut(&mut node.aux),
+            &mut node.saved,
         );
         let j = self.push(Op::PointwiseLogDet(i), (n, 1), ng);
         let (prev, node) = self.split(j);
@@ -729,12 +745,17 @@ impl<T: Real> Tape<T> {
                 Op::Linear { x, w, b } => {
                     let xn = &mut prev[*x];
                     let mut gw = w.view_mut(param_grad);
-                    general_mat_mul(T::one(), &xn.value.t(), g, T::one(), &mut gw);
+                    mat_mul(&xn.value.t(), &g.view(), T::one(), &mut gw);
                     if let Some(b) = b {
                         add_column_sums(&g.view(), &mut b.view_mut(param_grad));
                     }
                     if xn.needs_grad {
-                        general_mat_mul(T::one(), g, &w.view(params).t(), T::one(), &mut xn.grad);
+                        mat_mul(
+                            &g.view(),
+                            &w.view(params).t(),
+                            T::one(),
+                            &mut xn.grad.view_mut(),
+                        );
                     }
                 }
                 Op::MatMul { a, b } => {
@@ -742,15 +763,15 @@ impl<T: Real> Tape<T> {
                     if a == b {
                         let xv = prev[a].value.clone();
                         let xn = &mut prev[a];
-                        general_mat_mul(T::one(), g, &xv.t(), T::one(), &mut xn.grad);
-                        general_mat_mul(T::one(), &xv.t(), g, T::one(), &mut xn.grad);
+                        mat_mul(&g.view(), &xv.t(), T::one(), &mut xn.grad.view_mut());
+                        mat_mul(&xv.t(), &g.view(), T::one(), &mut xn.grad.view_mut());
                     } else {
                         let (na, nb) = two_mut(prev, a, b);
                         if na.needs_grad {
-                            general_mat_mul(T::one(), g, &nb.value.t(), T::one(), &mut na.grad);
+                            mat_mul(&g.view(), &nb.value.t(), T::one(), &mut na.grad.view_mut());
                         }
                         if nb.needs_grad {
-                            general_mat_mul(T::one(), &na.value.t(), g, T::one(), &mut nb.grad);
+                            mat_mul(&na.value.t(), &g.view(), T::one(), &mut nb.grad.view_mut());
                         }
                     }
                 }
@@ -898,18 +919,17 @@ impl<T: Real> Tape<T> {
                         .into_shape_with_order((n * taps.volume, c_out))
                         .expect("standard layout");
                     let mut gw = w.view_mut(param_grad);
-                    general_mat_mul(T::one(), &node.aux.t(), &g2, T::one(), &mut gw);
+                    mat_mul(&node.aux.t(), &g2.view(), T::one(), &mut gw);
                     if let Some(b) = b {
                         add_column_sums(&g2, &mut b.view_mut(param_grad));
                     }
                     if prev[*x].needs_grad {
                         ensure_shape(&mut node.aux_grad, node.aux.dim());
-                        general_mat_mul(
-                            T::one(),
-                            &g2,
+                        mat_mul(
+                            &g2.view(),
                             &w.view(params).t(),
                             T::zero(),
-                            &mut node.aux_grad,
+                            &mut node.aux_grad.view_mut(),
                         );
                         col2im_add(&node.aux_grad, &mut prev[*x].grad, taps, *c_in);
                     }
@@ -980,9 +1000,10 @@ impl<T: Real> Tape<T> {
                     transform,
                 } => {
                     let (nv, nt) = two_mut(prev, *v, *theta);
-                    transform.backward(
+                    transform.backward_saved(
                         contiguous(&nv.value),
                         contiguous(&nt.value),
+                        &node.saved,
                         contiguous(g),
                         contiguous(&node.aux_grad),
                         contiguous_mut(&mut nv.grad),

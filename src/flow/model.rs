@@ -25,6 +25,9 @@ use crate::rng::rng_from_seed;
 /// Version of the model-file format written by [`FlowModel::save`].
 pub const MODEL_FORMAT_VERSION: u32 = 1;
 
+/// Gradient entries per parallel task of the reduction over chunks.
+const REDUCE_BLOCK: usize = 8192;
+
 /// A normalizing flow: latent prior, layers, and the flat parameter vector.
 #[derive(Clone)]
 pub struct FlowModel {
@@ -191,7 +194,7 @@ impl FlowModel {
             if a == b {
                 return;
             }
-            let (x, _) = chunk.record_forward(self, params, z.slice(s![a..b, ..]));
+            let (x, _) = chunk.record_forward(self, params, z.slice(s![a..b, ..]), false);
             chunk.phi_var = Some(x);
         });
         for (i, chunk) in ws.chunks.iter().enumerate() {
@@ -309,7 +312,7 @@ impl FlowModel {
             if a == b {
                 return;
             }
-            let (phi, ld) = chunk.record_forward(self, params, z.slice(s![a..b, ..]));
+            let (phi, ld) = chunk.record_forward(self, params, z.slice(s![a..b, ..]), true);
             if chunk.grad_logdet.len() != b - a {
                 chunk.grad_logdet = Array1::zeros(b - a);
                 chunk.record = Array1::zeros(b - a);
@@ -332,12 +335,21 @@ impl FlowModel {
             tape.backward(params, &mut chunk.grad);
             chunk.phi_var = Some(phi);
         });
-        grad.fill(T::zero());
+        // Every element sums the chunks in chunk order, whichever thread adds it up.
+        let chunks = &ws.chunks;
+        grad.par_chunks_mut(REDUCE_BLOCK)
+            .enumerate()
+            .for_each(|(j, out)| {
+                out.fill(T::zero());
+                for chunk in chunks {
+                    let part = &chunk.grad[j * REDUCE_BLOCK..j * REDUCE_BLOCK + out.len()];
+                    for (g, &c) in out.iter_mut().zip(part) {
+                        *g = *g + c;
+                    }
+                }
+            });
         for (i, chunk) in ws.chunks.iter().enumerate() {
             let (a, b) = chunk_range(n, parts, i);
-            for (g, &c) in grad.iter_mut().zip(&chunk.grad) {
-                *g = *g + c;
-            }
             if let (Some(phi), true) = (chunk.phi_var, a < b) {
                 ws.phi
                     .slice_mut(s![a..b, ..])
@@ -505,8 +517,16 @@ struct ChunkWork<T: FlowFloat> {
 impl<T: FlowFloat> ChunkWork<T> {
     /// Records z → φ of the chunk's rows `z` on the chunk's tape and stores the log-det of
     /// each row in `logdet`; returns the φ and log-det variables.
-    fn record_forward(&mut self, model: &FlowModel, params: &[T], z: ArrayView2<T>) -> (Var, Var) {
+    /// `for_backward` keeps the state pointwise transforms save for a backward pass.
+    fn record_forward(
+        &mut self,
+        model: &FlowModel,
+        params: &[T],
+        z: ArrayView2<T>,
+        for_backward: bool,
+    ) -> (Var, Var) {
         self.tape.reset();
+        self.tape.set_save_for_backward(for_backward);
         let zv = self.tape.input(z);
         let (x, ld) = model.build_forward(&mut self.tape, params, zv);
         if self.logdet.len() != z.nrows() {

@@ -37,6 +37,38 @@ pub trait PointwiseTransform<T: Real>: Send + Sync {
     /// into `gtheta`.
     #[allow(clippy::too_many_arguments)]
     fn backward(&self, v: &[T], theta: &[T], gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]);
+
+    /// Length of the state [`forward_saving`](Self::forward_saving) keeps for `sites`
+    /// sites, so that [`backward_saved`](Self::backward_saved) need not recompute it. The
+    /// default, 0, keeps nothing.
+    fn saved_len(&self, sites: usize) -> usize {
+        let _ = sites;
+        0
+    }
+
+    /// [`forward`](Self::forward), also writing into `saved` (of length
+    /// `saved_len(v.len())`) what the backward pass needs.
+    fn forward_saving(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T], saved: &mut [T]) {
+        let _ = saved;
+        self.forward(v, theta, y, ld)
+    }
+
+    /// [`backward`](Self::backward) from the state `forward_saving` wrote for the same v and
+    /// θ: the same result, bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_saved(
+        &self,
+        v: &[T],
+        theta: &[T],
+        saved: &[T],
+        gy: &[T],
+        gld: &[T],
+        gv: &mut [T],
+        gtheta: &mut [T],
+    ) {
+        let _ = saved;
+        self.backward(v, theta, gy, gld, gv, gtheta)
+    }
 }
 
 mod affine;

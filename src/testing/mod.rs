@@ -24,8 +24,8 @@ pub use gradcheck::{
     random_loss_weights,
 };
 pub use transform::{
-    check_transform_finite, check_transform_invertible, check_transform_log_derivative,
-    check_transform_matches_reference,
+    check_saved_backward, check_transform_finite, check_transform_invertible,
+    check_transform_log_derivative, check_transform_matches_reference,
 };
 
 /// Converts a slice to f32, to run an f64 test case through the f32 code path.

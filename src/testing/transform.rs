@@ -262,3 +262,61 @@ fn round_trip<T: Real>(
         ld_back,
     })
 }
+
+/// Checks that the saved-state path of a transform matches the plain one bit for bit:
+/// [`forward_saving`](PointwiseTransform::forward_saving) gives the same y and ld as
+/// [`forward`](PointwiseTransform::forward), and
+/// [`backward_saved`](PointwiseTransform::backward_saved) from that state adds the same
+/// gradients as [`backward`](PointwiseTransform::backward), into gradient buffers that
+/// already hold values (both passes accumulate). Passes trivially for transforms that
+/// save nothing.
+pub fn check_saved_backward<T: Real>(
+    t: &dyn PointwiseTransform<T>,
+    v: &[T],
+    theta: &[T],
+    gy: &[T],
+    gld: &[T],
+) -> Result<(), String> {
+    let n = v.len();
+    let k = t.params_per_site();
+    check_theta_length(k, n, theta.len())?;
+    if gy.len() != n || gld.len() != n {
+        return Err(format!("{n} sites need {n} values of gy and of gld"));
+    }
+    let (mut y, mut ld) = (vec![T::zero(); n], vec![T::zero(); n]);
+    t.forward(v, theta, &mut y, &mut ld);
+    let mut saved = vec![T::zero(); t.saved_len(n)];
+    let (mut y_s, mut ld_s) = (vec![T::zero(); n], vec![T::zero(); n]);
+    t.forward_saving(v, theta, &mut y_s, &mut ld_s, &mut saved);
+    let same = |a: T, b: T| a == b || (a.is_nan() && b.is_nan());
+    for i in 0..n {
+        if !same(y[i], y_s[i]) || !same(ld[i], ld_s[i]) {
+            return Err(format!(
+                "site {i}: forward_saving gives (y, ld) = ({:?}, {:?}), forward ({:?}, {:?})",
+                y_s[i], ld_s[i], y[i], ld[i]
+            ));
+        }
+    }
+    // Start from non-zero gradients: both passes must add, not overwrite.
+    let start =
+        |len: usize| -> Vec<T> { (0..len).map(|j| from_f64(0.25 + j as f64 * 1e-3)).collect() };
+    let (mut gv, mut gtheta) = (start(n), start(n * k));
+    let (mut gv_s, mut gtheta_s) = (start(n), start(n * k));
+    t.backward(v, theta, gy, gld, &mut gv, &mut gtheta);
+    t.backward_saved(v, theta, &saved, gy, gld, &mut gv_s, &mut gtheta_s);
+    if let Some(i) = (0..n).find(|&i| !same(gv[i], gv_s[i])) {
+        return Err(format!(
+            "site {i}: backward_saved adds ∂L/∂v {:?}, backward {:?}",
+            gv_s[i], gv[i]
+        ));
+    }
+    if let Some(j) = (0..n * k).find(|&j| !same(gtheta[j], gtheta_s[j])) {
+        return Err(format!(
+            "parameter {j} (site {}): backward_saved adds ∂L/∂θ {:?}, backward {:?}",
+            j / k,
+            gtheta_s[j],
+            gtheta[j]
+        ));
+    }
+    Ok(())
+}

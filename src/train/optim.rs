@@ -3,9 +3,13 @@
 //! The state (moments and step count) is serialisable so that a checkpointed run resumes
 //! bit for bit.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+/// Parameters per parallel task of an update.
+const UPDATE_BLOCK: usize = 8192;
 
 /// Which optimiser, with its hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,16 +150,19 @@ impl Optimizer {
         let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
         let decay = (1.0 - lr * wd) as f32;
         let (b1, b2, eps) = (b1 as f32, b2 as f32, eps as f32);
-        for (((p, &g), m), v) in params
-            .iter_mut()
-            .zip(grad)
-            .zip(self.m.iter_mut())
-            .zip(self.v.iter_mut())
-        {
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            *p = *p * decay - step_size * *m / ((*v).sqrt() * inv_sqrt_bc2 + eps);
-        }
+        // Element-wise, so splitting across threads cannot change a single bit.
+        params
+            .par_chunks_mut(UPDATE_BLOCK)
+            .zip(grad.par_chunks(UPDATE_BLOCK))
+            .zip(self.m.par_chunks_mut(UPDATE_BLOCK))
+            .zip(self.v.par_chunks_mut(UPDATE_BLOCK))
+            .for_each(|(((p, g), m), v)| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    *p = *p * decay - step_size * *m / ((*v).sqrt() * inv_sqrt_bc2 + eps);
+                }
+            });
         Ok(())
     }
 }

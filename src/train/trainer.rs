@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use ndarray::{Array2, ArrayView1, ArrayView2};
 use rand::RngExt;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
@@ -314,7 +315,7 @@ impl<A: Action + 'static> Trainer<A> {
         } else {
             0.0
         };
-        if !loss.is_finite() || self.grad.iter().any(|g| !g.is_finite()) {
+        if !loss.is_finite() || self.grad.par_iter().any(|g| !g.is_finite()) {
             return Err(Error::NonFinite(format!(
                 "loss or gradient at training iteration {it} (loss {loss})"
             )));

@@ -251,6 +251,14 @@ pub trait SplineFloat: Real {
     fn run_spline(rqs: &Rqs, batch: Batch<'_, Self>) {
         rqs.run::<Self, PerSite>(batch)
     }
+
+    /// Length of the state a forward batch of `sites` sites saves for its backward pass
+    /// (0: the per-site kernel saves nothing and recomputes).
+    #[doc(hidden)]
+    fn saved_len(rqs: &Rqs, sites: usize) -> usize {
+        let _ = (rqs, sites);
+        0
+    }
 }
 
 impl SplineFloat for f64 {
@@ -312,6 +320,9 @@ impl SplineFloat for f32 {
     }
     fn run_spline(rqs: &Rqs, batch: Batch<'_, f32>) {
         rqs.run::<f32, LaneGroups>(batch)
+    }
+    fn saved_len(rqs: &Rqs, sites: usize) -> usize {
+        sites.div_ceil(LANES) * LANES * lane_state_len(rqs.bins)
     }
 }
 
@@ -594,12 +605,14 @@ impl<N: SegmentMath> Segment<N> {
 
 /// The work of one call on a batch of sites.
 pub enum Batch<'a, T> {
-    /// y = C(v), ld = log C'(v).
+    /// y = C(v), ld = log C'(v); `saved` (empty, or as long as [`SplineFloat::saved_len`]
+    /// says) receives what the backward pass needs.
     Forward {
         v: &'a [T],
         theta: &'a [T],
         y: &'a mut [T],
         ld: &'a mut [T],
+        saved: &'a mut [T],
     },
     /// v = C⁻¹(y), ld = −log C'(v).
     Inverse {
@@ -608,10 +621,12 @@ pub enum Batch<'a, T> {
         v: &'a mut [T],
         ld: &'a mut [T],
     },
-    /// Adds ∂L/∂v to gv and ∂L/∂θ to gtheta.
+    /// Adds ∂L/∂v to gv and ∂L/∂θ to gtheta, from `saved` when it is not empty (it then
+    /// holds what a forward batch on the same v and θ saved).
     Backward {
         v: &'a [T],
         theta: &'a [T],
+        saved: &'a [T],
         gy: &'a [T],
         gld: &'a [T],
         gv: &'a mut [T],
@@ -685,7 +700,9 @@ impl Rqs {
         let k = 3 * K - 1;
         let inside = |x: T| x.widen() > -self.bound && x.widen() < self.bound;
         match batch {
-            Batch::Forward { v, theta, y, ld } => {
+            Batch::Forward {
+                v, theta, y, ld, ..
+            } => {
                 debug_assert_eq!(theta.len(), v.len() * k);
                 for (((yi, ldi), &vi), raw) in y
                     .iter_mut()
@@ -722,6 +739,7 @@ impl Rqs {
                 gld,
                 gv,
                 gtheta,
+                ..
             } => {
                 debug_assert_eq!(theta.len(), v.len() * k);
                 debug_assert_eq!(gtheta.len(), theta.len());
@@ -1010,14 +1028,23 @@ fn softmax_lanes<const K: usize>(
     (p, sizes)
 }
 
-/// The segment of each lane of a group, with what the backward pass needs.
-struct LaneSpline<const K: usize> {
+/// The bin and segment of each lane of a group in f32, with the softmaxes and sigmoids
+/// that the backward pass needs.
+struct SplineCore<const K: usize> {
     /// Softmax of the raw widths and heights.
     pw: [Lanes; K],
     ph: [Lanes; K],
     /// The bin of each lane, as a float (0 ..= K − 1).
     bin: Lanes,
     segment: Segment<Lanes>,
+    /// σ of the raw lower and upper knot derivatives (their softplus derivatives).
+    sigmoid0: Lanes,
+    sigmoid1: Lanes,
+}
+
+/// The segment of each lane of a group, with its knots in f64.
+struct LaneSpline<const K: usize> {
+    core: SplineCore<K>,
     /// The lower knots of each lane's bin in f64 (the running sums over the bins keep f64
     /// accuracy, so that α = (v − x0)/w stays accurate in narrow bins).
     x0: Wide,
@@ -1025,16 +1052,13 @@ struct LaneSpline<const K: usize> {
     /// The bin width and height of each lane in f64.
     w: Wide,
     h: Wide,
-    /// σ of the raw lower and upper knot derivatives (their softplus derivatives).
-    sigmoid0: Lanes,
-    sigmoid1: Lanes,
 }
 
 impl<const K: usize> LaneSpline<K> {
     /// The segment of one lane in f64, with its f64 lower knots.
     #[inline(always)]
     fn wide_segment(&self, lane: usize) -> Segment<f64> {
-        let seg = &self.segment;
+        let seg = &self.core.segment;
         let wide = |x: Lanes| f64::from(x.0[lane]);
         let (w, h) = (self.w.0[lane], self.h.0[lane]);
         Segment {
@@ -1111,6 +1135,90 @@ impl Wide {
     }
 }
 
+/// Lanes of state per group that the backward pass of a forward group needs: the softmax
+/// of widths and heights (K each), the bin, the segment (7), α and the two sigmoids.
+const fn lane_state_len(bins: usize) -> usize {
+    2 * bins + 11
+}
+
+/// What the backward pass of a group needs from its forward pass, saved by a training
+/// forward pass so that the backward pass does not rebuild the spline.
+struct LaneState<const K: usize> {
+    core: SplineCore<K>,
+    /// Position inside the bin, (v − x0)/w computed in f64.
+    alpha: Lanes,
+}
+
+impl<const K: usize> LaneState<K> {
+    #[inline(always)]
+    fn new(spline: LaneSpline<K>, alpha: Lanes) -> Self {
+        LaneState {
+            core: spline.core,
+            alpha,
+        }
+    }
+
+    /// The lanes after the two softmaxes, in their saved order.
+    #[inline(always)]
+    fn fixed(&self) -> [Lanes; 11] {
+        let core = &self.core;
+        let seg = &core.segment;
+        [
+            core.bin,
+            seg.x0,
+            seg.w,
+            seg.y0,
+            seg.h,
+            seg.s,
+            seg.d0,
+            seg.d1,
+            self.alpha,
+            core.sigmoid0,
+            core.sigmoid1,
+        ]
+    }
+
+    /// Writes the state (`lane_state_len(K)` lanes, one after the other) into `out`.
+    #[inline(always)]
+    fn store(&self, out: &mut [f32]) {
+        let fixed = self.fixed();
+        let lanes = self.core.pw.iter().chain(&self.core.ph).chain(&fixed);
+        for (x, o) in lanes.zip(out.chunks_exact_mut(LANES)) {
+            o.copy_from_slice(&x.0);
+        }
+    }
+
+    /// Reads a state written by [`LaneState::store`].
+    #[inline(always)]
+    fn load(saved: &[f32]) -> Self {
+        let lane = |i: usize| {
+            let mut x = [0.0; LANES];
+            x.copy_from_slice(&saved[i * LANES..(i + 1) * LANES]);
+            Lanes(x)
+        };
+        let f = 2 * K;
+        LaneState {
+            core: SplineCore {
+                pw: std::array::from_fn(lane),
+                ph: std::array::from_fn(|j| lane(K + j)),
+                bin: lane(f),
+                segment: Segment {
+                    x0: lane(f + 1),
+                    w: lane(f + 2),
+                    y0: lane(f + 3),
+                    h: lane(f + 4),
+                    s: lane(f + 5),
+                    d0: lane(f + 6),
+                    d1: lane(f + 7),
+                },
+                sigmoid0: lane(f + 9),
+                sigmoid1: lane(f + 10),
+            },
+            alpha: lane(f + 8),
+        }
+    }
+}
+
 impl Rqs {
     /// The spline of each lane at `key`, which is located among the x knots (forward) or
     /// the y knots (inverse). One pass over the bins builds the knots (sizes in f32, sums in f64) and keeps,
@@ -1157,24 +1265,26 @@ impl Rqs {
         let d0 = Lanes::select(|l| bin.0[l] == 0.0, one, softplus0 + min_d);
         let d1 = Lanes::select(|l| bin.0[l] == last, one, softplus1 + min_d);
         LaneSpline {
-            pw,
-            ph,
-            bin,
-            segment: Segment {
-                x0: x0.narrow(),
-                w: w32,
-                y0: y0.narrow(),
-                h: h32,
-                s: h32 / w32,
-                d0,
-                d1,
+            core: SplineCore {
+                pw,
+                ph,
+                bin,
+                segment: Segment {
+                    x0: x0.narrow(),
+                    w: w32,
+                    y0: y0.narrow(),
+                    h: h32,
+                    s: h32 / w32,
+                    d0,
+                    d1,
+                },
+                sigmoid0,
+                sigmoid1,
             },
             x0,
             y0,
             w,
             h,
-            sigmoid0,
-            sigmoid1,
         }
     }
 
@@ -1185,11 +1295,16 @@ impl Rqs {
         move |l| x.0[l] > -bound && x.0[l] < bound
     }
 
-    /// C and log C' of a group (identity outside (−a, a)).
+    /// C and log C' of a group (identity outside (−a, a)), with the state its backward pass
+    /// needs.
     #[inline(always)]
-    fn forward_lanes<const K: usize>(&self, v: Lanes, params: &LaneParams<K>) -> (Lanes, Lanes) {
+    fn forward_lanes<const K: usize>(
+        &self,
+        v: Lanes,
+        params: &LaneParams<K>,
+    ) -> (Lanes, Lanes, LaneState<K>) {
         let spline = self.lane_spline(params, v, false);
-        let seg = &spline.segment;
+        let seg = &spline.core.segment;
         let alpha = spline.x0.fraction(v, spline.w);
         // y = y0 + h R(α) in f64, rounded once: an f32 R would carry a relative error that
         // the inverse amplifies by 1/R'(α) where the spline is flat.
@@ -1204,6 +1319,7 @@ impl Rqs {
         (
             Lanes::select(&inside, y, v),
             Lanes::select(&inside, ld, Lanes::splat(0.0)),
+            LaneState::new(spline, alpha),
         )
     }
 
@@ -1228,18 +1344,25 @@ impl Rqs {
         )
     }
 
-    /// ∂L/∂v and ∂L/∂θ of a group given ∂L/∂y and ∂L/∂ld.
+    /// The state of a group that the backward pass needs, recomputed from the parameters.
+    #[inline(always)]
+    fn lane_state<const K: usize>(&self, v: Lanes, params: &LaneParams<K>) -> LaneState<K> {
+        let spline = self.lane_spline(params, v, false);
+        let alpha = spline.x0.fraction(v, spline.w);
+        LaneState::new(spline, alpha)
+    }
+
+    /// ∂L/∂v and ∂L/∂θ of a group given ∂L/∂y and ∂L/∂ld and the group's state.
     #[inline(always)]
     fn backward_lanes<const K: usize>(
         &self,
         v: Lanes,
-        params: &LaneParams<K>,
+        state: &LaneState<K>,
         gy: Lanes,
         gld: Lanes,
     ) -> (Lanes, LaneParams<K>) {
-        let spline = self.lane_spline(params, v, false);
-        let seg = &spline.segment;
-        let alpha = spline.x0.fraction(v, spline.w);
+        let seg = &state.core.segment;
+        let alpha = state.alpha;
         let local = seg.gradients(alpha, gy, gld);
         let inside = self.lanes_inside(v);
         let zero = Lanes::splat(0.0);
@@ -1252,16 +1375,17 @@ impl Rqs {
         let g_w = masked(zero - (local.alpha * alpha + local.s * seg.s) * inv_w);
         let g_y0 = masked(local.y0);
         let g_h = masked(local.h + local.s * inv_w);
-        let g_d0 = masked(local.d0 * spline.sigmoid0);
-        let g_d1 = masked(local.d1 * spline.sigmoid1);
+        let g_d0 = masked(local.d0 * state.core.sigmoid0);
+        let g_d1 = masked(local.d1 * state.core.sigmoid1);
 
         let bound = self.bound as f32;
         let scale_w = 2.0 * bound - K as f32 * self.min_bin_width as f32;
         let scale_h = 2.0 * bound - K as f32 * self.min_bin_height as f32;
         let mut grad = LaneParams::<K>::zeros();
-        let bin = spline.bin;
-        self.axis_backward_lanes(&spline.pw, bin, g_x0, g_w, scale_w, &mut grad.w);
-        self.axis_backward_lanes(&spline.ph, bin, g_y0, g_h, scale_h, &mut grad.h);
+        let core = &state.core;
+        let bin = core.bin;
+        self.axis_backward_lanes(&core.pw, bin, g_x0, g_w, scale_w, &mut grad.w);
+        self.axis_backward_lanes(&core.ph, bin, g_y0, g_h, scale_h, &mut grad.h);
         // Knot derivative j + 1 is the upper end of bin j and the lower end of bin j + 1.
         for (j, gd) in grad.d[..K - 1].iter_mut().enumerate() {
             let upper = j as f32;
@@ -1306,19 +1430,32 @@ impl Rqs {
     #[inline(always)]
     fn run_lanes<const K: usize>(&self, batch: Batch<'_, f32>) {
         let group = LANES * (3 * K - 1);
+        let state_len = LANES * lane_state_len(K);
         match batch {
-            Batch::Forward { v, theta, y, ld } => {
+            Batch::Forward {
+                v,
+                theta,
+                y,
+                ld,
+                saved,
+            } => {
                 debug_assert_eq!(theta.len(), v.len() * (3 * K - 1));
+                debug_assert!(saved.is_empty() || saved.len() == f32::saved_len(self, v.len()));
+                // An empty `saved` yields no chunk: nothing is saved.
+                let mut saved = saved.chunks_mut(state_len);
                 for (((v, theta), y), ld) in v
                     .chunks(LANES)
                     .zip(theta.chunks(group))
                     .zip(y.chunks_mut(LANES))
                     .zip(ld.chunks_mut(LANES))
                 {
-                    let (yg, ldg) =
+                    let (yg, ldg, state) =
                         self.forward_lanes(Lanes::load(v), &LaneParams::<K>::load(theta));
                     yg.store(y);
                     ldg.store(ld);
+                    if let Some(out) = saved.next() {
+                        state.store(out);
+                    }
                 }
             }
             Batch::Inverse { y, theta, v, ld } => {
@@ -1338,6 +1475,7 @@ impl Rqs {
             Batch::Backward {
                 v,
                 theta,
+                saved,
                 gy,
                 gld,
                 gv,
@@ -1345,6 +1483,8 @@ impl Rqs {
             } => {
                 debug_assert_eq!(theta.len(), v.len() * (3 * K - 1));
                 debug_assert_eq!(gtheta.len(), theta.len());
+                debug_assert!(saved.is_empty() || saved.len() == f32::saved_len(self, v.len()));
+                let mut saved = saved.chunks(state_len);
                 for ((((v, theta), (gy, gld)), gv), gtheta) in v
                     .chunks(LANES)
                     .zip(theta.chunks(group))
@@ -1352,12 +1492,13 @@ impl Rqs {
                     .zip(gv.chunks_mut(LANES))
                     .zip(gtheta.chunks_mut(group))
                 {
-                    let (gvg, grad) = self.backward_lanes(
-                        Lanes::load(v),
-                        &LaneParams::<K>::load(theta),
-                        Lanes::load(gy),
-                        Lanes::load(gld),
-                    );
+                    let v = Lanes::load(v);
+                    let state = match saved.next() {
+                        Some(state) => LaneState::load(state),
+                        None => self.lane_state(v, &LaneParams::<K>::load(theta)),
+                    };
+                    let (gvg, grad) =
+                        self.backward_lanes(v, &state, Lanes::load(gy), Lanes::load(gld));
                     (Lanes::load(gv) + gvg).store(gv);
                     grad.add_to(gtheta);
                 }
@@ -1372,7 +1513,7 @@ impl<T: SplineFloat> PointwiseTransform<T> for Rqs {
     }
 
     fn forward(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T]) {
-        T::run_spline(self, Batch::Forward { v, theta, y, ld });
+        self.forward_saving(v, theta, y, ld, &mut []);
     }
 
     fn inverse(&self, y: &[T], theta: &[T], v: &mut [T], ld: &mut [T]) {
@@ -1380,17 +1521,44 @@ impl<T: SplineFloat> PointwiseTransform<T> for Rqs {
     }
 
     fn backward(&self, v: &[T], theta: &[T], gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]) {
-        T::run_spline(
-            self,
-            Batch::Backward {
-                v,
-                theta,
-                gy,
-                gld,
-                gv,
-                gtheta,
-            },
-        );
+        self.backward_saved(v, theta, &[], gy, gld, gv, gtheta);
+    }
+
+    fn saved_len(&self, sites: usize) -> usize {
+        T::saved_len(self, sites)
+    }
+
+    fn forward_saving(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T], saved: &mut [T]) {
+        let batch = Batch::Forward {
+            v,
+            theta,
+            y,
+            ld,
+            saved,
+        };
+        T::run_spline(self, batch);
+    }
+
+    fn backward_saved(
+        &self,
+        v: &[T],
+        theta: &[T],
+        saved: &[T],
+        gy: &[T],
+        gld: &[T],
+        gv: &mut [T],
+        gtheta: &mut [T],
+    ) {
+        let batch = Batch::Backward {
+            v,
+            theta,
+            saved,
+            gy,
+            gld,
+            gv,
+            gtheta,
+        };
+        T::run_spline(self, batch);
     }
 }
 
