@@ -365,14 +365,7 @@ impl<T: Real> Tape<T> {
     /// tanh elementwise (in f32 a branch-free rational approximation accurate to a few
     /// ulp, which vectorises; the backward pass uses 1 − y² of the value computed).
     pub fn tanh(&mut self, x: Var) -> Var {
-        let y = self.unary(x, Op::Tanh(x.0), |x| x);
-        let value: &mut dyn std::any::Any = &mut self.nodes[y.0].value;
-        if let Some(v) = value.downcast_mut::<Array2<f32>>() {
-            v.mapv_inplace(tanh_f32);
-        } else {
-            self.nodes[y.0].value.mapv_inplace(|x| x.tanh());
-        }
-        y
+        self.unary(x, Op::Tanh(x.0), T::tanh_map)
     }
 
     /// exp elementwise.

@@ -121,7 +121,7 @@ macro_rules! impl_shift_scale {
                     .zip(theta.chunks_exact(2))
                 {
                     let sigma = <$ty as LogScale>::scale(p[0]);
-                    *yi = (vi - p[1]) * (-sigma).exp();
+                    *yi = (vi - p[1]) * (-sigma).exp_map();
                     *ldi = -sigma;
                 }
             }
@@ -135,7 +135,7 @@ macro_rules! impl_shift_scale {
                     .zip(theta.chunks_exact(2))
                 {
                     let sigma = <$ty as LogScale>::scale(p[0]);
-                    *vi = yi * sigma.exp() + p[1];
+                    *vi = yi * sigma.exp_map() + p[1];
                     *ldi = sigma;
                 }
             }
@@ -161,7 +161,7 @@ macro_rules! impl_shift_scale {
                     .zip(gy.iter().zip(gld))
                 {
                     let sigma = <$ty as LogScale>::scale(p[0]);
-                    let e = (-sigma).exp();
+                    let e = (-sigma).exp_map();
                     let yi = (vi - p[1]) * e;
                     let g_sigma = -(gyi * yi) - gldi;
                     *gvi = *gvi + gyi * e;

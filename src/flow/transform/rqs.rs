@@ -1055,20 +1055,19 @@ struct LaneSpline<const K: usize> {
 }
 
 impl<const K: usize> LaneSpline<K> {
-    /// The segment of one lane in f64, with its f64 lower knots.
+    /// The segment of every lane in f64, with its f64 knots, bin width and height.
     #[inline(always)]
-    fn wide_segment(&self, lane: usize) -> Segment<f64> {
+    fn wide_segments(&self) -> Segment<Wide> {
         let seg = &self.core.segment;
-        let wide = |x: Lanes| f64::from(x.0[lane]);
-        let (w, h) = (self.w.0[lane], self.h.0[lane]);
+        let widen = |x: Lanes| Wide::splat(0.0).add(x);
         Segment {
-            x0: self.x0.0[lane],
-            w,
-            y0: self.y0.0[lane],
-            h,
-            s: h / w,
-            d0: wide(seg.d0),
-            d1: wide(seg.d1),
+            x0: self.x0,
+            w: self.w,
+            y0: self.y0,
+            h: self.h,
+            s: self.h / self.w,
+            d0: widen(seg.d0),
+            d1: widen(seg.d1),
         }
     }
 }
@@ -1076,6 +1075,56 @@ impl<const K: usize> LaneSpline<K> {
 /// One f64 per site of a group: the knot sums.
 #[derive(Clone, Copy)]
 struct Wide([f64; LANES]);
+
+macro_rules! wide_binary_op {
+    ($($trait:ident $method:ident $op:tt),*) => {$(
+        impl std::ops::$trait for Wide {
+            type Output = Wide;
+            #[inline(always)]
+            fn $method(self, other: Wide) -> Wide {
+                let mut out = [0.0; LANES];
+                for ((o, &x), &y) in out.iter_mut().zip(&self.0).zip(&other.0) {
+                    *o = x $op y;
+                }
+                Wide(out)
+            }
+        }
+    )*};
+}
+wide_binary_op!(Add add +, Sub sub -, Mul mul *, Div div /);
+
+impl SegmentMath for Wide {
+    #[inline(always)]
+    fn constant(x: f64) -> Wide {
+        Wide::splat(x)
+    }
+    #[inline(always)]
+    fn clamp01(self) -> Wide {
+        let mut out = self.0;
+        for x in out.iter_mut() {
+            *x = x.clamp(0.0, 1.0);
+        }
+        Wide(out)
+    }
+    #[inline(always)]
+    fn sqrt_nonneg(self) -> Wide {
+        let mut out = self.0;
+        for x in out.iter_mut() {
+            *x = x.max(0.0).sqrt();
+        }
+        Wide(out)
+    }
+    #[inline(always)]
+    fn if_positive(self, yes: Wide, no: Wide) -> Wide {
+        let mut out = no.0;
+        for ((o, &c), &y) in out.iter_mut().zip(&self.0).zip(&yes.0) {
+            if c > 0.0 {
+                *o = y;
+            }
+        }
+        Wide(out)
+    }
+}
 
 impl Wide {
     #[inline(always)]
@@ -1308,12 +1357,10 @@ impl Rqs {
         let alpha = spline.x0.fraction(v, spline.w);
         // y = y0 + h R(α) in f64, rounded once: an f32 R would carry a relative error that
         // the inverse amplifies by 1/R'(α) where the spline is flat.
-        let mut y = Lanes::splat(0.0);
-        for (lane, out) in y.0.iter_mut().enumerate() {
-            let seg64 = spline.wide_segment(lane);
-            let alpha = ((f64::from(v.0[lane]) - seg64.x0) / seg64.w).clamp(0.0, 1.0);
-            *out = (seg64.y0 + seg64.h * seg64.ratio(alpha)) as f32;
-        }
+        let seg64 = spline.wide_segments();
+        let v64 = Wide::splat(0.0).add(v);
+        let alpha64 = ((v64 - seg64.x0) / seg64.w).clamp01();
+        let y = (seg64.y0 + seg64.h * seg64.ratio(alpha64)).narrow();
         let ld = seg.slope(alpha).ln();
         let inside = self.lanes_inside(v);
         (
@@ -1329,13 +1376,14 @@ impl Rqs {
         let spline = self.lane_spline(params, y, true);
         // The root of the quadratic loses digits to cancellation in f32 where the slope is
         // steep, so each lane solves in f64 (the inverse is off the training path).
-        let (mut v, mut ld) = (Lanes::splat(0.0), Lanes::splat(0.0));
-        for lane in 0..LANES {
-            let seg64 = spline.wide_segment(lane);
-            let xi = ((f64::from(y.0[lane]) - seg64.y0) / seg64.h).clamp(0.0, 1.0);
-            let alpha = seg64.solve(xi);
-            v.0[lane] = (seg64.x0 + alpha * seg64.w) as f32;
-            ld.0[lane] = -(seg64.slope(alpha).ln()) as f32;
+        let seg64 = spline.wide_segments();
+        let xi = ((Wide::splat(0.0).add(y) - seg64.y0) / seg64.h).clamp01();
+        let alpha = seg64.solve(xi);
+        let v = (seg64.x0 + alpha * seg64.w).narrow();
+        let slope = seg64.slope(alpha);
+        let mut ld = Lanes::splat(0.0);
+        for (l, &s) in ld.0.iter_mut().zip(&slope.0) {
+            *l = -(s.ln()) as f32;
         }
         let inside = self.lanes_inside(y);
         (
