@@ -832,18 +832,23 @@ const LANES: usize = 8;
 #[derive(Clone, Copy)]
 struct Lanes([f32; LANES]);
 
-macro_rules! lanes_binary_op {
-    ($($trait:ident $method:ident $op:tt),*) => {$(
-        impl std::ops::$trait for Lanes {
-            type Output = Lanes;
+/// Lane-wise +, −, ×, ÷ for a one-value-per-lane type ([`Lanes`], [`Wide`]).
+macro_rules! lanewise_binary_ops {
+    ($ty:ident: $($trait:ident $method:ident $op:tt),*) => {$(
+        impl std::ops::$trait for $ty {
+            type Output = $ty;
             #[inline(always)]
-            fn $method(self, other: Lanes) -> Lanes {
-                self.zip(other, |a, b| a $op b)
+            fn $method(self, other: $ty) -> $ty {
+                let mut out = self.0;
+                for ((o, &x), &y) in out.iter_mut().zip(&self.0).zip(&other.0) {
+                    *o = x $op y;
+                }
+                $ty(out)
             }
         }
     )*};
 }
-lanes_binary_op!(Add add +, Sub sub -, Mul mul *, Div div /);
+lanewise_binary_ops!(Lanes: Add add +, Sub sub -, Mul mul *, Div div /);
 
 impl Lanes {
     #[inline(always)]
@@ -1076,22 +1081,7 @@ impl<const K: usize> LaneSpline<K> {
 #[derive(Clone, Copy)]
 struct Wide([f64; LANES]);
 
-macro_rules! wide_binary_op {
-    ($($trait:ident $method:ident $op:tt),*) => {$(
-        impl std::ops::$trait for Wide {
-            type Output = Wide;
-            #[inline(always)]
-            fn $method(self, other: Wide) -> Wide {
-                let mut out = [0.0; LANES];
-                for ((o, &x), &y) in out.iter_mut().zip(&self.0).zip(&other.0) {
-                    *o = x $op y;
-                }
-                Wide(out)
-            }
-        }
-    )*};
-}
-wide_binary_op!(Add add +, Sub sub -, Mul mul *, Div div /);
+lanewise_binary_ops!(Wide: Add add +, Sub sub -, Mul mul *, Div div /);
 
 impl SegmentMath for Wide {
     #[inline(always)]
