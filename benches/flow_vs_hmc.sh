@@ -19,21 +19,23 @@ HMC_N=${HMC_N:-$((N / 10))}
 SEED=${SEED:-1}
 cargo build --release --quiet
 out=$(mktemp -d)
+i=0
 for arg in "$@"; do
+  i=$((i + 1))
   IFS=: read -r l model tau md_steps <<<"$arg"
   target/release/latflow sample --model "$model" --kernel flow --n "$N" --therm 1000 \
-    --seed "$SEED" --json >"$out/flow_$l.json"
+    --seed "$SEED" --json >"$out/flow_$i.json"
   # The couplings come from the model file, so HMC samples exactly the same theory.
-  python3 - "$model" >"$out/couplings_$l" <<'EOF'
+  python3 - "$model" >"$out/couplings_$i" <<'EOF'
 import json, sys
 m = json.load(open(sys.argv[1]))
 a = m["metadata"]["action"]
 print(" ".join(f"--{k} {v}" for k, v in a.items() if k != "form"), "--action", a["form"])
 EOF
   # shellcheck disable=SC2046
-  target/release/latflow sample --lattice "${l}x${l}" $(cat "$out/couplings_$l") \
+  target/release/latflow sample --lattice "${l}x${l}" $(cat "$out/couplings_$i") \
     --kernel hmc --md-steps "${md_steps:-10}" --tau "${tau:-1}" --n "$HMC_N" --therm 1000 \
-    --seed "$SEED" --json >"$out/hmc_$l.json"
+    --seed "$SEED" --json >"$out/hmc_$i.json"
 done
 python3 - "$out" "$@" <<'EOF'
 import json, sys
@@ -41,13 +43,13 @@ out, args = sys.argv[1], sys.argv[2:]
 keys = ["abs_m", "m2", "phi2", "energy"]
 print("| L | sampler | steps/s | acceptance | τ_int(|m|) | max τ_int | s per independent config | HMC / flow | training s | break-even configs |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for arg in args:
+for i, arg in enumerate(args, 1):
     l, model, *hmc = arg.split(":")
     tau, md_steps = hmc if len(hmc) == 2 else ("1", "10")
     train_s = json.load(open(model))["metadata"]["train"]["summary"]["seconds"]
     rows = {}
     for kind in ["flow", "hmc"]:
-        r = json.load(open(f"{out}/{kind}_{l}.json"))
+        r = json.load(open(f"{out}/{kind}_{i}.json"))
         name = r["kernel"] if kind == "flow" else f"hmc (τ {tau}, {md_steps} steps)"
         per_step = r["seconds"] / (r["n"] + r["therm"])
         obs = r["observables"]
