@@ -593,3 +593,116 @@ fn forward_in_refuses_a_batch_of_the_wrong_width_or_parameters_of_the_wrong_leng
         Err(Error::Shape(_))
     ));
 }
+
+#[test]
+fn the_steady_state_inverse_pass_does_not_allocate_and_matches_inverse() {
+    let model = random_model(&FlowConfig::seed(16, 1, 8).unwrap(), 4, 0.3, 57);
+    let phi = normal_batch(40, 16, 58);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let (per_call, z, logdet, log_p) = pool.install(|| {
+        let mut ws = Workspace::<f32>::new(1);
+        let mut log_p = ndarray::Array1::zeros(40);
+        model
+            .inverse_in(model.params(), phi.view(), &mut ws)
+            .unwrap();
+        model
+            .log_density_in(phi.view(), &mut ws, log_p.view_mut())
+            .unwrap();
+        let before = allocations_on_this_thread();
+        for _ in 0..3 {
+            model
+                .inverse_in(model.params(), phi.view(), &mut ws)
+                .unwrap();
+            model
+                .log_density_in(phi.view(), &mut ws, log_p.view_mut())
+                .unwrap();
+        }
+        let per_call = (allocations_on_this_thread() - before) / 6;
+        let (z, logdet) = model
+            .inverse_in(model.params(), phi.view(), &mut ws)
+            .unwrap();
+        (per_call, z.to_owned(), logdet.to_owned(), log_p)
+    });
+    // Only the products' flag vectors remain: 12 products, as in the forward pass, although
+    // the spline and affine layers alternate node shapes on the one tape.
+    assert_eq!(per_call, 12);
+    let (z_ref, logdet_ref) = model.inverse(phi.view());
+    assert_eq!(z, z_ref);
+    assert_eq!(logdet, logdet_ref);
+    assert_eq!(log_p, model.log_density(phi.view()).unwrap());
+    // One row, as a flow proposal recomputes the current state's density: the one-row
+    // products take gemm's vector path and nothing at all is allocated.
+    let one_row = pool.install(|| {
+        let row = phi.slice(ndarray::s![..1, ..]);
+        let mut ws = Workspace::<f32>::new(1);
+        let mut log_p = ndarray::Array1::zeros(1);
+        model
+            .log_density_in(row, &mut ws, log_p.view_mut())
+            .unwrap();
+        let before = allocations_on_this_thread();
+        model
+            .log_density_in(row, &mut ws, log_p.view_mut())
+            .unwrap();
+        allocations_on_this_thread() - before
+    });
+    assert_eq!(one_row, 0);
+    let mut short = ndarray::Array1::zeros(39);
+    assert!(matches!(
+        model.log_density_in(phi.view(), &mut Workspace::new(1), short.view_mut()),
+        Err(Error::Shape(_))
+    ));
+}
+
+#[test]
+fn a_flow_step_after_another_kernel_allocates_nothing() {
+    use latflow::action::Phi4;
+    use latflow::kernel::FlowProposal;
+    use latflow::{Action, Proposal, State};
+    use std::sync::Arc;
+
+    let model = Arc::new(random_model(
+        &FlowConfig::seed(16, 1, 8).unwrap(),
+        4,
+        0.3,
+        59,
+    ));
+    let action = Arc::new(Phi4::hopping(lattice(4), 0.5, 0.5).unwrap());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let (per_step, cached) = pool.install(|| {
+        let mut proposal = FlowProposal::new(model.clone(), action.clone(), 1000).unwrap();
+        let mut state = State::zero(&*action);
+        let mut rng = rng_from_seed(60);
+        let mut moves = Vec::with_capacity(16);
+        // Another kernel moves the field before every flow step, so each step recomputes
+        // log w of the current state through the inverse flow.
+        let nudge = |state: &mut State, k: usize| {
+            state.phi[k % 16] += 0.01;
+            state.action = action.action(&state.phi);
+        };
+        nudge(&mut state, 0);
+        proposal.step(&mut state, &mut rng, &mut moves);
+        moves.clear();
+        let before = allocations_on_this_thread();
+        for k in 1..=5 {
+            nudge(&mut state, k);
+            proposal.step(&mut state, &mut rng, &mut moves);
+        }
+        let per_step = (allocations_on_this_thread() - before) / 5;
+        let before = allocations_on_this_thread();
+        proposal.step(&mut state, &mut rng, &mut moves);
+        (per_step, allocations_on_this_thread() - before)
+    });
+    // That the recomputed log w is right is what the mixed-kernel exactness tests of
+    // tests/flow_sampling.rs check (a stale one would bias flow + local sweeps).
+    assert_eq!(
+        per_step, 0,
+        "a nudged state's log w is recomputed without allocating"
+    );
+    assert_eq!(cached, 0, "an unchanged state takes log w from the cache");
+}

@@ -26,4 +26,5 @@
 mod matmul;
 mod tape;
 
+pub(crate) use tape::ensure_shape;
 pub use tape::{ConvTaps, ParamSlice, Tape, Var, sigmoid, softplus, tanh_f32};

@@ -150,9 +150,15 @@ struct Node<T: Real> {
     saved: Vec<T>,
 }
 
-fn ensure_shape<T: Real>(buf: &mut Array2<T>, shape: (usize, usize)) {
+/// Gives `buf` the shape `shape` (zero-filled if it changes), reusing its allocation when
+/// it is large enough, so that graphs of alternating shapes on one tape stop allocating once
+/// every buffer has reached its largest size.
+pub(crate) fn ensure_shape<T: Real>(buf: &mut Array2<T>, shape: (usize, usize)) {
     if buf.dim() != shape {
-        *buf = Array2::zeros(shape);
+        let (mut data, _) = std::mem::replace(buf, Array2::zeros((0, 0))).into_raw_vec_and_offset();
+        data.clear();
+        data.resize(shape.0 * shape.1, T::zero());
+        *buf = Array2::from_shape_vec(shape, data).expect("the buffer holds rows × cols values");
     }
 }
 
@@ -710,13 +716,13 @@ impl<T: Real> Tape<T> {
             if node.grad.dim() == shape {
                 node.grad.fill(T::zero());
             } else {
-                node.grad = Array2::zeros(shape);
+                ensure_shape(&mut node.grad, shape);
             }
             if let Op::Pointwise { .. } = node.op {
                 if node.aux_grad.dim() == shape {
                     node.aux_grad.fill(T::zero());
                 } else {
-                    node.aux_grad = Array2::zeros(shape);
+                    ensure_shape(&mut node.aux_grad, shape);
                 }
             }
         }

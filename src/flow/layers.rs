@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2};
 
-use crate::autodiff::{Tape, Var};
+use crate::autodiff::{Tape, Var, ensure_shape};
 use crate::error::{Error, Result};
 use crate::flow::net::{ConvNet, DenseNet, Net, ParamBuilder};
 use crate::flow::recipe::{BlockConfig, NetConfig, TransformKind};
@@ -189,14 +189,16 @@ impl Coupling {
         params: &[T],
         x: &mut Array2<T>,
         logdet: &mut Array1<f64>,
+        scratch: &mut InvertScratch<T>,
     ) {
         tape.reset();
         let xv = tape.input(x.view());
         let theta = self.parameters(tape, params, xv);
         let y = tape.gather(xv, &self.active, 1);
-        let (n, a) = tape.shape(y);
-        let mut v = Array2::<T>::zeros((n, a));
-        let mut ld = Array2::<T>::zeros((n, a));
+        let shape = tape.shape(y);
+        ensure_shape(&mut scratch.v, shape);
+        ensure_shape(&mut scratch.ld, shape);
+        let (v, ld) = (&mut scratch.v, &mut scratch.ld);
         T::transform(&self.transform).inverse(
             tape.value(y).as_slice().expect("standard layout"),
             tape.value(theta).as_slice().expect("standard layout"),
@@ -211,6 +213,21 @@ impl Coupling {
                 .iter()
                 .map(|l| l.to_f64().unwrap_or(f64::NAN))
                 .sum::<f64>();
+        }
+    }
+}
+
+/// Buffers a coupling layer's inversion reuses from call to call.
+pub(crate) struct InvertScratch<T> {
+    v: Array2<T>,
+    ld: Array2<T>,
+}
+
+impl<T: FlowFloat> Default for InvertScratch<T> {
+    fn default() -> Self {
+        InvertScratch {
+            v: Array2::zeros((0, 0)),
+            ld: Array2::zeros((0, 0)),
         }
     }
 }
@@ -255,8 +272,20 @@ impl Layer {
         x: &mut Array2<T>,
         logdet: &mut Array1<f64>,
     ) {
+        self.invert_reusing(tape, params, x, logdet, &mut InvertScratch::default());
+    }
+
+    /// [`Layer::invert`] with buffers kept between calls.
+    pub(crate) fn invert_reusing<T: FlowFloat>(
+        &self,
+        tape: &mut Tape<T>,
+        params: &[T],
+        x: &mut Array2<T>,
+        logdet: &mut Array1<f64>,
+        scratch: &mut InvertScratch<T>,
+    ) {
         match self {
-            Layer::Coupling(c) => c.invert(tape, params, x, logdet),
+            Layer::Coupling(c) => c.invert(tape, params, x, logdet, scratch),
             Layer::Scale(c) => {
                 let factor = (-params[*c]).exp();
                 x.mapv_inplace(|v| v * factor);

@@ -12,10 +12,10 @@ use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::autodiff::{Tape, Var};
+use crate::autodiff::{Tape, Var, ensure_shape};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
-use crate::flow::layers::{Coupling, FlowFloat, Layer};
+use crate::flow::layers::{Coupling, FlowFloat, InvertScratch, Layer};
 use crate::flow::net::ParamBuilder;
 use crate::flow::prior::Prior;
 use crate::flow::recipe::{FlowConfig, LayerConfig, Partition};
@@ -208,33 +208,61 @@ impl FlowModel {
     }
 
     /// φ → z with `params`; returns z and the inverse log-det per row. Panics unless `phi`
-    /// has one column per site and `params` the model's length.
+    /// has one column per site and `params` the model's length;
+    /// [`FlowModel::inverse_in`] returns an error instead and reuses its buffers.
     pub fn inverse_with<T: FlowFloat>(
         &self,
         params: &[T],
         phi: ArrayView2<T>,
     ) -> (Array2<T>, Array1<f64>) {
-        let n = phi.nrows();
-        let ranges = chunk_ranges(n, rayon::current_num_threads());
-        let parts: Vec<(Array2<T>, Array1<f64>)> = ranges
-            .par_iter()
-            .map(|&(a, b)| {
-                let mut tape = Tape::new();
-                let mut x = phi.slice(s![a..b, ..]).to_owned();
-                let mut logdet = Array1::zeros(b - a);
-                for layer in self.layers.iter().rev() {
-                    layer.invert(&mut tape, params, &mut x, &mut logdet);
-                }
-                (x, logdet)
-            })
-            .collect();
-        let mut z = Array2::zeros(phi.raw_dim());
-        let mut logdet = Array1::zeros(n);
-        for ((x, ld), &(a, b)) in parts.iter().zip(&ranges) {
-            z.slice_mut(s![a..b, ..]).assign(x);
-            logdet.slice_mut(s![a..b]).assign(ld);
+        let mut ws = Workspace::per_thread();
+        match self.inverse_in(params, phi, &mut ws) {
+            Ok((z, logdet)) => (z.to_owned(), logdet.to_owned()),
+            Err(e) => panic!("{e}"),
         }
-        (z, logdet)
+    }
+
+    /// φ → (z, log|det ∂z/∂φ| per row) with `params`, data-parallel over the workspace's
+    /// batch chunks and reusing its tapes and buffers, so that repeated calls with batches of
+    /// one size allocate nothing. Returns views into the workspace.
+    pub fn inverse_in<'w, T: FlowFloat>(
+        &self,
+        params: &[T],
+        phi: ArrayView2<T>,
+        ws: &'w mut Workspace<T>,
+    ) -> Result<(ArrayView2<'w, T>, ArrayView1<'w, f64>)> {
+        self.check_batch(&phi)?;
+        self.check_params(params.len())?;
+        ws.fit(phi.dim());
+        let (n, parts) = (phi.nrows(), ws.chunks.len());
+        ws.chunks.par_iter_mut().enumerate().for_each(|(i, chunk)| {
+            let (a, b) = chunk_range(n, parts, i);
+            let rows = phi.slice(s![a..b, ..]);
+            ensure_shape(&mut chunk.x, rows.dim());
+            chunk.x.assign(&rows);
+            if chunk.logdet.len() != b - a {
+                chunk.logdet = Array1::zeros(b - a);
+            }
+            chunk.logdet.fill(0.0);
+            if a == b {
+                return;
+            }
+            for layer in self.layers.iter().rev() {
+                layer.invert_reusing(
+                    &mut chunk.tape,
+                    params,
+                    &mut chunk.x,
+                    &mut chunk.logdet,
+                    &mut chunk.invert_scratch,
+                );
+            }
+        });
+        for (i, chunk) in ws.chunks.iter().enumerate() {
+            let (a, b) = chunk_range(n, parts, i);
+            ws.phi.slice_mut(s![a..b, ..]).assign(&chunk.x);
+            ws.logdet.slice_mut(s![a..b]).assign(&chunk.logdet);
+        }
+        Ok((ws.phi.view(), ws.logdet.view()))
     }
 
     /// Draws `n` configurations: φ and its exact log p̃(φ) = log r(z) − log|det ∂φ/∂z|.
@@ -251,11 +279,32 @@ impl FlowModel {
 
     /// Exact log p̃(φ) = log r(f⁻¹(φ)) + log|det ∂f⁻¹/∂φ| of every row.
     pub fn log_density(&self, phi: ArrayView2<f32>) -> Result<Array1<f64>> {
-        self.check_batch(&phi)?;
-        let (z, logdet) = self.inverse(phi);
-        let mut log_r = Array1::zeros(phi.nrows());
-        self.prior.log_density_into(z.view(), log_r.view_mut());
-        Ok(log_r + logdet)
+        let mut out = Array1::zeros(phi.nrows());
+        self.log_density_in(phi, &mut Workspace::per_thread(), out.view_mut())?;
+        Ok(out)
+    }
+
+    /// [`FlowModel::log_density`] of every row into `out`, reusing the workspace's buffers
+    /// (with the standard-normal prior, repeated calls allocate nothing but the matrix
+    /// products' small flag vectors).
+    pub fn log_density_in(
+        &self,
+        phi: ArrayView2<f32>,
+        ws: &mut Workspace<f32>,
+        mut out: ArrayViewMut1<f64>,
+    ) -> Result<()> {
+        if out.len() != phi.nrows() {
+            return Err(Error::Shape(format!(
+                "{} rows need {} log-densities, got room for {}",
+                phi.nrows(),
+                phi.nrows(),
+                out.len()
+            )));
+        }
+        let (z, logdet) = self.inverse_in(&self.params, phi, ws)?;
+        self.prior.log_density_into(z, out.view_mut());
+        out.zip_mut_with(&logdet, |o, &l| *o += l);
+        Ok(())
     }
 
     /// One training pass in f32 with the model's own parameters: see
@@ -507,6 +556,9 @@ pub struct BatchOutput<'w, T> {
 
 struct ChunkWork<T: FlowFloat> {
     tape: Tape<T>,
+    /// The chunk's rows during an inverse pass.
+    x: Array2<T>,
+    invert_scratch: InvertScratch<T>,
     grad: Vec<T>,
     logdet: Array1<f64>,
     grad_logdet: Array1<T>,
@@ -556,6 +608,8 @@ impl<T: FlowFloat> Workspace<T> {
             chunks: (0..chunks.max(1))
                 .map(|_| ChunkWork {
                     tape: Tape::new(),
+                    x: Array2::zeros((0, 0)),
+                    invert_scratch: InvertScratch::default(),
                     grad: Vec::new(),
                     logdet: Array1::zeros(0),
                     grad_logdet: Array1::zeros(0),
@@ -594,10 +648,4 @@ fn chunk_range(n: usize, parts: usize, i: usize) -> (usize, usize) {
     let (q, r) = (n / parts, n % parts);
     let start = i * q + i.min(r);
     (start, start + q + usize::from(i < r))
-}
-
-/// All `parts` row ranges of [`chunk_range`].
-fn chunk_ranges(n: usize, parts: usize) -> Vec<(usize, usize)> {
-    let parts = parts.max(1);
-    (0..parts).map(|i| chunk_range(n, parts, i)).collect()
 }

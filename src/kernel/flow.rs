@@ -34,6 +34,10 @@ pub struct FlowProposal<A: Action> {
     workspace: Workspace<f32>,
     cached_phi: Vec<f64>,
     cached_log_w: f64,
+    /// The current state in f32 and its log p̃, for recomputing log w after another kernel.
+    state_row: Array2<f32>,
+    state_log_p: Array1<f64>,
+    inverse_workspace: Workspace<f32>,
 }
 
 impl<A: Action> FlowProposal<A> {
@@ -62,8 +66,11 @@ impl<A: Action> FlowProposal<A> {
             proposal_action: vec![0.0; batch],
             next: batch,
             workspace: Workspace::per_thread(),
-            cached_phi: Vec::new(),
+            cached_phi: Vec::with_capacity(volume),
             cached_log_w: f64::NAN,
+            state_row: Array2::zeros((1, volume)),
+            state_log_p: Array1::zeros(1),
+            inverse_workspace: Workspace::new(1),
         })
     }
 
@@ -115,9 +122,24 @@ impl<A: Action> FlowProposal<A> {
     /// log w of `state`, from the cache when the field is unchanged since the last step.
     fn current_log_w(&mut self, state: &State) -> f64 {
         if self.cached_phi != state.phi {
-            let phi32 = Array2::from_shape_fn((1, state.phi.len()), |(_, j)| state.phi[j] as f32);
-            self.cached_log_w = match self.model.log_density(phi32.view()) {
-                Ok(lp) => -state.action - lp[0],
+            let log_p = if state.phi.len() == self.state_row.len() {
+                for (o, &x) in self.state_row.iter_mut().zip(&state.phi) {
+                    *o = x as f32;
+                }
+                self.model.log_density_in(
+                    self.state_row.view(),
+                    &mut self.inverse_workspace,
+                    self.state_log_p.view_mut(),
+                )
+            } else {
+                Err(Error::Shape(format!(
+                    "the state has {} sites, the flow's lattice {}",
+                    state.phi.len(),
+                    self.state_row.len()
+                )))
+            };
+            self.cached_log_w = match log_p {
+                Ok(()) => -state.action - self.state_log_p[0],
                 Err(_) => f64::NAN,
             };
             self.cached_phi.clear();
