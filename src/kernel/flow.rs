@@ -122,25 +122,21 @@ impl<A: Action> FlowProposal<A> {
     /// log w of `state`, from the cache when the field is unchanged since the last step.
     fn current_log_w(&mut self, state: &State) -> f64 {
         if self.cached_phi != state.phi {
-            let log_p = if state.phi.len() == self.state_row.len() {
+            // A state of the wrong length is one the flow cannot produce: log w = NaN.
+            self.cached_log_w = if state.phi.len() == self.state_row.len() {
                 for (o, &x) in self.state_row.iter_mut().zip(&state.phi) {
                     *o = x as f32;
                 }
-                self.model.log_density_in(
+                match self.model.log_density_in(
                     self.state_row.view(),
                     &mut self.inverse_workspace,
                     self.state_log_p.view_mut(),
-                )
+                ) {
+                    Ok(()) => -state.action - self.state_log_p[0],
+                    Err(_) => f64::NAN,
+                }
             } else {
-                Err(Error::Shape(format!(
-                    "the state has {} sites, the flow's lattice {}",
-                    state.phi.len(),
-                    self.state_row.len()
-                )))
-            };
-            self.cached_log_w = match log_p {
-                Ok(()) => -state.action - self.state_log_p[0],
-                Err(_) => f64::NAN,
+                f64::NAN
             };
             self.cached_phi.clear();
             self.cached_phi.extend_from_slice(&state.phi);
