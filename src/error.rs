@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong in the library, each variant naming the problem.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Lattice extents that do not describe a valid periodic lattice.
     #[error("invalid lattice: {0}")]
@@ -42,6 +43,9 @@ pub enum Error {
     /// A model, checkpoint or option that does not match the run it is used in.
     #[error("incompatible: {0}")]
     Incompatible(String),
+    /// A compute device (GPU) that could not be used or failed during a computation.
+    #[error("device error: {0}")]
+    Device(String),
 }
 
 impl Error {

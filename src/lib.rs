@@ -7,7 +7,6 @@
 //! → [`stats`] (numbers with honest errors) → [`io`] (what the user reads).
 
 pub mod action;
-pub mod autodiff;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
@@ -20,6 +19,7 @@ pub mod observable;
 pub mod rng;
 pub mod run;
 pub mod stats;
+pub mod tape;
 pub mod testing;
 pub mod train;
 

@@ -59,7 +59,7 @@ pub fn available() -> bool {
 }
 
 fn device_error(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Incompatible(format!("CUDA {what}: {e:?}"))
+    Error::Device(format!("CUDA {what}: {e:?}"))
 }
 
 /// An opened device with the kernels compiled for it.
@@ -74,7 +74,7 @@ impl CudaDevice {
     pub fn new(ordinal: usize) -> Result<Self> {
         // SAFETY: only checks whether the dynamic library can be loaded.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(Error::Incompatible("no CUDA driver library found".into()));
+            return Err(Error::Device("no CUDA driver library found".into()));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| device_error("device", e))?;
         let ptx = cudarc::nvrtc::compile_ptx(KERNELS).map_err(|e| device_error("compile", e))?;

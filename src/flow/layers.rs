@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2};
 
-use crate::autodiff::{Tape, Var, ensure_shape};
 use crate::error::{Error, Result};
 use crate::flow::net::{ConvNet, DenseNet, Net, ParamBuilder};
 use crate::flow::recipe::{BlockConfig, NetConfig, TransformKind};
 use crate::flow::transform::{Additive, Affine, Z2Affine};
 use crate::flow::{PointwiseTransform, Real};
 use crate::lattice::Lattice;
+use crate::tape::{Tape, Var, ensure_shape};
 
 /// Most networks one coupling layer may use (one per transform parameter at most).
 const MAX_NETS: usize = 4;

@@ -12,7 +12,6 @@ use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::autodiff::{Tape, Var, ensure_shape};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::flow::layers::{Coupling, FlowFloat, InvertScratch, Layer};
@@ -21,6 +20,7 @@ use crate::flow::prior::Prior;
 use crate::flow::recipe::{FlowConfig, LayerConfig, Partition};
 use crate::lattice::Lattice;
 use crate::rng::rng_from_seed;
+use crate::tape::{Tape, Var, ensure_shape};
 
 /// Version of the model-file format written by [`FlowModel::save`].
 pub const MODEL_FORMAT_VERSION: u32 = 1;

@@ -5,11 +5,11 @@
 
 use rand::RngExt;
 
-use crate::autodiff::{ConvTaps, ParamSlice, Tape, Var};
 use crate::error::{Error, Result};
 use crate::flow::Real;
 use crate::lattice::Lattice;
 use crate::rng::SimRng;
+use crate::tape::{ConvTaps, ParamSlice, Tape, Var};
 
 /// Lays out parameter blocks in one flat `Vec<f32>` and initialises them.
 pub(crate) struct ParamBuilder {

@@ -20,7 +20,7 @@ pub trait Real:
     fn exp_map(self) -> Self;
 
     /// tanh as the networks compute it: the branch-free
-    /// [`tanh_f32`](crate::autodiff::tanh_f32) in f32, the standard library's in f64.
+    /// [`tanh_f32`](crate::tape::tanh_f32) in f32, the standard library's in f64.
     fn tanh_map(self) -> Self;
 }
 
@@ -31,7 +31,7 @@ impl Real for f32 {
     }
     #[inline]
     fn tanh_map(self) -> f32 {
-        crate::autodiff::tanh_f32(self)
+        crate::tape::tanh_f32(self)
     }
 }
 

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use latflow::Lattice;
-use latflow::autodiff::{ConvTaps, ParamSlice, Tape, Var};
 use latflow::flow::PointwiseTransform;
 use latflow::rng_from_seed;
+use latflow::tape::{ConvTaps, ParamSlice, Tape, Var};
 use latflow::testing::{assert_gradients_close, finite_difference_gradient};
 use ndarray::Array2;
 use rand::RngExt;
@@ -349,7 +349,7 @@ fn a_reset_tape_reuses_its_buffers_and_gives_the_same_result() {
 
 #[test]
 fn fast_f32_tanh_is_accurate_and_odd() {
-    use latflow::autodiff::tanh_f32;
+    use latflow::tape::tanh_f32;
     let mut worst = 0.0f64;
     for i in -200_000..=200_000 {
         let x = i as f32 * 1e-4;

@@ -4,7 +4,7 @@
 //! [`PointwiseTransform`](crate::flow::PointwiseTransform)).
 //!
 //! ```
-//! use latflow::autodiff::{ParamSlice, Tape};
+//! use latflow::tape::{ParamSlice, Tape};
 //! use ndarray::array;
 //!
 //! // L = Σ tanh(x·W) for W a 2×1 block of the flat parameter vector.
@@ -23,8 +23,8 @@
 //! assert!((grad[0] - slope * 1.0).abs() < 1e-12 && (grad[1] - slope * 2.0).abs() < 1e-12);
 //! ```
 
+mod graph;
 mod matmul;
-mod tape;
 
-pub(crate) use tape::ensure_shape;
-pub use tape::{ConvTaps, ParamSlice, Tape, Var, sigmoid, softplus, tanh_f32};
+pub(crate) use graph::ensure_shape;
+pub use graph::{ConvTaps, ParamSlice, Tape, Var, sigmoid, softplus, tanh_f32};
