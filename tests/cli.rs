@@ -96,6 +96,37 @@ fn runcard_runs_and_malformed_runcard_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The kernel as an expression: in the table with its settings, or as a shorthand.
+    for kernel in [
+        "[kernel]\nkind = \"local*2 + hmc\"\nmd_steps = 4\n",
+        "kernel = \"local*2 + hmc\"\n",
+    ] {
+        let card = dir.join("expression.toml");
+        let head = if kernel.starts_with('[') { "" } else { kernel };
+        let tail = if kernel.starts_with('[') { kernel } else { "" };
+        std::fs::write(
+            &card,
+            format!(
+                "lattice = [4, 4]\nn = 100\n{head}[action]\nform = \"phi4\"\nbeta = 0.5\n\
+                 lambda = 0.5\n{tail}"
+            ),
+        )
+        .unwrap();
+        let out = latflow(&["sample", "--config", card.to_str().unwrap(), "--json"]);
+        assert!(
+            out.status.success(),
+            "{kernel}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kernel"], "local*2+hmc");
+        for label in ["local", "hmc"] {
+            assert!(v["acceptance_by_move"][label].as_f64().is_some(), "{v}");
+        }
+        assert!(v["local_step_size"].as_f64().is_some(), "{v}");
+        assert!(v["exp_minus_delta_h"]["mean"].as_f64().is_some(), "{v}");
+        assert!(v["tau_rej"].is_null(), "{v}");
+    }
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
@@ -111,7 +142,7 @@ fn runcard_runs_and_malformed_runcard_is_refused() {
 
 #[test]
 fn bad_input_gives_clear_errors_and_nonzero_exit() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &[
                 "sample",
@@ -135,6 +166,30 @@ fn bad_input_gives_clear_errors_and_nonzero_exit() {
                 "sample", "--beta", "0.5", "--lambda", "0.5", "--kernel", "gibbs",
             ],
             "gibbs",
+        ),
+        (
+            &[
+                "sample", "--beta", "0.5", "--lambda", "0.5", "--kernel", "local+*2",
+            ],
+            "column 7: expected a kernel name",
+        ),
+        (
+            &[
+                "sample", "--beta", "0.5", "--lambda", "0.5", "--kernel", "local*0",
+            ],
+            "repeat count must be at least 1",
+        ),
+        (
+            &[
+                "sample",
+                "--beta",
+                "0.5",
+                "--lambda",
+                "0.5",
+                "--kernel",
+                "mix(0.5: local, 0.5 hmc)",
+            ],
+            "expected `:` after the weight",
         ),
         (&["sample", "--action", "free", "--mass", "-1"], "mass"),
     ];
@@ -191,7 +246,7 @@ fn train_then_sample_with_the_model() {
     }
     assert_eq!(v["configs_seen"], 64 * 20);
 
-    for kernel in ["flow", "flow+local", "flow+hmc"] {
+    for kernel in ["flow", "flow+local", "flow+hmc", "flow+local*2+hmc"] {
         let out = latflow(&[
             "sample",
             "--model",
@@ -217,6 +272,11 @@ fn train_then_sample_with_the_model() {
             "{kernel}: {v}"
         );
         assert!(v["observables"]["chi"]["mean"].as_f64().is_some());
+        assert_eq!(v["kernel"], kernel);
+        for label in kernel.split('+').map(|part| part.trim_end_matches("*2")) {
+            let acceptance = v["acceptance_by_move"][label].as_f64();
+            assert!(acceptance.is_some(), "{kernel}: {label} missing in {v}");
+        }
     }
 
     // Couplings or a lattice that differ from the model's are refused.

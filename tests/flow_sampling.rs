@@ -1,14 +1,18 @@
 //! Flow proposals against HMC on interacting φ⁴ (L = 6, β = 0.537, λ = 0.5): a trained
 //! flow chain, mixed kernels (flow + local, flow + HMC) and HMC agree on ⟨φ²⟩, χ and ⟨|m|⟩;
 //! a poor flow is still exact (only slower); τ_rej and τ_int(|m|) of a trained flow chain
-//! agree. Errors are Γ-method errors; tolerances are 4σ of the combined error.
+//! agree; a kernel expression composing all three kernels agrees and records its moves in
+//! the expression's order. Errors are Γ-method errors; tolerances are 4σ of the combined error.
 
 use std::sync::{Arc, OnceLock};
 
 use latflow::action::Phi4;
 use latflow::flow::{FlowConfig, FlowModel};
-use latflow::kernel::{Chain, ChainRecord, Cycle, FlowProposal, Hmc, LocalMetropolis};
+use latflow::kernel::{
+    Chain, ChainRecord, Cycle, FlowProposal, Hmc, KernelExpr, LocalMetropolis, MoveDetail,
+};
 use latflow::observable::{Measurements, Summary};
+use latflow::run::KernelSpec;
 use latflow::stats::{GammaEstimate, rejection_autocorrelation};
 use latflow::train::{TrainConfig, Trainer};
 use latflow::{Action, Lattice, Proposal, State};
@@ -115,6 +119,55 @@ fn trained_flow_chain_and_mixed_kernels_agree_with_hmc() {
     let (record, summary) = run(Cycle::new(flow(256), hmc), 3, 200, 10_000);
     assert!(record.acceptance_of("flow") > 0.4);
     agree_with_hmc(&summary, "flow+hmc");
+}
+
+#[test]
+fn kernel_expression_of_flow_local_and_hmc_agrees_with_hmc() {
+    let spec = KernelSpec {
+        kind: KernelExpr::parse("flow+local*2+hmc").unwrap(),
+        md_steps: 8,
+        flow_batch: 256,
+        ..KernelSpec::default()
+    };
+    let kernel = spec.build(&action(), Some(&trained())).unwrap();
+    let steps = 8_000;
+    let (record, summary) = run(kernel, 4, 200, steps);
+    agree_with_hmc(&summary, "flow+local*2+hmc");
+
+    // Per step: one flow proposal, two local sweeps of 36 sites, one HMC trajectory.
+    assert_eq!(record.moves.len(), 4 * steps);
+    for (i, group) in record.moves.chunks(4).enumerate() {
+        let labels: Vec<&str> = group.iter().map(|m| m.kernel).collect();
+        assert_eq!(labels, ["flow", "local", "local", "hmc"], "step {i}");
+        assert!(matches!(group[0].detail, MoveDetail::Flow { .. }));
+        assert!(matches!(
+            group[1].detail,
+            MoveDetail::LocalSweep { step_size, .. } if step_size > 0.0
+        ));
+        assert_eq!((group[1].proposed, group[2].proposed), (36, 36));
+        assert!(matches!(
+            group[3].detail,
+            MoveDetail::Hmc {
+                md_steps: 4..=12,
+                ..
+            }
+        ));
+        // Moves whose ratio favours the proposal are always accepted.
+        for m in [&group[0], &group[3]] {
+            let log_ratio = m.log_acceptance_ratio().unwrap();
+            assert!(log_ratio < 0.0 || m.accepted == 1, "step {i}: {m:?}");
+        }
+    }
+    assert_eq!(record.accept_history("flow").len(), steps);
+    assert_eq!(record.log_weight_ratios("flow").len(), steps);
+    assert_eq!(record.delta_h().len(), steps);
+    for label in ["flow", "local", "hmc"] {
+        let acceptance = record.acceptance_of(label);
+        assert!(
+            acceptance > 0.3 && acceptance < 1.0,
+            "{label}: {acceptance}"
+        );
+    }
 }
 
 /// A deliberately poor flow (the seed recipe trained for a few iterations) proposes badly,

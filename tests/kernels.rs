@@ -6,8 +6,10 @@
 use std::sync::Arc;
 
 use latflow::action::{Action, FreeField, Phi4, single_site_sweep};
+use latflow::kernel::ACTION_REFRESH_INTERVAL;
 use latflow::kernel::{
-    Chain, ChainRecord, Cycle, Hmc, Integrator, LocalMetropolis, Mixture, Repeat, SweepOrder,
+    Chain, ChainRecord, Cycle, Hmc, Integrator, KernelExpr, LocalMetropolis, Mixture, MoveDetail,
+    Repeat, SweepOrder,
 };
 use latflow::observable::{
     ActionDensity, FieldSquared, IsingEnergy, Magnetisation, MagnetisationSquared, Observable,
@@ -226,7 +228,7 @@ fn hmc_satisfies_the_creutz_equality_on_phi4() {
             .with_integrator(integrator);
         let mut chain = Chain::new(hmc, State::new(&*action, phi.clone()).unwrap(), seed);
         let record = chain.run(20_000, 1, &mut []).unwrap();
-        let weights: Vec<f64> = record.deltas("hmc").iter().map(|d| (-d).exp()).collect();
+        let weights: Vec<f64> = record.delta_h().iter().map(|d| (-d).exp()).collect();
         let est = gamma_method(&weights).unwrap();
         let acc = record.acceptance_of("hmc");
         // A test with teeth: ΔH must be far from 0 (acceptance well below 1).
@@ -509,4 +511,119 @@ fn leapfrog_step_is_force_then_kick_then_drift() {
         assert_eq!(pi[i], p, "π_{i}");
         assert_eq!(phi[i], phi0[i] + eps * p, "φ_{i}");
     }
+}
+
+/// The cached action of a state that only local sweeps move. Summing ΔS sweep after sweep
+/// adds rounding errors of order ε(|S| + |Λ|) per sweep, a random walk that grows without
+/// bound (√n of them after n sweeps); the kernel recomputes S from the field every
+/// `ACTION_REFRESH_INTERVAL` sweeps, so that the cached value is exact right after a
+/// recomputation and within that many sweeps' rounding in between.
+#[test]
+fn local_sweeps_keep_the_cached_action_exact() {
+    let action = Arc::new(Phi4::hopping(Lattice::hypercubic(2, 8).unwrap(), 0.576, 0.5).unwrap());
+    let mut kernel = LocalMetropolis::new(action.clone(), 1.0).unwrap();
+    let mut state = State::zero(&*action);
+    let mut rng = rng_from_seed(60);
+    let mut moves = Vec::new();
+    let interval = ACTION_REFRESH_INTERVAL;
+    let mut worst: f64 = 0.0;
+    for sweep in 1..=1_000_000u32 {
+        moves.clear();
+        kernel.step(&mut state, &mut rng, &mut moves);
+        if sweep % (interval * 64) == 0 {
+            // Right after a recomputation (sweep counts from the kernel's construction).
+            assert_eq!(state.action, action.action(&state.phi), "sweep {sweep}");
+        }
+        if sweep % 997 == 0 {
+            let exact = action.action(&state.phi);
+            let scale = exact.abs() + state.phi.len() as f64;
+            worst = worst.max((state.action - exact).abs() / scale);
+        }
+    }
+    let bound = 8.0 * interval as f64 * f64::EPSILON;
+    assert!(
+        worst < bound,
+        "cached action off by {:.1} ε(|S| + |Λ|)",
+        worst / f64::EPSILON
+    );
+}
+
+/// A kernel built from an expression, a hand-made composite of boxed kernels and one of
+/// concrete kernels make the same moves from the same seed.
+#[test]
+fn boxed_and_concrete_composites_make_the_same_moves() {
+    let action = Arc::new(Phi4::hopping(Lattice::hypercubic(2, 4).unwrap(), 0.5, 0.5).unwrap());
+    let local = || LocalMetropolis::new(action.clone(), 1.0).unwrap();
+    let hmc = || Hmc::new(action.clone(), 1.0, 5).unwrap();
+    let run = |kernel: Box<dyn Proposal>| {
+        let mut chain = Chain::new(kernel, State::zero(&*action), 70);
+        chain.thermalise(20);
+        let record = chain.run(300, 1, &mut []).unwrap();
+        (chain.state().clone(), record.moves)
+    };
+    let concrete = run(Box::new(Cycle::new(
+        Repeat::new(local(), 2).unwrap(),
+        hmc(),
+    )));
+    let boxed_parts: Box<dyn Proposal> = Box::new(Cycle::new(
+        Repeat::new(Box::new(local()) as Box<dyn Proposal>, 2).unwrap(),
+        Box::new(hmc()) as Box<dyn Proposal>,
+    ));
+    let from_expression = KernelExpr::parse("local*2+hmc")
+        .unwrap()
+        .build(&mut |name| -> latflow::Result<Box<dyn Proposal>> {
+            match name {
+                "local" => Ok(Box::new(local())),
+                "hmc" => Ok(Box::new(hmc())),
+                other => Err(latflow::Error::param("kernel", other)),
+            }
+        })
+        .unwrap();
+    assert_eq!(run(boxed_parts), concrete);
+    assert_eq!(run(from_expression), concrete);
+    assert_eq!(concrete.1.len(), 3 * 300);
+
+    // The record's accessors see the typed details.
+    let mut chain = Chain::new(
+        Cycle::new(Repeat::new(local(), 2).unwrap(), hmc()),
+        State::zero(&*action),
+        71,
+    );
+    let record = chain.run(50, 1, &mut []).unwrap();
+    assert_eq!(record.delta_h().len(), 50);
+    assert_eq!(record.log_acceptance_ratios("hmc").len(), 50);
+    assert!(record.log_acceptance_ratios("local").is_empty());
+    assert!(record.log_weight_ratios("flow").is_empty());
+    assert_eq!(
+        record.local_step_size(),
+        Some(chain.kernel().first.kernel.step_size())
+    );
+
+    // A local sweep records S after − S before.
+    let mut chain = Chain::new(local(), State::zero(&*action), 72);
+    let record = chain.run(10, 1, &mut []).unwrap();
+    let summed: f64 = record
+        .moves
+        .iter()
+        .map(|m| match m.detail {
+            MoveDetail::LocalSweep { delta_action, .. } => delta_action,
+            _ => f64::NAN,
+        })
+        .sum();
+    let change = chain.state().action - State::zero(&*action).action;
+    assert!(
+        summed != 0.0 && (summed - change).abs() < 1e-9,
+        "{summed} vs {change}"
+    );
+
+    // An unknown name in an expression is the builder's error.
+    let unknown = KernelExpr::parse("local+gibbs")
+        .unwrap()
+        .build(&mut |name| {
+            Err(latflow::Error::param(
+                "kernel",
+                format!("unknown kernel `{name}`"),
+            ))
+        });
+    assert!(unknown.is_err());
 }

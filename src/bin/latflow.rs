@@ -8,10 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use latflow::Lattice;
-use latflow::kernel::Integrator;
+use latflow::kernel::{Integrator, KernelExpr};
 use latflow::run::{
-    ActionSpec, AnnealSpec, KernelKind, KernelSpec, RecipeKind, RecipeSpec, SampleReport,
-    SampleSpec, TrainSpec, model_target, sample, train,
+    ActionSpec, AnnealSpec, KernelSpec, RecipeKind, RecipeSpec, SampleReport, SampleSpec,
+    TrainSpec, model_target, parse_kernel, sample, train,
 };
 use latflow::train::{OptimizerKind, Schedule, TrainConfig};
 
@@ -234,25 +234,6 @@ enum ActionForm {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum KernelName {
-    /// Local Metropolis sweeps.
-    Local,
-    /// Hybrid Monte Carlo.
-    Hmc,
-    /// One local sweep then one HMC trajectory.
-    #[value(name = "local+hmc")]
-    LocalHmc,
-    /// Independence proposals of a trained flow (--model).
-    Flow,
-    /// One flow proposal then one local sweep (--model).
-    #[value(name = "flow+local")]
-    FlowLocal,
-    /// One flow proposal then one HMC trajectory (--model).
-    #[value(name = "flow+hmc")]
-    FlowHmc,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum IntegratorName {
     Leapfrog,
     Omelyan,
@@ -357,17 +338,20 @@ struct SampleArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     target: TargetArgs,
-    /// Trained model file (for --kernel flow, flow+local, flow+hmc); the lattice and action
-    /// come from it, and any given on the command line must match.
+    /// Trained model file (for kernel expressions with `flow`); the lattice and action come
+    /// from it, and any given on the command line must match.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Flow proposals generated per batch.
     #[arg(long, default_value_t = 1000)]
     flow_batch: usize,
-    /// Markov chain kernel.
-    #[arg(long, value_enum, default_value = "hmc")]
-    kernel: KernelName,
-    /// Measured steps: trajectories for HMC, sweeps for local updates.
+    /// Markov chain kernel: an expression over local, hmc and flow, e.g. `hmc`,
+    /// `flow+local*2+hmc` (a cycle: one flow proposal, two local sweeps, one HMC
+    /// trajectory), `(flow+local)*4+hmc` or `mix(0.3: flow, 0.7: hmc)` (one of them at
+    /// random, by weight).
+    #[arg(long, default_value = "hmc", value_parser = kernel_expression)]
+    kernel: KernelExpr,
+    /// Measured steps, each one step of the whole kernel expression.
     #[arg(long, default_value_t = 10_000)]
     n: usize,
     /// Thermalisation steps.
@@ -409,14 +393,7 @@ impl SampleArgs {
         }
         let (lattice, action) = self.target.resolve(self.model.as_deref())?;
         let kernel = KernelSpec {
-            kind: match self.kernel {
-                KernelName::Local => KernelKind::Local,
-                KernelName::Hmc => KernelKind::Hmc,
-                KernelName::LocalHmc => KernelKind::LocalHmc,
-                KernelName::Flow => KernelKind::Flow,
-                KernelName::FlowLocal => KernelKind::FlowLocal,
-                KernelName::FlowHmc => KernelKind::FlowHmc,
-            },
+            kind: self.kernel.clone(),
             step_size: self.step_size,
             tau: self.tau,
             md_steps: self.md_steps,
@@ -440,6 +417,11 @@ impl SampleArgs {
         spec.validate()?;
         Ok(spec)
     }
+}
+
+/// Parses `--kernel`, naming the column and what was expected on a malformed expression.
+fn kernel_expression(text: &str) -> std::result::Result<KernelExpr, String> {
+    parse_kernel(text).map_err(|e| e.to_string())
 }
 
 fn progress_bar(total: u64) -> ProgressBar {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::kernel::{MoveInfo, Proposal, State};
+use crate::kernel::{MoveDetail, MoveInfo, Proposal, State};
 use crate::observable::Observable;
 use crate::rng::{SimRng, rng_from_seed};
 
@@ -108,13 +108,37 @@ impl ChainRecord {
             .collect()
     }
 
-    /// The `delta` field (ΔH for HMC) of every move labelled `label`, in order.
-    pub fn deltas(&self, label: &str) -> Vec<f64> {
-        self.moves
-            .iter()
-            .filter(|m| m.kernel == label)
-            .map(|m| m.delta)
+    /// The moves labelled `label`, in order.
+    pub fn moves_of<'a>(&'a self, label: &'a str) -> impl Iterator<Item = &'a MoveInfo> + 'a {
+        self.moves.iter().filter(move |m| m.kernel == label)
+    }
+
+    /// ΔH of every HMC trajectory, in order.
+    pub fn delta_h(&self) -> Vec<f64> {
+        self.moves.iter().filter_map(MoveInfo::delta_h).collect()
+    }
+
+    /// log w(φ′) − log w(φ) of every flow proposal labelled `label`, in order.
+    pub fn log_weight_ratios(&self, label: &str) -> Vec<f64> {
+        self.moves_of(label)
+            .filter_map(MoveInfo::log_weight_ratio)
             .collect()
+    }
+
+    /// The log-acceptance ratio of every single proposal labelled `label`, in order (see
+    /// [`MoveInfo::log_acceptance_ratio`]; local sweeps have none).
+    pub fn log_acceptance_ratios(&self, label: &str) -> Vec<f64> {
+        self.moves_of(label)
+            .filter_map(MoveInfo::log_acceptance_ratio)
+            .collect()
+    }
+
+    /// The step size δ of the last local sweep, if any ran.
+    pub fn local_step_size(&self) -> Option<f64> {
+        self.moves.iter().rev().find_map(|m| match m.detail {
+            MoveDetail::LocalSweep { step_size, .. } => Some(step_size),
+            _ => None,
+        })
     }
 }
 

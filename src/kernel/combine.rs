@@ -1,11 +1,13 @@
-//! Composite kernels (SPEC 2.5): a [`Cycle`] runs two kernels in turn, a [`Mixture`]
-//! picks one at random, a [`Repeat`] runs one kernel k times. Each is again a kernel, so
-//! they nest, and each leaves e^{−S} invariant when its parts do.
+//! Composite kernels: a [`Cycle`] runs two kernels in turn, a [`Mixture`] picks one at
+//! random, a [`Repeat`] runs one kernel k times. Each is again a kernel, so they nest, and
+//! each leaves e^{−S} invariant when its parts do. Their parts may be concrete kernels or
+//! boxed ones (`Box<dyn Proposal>`), as built from a [`KernelExpr`](super::KernelExpr).
 
-use rand::{Rng, RngExt};
+use rand::RngExt;
 
 use crate::error::{Error, Result};
 use crate::kernel::{MoveInfo, Proposal, State};
+use crate::rng::SimRng;
 
 /// One step of `first`, then one step of `second`.
 pub struct Cycle<A, B> {
@@ -27,7 +29,7 @@ impl<A: Proposal, B: Proposal> Proposal for Cycle<A, B> {
         format!("cycle({}, {})", self.first.name(), self.second.name())
     }
 
-    fn step<R: Rng + ?Sized>(&mut self, state: &mut State, rng: &mut R, moves: &mut Vec<MoveInfo>) {
+    fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {
         self.first.step(state, rng, moves);
         self.second.step(state, rng, moves);
     }
@@ -87,7 +89,7 @@ impl<A: Proposal, B: Proposal> Proposal for Mixture<A, B> {
         )
     }
 
-    fn step<R: Rng + ?Sized>(&mut self, state: &mut State, rng: &mut R, moves: &mut Vec<MoveInfo>) {
+    fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {
         if rng.random::<f64>() < self.probability {
             self.first.step(state, rng, moves);
         } else {
@@ -128,7 +130,7 @@ impl<K: Proposal> Proposal for Repeat<K> {
         format!("{}x{}", self.times, self.kernel.name())
     }
 
-    fn step<R: Rng + ?Sized>(&mut self, state: &mut State, rng: &mut R, moves: &mut Vec<MoveInfo>) {
+    fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {
         for _ in 0..self.times {
             self.kernel.step(state, rng, moves);
         }

@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowModel, Workspace};
-use crate::kernel::{MoveInfo, Proposal, State};
-use crate::rng::rng_from_seed;
+use crate::kernel::{MoveDetail, MoveInfo, Proposal, State};
+use crate::rng::{SimRng, rng_from_seed};
 use crate::stats::{GammaEstimate, ess_fraction, reweighted_mean};
 
 /// Independence Metropolis with a flow as the proposal distribution.
@@ -150,7 +150,7 @@ impl<A: Action> Proposal for FlowProposal<A> {
         format!("flow(batch {})", self.batch)
     }
 
-    fn step<R: Rng + ?Sized>(&mut self, state: &mut State, rng: &mut R, moves: &mut Vec<MoveInfo>) {
+    fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {
         if self.next >= self.batch {
             self.refill(rng);
         }
@@ -176,7 +176,9 @@ impl<A: Action> Proposal for FlowProposal<A> {
             kernel: "flow",
             proposed: 1,
             accepted: u32::from(accept),
-            delta,
+            detail: MoveDetail::Flow {
+                log_weight_ratio: delta,
+            },
         });
     }
 }

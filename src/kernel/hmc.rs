@@ -1,15 +1,16 @@
-//! Hybrid Monte Carlo (SPEC 2.3): Gaussian momenta, a reversible volume-preserving
+//! Hybrid Monte Carlo: Gaussian momenta, a reversible volume-preserving
 //! integrator (leapfrog or Omelyan's 2nd-order minimum-norm scheme), and a Metropolis test
 //! on ΔH. The trajectory length is randomised by default.
 
 use std::sync::Arc;
 
-use rand::{Rng, RngExt};
+use rand::RngExt;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::action::Action;
 use crate::error::{Error, Result, ensure_finite};
-use crate::kernel::{MoveInfo, Proposal, State};
+use crate::kernel::{MoveDetail, MoveInfo, Proposal, State};
+use crate::rng::SimRng;
 
 /// λ of Omelyan's 2nd-order minimum-norm integrator.
 pub const OMELYAN_LAMBDA: f64 = 0.193_183_327_503_783_6;
@@ -241,7 +242,7 @@ impl<A: Action> Proposal for Hmc<A> {
         )
     }
 
-    fn step<R: Rng + ?Sized>(&mut self, state: &mut State, rng: &mut R, moves: &mut Vec<MoveInfo>) {
+    fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {
         // The cached force is reused when the state is the one it was computed for (after
         // a rejected trajectory, or an accepted one of this kernel).
         if !self.force_valid || self.force_phi != state.phi {
@@ -276,7 +277,10 @@ impl<A: Action> Proposal for Hmc<A> {
             kernel: "hmc",
             proposed: 1,
             accepted: accept as u32,
-            delta: delta_h,
+            detail: MoveDetail::Hmc {
+                delta_h,
+                md_steps: u32::try_from(steps).unwrap_or(u32::MAX),
+            },
         });
     }
 }

@@ -1,14 +1,15 @@
-//! Local Metropolis (SPEC 2.2): sweeps over the sites proposing φ_x + δ·u with
-//! u ~ U(−1, 1), accepted with min(1, e^{−ΔS}) from the action's local change; δ adapts
-//! towards a target acceptance while thermalising.
+//! Local Metropolis: sweeps over the sites proposing φ_x + δ·u with u ~ U(−1, 1), accepted
+//! with min(1, e^{−ΔS}) from the action's local change; δ adapts towards a target
+//! acceptance while thermalising.
 
 use std::sync::Arc;
 
-use rand::{Rng, RngExt};
+use rand::RngExt;
 
 use crate::action::Action;
 use crate::error::{Error, Result, ensure_finite};
-use crate::kernel::{MoveInfo, Proposal, State};
+use crate::kernel::{MoveDetail, MoveInfo, Proposal, State};
+use crate::rng::SimRng;
 
 /// The order in which a sweep visits the sites.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -23,7 +24,14 @@ pub enum SweepOrder {
 /// Smallest and largest step size the adaptation may reach.
 const STEP_SIZE_RANGE: (f64, f64) = (1e-8, 1e8);
 
+/// Sweeps between exact recomputations of the cached action [`State::action`].
+pub const ACTION_REFRESH_INTERVAL: u32 = 16;
+
 /// Single-site Metropolis updates; one step is one sweep of |Λ|·hits proposals.
+///
+/// A sweep updates [`State::action`] by the summed ΔS of its accepted proposals and, every
+/// [`ACTION_REFRESH_INTERVAL`] sweeps, recomputes it from the field, so that the rounding
+/// errors of the sums cannot accumulate over a long chain.
 ///
 /// While adapting, after each sweep log δ moves by γ_t·(acceptance − target) with the
 /// decaying gain γ_t = (1 + t/10)^(−0.6), t counting sweeps since adaptation was switched on.
@@ -35,6 +43,7 @@ pub struct LocalMetropolis<A: Action> {
     target_acceptance: f64,
     adapting: bool,
     adaptation_steps: u32,
+    sweeps_since_refresh: u32,
     permutation: Vec<usize>,
 }
 
@@ -64,6 +73,7 @@ impl<A: Action> LocalMetropolis<A> {
             target_acceptance: 0.5,
             adapting: false,
             adaptation_steps: 0,
+            sweeps_since_refresh: 0,
             permutation: (0..v).collect(),
         })
     }
@@ -132,7 +142,7 @@ impl<A: Action> Proposal for LocalMetropolis<A> {
         format!("local(delta={:.4}, hits={})", self.step_size, self.hits)
     }
 
-    fn step<R: Rng + ?Sized>(&mut self, state: &mut State, rng: &mut R, moves: &mut Vec<MoveInfo>) {
+    fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {
         if self.order == SweepOrder::Random {
             let n = self.permutation.len();
             for i in (1..n).rev() {
@@ -146,10 +156,16 @@ impl<A: Action> Proposal for LocalMetropolis<A> {
             &self.permutation,
             self.hits,
             rng,
-            |old, rng: &mut R| old + step_size * (2.0 * rng.random::<f64>() - 1.0),
+            |old, rng: &mut SimRng| old + step_size * (2.0 * rng.random::<f64>() - 1.0),
         );
         let accepted = tally.accepted;
-        state.action += tally.delta_action;
+        self.sweeps_since_refresh += 1;
+        if self.sweeps_since_refresh >= ACTION_REFRESH_INTERVAL {
+            state.action = self.action.action(&state.phi);
+            self.sweeps_since_refresh = 0;
+        } else {
+            state.action += tally.delta_action;
+        }
         let proposed = self.hits * self.permutation.len() as u32;
         if self.adapting {
             // Robbins–Monro on log δ with a decaying gain: fast at first, then settling so
@@ -164,7 +180,10 @@ impl<A: Action> Proposal for LocalMetropolis<A> {
             kernel: "local",
             proposed,
             accepted,
-            delta: f64::NAN,
+            detail: MoveDetail::LocalSweep {
+                delta_action: tally.delta_action,
+                step_size,
+            },
         });
     }
 

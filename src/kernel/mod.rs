@@ -1,23 +1,26 @@
 //! Markov chain kernels: the [`Proposal`] trait (one step from a state, given an RNG),
-//! the chain state, and the per-move record every accept/reject leaves behind.
+//! the chain state, the per-move record every accept/reject leaves behind, the kernels
+//! themselves and the expression language that composes them.
 
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
 use crate::error::{Error, Result};
+use crate::rng::SimRng;
 
 mod chain;
 mod combine;
+mod expr;
 mod flow;
 mod hmc;
 mod local;
 
 pub use chain::{Chain, ChainRecord};
 pub use combine::{Cycle, Mixture, Repeat};
+pub use expr::KernelExpr;
 pub use flow::{FlowProposal, Reweighted, reweight};
 pub use hmc::{Hmc, Integrator, OMELYAN_LAMBDA};
-pub use local::{LocalMetropolis, SweepOrder};
+pub use local::{ACTION_REFRESH_INTERVAL, LocalMetropolis, SweepOrder};
 
 /// The state a kernel moves: the field and its cached action.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,27 +62,110 @@ impl State {
 /// rejection-based autocorrelation can be computed afterwards without printing anything.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MoveInfo {
-    /// Which kind of move: `"local"`, `"hmc"`, `"flow"`, or a user's label.
+    /// Which kernel made the move: `"local"`, `"hmc"`, `"flow"`, or a user's label.
     pub kernel: &'static str,
-    /// Proposals made (|Λ| for a local sweep, 1 for HMC or a flow proposal).
+    /// Proposals made (|Λ|·hits for a local sweep, 1 for HMC or a flow proposal).
     pub proposed: u32,
     /// Proposals accepted.
     pub accepted: u32,
-    /// ΔH of an HMC trajectory, the log-acceptance ratio of other single proposals, NaN
-    /// where it does not apply (local sweeps).
-    pub delta: f64,
+    /// What the move measured, by kind of move.
+    pub detail: MoveDetail,
+}
+
+/// The kind-specific part of a [`MoveInfo`]: each kind of move records its own quantity
+/// under its own name.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MoveDetail {
+    /// A local Metropolis sweep.
+    LocalSweep {
+        /// Σ ΔS over the accepted single-site proposals: S after the sweep − S before.
+        delta_action: f64,
+        /// The proposal half-width δ the sweep used.
+        step_size: f64,
+    },
+    /// An HMC trajectory.
+    Hmc {
+        /// ΔH = H(end of trajectory) − H(start) of the proposed trajectory.
+        delta_h: f64,
+        /// Integrator steps the trajectory took.
+        md_steps: u32,
+    },
+    /// A flow independence proposal.
+    Flow {
+        /// log w(φ') − log w(φ) with w = e^{−S}/p̃: the log-acceptance ratio (NaN when
+        /// neither weight is finite).
+        log_weight_ratio: f64,
+    },
+    /// Any other Metropolis–Hastings proposal, e.g. a user's kernel.
+    Metropolis {
+        /// log of the Metropolis–Hastings ratio [q(φ|φ′) p(φ′)] / [q(φ′|φ) p(φ)].
+        log_acceptance_ratio: f64,
+    },
+}
+
+impl MoveInfo {
+    /// ΔH when this is an HMC trajectory.
+    pub fn delta_h(&self) -> Option<f64> {
+        match self.detail {
+            MoveDetail::Hmc { delta_h, .. } => Some(delta_h),
+            _ => None,
+        }
+    }
+
+    /// log w(φ′) − log w(φ) when this is a flow proposal.
+    pub fn log_weight_ratio(&self) -> Option<f64> {
+        match self.detail {
+            MoveDetail::Flow { log_weight_ratio } => Some(log_weight_ratio),
+            _ => None,
+        }
+    }
+
+    /// The log-acceptance ratio of a single Metropolis–Hastings proposal: −ΔH for HMC, the
+    /// log-weight ratio for a flow proposal, the recorded ratio of other proposals; `None`
+    /// for a local sweep (many decisions).
+    pub fn log_acceptance_ratio(&self) -> Option<f64> {
+        match self.detail {
+            MoveDetail::Hmc { delta_h, .. } => Some(-delta_h),
+            MoveDetail::Flow { log_weight_ratio } => Some(log_weight_ratio),
+            MoveDetail::Metropolis {
+                log_acceptance_ratio,
+            } => Some(log_acceptance_ratio),
+            MoveDetail::LocalSweep { .. } => None,
+        }
+    }
 }
 
 /// A Markov chain kernel that leaves e^{−S} invariant.
-pub trait Proposal {
+///
+/// The trait is object-safe: kernels compose at run time as `Box<dyn Proposal>` (see
+/// [`KernelExpr`]), while each kernel's own loops stay monomorphic because the generator
+/// is the crate's concrete [`SimRng`].
+pub trait Proposal: Send {
     /// A short name for reports.
     fn name(&self) -> String;
 
     /// Advances `state` by one step, appending one [`MoveInfo`] per decision group to `moves`.
-    fn step<R: Rng + ?Sized>(&mut self, state: &mut State, rng: &mut R, moves: &mut Vec<MoveInfo>);
+    fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>);
 
     /// Switches step-size adaptation on (thermalisation) or off (measurement).
     ///
     /// Adaptation breaks detailed balance, so a chain only adapts while thermalising.
     fn set_adapting(&mut self, _on: bool) {}
+}
+
+impl<K: Proposal + ?Sized> Proposal for Box<K> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+
+    #[inline]
+    fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {
+        (**self).step(state, rng, moves)
+    }
+
+    fn set_adapting(&mut self, on: bool) {
+        (**self).set_adapting(on)
+    }
 }

@@ -13,7 +13,9 @@ use crate::lattice::Lattice;
 mod sample;
 mod train;
 
-pub use sample::{Estimate, KernelKind, KernelSpec, SampleReport, SampleSpec, sample};
+pub use sample::{
+    Estimate, KERNEL_NAMES, KernelSpec, SampleReport, SampleSpec, parse_kernel, sample,
+};
 pub use train::{AnnealSpec, RecipeKind, RecipeSpec, TrainReport, TrainSpec, model_target, train};
 
 /// The action to sample, in the convention the user chose (observables are reported in it).

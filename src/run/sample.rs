@@ -11,60 +11,43 @@ use crate::action::{Action, Phi4};
 use crate::error::{Error, Result};
 use crate::flow::FlowModel;
 use crate::kernel::{
-    Chain, ChainRecord, Cycle, FlowProposal, Hmc, Integrator, LocalMetropolis, Proposal, State,
+    Chain, ChainRecord, FlowProposal, Hmc, Integrator, KernelExpr, LocalMetropolis, Proposal, State,
 };
 use crate::lattice::Lattice;
 use crate::observable::{ActionDensity, Measurements, Summary};
 
-/// Which kernel drives the chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KernelKind {
-    /// Local Metropolis sweeps.
-    Local,
-    /// Hybrid Monte Carlo trajectories.
-    Hmc,
-    /// A cycle: one local sweep, then one HMC trajectory.
-    #[serde(rename = "local+hmc")]
-    LocalHmc,
-    /// Independence proposals from a trained flow.
-    Flow,
-    /// A cycle: one flow proposal, then one local sweep.
-    #[serde(rename = "flow+local")]
-    FlowLocal,
-    /// A cycle: one flow proposal, then one HMC trajectory.
-    #[serde(rename = "flow+hmc")]
-    FlowHmc,
+/// The kernel names a kernel expression may use in a run: `local` (one local Metropolis
+/// sweep), `hmc` (one HMC trajectory) and `flow` (one proposal of the run's trained flow).
+pub const KERNEL_NAMES: [&str; 3] = ["local", "hmc", "flow"];
+
+/// Parses a kernel expression and checks that it names only [`KERNEL_NAMES`].
+pub fn parse_kernel(text: &str) -> Result<KernelExpr> {
+    let expr = KernelExpr::parse(text)?;
+    check_kernel_names(&expr)?;
+    Ok(expr)
 }
 
-impl KernelKind {
-    /// The name used in reports and on the command line.
-    pub fn label(&self) -> &'static str {
-        match self {
-            KernelKind::Local => "local",
-            KernelKind::Hmc => "hmc",
-            KernelKind::LocalHmc => "local+hmc",
-            KernelKind::Flow => "flow",
-            KernelKind::FlowLocal => "flow+local",
-            KernelKind::FlowHmc => "flow+hmc",
-        }
-    }
-
-    /// True for the kernels that need a trained flow.
-    pub fn uses_flow(&self) -> bool {
-        matches!(
-            self,
-            KernelKind::Flow | KernelKind::FlowLocal | KernelKind::FlowHmc
-        )
+fn check_kernel_names(expr: &KernelExpr) -> Result<()> {
+    match expr.names().into_iter().find(|n| !KERNEL_NAMES.contains(n)) {
+        Some(unknown) => Err(Error::param(
+            "kernel",
+            format!(
+                "unknown kernel `{unknown}` in `{expr}`: the kernels are {}",
+                KERNEL_NAMES.join(", ")
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
-/// Kernel parameters; only those of the chosen kind are used.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// The kernel: an expression over `local`, `hmc` and `flow` (see [`KernelExpr`]) and the
+/// settings of those kernels. Every occurrence of a name is a kernel of its own with these
+/// settings (a local step size adapts separately for each).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KernelSpec {
-    /// The kernel.
-    pub kind: KernelKind,
+    /// The kernel expression, e.g. `hmc`, `flow+local*2+hmc` or `mix(0.3: flow, 0.7: hmc)`.
+    pub kind: KernelExpr,
     /// Initial local step size δ (tuned during thermalisation).
     pub step_size: f64,
     /// HMC trajectory length τ.
@@ -82,7 +65,7 @@ pub struct KernelSpec {
 impl Default for KernelSpec {
     fn default() -> Self {
         KernelSpec {
-            kind: KernelKind::Hmc,
+            kind: KernelExpr::Kernel("hmc".to_string()),
             step_size: 1.0,
             tau: 1.0,
             md_steps: 10,
@@ -91,6 +74,77 @@ impl Default for KernelSpec {
             flow_batch: 1000,
         }
     }
+}
+
+impl KernelSpec {
+    /// True when the expression needs a trained flow.
+    pub fn uses_flow(&self) -> bool {
+        self.kind.contains("flow")
+    }
+
+    /// Builds the expression's kernel for `action`; `model` is the flow behind every `flow`
+    /// in it (an error when the expression names `flow` and `model` is `None`).
+    pub fn build<A: Action + 'static>(
+        &self,
+        action: &Arc<A>,
+        model: Option<&Arc<FlowModel>>,
+    ) -> Result<Box<dyn Proposal>> {
+        check_kernel_names(&self.kind)?;
+        self.kind.build(&mut |name| -> Result<Box<dyn Proposal>> {
+            Ok(match name {
+                "local" => Box::new(LocalMetropolis::new(action.clone(), self.step_size)?),
+                "hmc" => Box::new(
+                    Hmc::new(action.clone(), self.tau, self.md_steps)?
+                        .with_integrator(self.integrator)
+                        .with_randomised_length(!self.fixed_length),
+                ),
+                "flow" => {
+                    let model = model.ok_or_else(|| {
+                        Error::param("model", "the `flow` kernel needs a trained model")
+                    })?;
+                    Box::new(FlowProposal::new(
+                        model.clone(),
+                        action.clone(),
+                        self.flow_batch,
+                    )?)
+                }
+                other => {
+                    return Err(Error::param("kernel", format!("unknown kernel `{other}`")));
+                }
+            })
+        })
+    }
+}
+
+/// Reads the `kernel` entry of a runcard: either a table of [`KernelSpec`] fields or, as a
+/// shorthand, just the expression (`kernel = "flow+local"`, default settings).
+fn kernel_table_or_expression<'de, D>(deserializer: D) -> std::result::Result<KernelSpec, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = KernelSpec;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a kernel expression or a table of kernel settings")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<KernelSpec, E> {
+            Ok(KernelSpec {
+                kind: KernelExpr::parse(text).map_err(E::custom)?,
+                ..KernelSpec::default()
+            })
+        }
+
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            map: M,
+        ) -> std::result::Result<KernelSpec, M::Error> {
+            KernelSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_any(Visitor)
 }
 
 /// A complete sampling run.
@@ -102,9 +156,9 @@ pub struct SampleSpec {
     /// The action.
     pub action: ActionSpec,
     /// The kernel.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "kernel_table_or_expression")]
     pub kernel: KernelSpec,
-    /// Measured steps (trajectories for HMC, sweeps for local updates).
+    /// Measured steps, each one step of the whole kernel expression.
     pub n: usize,
     /// Thermalisation steps before measuring.
     #[serde(default)]
@@ -115,7 +169,7 @@ pub struct SampleSpec {
     /// Seed of the chain's random stream.
     #[serde(default)]
     pub seed: u64,
-    /// Trained model file, for the flow kernels; it must have been trained for this lattice
+    /// Trained model file, for expressions with `flow`; it must have been trained for this lattice
     /// and action.
     #[serde(default)]
     pub model: Option<PathBuf>,
@@ -143,13 +197,11 @@ impl SampleSpec {
         if self.thin == 0 {
             return Err(Error::param("thin", "must be at least 1"));
         }
-        if self.kernel.kind.uses_flow() && self.model.is_none() {
+        check_kernel_names(&self.kernel.kind)?;
+        if self.kernel.uses_flow() && self.model.is_none() {
             return Err(Error::param(
                 "model",
-                format!(
-                    "kernel {} needs a trained model file",
-                    self.kernel.kind.label()
-                ),
+                format!("kernel {} needs a trained model file", self.kernel.kind),
             ));
         }
         if self.n / self.thin < 2 {
@@ -185,7 +237,7 @@ pub struct SampleReport {
     pub lattice: Vec<usize>,
     /// The action as specified.
     pub action: ActionSpec,
-    /// The kernel's name.
+    /// The kernel expression, in canonical form.
     pub kernel: String,
     /// Measured steps.
     pub n: usize,
@@ -197,7 +249,7 @@ pub struct SampleReport {
     pub seed: u64,
     /// Overall acceptance (accepted / proposed over all moves).
     pub acceptance: f64,
-    /// Acceptance per kind of move (`"local"`, `"hmc"`, ...).
+    /// Acceptance per kernel label (`"local"`, `"hmc"`, `"flow"`).
     pub acceptance_by_move: BTreeMap<String, f64>,
     /// Wall seconds of thermalisation and measurement.
     pub seconds: f64,
@@ -210,9 +262,11 @@ pub struct SampleReport {
     pub exp_minus_delta_h: Option<Estimate>,
     /// Exact values where known (free field).
     pub exact: Option<BTreeMap<String, f64>>,
-    /// The local step size after thermalisation, when local updates ran.
+    /// The local step size after thermalisation, when local updates ran (of the last local
+    /// sweep, when the expression has several local kernels).
     pub local_step_size: Option<f64>,
-    /// Rejection-based autocorrelation time of the flow proposals (SPEC 5.3), when they ran.
+    /// Rejection-based autocorrelation time of the flow proposals, when the expression has
+    /// them.
     pub tau_rej: Option<f64>,
     /// Error of `tau_rej`.
     pub tau_rej_err: Option<f64>,
@@ -240,54 +294,14 @@ pub fn sample(spec: &SampleSpec, progress: &mut dyn FnMut(usize, usize)) -> Resu
     spec.validate()?;
     let action = Arc::new(spec.action.build(&spec.lattice)?);
     let exact = spec.action.exact_values(&spec.lattice)?;
-    let k = spec.kernel;
-    let local = || LocalMetropolis::new(action.clone(), k.step_size);
-    let hmc = || {
-        Hmc::new(action.clone(), k.tau, k.md_steps).map(|h| {
-            h.with_integrator(k.integrator)
-                .with_randomised_length(!k.fixed_length)
-        })
+    let model = if spec.kernel.uses_flow() {
+        Some(Arc::new(load_model_for(spec)?))
+    } else {
+        None
     };
-    let (record, summary, seconds, local_step) = match k.kind {
-        KernelKind::Local => {
-            let (chain, rec, summ, secs) = run_chain(local()?, &action, spec, progress)?;
-            (rec, summ, secs, Some(chain.kernel().step_size()))
-        }
-        KernelKind::Hmc => {
-            let (_, rec, summ, secs) = run_chain(hmc()?, &action, spec, progress)?;
-            (rec, summ, secs, None)
-        }
-        KernelKind::LocalHmc => {
-            let (chain, rec, summ, secs) =
-                run_chain(Cycle::new(local()?, hmc()?), &action, spec, progress)?;
-            let step = chain.kernel().first.step_size();
-            (rec, summ, secs, Some(step))
-        }
-        KernelKind::Flow | KernelKind::FlowLocal | KernelKind::FlowHmc => {
-            let model = Arc::new(load_model_for(spec)?);
-            let flow = || FlowProposal::new(model.clone(), action.clone(), k.flow_batch);
-            match k.kind {
-                KernelKind::Flow => {
-                    let (_, rec, summ, secs) = run_chain(flow()?, &action, spec, progress)?;
-                    (rec, summ, secs, None)
-                }
-                KernelKind::FlowLocal => {
-                    let (chain, rec, summ, secs) =
-                        run_chain(Cycle::new(flow()?, local()?), &action, spec, progress)?;
-                    let step = chain.kernel().second.step_size();
-                    (rec, summ, secs, Some(step))
-                }
-                _ => {
-                    let kernel = Cycle::new(flow()?, hmc()?);
-                    let (_, rec, summ, secs) = run_chain(kernel, &action, spec, progress)?;
-                    (rec, summ, secs, None)
-                }
-            }
-        }
-    };
-    Ok(build_report(
-        spec, &record, &summary, seconds, exact, local_step,
-    ))
+    let kernel = spec.kernel.build(&action, model.as_ref())?;
+    let (record, summary, seconds) = run_chain(kernel, &action, spec, progress)?;
+    Ok(build_report(spec, &record, &summary, seconds, exact))
 }
 
 /// Loads the spec's model, refusing one trained for another lattice or action.
@@ -314,14 +328,12 @@ fn load_model_for(spec: &SampleSpec) -> Result<FlowModel> {
     FlowModel::load_for(path, &spec.lattice)
 }
 
-type ChainRun<K> = (Chain<K>, ChainRecord, Summary, f64);
-
-fn run_chain<K: Proposal>(
-    kernel: K,
+fn run_chain(
+    kernel: Box<dyn Proposal>,
     action: &Arc<Phi4>,
     spec: &SampleSpec,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<ChainRun<K>> {
+) -> Result<(ChainRecord, Summary, f64)> {
     let start = std::time::Instant::now();
     let total = spec.therm + spec.n;
     let mut chain = Chain::new(kernel, State::zero(action.as_ref()), spec.seed);
@@ -344,7 +356,7 @@ fn run_chain<K: Proposal>(
     })?;
     progress(total, total);
     let summary = measurements.summary()?;
-    Ok((chain, record, summary, start.elapsed().as_secs_f64()))
+    Ok((record, summary, start.elapsed().as_secs_f64()))
 }
 
 fn build_report(
@@ -353,7 +365,6 @@ fn build_report(
     summary: &Summary,
     seconds: f64,
     exact: Option<BTreeMap<String, f64>>,
-    local_step_size: Option<f64>,
 ) -> SampleReport {
     let as_estimate = |g: &crate::stats::GammaEstimate| Estimate {
         mean: g.mean,
@@ -382,16 +393,19 @@ fn build_report(
         .iter()
         .map(|&l| (l.to_string(), record.acceptance_of(l)))
         .collect();
-    let exp_dh: Vec<f64> = record.deltas("hmc").iter().map(|d| (-d).exp()).collect();
-    let flow_history = record.accept_history("flow");
-    let rejection = crate::stats::rejection_autocorrelation(&flow_history).ok();
+    let exp_dh: Vec<f64> = record.delta_h().iter().map(|d| (-d).exp()).collect();
+    let rejection = if spec.kernel.uses_flow() {
+        crate::stats::rejection_autocorrelation(&record.accept_history("flow")).ok()
+    } else {
+        None
+    };
     let exp_minus_delta_h = crate::stats::gamma_method(&exp_dh)
         .ok()
         .map(|g| as_estimate(&g));
     SampleReport {
         lattice: spec.lattice.extents().to_vec(),
         action: spec.action,
-        kernel: spec.kernel.kind.label().to_string(),
+        kernel: spec.kernel.kind.to_string(),
         n: spec.n,
         therm: spec.therm,
         thin: spec.thin,
@@ -403,7 +417,7 @@ fn build_report(
         failures,
         exp_minus_delta_h,
         exact,
-        local_step_size,
+        local_step_size: record.local_step_size(),
         tau_rej: rejection.as_ref().map(|r| r.tau_rej),
         tau_rej_err: rejection.as_ref().map(|r| r.tau_rej_err),
         longest_rejection_run: rejection.as_ref().map(|r| r.longest_rejection_run),

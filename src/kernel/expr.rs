@@ -1,0 +1,529 @@
+//! Kernel expressions: a small language that composes named kernels into one, parsed
+//! into a [`KernelExpr`] tree and built into a `Box<dyn Proposal>`.
+//!
+//! ```text
+//! expression := term ('+' term)*                      a cycle: each term in turn
+//! term       := atom ('*' count)*                     the atom `count` times in a row
+//! atom       := name
+//!             | '(' expression ')'
+//!             | 'mix' '(' weight ':' expression (',' weight ':' expression)+ ')'
+//! name       := letter (letter | digit | '_')*        a kernel, e.g. local, hmc, flow
+//! count      := an integer ≥ 1
+//! weight     := a number > 0, e.g. 0.3, 2 or 1e-2
+//! ```
+//!
+//! `flow+local*2+hmc` is one step of `flow`, two of `local`, then one of `hmc`;
+//! `mix(0.3: flow, 0.7: hmc)` makes one step of `flow` with probability 0.3 and of `hmc`
+//! otherwise (weights are normalised by their sum); `(flow+local)*4+hmc` and
+//! `mix(1: flow, 1: local*2)+hmc` nest. `*` binds tighter than `+`; spaces are allowed
+//! between tokens. Which names exist is up to whoever builds the expression
+//! ([`KernelExpr::build`]).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::kernel::{Cycle, Mixture, Proposal, Repeat};
+
+/// Deepest nesting of parentheses and `mix(...)` a parser accepts.
+const MAX_DEPTH: usize = 64;
+
+/// A parsed kernel expression (see the [module documentation](self) for the grammar).
+///
+/// Its `Display` form is canonical (no spaces, nested cycles flattened) and parses back to
+/// the same tree; serde reads and writes it as that string.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum KernelExpr {
+    /// A named kernel.
+    Kernel(String),
+    /// Two or more expressions, one step of each in turn.
+    Cycle(Vec<KernelExpr>),
+    /// `times` (≥ 1) steps of one expression.
+    Repeat(Box<KernelExpr>, usize),
+    /// One step of one of two or more expressions, chosen with probability weight / Σ weights.
+    Mixture(Vec<(f64, KernelExpr)>),
+}
+
+impl KernelExpr {
+    /// Parses `text`; a malformed expression gives an [`Error::Format`] naming the column
+    /// and what was expected there.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut parser = Parser {
+            text,
+            chars: text.char_indices().collect(),
+            at: 0,
+            depth: 0,
+        };
+        let expr = parser.expression()?;
+        parser.skip_spaces();
+        if parser.at < parser.chars.len() {
+            return Err(parser.error("`+`, `*` or the end of the expression"));
+        }
+        Ok(expr)
+    }
+
+    /// Whether the kernel called `name` appears anywhere in the expression.
+    pub fn contains(&self, name: &str) -> bool {
+        let mut found = false;
+        self.visit_names(&mut |n| found |= n == name);
+        found
+    }
+
+    /// The distinct kernel names in the expression, in order of first appearance.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        self.visit_names(&mut |n| {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        });
+        names
+    }
+
+    fn visit_names<'a>(&'a self, f: &mut dyn FnMut(&'a str)) {
+        match self {
+            KernelExpr::Kernel(name) => f(name),
+            KernelExpr::Cycle(parts) => parts.iter().for_each(|p| p.visit_names(f)),
+            KernelExpr::Repeat(inner, _) => inner.visit_names(f),
+            KernelExpr::Mixture(parts) => parts.iter().for_each(|(_, p)| p.visit_names(f)),
+        }
+    }
+
+    /// Builds the kernel: `kernel(name)` makes each named kernel (one fresh kernel per
+    /// occurrence of the name; an error from it, e.g. for an unknown name, is returned),
+    /// and cycles, repeats and mixtures become [`Cycle`], [`Repeat`] and [`Mixture`].
+    pub fn build(
+        &self,
+        kernel: &mut dyn FnMut(&str) -> Result<Box<dyn Proposal>>,
+    ) -> Result<Box<dyn Proposal>> {
+        match self {
+            KernelExpr::Kernel(name) => kernel(name),
+            KernelExpr::Cycle(parts) => {
+                let mut parts = parts.iter();
+                let first = parts
+                    .next()
+                    .ok_or_else(|| Error::param("kernel", "a cycle needs at least one part"))?;
+                let mut built = first.build(kernel)?;
+                for part in parts {
+                    built = Box::new(Cycle::new(built, part.build(kernel)?));
+                }
+                Ok(built)
+            }
+            KernelExpr::Repeat(inner, times) => {
+                Ok(Box::new(Repeat::new(inner.build(kernel)?, *times)?))
+            }
+            KernelExpr::Mixture(parts) => build_mixture(parts, kernel),
+        }
+    }
+}
+
+/// The first part with probability w₁/Σw, otherwise (recursively) a mixture of the rest.
+fn build_mixture(
+    parts: &[(f64, KernelExpr)],
+    kernel: &mut dyn FnMut(&str) -> Result<Box<dyn Proposal>>,
+) -> Result<Box<dyn Proposal>> {
+    if let Some(&(w, _)) = parts.iter().find(|(w, _)| !(w.is_finite() && *w > 0.0)) {
+        return Err(Error::param(
+            "kernel",
+            format!("mixture weights must be positive and finite, got {w}"),
+        ));
+    }
+    match parts {
+        [] => Err(Error::param("kernel", "a mixture needs at least one part")),
+        [(_, only)] => only.build(kernel),
+        [(w, first), rest @ ..] => {
+            let total: f64 = parts.iter().map(|(w, _)| w).sum();
+            let first = first.build(kernel)?;
+            let rest = build_mixture(rest, kernel)?;
+            Ok(Box::new(Mixture::new(first, rest, (w / total).min(1.0))?))
+        }
+    }
+}
+
+impl FromStr for KernelExpr {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        KernelExpr::parse(text)
+    }
+}
+
+impl TryFrom<String> for KernelExpr {
+    type Error = Error;
+
+    fn try_from(text: String) -> Result<Self> {
+        KernelExpr::parse(&text)
+    }
+}
+
+impl From<KernelExpr> for String {
+    fn from(expr: KernelExpr) -> String {
+        expr.to_string()
+    }
+}
+
+impl fmt::Display for KernelExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelExpr::Kernel(name) => f.write_str(name),
+            KernelExpr::Cycle(parts) => {
+                for (i, part) in parts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("+")?;
+                    }
+                    // A cycle inside a cycle only arises from a built tree; keep its grouping.
+                    if matches!(part, KernelExpr::Cycle(_)) {
+                        write!(f, "({part})")?;
+                    } else {
+                        write!(f, "{part}")?;
+                    }
+                }
+                Ok(())
+            }
+            KernelExpr::Repeat(inner, times) => {
+                if matches!(**inner, KernelExpr::Cycle(_)) {
+                    write!(f, "({inner})*{times}")
+                } else {
+                    write!(f, "{inner}*{times}")
+                }
+            }
+            KernelExpr::Mixture(parts) => {
+                f.write_str("mix(")?;
+                for (i, (w, part)) in parts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{w}:{part}")?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
+/// A recursive-descent parser over the characters of one expression.
+struct Parser<'a> {
+    text: &'a str,
+    chars: Vec<(usize, char)>,
+    /// Index into `chars` of the next character.
+    at: usize,
+    depth: usize,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.at).map(|&(_, c)| c)
+    }
+
+    fn skip_spaces(&mut self) {
+        while self.peek().is_some_and(char::is_whitespace) {
+            self.at += 1;
+        }
+    }
+
+    /// Skips spaces and consumes `c` if it comes next.
+    fn eat(&mut self, c: char) -> bool {
+        self.skip_spaces();
+        if self.peek() == Some(c) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// An error at the current position: "at column n: expected `what`, found ...".
+    fn error(&self, expected: &str) -> Error {
+        self.error_at(self.at, &format!("expected {expected}"))
+    }
+
+    fn error_at(&self, at: usize, message: &str) -> Error {
+        let found = match self.chars.get(at) {
+            Some(&(_, c)) => format!("found `{c}`"),
+            None => "found the end of the expression".to_string(),
+        };
+        Error::format(
+            format!("kernel expression `{}`", self.text),
+            format!("at column {}: {message}, {found}", at + 1),
+        )
+    }
+
+    fn expression(&mut self) -> Result<KernelExpr> {
+        let mut parts = vec![self.term()?];
+        while self.eat('+') {
+            match self.term()? {
+                KernelExpr::Cycle(inner) => parts.extend(inner),
+                term => parts.push(term),
+            }
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            KernelExpr::Cycle(parts)
+        })
+    }
+
+    fn term(&mut self) -> Result<KernelExpr> {
+        let mut expr = self.atom()?;
+        while self.eat('*') {
+            self.skip_spaces();
+            let start = self.at;
+            let digits = self.take_while(|c| c.is_ascii_digit());
+            if digits.is_empty() {
+                return Err(self.error("a repeat count (an integer ≥ 1)"));
+            }
+            let times = match digits.parse::<usize>() {
+                Ok(0) => return Err(self.error_at(start, "a repeat count must be at least 1")),
+                Ok(n) => n,
+                Err(_) => return Err(self.error_at(start, "the repeat count is too large")),
+            };
+            expr = KernelExpr::Repeat(Box::new(expr), times);
+        }
+        Ok(expr)
+    }
+
+    fn atom(&mut self) -> Result<KernelExpr> {
+        self.skip_spaces();
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error_at(self.at, &format!("nesting deeper than {MAX_DEPTH} levels")));
+        }
+        if self.eat('(') {
+            self.depth += 1;
+            let inner = self.expression()?;
+            self.depth -= 1;
+            if !self.eat(')') {
+                return Err(self.error("`)`, `+` or `*`"));
+            }
+            return Ok(inner);
+        }
+        if !self.peek().is_some_and(|c| c.is_ascii_alphabetic()) {
+            return Err(self.error("a kernel name, `(` or `mix(`"));
+        }
+        let name = self.take_while(|c| c.is_ascii_alphanumeric() || c == '_');
+        if name == "mix" {
+            self.depth += 1;
+            let mixture = self.mixture();
+            self.depth -= 1;
+            return mixture;
+        }
+        Ok(KernelExpr::Kernel(name))
+    }
+
+    /// The part of `mix(...)` after the name.
+    fn mixture(&mut self) -> Result<KernelExpr> {
+        if !self.eat('(') {
+            return Err(self.error("`(` after `mix`"));
+        }
+        let mut parts = Vec::new();
+        loop {
+            self.skip_spaces();
+            let start = self.at;
+            let number = self.take_while(|c| c.is_ascii_digit() || c == '.');
+            let number = if !number.is_empty() && self.peek().is_some_and(|c| c == 'e' || c == 'E')
+            {
+                let mut exponent = String::from("e");
+                self.at += 1;
+                if let Some(sign @ ('+' | '-')) = self.peek() {
+                    exponent.push(sign);
+                    self.at += 1;
+                }
+                exponent.push_str(&self.take_while(|c| c.is_ascii_digit()));
+                number + &exponent
+            } else {
+                number
+            };
+            if number.is_empty() {
+                return Err(self.error("a mixture weight (a number > 0)"));
+            }
+            let weight = match number.parse::<f64>() {
+                Ok(w) if w.is_finite() && w > 0.0 => w,
+                Ok(_) => return Err(self.error_at(start, "a mixture weight must be positive")),
+                Err(_) => {
+                    return Err(self.error_at(start, &format!("`{number}` is not a number")));
+                }
+            };
+            if !self.eat(':') {
+                return Err(self.error("`:` after the weight"));
+            }
+            parts.push((weight, self.expression()?));
+            if self.eat(')') {
+                break;
+            }
+            if !self.eat(',') {
+                return Err(self.error("`,` or `)`"));
+            }
+        }
+        if parts.len() < 2 {
+            return Err(self.error_at(self.at - 1, "a mixture needs at least two weighted parts"));
+        }
+        Ok(KernelExpr::Mixture(parts))
+    }
+
+    fn take_while(&mut self, accept: impl Fn(char) -> bool) -> String {
+        let mut taken = String::new();
+        while let Some(c) = self.peek().filter(|&c| accept(c)) {
+            taken.push(c);
+            self.at += 1;
+        }
+        taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(name: &str) -> KernelExpr {
+        KernelExpr::Kernel(name.to_string())
+    }
+
+    fn parse_error(text: &str) -> String {
+        match KernelExpr::parse(text) {
+            Ok(expr) => panic!("`{text}` parsed as {expr:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn cycles_repeats_and_parentheses() {
+        assert_eq!(KernelExpr::parse("hmc").unwrap(), k("hmc"));
+        assert_eq!(
+            KernelExpr::parse("flow+local*2+hmc").unwrap(),
+            KernelExpr::Cycle(vec![
+                k("flow"),
+                KernelExpr::Repeat(Box::new(k("local")), 2),
+                k("hmc"),
+            ])
+        );
+        assert_eq!(
+            KernelExpr::parse(" ( flow + local ) * 3 + hmc ").unwrap(),
+            KernelExpr::Cycle(vec![
+                KernelExpr::Repeat(Box::new(KernelExpr::Cycle(vec![k("flow"), k("local")])), 3),
+                k("hmc"),
+            ])
+        );
+        // Grouping a cycle inside a cycle changes nothing.
+        assert_eq!(
+            KernelExpr::parse("(a+b)+(c)").unwrap(),
+            KernelExpr::parse("a+b+c").unwrap()
+        );
+        assert_eq!(
+            KernelExpr::parse("local*2*3").unwrap(),
+            KernelExpr::Repeat(Box::new(KernelExpr::Repeat(Box::new(k("local")), 2)), 3)
+        );
+    }
+
+    #[test]
+    fn mixtures() {
+        assert_eq!(
+            KernelExpr::parse("mix(0.3: flow, 0.7: local*2+hmc)").unwrap(),
+            KernelExpr::Mixture(vec![
+                (0.3, k("flow")),
+                (
+                    0.7,
+                    KernelExpr::Cycle(vec![KernelExpr::Repeat(Box::new(k("local")), 2), k("hmc")])
+                ),
+            ])
+        );
+        let nested = KernelExpr::parse("mix(1e0:a,2:mix(1:b,3.5E-1:c))*2+d").unwrap();
+        assert_eq!(nested.names(), ["a", "b", "c", "d"]);
+        assert!(nested.contains("c") && !nested.contains("e"));
+    }
+
+    #[test]
+    fn display_is_canonical_and_parses_back() {
+        for text in [
+            "hmc",
+            "flow+local*2+hmc",
+            "(flow+local)*4+hmc",
+            "mix(0.3:flow, 0.7:(hmc+local)*2)+local_2",
+            "a*2*3",
+        ] {
+            let expr = KernelExpr::parse(text).unwrap();
+            assert_eq!(expr.to_string(), text);
+            assert_eq!(KernelExpr::parse(&expr.to_string()).unwrap(), expr);
+        }
+        assert_eq!(
+            KernelExpr::parse(" flow +\tlocal ").unwrap().to_string(),
+            "flow+local"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_column_and_what_was_expected() {
+        let cases = [
+            (
+                "",
+                "column 1: expected a kernel name, `(` or `mix(`, found the end",
+            ),
+            ("flow+", "column 6: expected a kernel name"),
+            (
+                "flow++hmc",
+                "column 6: expected a kernel name, `(` or `mix(`, found `+`",
+            ),
+            ("local*", "column 7: expected a repeat count"),
+            ("local*0", "column 7: a repeat count must be at least 1"),
+            (
+                "local*x",
+                "column 7: expected a repeat count (an integer ≥ 1), found `x`",
+            ),
+            (
+                "local*99999999999999999999999",
+                "column 7: the repeat count is too large",
+            ),
+            (
+                "(flow+hmc",
+                "column 10: expected `)`, `+` or `*`, found the end",
+            ),
+            (
+                "flow)",
+                "column 5: expected `+`, `*` or the end of the expression, found `)`",
+            ),
+            ("flow hmc", "column 6: expected `+`, `*` or the end"),
+            ("2*flow", "column 1: expected a kernel name"),
+            ("mix", "column 4: expected `(` after `mix`"),
+            ("mix(flow, hmc)", "column 5: expected a mixture weight"),
+            (
+                "mix(0.5 flow)",
+                "column 9: expected `:` after the weight, found `f`",
+            ),
+            (
+                "mix(0.5:flow)",
+                "a mixture needs at least two weighted parts",
+            ),
+            (
+                "mix(0:flow, 1:hmc)",
+                "column 5: a mixture weight must be positive",
+            ),
+            (
+                "mix(1.2.3:flow, 1:hmc)",
+                "column 5: `1.2.3` is not a number",
+            ),
+            (
+                "mix(1:flow; 1:hmc)",
+                "column 11: expected `,` or `)`, found `;`",
+            ),
+            ("flow+_x", "column 6: expected a kernel name"),
+        ];
+        for (text, needle) in cases {
+            let message = parse_error(text);
+            assert!(message.contains(needle), "`{text}`: {message}");
+            assert!(message.contains("kernel expression"), "{message}");
+        }
+        let deep = format!("{}flow{}", "(".repeat(200), ")".repeat(200));
+        assert!(parse_error(&deep).contains("nesting deeper than"));
+    }
+
+    #[test]
+    fn serde_uses_the_string_form() {
+        let expr = KernelExpr::parse("flow + local*2").unwrap();
+        let json = serde_json::to_string(&expr).unwrap();
+        assert_eq!(json, "\"flow+local*2\"");
+        assert_eq!(serde_json::from_str::<KernelExpr>(&json).unwrap(), expr);
+        let bad = serde_json::from_str::<KernelExpr>("\"flow+\"").unwrap_err();
+        assert!(bad.to_string().contains("column 6"), "{bad}");
+    }
+}
