@@ -131,15 +131,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Every (observable, sampler, sampler, |Δ|/σ) whose difference exceeds 4σ of the
-    /// combined error σ = √(σ_a² + σ_b²).
+    /// Every (observable, sampler, sampler, |Δ|/σ) whose difference reaches 4σ of the
+    /// combined error σ = √(σ_a² + σ_b²), or cannot be compared (NaN).
     pub fn disagreements(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
         let mut out = Vec::new();
         for (i, a) in self.rows.iter().enumerate() {
             for b in &self.rows[i + 1..] {
                 for (name, x, y) in [("phi2", &a.phi2, &b.phi2), ("chi", &a.chi, &b.chi)] {
                     let sigmas = pull(x, y);
-                    if !(sigmas < TOLERANCE_SIGMAS) {
+                    if sigmas.is_nan() || sigmas >= TOLERANCE_SIGMAS {
                         out.push((name, a.sampler, b.sampler, sigmas));
                     }
                 }
