@@ -5,6 +5,9 @@
 //! [`lattice`] + [`action`] (what is sampled) → [`flow`] + [`train`] (a learned proposal)
 //! → [`kernel`] (Markov chains with their accept/reject history) → [`observable`]
 //! → [`stats`] (numbers with honest errors) → [`io`] (what the user reads).
+//!
+//! The theory and conventions behind the formulas are in the repository's `docs/` folder
+//! (start at `docs/README.md`).
 
 pub mod action;
 #[cfg(feature = "cuda")]
