@@ -43,6 +43,19 @@ pub enum Error {
     /// A model, checkpoint or option that does not match the run it is used in.
     #[error("incompatible: {0}")]
     Incompatible(String),
+    /// A flow configuration names a custom transform or net that the layer registry used
+    /// to build or load it does not hold.
+    #[error(
+        "the flow configuration names the custom {kind} `{name}`, which is not registered: \
+         build or load the flow with a LayerRegistry holding it (FlowModel::new_with, \
+         FlowModel::load_with)"
+    )]
+    Unregistered {
+        /// `"transform"` or `"net"`.
+        kind: String,
+        /// The entry's name.
+        name: String,
+    },
     /// A compute device (GPU) that could not be used or failed during a computation.
     #[error("device error: {0}")]
     Device(String),
@@ -62,6 +75,14 @@ impl Error {
         Error::Format {
             what: what.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Unregistered`].
+    pub fn unregistered(kind: impl Into<String>, name: impl Into<String>) -> Self {
+        Error::Unregistered {
+            kind: kind.into(),
+            name: name.into(),
         }
     }
 

@@ -1,9 +1,13 @@
-//! The examples run as tests: each example exposes its logic as a function that returns
-//! what it found, and the test checks it.
+//! The examples that check themselves, run as tests: each exposes `run()`, which its own
+//! `main` calls, and the test checks what it found.
 
 #[allow(dead_code)]
 #[path = "../examples/custom_action.rs"]
 mod custom_action;
+
+#[allow(dead_code)]
+#[path = "../examples/custom_layer.rs"]
+mod custom_layer;
 
 /// A user φ⁶ action sampled by local Metropolis, HMC and a flow trained against it: all
 /// three agree on ⟨φ²⟩ and χ within 4σ, with errors small enough that they could disagree.
@@ -16,4 +20,13 @@ fn custom_action_example() {
     assert!(relative < 0.05, "largest relative error {relative}");
     let flow = report.rows.iter().find(|r| r.sampler == "flow").unwrap();
     assert!(flow.acceptance > 0.3, "flow acceptance {}", flow.acceptance);
+}
+
+/// A user transform and net registered by name, property-checked, trained next to a
+/// built-in block, saved and loaded, and sampled in a flow + local chain that agrees with HMC.
+#[test]
+fn custom_layer_example() {
+    if let Err(e) = custom_layer::run() {
+        panic!("custom_layer example failed: {e}");
+    }
 }

@@ -1,14 +1,19 @@
 //! The layers a flow is made of: coupling layers (a pointwise transform of the active sites
 //! with parameters from a network of the passive sites) and global rescalings. Each layer
-//! records its forward map on a [`Tape`] and inverts itself without one.
+//! records its forward map on a [`Tape`] and inverts itself without one. Transforms and
+//! networks may be the built-in ones or a user's ([`TransformPair::new`], [`Net::custom`]).
 
 use std::sync::Arc;
 
 use ndarray::{Array1, Array2};
 
 use crate::error::{Error, Result};
-use crate::flow::net::{ConvNet, DenseNet, Net, ParamBuilder};
+use crate::flow::net::{
+    AnyFloatConditioner, ConditionerOnTape, ConvNet, DenseNet, Net, NetContext, NetInput,
+    ParamBuilder,
+};
 use crate::flow::recipe::{BlockConfig, NetConfig, TransformKind};
+use crate::flow::registry::LayerRegistry;
 use crate::flow::transform::{Additive, Affine, Z2Affine};
 use crate::flow::{PointwiseTransform, Real};
 use crate::lattice::Lattice;
@@ -17,10 +22,13 @@ use crate::tape::{Tape, Var, ensure_shape};
 /// Most networks one coupling layer may use (one per transform parameter at most).
 const MAX_NETS: usize = 4;
 
-/// A float type flows can run in: picks the transform object built for it.
+/// A float type flows can run in: picks the transform and conditioner objects built for it.
 pub trait FlowFloat: Real {
     /// The transform of a layer in this float type.
     fn transform(pair: &TransformPair) -> &Arc<dyn PointwiseTransform<Self>>;
+
+    /// A user's conditioner net recording itself in this float type.
+    fn conditioner(net: &dyn AnyFloatConditioner) -> &dyn ConditionerOnTape<Self>;
 }
 
 /// One pointwise transform instantiated in f32 (training, sampling) and f64 (checks).
@@ -34,15 +42,45 @@ impl FlowFloat for f32 {
     fn transform(pair: &TransformPair) -> &Arc<dyn PointwiseTransform<f32>> {
         &pair.single
     }
+
+    fn conditioner(net: &dyn AnyFloatConditioner) -> &dyn ConditionerOnTape<f32> {
+        net
+    }
 }
 
 impl FlowFloat for f64 {
     fn transform(pair: &TransformPair) -> &Arc<dyn PointwiseTransform<f64>> {
         &pair.double
     }
+
+    fn conditioner(net: &dyn AnyFloatConditioner) -> &dyn ConditionerOnTape<f64> {
+        net
+    }
 }
 
 impl TransformPair {
+    /// A user's pointwise transform, implemented for both f32 and f64 (typically by one
+    /// generic `impl<T: Real> PointwiseTransform<T>`, or by
+    /// [`ForwardMode`](crate::flow::transform::ForwardMode)). Fails unless both
+    /// instantiations have the same, positive number of parameters per site.
+    pub fn new<P>(transform: P) -> Result<Self>
+    where
+        P: PointwiseTransform<f32> + PointwiseTransform<f64> + 'static,
+    {
+        let single = PointwiseTransform::<f32>::params_per_site(&transform);
+        let double = PointwiseTransform::<f64>::params_per_site(&transform);
+        if single == 0 || single != double {
+            return Err(Error::param(
+                "params_per_site",
+                format!(
+                    "a transform needs the same positive number of parameters per site in \
+                     f32 and f64, got {single} and {double}"
+                ),
+            ));
+        }
+        Ok(Self::of(transform))
+    }
+
     fn of<P>(t: P) -> Self
     where
         P: PointwiseTransform<f32> + PointwiseTransform<f64> + 'static,
@@ -54,16 +92,19 @@ impl TransformPair {
         }
     }
 
-    pub(crate) fn new(kind: &TransformKind) -> Result<Self> {
+    /// The transform `kind` names, custom ones constructed by `registry`.
+    pub(crate) fn from_kind(kind: &TransformKind, registry: &LayerRegistry) -> Result<Self> {
         Ok(match kind {
             TransformKind::Additive => Self::of(Additive),
             TransformKind::Affine => Self::of(Affine),
             TransformKind::Z2Affine => Self::of(Z2Affine),
             TransformKind::Rqs(spline) => Self::of(*spline),
+            TransformKind::Custom { name, config } => registry.transform(name, config)?,
         })
     }
 
-    fn params_per_site(&self) -> usize {
+    /// Parameters per active site, k.
+    pub fn params_per_site(&self) -> usize {
         self.single.params_per_site()
     }
 }
@@ -78,11 +119,40 @@ pub struct Coupling {
 }
 
 impl Coupling {
-    pub(crate) fn new(
+    /// A coupling layer on `lattice` that updates the `active` sites with `transform`, its
+    /// parameters computed from the other (passive) sites by nets that `make_net` builds:
+    /// one net with all k parameters per active site, or with `separate_nets` one net per
+    /// parameter (k ≤ 4). `make_net` receives the [`NetContext`] the net must fit and the
+    /// builder to allocate its parameters in; every net's output shape is checked here.
+    ///
+    /// ```
+    /// use latflow::flow::transform::Affine;
+    /// use latflow::flow::{Coupling, DenseNet, Layer, Net, ParamBuilder, TransformPair};
+    ///
+    /// let lattice = latflow::Lattice::new(&[4, 4])?;
+    /// let mut params = ParamBuilder::new(latflow::rng_from_seed(3));
+    /// let layer = Coupling::new(
+    ///     &lattice,
+    ///     lattice.sites_of_parity(0),
+    ///     TransformPair::new(Affine)?,
+    ///     false,
+    ///     &mut params,
+    ///     |context, params| {
+    ///         let widths = [context.passive().len(), 16, context.outputs()];
+    ///         Ok(Net::Dense(DenseNet::new(&widths, true, params)?))
+    ///     },
+    /// )?;
+    /// let layers = vec![Layer::Coupling(layer)];
+    /// # let _ = layers;
+    /// # Ok::<(), latflow::Error>(())
+    /// ```
+    pub fn new(
         lattice: &Lattice,
         active: Vec<usize>,
-        config: &BlockConfig,
+        transform: TransformPair,
+        separate_nets: bool,
         params: &mut ParamBuilder,
+        mut make_net: impl FnMut(&NetContext<'_>, &mut ParamBuilder) -> Result<Net>,
     ) -> Result<Self> {
         let volume = lattice.volume();
         let mut is_active = vec![false; volume];
@@ -102,70 +172,127 @@ impl Coupling {
                 "both halves of a coupling layer need at least one site",
             ));
         }
-        let transform = TransformPair::new(&config.transform)?;
-        if config.transform == TransformKind::Z2Affine && config.net.has_bias() {
-            return Err(Error::param(
-                "bias",
-                "Z2-affine layers need bias-free networks to stay Z2-equivariant",
-            ));
-        }
+        let (active, passive): (Arc<[usize]>, Arc<[usize]>) = (active.into(), passive.into());
         let k = transform.params_per_site();
-        let outputs: Vec<usize> = if config.separate_nets {
-            vec![1; k]
-        } else {
-            vec![k]
-        };
+        let outputs: Vec<usize> = if separate_nets { vec![1; k] } else { vec![k] };
         if outputs.len() > MAX_NETS {
             return Err(Error::param(
                 "separate_nets",
                 format!("at most {MAX_NETS} networks per layer, the transform needs {k}"),
             ));
         }
-        let nets = outputs
-            .iter()
-            .map(|&per_site| match &config.net {
-                NetConfig::Dense { hidden, bias } => {
-                    let mut widths = vec![passive.len()];
-                    widths.extend_from_slice(hidden);
-                    widths.push(active.len() * per_site);
-                    DenseNet::new(&widths, *bias, params).map(Net::Dense)
-                }
-                NetConfig::Conv {
-                    channels,
-                    kernel,
-                    bias,
-                } => {
-                    ConvNet::new(lattice, *kernel, channels, per_site, *bias, params).map(Net::Conv)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut nets = Vec::with_capacity(outputs.len());
+        for per_site in outputs {
+            let context = NetContext {
+                lattice,
+                active: &active,
+                passive: &passive,
+                outputs_per_site: per_site,
+            };
+            let net = make_net(&context, params)?;
+            check_net_fits(&net, &context, params)?;
+            nets.push(net);
+        }
         Ok(Coupling {
-            active: active.into(),
-            passive: passive.into(),
+            active,
+            passive,
             nets,
             transform,
         })
     }
 
+    /// The coupling layer of a block configuration that updates `active`; custom
+    /// transforms and nets are constructed by `registry`.
+    pub(crate) fn from_config(
+        lattice: &Lattice,
+        active: Vec<usize>,
+        config: &BlockConfig,
+        registry: &LayerRegistry,
+        params: &mut ParamBuilder,
+    ) -> Result<Self> {
+        let transform = TransformPair::from_kind(&config.transform, registry)?;
+        if config.transform == TransformKind::Z2Affine && config.net.has_bias() {
+            return Err(Error::param(
+                "bias",
+                "Z2-affine layers need bias-free networks to stay Z2-equivariant",
+            ));
+        }
+        let make_net = |context: &NetContext<'_>, params: &mut ParamBuilder| match &config.net {
+            NetConfig::Dense { hidden, bias } => {
+                let mut widths = vec![context.passive().len()];
+                widths.extend_from_slice(hidden);
+                widths.push(context.outputs());
+                DenseNet::new(&widths, *bias, params).map(Net::Dense)
+            }
+            NetConfig::Conv {
+                channels,
+                kernel,
+                bias,
+            } => ConvNet::new(
+                lattice,
+                *kernel,
+                channels,
+                context.outputs_per_site(),
+                *bias,
+                params,
+            )
+            .map(Net::Conv),
+            NetConfig::Custom { name, config } => registry.net(name, config, context, params),
+        };
+        Self::new(
+            lattice,
+            active,
+            transform,
+            config.separate_nets,
+            params,
+            make_net,
+        )
+    }
+
+    /// The sites the layer updates.
+    pub fn active(&self) -> &Arc<[usize]> {
+        &self.active
+    }
+
+    /// The sites the layer's nets read.
+    pub fn passive(&self) -> &Arc<[usize]> {
+        &self.passive
+    }
+
+    /// The layer's pointwise transform.
+    pub fn transform(&self) -> &TransformPair {
+        &self.transform
+    }
+
+    /// The layer's networks (one, or one per transform parameter).
+    pub fn nets(&self) -> &[Net] {
+        &self.nets
+    }
+
     /// Transform parameters θ `[n, |A| · k]` from the passive sites of `x` (`[n, volume]`).
     fn parameters<T: FlowFloat>(&self, tape: &mut Tape<T>, params: &[T], x: Var) -> Var {
         let a = self.active.len();
-        let dense_input =
-            matches!(self.nets[0], Net::Dense(_)).then(|| tape.gather(x, &self.passive, 1));
-        let conv_input = matches!(self.nets[0], Net::Conv(_)).then(|| {
+        let reads = |input| self.nets.iter().any(|net| net.input() == input);
+        let passive_input = reads(NetInput::Passive).then(|| tape.gather(x, &self.passive, 1));
+        let masked_input = reads(NetInput::MaskedField).then(|| {
             let active = tape.gather(x, &self.active, 1);
             let zero = tape.scale(active, T::zero());
             tape.scatter(x, zero, &self.active, 1)
         });
+        let input_of = |net: &Net| match net.input() {
+            NetInput::Passive => passive_input.unwrap_or(x),
+            NetInput::MaskedField => masked_input.unwrap_or(x),
+        };
         let mut outs = [x; MAX_NETS];
         for (out, net) in outs.iter_mut().zip(&self.nets) {
             *out = match net {
-                Net::Dense(net) => net.build(tape, params, dense_input.unwrap_or(x)),
-                Net::Conv(net) => {
-                    let per_site = net.build(tape, params, conv_input.unwrap_or(x));
+                Net::Dense(dense) => dense.build(tape, params, input_of(net)),
+                Net::Conv(conv) => {
+                    let per_site = conv.build(tape, params, input_of(net));
                     let channels = tape.shape(per_site).1 / tape.shape(x).1;
                     tape.gather(per_site, &self.active, channels)
                 }
+                Net::Custom(custom) => custom.build(tape, params, input_of(net)),
             };
         }
         let n_nets = self.nets.len();
@@ -214,6 +341,47 @@ impl Coupling {
                 .map(|l| l.to_f64().unwrap_or(f64::NAN))
                 .sum::<f64>();
         }
+    }
+}
+
+/// Checks that `net` reads and writes what a layer of `context` gives and expects: widths
+/// of the built-in nets, and for a custom net the output shape of one recorded pass on a
+/// two-row batch with the parameters allocated so far.
+fn check_net_fits(net: &Net, context: &NetContext<'_>, params: &ParamBuilder) -> Result<()> {
+    let (expected, got) = match net {
+        Net::Dense(dense) => (
+            (context.passive().len(), context.outputs()),
+            (dense.inputs(), dense.outputs()),
+        ),
+        Net::Conv(conv) => (
+            (context.lattice().volume(), context.outputs_per_site()),
+            (conv.volume(), conv.outputs()),
+        ),
+        Net::Custom(custom) => {
+            const ROWS: usize = 2;
+            let width = context.input_width(net.input());
+            let values: Vec<f64> = params.values().iter().map(|&p| f64::from(p)).collect();
+            let mut tape = Tape::<f64>::new();
+            let input = tape.zeros(ROWS, width);
+            let out = custom.build(&mut tape, &values, input);
+            ((ROWS, context.outputs()), tape.shape(out))
+        }
+    };
+    if expected == got {
+        Ok(())
+    } else {
+        let what = match net {
+            Net::Dense(_) => "(inputs, outputs) of the dense net",
+            Net::Conv(_) => "(sites, output channels) of the convolutional net",
+            Net::Custom(_) => "output shape of the custom net on 2 rows",
+        };
+        Err(Error::Shape(format!(
+            "the coupling layer ({} active, {} passive sites, {} parameters per site) needs \
+             {what} {expected:?}, got {got:?}",
+            context.active().len(),
+            context.passive().len(),
+            context.outputs_per_site()
+        )))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Normalizing flows: the [`Flow`] trait (forward z → φ and inverse φ → z on batches, with
-//! exact log-Jacobians), pointwise transforms, coupling layers, networks, priors, recipes
-//! and model files.
+//! exact log-Jacobians), pointwise transforms, coupling layers, networks (built-in or a
+//! user's [`ConditionerNet`]), the [`LayerRegistry`] of user layers, priors, recipes and
+//! model files.
 //!
 //! ```
 //! use latflow::flow::{Flow, FlowConfig, FlowModel};
@@ -23,15 +24,20 @@ mod model;
 mod net;
 mod prior;
 mod recipe;
+mod registry;
 pub mod transform;
 
 pub use layers::{Coupling, FlowFloat, Layer, TransformPair};
 pub use model::{BatchOutput, ChunkSeed, FlowModel, MODEL_FORMAT_VERSION, Workspace};
-pub use net::{ConvNet, DenseNet, Net, conv_taps};
+pub use net::{
+    AnyFloatConditioner, ConditionerNet, ConditionerOnTape, ConvNet, CustomNet, DenseNet, Net,
+    NetContext, NetInput, ParamBuilder, conv_taps,
+};
 pub use prior::Prior;
 pub use recipe::{
     BlockConfig, FlowConfig, LayerConfig, NetConfig, Partition, PriorConfig, TransformKind,
 };
+pub use registry::LayerRegistry;
 pub use transform::{PointwiseTransform, Real};
 
 /// An invertible map between latent and field configurations on a lattice.

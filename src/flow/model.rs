@@ -18,6 +18,7 @@ use crate::flow::layers::{Coupling, FlowFloat, InvertScratch, Layer};
 use crate::flow::net::ParamBuilder;
 use crate::flow::prior::Prior;
 use crate::flow::recipe::{FlowConfig, LayerConfig, Partition};
+use crate::flow::registry::LayerRegistry;
 use crate::lattice::Lattice;
 use crate::rng::rng_from_seed;
 use crate::tape::{Tape, Var, ensure_shape};
@@ -52,8 +53,21 @@ impl std::fmt::Debug for FlowModel {
 impl FlowModel {
     /// Builds the flow described by `config` on `lattice`, with parameters initialised
     /// deterministically from `seed` (Glorot-uniform hidden layers, small output layers and
-    /// zero biases and scales, so that a fresh flow is close to the identity).
+    /// zero biases and scales, so that a fresh flow is close to the identity). Custom
+    /// transforms and nets need [`FlowModel::new_with`].
     pub fn new(config: &FlowConfig, lattice: &Lattice, seed: u64) -> Result<Self> {
+        Self::new_with(config, lattice, seed, &LayerRegistry::new())
+    }
+
+    /// [`FlowModel::new`] for a configuration that may name custom transforms and nets,
+    /// built by the constructors `registry` holds under their names; a name it does not
+    /// hold is an [`Error::Unregistered`].
+    pub fn new_with(
+        config: &FlowConfig,
+        lattice: &Lattice,
+        seed: u64,
+        registry: &LayerRegistry,
+    ) -> Result<Self> {
         let mut builder = ParamBuilder::new(rng_from_seed(seed));
         let mut layers = Vec::new();
         for layer in &config.layers {
@@ -70,7 +84,8 @@ impl FlowModel {
                     }
                     let second = (0..lattice.volume()).filter(|&s| !is_first[s]).collect();
                     for active in [first, second] {
-                        let c = Coupling::new(lattice, active, block, &mut builder)?;
+                        let c =
+                            Coupling::from_config(lattice, active, block, registry, &mut builder)?;
                         layers.push(Layer::Coupling(c));
                     }
                 }
@@ -451,8 +466,16 @@ impl FlowModel {
     }
 
     /// Reads a model file, checking its format version and that its parameter vector fits
-    /// its configuration on its lattice.
+    /// its configuration on its lattice. A model with custom transforms or nets needs
+    /// [`FlowModel::load_with`].
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with(path, &LayerRegistry::new())
+    }
+
+    /// [`FlowModel::load`] for a model that may name custom transforms and nets, built by
+    /// the constructors `registry` holds under their names; a name it does not hold is an
+    /// [`Error::Unregistered`].
+    pub fn load_with(path: impl AsRef<Path>, registry: &LayerRegistry) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let file: ModelFile = serde_json::from_slice(&text)
@@ -465,7 +488,7 @@ impl FlowModel {
                 MODEL_FORMAT_VERSION
             )));
         }
-        let mut model = FlowModel::new(&file.config, &file.lattice, 0)?;
+        let mut model = FlowModel::new_with(&file.config, &file.lattice, 0, registry)?;
         if file.params.len() != model.params.len() {
             return Err(Error::Incompatible(format!(
                 "{} holds {} parameters, its configuration on a {} lattice needs {}",

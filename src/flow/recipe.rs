@@ -1,6 +1,9 @@
 //! Flow configurations: a serde-able [`FlowConfig`] that describes a flow completely (prior,
 //! layers, transforms, networks), and the recipes of SPEC 3.5 that build one (`seed`,
-//! `real_nvp`, `additive`, and convolutional variants).
+//! `real_nvp`, `additive`, and convolutional variants). A user's transform or net appears
+//! as a `custom` entry: a name and a free-form JSON configuration, turned into the object by
+//! the constructor registered under that name in a
+//! [`LayerRegistry`](crate::flow::LayerRegistry).
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +38,15 @@ pub enum TransformKind {
     Z2Affine,
     /// Rational-quadratic spline (segments, interval, minimum bin sizes).
     Rqs(Rqs),
+    /// A user's transform: built by the layer registry's transform entry `name` from
+    /// `config`.
+    Custom {
+        /// The registry entry.
+        name: String,
+        /// The entry's configuration (null if absent).
+        #[serde(default)]
+        config: serde_json::Value,
+    },
 }
 
 /// The network that computes a block's transform parameters.
@@ -57,13 +69,23 @@ pub enum NetConfig {
         /// Whether the layers have biases (must be false for Z2-affine).
         bias: bool,
     },
+    /// A user's conditioner net: built by the layer registry's net entry `name` from
+    /// `config`.
+    Custom {
+        /// The registry entry.
+        name: String,
+        /// The entry's configuration (null if absent).
+        #[serde(default)]
+        config: serde_json::Value,
+    },
 }
 
 impl NetConfig {
-    /// Whether the net's layers carry biases.
+    /// Whether the net's layers carry biases (a custom net's own business: false).
     pub fn has_bias(&self) -> bool {
         match self {
             NetConfig::Dense { bias, .. } | NetConfig::Conv { bias, .. } => *bias,
+            NetConfig::Custom { .. } => false,
         }
     }
 }

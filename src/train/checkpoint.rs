@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
 use crate::error::{Error, Result};
-use crate::flow::{Flow, FlowConfig, FlowModel};
+use crate::flow::{Flow, FlowConfig, FlowModel, LayerRegistry};
 use crate::io::{read_json, write_json};
 use crate::lattice::Lattice;
 use crate::rng::SimRng;
@@ -76,8 +76,13 @@ impl Checkpoint {
         Ok(checkpoint)
     }
 
-    /// Rebuilds the trainer, checking that the pieces fit each other and `action`.
-    pub(crate) fn into_trainer<A: Action + 'static>(self, action: Arc<A>) -> Result<Trainer<A>> {
+    /// Rebuilds the trainer, checking that the pieces fit each other and `action`; custom
+    /// layers of the flow are built by `registry`.
+    pub(crate) fn into_trainer<A: Action + 'static>(
+        self,
+        action: Arc<A>,
+        registry: &LayerRegistry,
+    ) -> Result<Trainer<A>> {
         self.config.validate()?;
         if self.iteration > self.config.iterations {
             return Err(Error::format(
@@ -88,7 +93,7 @@ impl Checkpoint {
                 ),
             ));
         }
-        let mut model = FlowModel::new(&self.flow, &self.lattice, 0)?;
+        let mut model = FlowModel::new_with(&self.flow, &self.lattice, 0, registry)?;
         if self.params.len() != model.n_params() {
             return Err(Error::Incompatible(format!(
                 "checkpoint holds {} parameters, its flow on a {} lattice needs {}",

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
 use crate::error::{Error, Result};
-use crate::flow::{ChunkSeed, FlowModel, Workspace};
+use crate::flow::{ChunkSeed, FlowModel, LayerRegistry, Workspace};
 use crate::rng::{SimRng, rng_from_seed, stream};
 use crate::stats::{ess_fraction, rejection_autocorrelation};
 use crate::train::checkpoint::Checkpoint;
@@ -417,8 +417,14 @@ impl<A: Action + 'static> Trainer<A> {
     /// of an uninterrupted run (same seed and chunk count). A corrupt file or one whose
     /// model does not fit `action`'s lattice is an error.
     pub fn resume(path: &Path, action: Arc<A>) -> Result<Self> {
+        Self::resume_with(path, action, &LayerRegistry::new())
+    }
+
+    /// [`Trainer::resume`] for a flow with custom transforms or nets, built by the
+    /// constructors `registry` holds (see [`FlowModel::load_with`]).
+    pub fn resume_with(path: &Path, action: Arc<A>, registry: &LayerRegistry) -> Result<Self> {
         let checkpoint = Checkpoint::read(path)?;
-        checkpoint.into_trainer(action)
+        checkpoint.into_trainer(action, registry)
     }
 }
 
