@@ -1,4 +1,4 @@
-//! Flow-level laws: invertibility, log-det consistency (inverse, brute-force Jacobian),
+//! Flow-level laws: invertibility, log-det consistency (inverse, exact and brute-force Jacobians),
 //! Z2 equivariance, identity at zero network output, finiteness for large inputs, model files,
 //! and the training gradient of `forward_backward` against finite differences.
 
@@ -8,8 +8,9 @@ use latflow::flow::{
     TransformKind, Workspace,
 };
 use latflow::testing::{
-    assert_gradients_close, check_flow_invertible, check_flow_log_det_bruteforce,
-    check_flow_z2_equivariant, finite_difference_gradient,
+    LOG_DET_RTOL_F32, LOG_DET_RTOL_F64, assert_gradients_close, check_flow_invertible,
+    check_flow_log_det_bruteforce, check_flow_log_det_exact, check_flow_z2_equivariant,
+    finite_difference_gradient,
 };
 use latflow::{Error, Lattice, rng_from_seed};
 use ndarray::{Array2, ArrayView2};
@@ -109,59 +110,17 @@ fn inverse_undoes_forward_and_negates_the_log_det() {
     }
 }
 
-/// log|det| of a square matrix by LU decomposition with partial pivoting.
-fn log_abs_det(mut a: Array2<f64>) -> f64 {
-    let n = a.nrows();
-    let mut sum = 0.0;
-    for k in 0..n {
-        let p = (k..n)
-            .max_by(|&i, &j| a[[i, k]].abs().total_cmp(&a[[j, k]].abs()))
-            .unwrap();
-        if p != k {
-            for c in 0..n {
-                a.swap([k, c], [p, c]);
-            }
-        }
-        let pivot = a[[k, k]];
-        sum += pivot.abs().ln();
-        for i in k + 1..n {
-            let f = a[[i, k]] / pivot;
-            for c in k..n {
-                a[[i, c]] -= f * a[[k, c]];
-            }
-        }
-    }
-    sum
-}
-
 #[test]
-fn log_det_equals_the_finite_difference_jacobian() {
+fn log_det_equals_the_exact_jacobian() {
+    // The forward-mode Jacobian's log|det| (nalgebra LU) against the flow's own log-det in
+    // f64 and in f32, to the relative tolerances the helper documents.
     for (name, config) in configs() {
         let model = random_model(&config, 4, 0.4, 3);
-        let params: Vec<f64> = model.params().iter().map(|&p| p as f64).collect();
-        let z = normal_batch(3, 16, 4).mapv(|x| x as f64);
-        let (_, ld) = model.forward_with(&params, z.view());
-        for r in 0..3 {
-            let mut jac = Array2::zeros((16, 16));
-            let h = 1e-6;
-            for j in 0..16 {
-                let mut plus = z.row(r).to_owned().insert_axis(ndarray::Axis(0));
-                let mut minus = plus.clone();
-                plus[[0, j]] += h;
-                minus[[0, j]] -= h;
-                let (fp, _) = model.forward_with(&params, plus.view());
-                let (fm, _) = model.forward_with(&params, minus.view());
-                for i in 0..16 {
-                    jac[[i, j]] = (fp[[0, i]] - fm[[0, i]]) / (2.0 * h);
-                }
-            }
-            let brute = log_abs_det(jac);
-            assert!(
-                (brute - ld[r]).abs() < 1e-6 * (1.0 + brute.abs()),
-                "{name}: log-det {} vs finite-difference Jacobian {brute}",
-                ld[r]
-            );
-        }
+        let z = normal_batch(3, 16, 4);
+        check_flow_log_det_exact::<f64>(&model, z.view(), LOG_DET_RTOL_F64)
+            .unwrap_or_else(|e| panic!("{name} in f64: {e}"));
+        check_flow_log_det_exact::<f32>(&model, z.view(), LOG_DET_RTOL_F32)
+            .unwrap_or_else(|e| panic!("{name} in f32: {e}"));
     }
 }
 

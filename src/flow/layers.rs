@@ -14,10 +14,10 @@ use crate::flow::net::{
 };
 use crate::flow::recipe::{BlockConfig, NetConfig, TransformKind};
 use crate::flow::registry::LayerRegistry;
-use crate::flow::transform::{Additive, Affine, Z2Affine};
+use crate::flow::transform::{Additive, Affine, DualTransform, Z2Affine};
 use crate::flow::{PointwiseTransform, Real};
 use crate::lattice::Lattice;
-use crate::tape::{Tape, Var, ensure_shape};
+use crate::tape::{Dual, Tape, Var, ensure_shape};
 
 /// Most networks one coupling layer may use (one per transform parameter at most).
 const MAX_NETS: usize = 4;
@@ -31,11 +31,13 @@ pub trait FlowFloat: Real {
     fn conditioner(net: &dyn AnyFloatConditioner) -> &dyn ConditionerOnTape<Self>;
 }
 
-/// One pointwise transform instantiated in f32 (training, sampling) and f64 (checks).
+/// One pointwise transform instantiated in f32 (training, sampling) and f64 (checks), and
+/// its f64 version lifted to [`Dual`] numbers (exact Jacobians by forward mode).
 #[derive(Clone)]
 pub struct TransformPair {
     single: Arc<dyn PointwiseTransform<f32>>,
     double: Arc<dyn PointwiseTransform<f64>>,
+    dual: Arc<dyn PointwiseTransform<Dual>>,
 }
 
 impl FlowFloat for f32 {
@@ -54,6 +56,16 @@ impl FlowFloat for f64 {
     }
 
     fn conditioner(net: &dyn AnyFloatConditioner) -> &dyn ConditionerOnTape<f64> {
+        net
+    }
+}
+
+impl FlowFloat for Dual {
+    fn transform(pair: &TransformPair) -> &Arc<dyn PointwiseTransform<Dual>> {
+        &pair.dual
+    }
+
+    fn conditioner(net: &dyn AnyFloatConditioner) -> &dyn ConditionerOnTape<Dual> {
         net
     }
 }
@@ -86,9 +98,18 @@ impl TransformPair {
         P: PointwiseTransform<f32> + PointwiseTransform<f64> + 'static,
     {
         let t = Arc::new(t);
+        Self::from_parts(t.clone(), t)
+    }
+
+    /// The pair of the two transform objects, with the dual one lifted from the f64 one.
+    fn from_parts(
+        single: Arc<dyn PointwiseTransform<f32>>,
+        double: Arc<dyn PointwiseTransform<f64>>,
+    ) -> Self {
         TransformPair {
-            single: t.clone(),
-            double: t,
+            single,
+            dual: Arc::new(DualTransform::new(double.clone())),
+            double,
         }
     }
 

@@ -13,7 +13,7 @@ use crate::flow::Real;
 use crate::flow::layers::FlowFloat;
 use crate::lattice::Lattice;
 use crate::rng::SimRng;
-use crate::tape::{ConvTaps, ParamSlice, Tape, Var};
+use crate::tape::{ConvTaps, Dual, ParamSlice, Tape, Var};
 
 /// Lays out a flow's parameter blocks in one flat `Vec<f32>` and initialises them.
 ///
@@ -412,7 +412,9 @@ impl<T: FlowFloat, N: ConditionerNet> ConditionerOnTape<T> for N {
 /// A [`ConditionerNet`] as a trait object that records itself in every flow float type
 /// (each one reached through [`FlowFloat::conditioner`]); implemented for every
 /// [`ConditionerNet`].
-pub trait AnyFloatConditioner: ConditionerOnTape<f32> + ConditionerOnTape<f64> {
+pub trait AnyFloatConditioner:
+    ConditionerOnTape<f32> + ConditionerOnTape<f64> + ConditionerOnTape<Dual>
+{
     /// What the net reads.
     fn input(&self) -> NetInput;
 }

@@ -99,9 +99,11 @@ pub trait PointwiseTransform<T: Real>: Send + Sync {
 }
 
 mod affine;
+mod dual;
 mod forward_mode;
 mod rqs;
 
 pub use affine::{Additive, Affine, Z2Affine};
+pub use dual::DualTransform;
 pub use forward_mode::{ForwardMode, MAX_FORWARD_MODE_PARAMS, ScalarMap};
 pub use rqs::{MAX_BINS, Rqs, SplineFloat, exp_f32, ln_f32};

@@ -2,6 +2,9 @@
 //! c ← β·c + a·b for strided ndarray views of f32 or f64, computed by the `gemm` crate's
 //! cache-blocked kernels (chosen at run time for the processor's vector extensions) on the
 //! calling thread; parallelism comes from the callers, which split batches across threads.
+//! Other float types (the forward-mode [`Dual`](super::Dual)) take a plain triple loop.
+
+use std::any::TypeId;
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
@@ -35,6 +38,10 @@ pub(crate) fn mat_mul<T: Real>(
         });
         return;
     }
+    if TypeId::of::<T>() != TypeId::of::<f32>() && TypeId::of::<T>() != TypeId::of::<f64>() {
+        mat_mul_loop(a, b, beta, c);
+        return;
+    }
     let (sa, sb) = (a.strides(), b.strides());
     let (c_rs, c_cs) = (c.strides()[0], c.strides()[1]);
     // SAFETY: the pointers address the first elements of views whose shapes were checked
@@ -62,5 +69,21 @@ pub(crate) fn mat_mul<T: Real>(
             false,
             gemm::Parallelism::None,
         );
+    }
+}
+
+/// c ← β·c + a·b by a plain loop, for float types the `gemm` crate does not handle.
+fn mat_mul_loop<T: Real>(a: &ArrayView2<T>, b: &ArrayView2<T>, beta: T, c: &mut ArrayViewMut2<T>) {
+    let k = a.ncols();
+    for ((i, j), cij) in c.indexed_iter_mut() {
+        let mut acc = T::zero();
+        for l in 0..k {
+            acc = acc + a[[i, l]] * b[[l, j]];
+        }
+        *cij = if beta == T::zero() {
+            acc
+        } else {
+            beta * *cij + acc
+        };
     }
 }

@@ -1,7 +1,8 @@
 //! Automatic differentiation for the flows: a reverse-mode [`Tape`] over ndarray tensors with
 //! hand-derived backward passes (dense and convolutional layers, elementwise maps, softmax,
 //! cumulative sums, partition gather/scatter, reductions, and a fused op that applies any
-//! [`PointwiseTransform`](crate::flow::PointwiseTransform)).
+//! [`PointwiseTransform`](crate::flow::PointwiseTransform)), and [`Dual`] numbers on which the
+//! tape and whole flows also run, for exact Jacobian-vector products by forward mode.
 //!
 //! ```
 //! use latflow::tape::{ParamSlice, Tape};
@@ -23,8 +24,11 @@
 //! assert!((grad[0] - slope * 1.0).abs() < 1e-12 && (grad[1] - slope * 2.0).abs() < 1e-12);
 //! ```
 
+mod dual;
 mod graph;
 mod matmul;
+
+pub use dual::Dual;
 
 pub(crate) use graph::ensure_shape;
 pub use graph::{ConvTaps, ParamSlice, Tape, Var, sigmoid, softplus, tanh_f32};

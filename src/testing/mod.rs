@@ -1,13 +1,16 @@
-//! Public test helpers for users who add their own layers, transforms or kernels:
-//! detailed-balance checks for kernels,
+//! Public test helpers for users who add their own actions, layers, transforms or kernels:
+//! consistency checks of an action (force against forward mode or finite differences,
+//! `delta_local`, Z2 symmetry), detailed-balance checks for kernels,
 //! gradient checks against finite differences and forward mode, invertibility,
 //! log-derivative and finiteness checks for pointwise transforms, flow-level checks
-//! (invertibility, brute-force log-determinant, Z2 equivariance) and proptest strategies.
+//! (invertibility, log-determinant against the exact forward-mode Jacobian or a
+//! finite-difference one, Z2 equivariance) and proptest strategies.
 //!
-//! Every check returns `Result<(), String>` with a message naming the offending site or
-//! component, so it can be used with `prop_assert!`, `?` or `assert!(...is_ok())`. Each
-//! documents the tolerance it applies.
+//! Checks return `Result<(), String>` (or, for actions, a typed failure) naming the
+//! offending site or component, so they can be used with `prop_assert!`, `?` or
+//! `assert!(...is_ok())`. Each documents the tolerance it applies.
 
+pub mod action;
 pub mod alloc;
 pub mod balance;
 pub mod flow;
@@ -16,8 +19,15 @@ pub mod gradcheck;
 pub mod strategies;
 pub mod transform;
 
+pub use action::{
+    ActionCheckFailure, ActionCheckOptions, ActionCheckReport, ActionFormula, DualAction,
+    ForceReference, check_action,
+};
 pub use flow::{
-    check_flow_invertible, check_flow_log_det_bruteforce, check_flow_z2_equivariant, log_abs_det,
+    FlowJacobian, LOG_DET_RTOL_F32, LOG_DET_RTOL_F64, check_flow_invertible,
+    check_flow_log_det_bruteforce, check_flow_log_det_exact, check_flow_z2_equivariant,
+    check_log_det_against_jacobian, flow_jacobian, forward_mode_jacobian, jacobian_log_abs_det,
+    log_abs_det,
 };
 pub use gradcheck::{
     GradCheck, assert_gradients_close, check_transform_gradients, finite_difference_gradient,
