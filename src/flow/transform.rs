@@ -102,6 +102,7 @@ mod affine;
 mod forward_mode;
 mod rqs;
 
+pub use crate::tape::{exp_f32, ln_f32};
 pub use affine::{Additive, Affine, Z2Affine};
 pub use forward_mode::{ForwardMode, MAX_FORWARD_MODE_PARAMS, ScalarMap};
-pub use rqs::{MAX_BINS, Rqs, SplineFloat, exp_f32, ln_f32};
+pub use rqs::{MAX_BINS, Rqs, SplineFloat};
