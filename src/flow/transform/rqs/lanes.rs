@@ -136,32 +136,39 @@ fn softplus_and_sigmoid(x: Lanes) -> (Lanes, Lanes) {
 }
 
 /// The raw parameters of a group of sites, transposed to one [`Lanes`] per parameter:
-/// widths, heights and the K − 1 interior derivatives (the last row of `d` is unused).
-struct LaneParams<const K: usize> {
-    w: [Lanes; K],
-    h: [Lanes; K],
-    d: [Lanes; K],
+/// widths, heights and the K − 1 interior derivatives (the last row of `d` is unused), in
+/// arrays of capacity C ≥ K = `bins` (C = K where the bin count is a compile-time constant).
+struct LaneParams<const C: usize> {
+    bins: usize,
+    w: [Lanes; C],
+    h: [Lanes; C],
+    d: [Lanes; C],
 }
 
-impl<const K: usize> LaneParams<K> {
+impl<const C: usize> LaneParams<C> {
     #[inline(always)]
-    fn zeros() -> Self {
-        let z = [Lanes::splat(0.0); K];
-        LaneParams { w: z, h: z, d: z }
+    fn zeros(bins: usize) -> Self {
+        let z = [Lanes::splat(0.0); C];
+        LaneParams {
+            bins,
+            w: z,
+            h: z,
+            d: z,
+        }
     }
 
     /// Transposes the 3K − 1 parameters per site of up to LANES consecutive sites
     /// (site-major); absent lanes get zeros.
     #[inline(always)]
-    fn load(theta: &[f32]) -> Self {
-        let mut p = Self::zeros();
-        for (lane, raw) in theta.chunks_exact(3 * K - 1).enumerate() {
-            for i in 0..K {
+    fn load(theta: &[f32], bins: usize) -> Self {
+        let mut p = Self::zeros(bins);
+        for (lane, raw) in theta.chunks_exact(3 * bins - 1).enumerate() {
+            for i in 0..bins {
                 p.w[i].0[lane] = raw[i];
-                p.h[i].0[lane] = raw[K + i];
+                p.h[i].0[lane] = raw[bins + i];
             }
-            for i in 0..K - 1 {
-                p.d[i].0[lane] = raw[2 * K + i];
+            for i in 0..bins - 1 {
+                p.d[i].0[lane] = raw[2 * bins + i];
             }
         }
         p
@@ -170,13 +177,14 @@ impl<const K: usize> LaneParams<K> {
     /// Adds the transposed parameters back into up to LANES sites of `out` (site-major).
     #[inline(always)]
     fn add_to(&self, out: &mut [f32]) {
-        for (lane, raw) in out.chunks_exact_mut(3 * K - 1).enumerate() {
-            for i in 0..K {
+        let bins = self.bins;
+        for (lane, raw) in out.chunks_exact_mut(3 * bins - 1).enumerate() {
+            for i in 0..bins {
                 raw[i] += self.w[i].0[lane];
-                raw[K + i] += self.h[i].0[lane];
+                raw[bins + i] += self.h[i].0[lane];
             }
-            for i in 0..K - 1 {
-                raw[2 * K + i] += self.d[i].0[lane];
+            for i in 0..bins - 1 {
+                raw[2 * bins + i] += self.d[i].0[lane];
             }
         }
     }
@@ -184,15 +192,18 @@ impl<const K: usize> LaneParams<K> {
 
 /// Softmax over the bins, lane-wise. The exponentials are f32; the normalisation and the bin sizes `min + scale · p` are f64,
 /// so that the knots, running sums of the sizes, keep f64 accuracy as in the per-site kernel.
-/// Returns p in f32 (for the backward pass) and the sizes in f64.
+/// Returns p in f32 (for the backward pass) and the sizes in f64 (the first `bins` entries).
 #[inline(always)]
-fn softmax_lanes<const K: usize>(
-    raw: &[Lanes; K],
+fn softmax_lanes<const C: usize>(
+    raw: &[Lanes; C],
+    bins: usize,
     min: f64,
     scale: f64,
-) -> ([Lanes; K], [Wide; K]) {
+) -> ([Lanes; C], [Wide; C]) {
+    let raw = &raw[..bins];
     let max = raw[1..].iter().fold(raw[0], |m, &r| m.max(r));
-    let mut e = [Lanes::splat(0.0); K];
+    let mut e = [Lanes::splat(0.0); C];
+    let e = &mut e[..bins];
     let mut sum = Wide::splat(0.0);
     for (ei, &ri) in e.iter_mut().zip(raw) {
         *ei = (ri - max).exp();
@@ -202,9 +213,9 @@ fn softmax_lanes<const K: usize>(
     for x in inv.0.iter_mut() {
         *x = 1.0 / *x;
     }
-    let mut p = [Lanes::splat(0.0); K];
-    let mut sizes = [Wide::splat(0.0); K];
-    for ((pi, si), ei) in p.iter_mut().zip(sizes.iter_mut()).zip(&e) {
+    let mut p = [Lanes::splat(0.0); C];
+    let mut sizes = [Wide::splat(0.0); C];
+    for ((pi, si), ei) in p[..bins].iter_mut().zip(sizes[..bins].iter_mut()).zip(&*e) {
         for lane in 0..LANES {
             let p64 = f64::from(ei.0[lane]) * inv.0[lane];
             pi.0[lane] = p64 as f32;
@@ -216,10 +227,12 @@ fn softmax_lanes<const K: usize>(
 
 /// The bin and segment of each lane of a group in f32, with the softmaxes and sigmoids
 /// that the backward pass needs.
-struct SplineCore<const K: usize> {
-    /// Softmax of the raw widths and heights.
-    pw: [Lanes; K],
-    ph: [Lanes; K],
+struct SplineCore<const C: usize> {
+    /// The number of bins K ≤ C.
+    bins: usize,
+    /// Softmax of the raw widths and heights (the first K entries).
+    pw: [Lanes; C],
+    ph: [Lanes; C],
     /// The bin of each lane, as a float (0 ..= K − 1).
     bin: Lanes,
     segment: Segment<Lanes>,
@@ -229,8 +242,8 @@ struct SplineCore<const K: usize> {
 }
 
 /// The segment of each lane of a group, with its knots in f64.
-struct LaneSpline<const K: usize> {
-    core: SplineCore<K>,
+struct LaneSpline<const C: usize> {
+    core: SplineCore<C>,
     /// The lower knots of each lane's bin in f64 (the running sums over the bins keep f64
     /// accuracy, so that α = (v − x0)/w stays accurate in narrow bins).
     x0: Wide,
@@ -240,7 +253,7 @@ struct LaneSpline<const K: usize> {
     h: Wide,
 }
 
-impl<const K: usize> LaneSpline<K> {
+impl<const C: usize> LaneSpline<C> {
     /// The segment of every lane in f64, with its f64 knots, bin width and height.
     #[inline(always)]
     fn wide_segments(&self) -> Segment<Wide> {
@@ -363,15 +376,15 @@ pub(super) const fn lane_state_len(bins: usize) -> usize {
 
 /// What the backward pass of a group needs from its forward pass, saved by a training
 /// forward pass so that the backward pass does not rebuild the spline.
-struct LaneState<const K: usize> {
-    core: SplineCore<K>,
+struct LaneState<const C: usize> {
+    core: SplineCore<C>,
     /// Position inside the bin, (v − x0)/w computed in f64.
     alpha: Lanes,
 }
 
-impl<const K: usize> LaneState<K> {
+impl<const C: usize> LaneState<C> {
     #[inline(always)]
-    fn new(spline: LaneSpline<K>, alpha: Lanes) -> Self {
+    fn new(spline: LaneSpline<C>, alpha: Lanes) -> Self {
         LaneState {
             core: spline.core,
             alpha,
@@ -402,7 +415,9 @@ impl<const K: usize> LaneState<K> {
     #[inline(always)]
     fn store(&self, out: &mut [f32]) {
         let fixed = self.fixed();
-        let lanes = self.core.pw.iter().chain(&self.core.ph).chain(&fixed);
+        let bins = self.core.bins;
+        let (pw, ph) = (&self.core.pw[..bins], &self.core.ph[..bins]);
+        let lanes = pw.iter().chain(ph).chain(&fixed);
         for (x, o) in lanes.zip(out.chunks_exact_mut(LANES)) {
             o.copy_from_slice(&x.0);
         }
@@ -410,17 +425,25 @@ impl<const K: usize> LaneState<K> {
 
     /// Reads a state written by [`LaneState::store`].
     #[inline(always)]
-    fn load(saved: &[f32]) -> Self {
+    fn load(saved: &[f32], bins: usize) -> Self {
         let lane = |i: usize| {
             let mut x = [0.0; LANES];
             x.copy_from_slice(&saved[i * LANES..(i + 1) * LANES]);
             Lanes(x)
         };
-        let f = 2 * K;
+        let first = |i: usize, j: usize| {
+            if j < bins {
+                lane(i + j)
+            } else {
+                Lanes::splat(0.0)
+            }
+        };
+        let f = 2 * bins;
         LaneState {
             core: SplineCore {
-                pw: std::array::from_fn(lane),
-                ph: std::array::from_fn(|j| lane(K + j)),
+                bins,
+                pw: std::array::from_fn(|j| first(0, j)),
+                ph: std::array::from_fn(|j| first(bins, j)),
                 bin: lane(f),
                 segment: Segment {
                     x0: lane(f + 1),
@@ -444,8 +467,8 @@ pub(super) struct LaneGroups;
 
 impl BinKernel<f32> for LaneGroups {
     #[inline(always)]
-    fn run<const K: usize>(rqs: &Rqs, batch: Batch<'_, f32>) {
-        rqs.run_lanes::<K>(batch)
+    fn run<const C: usize>(rqs: &Rqs, bins: usize, batch: Batch<'_, f32>) {
+        rqs.run_lanes::<C>(bins, batch)
     }
 }
 
@@ -454,17 +477,19 @@ impl Rqs {
     /// the y knots (inverse). One pass over the bins builds the knots (sizes in f32, sums in f64) and keeps,
     /// per lane, the last bin whose lower knot is at or below the key.
     #[inline(always)]
-    fn lane_spline<const K: usize>(
+    fn lane_spline<const C: usize>(
         &self,
-        params: &LaneParams<K>,
+        params: &LaneParams<C>,
         key: Lanes,
         key_on_y: bool,
-    ) -> LaneSpline<K> {
-        let scale = |min: f64| 2.0 * self.bound - K as f64 * min;
-        let (pw, ws) = softmax_lanes(&params.w, self.min_bin_width, scale(self.min_bin_width));
-        let (ph, hs) = softmax_lanes(&params.h, self.min_bin_height, scale(self.min_bin_height));
+    ) -> LaneSpline<C> {
+        let bins = params.bins;
+        let scale = |min: f64| 2.0 * self.bound - bins as f64 * min;
+        let (min_w, min_h) = (self.min_bin_width, self.min_bin_height);
+        let (pw, ws) = softmax_lanes(&params.w, bins, min_w, scale(min_w));
+        let (ph, hs) = softmax_lanes(&params.h, bins, min_h, scale(min_h));
         let zero = Lanes::splat(0.0);
-        let upper_raw = |j: usize| if j + 1 < K { params.d[j] } else { zero };
+        let upper_raw = |j: usize| if j + 1 < bins { params.d[j] } else { zero };
 
         let mut x0 = Wide::splat(-self.bound);
         let mut y0 = x0;
@@ -472,7 +497,7 @@ impl Rqs {
         let (mut raw0, mut raw1) = (zero, upper_raw(0));
         let mut bin = zero;
         let (mut xk, mut yk) = (x0.plus(w), y0.plus(h));
-        for j in 1..K {
+        for j in 1..bins {
             let knot = if key_on_y { yk } else { xk };
             let at_or_below = |l: usize| knot.0[l] <= f64::from(key.0[l]);
             let take = |new: Lanes, old: Lanes| Lanes::select(at_or_below, new, old);
@@ -491,11 +516,12 @@ impl Rqs {
         let (softplus1, sigmoid1) = softplus_and_sigmoid(raw1);
         let one = Lanes::splat(1.0);
         let min_d = Lanes::splat(self.min_derivative as f32);
-        let last = (K - 1) as f32;
+        let last = (bins - 1) as f32;
         let d0 = Lanes::select(|l| bin.0[l] == 0.0, one, softplus0 + min_d);
         let d1 = Lanes::select(|l| bin.0[l] == last, one, softplus1 + min_d);
         LaneSpline {
             core: SplineCore {
+                bins,
                 pw,
                 ph,
                 bin,
@@ -528,11 +554,11 @@ impl Rqs {
     /// C and log C' of a group (identity outside (−a, a)), with the state its backward pass
     /// needs.
     #[inline(always)]
-    fn forward_lanes<const K: usize>(
+    fn forward_lanes<const C: usize>(
         &self,
         v: Lanes,
-        params: &LaneParams<K>,
-    ) -> (Lanes, Lanes, LaneState<K>) {
+        params: &LaneParams<C>,
+    ) -> (Lanes, Lanes, LaneState<C>) {
         let spline = self.lane_spline(params, v, false);
         let seg = &spline.core.segment;
         let alpha = spline.x0.fraction(v, spline.w);
@@ -553,7 +579,7 @@ impl Rqs {
 
     /// C⁻¹ and log |∂C⁻¹/∂y| of a group (identity outside (−a, a)).
     #[inline(always)]
-    fn inverse_lanes<const K: usize>(&self, y: Lanes, params: &LaneParams<K>) -> (Lanes, Lanes) {
+    fn inverse_lanes<const C: usize>(&self, y: Lanes, params: &LaneParams<C>) -> (Lanes, Lanes) {
         let spline = self.lane_spline(params, y, true);
         // The root of the quadratic loses digits to cancellation in f32 where the slope is
         // steep, so each lane solves in f64 (the inverse is off the training path).
@@ -575,7 +601,7 @@ impl Rqs {
 
     /// The state of a group that the backward pass needs, recomputed from the parameters.
     #[inline(always)]
-    fn lane_state<const K: usize>(&self, v: Lanes, params: &LaneParams<K>) -> LaneState<K> {
+    fn lane_state<const C: usize>(&self, v: Lanes, params: &LaneParams<C>) -> LaneState<C> {
         let spline = self.lane_spline(params, v, false);
         let alpha = spline.x0.fraction(v, spline.w);
         LaneState::new(spline, alpha)
@@ -583,13 +609,13 @@ impl Rqs {
 
     /// ∂L/∂v and ∂L/∂θ of a group given ∂L/∂y and ∂L/∂ld and the group's state.
     #[inline(always)]
-    fn backward_lanes<const K: usize>(
+    fn backward_lanes<const C: usize>(
         &self,
         v: Lanes,
-        state: &LaneState<K>,
+        state: &LaneState<C>,
         gy: Lanes,
         gld: Lanes,
-    ) -> (Lanes, LaneParams<K>) {
+    ) -> (Lanes, LaneParams<C>) {
         let seg = &state.core.segment;
         let alpha = state.alpha;
         let local = seg.gradients(alpha, gy, gld);
@@ -608,15 +634,17 @@ impl Rqs {
         let g_d1 = masked(local.d1 * state.core.sigmoid1);
 
         let bound = self.bound as f32;
-        let scale_w = 2.0 * bound - K as f32 * self.min_bin_width as f32;
-        let scale_h = 2.0 * bound - K as f32 * self.min_bin_height as f32;
-        let mut grad = LaneParams::<K>::zeros();
         let core = &state.core;
+        let bins = core.bins;
+        let scale_w = 2.0 * bound - bins as f32 * self.min_bin_width as f32;
+        let scale_h = 2.0 * bound - bins as f32 * self.min_bin_height as f32;
+        let mut grad = LaneParams::<C>::zeros(bins);
         let bin = core.bin;
-        self.axis_backward_lanes(&core.pw, bin, g_x0, g_w, scale_w, &mut grad.w);
-        self.axis_backward_lanes(&core.ph, bin, g_y0, g_h, scale_h, &mut grad.h);
+        let (pw, ph) = (&core.pw[..bins], &core.ph[..bins]);
+        self.axis_backward_lanes(pw, bin, g_x0, g_w, scale_w, &mut grad.w[..bins]);
+        self.axis_backward_lanes(ph, bin, g_y0, g_h, scale_h, &mut grad.h[..bins]);
         // Knot derivative j + 1 is the upper end of bin j and the lower end of bin j + 1.
-        for (j, gd) in grad.d[..K - 1].iter_mut().enumerate() {
+        for (j, gd) in grad.d[..bins - 1].iter_mut().enumerate() {
             let upper = j as f32;
             let lower = (j + 1) as f32;
             *gd = Lanes::select(|l| bin.0[l] == upper, g_d1, zero)
@@ -629,14 +657,14 @@ impl Rqs {
     /// ∂L/∂(size of the bin): the bin sizes get g_j = g_knot [j < l] + g_size [j = l],
     /// and softmax backprop gives scale · p_j (g_j − Σ_i g_i p_i).
     #[inline(always)]
-    fn axis_backward_lanes<const K: usize>(
+    fn axis_backward_lanes(
         &self,
-        p: &[Lanes; K],
+        p: &[Lanes],
         bin: Lanes,
         g_knot: Lanes,
         g_size: Lanes,
         scale: f32,
-        out: &mut [Lanes; K],
+        out: &mut [Lanes],
     ) {
         let zero = Lanes::splat(0.0);
         let mut mean = zero;
@@ -657,9 +685,9 @@ impl Rqs {
 
     /// The f32 kernel: the batch in groups of LANES sites (the last one padded).
     #[inline(always)]
-    pub(super) fn run_lanes<const K: usize>(&self, batch: Batch<'_, f32>) {
-        let group = LANES * (3 * K - 1);
-        let state_len = LANES * lane_state_len(K);
+    pub(super) fn run_lanes<const C: usize>(&self, bins: usize, batch: Batch<'_, f32>) {
+        let group = LANES * (3 * bins - 1);
+        let state_len = LANES * lane_state_len(bins);
         match batch {
             Batch::Forward {
                 v,
@@ -668,7 +696,7 @@ impl Rqs {
                 ld,
                 saved,
             } => {
-                debug_assert_eq!(theta.len(), v.len() * (3 * K - 1));
+                debug_assert_eq!(theta.len(), v.len() * (3 * bins - 1));
                 debug_assert!(saved.is_empty() || saved.len() == f32::saved_len(self, v.len()));
                 // An empty `saved` yields no chunk: nothing is saved.
                 let mut saved = saved.chunks_mut(state_len);
@@ -679,7 +707,7 @@ impl Rqs {
                     .zip(ld.chunks_mut(LANES))
                 {
                     let (yg, ldg, state) =
-                        self.forward_lanes(Lanes::load(v), &LaneParams::<K>::load(theta));
+                        self.forward_lanes(Lanes::load(v), &LaneParams::<C>::load(theta, bins));
                     yg.store(y);
                     ldg.store(ld);
                     if let Some(out) = saved.next() {
@@ -688,7 +716,7 @@ impl Rqs {
                 }
             }
             Batch::Inverse { y, theta, v, ld } => {
-                debug_assert_eq!(theta.len(), y.len() * (3 * K - 1));
+                debug_assert_eq!(theta.len(), y.len() * (3 * bins - 1));
                 for (((y, theta), v), ld) in y
                     .chunks(LANES)
                     .zip(theta.chunks(group))
@@ -696,7 +724,7 @@ impl Rqs {
                     .zip(ld.chunks_mut(LANES))
                 {
                     let (vg, ldg) =
-                        self.inverse_lanes(Lanes::load(y), &LaneParams::<K>::load(theta));
+                        self.inverse_lanes(Lanes::load(y), &LaneParams::<C>::load(theta, bins));
                     vg.store(v);
                     ldg.store(ld);
                 }
@@ -710,7 +738,7 @@ impl Rqs {
                 gv,
                 gtheta,
             } => {
-                debug_assert_eq!(theta.len(), v.len() * (3 * K - 1));
+                debug_assert_eq!(theta.len(), v.len() * (3 * bins - 1));
                 debug_assert_eq!(gtheta.len(), theta.len());
                 debug_assert!(saved.is_empty() || saved.len() == f32::saved_len(self, v.len()));
                 let mut saved = saved.chunks(state_len);
@@ -723,8 +751,8 @@ impl Rqs {
                 {
                     let v = Lanes::load(v);
                     let state = match saved.next() {
-                        Some(state) => LaneState::load(state),
-                        None => self.lane_state(v, &LaneParams::<K>::load(theta)),
+                        Some(state) => LaneState::load(state, bins),
+                        None => self.lane_state(v, &LaneParams::<C>::load(theta, bins)),
                     };
                     let (gvg, grad) =
                         self.backward_lanes(v, &state, Lanes::load(gy), Lanes::load(gld));

@@ -316,45 +316,74 @@ pub enum Batch<'a, T> {
     },
 }
 
-/// A kernel that runs a batch with the bin count K as a compile-time constant.
+/// A kernel that runs a batch of splines with `bins` = K bins on per-bin arrays of
+/// capacity C ≥ K.
 trait BinKernel<T> {
-    /// Runs `batch` for K bins.
-    fn run<const K: usize>(rqs: &Rqs, batch: Batch<'_, T>);
+    /// Runs `batch` for `bins` bins with arrays of capacity C.
+    fn run<const C: usize>(rqs: &Rqs, bins: usize, batch: Batch<'_, T>);
 }
 
-impl Rqs {
-    /// Runs `batch` with kernel `B` and the bin count as a compile-time constant.
-    fn run<T, B: BinKernel<T>>(&self, batch: Batch<'_, T>) {
-        macro_rules! dispatch {
-            ($($k:literal)*) => {
+/// Compiles the kernels with K as a constant for the listed bin counts (fixed trip counts,
+/// arrays of exactly K); every other count runs the same code on arrays of [`MAX_BINS`]
+/// with K read at run time, which gives the same results bit for bit. Few specialisations
+/// keep the crate's build time down: each is compiled for both float types and both targets.
+macro_rules! specialise_bins {
+    ($($k:literal)*) => {
+        /// The bin counts with kernels compiled for K as a constant.
+        #[cfg(test)]
+        const SPECIALISED_BINS: &[usize] = &[$($k),*];
+
+        impl Rqs {
+            /// Runs `batch` with kernel `B`, specialised for the bin count where one is.
+            fn run<T, B: BinKernel<T>>(&self, batch: Batch<'_, T>) {
                 match self.bins {
-                    $($k => self.run_bins_dispatch::<T, B, $k>(batch),)*
-                    // `new` admits 1 ..= MAX_BINS only.
-                    _ => unreachable!("bins out of range"),
+                    $($k => self.run_bins_dispatch::<T, B, $k, true>(batch),)*
+                    _ => self.run_general::<T, B>(batch),
                 }
-            };
+            }
         }
-        dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
+    };
+}
+specialise_bins!(4 6 8 10 12 16);
+
+impl Rqs {
+    /// Runs `batch` with kernel `B` on arrays of [`MAX_BINS`], the bin count read at run
+    /// time (`new` admits 1 ..= MAX_BINS only).
+    fn run_general<T, B: BinKernel<T>>(&self, batch: Batch<'_, T>) {
+        self.run_bins_dispatch::<T, B, MAX_BINS, false>(batch)
     }
 
     /// Runs `batch` compiled for AVX2 + FMA when the processor has them (8 f32 / 4 f64
-    /// lanes), else for the baseline target.
-    fn run_bins_dispatch<T, B: BinKernel<T>, const K: usize>(&self, batch: Batch<'_, T>) {
+    /// lanes), else for the baseline target. With `FIXED` the bin count is C, a
+    /// compile-time constant; otherwise it is `self.bins` ≤ C.
+    fn run_bins_dispatch<T, B: BinKernel<T>, const C: usize, const FIXED: bool>(
+        &self,
+        batch: Batch<'_, T>,
+    ) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the processor supports the features `run_bins_avx2` is compiled for.
-            unsafe { self.run_bins_avx2::<T, B, K>(batch) };
+            unsafe { self.run_bins_avx2::<T, B, C, FIXED>(batch) };
             return;
         }
-        B::run::<K>(self, batch)
+        B::run::<C>(self, self.bin_count::<C, FIXED>(), batch)
     }
 
     /// `B::run` compiled with AVX2 and FMA enabled.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn run_bins_avx2<T, B: BinKernel<T>, const K: usize>(&self, batch: Batch<'_, T>) {
-        B::run::<K>(self, batch)
+    fn run_bins_avx2<T, B: BinKernel<T>, const C: usize, const FIXED: bool>(
+        &self,
+        batch: Batch<'_, T>,
+    ) {
+        B::run::<C>(self, self.bin_count::<C, FIXED>(), batch)
+    }
+
+    /// The bin count as the kernels see it: the constant C when `FIXED`, else `self.bins`.
+    #[inline(always)]
+    fn bin_count<const C: usize, const FIXED: bool>(&self) -> usize {
+        if FIXED { C } else { self.bins }
     }
 }
 

@@ -18,45 +18,49 @@ pub(super) fn sigmoid<T: SplineFloat>(x: f64) -> f64 {
     if x >= 0.0 { r } else { e * r }
 }
 
-/// One axis (widths or heights) of one site with K bins: the softmax p of the raw numbers,
-/// bin sizes `min + scale · p` and lower knots laid end to end from −a.
-struct Axis<const K: usize> {
-    p: [f64; K],
-    lower: [f64; K],
-    size: [f64; K],
+/// One axis (widths or heights) of one site with `bins` bins, held in arrays of capacity C
+/// (C = `bins` where the bin count is a compile-time constant): the softmax p of the raw
+/// numbers, bin sizes `min + scale · p` and lower knots laid end to end from −a.
+struct Axis<const C: usize> {
+    bins: usize,
+    p: [f64; C],
+    lower: [f64; C],
+    size: [f64; C],
     scale: f64,
 }
 
-impl<const K: usize> Axis<K> {
+impl<const C: usize> Axis<C> {
     #[inline(always)]
-    fn new<T: SplineFloat>(raw: &[T], min: f64, bound: f64) -> Self {
+    fn new<T: SplineFloat>(raw: &[T], bins: usize, min: f64, bound: f64) -> Self {
         // The exponentials in T, over a fixed-size array (vectorised), then widened.
-        let mut e = [T::zero(); K];
-        e.copy_from_slice(&raw[..K]);
+        let mut e = [T::zero(); C];
+        let e = &mut e[..bins];
+        e.copy_from_slice(&raw[..bins]);
         let max = e.iter().fold(e[0], |m, &r| m.max(r));
         for ei in e.iter_mut() {
             *ei = (*ei - max).exp_native();
         }
-        let mut p = [0.0; K];
+        let mut p = [0.0; C];
         let mut sum = 0.0;
-        for (pi, &ei) in p.iter_mut().zip(&e) {
+        for (pi, &ei) in p[..bins].iter_mut().zip(&*e) {
             *pi = ei.widen();
             sum += *pi;
         }
         let inv = 1.0 / sum;
-        let scale = 2.0 * bound - K as f64 * min;
-        let mut size = [0.0; K];
-        for (si, pi) in size.iter_mut().zip(p.iter_mut()) {
+        let scale = 2.0 * bound - bins as f64 * min;
+        let mut size = [0.0; C];
+        for (si, pi) in size[..bins].iter_mut().zip(p[..bins].iter_mut()) {
             *pi *= inv;
             *si = min + scale * *pi;
         }
-        let mut lower = [0.0; K];
+        let mut lower = [0.0; C];
         let mut knot = -bound;
-        for (li, &si) in lower.iter_mut().zip(&size) {
+        for (li, &si) in lower[..bins].iter_mut().zip(&size[..bins]) {
             *li = knot;
             knot += si;
         }
         Axis {
+            bins,
             p,
             lower,
             size,
@@ -67,7 +71,10 @@ impl<const K: usize> Axis<K> {
     /// The bin containing `x` ∈ (−a, a): the number of interior knots at or below x.
     #[inline(always)]
     fn locate(&self, x: f64) -> usize {
-        self.lower[1..].iter().map(|&k| (k <= x) as usize).sum()
+        self.lower[1..self.bins]
+            .iter()
+            .map(|&k| (k <= x) as usize)
+            .sum()
     }
 
     /// Adds to `graw` the gradient through this axis given ∂L/∂(lower knot of bin l) and
@@ -75,9 +82,10 @@ impl<const K: usize> Axis<K> {
     /// and softmax backprop gives scale · p_j (g_j − Σ_i g_i p_i).
     #[inline(always)]
     fn backward<T: SplineFloat>(&self, l: usize, g_knot: f64, g_size: f64, graw: &mut [T]) {
-        let mut g = [0.0; K];
+        let bins = self.bins;
+        let mut g = [0.0; C];
         let mut mean = 0.0;
-        for (j, (gj, &pj)) in g.iter_mut().zip(&self.p).enumerate() {
+        for (j, (gj, &pj)) in g[..bins].iter_mut().zip(&self.p[..bins]).enumerate() {
             *gj = if j < l {
                 g_knot
             } else if j == l {
@@ -87,27 +95,27 @@ impl<const K: usize> Axis<K> {
             };
             mean += *gj * pj;
         }
-        for ((out, &gj), &pj) in graw[..K].iter_mut().zip(&g).zip(&self.p) {
+        for ((out, &gj), &pj) in graw[..bins].iter_mut().zip(&g[..bins]).zip(&self.p[..bins]) {
             *out = T::narrow(out.widen() + self.scale * pj * (gj - mean));
         }
     }
 }
 
-/// The spline of one site with K bins: both axes and the raw knot derivatives.
-struct SiteSpline<'a, T, const K: usize> {
-    xs: Axis<K>,
-    ys: Axis<K>,
+/// The spline of one site (arrays of capacity C): both axes and the raw knot derivatives.
+struct SiteSpline<'a, T, const C: usize> {
+    xs: Axis<C>,
+    ys: Axis<C>,
     raw_derivatives: &'a [T],
     min_derivative: f64,
 }
 
-impl<'a, T: SplineFloat, const K: usize> SiteSpline<'a, T, K> {
+impl<'a, T: SplineFloat, const C: usize> SiteSpline<'a, T, C> {
     #[inline(always)]
-    fn new(rqs: &Rqs, raw: &'a [T]) -> Self {
+    fn new(rqs: &Rqs, bins: usize, raw: &'a [T]) -> Self {
         SiteSpline {
-            xs: Axis::new(&raw[..K], rqs.min_bin_width, rqs.bound),
-            ys: Axis::new(&raw[K..2 * K], rqs.min_bin_height, rqs.bound),
-            raw_derivatives: &raw[2 * K..3 * K - 1],
+            xs: Axis::new(&raw[..bins], bins, rqs.min_bin_width, rqs.bound),
+            ys: Axis::new(&raw[bins..2 * bins], bins, rqs.min_bin_height, rqs.bound),
+            raw_derivatives: &raw[2 * bins..3 * bins - 1],
             min_derivative: rqs.min_derivative,
         }
     }
@@ -115,7 +123,7 @@ impl<'a, T: SplineFloat, const K: usize> SiteSpline<'a, T, K> {
     /// Knot derivative k (1 at both ends).
     #[inline(always)]
     fn derivative(&self, k: usize) -> f64 {
-        if k == 0 || k == K {
+        if k == 0 || k == self.xs.bins {
             1.0
         } else {
             softplus::<T>(self.raw_derivatives[k - 1].widen()) + self.min_derivative
@@ -125,7 +133,7 @@ impl<'a, T: SplineFloat, const K: usize> SiteSpline<'a, T, K> {
     /// The segment of bin `l`.
     #[inline(always)]
     fn segment(&self, l: usize) -> Segment<f64> {
-        let l = l.min(K - 1);
+        let l = l.min(self.xs.bins - 1);
         let (w, h) = (self.xs.size[l], self.ys.size[l]);
         Segment {
             x0: self.xs.lower[l],
@@ -144,15 +152,19 @@ pub(super) struct PerSite;
 
 impl<T: SplineFloat> BinKernel<T> for PerSite {
     #[inline(always)]
-    fn run<const K: usize>(rqs: &Rqs, batch: Batch<'_, T>) {
-        rqs.run_bins::<T, K>(batch)
+    fn run<const C: usize>(rqs: &Rqs, bins: usize, batch: Batch<'_, T>) {
+        rqs.run_bins::<T, C>(bins, batch)
     }
 }
 
 impl Rqs {
     #[inline(always)]
-    pub(super) fn run_bins<T: SplineFloat, const K: usize>(&self, batch: Batch<'_, T>) {
-        let k = 3 * K - 1;
+    pub(super) fn run_bins<T: SplineFloat, const C: usize>(
+        &self,
+        bins: usize,
+        batch: Batch<'_, T>,
+    ) {
+        let k = 3 * bins - 1;
         let inside = |x: T| x.widen() > -self.bound && x.widen() < self.bound;
         match batch {
             Batch::Forward {
@@ -166,7 +178,7 @@ impl Rqs {
                     .zip(theta.chunks_exact(k))
                 {
                     (*yi, *ldi) = if inside(vi) {
-                        self.forward_site::<T, K>(vi, raw)
+                        self.forward_site::<T, C>(bins, vi, raw)
                     } else {
                         (vi, T::zero())
                     };
@@ -181,7 +193,7 @@ impl Rqs {
                     .zip(theta.chunks_exact(k))
                 {
                     (*vi, *ldi) = if inside(yi) {
-                        self.inverse_site::<T, K>(yi, raw)
+                        self.inverse_site::<T, C>(bins, yi, raw)
                     } else {
                         (yi, T::zero())
                     };
@@ -206,7 +218,7 @@ impl Rqs {
                     .zip(gy.iter().zip(gld))
                 {
                     if inside(vi) {
-                        self.backward_site::<T, K>(vi, raw, gyi, gldi, gvi, graw);
+                        self.backward_site::<T, C>(bins, vi, raw, gyi, gldi, gvi, graw);
                     } else {
                         *gvi = *gvi + gyi;
                     }
@@ -217,9 +229,9 @@ impl Rqs {
 
     /// C and log C' of one site inside (−a, a).
     #[inline(always)]
-    fn forward_site<T: SplineFloat, const K: usize>(&self, v: T, raw: &[T]) -> (T, T) {
+    fn forward_site<T: SplineFloat, const C: usize>(&self, bins: usize, v: T, raw: &[T]) -> (T, T) {
         let v = v.widen();
-        let spline = SiteSpline::<T, K>::new(self, raw);
+        let spline = SiteSpline::<T, C>::new(self, bins, raw);
         let seg = spline.segment(spline.xs.locate(v));
         let alpha = ((v - seg.x0) / seg.w).clamp(0.0, 1.0);
         (
@@ -230,9 +242,9 @@ impl Rqs {
 
     /// C⁻¹ and log |∂C⁻¹/∂y| of one site inside (−a, a).
     #[inline(always)]
-    fn inverse_site<T: SplineFloat, const K: usize>(&self, y: T, raw: &[T]) -> (T, T) {
+    fn inverse_site<T: SplineFloat, const C: usize>(&self, bins: usize, y: T, raw: &[T]) -> (T, T) {
         let y = y.widen();
-        let spline = SiteSpline::<T, K>::new(self, raw);
+        let spline = SiteSpline::<T, C>::new(self, bins, raw);
         let seg = spline.segment(spline.ys.locate(y));
         let alpha = seg.solve(((y - seg.y0) / seg.h).clamp(0.0, 1.0));
         (
@@ -244,8 +256,10 @@ impl Rqs {
     /// Adds ∂L/∂v to `gv` and ∂L/∂raw to `graw` for one site inside (−a, a), given ∂L/∂y
     /// and ∂L/∂ld.
     #[inline(always)]
-    fn backward_site<T: SplineFloat, const K: usize>(
+    #[allow(clippy::too_many_arguments)]
+    fn backward_site<T: SplineFloat, const C: usize>(
         &self,
+        bins: usize,
         v: T,
         raw: &[T],
         gy: T,
@@ -254,8 +268,8 @@ impl Rqs {
         graw: &mut [T],
     ) {
         let v = v.widen();
-        let spline = SiteSpline::<T, K>::new(self, raw);
-        let l = spline.xs.locate(v).min(K - 1);
+        let spline = SiteSpline::<T, C>::new(self, bins, raw);
+        let l = spline.xs.locate(v).min(bins - 1);
         let seg = spline.segment(l);
         let alpha = ((v - seg.x0) / seg.w).clamp(0.0, 1.0);
         let local = seg.gradients(alpha, gy.widen(), gld.widen());
@@ -266,14 +280,16 @@ impl Rqs {
         let g_w = -(local.alpha * alpha + local.s * seg.s) / seg.w;
         let g_h = local.h + local.s / seg.w;
         // X_l = −a + Σ_{j<l} w_j, likewise Y_l: the lower knot collects from every earlier bin.
-        spline.xs.backward(l, g_x0, g_w, &mut graw[..K]);
-        spline.ys.backward(l, local.y0, g_h, &mut graw[K..2 * K]);
+        spline.xs.backward(l, g_x0, g_w, &mut graw[..bins]);
+        spline
+            .ys
+            .backward(l, local.y0, g_h, &mut graw[bins..2 * bins]);
         let d = spline.raw_derivatives;
-        let gd = &mut graw[2 * K..];
+        let gd = &mut graw[2 * bins..];
         if l >= 1 {
             gd[l - 1] = T::narrow(gd[l - 1].widen() + local.d0 * sigmoid::<T>(d[l - 1].widen()));
         }
-        if l + 1 < K {
+        if l + 1 < bins {
             gd[l] = T::narrow(gd[l].widen() + local.d1 * sigmoid::<T>(d[l].widen()));
         }
     }

@@ -148,3 +148,83 @@ fn f32_kernel_is_finite_for_extreme_inputs() {
         assert!(x.iter().all(|x| x.is_finite()));
     }
 }
+
+/// Every pass of kernel `B` on `T` (forward with and without saved state, inverse,
+/// backward with and without saved state), specialised for `r.bins()` or not, as bits.
+fn all_passes<T: SplineFloat, B: BinKernel<T>>(
+    r: &Rqs,
+    general: bool,
+    v: &[T],
+    theta: &[T],
+    gy: &[T],
+) -> Vec<u64> {
+    let run = |batch: Batch<'_, T>| {
+        if general {
+            r.run_general::<T, B>(batch)
+        } else {
+            r.run::<T, B>(batch)
+        }
+    };
+    let n = v.len();
+    let zeros = || vec![T::zero(); n];
+    let (mut y, mut ld, mut saved) = (zeros(), zeros(), vec![T::zero(); T::saved_len(r, n)]);
+    run(Batch::Forward {
+        v,
+        theta,
+        y: &mut y,
+        ld: &mut ld,
+        saved: &mut saved,
+    });
+    let (mut y_plain, mut ld_plain) = (zeros(), zeros());
+    run(Batch::Forward {
+        v,
+        theta,
+        y: &mut y_plain,
+        ld: &mut ld_plain,
+        saved: &mut [],
+    });
+    let (mut back, mut ld_back) = (zeros(), zeros());
+    run(Batch::Inverse {
+        y: &y,
+        theta,
+        v: &mut back,
+        ld: &mut ld_back,
+    });
+    let mut grads = Vec::new();
+    for saved in [&saved[..], &[]] {
+        let (mut gv, mut gtheta) = (zeros(), vec![T::zero(); theta.len()]);
+        run(Batch::Backward {
+            v,
+            theta,
+            saved,
+            gy,
+            gld: &y,
+            gv: &mut gv,
+            gtheta: &mut gtheta,
+        });
+        grads.extend(gv.into_iter().chain(gtheta));
+    }
+    [y, ld, saved, y_plain, ld_plain, back, ld_back, grads]
+        .concat()
+        .into_iter()
+        .map(|x| x.widen().to_bits())
+        .collect()
+}
+
+/// The general kernels (arrays of MAX_BINS, bin count at run time) give bit for bit what
+/// the kernels specialised for each bin count give, on both float types: 21 sites (two
+/// full groups of eight and a partial one), inside and outside (−a, a).
+#[test]
+fn general_kernels_match_the_specialised_ones_bit_for_bit() {
+    for &bins in SPECIALISED_BINS {
+        let r = Rqs::new(bins, 4.0).unwrap();
+        let (v, theta) = sites(3 * bins - 1, 21, 5.0, 2.0, 300 + bins as u64);
+        let (gy, _) = sites(1, 21, 1.0, 1.0, 400 + bins as u64);
+        let lanes = |general| all_passes::<f32, LaneGroups>(&r, general, &v, &theta, &gy);
+        assert_eq!(lanes(true), lanes(false), "f32, K = {bins}");
+        let (v, theta, gy) = (widen(&v), widen(&theta), widen(&gy));
+        let per_site = |general| all_passes::<f64, PerSite>(&r, general, &v, &theta, &gy);
+        assert_eq!(per_site(true), per_site(false), "f64, K = {bins}");
+    }
+    assert!(!SPECIALISED_BINS.contains(&13) && !SPECIALISED_BINS.contains(&MAX_BINS));
+}
