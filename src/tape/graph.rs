@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use super::matmul::mat_mul;
-use crate::flow::{PointwiseTransform, Real};
+use super::{PointwiseTransform, Real};
 
 /// A handle to a node of a [`Tape`]: valid until the next [`Tape::reset`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
