@@ -2,11 +2,13 @@
 //! on [−a, a], identity outside, with an analytic inverse and a hand-derived backward pass
 //! through softmax, cumulative sums and softplus.
 //!
-//! One kernel serves both float types: it is generic over the number of bins K (a const
-//! parameter, so every per-site loop has a fixed trip count and runs on stack arrays) and
-//! over [`SplineFloat`], which supplies exp and ln — the standard library's in f64, the
-//! branch-free polynomials [`exp_f32`] and [`ln_f32`] in f32 so that the loops over bins
-//! vectorise. The bin search is a branch-free count of the knots below the input.
+//! One kernel serves both float types: it runs on stack arrays whose length C is a const
+//! parameter — C = K for the common bin counts, so that every per-site loop has a fixed trip
+//! count, and C = [`MAX_BINS`] with K read at run time for the others (same code, same
+//! results) — and is generic over [`SplineFloat`], which supplies exp and ln — the standard
+//! library's in f64, the branch-free polynomials [`exp_f32`] and [`ln_f32`] in f32 so that
+//! the loops over bins vectorise. The bin search is a branch-free count of the knots below
+//! the input.
 //!
 //! This module holds the type, its validation and serialisation, the float trait and the
 //! dispatch over bin counts; `scalar` the per-site kernel (any [`SplineFloat`]), `lanes`
