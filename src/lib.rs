@@ -20,6 +20,7 @@ pub mod kernel;
 pub mod lattice;
 pub mod observable;
 pub mod rng;
+#[cfg(feature = "cli")]
 pub mod run;
 pub mod stats;
 pub mod tape;

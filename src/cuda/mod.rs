@@ -1,18 +1,20 @@
-//! Device kernels for the hot paths, behind the `cuda` feature (cudarc, loaded dynamically).
-//!
-//! Nothing here is needed to use the library: every entry point has a CPU path with the same
-//! results within float tolerance, and [`available`] tells whether a CUDA driver and device are
-//! present before any driver call is made (cudarc panics on a missing driver library otherwise).
-//! The kernels are compiled at run time with NVRTC.
-//!
-//! Current kernels: the batched action and force of the local polynomial actions
+//! A device kernel behind the `cuda` feature (cudarc, driver loaded at run time, kernel
+//! compiled with NVRTC): [`CudaDevice::poly_action_force`], the action and the force
+//! ∂S/∂φ of a batch of configurations for the local polynomial actions
 //! S = Σ_x [−κ Σ_μ φ_x φ_{x+e_μ} + μ φ_x² + g φ_x⁴ + c] (every φ⁴ convention and the free
-//! field), in f64, as used to seed the flow-training gradient.
+//! field), in f64.
+//!
+//! That is all that runs on a device. Nothing else in the library calls it: flows, training
+//! and the samplers run on the CPU whether or not the feature is on, and the CPU
+//! [`Action`](crate::Action) implementations give the same numbers. [`available`] tells
+//! whether a CUDA driver and device are present before any driver call is made (cudarc
+//! panics on a missing driver library otherwise).
 
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 
+use crate::action::Phi4;
 use crate::error::{Error, Result};
 use crate::lattice::Lattice;
 
@@ -49,6 +51,18 @@ pub struct PolyCoefficients {
     pub g: f64,
     /// Constant per site.
     pub constant: f64,
+}
+
+impl PolyCoefficients {
+    /// The coefficients of a φ⁴ action in its general form (any convention).
+    pub fn from_phi4(action: &Phi4) -> Self {
+        PolyCoefficients {
+            kappa: action.kappa(),
+            mu: action.mass_term(),
+            g: action.quartic_term(),
+            constant: action.constant_per_site(),
+        }
+    }
 }
 
 /// True when a CUDA driver library is loadable and device 0 can be opened.
@@ -162,35 +176,99 @@ impl CudaDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::action::Action;
+
+    /// Relative tolerance of device results against the CPU action, both in f64 but summed
+    /// in different orders: each force within 1e-12 · (1 + |F_x|), each action within
+    /// 1e-12 · (V + |S|) for V sites (a few ulp per site term for fields of order one).
+    const TOLERANCE: f64 = 1e-12;
+
+    /// Compares a batch of actions and forces (`phis`, `forces`: batch × volume, row-major)
+    /// with `action`'s CPU action and force; the error names the first configuration or site
+    /// outside [`TOLERANCE`].
+    fn check_against_cpu(
+        action: &impl Action,
+        phis: &[f64],
+        actions: &[f64],
+        forces: &[f64],
+    ) -> std::result::Result<(), String> {
+        let volume = action.lattice().volume();
+        if phis.len() != actions.len() * volume || forces.len() != phis.len() {
+            return Err(format!(
+                "{} actions, {} field values and {} forces do not form a batch on {volume} sites",
+                actions.len(),
+                phis.len(),
+                forces.len()
+            ));
+        }
+        let mut cpu_force = vec![0.0; volume];
+        let rows = phis.chunks_exact(volume).zip(forces.chunks_exact(volume));
+        for (b, ((phi, force), &s)) in rows.zip(actions).enumerate() {
+            let cpu = action.action(phi);
+            if (s - cpu).abs() > TOLERANCE * (volume as f64 + cpu.abs()) {
+                return Err(format!(
+                    "configuration {b}: action {s} against {cpu} on the CPU"
+                ));
+            }
+            action.force(phi, &mut cpu_force);
+            for (x, (&f, &cpu)) in force.iter().zip(&cpu_force).enumerate() {
+                if (f - cpu).abs() > TOLERANCE * (1.0 + cpu.abs()) {
+                    return Err(format!(
+                        "configuration {b}, site {x}: force {f} against {cpu} on the CPU"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A φ⁴ action on a 4 × 4 lattice and a batch of two configurations of order one.
+    fn phi4_batch() -> (Phi4, Vec<f64>) {
+        let lattice = Lattice::new(&[4, 4]).unwrap();
+        let action = Phi4::hopping(lattice, 0.5, 0.3).unwrap();
+        let phis = (0..32).map(|i| (i as f64 * 0.37).sin()).collect();
+        (action, phis)
+    }
+
+    /// The comparison accepts the CPU's own results and rejects a force or an action off
+    /// by more than the tolerance, naming where.
+    #[test]
+    fn comparison_accepts_cpu_results_and_names_deviations() {
+        let (action, phis) = phi4_batch();
+        let mut forces = vec![0.0; phis.len()];
+        let actions: Vec<f64> = phis
+            .chunks_exact(16)
+            .zip(forces.chunks_exact_mut(16))
+            .map(|(phi, f)| action.action_and_force(phi, f))
+            .collect();
+        assert_eq!(check_against_cpu(&action, &phis, &actions, &forces), Ok(()));
+
+        let mut bad_forces = forces.clone();
+        bad_forces[16 + 5] += 1e-9;
+        let err = check_against_cpu(&action, &phis, &actions, &bad_forces).unwrap_err();
+        assert!(err.contains("configuration 1, site 5"), "{err}");
+
+        let mut bad_actions = actions.clone();
+        bad_actions[0] += 1e-9;
+        let err = check_against_cpu(&action, &phis, &bad_actions, &forces).unwrap_err();
+        assert!(err.contains("configuration 0: action"), "{err}");
+
+        assert!(check_against_cpu(&action, &phis[..20], &actions, &forces).is_err());
+    }
 
     /// Without a device the constructor reports an error instead of panicking; with one, the
-    /// kernel matches a direct CPU evaluation.
+    /// device's actions and forces match the CPU `Phi4` within [`TOLERANCE`].
     #[test]
     fn device_or_clear_error() {
-        let lat = Lattice::new(&[4, 4]).unwrap();
+        let (action, phis) = phi4_batch();
         match CudaDevice::new(0) {
             Err(e) => assert!(!available(), "device present but failed: {e}"),
             Ok(dev) => {
-                let c = PolyCoefficients {
-                    kappa: 0.5,
-                    mu: 0.3,
-                    g: 0.2,
-                    constant: 0.1,
-                };
-                let phis: Vec<f64> = (0..32).map(|i| (i as f64 * 0.37).sin()).collect();
-                let (mut a, mut f) = (vec![0.0; 2], vec![0.0; 32]);
-                dev.poly_action_force(&lat, c, &phis, &mut a, &mut f)
+                let c = PolyCoefficients::from_phi4(&action);
+                let (mut a, mut f) = (vec![0.0; 2], vec![0.0; phis.len()]);
+                dev.poly_action_force(action.lattice(), c, &phis, &mut a, &mut f)
                     .unwrap();
-                for b in 0..2 {
-                    let p = &phis[b * 16..(b + 1) * 16];
-                    let s: f64 = (0..16)
-                        .map(|x| {
-                            let up: f64 = (0..2).map(|m| p[lat.fwd(x, m)]).sum();
-                            -0.5 * p[x] * up + 0.3 * p[x] * p[x] + 0.2 * p[x].powi(4) + 0.1
-                        })
-                        .sum();
-                    assert!((a[b] - s).abs() < 1e-10);
-                }
+                check_against_cpu(&action, &phis, &a, &f).unwrap();
             }
         }
     }

@@ -4,7 +4,6 @@
 //! model files (JSON of config, lattice, parameters and metadata, written atomically).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, s};
@@ -442,27 +441,7 @@ impl FlowModel {
         };
         let text =
             serde_json::to_vec(&file).map_err(|e| Error::format("model file", e.to_string()))?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::param("path", format!("{} names no file", path.display())))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{}.tmp", std::process::id()));
-        let tmp = match dir {
-            Some(d) => d.join(&tmp_name),
-            None => tmp_name.into(),
-        };
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()
-        };
-        write().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(path, e)
-        })
+        crate::io::write_atomic(path, &text)
     }
 
     /// Reads a model file, checking its format version and that its parameter vector fits

@@ -3,107 +3,13 @@
 //! [`Z2Affine`], the rational-quadratic spline [`Rqs`], and [`ForwardMode`], which turns a
 //! user's [`ScalarMap`] (the forward formula alone) into a full transform.
 
-/// The float types network math runs in (f32 in production, f64 for gradient checks).
-pub trait Real:
-    num_traits::Float
-    + num_traits::FromPrimitive
-    + ndarray::LinalgScalar
-    + ndarray::ScalarOperand
-    + std::fmt::Debug
-    + std::iter::Sum
-    + Send
-    + Sync
-    + 'static
-{
-    /// eˣ as the flows' elementwise maps compute it: the branch-free [`exp_f32`] in f32
-    /// (within about 2 ulp; loops over it vectorise), the standard library's in f64.
-    fn exp_map(self) -> Self;
-
-    /// tanh as the networks compute it: the branch-free
-    /// [`tanh_f32`](crate::tape::tanh_f32) in f32, the standard library's in f64.
-    fn tanh_map(self) -> Self;
-}
-
-impl Real for f32 {
-    #[inline]
-    fn exp_map(self) -> f32 {
-        exp_f32(self)
-    }
-    #[inline]
-    fn tanh_map(self) -> f32 {
-        crate::tape::tanh_f32(self)
-    }
-}
-
-impl Real for f64 {
-    #[inline]
-    fn exp_map(self) -> f64 {
-        self.exp()
-    }
-    #[inline]
-    fn tanh_map(self) -> f64 {
-        self.tanh()
-    }
-}
-
-/// A monotone scalar map C(v; θ) with `params_per_site()` parameters for each active site.
-///
-/// Slices hold `n` sites: `v`, `y`, `ld` have length n, `theta` has length n·k with the
-/// parameters of site i at `theta[i*k..(i+1)*k]`. `ld[i] = log|∂C/∂v|` at site i.
-pub trait PointwiseTransform<T: Real>: Send + Sync {
-    /// Parameters per active site, k.
-    fn params_per_site(&self) -> usize;
-
-    /// y = C(v; θ) and its log-derivative per site.
-    fn forward(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T]);
-
-    /// v = C⁻¹(y; θ) and log|∂C⁻¹/∂y| (= −log|∂C/∂v| at v) per site.
-    fn inverse(&self, y: &[T], theta: &[T], v: &mut [T], ld: &mut [T]);
-
-    /// Given ∂L/∂y (`gy`) and ∂L/∂ld (`gld`) per site, *adds* ∂L/∂v into `gv` and ∂L/∂θ
-    /// into `gtheta`.
-    #[allow(clippy::too_many_arguments)]
-    fn backward(&self, v: &[T], theta: &[T], gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]);
-
-    /// Length of the state [`forward_saving`](Self::forward_saving) keeps for `sites`
-    /// sites, so that [`backward_saved`](Self::backward_saved) need not recompute it. The
-    /// default, 0, keeps nothing.
-    fn saved_len(&self, sites: usize) -> usize {
-        let _ = sites;
-        0
-    }
-
-    /// [`forward`](Self::forward), also writing into `saved` (of length
-    /// `saved_len(v.len())`) what the backward pass needs.
-    fn forward_saving(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T], saved: &mut [T]) {
-        let _ = saved;
-        self.forward(v, theta, y, ld)
-    }
-
-    /// [`backward`](Self::backward) from the state `forward_saving` wrote for the same v and
-    /// θ: the same result, bit for bit.
-    #[allow(clippy::too_many_arguments)]
-    fn backward_saved(
-        &self,
-        v: &[T],
-        theta: &[T],
-        saved: &[T],
-        gy: &[T],
-        gld: &[T],
-        gv: &mut [T],
-        gtheta: &mut [T],
-    ) {
-        let _ = saved;
-        self.backward(v, theta, gy, gld, gv, gtheta)
-    }
-}
-
 mod affine;
 mod dual;
 mod forward_mode;
 mod rqs;
 
+pub use crate::tape::{PointwiseTransform, Real, exp_f32, ln_f32};
 pub use affine::{Additive, Affine, Z2Affine};
 pub use dual::DualTransform;
 pub use forward_mode::{ForwardMode, MAX_FORWARD_MODE_PARAMS, ScalarMap};
-pub use rqs::{MAX_BINS, Rqs, SplineFloat, exp_f32, ln_f32};
+pub use rqs::{MAX_BINS, Rqs, SplineFloat};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use super::matmul::mat_mul;
-use crate::flow::{PointwiseTransform, Real};
+use super::{PointwiseTransform, Real};
 
 /// A handle to a node of a [`Tape`]: valid until the next [`Tape::reset`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1076,38 +1076,6 @@ fn col2im_add<T: Real>(gcol: &Array2<T>, gx: &mut Array2<T>, taps: &ConvTaps, c_
             }
         }
     }
-}
-
-/// tanh for f32 as a rational function on [−9, 9] (saturating outside), the classic
-/// minimax approximation used by Eigen, clamped to [−1, 1]: within a few ulp of the exact
-/// value, odd, and free
-/// of branches and library calls so that loops over it vectorise.
-#[inline]
-pub fn tanh_f32(x: f32) -> f32 {
-    const A1: f32 = 4.893_524_6e-3;
-    const A3: f32 = 6.372_619_3e-4;
-    const A5: f32 = 1.485_722_4e-5;
-    const A7: f32 = 5.122_297e-8;
-    const A9: f32 = -8.604_672e-11;
-    const A11: f32 = 2.000_188e-13;
-    const A13: f32 = -2.760_768_5e-16;
-    const B0: f32 = 4.893_525e-3;
-    const B2: f32 = 2.268_434_6e-3;
-    const B4: f32 = 1.185_347_1e-4;
-    const B6: f32 = 1.198_258_4e-6;
-    let x = x.clamp(-9.0, 9.0);
-    let x2 = x * x;
-    let p = x2 * A13 + A11;
-    let p = x2 * p + A9;
-    let p = x2 * p + A7;
-    let p = x2 * p + A5;
-    let p = x2 * p + A3;
-    let p = x2 * p + A1;
-    let p = x * p;
-    let q = x2 * B6 + B4;
-    let q = x2 * q + B2;
-    let q = x2 * q + B0;
-    (p / q).clamp(-1.0, 1.0)
 }
 
 /// log(1 + e^x) without overflow.

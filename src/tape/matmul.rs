@@ -8,7 +8,7 @@ use std::any::TypeId;
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use crate::flow::Real;
+use super::Real;
 
 /// c ← β·c + a·b; with β = 0 the old contents of `c` are ignored (NaN included).
 ///

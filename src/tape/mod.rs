@@ -1,8 +1,10 @@
 //! Automatic differentiation for the flows: a reverse-mode [`Tape`] over ndarray tensors with
 //! hand-derived backward passes (dense and convolutional layers, elementwise maps, softmax,
 //! cumulative sums, partition gather/scatter, reductions, and a fused op that applies any
-//! [`PointwiseTransform`](crate::flow::PointwiseTransform)), and [`Dual`] numbers on which the
-//! tape and whole flows also run, for exact Jacobian-vector products by forward mode.
+//! [`PointwiseTransform`]), and [`Dual`] numbers on which the tape and whole flows also run,
+//! for exact Jacobian-vector products by forward mode. The float trait [`Real`] and the
+//! [`PointwiseTransform`] interface live here, so that the tape depends on nothing from the
+//! flows.
 //!
 //! ```
 //! use latflow::tape::{ParamSlice, Tape};
@@ -25,10 +27,15 @@
 //! ```
 
 mod dual;
+mod fastmath;
 mod graph;
 mod matmul;
+mod pointwise;
+mod real;
 
 pub use dual::Dual;
-
+pub use fastmath::{exp_f32, ln_f32, tanh_f32};
 pub(crate) use graph::ensure_shape;
-pub use graph::{ConvTaps, ParamSlice, Tape, Var, sigmoid, softplus, tanh_f32};
+pub use graph::{ConvTaps, ParamSlice, Tape, Var, sigmoid, softplus};
+pub use pointwise::PointwiseTransform;
+pub use real::Real;
