@@ -40,7 +40,7 @@ use std::ops::{
 use autodiff::F1;
 use num_traits::{Float, FromPrimitive, Num, NumCast, One, ToPrimitive, Zero};
 
-use crate::flow::Real;
+use crate::tape::Real;
 
 /// A dual number x + ẋ·ε (ε² = 0): the value `x` of a quantity and its derivative `ẋ`
 /// along one direction, both f64.
