@@ -1,6 +1,6 @@
-//! Training checkpoints: everything needed to continue a run bit for bit (model with its
-//! configuration and lattice, optimiser moments, generator state, counters, training
-//! configuration), stored as versioned JSON and written atomically.
+//! Training checkpoints: everything needed to continue a run bit for bit (the flow's
+//! parameters, description, lattice and metadata, optimiser moments, generator state,
+//! counters, training configuration), stored as versioned JSON and written atomically.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
 use crate::error::{Error, Result};
-use crate::flow::{Flow, FlowConfig, FlowModel};
+use crate::flow::{FlowConfig, FlowModel, TrainableFlow};
 use crate::io::{read_json, write_json};
 use crate::lattice::Lattice;
 use crate::rng::SimRng;
@@ -24,9 +24,12 @@ pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Checkpoint {
     format_version: u32,
-    flow: FlowConfig,
+    /// The flow's description ([`TrainableFlow::description`]; a [`FlowModel`]'s
+    /// configuration).
+    flow: serde_json::Value,
     lattice: Lattice,
     params: Vec<f32>,
+    #[serde(default)]
     metadata: BTreeMap<String, serde_json::Value>,
     optimizer: Optimizer,
     rng: SimRng,
@@ -39,14 +42,14 @@ pub(crate) struct Checkpoint {
 
 impl Checkpoint {
     /// The state of `trainer`.
-    pub(crate) fn capture<A: Action>(trainer: &Trainer<A>) -> Self {
+    pub(crate) fn capture<F: TrainableFlow, A: Action>(trainer: &Trainer<F, A>) -> Self {
         let model = &trainer.model;
         Checkpoint {
             format_version: CHECKPOINT_FORMAT_VERSION,
-            flow: model.config().clone(),
+            flow: model.description(),
             lattice: model.lattice().clone(),
             params: model.params().to_vec(),
-            metadata: model.metadata().clone(),
+            metadata: model.metadata().cloned().unwrap_or_default(),
             optimizer: trainer.optimizer.clone(),
             rng: trainer.rng.clone(),
             iteration: trainer.iteration,
@@ -76,8 +79,20 @@ impl Checkpoint {
         Ok(checkpoint)
     }
 
-    /// Rebuilds the trainer, checking that the pieces fit each other and `action`.
-    pub(crate) fn into_trainer<A: Action + 'static>(self, action: Arc<A>) -> Result<Trainer<A>> {
+    /// A fresh [`FlowModel`] built from the saved description and lattice, to restore into.
+    pub(crate) fn model(&self) -> Result<FlowModel> {
+        let config: FlowConfig = serde_json::from_value(self.flow.clone())
+            .map_err(|e| Error::format("checkpoint flow configuration", e.to_string()))?;
+        FlowModel::new(&config, &self.lattice, 0)
+    }
+
+    /// Rebuilds the trainer with `model` (given the saved parameters and metadata), checking
+    /// that the pieces fit each other, the model and `action`.
+    pub(crate) fn into_trainer<F: TrainableFlow, A: Action + 'static>(
+        self,
+        mut model: F,
+        action: Arc<A>,
+    ) -> Result<Trainer<F, A>> {
         self.config.validate()?;
         if self.iteration > self.config.iterations {
             return Err(Error::format(
@@ -88,7 +103,20 @@ impl Checkpoint {
                 ),
             ));
         }
-        let mut model = FlowModel::new(&self.flow, &self.lattice, 0)?;
+        if *model.lattice() != self.lattice {
+            return Err(Error::Incompatible(format!(
+                "checkpoint is for a flow on a {} lattice, the flow given lives on {}",
+                self.lattice,
+                model.lattice()
+            )));
+        }
+        if model.description() != self.flow {
+            return Err(Error::Incompatible(
+                "checkpoint was written for a flow of another structure (its description \
+                 differs from the flow given)"
+                    .into(),
+            ));
+        }
         if self.params.len() != model.n_params() {
             return Err(Error::Incompatible(format!(
                 "checkpoint holds {} parameters, its flow on a {} lattice needs {}",
@@ -106,7 +134,9 @@ impl Checkpoint {
             ));
         }
         model.params_mut().copy_from_slice(&self.params);
-        *model.metadata_mut() = self.metadata;
+        if let Some(metadata) = model.metadata_mut() {
+            *metadata = self.metadata;
+        }
         Trainer::assemble(
             model,
             action,
