@@ -371,7 +371,7 @@ fn save_and_load(model: &FlowModel, registry: &LayerRegistry) -> Result<FlowMode
         Ok(_) => return Err("a model with user layers loaded without its registry".into()),
     }
     let loaded = loaded?;
-    let (phi, _) = model.sample(64, &mut rng_from_seed(3));
+    let (phi, _) = model.sample(64, &mut rng_from_seed(3))?;
     let identical = loaded.params() == model.params()
         && loaded.log_density(phi.view())? == model.log_density(phi.view())?;
     if !identical {

@@ -94,8 +94,8 @@ fn inverse_undoes_forward_and_negates_the_log_det() {
     for (name, config) in configs() {
         let model = random_model(&config, 6, 0.3, 1);
         let z = normal_batch(64, 36, 2);
-        let (phi, ld) = model.forward(z.view());
-        let (back, ld_inv) = model.inverse(phi.view());
+        let (phi, ld) = model.forward(z.view()).unwrap();
+        let (back, ld_inv) = model.inverse(phi.view()).unwrap();
         // f32 round trip: |z' − z| ≤ 1e-5 (1 + |z|); log-dets of order 10 agree to 1e-4.
         for (a, b) in back.iter().zip(z.iter()) {
             assert!(
@@ -125,8 +125,8 @@ fn log_det_equals_the_exact_jacobian() {
 }
 
 fn assert_odd(model: &FlowModel, z: ArrayView2<f32>) -> Result<(), String> {
-    let (phi, ld) = model.forward(z);
-    let (phi_neg, ld_neg) = model.forward(z.mapv(|x| -x).view());
+    let (phi, ld) = model.forward(z).unwrap();
+    let (phi_neg, ld_neg) = model.forward(z.mapv(|x| -x).view()).unwrap();
     for (a, b) in phi.iter().zip(phi_neg.iter()) {
         if (a + b).abs() > 1e-6 * (1.0 + a.abs()) {
             return Err(format!("f(−z) = {b} but −f(z) = {}", -a));
@@ -179,7 +179,7 @@ fn zero_network_outputs_give_the_identity() {
     ] {
         let mut model = FlowModel::new(&config, &lattice(6), 9).unwrap();
         model.params_mut().fill(0.0);
-        let (phi, ld) = model.forward(z.view());
+        let (phi, ld) = model.forward(z.view()).unwrap();
         assert_eq!(phi, z);
         assert!(ld.iter().all(|&l| l == 0.0));
     }
@@ -191,10 +191,10 @@ fn large_inputs_stay_finite() {
     let z = Array2::from_shape_fn((64, 36), |_| rng.random_range(-50.0f32..50.0));
     for (name, config) in configs() {
         let model = random_model(&config, 6, 0.3, 11);
-        let (phi, ld) = model.forward(z.view());
+        let (phi, ld) = model.forward(z.view()).unwrap();
         assert!(phi.iter().all(|x| x.is_finite()), "{name}: forward");
         assert!(ld.iter().all(|x| x.is_finite()), "{name}: log-det");
-        let (back, ld_inv) = model.inverse(z.view());
+        let (back, ld_inv) = model.inverse(z.view()).unwrap();
         assert!(back.iter().all(|x| x.is_finite()), "{name}: inverse");
         assert!(
             ld_inv.iter().all(|x| x.is_finite()),
@@ -207,7 +207,7 @@ fn large_inputs_stay_finite() {
 fn sample_and_log_density_agree() {
     let model = random_model(&FlowConfig::real_nvp(2, &[16]), 4, 0.3, 12);
     let mut rng = rng_from_seed(13);
-    let (phi, log_p) = model.sample(50, &mut rng);
+    let (phi, log_p) = model.sample(50, &mut rng).unwrap();
     let again = model.log_density(phi.view()).unwrap();
     for (a, b) in log_p.iter().zip(again.iter()) {
         assert!((a - b).abs() < 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
@@ -247,7 +247,10 @@ fn model_files_round_trip_exactly_and_refuse_mismatches() {
     assert_eq!(loaded.config(), model.config());
     assert_eq!(loaded.metadata(), model.metadata());
     let z = normal_batch(8, 16, 16);
-    assert_eq!(loaded.forward(z.view()), model.forward(z.view()));
+    assert_eq!(
+        loaded.forward(z.view()).unwrap(),
+        model.forward(z.view()).unwrap()
+    );
     let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "the temporary file was not renamed");
 
@@ -443,7 +446,7 @@ fn free_field_prior_gives_exact_free_field_densities_and_samples() {
     model.params_mut().fill(0.0);
     let field = FreeField::new(lattice(4), m0sq).unwrap();
     let n = 4000;
-    let (phi, log_p) = model.sample(n, &mut rng_from_seed(40));
+    let (phi, log_p) = model.sample(n, &mut rng_from_seed(40)).unwrap();
     let mut actions = Vec::with_capacity(n);
     for (row, lp) in phi.outer_iter().zip(log_p.iter()) {
         let row: Vec<f64> = row.iter().map(|&x| x as f64).collect();
@@ -531,9 +534,42 @@ fn the_steady_state_forward_pass_does_not_allocate_and_matches_forward() {
     });
     // Only the products' flag vectors remain: the 12 forward products of the step above.
     assert_eq!(per_call, 12);
-    let (phi_ref, logdet_ref) = model.forward(z.view());
+    let (phi_ref, logdet_ref) = model.forward(z.view()).unwrap();
     assert_eq!(phi, phi_ref);
     assert_eq!(logdet, logdet_ref);
+}
+
+/// `Flow::forward_into` with a scratch, as the flow proposal generates its batches: once the
+/// scratch holds its workspace, a call allocates what `forward_in` does and nothing more.
+#[test]
+fn forward_into_with_a_scratch_allocates_like_forward_in() {
+    use latflow::flow::FlowScratch;
+    let model = random_model(&FlowConfig::seed(16, 1, 8).unwrap(), 4, 0.3, 62);
+    let z = normal_batch(40, 16, 63);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let (per_call, phi, log_det) = pool.install(|| {
+        let mut scratch = FlowScratch::new();
+        let mut phi = Array2::zeros((40, 16));
+        let mut log_det = ndarray::Array1::zeros(40);
+        model
+            .forward_into(z.view(), phi.view_mut(), log_det.view_mut(), &mut scratch)
+            .unwrap();
+        let before = allocations_on_this_thread();
+        for _ in 0..3 {
+            model
+                .forward_into(z.view(), phi.view_mut(), log_det.view_mut(), &mut scratch)
+                .unwrap();
+        }
+        ((allocations_on_this_thread() - before) / 3, phi, log_det)
+    });
+    // The 12 forward products' flag vectors, as in `forward_in`.
+    assert_eq!(per_call, 12);
+    let (phi_ref, log_det_ref) = model.forward(z.view()).unwrap();
+    assert_eq!(phi, phi_ref);
+    assert_eq!(log_det, log_det_ref);
 }
 
 #[test]
@@ -588,7 +624,7 @@ fn the_steady_state_inverse_pass_does_not_allocate_and_matches_inverse() {
     // Only the products' flag vectors remain: 12 products, as in the forward pass, although
     // the spline and affine layers alternate node shapes on the one tape.
     assert_eq!(per_call, 12);
-    let (z_ref, logdet_ref) = model.inverse(phi.view());
+    let (z_ref, logdet_ref) = model.inverse(phi.view()).unwrap();
     assert_eq!(z, z_ref);
     assert_eq!(logdet, logdet_ref);
     assert_eq!(log_p, model.log_density(phi.view()).unwrap());
@@ -664,4 +700,62 @@ fn a_flow_step_after_another_kernel_allocates_nothing() {
         "a nudged state's log w is recomputed without allocating"
     );
     assert_eq!(cached, 0, "an unchanged state takes log w from the cache");
+}
+
+/// One log-weight per configuration: on a trained L = 8 φ⁴ flow (the seed recipe), log p̃ of
+/// fresh samples from the forward (sampling) path and from the inverse (density) path, in
+/// batches and one row at a time as the flow proposal evaluates a state, agree within the
+/// bound stated on `FlowModel`: |Δ| ≤ 16 u (N_ℓ + |Λ|), u = 2⁻²⁴, N_ℓ the per-site
+/// log-derivative terms (3 blocks × 64 sites here).
+#[test]
+fn forward_and_inverse_log_densities_agree_within_the_stated_bound() {
+    use latflow::action::Phi4;
+    use latflow::flow::FlowScratch;
+    use latflow::train::{TrainConfig, Trainer};
+    use std::sync::Arc;
+
+    let lattice = lattice(8);
+    let action = Arc::new(Phi4::hopping(lattice.clone(), 0.576, 0.5).unwrap());
+    let model = FlowModel::new(&FlowConfig::seed(64, 2, 8).unwrap(), &lattice, 1).unwrap();
+    let mut config = TrainConfig::new(500, 150, 0.01);
+    config.seed = 3;
+    config.chunks = 2;
+    let mut trainer = Trainer::new(model, action, config).unwrap();
+    let summary = trainer.train(&mut |_| {}).unwrap();
+    // A real training run: the flow is far from the identity and a usable proposal.
+    assert!(
+        summary.eval.acceptance > 0.2,
+        "trained acceptance {}",
+        summary.eval.acceptance
+    );
+    let model = trainer.into_model();
+
+    let n = 2000;
+    let (phi, log_p_forward) = model.sample(n, &mut rng_from_seed(61)).unwrap();
+    let log_p_inverse = model.log_density(phi.view()).unwrap();
+    let mut scratch = FlowScratch::new();
+    let mut one = ndarray::Array1::zeros(1);
+    let u = f64::from(f32::EPSILON) / 2.0;
+    let bound = 16.0 * u * (3.0 * 64.0 + 64.0);
+    let (mut worst, mut worst_one) = (0.0f64, 0.0f64);
+    for (i, (&f, &b)) in log_p_forward.iter().zip(&log_p_inverse).enumerate() {
+        worst = worst.max((f - b).abs());
+        model
+            .log_density_into(
+                phi.slice(ndarray::s![i..i + 1, ..]),
+                one.view_mut(),
+                &mut scratch,
+            )
+            .unwrap();
+        worst_one = worst_one.max((f - one[0]).abs());
+    }
+    let (z, log_det) = model.inverse(phi.view()).unwrap();
+    let mean_log_det = log_det.iter().map(|l| l.abs()).sum::<f64>() / n as f64;
+    assert!(
+        z.iter().all(|x| x.is_finite()) && mean_log_det > 1.0,
+        "mean |log det| {mean_log_det}"
+    );
+    eprintln!("max |Δ log p̃| batched {worst:.2e}, one row {worst_one:.2e}, bound {bound:.2e}");
+    assert!(worst <= bound, "batched: {worst:e} > {bound:e}");
+    assert!(worst_one <= bound, "one row: {worst_one:e} > {bound:e}");
 }

@@ -1,9 +1,8 @@
 //! The public test helpers in `latflow::testing` checked on cases with known answers, and
 //! shown to fail on deliberately wrong inputs.
 
-use latflow::Lattice;
 use latflow::flow::transform::{Affine, Rqs, Z2Affine};
-use latflow::flow::{Flow, PointwiseTransform};
+use latflow::flow::{Flow, LatentPrior, PointwiseTransform, Prior};
 use latflow::rng::rng_from_seed;
 use latflow::testing::strategies::proptest_config;
 use latflow::testing::strategies::{FAR_FIELD, arb_field, arb_latent_batch, arb_sites};
@@ -11,6 +10,7 @@ use latflow::testing::{assert_gradients_close, finite_difference_gradient, rando
 use latflow::testing::{
     check_flow_invertible, check_flow_log_det_bruteforce, check_flow_z2_equivariant, log_abs_det,
 };
+use latflow::{Lattice, Result};
 use ndarray::{Array1, Array2, ArrayView2};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -124,6 +124,8 @@ impl Layer {
     }
 }
 
+static STANDARD_NORMAL: Prior = Prior::StandardNormal;
+
 struct CouplingFlow {
     lattice: Lattice,
     layers: Vec<Layer>,
@@ -158,11 +160,14 @@ impl Flow for CouplingFlow {
     fn lattice(&self) -> &Lattice {
         &self.lattice
     }
-    fn forward(&self, z: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>) {
-        self.run(z, false)
+    fn prior(&self) -> &dyn LatentPrior {
+        &STANDARD_NORMAL
     }
-    fn inverse(&self, phi: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>) {
-        self.run(phi, true)
+    fn forward(&self, z: ArrayView2<f32>) -> Result<(Array2<f32>, Array1<f64>)> {
+        Ok(self.run(z, false))
+    }
+    fn inverse(&self, phi: ArrayView2<f32>) -> Result<(Array2<f32>, Array1<f64>)> {
+        Ok(self.run(phi, true))
     }
 }
 
@@ -208,13 +213,16 @@ impl Flow for OffsetLogDet {
     fn lattice(&self) -> &Lattice {
         self.0.lattice()
     }
-    fn forward(&self, z: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>) {
-        let (phi, ld) = self.0.forward(z);
-        (phi, ld + self.1)
+    fn prior(&self) -> &dyn LatentPrior {
+        self.0.prior()
     }
-    fn inverse(&self, phi: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>) {
-        let (z, ld) = self.0.inverse(phi);
-        (z, ld - self.1)
+    fn forward(&self, z: ArrayView2<f32>) -> Result<(Array2<f32>, Array1<f64>)> {
+        let (phi, ld) = self.0.forward(z)?;
+        Ok((phi, ld + self.1))
+    }
+    fn inverse(&self, phi: ArrayView2<f32>) -> Result<(Array2<f32>, Array1<f64>)> {
+        let (z, ld) = self.0.inverse(phi)?;
+        Ok((z, ld - self.1))
     }
 }
 
@@ -225,12 +233,15 @@ impl Flow for InverseLogDetSign {
     fn lattice(&self) -> &Lattice {
         self.0.lattice()
     }
-    fn forward(&self, z: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>) {
+    fn prior(&self) -> &dyn LatentPrior {
+        self.0.prior()
+    }
+    fn forward(&self, z: ArrayView2<f32>) -> Result<(Array2<f32>, Array1<f64>)> {
         self.0.forward(z)
     }
-    fn inverse(&self, phi: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>) {
-        let (z, ld) = self.0.inverse(phi);
-        (z, -ld)
+    fn inverse(&self, phi: ArrayView2<f32>) -> Result<(Array2<f32>, Array1<f64>)> {
+        let (z, ld) = self.0.inverse(phi)?;
+        Ok((z, -ld))
     }
 }
 
@@ -262,7 +273,7 @@ fn flow_checks_pass_on_a_correct_flow() {
         let r = check_flow_log_det_bruteforce(&flow, row.as_slice().unwrap(), 5e-3, 1e-2);
         assert!(r.is_ok(), "{}", r.unwrap_err());
     }
-    let (_, ld) = flow.forward(z.view());
+    let (_, ld) = flow.forward(z.view()).unwrap();
     assert!(
         ld.iter().any(|l| l.abs() > 0.5),
         "the test flow is too close to the identity: {ld}"
@@ -345,7 +356,7 @@ fn affine_flow_log_det_is_sum_of_scales() {
         lattice,
         layers: vec![layer],
     };
-    let (_, ld) = flow.forward(z.view());
+    let (_, ld) = flow.forward(z.view()).unwrap();
     assert!((ld[0] - expected).abs() < 1e-5, "{} vs {expected}", ld[0]);
     assert!(check_flow_log_det_bruteforce(&flow, &row, 5e-3, 1e-2).is_ok());
 }

@@ -90,7 +90,7 @@ fn reweighting_free_field_samples_gives_exact_chi() {
     let volume = action.lattice().volume() as f64;
     // ⟨M²⟩/|Λ| = χ since ⟨M⟩ = 0 exactly.
     let mut m2 = |phi: &[f64]| phi.iter().sum::<f64>().powi(2) / volume;
-    let r = reweight(model, &*action, 20_000, 4, &mut m2).unwrap();
+    let r = reweight(&**model, &*action, 20_000, 4, &mut m2).unwrap();
     let exact = action.susceptibility();
     assert!(r.ess > 0.0 && r.ess <= 1.0, "ESS {}", r.ess);
     assert!(r.ess > 0.8, "a well-trained flow has ESS {}", r.ess);
@@ -137,7 +137,7 @@ fn loss_decreases_towards_its_bound() {
     );
 }
 
-fn small_trainer(seed: u64, iterations: usize) -> Trainer<Phi4> {
+fn small_trainer(seed: u64, iterations: usize) -> Trainer<FlowModel, Phi4> {
     let lattice = Lattice::hypercubic(2, 4).unwrap();
     let action = Arc::new(Phi4::hopping(lattice.clone(), 0.5, 0.5).unwrap());
     let model = FlowModel::new(&FlowConfig::seed(16, 1, 4).unwrap(), &lattice, 9).unwrap();

@@ -2,6 +2,7 @@
 //! exact answers — an exact FFT sampler, the normalised log-density, log Z, the
 //! propagator, χ and ⟨S⟩ — used as a test target and as a flow latent.
 
+use ndarray::ArrayView1;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rustfft::num_complex::Complex64;
@@ -58,6 +59,22 @@ impl FreeField {
     /// The exact normalised log-density log p(ϕ) = −S(ϕ) − log Z.
     pub fn log_density(&self, phi: &[f64]) -> f64 {
         -self.phi4.action(phi) - self.log_z
+    }
+
+    /// [`FreeField::log_density`] of a field held in f32 (a flow's latent row), summed in f64
+    /// without copying it: S = Σ_x φ_x ((d + m0²/2) φ_x − Σ_μ φ_{x+μ̂}). `phi` must have one
+    /// value per site.
+    pub(crate) fn log_density_of(&self, phi: ArrayView1<f32>) -> f64 {
+        let lattice = self.phi4.lattice();
+        let d = lattice.dim();
+        let diagonal = d as f64 + 0.5 * self.m0sq;
+        let mut s = 0.0;
+        for (&x, fwd) in phi.iter().zip(lattice.fwd_table().chunks_exact(d)) {
+            let x = f64::from(x);
+            let forward: f64 = fwd.iter().map(|&f| f64::from(phi[f])).sum();
+            s += x * (diagonal * x - forward);
+        }
+        -s - self.log_z
     }
 
     /// The exact propagator G(y) = ⟨ϕ_{x+y} ϕ_x⟩ for every separation y, indexed like sites.

@@ -324,11 +324,13 @@ impl Coupling {
         }
     }
 
-    fn build<T: FlowFloat>(&self, tape: &mut Tape<T>, params: &[T], x: Var) -> (Var, Var) {
+    /// Records the layer; returns the output, its log-det (`[n, 1]`) and the pointwise node
+    /// holding the per-site log-derivatives.
+    fn build<T: FlowFloat>(&self, tape: &mut Tape<T>, params: &[T], x: Var) -> (Var, Var, Var) {
         let theta = self.parameters(tape, params, x);
         let v = tape.gather(x, &self.active, 1);
         let (y, ld) = tape.pointwise(v, theta, T::transform(&self.transform));
-        (tape.scatter(x, y, &self.active, 1), ld)
+        (tape.scatter(x, y, &self.active, 1), ld, y)
     }
 
     fn invert<T: FlowFloat>(
@@ -439,13 +441,51 @@ impl Layer {
         x: Var,
         logdet: Var,
     ) -> (Var, Var) {
+        self.record(tape, params, x, logdet, None)
+    }
+
+    /// [`Layer::build`], also adding the layer's log-det of every row to `exact`, summed in
+    /// f64 from the per-site log-derivatives (as [`Layer::invert`] sums its own).
+    pub(crate) fn build_exact<T: FlowFloat>(
+        &self,
+        tape: &mut Tape<T>,
+        params: &[T],
+        x: Var,
+        logdet: Var,
+        exact: &mut Array1<f64>,
+    ) -> (Var, Var) {
+        self.record(tape, params, x, logdet, Some(exact))
+    }
+
+    fn record<T: FlowFloat>(
+        &self,
+        tape: &mut Tape<T>,
+        params: &[T],
+        x: Var,
+        logdet: Var,
+        exact: Option<&mut Array1<f64>>,
+    ) -> (Var, Var) {
         match self {
             Layer::Coupling(c) => {
-                let (y, ld) = c.build(tape, params, x);
+                let (y, ld, pointwise) = c.build(tape, params, x);
+                if let Some(exact) = exact {
+                    let per_site = tape.pointwise_log_derivatives(pointwise);
+                    for (row, e) in per_site.outer_iter().zip(exact.iter_mut()) {
+                        *e += row
+                            .iter()
+                            .map(|l| l.to_f64().unwrap_or(f64::NAN))
+                            .sum::<f64>();
+                    }
+                }
                 (y, tape.add(logdet, ld))
             }
             Layer::Scale(c) => {
-                let volume = T::from_usize(tape.shape(x).1).expect("volume fits the float type");
+                let sites = tape.shape(x).1;
+                if let Some(exact) = exact {
+                    let shift = sites as f64 * params[*c].to_f64().unwrap_or(f64::NAN);
+                    exact.mapv_inplace(|e| e + shift);
+                }
+                let volume = T::from_usize(sites).expect("volume fits the float type");
                 let y = tape.scale_by_exp_param(params, x, *c);
                 (y, tape.add_param(params, logdet, *c, volume))
             }

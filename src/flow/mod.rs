@@ -1,7 +1,8 @@
-//! Normalizing flows: the [`Flow`] trait (forward z → φ and inverse φ → z on batches, with
-//! exact log-Jacobians), pointwise transforms, coupling layers, networks (built-in or a
-//! user's [`ConditionerNet`]), the [`LayerRegistry`] of user layers, priors, recipes and
-//! model files.
+//! Normalizing flows: the [`Flow`] trait (an invertible map z → φ with a latent prior
+//! [`LatentPrior`] and exact log-densities) that sampling uses, the [`TrainableFlow`] trait
+//! that training uses, and the built-in [`FlowModel`] made of pointwise transforms, coupling
+//! layers and networks (built-in or a user's [`ConditionerNet`], registered by name in a
+//! [`LayerRegistry`]), with its recipes and model files.
 //!
 //! ```
 //! use latflow::flow::{Flow, FlowConfig, FlowModel};
@@ -9,15 +10,11 @@
 //! let lattice = latflow::Lattice::new(&[6, 6])?;
 //! // The seed recipe: 2 Z2-affine blocks and one RQS block (K = 8), hidden width |Λ|.
 //! let model = FlowModel::new(&FlowConfig::seed(36, 2, 8)?, &lattice, 1)?;
-//! let (phi, log_p) = model.sample(10, &mut latflow::rng_from_seed(2));
+//! let (phi, log_p) = model.sample(10, &mut latflow::rng_from_seed(2))?;
 //! let again = model.log_density(phi.view())?;
 //! assert!((log_p[0] - again[0]).abs() < 1e-3);
 //! # Ok::<(), latflow::Error>(())
 //! ```
-
-use ndarray::{Array1, Array2, ArrayView2};
-
-use crate::lattice::Lattice;
 
 mod layers;
 mod model;
@@ -25,6 +22,7 @@ mod net;
 mod prior;
 mod recipe;
 mod registry;
+mod traits;
 pub mod transform;
 
 pub use layers::{Coupling, FlowFloat, Layer, TransformPair};
@@ -33,24 +31,10 @@ pub use net::{
     AnyFloatConditioner, ConditionerNet, ConditionerOnTape, ConvNet, CustomNet, DenseNet, Net,
     NetContext, NetInput, ParamBuilder, conv_taps,
 };
-pub use prior::Prior;
+pub use prior::{LatentPrior, Prior};
 pub use recipe::{
     BlockConfig, FlowConfig, LayerConfig, NetConfig, Partition, PriorConfig, TransformKind,
 };
 pub use registry::LayerRegistry;
+pub use traits::{Flow, FlowScratch, TrainableFlow, ensure_same_lattice};
 pub use transform::{PointwiseTransform, Real};
-
-/// An invertible map between latent and field configurations on a lattice.
-///
-/// Batches are `[n, volume]` arrays in f32 (network math); log-Jacobians are f64. A flow's
-/// log-density is a fixed function of one configuration: no batch statistics.
-pub trait Flow: Send + Sync {
-    /// The lattice the flow acts on.
-    fn lattice(&self) -> &Lattice;
-
-    /// z → φ; returns φ and log|det ∂φ/∂z| for every row.
-    fn forward(&self, z: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>);
-
-    /// φ → z; returns z and log|det ∂z/∂φ| (the negative of the forward log-det) for every row.
-    fn inverse(&self, phi: ArrayView2<f32>) -> (Array2<f32>, Array1<f64>);
-}

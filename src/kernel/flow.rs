@@ -1,82 +1,83 @@
-//! The flow independence proposal (SPEC 2.4): proposals drawn from a trained flow in
-//! batches with the chain's generator and consumed one by one, accepted with
-//! min(1, w'/w), w = e^{−S}/p̃; and importance reweighting of independent flow samples
-//! (SPEC 2.6).
+//! The flow independence proposal: proposals drawn from any [`Flow`] in batches with the
+//! chain's generator and consumed one by one, accepted with min(1, w'/w), w = e^{−S}/p̃;
+//! and importance reweighting of independent flow samples.
 
 use std::sync::Arc;
 
 use ndarray::{Array1, Array2, Axis};
-use rand::{Rng, RngExt};
+use rand::{Rng, RngExt, SeedableRng};
 use serde::Serialize;
 
 use crate::action::Action;
 use crate::error::{Error, Result};
-use crate::flow::{Flow, FlowModel, Workspace};
+use crate::flow::{Flow, FlowScratch, ensure_same_lattice};
 use crate::kernel::{MoveDetail, MoveInfo, Proposal, State};
 use crate::rng::{SimRng, rng_from_seed};
 use crate::stats::{GammaEstimate, ess_fraction, reweighted_mean};
 
 /// Independence Metropolis with a flow as the proposal distribution.
 ///
-/// The log-weight of the current state is cached together with a copy of its field and
-/// recomputed through the inverse flow only when another kernel has changed the state, so
-/// the proposal composes with local and HMC moves.
-pub struct FlowProposal<A: Action> {
-    model: Arc<FlowModel>,
+/// Proposals φ' ~ p̃ are generated `batch` at a time through [`Flow::forward_into`] and
+/// accepted with min(1, w(φ')/w(φ)), w = e^{−S}/p̃. The log-weight of the current state is
+/// cached together with a copy of its field and recomputed through
+/// [`Flow::log_density_into`] only when another kernel has changed the state, so the
+/// proposal composes with local and HMC moves. Any [`Flow`] works, also behind
+/// `Arc<dyn Flow>`.
+pub struct FlowProposal<F: Flow + ?Sized, A: Action + ?Sized> {
+    flow: Arc<F>,
     action: Arc<A>,
     batch: usize,
     latent: Array2<f32>,
     log_prior: Array1<f64>,
+    /// φ and log|det ∂f/∂z| of the batch as the flow returns them.
+    generated: Array2<f32>,
+    log_det: Array1<f64>,
     proposals: Array2<f64>,
     proposal_log_w: Vec<f64>,
     proposal_action: Vec<f64>,
     next: usize,
-    workspace: Workspace<f32>,
+    scratch: FlowScratch,
     cached_phi: Vec<f64>,
     cached_log_w: f64,
     /// The current state in f32 and its log p̃, for recomputing log w after another kernel.
     state_row: Array2<f32>,
     state_log_p: Array1<f64>,
-    inverse_workspace: Workspace<f32>,
+    inverse_scratch: FlowScratch,
 }
 
-impl<A: Action> FlowProposal<A> {
-    /// Proposals from `model` for `action`, generated `batch` at a time; the flow must live
+impl<F: Flow + ?Sized, A: Action + ?Sized> FlowProposal<F, A> {
+    /// Proposals from `flow` for `action`, generated `batch` at a time; the flow must live
     /// on the action's lattice.
-    pub fn new(model: Arc<FlowModel>, action: Arc<A>, batch: usize) -> Result<Self> {
+    pub fn new(flow: Arc<F>, action: Arc<A>, batch: usize) -> Result<Self> {
         if batch == 0 {
             return Err(Error::param("batch", "must be at least 1"));
         }
-        if model.lattice() != action.lattice() {
-            return Err(Error::Incompatible(format!(
-                "the flow is for a {} lattice, the action for {}",
-                model.lattice(),
-                action.lattice()
-            )));
-        }
+        ensure_same_lattice(&*flow, &*action)?;
         let volume = action.lattice().volume();
         Ok(FlowProposal {
-            model,
+            flow,
             action,
             batch,
             latent: Array2::zeros((batch, volume)),
             log_prior: Array1::zeros(batch),
+            generated: Array2::zeros((batch, volume)),
+            log_det: Array1::zeros(batch),
             proposals: Array2::zeros((batch, volume)),
             proposal_log_w: vec![0.0; batch],
             proposal_action: vec![0.0; batch],
             next: batch,
-            workspace: Workspace::per_thread(),
+            scratch: FlowScratch::new(),
             cached_phi: Vec::with_capacity(volume),
             cached_log_w: f64::NAN,
             state_row: Array2::zeros((1, volume)),
             state_log_p: Array1::zeros(1),
-            inverse_workspace: Workspace::new(1),
+            inverse_scratch: FlowScratch::new(),
         })
     }
 
     /// The flow.
-    pub fn model(&self) -> &Arc<FlowModel> {
-        &self.model
+    pub fn model(&self) -> &Arc<F> {
+        &self.flow
     }
 
     /// Proposals generated per batch.
@@ -84,25 +85,19 @@ impl<A: Action> FlowProposal<A> {
         self.batch
     }
 
-    /// Draws a new batch of proposals with `rng`. The latent buffer has one column per site
-    /// by construction; should the prior still refuse it, the batch holds only proposals
-    /// with log w = NaN, which are never accepted.
+    /// Draws a new batch of proposals with a generator seeded from `rng`. Should the prior
+    /// or the flow fail on the batch, it holds only proposals with log w = NaN, which are
+    /// never accepted.
     fn refill<R: Rng + ?Sized>(&mut self, rng: &mut R) {
         self.next = 0;
-        let prior = self.model.prior();
-        if prior.sample_into(self.latent.view_mut(), rng).is_err() {
+        let mut rng = SimRng::from_rng(rng);
+        if self.generate(&mut rng).is_err() {
             self.proposal_log_w.fill(f64::NAN);
             return;
         }
-        prior.log_density_into(self.latent.view(), self.log_prior.view_mut());
-        let Ok((phi, logdet)) =
-            self.model
-                .forward_in(self.model.params(), self.latent.view(), &mut self.workspace)
-        else {
-            self.proposal_log_w.fill(f64::NAN);
-            return;
-        };
-        for (i, (row, mut out)) in phi
+        let logdet = &self.log_det;
+        for (i, (row, mut out)) in self
+            .generated
             .outer_iter()
             .zip(self.proposals.outer_iter_mut())
             .enumerate()
@@ -119,6 +114,19 @@ impl<A: Action> FlowProposal<A> {
         }
     }
 
+    /// z ~ r, log r(z), φ = f(z) and log|det ∂f/∂z| of a batch, into the proposal's buffers.
+    fn generate(&mut self, rng: &mut SimRng) -> Result<()> {
+        let prior = self.flow.prior();
+        prior.sample_into(self.latent.view_mut(), rng)?;
+        prior.log_density_into(self.latent.view(), self.log_prior.view_mut())?;
+        self.flow.forward_into(
+            self.latent.view(),
+            self.generated.view_mut(),
+            self.log_det.view_mut(),
+            &mut self.scratch,
+        )
+    }
+
     /// log w of `state`, from the cache when the field is unchanged since the last step.
     fn current_log_w(&mut self, state: &State) -> f64 {
         if self.cached_phi != state.phi {
@@ -127,10 +135,10 @@ impl<A: Action> FlowProposal<A> {
                 for (o, &x) in self.state_row.iter_mut().zip(&state.phi) {
                     *o = x as f32;
                 }
-                match self.model.log_density_in(
+                match self.flow.log_density_into(
                     self.state_row.view(),
-                    &mut self.inverse_workspace,
                     self.state_log_p.view_mut(),
+                    &mut self.inverse_scratch,
                 ) {
                     Ok(()) => -state.action - self.state_log_p[0],
                     Err(_) => f64::NAN,
@@ -145,7 +153,7 @@ impl<A: Action> FlowProposal<A> {
     }
 }
 
-impl<A: Action> Proposal for FlowProposal<A> {
+impl<F: Flow + ?Sized, A: Action + ?Sized> Proposal for FlowProposal<F, A> {
     fn name(&self) -> String {
         format!("flow(batch {})", self.batch)
     }
@@ -194,10 +202,10 @@ pub struct Reweighted {
     pub n: usize,
 }
 
-/// ⟨O⟩ under e^{−S} from `n` independent samples of `model` (drawn with a generator seeded
-/// by `seed`), reweighted by w = e^{−S}/p̃ (SPEC 2.6).
-pub fn reweight<A: Action>(
-    model: &FlowModel,
+/// ⟨O⟩ under e^{−S} from `n` independent samples of `flow` (drawn with a generator seeded
+/// by `seed`), reweighted by w = e^{−S}/p̃: Σ w O / Σ w.
+pub fn reweight<F: Flow + ?Sized, A: Action + ?Sized>(
+    flow: &F,
     action: &A,
     n: usize,
     seed: u64,
@@ -209,13 +217,7 @@ pub fn reweight<A: Action>(
             format!("reweighting needs at least 2 samples, got {n}"),
         ));
     }
-    if model.lattice() != action.lattice() {
-        return Err(Error::Incompatible(format!(
-            "the flow is for a {} lattice, the action for {}",
-            model.lattice(),
-            action.lattice()
-        )));
-    }
+    ensure_same_lattice(flow, action)?;
     const BATCH: usize = 1024;
     let mut rng = rng_from_seed(seed);
     let mut values = Vec::with_capacity(n);
@@ -223,7 +225,7 @@ pub fn reweight<A: Action>(
     let mut row = vec![0.0; action.lattice().volume()];
     while values.len() < n {
         let m = BATCH.min(n - values.len());
-        let (phi, log_p) = model.sample(m, &mut rng);
+        let (phi, log_p) = flow.sample(m, &mut rng)?;
         for (r, &lp) in phi.outer_iter().zip(log_p.iter()) {
             for (a, &b) in row.iter_mut().zip(r.iter()) {
                 *a = f64::from(b);

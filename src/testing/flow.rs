@@ -33,9 +33,9 @@ fn check_shape(flow: &dyn Flow, cols: usize) -> Result<(), String> {
 pub fn check_flow_invertible(flow: &dyn Flow, z: ArrayView2<f32>, tol: f64) -> Result<(), String> {
     check_shape(flow, z.ncols())?;
     let volume = z.ncols() as f64;
-    let (phi, ld_forward) = flow.forward(z);
-    let (back, ld_inverse) = flow.inverse(phi.view());
-    let (phi_again, _) = flow.forward(back.view());
+    let (phi, ld_forward) = flow.forward(z).map_err(|e| e.to_string())?;
+    let (back, ld_inverse) = flow.inverse(phi.view()).map_err(|e| e.to_string())?;
+    let (phi_again, _) = flow.forward(back.view()).map_err(|e| e.to_string())?;
     let within = |a: f32, b: f32| ((a as f64) - (b as f64)).abs() <= tol * (1.0 + (b as f64).abs());
     for (row, (z_row, back_row)) in z.rows().into_iter().zip(back.rows()).enumerate() {
         let Some(site) = z_row
@@ -246,7 +246,7 @@ pub fn check_flow_log_det_bruteforce(
             row[r / 2] += sign * h;
         }
     }
-    let (phi, ld) = flow.forward(probes.view());
+    let (phi, ld) = flow.forward(probes.view()).map_err(|e| e.to_string())?;
     let mut jacobian = vec![0.0f64; v * v];
     for j in 0..v {
         let step = probes[[2 * j, j]] as f64 - probes[[2 * j + 1, j]] as f64;
@@ -279,9 +279,9 @@ pub fn check_flow_z2_equivariant(
 ) -> Result<(), String> {
     check_shape(flow, z.ncols())?;
     let volume = z.ncols() as f64;
-    let (phi, ld) = flow.forward(z);
+    let (phi, ld) = flow.forward(z).map_err(|e| e.to_string())?;
     let neg_z = z.mapv(|x| -x);
-    let (phi_neg, ld_neg) = flow.forward(neg_z.view());
+    let (phi_neg, ld_neg) = flow.forward(neg_z.view()).map_err(|e| e.to_string())?;
     for ((row, site), &p) in phi.indexed_iter() {
         let (p, q) = (p as f64, phi_neg[[row, site]] as f64);
         if !(p + q).abs().le(&(tol * (1.0 + p.abs()))) {

@@ -1,6 +1,6 @@
-//! Training checkpoints: everything needed to continue a run bit for bit (model with its
-//! configuration and lattice, optimiser moments, generator state, counters, training
-//! configuration), stored as versioned JSON and written atomically.
+//! Training checkpoints: everything needed to continue a run bit for bit (the flow's
+//! parameters, description, lattice and metadata, optimiser moments, generator state,
+//! counters, training configuration), stored as versioned JSON and written atomically.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
 use crate::error::{Error, Result};
-use crate::flow::{Flow, FlowConfig, FlowModel, LayerRegistry};
+use crate::flow::{FlowConfig, FlowModel, LayerRegistry, TrainableFlow};
 use crate::io::{read_json, write_json};
 use crate::lattice::Lattice;
 use crate::rng::SimRng;
@@ -24,9 +24,12 @@ pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Checkpoint {
     format_version: u32,
-    flow: FlowConfig,
+    /// The flow's description ([`TrainableFlow::description`]; a [`FlowModel`]'s
+    /// configuration).
+    flow: serde_json::Value,
     lattice: Lattice,
     params: Vec<f32>,
+    #[serde(default)]
     metadata: BTreeMap<String, serde_json::Value>,
     optimizer: Optimizer,
     rng: SimRng,
@@ -39,14 +42,14 @@ pub(crate) struct Checkpoint {
 
 impl Checkpoint {
     /// The state of `trainer`.
-    pub(crate) fn capture<A: Action>(trainer: &Trainer<A>) -> Self {
+    pub(crate) fn capture<F: TrainableFlow, A: Action>(trainer: &Trainer<F, A>) -> Self {
         let model = &trainer.model;
         Checkpoint {
             format_version: CHECKPOINT_FORMAT_VERSION,
-            flow: model.config().clone(),
+            flow: model.description(),
             lattice: model.lattice().clone(),
             params: model.params().to_vec(),
-            metadata: model.metadata().clone(),
+            metadata: model.metadata().cloned().unwrap_or_default(),
             optimizer: trainer.optimizer.clone(),
             rng: trainer.rng.clone(),
             iteration: trainer.iteration,
@@ -76,13 +79,21 @@ impl Checkpoint {
         Ok(checkpoint)
     }
 
-    /// Rebuilds the trainer, checking that the pieces fit each other and `action`; custom
-    /// layers of the flow are built by `registry`.
-    pub(crate) fn into_trainer<A: Action + 'static>(
+    /// A fresh [`FlowModel`] built from the saved description and lattice, to restore into;
+    /// custom transforms and nets are built by `registry`.
+    pub(crate) fn model(&self, registry: &LayerRegistry) -> Result<FlowModel> {
+        let config: FlowConfig = serde_json::from_value(self.flow.clone())
+            .map_err(|e| Error::format("checkpoint flow configuration", e.to_string()))?;
+        FlowModel::new_with(&config, &self.lattice, 0, registry)
+    }
+
+    /// Rebuilds the trainer with `model` (given the saved parameters and metadata), checking
+    /// that the pieces fit each other, the model and `action`.
+    pub(crate) fn into_trainer<F: TrainableFlow, A: Action + 'static>(
         self,
+        mut model: F,
         action: Arc<A>,
-        registry: &LayerRegistry,
-    ) -> Result<Trainer<A>> {
+    ) -> Result<Trainer<F, A>> {
         self.config.validate()?;
         if self.iteration > self.config.iterations {
             return Err(Error::format(
@@ -93,7 +104,20 @@ impl Checkpoint {
                 ),
             ));
         }
-        let mut model = FlowModel::new_with(&self.flow, &self.lattice, 0, registry)?;
+        if *model.lattice() != self.lattice {
+            return Err(Error::Incompatible(format!(
+                "checkpoint is for a flow on a {} lattice, the flow given lives on {}",
+                self.lattice,
+                model.lattice()
+            )));
+        }
+        if model.description() != self.flow {
+            return Err(Error::Incompatible(
+                "checkpoint was written for a flow of another structure (its description \
+                 differs from the flow given)"
+                    .into(),
+            ));
+        }
         if self.params.len() != model.n_params() {
             return Err(Error::Incompatible(format!(
                 "checkpoint holds {} parameters, its flow on a {} lattice needs {}",
@@ -111,7 +135,9 @@ impl Checkpoint {
             ));
         }
         model.params_mut().copy_from_slice(&self.params);
-        *model.metadata_mut() = self.metadata;
+        if let Some(metadata) = model.metadata_mut() {
+            *metadata = self.metadata;
+        }
         Trainer::assemble(
             model,
             action,

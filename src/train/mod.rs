@@ -1,5 +1,6 @@
-//! Training flows by reverse Kullback–Leibler divergence (SPEC 4): optimisers, learning-rate
-//! schedules, and the trainer with its metrics stream and checkpoints.
+//! Training flows by reverse Kullback–Leibler divergence: optimisers, learning-rate
+//! schedules, and the trainer of any [`TrainableFlow`](crate::flow::TrainableFlow) with its
+//! metrics stream and checkpoints.
 
 mod checkpoint;
 pub mod optim;

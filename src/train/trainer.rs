@@ -1,5 +1,6 @@
-//! The reverse-KL [`Trainer`] (SPEC 4): fresh latent batches from a seeded stream, the loss
-//! L = mean[S(φ) − log det] back-propagated through the flow from the action's force, an
+//! The reverse-KL [`Trainer`] of any [`TrainableFlow`]: fresh latent batches from a seeded
+//! stream, the loss L = mean[S(φ) − log det] back-propagated through the flow from the
+//! action's force (see [`TrainableFlow`] for the gradient seed), an
 //! Adam-type update with a scheduled learning rate, optional coupling annealing, short
 //! independent evaluations (acceptance, ESS, τ_rej, lost-Z2-mode check) and checkpoints.
 
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
 use crate::error::{Error, Result};
-use crate::flow::{ChunkSeed, FlowModel, LayerRegistry, Workspace};
+use crate::flow::{ChunkSeed, Flow, FlowModel, LayerRegistry, TrainableFlow, ensure_same_lattice};
 use crate::rng::{SimRng, rng_from_seed, stream};
 use crate::stats::{ess_fraction, rejection_autocorrelation};
 use crate::train::checkpoint::Checkpoint;
@@ -153,9 +154,10 @@ thread_local! {
     static ROW_SCRATCH: RefCell<(Vec<f64>, Vec<f64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Trains a [`FlowModel`] by reverse KL against an [`Action`].
-pub struct Trainer<A: Action> {
-    pub(crate) model: FlowModel,
+/// Trains a flow (a [`FlowModel`] or any other [`TrainableFlow`]) by reverse KL against an
+/// [`Action`].
+pub struct Trainer<F: TrainableFlow, A: Action> {
+    pub(crate) model: F,
     action: Arc<A>,
     pub(crate) config: TrainConfig,
     pub(crate) optimizer: Optimizer,
@@ -165,15 +167,15 @@ pub struct Trainer<A: Action> {
     pub(crate) seconds: f64,
     pub(crate) last_loss: f64,
     anneal: Option<AnnealFn<A>>,
-    workspace: Workspace<f32>,
+    workspace: F::Workspace,
     latent: Array2<f32>,
     grad: Vec<f32>,
 }
 
-impl<A: Action + 'static> Trainer<A> {
+impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
     /// A trainer for `model` against `action`; checks the configuration and that model and
     /// action live on the same lattice.
-    pub fn new(model: FlowModel, action: Arc<A>, config: TrainConfig) -> Result<Self> {
+    pub fn new(model: F, action: Arc<A>, config: TrainConfig) -> Result<Self> {
         config.validate()?;
         let optimizer = Optimizer::new(config.optimizer, model.n_params())?;
         let rng = rng_from_seed(config.seed);
@@ -182,7 +184,7 @@ impl<A: Action + 'static> Trainer<A> {
 
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn assemble(
-        model: FlowModel,
+        model: F,
         action: Arc<A>,
         config: TrainConfig,
         optimizer: Optimizer,
@@ -192,14 +194,7 @@ impl<A: Action + 'static> Trainer<A> {
         seconds: f64,
         last_loss: f64,
     ) -> Result<Self> {
-        use crate::flow::Flow;
-        if model.lattice() != action.lattice() {
-            return Err(Error::Incompatible(format!(
-                "the flow is for a {} lattice, the action for {}",
-                model.lattice(),
-                action.lattice()
-            )));
-        }
+        ensure_same_lattice(&model, &*action)?;
         if optimizer.len() != model.n_params() {
             return Err(Error::Incompatible(format!(
                 "optimiser state for {} parameters, the flow has {}",
@@ -208,11 +203,11 @@ impl<A: Action + 'static> Trainer<A> {
             )));
         }
         let volume = action.lattice().volume();
-        let workspace = if config.chunks == 0 {
-            Workspace::per_thread()
+        let workspace = model.workspace(if config.chunks == 0 {
+            rayon::current_num_threads()
         } else {
-            Workspace::new(config.chunks)
-        };
+            config.chunks
+        });
         Ok(Trainer {
             latent: Array2::zeros((config.batch, volume)),
             grad: vec![0.0; model.n_params()],
@@ -257,10 +252,10 @@ impl<A: Action + 'static> Trainer<A> {
             None => None,
         };
         let action: &A = annealed.as_ref().unwrap_or(&*self.action);
-        if annealed.is_some() && action.lattice() != self.action.lattice() {
-            return Err(Error::Incompatible(format!(
-                "the annealed action at iteration {it} lives on another lattice"
-            )));
+        if annealed.is_some() {
+            ensure_same_lattice(&self.model, action).map_err(|e| {
+                Error::Incompatible(format!("the annealed action at iteration {it}: {e}"))
+            })?;
         }
 
         self.model
@@ -350,8 +345,8 @@ impl<A: Action + 'static> Trainer<A> {
     }
 
     /// Runs the remaining iterations, calling `observer` after each step, then evaluates
-    /// the flow and records the summary and configuration in the model's metadata under
-    /// `"train"`.
+    /// the flow and records the summary and configuration in the flow's metadata (if it
+    /// keeps any) under `"train"`.
     pub fn train(&mut self, observer: &mut dyn FnMut(&StepMetrics)) -> Result<TrainSummary> {
         while self.iteration < self.config.iterations {
             let metrics = self.step()?;
@@ -365,8 +360,10 @@ impl<A: Action + 'static> Trainer<A> {
             final_loss: self.last_loss,
             eval,
         };
-        let record = serde_json::json!({ "summary": summary, "config": self.config });
-        self.model.metadata_mut().insert("train".into(), record);
+        if let Some(metadata) = self.model.metadata_mut() {
+            let record = serde_json::json!({ "summary": summary, "config": self.config });
+            metadata.insert("train".into(), record);
+        }
         Ok(summary)
     }
 
@@ -378,12 +375,12 @@ impl<A: Action + 'static> Trainer<A> {
     }
 
     /// The flow being trained.
-    pub fn model(&self) -> &FlowModel {
+    pub fn model(&self) -> &F {
         &self.model
     }
 
     /// The trained flow.
-    pub fn into_model(self) -> FlowModel {
+    pub fn into_model(self) -> F {
         self.model
     }
 
@@ -407,15 +404,26 @@ impl<A: Action + 'static> Trainer<A> {
         self.configs_seen
     }
 
-    /// Writes model, optimiser state, generator state, counters and configuration to
-    /// `path`, atomically.
+    /// Writes the flow's parameters, description and metadata, the optimiser state,
+    /// generator state, counters and configuration to `path`, atomically.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
         Checkpoint::capture(self).write(path)
     }
 
-    /// Restores a trainer from a checkpoint; continuing it gives bit for bit the parameters
-    /// of an uninterrupted run (same seed and chunk count). A corrupt file or one whose
-    /// model does not fit `action`'s lattice is an error.
+    /// Restores a trainer from a checkpoint into `flow`, a flow of the same structure (same
+    /// [`TrainableFlow::description`] and lattice) whose parameters and metadata are
+    /// replaced by the saved ones; continuing it gives bit for bit the parameters of an
+    /// uninterrupted run (same seed and chunk count). A corrupt file, another flow, or an
+    /// action on another lattice is an error.
+    pub fn resume_with_flow(path: &Path, flow: F, action: Arc<A>) -> Result<Self> {
+        let checkpoint = Checkpoint::read(path)?;
+        checkpoint.into_trainer(flow, action)
+    }
+}
+
+impl<A: Action + 'static> Trainer<FlowModel, A> {
+    /// Restores a trainer of a [`FlowModel`] from a checkpoint, rebuilding the model from
+    /// its saved configuration: see [`Trainer::resume_with_flow`].
     pub fn resume(path: &Path, action: Arc<A>) -> Result<Self> {
         Self::resume_with(path, action, &LayerRegistry::new())
     }
@@ -424,15 +432,16 @@ impl<A: Action + 'static> Trainer<A> {
     /// constructors `registry` holds (see [`FlowModel::load_with`]).
     pub fn resume_with(path: &Path, action: Arc<A>, registry: &LayerRegistry) -> Result<Self> {
         let checkpoint = Checkpoint::read(path)?;
-        checkpoint.into_trainer(action, registry)
+        let model = checkpoint.model(registry)?;
+        checkpoint.into_trainer(model, action)
     }
 }
 
-/// Tests `model` against `action` with `n` fresh samples: log w = −S − log p̃ in f64, an
+/// Tests `flow` against `action` with `n` fresh samples: log w = −S − log p̃ in f64, an
 /// independence Metropolis chain over the samples in order (acceptance, τ_rej), the ESS
 /// fraction, mean and variance of log w and the fraction of samples with M > 0.
-pub fn evaluate_flow<A: Action + ?Sized>(
-    model: &FlowModel,
+pub fn evaluate_flow<F: Flow + ?Sized, A: Action + ?Sized>(
+    flow: &F,
     action: &A,
     n: usize,
     rng: &mut SimRng,
@@ -443,7 +452,8 @@ pub fn evaluate_flow<A: Action + ?Sized>(
             format!("an evaluation needs at least 2 samples, got {n}"),
         ));
     }
-    let (phi, log_p) = model.sample(n, rng);
+    ensure_same_lattice(flow, action)?;
+    let (phi, log_p) = flow.sample(n, rng)?;
     let (log_w, positive) = log_weights(action, phi.view(), log_p.view());
     let mean = log_w.iter().sum::<f64>() / n as f64;
     let var = log_w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
