@@ -17,7 +17,7 @@ use latflow::train::{TrainConfig, Trainer, evaluate_flow};
 use latflow::{Action, Error, Lattice, Proposal, Result, State, rng_from_seed};
 use ndarray::{Array1, Array2, ArrayView2, s};
 
-const M0SQ: f64 = 1.0;
+const M0SQ: f64 = 4.0;
 
 fn lattice() -> Lattice {
     Lattice::hypercubic(2, 4).unwrap()
@@ -266,7 +266,7 @@ fn a_user_trainable_flow_is_trained_to_its_known_optimum_and_resumes() {
     let [s, b] = trainer.model().params;
 
     // One batch of 256 fixes s to about ½ sd(S)/(⟨S⟩ √256) ≈ 0.012 (for unit latent fields
-    // ⟨S⟩ = |Λ|(2d + m0²)/2 = 40 and sd(S) ≈ 15 here); the decaying learning rate averages
+    // ⟨S⟩ = |Λ|(2d + m0²)/2 = 64 and sd(S) ≈ 23 here); the decaying learning rate averages
     // many batches at the end of the run, so 0.02 is loose, while a wrong gradient (wrong
     // factor or sign) ends far from the optimum.
     let s_exact = optimal_log_scale();
