@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # latflow's trainer against the PyTorch peer (../shared/peers/torch_ref.py) on the seed
-# recipes of SPEC 5.4, same recipe and same number of training configurations, run one after
-# the other on an otherwise idle machine. Prints one JSON line per program and L.
+# recipes of docs/reference.md#training-recipes, same recipe and same number of training
+# configurations, run one after the other on an otherwise idle machine. Prints one JSON line
+# per program and L.
 #
 #   python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install torch numpy
 #   benches/compare_torch.sh [L ...]        (default: 6 8 10; seeds via SEEDS="1 2 3",

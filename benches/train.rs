@@ -1,7 +1,7 @@
-//! Throughput (configurations/s) of one complete training step of the seed recipe (SPEC 5.4:
-//! H = |Λ|, K = 8, the study's batch and block counts) at L = 6, 8, 10 on φ⁴ at the study's
-//! β: latent draw, forward + backward with the action's force, loss statistics and the Adam
-//! update.
+//! Throughput (configurations/s) of one complete training step of the seed recipe
+//! (docs/reference.md#training-recipes: H = |Λ|, K = 8, the study's batch and block counts)
+//! at L = 6, 8, 10 on φ⁴ at the study's β: latent draw, forward + backward with the
+//! action's force, loss statistics and the Adam update.
 
 use std::sync::Arc;
 

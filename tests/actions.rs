@@ -1,6 +1,6 @@
 //! Actions: the three φ⁴ conventions agree up to a constant under the stated field
 //! rescaling, forces and local changes match the action, and the free field's exact
-//! sampler, density and propagator are what SPEC 1.4 says.
+//! sampler, density and propagator are what docs/actions.md#free-field says.
 
 use latflow::action::{Action, FreeField, Phi4, Phi4Couplings, Phi4Form};
 use latflow::{Lattice, rng_from_seed};
@@ -80,8 +80,8 @@ fn couplings_vec(c: Phi4Couplings) -> [f64; 2] {
 }
 
 #[test]
-fn standard_form_matches_spec_mapping_in_2d() {
-    // SPEC 1.2: ϕ = √β φ, 2 + m0²/2 = (1 − 2λ)/β, g0/4! = λ/β².
+fn standard_form_matches_the_documented_mapping_in_2d() {
+    // docs/actions.md#standard-form: ϕ = √β φ, 2 + m0²/2 = (1 − 2λ)/β, g0/4! = λ/β².
     let lat = Lattice::hypercubic(2, 4).unwrap();
     let (beta, lambda) = (0.576, 0.5);
     let hop = Phi4::hopping(lat, beta, lambda).unwrap();

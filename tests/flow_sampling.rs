@@ -26,8 +26,8 @@ fn action() -> Arc<Phi4> {
     Arc::new(Phi4::hopping(Lattice::hypercubic(2, 6).unwrap(), BETA, LAMBDA).unwrap())
 }
 
-/// The seed recipe of SPEC 5.4 at L = 6 (H 36, 2 affine blocks, K 8, batch 300,
-/// 350 iterations, η0 0.02, cosine), trained once and shared by the tests.
+/// The seed recipe of docs/reference.md#training-recipes at L = 6 (H 36, 2 affine blocks, K
+/// 8, batch 300, 350 iterations, η0 0.02, cosine), trained once and shared by the tests.
 fn trained() -> Arc<FlowModel> {
     static MODEL: OnceLock<Arc<FlowModel>> = OnceLock::new();
     MODEL

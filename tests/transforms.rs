@@ -221,7 +221,8 @@ impl ScalarMap for Z2AffineMap {
     }
 }
 
-/// The spline of SPEC 3.3 written out directly (default minimums 1e-3).
+/// The spline of docs/flows.md#rational-quadratic-spline written out directly (default
+/// minimums 1e-3).
 struct RqsMap {
     bins: usize,
     bound: f64,
@@ -404,8 +405,9 @@ proptest! {
         }
     }
 
-    /// RQS forward and backward against the forward-mode oracle of the SPEC formula
-    /// (rtol 1e-9, atol 1e-9: two different f64 evaluation orders of the same formula).
+    /// RQS forward and backward against the forward-mode oracle of the documented formula
+    /// (docs/flows.md#rational-quadratic-spline) (rtol 1e-9, atol 1e-9: two different f64
+    /// evaluation orders of the same formula).
     #[test]
     fn rqs_matches_forward_mode((v, theta) in arb_sites(23, 8, 6.0, 3.0), seed in any::<u64>()) {
         let oracle = forward_mode(RqsMap { bins: 8, bound: 5.0 });

@@ -1,6 +1,6 @@
-//! The free scalar field S = ½ Σ_x ϕ_x (−∇² + m0²) ϕ_x (SPEC 1.4): an [`Action`] with
-//! exact answers — an exact FFT sampler, the normalised log-density, log Z, the
-//! propagator, χ and ⟨S⟩ — used as a test target and as a flow latent.
+//! The free scalar field S = ½ Σ_x ϕ_x (−∇² + m0²) ϕ_x (docs/actions.md#free-field): an
+//! [`Action`] with exact answers — an exact FFT sampler, the normalised log-density, log Z,
+//! the propagator, χ and ⟨S⟩ — used as a test target and as a flow latent.
 
 use ndarray::ArrayView1;
 use rand::Rng;

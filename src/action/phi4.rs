@@ -1,7 +1,7 @@
-//! The φ⁴ action in its general form
-//! S = Σ_x [−κ Σ_μ φ_x φ_{x+e_μ} + μ φ_x² + g φ_x⁴] + c·|Λ|,
-//! built from the user's convention (hopping, standard or quartic, SPEC 1.1–1.3) so that
-//! S and the field match that convention exactly, with exact conversions between forms.
+//! The φ⁴ action in its general form S = Σ_x [−κ Σ_μ φ_x φ_{x+e_μ} + μ φ_x² + g φ_x⁴] +
+//! c·|Λ|, built from the user's convention (hopping, standard or quartic;
+//! docs/actions.md#general-phi4-form) so that S and the field match that convention
+//! exactly, with exact conversions between forms.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,11 +14,11 @@ use crate::lattice::Lattice;
 /// The three conventions in which users write the φ⁴ action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phi4Form {
-    /// S = Σ [−β Σ_μ φ_x φ_{x+μ} + φ_x² + λ(φ_x² − 1)²] (SPEC 1.1).
+    /// S = Σ [−β Σ_μ φ_x φ_{x+μ} + φ_x² + λ(φ_x² − 1)²] (docs/actions.md#hopping-form).
     Hopping,
-    /// S = Σ [−Σ_μ ϕ_x ϕ_{x+μ} + (d + m0²/2) ϕ_x² + (g0/4!) ϕ_x⁴] (SPEC 1.2).
+    /// S = Σ [−Σ_μ ϕ_x ϕ_{x+μ} + (d + m0²/2) ϕ_x² + (g0/4!) ϕ_x⁴] (docs/actions.md#standard-form).
     Standard,
-    /// S = Σ [Σ_μ (φ_{x+μ} − φ_x)² + m² φ_x² + λ φ_x⁴] (SPEC 1.3).
+    /// S = Σ [Σ_μ (φ_{x+μ} − φ_x)² + m² φ_x² + λ φ_x⁴] (docs/actions.md#quartic-form).
     Quartic,
 }
 

@@ -36,7 +36,7 @@ enum Command {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum RecipeName {
-    /// Z2-equivariant affine blocks, then one spline block (SPEC 3.5).
+    /// Z2-equivariant affine blocks, then one spline block (docs/flows.md#recipes).
     Seed,
     /// Affine blocks only.
     #[value(name = "real-nvp")]

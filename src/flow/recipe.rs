@@ -1,5 +1,5 @@
 //! Flow configurations: a serde-able [`FlowConfig`] that describes a flow completely (prior,
-//! layers, transforms, networks), and the recipes of SPEC 3.5 that build one (`seed`,
+//! layers, transforms, networks), and the recipes (docs/flows.md#recipes) that build one (`seed`,
 //! `real_nvp`, `additive`, and convolutional variants). A user's transform or net appears
 //! as a `custom` entry: a name and a free-form JSON configuration, turned into the object by
 //! the constructor registered under that name in a
@@ -18,8 +18,8 @@ pub enum PriorConfig {
     /// Independent N(0, 1) at every site.
     #[default]
     StandardNormal,
-    /// The exact free field of mass² `m0sq` (standard form, SPEC 1.4): the flow then only
-    /// has to learn the interacting part.
+    /// The exact free field of mass² `m0sq` (standard form, docs/actions.md#free-field):
+    /// the flow then only has to learn the interacting part.
     FreeField {
         /// Bare mass squared m0² (> 0).
         m0sq: f64,
@@ -160,7 +160,7 @@ impl FlowConfig {
         }
     }
 
-    /// The seed recipe of SPEC 3.5, structured like the PyTorch reference: `affine_blocks`
+    /// The seed recipe (docs/flows.md#recipes): `affine_blocks`
     /// Z2-affine blocks (separate bias-free s and t nets, one hidden layer of width
     /// `hidden`), a learnable scale, one RQS block with `bins` segments on [−5, 5] (one net
     /// with biases, same width), and a learnable output scale.

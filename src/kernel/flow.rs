@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ndarray::{Array1, Array2, Axis};
-use rand::{Rng, RngExt, SeedableRng};
+use rand::RngExt;
 use serde::Serialize;
 
 use crate::action::Action;
@@ -88,10 +88,9 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowProposal<F, A> {
     /// Draws a new batch of proposals with a generator seeded from `rng`. Should the prior
     /// or the flow fail on the batch, it holds only proposals with log w = NaN, which are
     /// never accepted.
-    fn refill<R: Rng + ?Sized>(&mut self, rng: &mut R) {
+    fn refill(&mut self, rng: &mut SimRng) {
         self.next = 0;
-        let mut rng = SimRng::from_rng(rng);
-        if self.generate(&mut rng).is_err() {
+        if self.generate(rng).is_err() {
             self.proposal_log_w.fill(f64::NAN);
             return;
         }

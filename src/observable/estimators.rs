@@ -47,10 +47,10 @@ pub fn xi_effective(volume: usize, extent: usize) -> impl Fn(&[f64]) -> f64 + Co
     }
 }
 
-/// The second-moment correlation length
-/// ξ² = (1/d) Σ_μ [χ / G̃(q̂_μ) − 1] / (4 sin²(π/L_μ)), χ = |Λ|(⟨m²⟩ − ⟨m⟩²),
-/// from the means `[⟨m⟩, ⟨m²⟩, ⟨G̃(q̂_1)⟩, …, ⟨G̃(q̂_d)⟩]` (as measured by
-/// [`super::LowestMomentumCorrelator`]). NaN when ξ² < 0. In d = 2 the 1/d is SPEC's ½.
+/// The second-moment correlation length ξ² = (1/d) Σ_μ [χ / G̃(q̂_μ) − 1] / (4
+/// sin²(π/L_μ)), χ = |Λ|(⟨m²⟩ − ⟨m⟩²), from the means `[⟨m⟩, ⟨m²⟩, ⟨G̃(q̂_1)⟩, …,
+/// ⟨G̃(q̂_d)⟩]` (as measured by [`super::LowestMomentumCorrelator`]). NaN when ξ² < 0. In d
+/// = 2 the 1/d is ½ (docs/statistics.md#correlation-length).
 pub fn xi_second_moment(lattice: &Lattice) -> impl Fn(&[f64]) -> f64 + Clone + use<> {
     let chi = susceptibility(lattice.volume());
     let q_hat2: Vec<f64> = lattice

@@ -22,28 +22,28 @@ pub use train::{AnnealSpec, RecipeKind, RecipeSpec, TrainReport, TrainSpec, mode
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "form", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ActionSpec {
-    /// Hopping form (SPEC 1.1).
+    /// Hopping form (docs/actions.md#hopping-form).
     Phi4 {
         /// Hopping coupling β.
         beta: f64,
         /// Quartic coupling λ.
         lambda: f64,
     },
-    /// Standard form (SPEC 1.2).
+    /// Standard form (docs/actions.md#standard-form).
     Phi4Standard {
         /// Bare mass squared m0².
         m0sq: f64,
         /// Bare quartic coupling g0.
         g0: f64,
     },
-    /// Quartic form of the flow literature (SPEC 1.3).
+    /// Quartic form of the flow literature (docs/actions.md#quartic-form).
     Phi4Quartic {
         /// m² (negative in the broken/critical region).
         m2: f64,
         /// Quartic coupling λ.
         lambda: f64,
     },
-    /// Free field of mass m0 (SPEC 1.4), with exact reference values.
+    /// Free field of mass m0 (docs/actions.md#free-field), with exact reference values.
     Free {
         /// The mass m0 > 0.
         mass: f64,

@@ -12,7 +12,7 @@ use crate::flow::{Flow, FlowConfig, FlowModel, TransformKind};
 use crate::lattice::Lattice;
 use crate::train::{StepMetrics, TrainConfig, Trainer};
 
-/// Which flow recipe (SPEC 3.5).
+/// Which flow recipe (docs/flows.md#recipes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecipeKind {

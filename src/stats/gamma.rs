@@ -1,7 +1,7 @@
-//! The Γ-method of SPEC 5.2 (U. Wolff, Comput. Phys. Commun. 156 (2004) 143): error of the
-//! mean, integrated autocorrelation time and their own errors from the autocorrelation
-//! function Γ(t), with automatic windowing, bias correction, replicas, and derived quantities
-//! F(⟨A_1⟩, ⟨A_2⟩, …) through projected fluctuations.
+//! The Γ-method (docs/statistics.md#gamma-method; U. Wolff, Comput. Phys. Commun. 156
+//! (2004) 143): error of the mean, integrated autocorrelation time and their own errors
+//! from the autocorrelation function Γ(t), with automatic windowing, bias correction,
+//! replicas, and derived quantities F(⟨A_1⟩, ⟨A_2⟩, …) through projected fluctuations.
 
 use std::fmt;
 

@@ -1,6 +1,7 @@
-//! Acceptance diagnostics of a Metropolis chain from its accept/reject history (SPEC 5.3):
-//! the rejection-based autocorrelation time τ_rej, its lower bound 1/Ā − ½, and the longest
-//! run of consecutive rejections.
+//! Acceptance diagnostics of a Metropolis chain from its accept/reject history
+//! (docs/statistics.md#rejection-based-autocorrelation): the rejection-based
+//! autocorrelation time τ_rej, its lower bound 1/Ā − ½, and the longest run of consecutive
+//! rejections.
 
 use serde::{Deserialize, Serialize};
 

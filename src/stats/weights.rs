@@ -1,5 +1,6 @@
-//! Importance weights given as log-weights (flow samples reweighted to the target, SPEC 2.6):
-//! the effective sample size fraction and the reweighted mean with its Γ-method error.
+//! Importance weights given as log-weights (flow samples reweighted to the target,
+//! docs/kernels.md#reweighting): the effective sample size fraction and the reweighted mean
+//! with its Γ-method error.
 
 use super::gamma::{GammaEstimate, gamma_method_derived};
 use crate::error::{Error, Result};

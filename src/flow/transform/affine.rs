@@ -61,7 +61,7 @@ impl<T: Real> PointwiseTransform<T> for Additive {
 pub struct Affine;
 
 /// The Z2-equivariant affine transform C(v; s, t) = (v − t) e^{−|s|}, with log-derivative
-/// −|s| (SPEC 3.3).
+/// −|s| (docs/flows.md#z2-equivariant-affine).
 ///
 /// Two parameters per site: `theta = [s, t]`. With s and t from bias-free networks with an
 /// odd activation, t is odd and |s| even in the passive sites, so the layer commutes with
