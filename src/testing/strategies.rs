@@ -55,6 +55,10 @@ pub const FIXED_SEED: u64 = 20_261_123;
 /// a fixed seed (unless `PROPTEST_RNG_SEED` is set), and failing cases saved to and replayed
 /// from `regressions` (a path relative to the crate root, e.g.
 /// `"proptest-regressions/my_layer.txt"`).
+///
+/// `PROPTEST_RNG_SEED=<u64>` runs the properties from another seed (proptest reads it; an
+/// unparsable value makes proptest warn and draw a random seed): a failure found that way
+/// is replayed by running again with the same value, and is also saved to `regressions`.
 pub fn proptest_config(cases: u32, regressions: &'static str) -> ProptestConfig {
     ProptestConfig {
         cases: std::env::var("PROPTEST_CASES")
