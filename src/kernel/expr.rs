@@ -252,11 +252,14 @@ impl Parser<'_> {
     }
 
     fn expression(&mut self) -> Result<KernelExpr> {
-        let mut parts = vec![self.term()?];
-        while self.eat('+') {
+        let mut parts = Vec::new();
+        loop {
             match self.term()? {
                 KernelExpr::Cycle(inner) => parts.extend(inner),
                 term => parts.push(term),
+            }
+            if !self.eat('+') {
+                break;
             }
         }
         Ok(if parts.len() == 1 {
