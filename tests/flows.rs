@@ -346,7 +346,11 @@ fn check_forward_backward(model: &FlowModel) {
         .unwrap();
     let (phi_ref, ld_ref) = model.forward_with(&params, z.view());
     assert_eq!(out.phi, phi_ref);
-    assert_eq!(out.logdet, ld_ref);
+    // The training pass sums the log-det on the tape, the forward pass per layer in f64
+    // from the same per-site terms: equal up to the rounding of the summation order.
+    for (&a, &b) in out.logdet.iter().zip(ld_ref.iter()) {
+        assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "log-det {a} vs {b}");
+    }
     for (row, &r) in phi_ref.outer_iter().zip(out.record.iter()) {
         assert_eq!(r, toy_action(row.as_slice().unwrap()));
     }

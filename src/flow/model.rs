@@ -339,7 +339,10 @@ impl FlowModel {
     /// where it writes ∂L/∂φ and ∂L/∂logdet (for reverse KL, ∂S/∂φ / N and −1/N) and may
     /// record one f64 per row (e.g. S(φ)). `grad` is overwritten with ∂L/∂θ, summed over
     /// chunks in chunk order, so the result depends only on the inputs and the workspace's
-    /// chunk count. Returns φ, the log-det and the recorded values of the whole batch.
+    /// chunk count. Returns φ, the log-det and the recorded values of the whole batch. The
+    /// log-det here is the tape's own sum (what the gradient flows through), which equals the
+    /// f64 per-layer sum of [`FlowModel::forward_in`] up to the rounding of the network
+    /// float type.
     pub fn forward_backward_with<'w, T, F>(
         &self,
         params: &[T],
@@ -668,8 +671,19 @@ impl<T: FlowFloat> ChunkWork<T> {
             self.logdet = Array1::zeros(n);
         }
         self.logdet.fill(0.0);
-        // The graph of `build_forward`, with the log-det also summed in f64 per layer.
         let mut x = self.tape.input(z);
+        if for_backward {
+            // Training needs the log-det only through its gradient and the loss: the tape's
+            // own sum serves, and the pass stays as lean as it can be.
+            let ld;
+            (x, ld) = model.build_forward(&mut self.tape, params, x);
+            for (o, &l) in self.logdet.iter_mut().zip(self.tape.value(ld).iter()) {
+                *o = l.to_f64().unwrap_or(f64::NAN);
+            }
+            return (x, ld);
+        }
+        // The graph of `build_forward`, with the log-det also summed in f64 per layer, so
+        // that log p̃ of a drawn φ matches the inverse path's (the bound on `FlowModel`).
         let mut ld = self.tape.zeros(n, 1);
         for layer in &model.layers {
             (x, ld) = layer.build_exact(&mut self.tape, params, x, ld, &mut self.logdet);
