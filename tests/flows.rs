@@ -349,7 +349,10 @@ fn check_forward_backward(model: &FlowModel) {
     // The training pass sums the log-det on the tape, the forward pass per layer in f64
     // from the same per-site terms: equal up to the rounding of the summation order.
     for (&a, &b) in out.logdet.iter().zip(ld_ref.iter()) {
-        assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "log-det {a} vs {b}");
+        assert!(
+            (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+            "log-det {a} vs {b}"
+        );
     }
     for (row, &r) in phi_ref.outer_iter().zip(out.record.iter()) {
         assert_eq!(r, toy_action(row.as_slice().unwrap()));
