@@ -434,7 +434,7 @@ fn shared_flow_checks_pass_on_the_seed_recipe() {
     let z = normal_batch(64, 16, 31);
     check_flow_invertible(&model, z.view(), 1e-4).unwrap();
     for row in z.outer_iter().take(4) {
-        check_flow_log_det_bruteforce(&model, row.as_slice().unwrap(), 1e-2, 1e-2).unwrap();
+        check_flow_log_det_bruteforce(&model, row.as_slice().unwrap(), 1e-2, 1e-3).unwrap();
     }
     let z2 = random_model(&FlowConfig::z2_affine(2, 16), 4, 0.3, 32);
     check_flow_z2_equivariant(&z2, z.view(), 1e-5).unwrap();
