@@ -1,7 +1,7 @@
 //! Statistics on measured series: the Γ-method with automatic windowing (errors, τ_int,
 //! derived quantities, replicas, and how far each result can be trusted), the blocked
-//! bootstrap, acceptance diagnostics (τ_rej), importance weights (ESS, reweighted means)
-//! and histograms. Pure functions of slices; no knowledge of physics.
+//! bootstrap, acceptance diagnostics (τ_rej), importance weights (ESS, Pareto k̂, reweighted
+//! means) and histograms. Pure functions of slices; no knowledge of physics.
 //!
 //! ```
 //! use latflow::stats::{gamma_method, gamma_method_derived};
@@ -33,4 +33,7 @@ pub use histogram::{Histogram, SignSplitHistogram};
 pub use rejection::{
     RejectionStats, longest_rejection_run, rejection_autocorrelation, rejection_run_probabilities,
 };
-pub use weights::{ess_fraction, reweighted_mean};
+pub use weights::{
+    MIN_PARETO_TAIL, ess_fraction, max_normalised_weight, pareto_k_hat, pareto_k_threshold,
+    reweighted_mean,
+};
