@@ -139,6 +139,9 @@ pub struct HmcDiagnostics {
     pub trajectories: usize,
     /// Trajectories accepted.
     pub accepted: usize,
+    /// accepted / trajectories.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub acceptance: f64,
     /// ⟨e^{−ΔH}⟩ over the trajectories with finite e^{−ΔH} (1 for an exact integration),
     /// with its Γ-method error; `None` with fewer than two of them.
     pub exp_minus_delta_h: Option<GammaEstimate>,
@@ -545,10 +548,12 @@ fn hmc_diagnostics(record: &ChainRecord, label: &str) -> HmcDiagnostics {
         .map(|(d, _)| (-d).exp())
         .filter(|x| x.is_finite())
         .collect();
+    let accepted = trajectories.iter().filter(|(_, a)| *a).count();
     HmcDiagnostics {
         label: label.to_string(),
         trajectories: trajectories.len(),
-        accepted: trajectories.iter().filter(|(_, a)| *a).count(),
+        accepted,
+        acceptance: accepted as f64 / trajectories.len() as f64,
         exp_minus_delta_h: gamma_method(&boltzmann).ok(),
         divergences,
     }
