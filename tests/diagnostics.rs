@@ -106,7 +106,6 @@ fn zero_acceptance_hmc_run_is_unreliable_not_zero_error() {
     // a single MD step of length 100 at β = 0.537 is never accepted.
     for spec in [hmc_spec(100.0, 1.0, 10), hmc_spec(BETA, 100.0, 1)] {
         let report = sample(&spec, &mut |_, _| {}).unwrap();
-        eprintln!("{:#?}", report.diagnostics);
         assert!(report.acceptance < 0.01, "{}", report.acceptance);
         assert_undefined_errors(&report);
         assert!(report.diagnostics.state_changes < 20);
@@ -235,26 +234,28 @@ fn poor_flow_alone_is_flagged_and_well_trained_flow_is_not() {
     let proposal = FlowProposal::new(poor.clone(), action(), 1000).unwrap();
     let (record, summary) = run(proposal, 21, 200, 10_000);
     let d = diagnostics_of(&record, &summary);
-    eprintln!("poor flow: {d:#?}");
     assert_eq!(d.verdict, Verdict::Unreliable, "{d:#?}");
     assert!(
-        d.has("flow_weight_tail") || d.has("long_stuck_run"),
+        d.has("long_stuck_run") && d.has("flow_weight_tail"),
         "{d:#?}"
     );
+    assert!(d.flows[0].pareto_k > 1.0 && d.flows[0].tau_rej.is_finite());
 
     // The same poor flow inside flow+local is only a warning (the chain is exact).
     let local = LocalMetropolis::new(action(), 1.0).unwrap();
     let proposal = FlowProposal::new(poor, action(), 1000).unwrap();
     let (record, summary) = run(latflow::kernel::Cycle::new(proposal, local), 22, 200, 5_000);
     let d = diagnostics_of(&record, &summary);
-    eprintln!("poor flow + local: {d:#?}");
-    assert!(d.verdict < Verdict::Unreliable, "{d:#?}");
+    assert_eq!(d.verdict, Verdict::Warning, "{d:#?}");
+    assert!(
+        d.has("low_acceptance") && !d.has("long_stuck_run"),
+        "{d:#?}"
+    );
 
     let trained = seed_flow(300, 200, 30);
     let proposal = FlowProposal::new(trained, action(), 1000).unwrap();
     let (record, summary) = run(proposal, 31, 200, 10_000);
     let d = diagnostics_of(&record, &summary);
-    eprintln!("trained flow: {d:#?}");
     assert_eq!(d.verdict, Verdict::Reliable, "{d:#?}");
     let flow = &d.flows[0];
     assert!(flow.tau_rej.is_finite() && flow.pareto_k < flow.pareto_k_threshold);
