@@ -4,7 +4,8 @@
 //! Data flows one way through the modules:
 //! [`lattice`] + [`action`] (what is sampled) → [`flow`] + [`train`] (a learned proposal)
 //! → [`kernel`] (Markov chains with their accept/reject history) → [`observable`]
-//! → [`stats`] (numbers with honest errors) → [`io`] (what the user reads).
+//! → [`stats`] (numbers with honest errors) + [`diagnostics`] (can they be trusted?)
+//! → [`io`] (what the user reads).
 //!
 //! The theory and conventions behind the formulas are in the repository's `docs/` folder
 //! (start at `docs/README.md`).
@@ -12,6 +13,7 @@
 pub mod action;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod diagnostics;
 pub mod error;
 pub mod fft;
 pub mod flow;

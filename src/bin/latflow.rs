@@ -442,18 +442,34 @@ fn print_table(report: &SampleReport) {
         "{:<16} {:>14} {:>12} {:>10} {:>8}",
         "observable", "mean", "error", "tau_int", "± tau"
     );
+    let number = |x: f64, width: usize, precision: usize| {
+        if x.is_finite() {
+            format!("{x:>width$.precision$}")
+        } else {
+            format!("{:>width$}", "undefined")
+        }
+    };
+    let mut caveats = Vec::new();
     for (name, e) in &report.observables {
+        let mark = if e.caveat.is_some() { " *" } else { "" };
         println!(
-            "{:<16} {:>14.6} {:>12.6} {:>10.3} {:>8.3}",
-            name, e.mean, e.err, e.tau_int, e.tau_int_err
+            "{:<16} {:>14.6} {} {} {}{mark}",
+            name,
+            e.mean,
+            number(e.err, 12, 6),
+            number(e.tau_int, 10, 3),
+            number(e.tau_int_err, 8, 3)
         );
         if let Some(x) = report.exact.as_ref().and_then(|ex| ex.get(name)) {
-            println!(
-                "{:<16} {:>14.6}   ({:+.1}σ)",
-                "  exact",
-                x,
-                (e.mean - x) / e.err
-            );
+            let sigmas = if e.err.is_finite() && e.err > 0.0 {
+                format!("({:+.1}σ)", (e.mean - x) / e.err)
+            } else {
+                "(σ undefined)".to_string()
+            };
+            println!("{:<16} {:>14.6}   {sigmas}", "  exact", x);
+        }
+        if let Some(c) = &e.caveat {
+            caveats.push((name, c));
         }
     }
     for (name, reason) in &report.failures {
@@ -464,10 +480,38 @@ fn print_table(report: &SampleReport) {
         report.tau_rej_err,
         report.longest_rejection_run,
     ) {
-        println!("tau_rej          {t:>14.4} {e:>12.4}   longest rejection run {r}");
+        println!(
+            "tau_rej          {} {}   longest rejection run {r}",
+            number(t, 14, 4),
+            number(e, 12, 4)
+        );
     }
     if let Some(e) = &report.exp_minus_delta_h {
-        println!("<exp(-dH)>       {:>14.6} {:>12.6}", e.mean, e.err);
+        println!("<exp(-dH)>       {:>14.6} {}", e.mean, number(e.err, 12, 6));
+    }
+    let d = &report.diagnostics;
+    println!(
+        "state changed in {} of {} steps; longest stuck run {} steps ({:.2}%)",
+        d.state_changes,
+        d.steps,
+        d.longest_stuck_run,
+        100.0 * d.longest_stuck_fraction
+    );
+    for f in &d.flows {
+        println!(
+            "{}: ESS/sample {:.3e}  largest weight {:.3e}  Pareto k {:.2} (limit {:.2})",
+            f.label, f.ess_per_sample, f.max_normalised_weight, f.pareto_k, f.pareto_k_threshold
+        );
+    }
+    if !caveats.is_empty() {
+        println!("caveats (*):");
+        for (name, c) in caveats {
+            println!("  {name}: {c}");
+        }
+    }
+    println!("verdict: {}", report.verdict());
+    for f in &d.findings {
+        println!("  {f}");
     }
 }
 

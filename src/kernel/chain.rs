@@ -40,7 +40,8 @@ pub struct Chain<K: Proposal> {
     scratch_moves: Vec<MoveInfo>,
 }
 
-/// Everything a run produced: measurements and the full move history.
+/// Everything a run produced: measurements and the full move history, with the step
+/// boundaries (one kernel step may make several moves, e.g. a cycle `flow+local`).
 #[derive(Clone, Debug, Serialize)]
 pub struct ChainRecord {
     /// Observable names, in the order given to [`Chain::run`].
@@ -51,6 +52,9 @@ pub struct ChainRecord {
     pub measurements: Vec<Vec<f64>>,
     /// Every move record, in order.
     pub moves: Vec<MoveInfo>,
+    /// Per kernel step, how many records of `moves` it made (`steps` entries summing to
+    /// `moves.len()`).
+    pub moves_per_step: Vec<u32>,
     /// Kernel steps made.
     pub steps: usize,
     /// Wall-clock seconds the run took.
@@ -131,6 +135,51 @@ impl ChainRecord {
         self.moves_of(label)
             .filter_map(MoveInfo::log_acceptance_ratio)
             .collect()
+    }
+
+    /// The moves of each kernel step, in order; `None` when `moves_per_step` does not
+    /// describe `moves` (a record assembled by hand).
+    pub fn step_moves(&self) -> Option<impl Iterator<Item = &[MoveInfo]> + '_> {
+        let total: u64 = self.moves_per_step.iter().map(|&k| u64::from(k)).sum();
+        if self.moves_per_step.len() != self.steps || total != self.moves.len() as u64 {
+            return None;
+        }
+        let mut rest = self.moves.as_slice();
+        Some(self.moves_per_step.iter().map(move |&k| {
+            let (step, tail) = rest.split_at(k as usize);
+            rest = tail;
+            step
+        }))
+    }
+
+    /// Per kernel step, whether the state changed (some move of the step was accepted);
+    /// `None` as for [`ChainRecord::step_moves`].
+    pub fn state_changes(&self) -> Option<Vec<bool>> {
+        Some(
+            self.step_moves()?
+                .map(|step| step.iter().any(|m| m.accepted > 0))
+                .collect(),
+        )
+    }
+
+    /// Appends the record of the next run of the same chain (same observables): the
+    /// measurements, moves and step boundaries are concatenated, steps and seconds added.
+    /// A record with other observables is refused and `self` left unchanged.
+    pub fn append(&mut self, other: ChainRecord) -> Result<()> {
+        if self.names != other.names || self.components != other.components {
+            return Err(Error::Incompatible(format!(
+                "cannot append a record of observables {:?} to one of {:?}",
+                other.names, self.names
+            )));
+        }
+        for (mine, theirs) in self.measurements.iter_mut().zip(other.measurements) {
+            mine.extend(theirs);
+        }
+        self.moves.extend(other.moves);
+        self.moves_per_step.extend(other.moves_per_step);
+        self.steps += other.steps;
+        self.wall_seconds += other.wall_seconds;
+        Ok(())
     }
 
     /// The step size δ of the last local sweep, if any ran.
@@ -227,8 +276,11 @@ impl<K: Proposal> Chain<K> {
         }
         let start = Instant::now();
         let mut moves = Vec::with_capacity(n);
+        let mut moves_per_step = Vec::with_capacity(n);
         for i in 1..=n {
+            let before = moves.len();
             self.kernel.step(&mut self.state, &mut self.rng, &mut moves);
+            moves_per_step.push(u32::try_from(moves.len() - before).unwrap_or(u32::MAX));
             if i % thin == 0 {
                 measure(&self.state)?;
             }
@@ -238,6 +290,7 @@ impl<K: Proposal> Chain<K> {
             components: Vec::new(),
             measurements: Vec::new(),
             moves,
+            moves_per_step,
             steps: n,
             wall_seconds: start.elapsed().as_secs_f64(),
         })

@@ -185,6 +185,7 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> Proposal for FlowProposal<F, A> {
             accepted: u32::from(accept),
             detail: MoveDetail::Flow {
                 log_weight_ratio: delta,
+                log_weight: proposed,
             },
         });
     }

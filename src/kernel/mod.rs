@@ -97,6 +97,9 @@ pub enum MoveDetail {
         /// log w(φ') − log w(φ) with w = e^{−S}/p̃: the log-acceptance ratio (NaN when
         /// neither weight is finite).
         log_weight_ratio: f64,
+        /// log w(φ') = −S(φ') − log p̃(φ') of the proposal itself, the importance weight
+        /// of the flow's sample (NaN when the flow failed on it).
+        log_weight: f64,
     },
     /// Any other Metropolis–Hastings proposal, e.g. a user's kernel.
     Metropolis {
@@ -117,7 +120,18 @@ impl MoveInfo {
     /// log w(φ′) − log w(φ) when this is a flow proposal.
     pub fn log_weight_ratio(&self) -> Option<f64> {
         match self.detail {
-            MoveDetail::Flow { log_weight_ratio } => Some(log_weight_ratio),
+            MoveDetail::Flow {
+                log_weight_ratio, ..
+            } => Some(log_weight_ratio),
+            _ => None,
+        }
+    }
+
+    /// The proposal's own log-weight log w(φ′) = −S(φ′) − log p̃(φ′) when this is a flow
+    /// proposal.
+    pub fn proposal_log_weight(&self) -> Option<f64> {
+        match self.detail {
+            MoveDetail::Flow { log_weight, .. } => Some(log_weight),
             _ => None,
         }
     }
@@ -128,7 +142,9 @@ impl MoveInfo {
     pub fn log_acceptance_ratio(&self) -> Option<f64> {
         match self.detail {
             MoveDetail::Hmc { delta_h, .. } => Some(-delta_h),
-            MoveDetail::Flow { log_weight_ratio } => Some(log_weight_ratio),
+            MoveDetail::Flow {
+                log_weight_ratio, ..
+            } => Some(log_weight_ratio),
             MoveDetail::Metropolis {
                 log_acceptance_ratio,
             } => Some(log_acceptance_ratio),

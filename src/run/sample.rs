@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ActionSpec, model_target};
 use crate::action::{Action, Phi4};
+use crate::diagnostics::{ChainDiagnostics, Verdict, diagnose};
 use crate::error::{Error, Result};
 use crate::flow::FlowModel;
 use crate::kernel::{
@@ -15,6 +16,7 @@ use crate::kernel::{
 };
 use crate::lattice::Lattice;
 use crate::observable::{ActionDensity, Measurements, Summary};
+use crate::stats::{GammaEstimate, nan_if_null};
 
 /// The kernel names a kernel expression may use in a run: `local` (one local Metropolis
 /// sweep), `hmc` (one HMC trajectory) and `flow` (one proposal of the run's trained flow).
@@ -217,17 +219,37 @@ impl SampleSpec {
     }
 }
 
-/// A Γ-method estimate as reported: mean, error, τ_int and its error.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// A Γ-method estimate as reported: mean, error, τ_int and its error, and why it may not
+/// be trusted. An undefined error or τ_int is NaN (`null` in JSON) and `caveat` says why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
     /// The mean.
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean: f64,
-    /// Its statistical error.
+    /// Its statistical error (NaN when undefined).
+    #[serde(deserialize_with = "nan_if_null")]
     pub err: f64,
-    /// Integrated autocorrelation time (in measurements).
+    /// Integrated autocorrelation time (in measurements; NaN when undefined).
+    #[serde(deserialize_with = "nan_if_null")]
     pub tau_int: f64,
-    /// Error of τ_int.
+    /// Error of τ_int (NaN when undefined).
+    #[serde(deserialize_with = "nan_if_null")]
     pub tau_int_err: f64,
+    /// Why the estimate may not be trusted, in words; `None` when nothing was found.
+    pub caveat: Option<String>,
+}
+
+impl Estimate {
+    /// The estimate as reported, with the caveat `caveat`.
+    pub fn new(estimate: &GammaEstimate, caveat: Option<String>) -> Self {
+        Estimate {
+            mean: estimate.mean,
+            err: estimate.err,
+            tau_int: estimate.tau_int,
+            tau_int_err: estimate.tau_int_err,
+            caveat,
+        }
+    }
 }
 
 /// What a sampling run measured.
@@ -247,31 +269,51 @@ pub struct SampleReport {
     pub thin: usize,
     /// Seed.
     pub seed: u64,
+    /// Whether the numbers can be trusted: the chain diagnostics' verdict (see
+    /// [`SampleReport::verdict`]).
+    pub verdict: Verdict,
     /// Overall acceptance (accepted / proposed over all moves).
+    #[serde(deserialize_with = "nan_if_null")]
     pub acceptance: f64,
     /// Acceptance per kernel label (`"local"`, `"hmc"`, `"flow"`).
     pub acceptance_by_move: BTreeMap<String, f64>,
     /// Wall seconds of thermalisation and measurement.
     pub seconds: f64,
     /// Named estimates: phi2, m, abs_m, m2, energy, action_density, chi, binder, xi_2nd,
-    /// xi_eff, xi_fit.
+    /// xi_eff, xi_fit. When the verdict is [`Verdict::Unreliable`] every error and τ_int is
+    /// NaN, with the reason in the estimate's caveat.
     pub observables: BTreeMap<String, Estimate>,
     /// Quantities whose analysis failed, with the reason.
     pub failures: BTreeMap<String, String>,
-    /// ⟨e^{−ΔH}⟩ of the HMC trajectories (1 for an exact integrator), when HMC ran.
+    /// ⟨e^{−ΔH}⟩ of the HMC trajectories (1 for an exact integrator; over the trajectories
+    /// with finite e^{−ΔH}), when HMC ran.
     pub exp_minus_delta_h: Option<Estimate>,
     /// Exact values where known (free field).
     pub exact: Option<BTreeMap<String, f64>>,
     /// The local step size after thermalisation, when local updates ran (of the last local
     /// sweep, when the expression has several local kernels).
     pub local_step_size: Option<f64>,
-    /// Rejection-based autocorrelation time of the flow proposals, when the expression has
-    /// them.
+    /// Rejection-based autocorrelation time of the flow proposals: present (possibly NaN,
+    /// `null` in JSON, with the reason in the diagnostics' `tau_rej_caveat`) whenever the
+    /// expression has `flow`.
     pub tau_rej: Option<f64>,
     /// Error of `tau_rej`.
     pub tau_rej_err: Option<f64>,
-    /// Longest run of consecutive rejected flow proposals.
+    /// Longest run of consecutive rejected flow proposals (all of them when none was
+    /// accepted), whenever the expression has `flow`.
     pub longest_rejection_run: Option<usize>,
+    /// The chain diagnostics: findings, acceptance per kernel, state changes and the
+    /// longest stuck run, flow-weight and HMC numbers.
+    pub diagnostics: ChainDiagnostics,
+}
+
+impl SampleReport {
+    /// Whether the run's numbers can be trusted: [`Verdict::Unreliable`] when the errors
+    /// are undefined (e.g. a frozen chain), [`Verdict::Warning`] when a finding deserves
+    /// attention, [`Verdict::Reliable`] otherwise. The findings say why.
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
 }
 
 /// Reported quantities; the per-t `xi_eff[t]` values stay in the library's [`Summary`].
@@ -366,18 +408,19 @@ fn build_report(
     seconds: f64,
     exact: Option<BTreeMap<String, f64>>,
 ) -> SampleReport {
-    let as_estimate = |g: &crate::stats::GammaEstimate| Estimate {
-        mean: g.mean,
-        err: g.err,
-        tau_int: g.tau_int,
-        tau_int_err: g.tau_int_err,
-    };
-    let observables = REPORTED
+    let mut diagnostics = diagnose(record);
+    let reported: Vec<(&str, &GammaEstimate)> = REPORTED
         .iter()
-        .filter_map(|&name| {
-            summary
-                .get(name)
-                .map(|g| (name.to_string(), as_estimate(g)))
+        .filter_map(|&name| summary.get(name).map(|g| (name, g)))
+        .collect();
+    if !diagnostics.errors_undefined() {
+        diagnostics.check_estimates(reported.iter().copied());
+    }
+    let observables = reported
+        .iter()
+        .map(|&(name, g)| {
+            let (g, caveat) = diagnostics.qualify(g);
+            (name.to_string(), Estimate::new(&g, caveat))
         })
         .collect();
     let failures = summary
@@ -386,22 +429,22 @@ fn build_report(
         .filter(|f| REPORTED.contains(&f.name.as_str()))
         .map(|f| (f.name.clone(), f.reason.clone()))
         .collect();
-    let mut labels: Vec<&'static str> = record.moves.iter().map(|m| m.kernel).collect();
-    labels.sort_unstable();
-    labels.dedup();
-    let acceptance_by_move = labels
+    let acceptance_by_move = diagnostics
+        .kernels
         .iter()
-        .map(|&l| (l.to_string(), record.acceptance_of(l)))
+        .map(|k| (k.label.clone(), k.acceptance))
         .collect();
-    let exp_dh: Vec<f64> = record.delta_h().iter().map(|d| (-d).exp()).collect();
-    let rejection = if spec.kernel.uses_flow() {
-        crate::stats::rejection_autocorrelation(&record.accept_history("flow")).ok()
+    let exp_minus_delta_h = diagnostics
+        .hmc
+        .iter()
+        .find(|h| h.label == "hmc")
+        .and_then(|h| h.exp_minus_delta_h.as_ref())
+        .map(|g| Estimate::new(g, g.caveat()));
+    let flow = if spec.kernel.uses_flow() {
+        diagnostics.flows.iter().find(|f| f.label == "flow")
     } else {
         None
     };
-    let exp_minus_delta_h = crate::stats::gamma_method(&exp_dh)
-        .ok()
-        .map(|g| as_estimate(&g));
     SampleReport {
         lattice: spec.lattice.extents().to_vec(),
         action: spec.action,
@@ -410,6 +453,7 @@ fn build_report(
         therm: spec.therm,
         thin: spec.thin,
         seed: spec.seed,
+        verdict: diagnostics.verdict,
         acceptance: record.acceptance(),
         acceptance_by_move,
         seconds,
@@ -418,8 +462,9 @@ fn build_report(
         exp_minus_delta_h,
         exact,
         local_step_size: record.local_step_size(),
-        tau_rej: rejection.as_ref().map(|r| r.tau_rej),
-        tau_rej_err: rejection.as_ref().map(|r| r.tau_rej_err),
-        longest_rejection_run: rejection.as_ref().map(|r| r.longest_rejection_run),
+        tau_rej: flow.map(|f| f.tau_rej),
+        tau_rej_err: flow.map(|f| f.tau_rej_err),
+        longest_rejection_run: flow.map(|f| f.longest_rejection_run),
+        diagnostics,
     }
 }

@@ -20,24 +20,187 @@ const DIRECT_SUM_MAX_LEN: usize = 512;
 /// The fewest measurements a replica may have (so that Γ(1) exists).
 pub const MIN_REPLICA_LEN: usize = 2;
 
+/// An estimate from fewer than this many τ_int (N < 100 τ_int) is [`Verdict::Warning`]:
+/// τ_int, and with it the error, is itself uncertain by tens of percent.
+pub const DOUBTFUL_LENGTH: f64 = 100.0;
+
+/// An estimate from fewer than this many τ_int (N < 20 τ_int) is [`Verdict::Unreliable`]:
+/// the chain has seen too few independent configurations for the Γ-method's error to mean
+/// much (the window is then a sizeable fraction of the series and slow modes may be missed).
+pub const UNRELIABLE_LENGTH: f64 = 20.0;
+
+/// How far a result can be trusted, from best to worst; ordered, so the worst of several
+/// is their maximum.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Nothing found that casts doubt on it.
+    #[default]
+    Reliable,
+    /// Usable, with a caveat worth reading (e.g. a chain only moderately longer than τ_int).
+    Warning,
+    /// Not to be trusted: the error bar is undefined or likely far too small.
+    Unreliable,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Reliable => "reliable",
+            Verdict::Warning => "warning",
+            Verdict::Unreliable => "unreliable",
+        })
+    }
+}
+
+/// A reason why a [`GammaEstimate`] may not be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GammaCaveat {
+    /// The series (for a derived quantity: its projected fluctuations) does not fluctuate,
+    /// Γ(0) = 0 up to rounding: error and τ_int are undefined (NaN). Typically a chain that
+    /// never moved. [`Verdict::Unreliable`].
+    ZeroVariance,
+    /// The automatic window found no W with g(W) < 0 and took the largest window: τ_int is
+    /// at best a lower bound. [`Verdict::Unreliable`].
+    WindowNotConverged,
+    /// N < [`UNRELIABLE_LENGTH`] τ_int. [`Verdict::Unreliable`].
+    TooFewAutocorrelationTimes,
+    /// [`UNRELIABLE_LENGTH`] τ_int ≤ N < [`DOUBTFUL_LENGTH`] τ_int. [`Verdict::Warning`].
+    FewAutocorrelationTimes,
+}
+
+impl GammaCaveat {
+    /// How serious the caveat is.
+    pub fn severity(self) -> Verdict {
+        match self {
+            GammaCaveat::FewAutocorrelationTimes => Verdict::Warning,
+            _ => Verdict::Unreliable,
+        }
+    }
+
+    /// A stable snake_case name.
+    pub fn code(self) -> &'static str {
+        match self {
+            GammaCaveat::ZeroVariance => "zero_variance",
+            GammaCaveat::WindowNotConverged => "window_not_converged",
+            GammaCaveat::TooFewAutocorrelationTimes => "too_few_autocorrelation_times",
+            GammaCaveat::FewAutocorrelationTimes => "few_autocorrelation_times",
+        }
+    }
+}
+
 /// The result of a Γ-method analysis of one primary or derived quantity.
+///
+/// How far it can be trusted is part of the result: [`GammaEstimate::caveats`] lists the
+/// reasons for doubt, [`GammaEstimate::verdict`] sums them up and
+/// [`GammaEstimate::caveat`] says them in words. A series without fluctuations has
+/// `err`, `err_err`, `tau_int` and `tau_int_err` NaN (`null` in JSON), never 0.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GammaEstimate {
     /// The mean (for a derived quantity, F of the means).
     pub mean: f64,
-    /// The statistical error of `mean`, σ = √(C/N).
+    /// The statistical error of `mean`, σ = √(C/N); NaN when undefined.
+    #[serde(deserialize_with = "nan_if_null")]
     pub err: f64,
-    /// The error of `err`, σ √((W + ½)/N).
+    /// The error of `err`, σ √((W + ½)/N); NaN when undefined.
+    #[serde(deserialize_with = "nan_if_null")]
     pub err_err: f64,
-    /// The integrated autocorrelation time τ_int = C / (2Γ(0)); ½ for independent data.
+    /// The integrated autocorrelation time τ_int = C / (2Γ(0)); ½ for independent data;
+    /// NaN when undefined.
+    #[serde(deserialize_with = "nan_if_null")]
     pub tau_int: f64,
-    /// The error of `tau_int`, 2 τ_int √((W − τ_int + ½)/N).
+    /// The error of `tau_int`, 2 τ_int √((W − τ_int + ½)/N); NaN when undefined.
+    #[serde(deserialize_with = "nan_if_null")]
     pub tau_int_err: f64,
     /// The summation window W.
     pub window: usize,
     /// False when the automatic windowing found no W with g(W) < 0 and took the largest
     /// window: the chain is then too short for a reliable τ_int.
     pub window_converged: bool,
+    /// The number of measurements N (summed over replicas).
+    pub n: usize,
+    /// True when the series did not fluctuate (Γ(0) = 0 up to rounding against the data's
+    /// scale): error and τ_int are then NaN.
+    pub zero_variance: bool,
+}
+
+impl GammaEstimate {
+    /// The reasons for doubt, worst first (empty for a reliable estimate). The length
+    /// checks compare N with [`UNRELIABLE_LENGTH`] and [`DOUBTFUL_LENGTH`] times τ_int.
+    pub fn caveats(&self) -> Vec<GammaCaveat> {
+        let mut caveats = Vec::new();
+        if self.zero_variance || !self.err.is_finite() || !self.tau_int.is_finite() {
+            caveats.push(GammaCaveat::ZeroVariance);
+            return caveats;
+        }
+        if !self.window_converged {
+            caveats.push(GammaCaveat::WindowNotConverged);
+        }
+        let n = self.n as f64;
+        if n < UNRELIABLE_LENGTH * self.tau_int {
+            caveats.push(GammaCaveat::TooFewAutocorrelationTimes);
+        } else if n < DOUBTFUL_LENGTH * self.tau_int {
+            caveats.push(GammaCaveat::FewAutocorrelationTimes);
+        }
+        caveats
+    }
+
+    /// The worst severity among [`GammaEstimate::caveats`].
+    pub fn verdict(&self) -> Verdict {
+        self.caveats()
+            .into_iter()
+            .map(GammaCaveat::severity)
+            .max()
+            .unwrap_or(Verdict::Reliable)
+    }
+
+    /// The caveats in words, one sentence each joined by spaces; `None` when reliable.
+    pub fn caveat(&self) -> Option<String> {
+        let sentences: Vec<String> = self
+            .caveats()
+            .into_iter()
+            .map(|c| match c {
+                GammaCaveat::ZeroVariance => "the series does not fluctuate (the chain may \
+                     not have moved): error and τ_int are undefined."
+                    .to_string(),
+                GammaCaveat::WindowNotConverged => format!(
+                    "the automatic window did not close (W = {} of at most N/2): τ_int is \
+                     at best a lower bound and the error likely too small.",
+                    self.window
+                ),
+                GammaCaveat::TooFewAutocorrelationTimes => format!(
+                    "only {:.1} τ_int in the chain (N = {}, τ_int = {:.3}; fewer than \
+                     {UNRELIABLE_LENGTH}): the error is not trustworthy.",
+                    self.n as f64 / self.tau_int,
+                    self.n,
+                    self.tau_int
+                ),
+                GammaCaveat::FewAutocorrelationTimes => format!(
+                    "only {:.0} τ_int in the chain (N = {}, τ_int = {:.3}; fewer than \
+                     {DOUBTFUL_LENGTH}): the error is uncertain.",
+                    self.n as f64 / self.tau_int,
+                    self.n,
+                    self.tau_int
+                ),
+            })
+            .collect();
+        if sentences.is_empty() {
+            None
+        } else {
+            Some(sentences.join(" "))
+        }
+    }
+}
+
+/// Reads `null` (how serde_json writes NaN) back as NaN.
+pub(crate) fn nan_if_null<'de, D>(deserializer: D) -> std::result::Result<f64, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
 impl fmt::Display for GammaEstimate {
@@ -373,7 +536,8 @@ fn autocovariance<S: AsRef<[f64]>>(replicas: &[S], mean: f64, max_lag: usize) ->
 /// Windowing, bias correction and errors from Γ(t) (`gamma[0..=max_lag]`).
 ///
 /// `scale` is the size of the data's fluctuations' natural unit: a Γ(0) below rounding
-/// noise of `scale` means a constant series, reported with zero error and τ_int = ½.
+/// noise of `scale` means a constant series, reported with error and τ_int NaN and
+/// `zero_variance` set.
 fn analyse(
     gamma: &mut [f64],
     n_total: usize,
@@ -387,12 +551,14 @@ fn analyse(
     if g0 <= rounding * rounding {
         return Ok(GammaEstimate {
             mean: value,
-            err: 0.0,
-            err_err: 0.0,
-            tau_int: 0.5,
-            tau_int_err: 0.0,
+            err: f64::NAN,
+            err_err: f64::NAN,
+            tau_int: f64::NAN,
+            tau_int_err: f64::NAN,
             window: 0,
             window_converged: true,
+            n: n_total,
+            zero_variance: true,
         });
     }
     let max_lag = gamma.len() - 1;
@@ -433,6 +599,8 @@ fn analyse(
         tau_int_err: 2.0 * tau_int * ((wf - tau_int + 0.5).max(0.0) / nf).sqrt(),
         window: w,
         window_converged: converged,
+        n: n_total,
+        zero_variance: false,
     })
 }
 
@@ -537,11 +705,31 @@ mod tests {
     }
 
     #[test]
-    fn constant_series_has_zero_error() {
+    fn constant_series_has_undefined_error() {
         let e = gamma_method(&[0.1; 50]).unwrap();
         assert!((e.mean - 0.1).abs() < 1e-15);
-        assert_eq!(e.err, 0.0);
-        assert_eq!(e.tau_int, 0.5);
+        assert!(e.zero_variance);
+        assert!(e.err.is_nan() && e.err_err.is_nan());
+        assert!(e.tau_int.is_nan() && e.tau_int_err.is_nan());
+        assert_eq!(e.caveats(), [GammaCaveat::ZeroVariance]);
+        assert_eq!(e.verdict(), Verdict::Unreliable);
+        assert!(e.caveat().unwrap().contains("does not fluctuate"));
+        // serde_json writes NaN as null and reads it back as NaN.
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("\"err\":null"), "{json}");
+        let back: GammaEstimate = serde_json::from_str(&json).unwrap();
+        assert!(back.err.is_nan() && back.zero_variance);
+    }
+
+    #[test]
+    fn derived_quantity_of_constant_series_is_undefined() {
+        let a = [2.0; 40];
+        let b: Vec<f64> = (0..40).map(|i| 1.0 + (i % 3) as f64).collect();
+        // F depends only on the constant series: the projected fluctuations vanish.
+        let e = gamma_method_derived(&[&a, &b], |m| m[0] * 3.0).unwrap();
+        assert_eq!(e.mean, 6.0);
+        assert!(e.zero_variance && e.err.is_nan());
+        assert_eq!(e.verdict(), Verdict::Unreliable);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Statistics on measured series: the Γ-method with automatic windowing (errors, τ_int,
-//! derived quantities, replicas), the blocked bootstrap, acceptance diagnostics (τ_rej),
-//! importance weights (ESS, reweighted means) and histograms. Pure functions of slices; no
-//! knowledge of physics.
+//! derived quantities, replicas, and how far each result can be trusted), the blocked
+//! bootstrap, acceptance diagnostics (τ_rej), importance weights (ESS, Pareto k̂, reweighted
+//! means) and histograms. Pure functions of slices; no knowledge of physics.
 //!
 //! ```
 //! use latflow::stats::{gamma_method, gamma_method_derived};
@@ -23,13 +23,17 @@ mod rejection;
 mod weights;
 
 pub use bootstrap::{BootstrapEstimate, blocked_bootstrap};
+pub(crate) use gamma::nan_if_null;
 pub use gamma::{
-    DEFAULT_S, GammaEstimate, GammaMethod, MIN_REPLICA_LEN, Window, autocorrelation,
-    automatic_window, gamma_method, gamma_method_derived, gamma_method_derived_replicas,
-    gamma_method_replicas,
+    DEFAULT_S, DOUBTFUL_LENGTH, GammaCaveat, GammaEstimate, GammaMethod, MIN_REPLICA_LEN,
+    UNRELIABLE_LENGTH, Verdict, Window, autocorrelation, automatic_window, gamma_method,
+    gamma_method_derived, gamma_method_derived_replicas, gamma_method_replicas,
 };
 pub use histogram::{Histogram, SignSplitHistogram};
 pub use rejection::{
     RejectionStats, longest_rejection_run, rejection_autocorrelation, rejection_run_probabilities,
 };
-pub use weights::{ess_fraction, reweighted_mean};
+pub use weights::{
+    MIN_PARETO_TAIL, ess_fraction, max_normalised_weight, pareto_k_hat, pareto_k_threshold,
+    reweighted_mean,
+};
