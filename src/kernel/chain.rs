@@ -58,6 +58,25 @@ pub struct ChainRecord {
 }
 
 impl ChainRecord {
+    /// Appends the record of the next run of the same chain (its moves and measurements
+    /// follow this record's).
+    pub fn append(&mut self, other: ChainRecord) {
+        if self.names.is_empty() {
+            self.names = other.names;
+            self.components = other.components;
+        }
+        if self.measurements.len() < other.measurements.len() {
+            self.measurements
+                .resize(other.measurements.len(), Vec::new());
+        }
+        for (mine, theirs) in self.measurements.iter_mut().zip(other.measurements) {
+            mine.extend(theirs);
+        }
+        self.moves.extend(other.moves);
+        self.steps += other.steps;
+        self.wall_seconds += other.wall_seconds;
+    }
+
     /// Number of measurements of each observable.
     pub fn n_measurements(&self) -> usize {
         match (self.measurements.first(), self.components.first()) {
