@@ -447,3 +447,38 @@ fn operating_system_errors_are_printed_once() {
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
     assert!(err.contains("/no/such/runcard.toml"), "{err}");
 }
+
+#[test]
+fn train_runcard_runs_and_refuses_flags_alongside() {
+    let dir = std::env::temp_dir().join(format!("latflow-cli-traincard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/train.toml"))
+        .unwrap()
+        .replace("[8, 8]", "[4, 4]")
+        .replace("iterations = 750", "iterations = 5")
+        .replace("batch = 500", "batch = 32")
+        .replace("hidden = 64", "hidden = 8")
+        .replace("eval_samples = 10000", "eval_samples = 100")
+        .replace("\"model.json\"", &format!("{:?}", dir.join("model.json")));
+    let card = dir.join("train.toml");
+    std::fs::write(&card, text).unwrap();
+    let card = card.to_str().unwrap();
+    let out = latflow(&["train", "--config", card, "--json", "--quiet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["configs_seen"], 32 * 5);
+    assert!(dir.join("model.json").exists());
+    let out = latflow(&["train", "--config", card, "--lr", "0.1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--lr cannot be combined with --config"));
+    std::fs::write(dir.join("bad.toml"), "lattice = [4, 4]\nout = \"m.json\"\n[action]\nform = \"phi4\"\nbeta = 0.5\nlambda = 0.5\n[train]\nbatchsize = 10\n").unwrap();
+    let out = latflow(&["train", "--config", dir.join("bad.toml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("batchsize"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
