@@ -839,7 +839,7 @@ impl Progress {
             return Progress::Bar(bar);
         }
         let now = Instant::now();
-        let interval = Duration::from_secs_f64(output.progress_interval.clamp(0.0, 1e6));
+        let interval = Duration::from_secs_f64(output.progress_interval.min(1e9));
         Progress::Lines {
             label,
             unit,
@@ -937,6 +937,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    let output = match &cli.command {
+        Command::Sample(a) => &a.output,
+        Command::Train(a) => &a.output,
+    };
+    if !(output.progress_interval.is_finite() && output.progress_interval >= 0.0) {
+        eprintln!(
+            "error: invalid value for --progress-interval: must be a finite number of seconds \
+             ≥ 0, got {}",
+            output.progress_interval
+        );
+        return ExitCode::FAILURE;
+    }
     let signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
