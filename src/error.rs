@@ -56,6 +56,9 @@ pub enum Error {
         /// The entry's name.
         name: String,
     },
+    /// A run stopped on request before it produced anything to keep.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// A compute device (GPU) that could not be used or failed during a computation.
     #[error("device error: {0}")]
     Device(String),

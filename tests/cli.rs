@@ -159,7 +159,7 @@ fn bad_input_gives_clear_errors_and_nonzero_exit() {
         (&["sample", "--beta", "0.5", "--lambda", "inf"], "lambda"),
         (
             &["sample", "--beta", "0.5", "--lambda", "0.5", "--n", "0"],
-            "`n`",
+            "--n",
         ),
         (
             &[
@@ -313,5 +313,172 @@ fn train_then_sample_with_the_model() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("model") && !err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_flag_takes_effect_or_is_refused() {
+    let dir = std::env::temp_dir().join(format!("latflow-cli-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let card = dir.join("card.toml");
+    std::fs::write(
+        &card,
+        "lattice = [4, 4]\nn = 100\nkernel = \"hmc\"\n[action]\nform = \"phi4\"\nbeta = 0.5\nlambda = 0.5\n",
+    )
+    .unwrap();
+    let card = card.to_str().unwrap();
+    let phi4 = ["--beta", "0.5", "--lambda", "0.5"];
+    let with = |head: &[&'static str], tail: &[&'static str]| -> Vec<&'static str> {
+        [head, tail].concat()
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["sample", "--config", card, "--n", "5"],
+            "--n cannot be combined with --config",
+        ),
+        (
+            vec!["sample", "--config", card, "--lambda", "0.3"],
+            "--lambda cannot be combined with --config",
+        ),
+        (
+            vec!["sample", "--config", card, "--kernel", "local"],
+            "--kernel cannot be combined with --config",
+        ),
+        (
+            vec!["sample", "--action", "free", "--mass", "1", "--beta", "0.5"],
+            "--beta does not apply to --action free, which takes --mass",
+        ),
+        (
+            vec![
+                "train",
+                "--action",
+                "phi4-quartic",
+                "--m2",
+                "-4",
+                "--lambda",
+                "7",
+                "--g0",
+                "1",
+                "--out",
+                "x.json",
+            ],
+            "--g0 does not apply to --action phi4-quartic",
+        ),
+        (
+            with(&["sample", "--kernel", "local", "--md-steps", "5"], &phi4),
+            "--md-steps has no effect",
+        ),
+        (
+            with(&["sample", "--kernel", "hmc", "--step-size", "0.5"], &phi4),
+            "--step-size has no effect",
+        ),
+        (
+            with(&["sample", "--kernel", "hmc", "--flow-batch", "10"], &phi4),
+            "--flow-batch has no effect",
+        ),
+        (
+            with(&["train", "--weight-decay", "-1", "--out", "x.json"], &phi4),
+            "--weight-decay",
+        ),
+        (
+            with(
+                &[
+                    "train",
+                    "--recipe",
+                    "real-nvp",
+                    "--segments",
+                    "4",
+                    "--out",
+                    "x.json",
+                ],
+                &phi4,
+            ),
+            "--segments has no effect with --recipe real-nvp",
+        ),
+        (
+            with(&["train", "--channels", "4", "--out", "x.json"], &phi4),
+            "--channels has no effect",
+        ),
+        (
+            with(
+                &["train", "--restart-period", "5", "--out", "x.json"],
+                &phi4,
+            ),
+            "--restart-period has no effect",
+        ),
+        (
+            with(&["train", "--anneal-over", "0.3", "--out", "x.json"], &phi4),
+            "--anneal-over has no effect",
+        ),
+        (
+            vec![
+                "train",
+                "--action",
+                "free",
+                "--mass",
+                "1",
+                "--anneal-start",
+                "0.5",
+                "--out",
+                "x.json",
+            ],
+            "--anneal-start anneals the hopping coupling",
+        ),
+        (with(&["train"], &phi4), "--out is required"),
+        (
+            with(&["sample", "--n", "0"], &phi4),
+            "invalid value for --n",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = latflow(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn operating_system_errors_are_printed_once() {
+    let out = latflow(&["sample", "--config", "/no/such/runcard.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    assert!(err.contains("/no/such/runcard.toml"), "{err}");
+}
+
+#[test]
+fn train_runcard_runs_and_refuses_flags_alongside() {
+    let dir = std::env::temp_dir().join(format!("latflow-cli-traincard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/train.toml"))
+        .unwrap()
+        .replace("[8, 8]", "[4, 4]")
+        .replace("iterations = 750", "iterations = 5")
+        .replace("batch = 500", "batch = 32")
+        .replace("hidden = 64", "hidden = 8")
+        .replace("eval_samples = 10000", "eval_samples = 100")
+        .replace("\"model.json\"", &format!("{:?}", dir.join("model.json")));
+    let card = dir.join("train.toml");
+    std::fs::write(&card, text).unwrap();
+    let card = card.to_str().unwrap();
+    let out = latflow(&["train", "--config", card, "--json", "--quiet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["configs_seen"], 32 * 5);
+    assert!(dir.join("model.json").exists());
+    let out = latflow(&["train", "--config", card, "--lr", "0.1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--lr cannot be combined with --config"));
+    std::fs::write(dir.join("bad.toml"), "lattice = [4, 4]\nout = \"m.json\"\n[action]\nform = \"phi4\"\nbeta = 0.5\nlambda = 0.5\n[train]\nbatchsize = 10\n").unwrap();
+    let out = latflow(&["train", "--config", dir.join("bad.toml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("batchsize"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

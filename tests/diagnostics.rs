@@ -105,7 +105,7 @@ fn zero_acceptance_hmc_run_is_unreliable_not_zero_error() {
     // At β = 100 nearly every trajectory has an enormous ΔH (the odd one is accepted);
     // a single MD step of length 100 at β = 0.537 is never accepted.
     for spec in [hmc_spec(100.0, 1.0, 10), hmc_spec(BETA, 100.0, 1)] {
-        let report = sample(&spec, &mut |_, _| {}).unwrap();
+        let report = sample(&spec, &mut |_, _| {}, None).unwrap();
         assert!(report.acceptance < 0.01, "{}", report.acceptance);
         assert_undefined_errors(&report);
         assert!(report.diagnostics.state_changes < 20);
@@ -268,7 +268,7 @@ fn healthy_hmc_run_is_reliable() {
     let mut spec = hmc_spec(BETA, 1.0, 8);
     spec.n = 10_000;
     spec.therm = 500;
-    let report = sample(&spec, &mut |_, _| {}).unwrap();
+    let report = sample(&spec, &mut |_, _| {}, None).unwrap();
     assert_eq!(
         report.verdict(),
         Verdict::Reliable,

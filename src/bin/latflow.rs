@@ -1,17 +1,22 @@
 //! The `latflow` command line: parses flags or a runcard, calls the library, prints.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use latflow::Lattice;
 use latflow::kernel::{Integrator, KernelExpr};
 use latflow::run::{
     ActionSpec, AnnealSpec, KernelSpec, RecipeKind, RecipeSpec, SampleReport, SampleSpec,
-    TrainSpec, model_target, parse_kernel, sample, train,
+    TrainControl, TrainOutcome, TrainSpec, model_target, parse_kernel, sample,
 };
 use latflow::train::{OptimizerKind, Schedule, TrainConfig};
 
@@ -62,24 +67,32 @@ enum ScheduleName {
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
 struct TrainArgs {
+    /// TOML runcard describing the whole training run (lattice, action, recipe, train,
+    /// anneal, out); other flags that describe the run are then refused.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint (its settings come from the checkpoint;
+    /// flags that describe the run are refused).
+    #[arg(long, conflicts_with = "config")]
+    resume: Option<PathBuf>,
     #[command(flatten)]
     target: TargetArgs,
     /// Flow recipe.
     #[arg(long, value_enum, default_value = "seed")]
     recipe: RecipeName,
-    /// Hidden width of the dense nets (default |Λ|).
+    /// Hidden width of the dense nets (default |Λ|; not for --recipe conv).
     #[arg(long, default_value_t = 0)]
     hidden: usize,
-    /// Hidden layers of the nets.
+    /// Hidden layers of the nets (--recipe real-nvp, additive or conv).
     #[arg(long, default_value_t = 1)]
     depth: usize,
     /// Affine (or additive, or convolutional) coupling blocks.
     #[arg(long, default_value_t = 2)]
     affine_blocks: usize,
-    /// Spline segments K.
+    /// Spline segments K (--recipe seed).
     #[arg(long, default_value_t = 8)]
     segments: usize,
-    /// Channels of the convolutional nets.
+    /// Channels of the convolutional nets (--recipe conv).
     #[arg(long, default_value_t = 8)]
     channels: usize,
     /// Configurations per training step.
@@ -94,7 +107,7 @@ struct TrainArgs {
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value = "cosine")]
     schedule: ScheduleName,
-    /// Period of the warm restarts.
+    /// Period of the warm restarts (--schedule warm-restarts).
     #[arg(long, default_value_t = 100)]
     restart_period: usize,
     /// AdamW weight decay (0: plain Adam).
@@ -103,7 +116,7 @@ struct TrainArgs {
     /// Anneal the hopping coupling from this fraction of its target (hopping form).
     #[arg(long)]
     anneal_start: Option<f64>,
-    /// Fraction of training over which the coupling reaches its target.
+    /// Fraction of training over which the coupling reaches its target (with --anneal-start).
     #[arg(long, default_value_t = 0.5)]
     anneal_over: f64,
     /// Seed of initialisation and latent stream.
@@ -112,7 +125,8 @@ struct TrainArgs {
     /// Batch chunks for the data-parallel pass (0: one per thread).
     #[arg(long, default_value_t = 0)]
     chunks: usize,
-    /// Evaluate acceptance and ESS every this many steps (0: only at the end).
+    /// Evaluate acceptance and ESS every this many steps (0: only at the end); the values
+    /// go to the training log.
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
     /// Samples of each evaluation.
@@ -120,23 +134,124 @@ struct TrainArgs {
     eval_samples: usize,
     /// Where to write the trained model.
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
+    /// Where to keep the checkpoint (default: next to the model, NAME.checkpoint.json,
+    /// removed when the run finishes).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Write the checkpoint every this many steps (0: only when interrupted).
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: usize,
+    /// The training log, one CSV row per step (default: next to the model, NAME.train.csv).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// How the CLI reports: JSON or a summary, progress display.
+#[derive(Args)]
+struct OutputArgs {
     /// Print one JSON object to stdout instead of a summary.
     #[arg(long)]
     json: bool,
+    /// No progress display.
+    #[arg(long)]
+    quiet: bool,
+    /// Seconds between progress lines when stderr is not a terminal.
+    #[arg(long, default_value_t = 10.0)]
+    progress_interval: f64,
 }
 
+/// Flags that give the lattice and the action.
+const TARGET_FLAGS: [&str; 8] = [
+    "lattice", "action", "beta", "lambda", "m0sq", "g0", "m2", "mass",
+];
+
+/// Flags of `train` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
+/// --config or --resume).
+const TRAIN_RUN_FLAGS: [&str; 19] = [
+    "recipe",
+    "hidden",
+    "depth",
+    "affine_blocks",
+    "segments",
+    "channels",
+    "batch",
+    "iterations",
+    "lr",
+    "schedule",
+    "restart_period",
+    "weight_decay",
+    "anneal_start",
+    "anneal_over",
+    "seed",
+    "chunks",
+    "eval_every",
+    "eval_samples",
+    "out",
+];
+
 impl TrainArgs {
-    fn spec(&self) -> Result<TrainSpec> {
+    fn spec(&self, m: &ArgMatches) -> Result<TrainSpec> {
+        if let Some(path) = &self.config {
+            refuse_given(m, &TARGET_FLAGS, "--config: set it in the runcard")?;
+            refuse_given(m, &TRAIN_RUN_FLAGS, "--config: set it in the runcard")?;
+            return Ok(TrainSpec::from_toml_file(path)?);
+        }
+        self.target.refuse_foreign_couplings(m)?;
+        let recipe_kind = match self.recipe {
+            RecipeName::Seed => RecipeKind::Seed,
+            RecipeName::RealNvp => RecipeKind::RealNvp,
+            RecipeName::Additive => RecipeKind::Additive,
+            RecipeName::Z2Affine => RecipeKind::Z2Affine,
+            RecipeName::Conv => RecipeKind::Conv,
+        };
+        let recipe_name = self
+            .recipe
+            .to_possible_value()
+            .map(|v| v.get_name().to_string());
+        let recipe_name = recipe_name.unwrap_or_default();
+        let uses = |flag: &str| match flag {
+            "segments" => recipe_kind == RecipeKind::Seed,
+            "channels" => recipe_kind == RecipeKind::Conv,
+            "hidden" => recipe_kind != RecipeKind::Conv,
+            "depth" => matches!(
+                recipe_kind,
+                RecipeKind::RealNvp | RecipeKind::Additive | RecipeKind::Conv
+            ),
+            _ => true,
+        };
+        for flag in ["segments", "channels", "hidden", "depth"] {
+            if given(m, flag) && !uses(flag) {
+                bail!(
+                    "{} has no effect with --recipe {recipe_name}",
+                    flag_name(flag)
+                );
+            }
+        }
+        if given(m, "restart_period") && !matches!(self.schedule, ScheduleName::WarmRestarts) {
+            bail!("--restart-period has no effect without --schedule warm-restarts");
+        }
+        if given(m, "anneal_over") && self.anneal_start.is_none() {
+            bail!("--anneal-over has no effect without --anneal-start");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!(
+                "invalid value for --weight-decay: must be a finite number ≥ 0, got {}",
+                self.weight_decay
+            );
+        }
+        let out = self
+            .out
+            .clone()
+            .context("--out is required: where to write the trained model")?;
         let (lattice, action) = self.target.resolve(None)?;
+        if self.anneal_start.is_some() && !matches!(action, ActionSpec::Phi4 { .. }) {
+            bail!("--anneal-start anneals the hopping coupling: it needs --action phi4");
+        }
         let recipe = RecipeSpec {
-            kind: match self.recipe {
-                RecipeName::Seed => RecipeKind::Seed,
-                RecipeName::RealNvp => RecipeKind::RealNvp,
-                RecipeName::Additive => RecipeKind::Additive,
-                RecipeName::Z2Affine => RecipeKind::Z2Affine,
-                RecipeName::Conv => RecipeKind::Conv,
-            },
+            kind: recipe_kind,
             hidden: self.hidden,
             depth: self.depth,
             affine_blocks: self.affine_blocks,
@@ -170,31 +285,100 @@ impl TrainArgs {
             recipe,
             train,
             anneal,
-            out: self.out.clone(),
+            out,
         })
     }
 }
 
-fn run_train(args: &TrainArgs) -> Result<()> {
-    let spec = args.spec()?;
-    let bar = ProgressBar::new(spec.train.iterations as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+/// A path next to `model` with its extension replaced by `suffix`.
+fn beside(model: &Path, suffix: &str) -> PathBuf {
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    model.with_file_name(format!("{stem}.{suffix}"))
+}
+
+fn run_train(args: &TrainArgs, m: &ArgMatches, signals: &Signals) -> Result<ExitCode> {
+    let (spec, resuming) = match &args.resume {
+        Some(path) => {
+            let allowed_out = TRAIN_RUN_FLAGS.iter().filter(|&&f| f != "out");
+            let refused: Vec<&str> = allowed_out.copied().collect();
+            refuse_given(
+                m,
+                &refused,
+                "--resume: the run's settings come from the checkpoint",
+            )?;
+            let mut spec = latflow::run::checkpoint_spec(path)?;
+            if let Some(out) = &args.out {
+                spec.out = out.clone();
+            }
+            (spec, Some(path.clone()))
+        }
+        None => (args.spec(m)?, None),
+    };
+    let default_checkpoint = args.checkpoint.is_none() && resuming.is_none();
+    let checkpoint = args
+        .checkpoint
+        .clone()
+        .or_else(|| resuming.clone())
+        .unwrap_or_else(|| beside(&spec.out, "checkpoint.json"));
+    let log = args
+        .log
+        .clone()
+        .unwrap_or_else(|| beside(&spec.out, "train.csv"));
+    let control = TrainControl {
+        checkpoint: Some(&checkpoint),
+        checkpoint_every: args.checkpoint_every,
+        log: Some(&log),
+        stop: Some(&signals.stop),
+    };
+    let mut progress = Progress::new("train", spec.train.iterations as u64, "steps", &args.output);
     let mut last_acceptance = f64::NAN;
-    let report = train(&spec, &mut |m| {
-        if let Some(e) = &m.eval {
+    let mut observer = |s: &latflow::train::StepMetrics| {
+        if let Some(e) = &s.eval {
             last_acceptance = e.acceptance;
         }
-        bar.set_position(m.iteration as u64 + 1);
-        bar.set_message(format!(
-            "loss {:.4}  acceptance {:.3}",
-            m.loss, last_acceptance
-        ));
-    })?;
-    bar.finish_and_clear();
-    if args.json {
+        progress.update(
+            s.iteration as u64 + 1,
+            &format!("loss {:.4}  acceptance {:.3}", s.loss, last_acceptance),
+        );
+    };
+    let outcome = match &resuming {
+        Some(path) => latflow::run::resume(path, args.out.as_deref(), &control, &mut observer)?,
+        None => latflow::run::train(&spec, &control, &mut observer)?,
+    };
+    progress.finish();
+    let report = match outcome {
+        TrainOutcome::Finished(report) => report,
+        TrainOutcome::Stopped {
+            iteration,
+            iterations,
+            checkpoint,
+        } => {
+            let signal = signals.name();
+            if args.output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "outcome": "stopped", "signal": signal, "iteration": iteration,
+                        "iterations": iterations, "checkpoint": checkpoint,
+                    })
+                );
+            }
+            eprintln!(
+                "latflow: {signal} received: stopped after {iteration} of {iterations} steps; \
+                 checkpoint written to {}\n  continue with: latflow train --resume {}",
+                checkpoint.display(),
+                checkpoint.display()
+            );
+            return Ok(signals.exit_code());
+        }
+    };
+    if default_checkpoint {
+        let _ = std::fs::remove_file(&checkpoint);
+    }
+    if args.output.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
@@ -214,9 +398,13 @@ fn run_train(args: &TrainArgs) -> Result<()> {
             report.var_log_w,
             report.fraction_positive_m
         );
-        println!("model written to {}", report.model.display());
+        println!(
+            "model written to {}, training log to {}",
+            report.model.display(),
+            log.display()
+        );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -273,6 +461,27 @@ fn need(value: Option<f64>, flag: &str, action: &str) -> Result<f64> {
 }
 
 impl TargetArgs {
+    /// Refuses couplings the chosen --action does not take (e.g. --beta with --action free).
+    fn refuse_foreign_couplings(&self, m: &ArgMatches) -> Result<()> {
+        let (form, takes): (&str, &[&str]) = match self.action {
+            ActionForm::Phi4 => ("phi4", &["beta", "lambda"]),
+            ActionForm::Phi4Standard => ("phi4-standard", &["m0sq", "g0"]),
+            ActionForm::Phi4Quartic => ("phi4-quartic", &["m2", "lambda"]),
+            ActionForm::Free => ("free", &["mass"]),
+        };
+        for flag in ["beta", "lambda", "m0sq", "g0", "m2", "mass"] {
+            if given(m, flag) && !takes.contains(&flag) {
+                let wanted: Vec<String> = takes.iter().map(|f| flag_name(f)).collect();
+                bail!(
+                    "{} does not apply to --action {form}, which takes {}",
+                    flag_name(flag),
+                    wanted.join(" and ")
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn any_coupling(&self) -> bool {
         [
             self.beta,
@@ -333,8 +542,8 @@ impl TargetArgs {
 #[derive(Args)]
 #[command(allow_negative_numbers = true)]
 struct SampleArgs {
-    /// TOML runcard describing the whole run (flags are then not used).
-    #[arg(long, conflicts_with_all = ["lattice", "beta", "m0sq", "m2", "mass", "model"])]
+    /// TOML runcard describing the whole run; flags that describe the run are then refused.
+    #[arg(long)]
     config: Option<PathBuf>,
     #[command(flatten)]
     target: TargetArgs,
@@ -342,7 +551,7 @@ struct SampleArgs {
     /// from it, and any given on the command line must match.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Flow proposals generated per batch.
+    /// Flow proposals generated per batch (kernels with `flow`).
     #[arg(long, default_value_t = 1000)]
     flow_batch: usize,
     /// Markov chain kernel: an expression over local, hmc and flow, e.g. `hmc`,
@@ -363,33 +572,75 @@ struct SampleArgs {
     /// Seed of the random stream.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// HMC molecular-dynamics steps per trajectory.
+    /// HMC molecular-dynamics steps per trajectory (kernels with `hmc`).
     #[arg(long, default_value_t = 10)]
     md_steps: usize,
-    /// HMC trajectory length τ (randomised in [τ/2, 3τ/2] unless --fixed-length).
+    /// HMC trajectory length τ, randomised in [τ/2, 3τ/2] unless --fixed-length (kernels
+    /// with `hmc`).
     #[arg(long, default_value_t = 1.0)]
     tau: f64,
-    /// HMC integrator.
+    /// HMC integrator (kernels with `hmc`).
     #[arg(long, value_enum, default_value = "leapfrog")]
     integrator: IntegratorName,
-    /// Keep the HMC trajectory length fixed.
+    /// Keep the HMC trajectory length fixed (kernels with `hmc`).
     #[arg(long)]
     fixed_length: bool,
-    /// Initial local Metropolis step size (tuned during thermalisation).
+    /// Initial local Metropolis step size, tuned during thermalisation (kernels with
+    /// `local`).
     #[arg(long, default_value_t = 1.0)]
     step_size: f64,
-    /// Print one JSON object to stdout instead of a table.
+    /// Report and exit 0 even when the diagnostics find the chain unreliable.
     #[arg(long)]
-    json: bool,
-    /// Also write the JSON report to this file.
+    allow_unreliable: bool,
+    /// Also write the JSON report to this file (checked before the run starts).
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
+/// Flags of `sample` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
+/// --config).
+const SAMPLE_RUN_FLAGS: [&str; 12] = [
+    "model",
+    "flow_batch",
+    "kernel",
+    "n",
+    "therm",
+    "thin",
+    "seed",
+    "md_steps",
+    "tau",
+    "integrator",
+    "fixed_length",
+    "step_size",
+];
+
 impl SampleArgs {
-    fn spec(&self) -> Result<SampleSpec> {
+    fn spec(&self, m: &ArgMatches) -> Result<SampleSpec> {
         if let Some(path) = &self.config {
+            refuse_given(m, &TARGET_FLAGS, "--config: set it in the runcard")?;
+            refuse_given(m, &SAMPLE_RUN_FLAGS, "--config: set it in the runcard")?;
             return Ok(SampleSpec::from_toml_file(path)?);
+        }
+        self.target.refuse_foreign_couplings(m)?;
+        let names = self.kernel.names();
+        let needs = [
+            ("md_steps", "hmc"),
+            ("tau", "hmc"),
+            ("integrator", "hmc"),
+            ("fixed_length", "hmc"),
+            ("step_size", "local"),
+            ("flow_batch", "flow"),
+        ];
+        for (flag, kernel) in needs {
+            if given(m, flag) && !names.contains(&kernel) {
+                bail!(
+                    "{} has no effect: --kernel {} has no `{kernel}`",
+                    flag_name(flag),
+                    self.kernel
+                );
+            }
         }
         let (lattice, action) = self.target.resolve(self.model.as_deref())?;
         let kernel = KernelSpec {
@@ -422,15 +673,6 @@ impl SampleArgs {
 /// Parses `--kernel`, naming the column and what was expected on a malformed expression.
 fn kernel_expression(text: &str) -> std::result::Result<KernelExpr, String> {
     parse_kernel(text).map_err(|e| e.to_string())
-}
-
-fn progress_bar(total: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 fn print_table(report: &SampleReport) {
@@ -515,32 +757,264 @@ fn print_table(report: &SampleReport) {
     }
 }
 
-fn run_sample(args: &SampleArgs) -> Result<()> {
-    let spec = args.spec()?;
-    let bar = progress_bar((spec.therm + spec.n) as u64);
-    let report = sample(&spec, &mut |done, _| bar.set_position(done as u64))?;
-    bar.finish_and_clear();
+fn run_sample(args: &SampleArgs, m: &ArgMatches, signals: &Signals) -> Result<ExitCode> {
+    let spec = args.spec(m)?;
+    if let Some(path) = &args.out {
+        latflow::io::check_output_path(path, "out")?;
+    }
+    let total = spec.therm.saturating_add(spec.n) as u64;
+    let mut progress = Progress::new("sample", total, "steps", &args.output);
+    let report = sample(
+        &spec,
+        &mut |done, _| progress.update(done as u64, ""),
+        Some(&signals.stop),
+    )?;
+    progress.finish();
     if let Some(path) = &args.out {
         latflow::io::write_json(path, &report)?;
     }
-    if args.json {
+    if args.output.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_table(&report);
     }
-    Ok(())
+    if report.interrupted {
+        let saved = match &args.out {
+            Some(path) => format!("; the partial report is in {}", path.display()),
+            None => String::new(),
+        };
+        eprintln!(
+            "latflow: {} received: stopped after {} of {} measured steps{saved}",
+            signals.name(),
+            report.n,
+            spec.n
+        );
+        return Ok(signals.exit_code());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `id` was given on the command line (not a default).
+fn given(m: &ArgMatches, id: &str) -> bool {
+    m.try_get_raw(id).is_ok_and(|v| v.is_some())
+        && m.value_source(id) == Some(ValueSource::CommandLine)
+}
+
+/// Refuses any of `ids` given on the command line, saying why.
+fn refuse_given(m: &ArgMatches, ids: &[&str], why: &str) -> Result<()> {
+    match ids.iter().find(|id| given(m, id)) {
+        Some(id) => bail!("{} cannot be combined with {why}", flag_name(id)),
+        None => Ok(()),
+    }
+}
+
+/// The flag of an argument id or runcard key: `md_steps` → `--md-steps`.
+fn flag_name(id: &str) -> String {
+    format!("--{}", id.replace(['_', '.'], "-"))
+}
+
+/// SIGINT and SIGTERM: the first sets `stop` (the run finishes its step, saves and exits);
+/// a second one ends the process at once.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    last: Arc<AtomicUsize>,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        use signal_hook::flag;
+        let stop = Arc::new(AtomicBool::new(false));
+        let last = Arc::new(AtomicUsize::new(0));
+        for signal in [SIGINT, SIGTERM] {
+            flag::register_conditional_shutdown(signal, 128 + signal, stop.clone())
+                .context("installing the signal handlers")?;
+            flag::register(signal, stop.clone()).context("installing the signal handlers")?;
+            flag::register_usize(signal, last.clone(), signal as usize)
+                .context("installing the signal handlers")?;
+        }
+        Ok(Signals { stop, last })
+    }
+
+    fn name(&self) -> &'static str {
+        match self.last.load(Ordering::SeqCst) as i32 {
+            signal_hook::consts::SIGINT => "SIGINT",
+            signal_hook::consts::SIGTERM => "SIGTERM",
+            _ => "a stop request",
+        }
+    }
+
+    /// 128 + the signal number, as a shell reports a process ended by that signal.
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::from((128 + self.last.load(Ordering::SeqCst).min(127)) as u8)
+    }
+}
+
+/// Progress of a long job on stderr: a bar on a terminal, a plain line with rate and ETA
+/// every `--progress-interval` seconds otherwise (log files, batch jobs), nothing with
+/// `--quiet`.
+enum Progress {
+    Bar(ProgressBar),
+    Lines {
+        label: &'static str,
+        unit: &'static str,
+        total: u64,
+        start: Instant,
+        interval: Duration,
+        last: Instant,
+        done: u64,
+    },
+    Quiet,
+}
+
+impl Progress {
+    fn new(label: &'static str, total: u64, unit: &'static str, output: &OutputArgs) -> Self {
+        if output.quiet {
+            return Progress::Quiet;
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(&format!(
+                    "{label} {{bar:40}} {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}  {{msg}}"
+                ))
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            return Progress::Bar(bar);
+        }
+        let now = Instant::now();
+        let interval = Duration::from_secs_f64(output.progress_interval.min(1e9));
+        Progress::Lines {
+            label,
+            unit,
+            total,
+            start: now,
+            interval,
+            last: now,
+            done: 0,
+        }
+    }
+
+    fn update(&mut self, done: u64, message: &str) {
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_position(done);
+                if !message.is_empty() {
+                    bar.set_message(message.to_string());
+                }
+            }
+            Progress::Lines {
+                label,
+                unit,
+                total,
+                start,
+                interval,
+                last,
+                done: recorded,
+            } => {
+                *recorded = done;
+                let now = Instant::now();
+                if now.duration_since(*last) < *interval && done < *total {
+                    return;
+                }
+                *last = now;
+                let elapsed = now.duration_since(*start).as_secs_f64();
+                let rate = done as f64 / elapsed.max(1e-9);
+                let eta = (*total - done.min(*total)) as f64 / rate.max(1e-300);
+                eprintln!(
+                    "{label}: {done}/{total} {unit} ({:.0} %)  {rate:.1} {unit}/s  \
+                     elapsed {}  eta {}  {message}",
+                    100.0 * done as f64 / (*total).max(1) as f64,
+                    clock(elapsed),
+                    clock(eta)
+                );
+            }
+            Progress::Quiet => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Seconds as h:mm:ss (or m:ss).
+fn clock(seconds: f64) -> String {
+    if !seconds.is_finite() {
+        return "?".into();
+    }
+    let s = seconds.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, m, s) => format!("{m}:{s:02}"),
+        (h, m, s) => format!("{h}:{m:02}:{s:02}"),
+    }
+}
+
+/// Prints an error once: each cause whose text the message already contains is skipped
+/// (an I/O error is part of the library's message), and an invalid parameter is named by
+/// the flag the user typed.
+fn print_error(e: &anyhow::Error, from_runcard: bool) {
+    let mut text = match e.downcast_ref::<latflow::Error>() {
+        Some(latflow::Error::InvalidParameter { name, reason }) if !from_runcard => {
+            format!("invalid value for {}: {reason}", flag_name(name))
+        }
+        Some(latflow::Error::InvalidParameter { name, reason }) => {
+            format!("invalid value of `{name}` in the runcard: {reason}")
+        }
+        _ => e.to_string(),
+    };
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    eprintln!("error: {text}");
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let output = match &cli.command {
+        Command::Sample(a) => &a.output,
+        Command::Train(a) => &a.output,
+    };
+    if !(output.progress_interval.is_finite() && output.progress_interval >= 0.0) {
+        eprintln!(
+            "error: invalid value for --progress-interval: must be a finite number of seconds \
+             ≥ 0, got {}",
+            output.progress_interval
+        );
+        return ExitCode::FAILURE;
+    }
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            print_error(&e, false);
+            return ExitCode::FAILURE;
+        }
+    };
+    let (sub, from_runcard) = match &cli.command {
+        Command::Sample(a) => ("sample", a.config.is_some()),
+        Command::Train(a) => ("train", a.config.is_some() || a.resume.is_some()),
+    };
+    let Some(m) = matches.subcommand_matches(sub) else {
+        return ExitCode::FAILURE;
+    };
     let result = match &cli.command {
-        Command::Sample(args) => run_sample(args),
-        Command::Train(args) => run_train(args),
+        Command::Sample(args) => run_sample(args, m, &signals),
+        Command::Train(args) => run_train(args, m, &signals),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            print_error(&e, from_runcard);
             ExitCode::FAILURE
         }
     }

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ndarray::ArrayView2;
 use serde::Serialize;
@@ -12,20 +12,12 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory is written,
-/// synced and renamed over `path`. On error the previous content of `path` is untouched.
+/// synced and renamed over `path`. On error the previous content of `path` is untouched and
+/// the temporary file is removed; temporary files of this path left behind by a process that
+/// was killed while writing are removed by the next successful write.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::param("path", format!("`{}` names no file", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let (dir, name) = split_output_path(path)?;
+    let tmp = dir.join(format!("{}{}", temporary_prefix(&name), std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -36,6 +28,85 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
+    remove_stale_temporaries(&dir, &name);
+    Ok(())
+}
+
+/// The directory and file name of an output path (`.` when it has no directory part).
+fn split_output_path(path: &Path) -> Result<(PathBuf, String)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::param("path", format!("`{}` names no file", path.display())))?;
+    Ok((dir, name.to_string_lossy().into_owned()))
+}
+
+/// The name of the temporary files of `name`, before the writer's process id.
+fn temporary_prefix(name: &str) -> String {
+    format!(".{name}.tmp-")
+}
+
+/// Removes temporary files of `name` in `dir` whose writing process no longer runs (it was
+/// killed between creating and renaming them). Only where the process table is visible
+/// (`/proc`); elsewhere nothing is removed.
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = temporary_prefix(name);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Checks, before a run starts, that `path` can be written when the run ends: it names a
+/// file (not `-`, not a directory), its directory exists, and a file can be created there.
+/// `flag` names the option the path came from in the error.
+pub fn check_output_path(path: &Path, flag: &str) -> Result<()> {
+    if path.as_os_str() == "-" {
+        return Err(Error::param(
+            flag,
+            "`-` (standard output) is not a file this option can write",
+        ));
+    }
+    if path.is_dir() {
+        return Err(Error::param(
+            flag,
+            format!("{} is a directory, not a file", path.display()),
+        ));
+    }
+    let (dir, name) = split_output_path(path)
+        .map_err(|_| Error::param(flag, format!("`{}` names no file", path.display())))?;
+    if !dir.is_dir() {
+        return Err(Error::param(
+            flag,
+            format!("the directory {} does not exist", dir.display()),
+        ));
+    }
+    let probe = dir.join(format!("{}{}", temporary_prefix(&name), std::process::id()));
+    fs::File::create(&probe).map_err(|e| {
+        Error::param(
+            flag,
+            format!("cannot create files in {}: {e}", dir.display()),
+        )
+    })?;
+    let _ = fs::remove_file(&probe);
     Ok(())
 }
 
@@ -102,6 +173,38 @@ mod tests {
         let d = temp_dir("fail");
         let err = write_atomic(&d.join("missing-dir").join("x.json"), b"{}").unwrap_err();
         assert!(err.to_string().contains("missing-dir"), "{err}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn stale_temporaries_of_killed_writers_are_removed() {
+        let d = temp_dir("stale");
+        let p = d.join("model.json");
+        // No process has this id (above the kernel's pid_max limit of 2^22).
+        let stale = d.join(".model.json.tmp-4999999");
+        fs::write(&stale, b"half").unwrap();
+        let other = d.join(".other.json.tmp-4999999");
+        fs::write(&other, b"half").unwrap();
+        write_atomic(&p, b"{}").unwrap();
+        assert!(!stale.exists(), "the killed writer's temporary is removed");
+        assert!(other.exists(), "another file's temporary is left alone");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn output_paths_are_checked_before_a_run() {
+        let d = temp_dir("check");
+        assert!(check_output_path(&d.join("ok.json"), "out").is_ok());
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "the probe is removed");
+        for (path, needle) in [
+            (PathBuf::from("-"), "standard output"),
+            (d.clone(), "is a directory"),
+            (d.join("missing").join("x.json"), "does not exist"),
+        ] {
+            let err = check_output_path(&path, "out").unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("`out`") && text.contains(needle), "{text}");
+        }
         fs::remove_dir_all(&d).unwrap();
     }
 

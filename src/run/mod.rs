@@ -16,7 +16,10 @@ mod train;
 pub use sample::{
     Estimate, KERNEL_NAMES, KernelSpec, SampleReport, SampleSpec, parse_kernel, sample,
 };
-pub use train::{AnnealSpec, RecipeKind, RecipeSpec, TrainReport, TrainSpec, model_target, train};
+pub use train::{
+    AnnealSpec, RecipeKind, RecipeSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport,
+    TrainSpec, checkpoint_spec, model_target, resume, train,
+};
 
 /// The action to sample, in the convention the user chose (observables are reported in it).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

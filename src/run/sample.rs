@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -305,6 +306,8 @@ pub struct SampleReport {
     /// The chain diagnostics: findings, acceptance per kernel, state changes and the
     /// longest stuck run, flow-weight and HMC numbers.
     pub diagnostics: ChainDiagnostics,
+    /// True when the run was stopped early: `n` is then the number of measured steps made.
+    pub interrupted: bool,
 }
 
 impl SampleReport {
@@ -332,7 +335,17 @@ const REPORTED: [&str; 11] = [
 ];
 
 /// Runs `spec`, calling `progress(done, total)` as steps complete (thermalisation included).
-pub fn sample(spec: &SampleSpec, progress: &mut dyn FnMut(usize, usize)) -> Result<SampleReport> {
+///
+/// `stop`, when given, is checked between blocks of at most 1 % of the run: once it is set,
+/// the run ends early and the report covers the steps measured so far (with `interrupted`
+/// set and `n` the measured steps made); stopped during thermalisation, it is an error, as
+/// nothing was measured. The output file, when the caller writes one, is best checked
+/// before with [`crate::io::check_output_path`].
+pub fn sample(
+    spec: &SampleSpec,
+    progress: &mut dyn FnMut(usize, usize),
+    stop: Option<&AtomicBool>,
+) -> Result<SampleReport> {
     spec.validate()?;
     let action = Arc::new(spec.action.build(&spec.lattice)?);
     let exact = spec.action.exact_values(&spec.lattice)?;
@@ -342,8 +355,14 @@ pub fn sample(spec: &SampleSpec, progress: &mut dyn FnMut(usize, usize)) -> Resu
         None
     };
     let kernel = spec.kernel.build(&action, model.as_ref())?;
-    let (record, summary, seconds) = run_chain(kernel, &action, spec, progress)?;
-    Ok(build_report(spec, &record, &summary, seconds, exact))
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
+    let (record, summary, seconds) = run_chain(kernel, &action, spec, progress, &stopped)?;
+    let mut report = build_report(spec, &record, &summary, seconds, exact);
+    if record.steps < spec.n {
+        report.n = record.steps;
+        report.interrupted = true;
+    }
+    Ok(report)
 }
 
 /// Loads the spec's model, refusing one trained for another lattice or action.
@@ -370,33 +389,81 @@ fn load_model_for(spec: &SampleSpec) -> Result<FlowModel> {
     FlowModel::load_for(path, &spec.lattice)
 }
 
+/// Block sizes that keep each block near [`BLOCK_SECONDS`] of wall time, so that a stop
+/// request is answered and progress reported within a fraction of a second whatever a step
+/// costs.
+struct Blocks {
+    size: usize,
+}
+
+/// The wall time a block of steps aims at.
+const BLOCK_SECONDS: f64 = 0.1;
+
+impl Blocks {
+    /// The next block, at most `left` steps, a multiple of `unit` unless it is the last.
+    fn next(&self, left: usize, unit: usize) -> usize {
+        (self.size.div_ceil(unit) * unit).min(left)
+    }
+
+    /// Adapts the size after a block of `steps` took `seconds`.
+    fn adapt(&mut self, steps: usize, seconds: f64) {
+        if seconds < 0.5 * BLOCK_SECONDS && steps >= self.size {
+            self.size = self.size.saturating_mul(2);
+        } else if seconds > 2.0 * BLOCK_SECONDS {
+            self.size = (self.size / 2).max(1);
+        }
+    }
+}
+
 fn run_chain(
     kernel: Box<dyn Proposal>,
     action: &Arc<Phi4>,
     spec: &SampleSpec,
     progress: &mut dyn FnMut(usize, usize),
+    stopped: &dyn Fn() -> bool,
 ) -> Result<(ChainRecord, Summary, f64)> {
     let start = std::time::Instant::now();
-    let total = spec.therm + spec.n;
+    let total = spec.therm.saturating_add(spec.n);
     let mut chain = Chain::new(kernel, State::zero(action.as_ref()), spec.seed);
-    let chunk = (spec.therm / 100).max(1);
+    let mut blocks = Blocks { size: 1 };
     let mut done = 0;
     while done < spec.therm {
-        let k = chunk.min(spec.therm - done);
+        if stopped() {
+            return Err(Error::Interrupted(format!(
+                "stopped during thermalisation after {done} of {} steps: nothing was measured",
+                spec.therm
+            )));
+        }
+        let k = blocks.next(spec.therm - done, 1);
+        let t = std::time::Instant::now();
         chain.thermalise(k);
+        blocks.adapt(k, t.elapsed().as_secs_f64());
         done += k;
         progress(done, total);
     }
     let mut measurements = Measurements::new(&spec.lattice);
     let dyn_action: Arc<dyn Action> = action.clone();
     measurements.add(Box::new(ActionDensity::new(dyn_action)))?;
+    // Blocks are whole multiples of `thin`, so measurements fall on the same steps as in one
+    // uninterrupted run.
+    let mut record: Option<ChainRecord> = None;
     let mut measured = 0usize;
-    let record = chain.run_with(spec.n, spec.thin, |state| {
-        measured += spec.thin;
+    while measured < spec.n {
+        if stopped() && measured / spec.thin >= 2 {
+            break;
+        }
+        let k = blocks.next(spec.n - measured, spec.thin);
+        let t = std::time::Instant::now();
+        let part = chain.run_with(k, spec.thin, |state| measurements.record(&state.phi))?;
+        blocks.adapt(k, t.elapsed().as_secs_f64());
+        match &mut record {
+            Some(r) => r.append(part)?,
+            None => record = Some(part),
+        }
+        measured += k;
         progress(spec.therm + measured, total);
-        measurements.record(&state.phi)
-    })?;
-    progress(total, total);
+    }
+    let record = record.ok_or_else(|| Error::param("n", "must be at least 1"))?;
     let summary = measurements.summary()?;
     Ok((record, summary, start.elapsed().as_secs_f64()))
 }
@@ -466,5 +533,6 @@ fn build_report(
         tau_rej_err: flow.map(|f| f.tau_rej_err),
         longest_rejection_run: flow.map(|f| f.longest_rejection_run),
         diagnostics,
+        interrupted: false,
     }
 }

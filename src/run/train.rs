@@ -1,12 +1,14 @@
 //! Flow training runs: a [`TrainSpec`] in (lattice, action, recipe, optimisation), a trained
 //! model file and a [`TrainReport`] out.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use super::ActionSpec;
+use crate::action::Phi4;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowConfig, FlowModel, TransformKind};
 use crate::lattice::Lattice;
@@ -147,6 +149,20 @@ pub struct TrainSpec {
     pub out: PathBuf,
 }
 
+impl TrainSpec {
+    /// Reads a TOML runcard (the fields of [`TrainSpec`]; unknown keys are errors).
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let spec: TrainSpec = toml::from_str(&text)
+            .map_err(|e| Error::format(format!("runcard {}", path.display()), e.to_string()))?;
+        spec.train.validate()?;
+        if let Some(a) = &spec.anneal {
+            a.validate()?;
+        }
+        Ok(spec)
+    }
+}
+
 /// What a training run achieved.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainReport {
@@ -184,36 +200,213 @@ pub struct TrainReport {
     pub model: PathBuf,
 }
 
+/// How a training run is driven beyond its spec: where checkpoints and the training log go,
+/// and a flag that asks the run to stop.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrainControl<'a> {
+    /// Where checkpoints are written (atomically); `None`: no checkpoints, and a stop request
+    /// then loses the run.
+    pub checkpoint: Option<&'a Path>,
+    /// Write a checkpoint every this many iterations (0: only when the run is stopped).
+    pub checkpoint_every: usize,
+    /// The training log, a CSV file with one row per iteration (see [`TRAIN_LOG_HEADER`]).
+    pub log: Option<&'a Path>,
+    /// Checked before every iteration: once it is set, the run writes a checkpoint and
+    /// returns [`TrainOutcome::Stopped`].
+    pub stop: Option<&'a AtomicBool>,
+}
+
+/// The columns of the training log: the step's loss (the reverse-KL estimate up to log Z),
+/// its sample variance, the learning rate, |Φ_train| so far, training seconds so far, and the
+/// acceptance, ESS fraction and τ_rej of the evaluations (empty where none was made).
+pub const TRAIN_LOG_HEADER: &str =
+    "iteration,loss,loss_var,lr,configs_seen,seconds,acceptance,ess,tau_rej";
+
+/// How a training run ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum TrainOutcome {
+    /// Every iteration ran; the model was written.
+    Finished(TrainReport),
+    /// A stop was requested: the state after the last complete iteration is in the
+    /// checkpoint, from which [`resume`] continues bit for bit.
+    Stopped {
+        /// Iterations completed.
+        iteration: usize,
+        /// Iterations of the whole run.
+        iterations: usize,
+        /// The checkpoint written.
+        checkpoint: PathBuf,
+    },
+}
+
 /// Trains a flow as `spec` says, calling `observer` after every iteration, and writes the
-/// model (with the action in its metadata) atomically to `spec.out`.
-pub fn train(spec: &TrainSpec, observer: &mut dyn FnMut(&StepMetrics)) -> Result<TrainReport> {
+/// model (with the action and the spec in its metadata) atomically to `spec.out`. Output
+/// paths are checked before training starts.
+pub fn train(
+    spec: &TrainSpec,
+    control: &TrainControl<'_>,
+    observer: &mut dyn FnMut(&StepMetrics),
+) -> Result<TrainOutcome> {
     spec.train.validate()?;
     if let Some(a) = &spec.anneal {
         a.validate()?;
     }
+    check_outputs(&spec.out, control)?;
     let action = Arc::new(spec.action.build(&spec.lattice)?);
     let config = spec.recipe.build(&spec.lattice)?;
-    let model = FlowModel::new(&config, &spec.lattice, spec.train.seed)?;
-    let n_params = model.n_params();
-    let mut trainer = Trainer::new(model, action.clone(), spec.train.clone())?;
-    if let Some(anneal) = spec.anneal {
-        let target = action.clone();
-        trainer = trainer.with_annealing(Box::new(move |t| {
-            target.with_scaled_hopping(anneal.factor(t))
-        }));
+    let mut model = FlowModel::new(&config, &spec.lattice, spec.train.seed)?;
+    let spec_json = serde_json::to_value(spec).map_err(|e| Error::format("run", e.to_string()))?;
+    model.metadata_mut().insert(RUN_KEY.into(), spec_json);
+    let trainer = Trainer::new(model, action.clone(), spec.train.clone())?;
+    let log = TrainLog::create(control.log, 0)?;
+    drive(spec, with_annealing(trainer, spec), log, control, observer)
+}
+
+/// Continues the run saved in the checkpoint at `path` (written by [`train`]): the spec
+/// comes from the checkpoint, with the model written to `out` if given (else to the spec's
+/// own `out`). The final model is bit for bit that of an uninterrupted run with the same
+/// thread count. The training log, if given, is cut back to the checkpoint's iteration and
+/// continued.
+pub fn resume(
+    path: &Path,
+    out: Option<&Path>,
+    control: &TrainControl<'_>,
+    observer: &mut dyn FnMut(&StepMetrics),
+) -> Result<TrainOutcome> {
+    let mut spec = checkpoint_spec(path)?;
+    if let Some(out) = out {
+        spec.out = out.to_path_buf();
     }
-    let summary = trainer.train(observer)?;
+    check_outputs(&spec.out, control)?;
+    let action = Arc::new(spec.action.build(&spec.lattice)?);
+    let trainer = Trainer::resume(path, action)?;
+    if trainer.config() != &spec.train {
+        return Err(Error::format(
+            format!("checkpoint {}", path.display()),
+            "its training configuration differs from the run recorded with it",
+        ));
+    }
+    let log = TrainLog::create(control.log, trainer.iteration())?;
+    drive(
+        &spec,
+        with_annealing(trainer, &spec),
+        log,
+        control,
+        observer,
+    )
+}
+
+/// The spec of the run a checkpoint written by [`train`] belongs to.
+pub fn checkpoint_spec(path: &Path) -> Result<TrainSpec> {
+    #[derive(Deserialize)]
+    struct Metadata {
+        metadata: std::collections::BTreeMap<String, serde_json::Value>,
+    }
+    let what = format!("checkpoint {}", path.display());
+    let file: Metadata = crate::io::read_json(path, "checkpoint")?;
+    let run = file.metadata.get(RUN_KEY).ok_or_else(|| {
+        Error::format(
+            what.clone(),
+            "it records no training run (it was not written by `latflow train`)",
+        )
+    })?;
+    serde_json::from_value(run.clone()).map_err(|e| Error::format(what, e.to_string()))
+}
+
+/// The metadata key under which a model and its checkpoints record the run's spec.
+const RUN_KEY: &str = "run";
+
+fn check_outputs(out: &Path, control: &TrainControl<'_>) -> Result<()> {
+    crate::io::check_output_path(out, "out")?;
+    if let Some(path) = control.checkpoint {
+        crate::io::check_output_path(path, "checkpoint")?;
+        if path == out {
+            return Err(Error::param(
+                "checkpoint",
+                "must differ from the model's path (`out`)",
+            ));
+        }
+    }
+    if let Some(path) = control.log {
+        crate::io::check_output_path(path, "log")?;
+    }
+    Ok(())
+}
+
+fn with_annealing(trainer: Trainer<FlowModel, Phi4>, spec: &TrainSpec) -> Trainer<FlowModel, Phi4> {
+    match spec.anneal {
+        Some(anneal) => {
+            let target = trainer.action().clone();
+            trainer.with_annealing(Box::new(move |t| {
+                target.with_scaled_hopping(anneal.factor(t))
+            }))
+        }
+        None => trainer,
+    }
+}
+
+/// Runs the remaining iterations with checkpoints, log and stop requests, then evaluates,
+/// writes the model and reports.
+fn drive(
+    spec: &TrainSpec,
+    mut trainer: Trainer<FlowModel, Phi4>,
+    mut log: Option<TrainLog>,
+    control: &TrainControl<'_>,
+    observer: &mut dyn FnMut(&StepMetrics),
+) -> Result<TrainOutcome> {
+    let iterations = spec.train.iterations;
+    let stopped = || control.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+    while trainer.iteration() < iterations {
+        if stopped() {
+            let checkpoint = control.checkpoint.ok_or_else(|| {
+                Error::param(
+                    "checkpoint",
+                    "the run was stopped and no checkpoint path was given",
+                )
+            })?;
+            trainer.save_checkpoint(checkpoint)?;
+            if let Some(log) = &mut log {
+                log.flush()?;
+            }
+            return Ok(TrainOutcome::Stopped {
+                iteration: trainer.iteration(),
+                iterations,
+                checkpoint: checkpoint.to_path_buf(),
+            });
+        }
+        let metrics = trainer.step()?;
+        if let Some(log) = &mut log {
+            log.row(&metrics)?;
+        }
+        observer(&metrics);
+        let done = trainer.iteration();
+        if let Some(path) = control.checkpoint
+            && control.checkpoint_every > 0
+            && done.is_multiple_of(control.checkpoint_every)
+            && done < iterations
+        {
+            trainer.save_checkpoint(path)?;
+            if let Some(log) = &mut log {
+                log.flush()?;
+            }
+        }
+    }
+    let summary = trainer.train(&mut |_| {})?;
+    if let Some(log) = &mut log {
+        log.flush()?;
+    }
     let mut model = trainer.into_model();
     let action_json =
         serde_json::to_value(spec.action).map_err(|e| Error::format("action", e.to_string()))?;
     model.metadata_mut().insert("action".into(), action_json);
     model.save(&spec.out)?;
     let e = summary.eval;
-    Ok(TrainReport {
+    Ok(TrainOutcome::Finished(TrainReport {
         lattice: spec.lattice.extents().to_vec(),
         action: spec.action,
         recipe: spec.recipe.clone(),
-        n_params,
+        n_params: model.n_params(),
         iterations: summary.iterations,
         configs_seen: summary.configs_seen,
         seconds: summary.seconds,
@@ -226,7 +419,73 @@ pub fn train(spec: &TrainSpec, observer: &mut dyn FnMut(&StepMetrics)) -> Result
         var_log_w: e.var_log_w,
         fraction_positive_m: e.fraction_positive_m,
         model: spec.out.clone(),
-    })
+    }))
+}
+
+/// The training log: CSV rows appended as iterations finish, flushed at checkpoints and at
+/// the end (so that after a kill the rows up to the last checkpoint are on disk).
+struct TrainLog {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+impl TrainLog {
+    /// Opens the log for a run at iteration `from`: a new file for a fresh run; for a
+    /// resumed run the rows before `from` are kept (rewritten atomically) and the rest
+    /// dropped, so the log continues where the checkpoint did.
+    fn create(path: Option<&Path>, from: usize) -> Result<Option<Self>> {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let mut text = format!("{TRAIN_LOG_HEADER}\n");
+        if from > 0
+            && let Ok(old) = std::fs::read_to_string(path)
+        {
+            for line in old.lines().skip(1) {
+                let kept = line
+                    .split(',')
+                    .next()
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|i| i < from);
+                if kept {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        crate::io::write_atomic(path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(Some(TrainLog {
+            path: path.to_path_buf(),
+            file: std::io::BufWriter::new(file),
+        }))
+    }
+
+    fn row(&mut self, m: &StepMetrics) -> Result<()> {
+        use std::io::Write;
+        let (acceptance, ess, tau_rej) = match &m.eval {
+            Some(e) => (
+                e.acceptance.to_string(),
+                e.ess.to_string(),
+                e.tau_rej.to_string(),
+            ),
+            None => Default::default(),
+        };
+        writeln!(
+            self.file,
+            "{},{},{},{},{},{},{acceptance},{ess},{tau_rej}",
+            m.iteration, m.loss, m.loss_var, m.lr, m.configs_seen, m.seconds
+        )
+        .map_err(|e| Error::io(&self.path, e))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        use std::io::Write;
+        self.file.flush().map_err(|e| Error::io(&self.path, e))
+    }
 }
 
 /// The lattice and action a model file was trained for (from its metadata).

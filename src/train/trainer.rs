@@ -27,8 +27,10 @@ use crate::train::schedule::Schedule;
 /// the training stream, so evaluating never changes the training trajectory).
 const EVAL_STREAM_BASE: u64 = 1 << 32;
 
-/// Hyper-parameters of a training run.
+/// Hyper-parameters of a training run. In a runcard every field is optional (defaults of
+/// [`TrainConfig::default`]) and unknown fields are errors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// Configurations per step.
     pub batch: usize,
@@ -49,6 +51,14 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Samples of each evaluation (also of the final one).
     pub eval_samples: usize,
+}
+
+impl Default for TrainConfig {
+    /// `TrainConfig::new(500, 750, 0.01)`: the seed recipe's batch, iterations and learning
+    /// rate at L = 8.
+    fn default() -> Self {
+        TrainConfig::new(500, 750, 0.01)
+    }
 }
 
 impl TrainConfig {

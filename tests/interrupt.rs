@@ -1,0 +1,282 @@
+//! Interrupted runs lose nothing: `latflow train` stopped by SIGTERM writes a checkpoint
+//! from which `--resume` finishes with the model of an uninterrupted run, bit for bit;
+//! `latflow sample` stopped by a signal writes a partial report; output paths are checked
+//! before a run starts; progress goes to a log as plain lines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn latflow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_latflow"))
+}
+
+fn run(args: &[&str]) -> Output {
+    latflow()
+        .args(args)
+        .output()
+        .expect("the latflow binary runs")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("latflow-interrupt-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Waits (at most 60 s) until `path` exists.
+fn wait_for(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The flow parameters of a model file.
+fn params(path: &Path) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).expect("a model file");
+    v["params"].clone()
+}
+
+const TRAIN: [&str; 14] = [
+    "train",
+    "--lattice",
+    "6x6",
+    "--beta",
+    "0.537",
+    "--lambda",
+    "0.5",
+    "--iterations",
+    "1000",
+    "--batch",
+    "128",
+    "--seed",
+    "5",
+    "--quiet",
+];
+
+#[test]
+fn sigterm_during_train_then_resume_gives_the_uninterrupted_model() {
+    let dir = temp_dir("train");
+    let full = dir.join("full.json");
+    let out = latflow()
+        .args(TRAIN)
+        .args(["--out", full.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let part = dir.join("part.json");
+    let checkpoint = dir.join("part.ckpt");
+    let child = latflow()
+        .args(TRAIN)
+        .args(["--out", part.to_str().unwrap()])
+        .args(["--checkpoint", checkpoint.to_str().unwrap()])
+        .args(["--checkpoint-every", "50"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first checkpoint is written at step 50 of 1000: the run is then under way.
+    wait_for(&checkpoint);
+    signal(&child, "TERM");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(err.contains("SIGTERM") && err.contains("--resume"), "{err}");
+    assert!(!part.exists(), "no model is written by a stopped run");
+    let stopped_at: usize = err
+        .split("stopped after ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the message says where the run stopped");
+    assert!((50..1000).contains(&stopped_at), "{err}");
+
+    let out = run(&["train", "--resume", checkpoint.to_str().unwrap(), "--quiet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(params(&part), params(&full), "resumed model differs");
+
+    // The training log continues across the interruption: every step once, same losses.
+    let rows = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').take(2).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    let (a, b) = (
+        rows(&dir.join("part.train.csv")),
+        rows(&dir.join("full.train.csv")),
+    );
+    assert_eq!(a.len(), 1001);
+    assert_eq!(a, b);
+
+    // A resumed run takes its settings from the checkpoint: run flags are refused.
+    let out = run(&[
+        "train",
+        "--resume",
+        checkpoint.to_str().unwrap(),
+        "--lr",
+        "0.1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--lr cannot be combined with --resume"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_stopped_sample_run_leaves_a_partial_report() {
+    let dir = temp_dir("sample");
+    let report = dir.join("report.json");
+    let child = latflow()
+        .args([
+            "sample",
+            "--lattice",
+            "8x8",
+            "--beta",
+            "0.5",
+            "--lambda",
+            "0.5",
+            "--n",
+            "1000000000",
+            "--therm",
+            "100",
+            "--progress-interval",
+            "0",
+        ])
+        .args(["--out", report.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("SIGINT") && err.contains("partial report"),
+        "{err}"
+    );
+    // Progress lines (stderr is a pipe): steps, rate and ETA.
+    assert!(err.contains("sample: ") && err.contains("steps/s") && err.contains("eta"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(v["interrupted"], true);
+    let n = v["n"].as_u64().unwrap();
+    assert!(n > 0 && n < 1_000_000_000, "{v}");
+    assert!(
+        v["observables"]["phi2"]["err"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    // The table is printed too.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("phi2"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unwritable_outputs_are_refused_before_the_run() {
+    let dir = temp_dir("paths");
+    let missing = dir.join("no-such-dir").join("m.json");
+    let long_sample = |out: &'static str| -> Vec<String> {
+        "sample --beta 0.5 --lambda 0.5 --n 100000000 --out"
+            .split(' ')
+            .chain([out])
+            .map(String::from)
+            .collect()
+    };
+    let long_train = |out: &Path| -> Vec<String> {
+        let head = "train --beta 0.5 --lambda 0.5 --iterations 100000 --out".split(' ');
+        head.map(String::from)
+            .chain([out.display().to_string()])
+            .collect()
+    };
+    let cases = [
+        (
+            long_sample("/proc/x/y"),
+            "--out: the directory /proc/x does not exist",
+        ),
+        (long_sample("-"), "standard output"),
+        (long_train(&missing), "does not exist"),
+        (long_train(&dir), "is a directory"),
+    ];
+    for (args, needle) in cases {
+        let start = Instant::now();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        // Refused at once, not after a run of 10⁸ steps or 10⁵ training iterations.
+        assert!(start.elapsed() < Duration::from_secs(20), "{args:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn progress_is_plain_lines_on_a_pipe_and_silent_with_quiet() {
+    let dir = temp_dir("progress");
+    let model = dir.join("m.json");
+    let args = [
+        "train",
+        "--lattice",
+        "4x4",
+        "--beta",
+        "0.5",
+        "--lambda",
+        "0.5",
+        "--iterations",
+        "30",
+        "--batch",
+        "32",
+        "--eval-samples",
+        "200",
+        "--progress-interval",
+        "0",
+        "--out",
+        model.to_str().unwrap(),
+    ];
+    let out = run(&args);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("train: ")).collect();
+    assert!(lines.len() >= 2, "{err}");
+    assert!(
+        lines.last().unwrap().contains("30/30 steps (100 %)"),
+        "{err}"
+    );
+    let out = run(&[&args[..], &["--quiet"]].concat());
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
