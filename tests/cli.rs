@@ -258,6 +258,9 @@ fn train_then_sample_with_the_model() {
             "--therm",
             "20",
             "--json",
+            // A flow trained for 20 steps may leave a pure flow chain stuck: the keys are
+            // what this test checks.
+            "--allow-unreliable",
         ]);
         assert!(
             out.status.success(),
@@ -481,4 +484,65 @@ fn train_runcard_runs_and_refuses_flags_alongside() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("batchsize"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unreliable_run_says_so_in_its_exit_status() {
+    let frozen = [
+        "sample",
+        "--lattice",
+        "6x6",
+        "--beta",
+        "0.5",
+        "--lambda",
+        "0.5",
+        "--tau",
+        "100",
+        "--md-steps",
+        "1",
+        "--n",
+        "2000",
+        "--therm",
+        "100",
+        "--json",
+    ];
+    let out = latflow(&frozen);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("unreliable") && err.contains("--allow-unreliable"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "unreliable");
+    for (name, o) in v["observables"].as_object().unwrap() {
+        assert!(o["err"].is_null(), "{name}: {o}");
+        assert!(o["caveat"].as_str().is_some(), "{name}: {o}");
+    }
+    let out = latflow(&[&frozen[..], &["--allow-unreliable"]].concat());
+    assert_eq!(out.status.code(), Some(0));
+    // A healthy chain exits 0 with a reliable verdict.
+    let healthy = [
+        "sample",
+        "--lattice",
+        "6x6",
+        "--beta",
+        "0.5",
+        "--lambda",
+        "0.5",
+        "--n",
+        "5000",
+        "--therm",
+        "200",
+        "--json",
+    ];
+    let out = latflow(&healthy);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "reliable", "{}", v["diagnostics"]);
 }

@@ -18,6 +18,7 @@ use latflow::run::{
     ActionSpec, AnnealSpec, KernelSpec, RecipeKind, RecipeSpec, SampleReport, SampleSpec,
     TrainControl, TrainOutcome, TrainSpec, model_target, parse_kernel, sample,
 };
+use latflow::stats::Verdict;
 use latflow::train::{OptimizerKind, Schedule, TrainConfig};
 
 #[derive(Parser)]
@@ -791,7 +792,39 @@ fn run_sample(args: &SampleArgs, m: &ArgMatches, signals: &Signals) -> Result<Ex
         );
         return Ok(signals.exit_code());
     }
-    Ok(ExitCode::SUCCESS)
+    match report.verdict() {
+        Verdict::Unreliable if !args.allow_unreliable => {
+            eprintln!(
+                "latflow: the chain diagnostics find this run unreliable ({}): its errors are \
+                 undefined; exit status {UNRELIABLE_EXIT} (--allow-unreliable to accept)",
+                finding_codes(&report, Verdict::Unreliable)
+            );
+            Ok(ExitCode::from(UNRELIABLE_EXIT))
+        }
+        Verdict::Unreliable | Verdict::Warning => {
+            eprintln!(
+                "latflow: warning: {}",
+                finding_codes(&report, Verdict::Warning)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// The exit status of a run whose diagnostics say its numbers cannot be trusted.
+const UNRELIABLE_EXIT: u8 = 3;
+
+/// The codes of the findings at `severity` or worse, comma-separated.
+fn finding_codes(report: &SampleReport, severity: Verdict) -> String {
+    let codes: Vec<&str> = report
+        .diagnostics
+        .findings
+        .iter()
+        .filter(|f| f.severity >= severity)
+        .map(|f| f.code.as_str())
+        .collect();
+    codes.join(", ")
 }
 
 /// Whether `id` was given on the command line (not a default).
