@@ -748,8 +748,22 @@ fn print_table(report: &SampleReport) {
     }
     if !caveats.is_empty() {
         println!("caveats (*):");
+        // Estimates that share a caveat are listed together.
+        let mut grouped: Vec<(&String, Vec<&String>)> = Vec::new();
         for (name, c) in caveats {
-            println!("  {name}: {c}");
+            match grouped.iter_mut().find(|(text, _)| *text == c) {
+                Some((_, names)) => names.push(name),
+                None => grouped.push((c, vec![name])),
+            }
+        }
+        for (c, names) in grouped {
+            let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+            let who = if names.len() == report.observables.len() && names.len() > 1 {
+                "all estimates".to_string()
+            } else {
+                names.join(", ")
+            };
+            println!("  {who}: {c}");
         }
     }
     println!("verdict: {}", report.verdict());
