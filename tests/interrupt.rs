@@ -280,3 +280,50 @@ fn progress_is_plain_lines_on_a_pipe_and_silent_with_quiet() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_training_run_that_diverges_points_to_its_last_checkpoint() {
+    let dir = temp_dir("nan");
+    let model = dir.join("m.json");
+    // A learning rate of 100 sends the loss to NaN within a few steps at this seed.
+    let out = run(&[
+        "train",
+        "--lattice",
+        "4x4",
+        "--beta",
+        "0.5",
+        "--lambda",
+        "0.5",
+        "--lr",
+        "100",
+        "--iterations",
+        "200",
+        "--batch",
+        "64",
+        "--checkpoint-every",
+        "1",
+        "--quiet",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("non-finite") && err.contains("saved in the checkpoint"),
+        "{err}"
+    );
+    assert!(!model.exists());
+    let checkpoint = dir.join("m.checkpoint.json");
+    assert!(checkpoint.exists(), "{err}");
+    // The log holds every step made before the failure.
+    let rows = std::fs::read_to_string(dir.join("m.train.csv"))
+        .unwrap()
+        .lines()
+        .count()
+        - 1;
+    assert!(
+        err.contains(&format!("after step {rows} ")),
+        "{rows} rows: {err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

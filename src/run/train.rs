@@ -357,6 +357,7 @@ fn drive(
 ) -> Result<TrainOutcome> {
     let iterations = spec.train.iterations;
     let stopped = || control.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+    let mut last_saved = (trainer.iteration() > 0).then_some(trainer.iteration());
     while trainer.iteration() < iterations {
         if stopped() {
             let checkpoint = control.checkpoint.ok_or_else(|| {
@@ -375,7 +376,15 @@ fn drive(
                 checkpoint: checkpoint.to_path_buf(),
             });
         }
-        let metrics = trainer.step()?;
+        let metrics = match trainer.step() {
+            Ok(metrics) => metrics,
+            Err(e) => {
+                if let Some(log) = &mut log {
+                    log.flush()?;
+                }
+                return Err(point_to_checkpoint(e, control.checkpoint, last_saved));
+            }
+        };
         if let Some(log) = &mut log {
             log.row(&metrics)?;
         }
@@ -387,6 +396,7 @@ fn drive(
             && done < iterations
         {
             trainer.save_checkpoint(path)?;
+            last_saved = Some(done);
             if let Some(log) = &mut log {
                 log.flush()?;
             }
@@ -420,6 +430,18 @@ fn drive(
         fraction_positive_m: e.fraction_positive_m,
         model: spec.out.clone(),
     }))
+}
+
+/// A training step's failure (e.g. a NaN loss), completed with where the last checkpoint
+/// is, so that the work up to it is not lost.
+fn point_to_checkpoint(error: Error, checkpoint: Option<&Path>, saved_at: Option<usize>) -> Error {
+    match (error, checkpoint, saved_at) {
+        (Error::NonFinite(what), Some(path), Some(at)) => Error::NonFinite(format!(
+            "{what}; the state after step {at} is saved in the checkpoint {}",
+            path.display()
+        )),
+        (error, _, _) => error,
+    }
 }
 
 /// The training log: CSV rows appended as iterations finish, flushed at checkpoints and at
