@@ -46,7 +46,11 @@ impl Schedule {
                 let mut start = 0usize;
                 let mut len = period.max(1);
                 let mut restart = 0usize;
-                while iteration >= start + len {
+                if growth == 1.0 {
+                    // Equal periods: no need to walk through them.
+                    return (iteration / len, iteration % len, len);
+                }
+                while iteration >= start.saturating_add(len) {
                     start += len;
                     len = ((len as f64) * growth).round().max(1.0) as usize;
                     restart += 1;
