@@ -312,17 +312,6 @@ impl SampleSpec {
     fn check_size(&self) -> Result<()> {
         let volume = self.lattice.volume() as u128;
         let cost = self.kernel.step_cost(self.lattice.volume());
-        let steps = self.therm.checked_add(self.n).ok_or_else(|| {
-            Error::param(
-                "therm",
-                format!(
-                    "therm + n = {} + {} steps does not fit in a {}-bit integer",
-                    self.therm,
-                    self.n,
-                    usize::BITS
-                ),
-            )
-        })?;
         // The stored series: the fixed observables, the lowest-momentum correlator per
         // direction, the zero-momentum correlator per time slice and the action density, in
         // f64, and the Γ-method's transforms of one series at a time (≈ 64 bytes per value).
@@ -343,7 +332,11 @@ impl SampleSpec {
                 measurements.saturating_mul(per_measurement),
             ),
             (
-                "n",
+                if cost.moves > self.n as u128 {
+                    "kernel"
+                } else {
+                    "n"
+                },
                 "the move records",
                 (self.n as u128)
                     .saturating_mul(cost.moves)
@@ -351,6 +344,17 @@ impl SampleSpec {
             ),
             ("flow_batch", "the flow proposal batch", flow_bytes),
         ])?;
+        let steps = self.therm.checked_add(self.n).ok_or_else(|| {
+            Error::param(
+                if self.therm >= self.n { "therm" } else { "n" },
+                format!(
+                    "therm + n = {} + {} steps does not fit in a {}-bit integer",
+                    self.therm,
+                    self.n,
+                    usize::BITS
+                ),
+            )
+        })?;
         let site_updates = (steps as u128).saturating_mul(cost.site_updates);
         // The parameter named is the one furthest above its usual size.
         let mut suspects = vec![
