@@ -416,3 +416,31 @@ fn the_memory_budget_is_what_the_limits_say() {
     assert_refused(spec.validate(), "n", &["measurement series", "1.0 GiB"]);
     assert_eq!(limits::Limits::current().memory_bytes, 1 << 30);
 }
+
+#[test]
+fn library_kernels_and_schedules_take_extreme_counts() {
+    fixed_limits();
+    let lattice = Lattice::new(&[4, 4]).unwrap();
+    let action = Arc::new(FreeField::new(lattice, 0.5).unwrap());
+    assert_refused(
+        latflow::kernel::Hmc::new(action, 1.0, usize::MAX),
+        "md_steps",
+        &["between 1 and"],
+    );
+    // Periods that outgrow the integers, and equal periods far into a run, neither
+    // overflow nor walk through every period.
+    let growing = latflow::train::Schedule::WarmRestarts {
+        period: usize::MAX / 2 + 1,
+        growth: 1e300,
+    };
+    assert!(
+        growing
+            .learning_rate(0.01, usize::MAX, usize::MAX)
+            .is_finite()
+    );
+    let equal = latflow::train::Schedule::WarmRestarts {
+        period: 1,
+        growth: 1.0,
+    };
+    assert_eq!(equal.position(1 << 60, usize::MAX), (1 << 60, 0, 1));
+}
