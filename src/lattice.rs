@@ -51,8 +51,22 @@ impl Lattice {
             .iter()
             .try_fold(1usize, |v, &l| v.checked_mul(l))
             .filter(|&v| v <= u32::MAX as usize)
-            .ok_or_else(|| Error::InvalidLattice(format!("{extents:?} has too many sites")))?;
+            .ok_or_else(|| {
+                Error::InvalidLattice(format!("{} has more than 2³² sites", extents_text(extents)))
+            })?;
         let d = extents.len();
+        let bytes = Self::table_bytes(volume, d);
+        if bytes > LARGE_TABLES {
+            crate::limits::check_memory(
+                "lattice",
+                &format!("a {} lattice's neighbour tables", extents_text(extents)),
+                bytes,
+            )
+            .map_err(|e| match e {
+                Error::InvalidParameter { reason, .. } => Error::InvalidLattice(reason),
+                other => other,
+            })?;
+        }
         let mut strides = vec![1usize; d];
         for mu in (0..d.saturating_sub(1)).rev() {
             strides[mu] = strides[mu + 1] * extents[mu + 1];
@@ -93,8 +107,20 @@ impl Lattice {
         })
     }
 
+    /// Bytes of the neighbour and parity tables of a lattice of `volume` sites in `d`
+    /// dimensions (what [`Lattice::new`] allocates).
+    fn table_bytes(volume: usize, d: usize) -> u128 {
+        let per_site = 2 * d as u128 * std::mem::size_of::<usize>() as u128 + 1;
+        volume as u128 * per_site
+    }
+
     /// A `d`-dimensional lattice with all extents equal to `l`.
     pub fn hypercubic(d: usize, l: usize) -> Result<Self> {
+        if l >= 2 && d > u32::BITS as usize {
+            return Err(Error::InvalidLattice(format!(
+                "{d} dimensions of extent {l} have more than 2³² sites"
+            )));
+        }
         Self::new(&vec![l; d])
     }
 
@@ -208,10 +234,18 @@ impl Lattice {
     }
 }
 
+/// Neighbour tables below this size (64 MiB) are built without asking the system for memory.
+const LARGE_TABLES: u128 = 64 << 20;
+
+/// Extents as the user writes them, `8x8`.
+fn extents_text(extents: &[usize]) -> String {
+    let parts: Vec<String> = extents.iter().map(|l| l.to_string()).collect();
+    parts.join("x")
+}
+
 impl fmt::Display for Lattice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.extents.iter().map(|l| l.to_string()).collect();
-        write!(f, "{}", parts.join("x"))
+        write!(f, "{}", extents_text(&self.extents))
     }
 }
 

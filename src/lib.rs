@@ -20,6 +20,7 @@ pub mod flow;
 pub mod io;
 pub mod kernel;
 pub mod lattice;
+pub mod limits;
 pub mod observable;
 pub mod rng;
 #[cfg(feature = "cli")]

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::flow::layers::{Coupling, FlowFloat, InvertScratch, Layer};
-use crate::flow::net::ParamBuilder;
+use crate::flow::net::{Net, ParamBuilder};
 use crate::flow::prior::{LatentPrior, Prior};
-use crate::flow::recipe::{FlowConfig, LayerConfig, Partition};
+use crate::flow::recipe::{FlowConfig, LayerConfig, NetConfig, Partition};
 use crate::flow::registry::LayerRegistry;
 use crate::flow::traits::{Flow, FlowScratch, TrainableFlow, check_output};
 use crate::lattice::Lattice;
@@ -89,6 +89,8 @@ impl FlowModel {
     ) -> Result<Self> {
         let mut builder = ParamBuilder::new(rng_from_seed(seed));
         let mut layers = Vec::new();
+        // The size key of the first block whose parameters went past the builder's capacity.
+        let mut too_large: Option<&str> = None;
         for layer in &config.layers {
             match layer {
                 LayerConfig::Scale => layers.push(Layer::Scale(builder.zeros(1, 1).offset)),
@@ -107,8 +109,27 @@ impl FlowModel {
                             Coupling::from_config(lattice, active, block, registry, &mut builder)?;
                         layers.push(Layer::Coupling(c));
                     }
+                    if too_large.is_none() && builder.is_over_capacity() {
+                        too_large = Some(match &block.net {
+                            NetConfig::Dense { .. } => "hidden",
+                            NetConfig::Conv { .. } => "channels",
+                            NetConfig::Custom { name, .. } => name,
+                        });
+                    }
                 }
             }
+        }
+        if let Some(name) = too_large {
+            let f32_bytes = std::mem::size_of::<f32>() as u128;
+            return Err(crate::limits::memory_error(
+                name,
+                &format!(
+                    "a flow of {} parameters on a {lattice} lattice",
+                    crate::limits::format_count(builder.requested())
+                ),
+                builder.requested().saturating_mul(f32_bytes),
+                builder.capacity() * f32_bytes,
+            ));
         }
         Ok(FlowModel {
             config: config.clone(),
@@ -117,6 +138,53 @@ impl FlowModel {
             layers,
             params: builder.finish(),
             metadata: BTreeMap::new(),
+        })
+    }
+
+    /// Values one configuration's forward pass records on the tape: the networks' layer
+    /// outputs and the coupling layers' gathers, transform parameters and outputs (a lower
+    /// estimate of the memory a batch needs, per row, in the network float type; a
+    /// training pass keeps a gradient of each as well).
+    pub fn tape_values_per_row(&self) -> usize {
+        let volume = self.lattice.volume();
+        self.layers.iter().fold(0usize, |acc, layer| {
+            let values = match layer {
+                Layer::Scale(_) => volume,
+                Layer::Coupling(c) => {
+                    let active = c.active().len();
+                    let k = c.transform().params_per_site();
+                    let nets = c.nets().iter().fold(0usize, |acc, net| {
+                        acc.saturating_add(match net {
+                            Net::Dense(dense) => dense.tape_values_per_row(),
+                            Net::Conv(conv) => conv.tape_values_per_row().saturating_add(volume),
+                            Net::Custom(_) => 0,
+                        })
+                    });
+                    // Passive gather, θ, active gather, transform output and the scatter.
+                    let own = c.passive().len() + active.saturating_mul(k) + 2 * active + volume;
+                    nets.saturating_add(own)
+                }
+            };
+            acc.saturating_add(values)
+        })
+    }
+
+    /// Multiply-adds of the networks in one configuration's forward pass (custom nets
+    /// counted by their parameters).
+    pub fn multiply_adds_per_row(&self) -> usize {
+        let volume = self.lattice.volume();
+        self.layers.iter().fold(0usize, |acc, layer| {
+            let work = match layer {
+                Layer::Scale(_) => volume,
+                Layer::Coupling(c) => c.nets().iter().fold(volume, |acc, net| {
+                    acc.saturating_add(match net {
+                        Net::Dense(dense) => dense.multiply_adds_per_row(),
+                        Net::Conv(conv) => conv.multiply_adds_per_row(),
+                        Net::Custom(_) => 0,
+                    })
+                }),
+            };
+            acc.saturating_add(work)
         })
     }
 
@@ -576,6 +644,17 @@ impl TrainableFlow for FlowModel {
 
     fn workspace(&self, chunks: usize) -> Workspace<f32> {
         Workspace::new(chunks)
+    }
+
+    /// Values and gradients of [`FlowModel::tape_values_per_row`] in f32.
+    fn training_bytes_per_row(&self) -> usize {
+        self.tape_values_per_row()
+            .saturating_mul(2 * std::mem::size_of::<f32>())
+    }
+
+    fn multiply_adds_per_row(&self) -> usize {
+        let custom = self.n_params();
+        FlowModel::multiply_adds_per_row(self).max(custom)
     }
 
     fn forward_backward<'w, S>(

@@ -32,27 +32,55 @@ use crate::tape::{ConvTaps, Dual, ParamSlice, Tape, Var};
 /// assert_eq!((w.offset, b.offset), (0, 12));
 /// assert_eq!(params.finish().len(), 15);
 /// ```
+///
+/// The builder allocates at most [`ParamBuilder::capacity`] parameters (by default as many
+/// as the memory available holds, see [`crate::limits`]). Requests beyond it allocate
+/// nothing: they are only counted, [`ParamBuilder::requested`] then exceeds the capacity,
+/// and the slices returned from then on do not lie in [`ParamBuilder::values`] — whoever
+/// builds a flow checks [`ParamBuilder::is_over_capacity`] and reports the size instead of
+/// using them.
 #[derive(Debug)]
 pub struct ParamBuilder {
     values: Vec<f32>,
     rng: SimRng,
+    capacity: u128,
+    requested: u128,
 }
 
 impl ParamBuilder {
-    /// An empty parameter vector whose random initial values are drawn from `rng`.
+    /// An empty parameter vector whose random initial values are drawn from `rng`, with a
+    /// capacity of the memory available (in f32 values).
     pub fn new(rng: SimRng) -> Self {
+        let capacity =
+            crate::limits::Limits::current().memory_bytes / std::mem::size_of::<f32>() as u128;
+        Self::with_capacity(rng, capacity)
+    }
+
+    /// [`ParamBuilder::new`] with room for at most `capacity` parameters.
+    pub fn with_capacity(rng: SimRng, capacity: u128) -> Self {
         ParamBuilder {
             values: Vec::new(),
             rng,
+            capacity: capacity.min(isize::MAX as u128 / std::mem::size_of::<f32>() as u128),
+            requested: 0,
         }
+    }
+
+    /// Counts a request for a `rows × cols` block; true when it fits the capacity and is to
+    /// be allocated.
+    fn request(&mut self, rows: usize, cols: usize) -> bool {
+        self.requested = self.requested.saturating_add(rows as u128 * cols as u128);
+        self.requested <= self.capacity
     }
 
     /// A `rows × cols` block uniform in (−limit, limit).
     pub fn uniform(&mut self, rows: usize, cols: usize, limit: f32) -> ParamSlice {
         let offset = self.values.len();
-        for _ in 0..rows * cols {
-            let u: f32 = self.rng.random_range(-1.0f32..1.0f32);
-            self.values.push(u * limit);
+        if self.request(rows, cols) {
+            for _ in 0..rows * cols {
+                let u: f32 = self.rng.random_range(-1.0f32..1.0f32);
+                self.values.push(u * limit);
+            }
         }
         ParamSlice { offset, rows, cols }
     }
@@ -67,8 +95,25 @@ impl ParamBuilder {
     /// A `rows × cols` block of zeros.
     pub fn zeros(&mut self, rows: usize, cols: usize) -> ParamSlice {
         let offset = self.values.len();
-        self.values.resize(offset + rows * cols, 0.0);
+        if self.request(rows, cols) {
+            self.values.resize(offset + rows * cols, 0.0);
+        }
         ParamSlice { offset, rows, cols }
+    }
+
+    /// The most parameters the builder allocates.
+    pub fn capacity(&self) -> u128 {
+        self.capacity
+    }
+
+    /// Parameters requested so far, allocated or not.
+    pub fn requested(&self) -> u128 {
+        self.requested
+    }
+
+    /// True once the requests exceed the capacity (nothing is allocated from then on).
+    pub fn is_over_capacity(&self) -> bool {
+        self.requested > self.capacity
     }
 
     /// Number of parameters allocated so far.
@@ -98,7 +143,7 @@ const OUTPUT_GAIN: f32 = 0.1;
 
 /// Glorot-uniform limit √(6 / (fan_in + fan_out)).
 fn glorot(fan_in: usize, fan_out: usize) -> f32 {
-    (6.0 / (fan_in + fan_out) as f32).sqrt()
+    (6.0 / (fan_in as f32 + fan_out as f32)).sqrt()
 }
 
 /// A fully connected net: `x → tanh(x W_1 + b_1) → … → x W_L + b_L` (linear output).
@@ -158,7 +203,17 @@ impl DenseNet {
 
     /// Multiply-adds per configuration of one forward pass.
     pub fn multiply_adds_per_row(&self) -> usize {
-        self.layers.iter().map(|(w, _)| w.rows * w.cols).sum()
+        self.layers.iter().fold(0usize, |acc, (w, _)| {
+            acc.saturating_add(w.rows.saturating_mul(w.cols))
+        })
+    }
+
+    /// Values the net's forward pass records per configuration (each layer's output and
+    /// its tanh).
+    pub(crate) fn tape_values_per_row(&self) -> usize {
+        self.layers.iter().fold(0usize, |acc, (w, _)| {
+            acc.saturating_add(w.cols.saturating_mul(2))
+        })
     }
 }
 
@@ -189,6 +244,27 @@ impl ConvNet {
         if channels.contains(&0) {
             return Err(Error::param("channels", "every layer needs a channel"));
         }
+        let n_taps = u32::try_from(lattice.dim())
+            .ok()
+            .and_then(|d| kernel.checked_pow(d))
+            .ok_or_else(|| {
+                Error::param(
+                    "kernel",
+                    format!(
+                        "{kernel}^{} taps per site do not fit in a {}-bit integer",
+                        lattice.dim(),
+                        usize::BITS
+                    ),
+                )
+            })?;
+        crate::limits::check_memory(
+            "kernel",
+            &format!("the tap table of a {kernel}^{} convolution", lattice.dim()),
+            lattice.volume() as u128 * n_taps as u128 * std::mem::size_of::<u32>() as u128,
+        )?;
+        for &c_in in channels {
+            crate::limits::checked_product("channels", "convolution weights", &[n_taps, c_in])?;
+        }
         let taps = conv_taps(lattice, kernel);
         let mut widths = vec![1];
         widths.extend_from_slice(channels);
@@ -210,6 +286,25 @@ impl ConvNet {
     /// Output channels per site.
     pub fn outputs(&self) -> usize {
         self.layers.last().map_or(0, |(w, _, _)| w.cols)
+    }
+
+    /// Multiply-adds per configuration of one forward pass (every weight at every site).
+    pub fn multiply_adds_per_row(&self) -> usize {
+        self.layers.iter().fold(0usize, |acc, (w, _, _)| {
+            acc.saturating_add(
+                w.rows
+                    .saturating_mul(w.cols)
+                    .saturating_mul(self.taps.volume),
+            )
+        })
+    }
+
+    /// Values the net's forward pass records per configuration (each layer's output
+    /// channels at every site, and their tanh).
+    pub(crate) fn tape_values_per_row(&self) -> usize {
+        self.layers.iter().fold(0usize, |acc, (w, _, _)| {
+            acc.saturating_add(w.cols.saturating_mul(2).saturating_mul(self.taps.volume))
+        })
     }
 
     /// Number of sites of the lattice the net convolves over.

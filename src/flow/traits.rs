@@ -270,6 +270,21 @@ pub trait TrainableFlow: Flow {
         self.params().len()
     }
 
+    /// Bytes one configuration of a training batch occupies in the workspace (values and
+    /// gradients of the pass), a lower estimate the trainer checks against the memory
+    /// available before it allocates. The default, 0, claims nothing beyond the trainer's
+    /// own batch buffers.
+    fn training_bytes_per_row(&self) -> usize {
+        0
+    }
+
+    /// Multiply-adds of one configuration's forward pass, for the trainer's work estimate.
+    /// The default, [`TrainableFlow::n_params`], counts each parameter once (right for
+    /// dense nets).
+    fn multiply_adds_per_row(&self) -> usize {
+        self.n_params()
+    }
+
     /// A workspace that splits batches into `chunks` parts (at least one). Results must
     /// depend only on the inputs and the chunk count, so that training is reproducible.
     fn workspace(&self, chunks: usize) -> Self::Workspace;

@@ -57,8 +57,11 @@ impl<A: Action> Hmc<A> {
         if tau <= 0.0 {
             return Err(Error::param("tau", format!("must be positive, got {tau}")));
         }
-        if n_steps == 0 {
-            return Err(Error::param("n_steps", "must be at least 1"));
+        if n_steps == 0 || n_steps > u32::MAX as usize {
+            return Err(Error::param(
+                "md_steps",
+                format!("must be between 1 and {}, got {n_steps}", u32::MAX),
+            ));
         }
         let v = action.lattice().volume();
         Ok(Hmc {

@@ -85,6 +85,93 @@ impl KernelSpec {
         self.kind.contains("flow")
     }
 
+    /// Checks the settings of the kernels the expression uses: `tau` positive and finite
+    /// and `md_steps` between 1 and 2³² − 1 for `hmc`, `step_size` positive and finite for
+    /// `local`, `flow_batch` at least 1 for `flow`.
+    pub fn validate_settings(&self) -> Result<()> {
+        if self.kind.contains("hmc") {
+            if !(self.tau.is_finite() && self.tau > 0.0) {
+                return Err(Error::param(
+                    "tau",
+                    format!("must be positive and finite, got {}", self.tau),
+                ));
+            }
+            if self.md_steps == 0 || self.md_steps > u32::MAX as usize {
+                return Err(Error::param(
+                    "md_steps",
+                    format!("must be between 1 and {}, got {}", u32::MAX, self.md_steps),
+                ));
+            }
+        }
+        if self.kind.contains("local") && !(self.step_size.is_finite() && self.step_size > 0.0) {
+            return Err(Error::param(
+                "step_size",
+                format!("must be positive and finite, got {}", self.step_size),
+            ));
+        }
+        if self.uses_flow() && self.flow_batch == 0 {
+            return Err(Error::param("flow_batch", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Move records and site updates of one step of the expression on `volume` sites (a
+    /// mixture counted as its most expensive part, an HMC trajectory at its longest).
+    fn step_cost(&self, volume: usize) -> StepCost {
+        let volume = volume as u128;
+        let md_steps = self.md_steps as u128;
+        let hmc_steps = if self.fixed_length {
+            md_steps
+        } else {
+            (3 * md_steps / 2).max(1)
+        };
+        fn walk(expr: &KernelExpr, sites: &dyn Fn(&str) -> u128) -> StepCost {
+            match expr {
+                KernelExpr::Kernel(name) => StepCost {
+                    moves: 1,
+                    site_updates: sites(name),
+                },
+                KernelExpr::Cycle(parts) => parts.iter().fold(
+                    StepCost {
+                        moves: 0,
+                        site_updates: 0,
+                    },
+                    |acc, part| {
+                        let c = walk(part, sites);
+                        StepCost {
+                            moves: acc.moves.saturating_add(c.moves),
+                            site_updates: acc.site_updates.saturating_add(c.site_updates),
+                        }
+                    },
+                ),
+                KernelExpr::Repeat(inner, times) => {
+                    let c = walk(inner, sites);
+                    StepCost {
+                        moves: c.moves.saturating_mul(*times as u128),
+                        site_updates: c.site_updates.saturating_mul(*times as u128),
+                    }
+                }
+                KernelExpr::Mixture(parts) => parts.iter().fold(
+                    StepCost {
+                        moves: 0,
+                        site_updates: 0,
+                    },
+                    |acc, (_, part)| {
+                        let c = walk(part, sites);
+                        StepCost {
+                            moves: acc.moves.max(c.moves),
+                            site_updates: acc.site_updates.max(c.site_updates),
+                        }
+                    },
+                ),
+            }
+        }
+        walk(&self.kind, &|name| match name {
+            "hmc" => volume.saturating_mul(hmc_steps.saturating_add(1)),
+            _ => volume,
+        })
+    }
+
     /// Builds the expression's kernel for `action`; `model` is the flow behind every `flow`
     /// in it (an error when the expression names `flow` and `model` is `None`).
     pub fn build<A: Action + 'static>(
@@ -192,7 +279,11 @@ impl SampleSpec {
         Ok(spec)
     }
 
-    /// Checks counts and parameters that do not depend on the action.
+    /// Checks counts and parameters that do not depend on the action: counts at least 1,
+    /// the settings of the kernels the expression uses, at least 2 measurements, no
+    /// overflow in the step counts, the memory of the stored series, move records and flow
+    /// batches against the memory available, and the run's work (site updates, see
+    /// [`crate::limits::MAX_SITE_UPDATES`]). Errors name the runcard key.
     pub fn validate(&self) -> Result<()> {
         if self.n == 0 {
             return Err(Error::param("n", "must be at least 1"));
@@ -216,8 +307,80 @@ impl SampleSpec {
                 ),
             ));
         }
-        Ok(())
+        self.kernel.validate_settings()?;
+        self.check_size()
     }
+
+    /// The memory and work checks of [`SampleSpec::validate`].
+    fn check_size(&self) -> Result<()> {
+        let volume = self.lattice.volume() as u128;
+        let cost = self.kernel.step_cost(self.lattice.volume());
+        // The stored series: the fixed observables, the lowest-momentum correlator per
+        // direction, the zero-momentum correlator per time slice and the action density, in
+        // f64, and the Γ-method's transforms of one series at a time (≈ 64 bytes per value).
+        let extent = self.lattice.extents().iter().copied().max().unwrap_or(1) as u128;
+        let per_measurement = 8 * (6 + self.lattice.dim() as u128 + extent + 1) + 64;
+        let measurements = (self.n / self.thin) as u128;
+        let move_bytes = std::mem::size_of::<crate::MoveInfo>() as u128;
+        // A flow batch: latent, generated and proposed fields in f32, f64 log-densities.
+        let flow_bytes = if self.kernel.uses_flow() {
+            self.kernel.flow_batch as u128 * (3 * 4 * volume + 4 * 8)
+        } else {
+            0
+        };
+        crate::limits::check_memory_parts(&[
+            (
+                "n",
+                "the stored measurement series",
+                measurements.saturating_mul(per_measurement),
+            ),
+            (
+                if cost.moves > self.n as u128 {
+                    "kernel"
+                } else {
+                    "n"
+                },
+                "the move records",
+                (self.n as u128)
+                    .saturating_mul(cost.moves)
+                    .saturating_mul(move_bytes),
+            ),
+            ("flow_batch", "the flow proposal batch", flow_bytes),
+        ])?;
+        let steps = self.therm.checked_add(self.n).ok_or_else(|| {
+            Error::param(
+                if self.therm >= self.n { "therm" } else { "n" },
+                format!(
+                    "therm + n = {} + {} steps does not fit in a {}-bit integer",
+                    self.therm,
+                    self.n,
+                    usize::BITS
+                ),
+            )
+        })?;
+        let site_updates = (steps as u128).saturating_mul(cost.site_updates);
+        // The parameter named is the one furthest above its usual size.
+        let mut suspects = vec![
+            ("n", self.n as f64 / 10_000.0),
+            ("therm", self.therm as f64 / 1_000.0),
+            ("kernel", cost.moves as f64),
+            ("lattice", volume as f64 / 4096.0),
+        ];
+        if self.kernel.kind.contains("hmc") {
+            suspects.push(("md_steps", self.kernel.md_steps as f64 / 10.0));
+        }
+        let name = suspects
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or("n", |s| s.0);
+        crate::limits::check_site_updates(name, site_updates)
+    }
+}
+
+/// What one step of a kernel expression costs: move records and site updates.
+struct StepCost {
+    moves: u128,
+    site_updates: u128,
 }
 
 /// A Γ-method estimate as reported: mean, error, τ_int and its error, and why it may not
@@ -386,7 +549,20 @@ fn load_model_for(spec: &SampleSpec) -> Result<FlowModel> {
             spec.action
         )));
     }
-    FlowModel::load_for(path, &spec.lattice)
+    let model = FlowModel::load_for(path, &spec.lattice)?;
+    let f32_bytes = std::mem::size_of::<f32>() as u128;
+    crate::limits::check_memory(
+        "flow_batch",
+        &format!(
+            "a batch of {} flow proposals ({} values each on the tape)",
+            spec.kernel.flow_batch,
+            model.tape_values_per_row()
+        ),
+        (spec.kernel.flow_batch as u128)
+            .saturating_mul(model.tape_values_per_row() as u128)
+            .saturating_mul(f32_bytes),
+    )?;
+    Ok(model)
 }
 
 /// Block sizes that keep each block near [`BLOCK_SECONDS`] of wall time, so that a stop

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::ActionSpec;
 use crate::action::Phi4;
 use crate::error::{Error, Result};
+use crate::flow::transform::MAX_BINS;
 use crate::flow::{Flow, FlowConfig, FlowModel, TransformKind};
 use crate::lattice::Lattice;
 use crate::train::{StepMetrics, TrainConfig, Trainer};
@@ -65,14 +66,114 @@ impl Default for RecipeSpec {
 }
 
 impl RecipeSpec {
-    /// The flow configuration this recipe describes on `lattice`.
-    pub fn build(&self, lattice: &Lattice) -> Result<FlowConfig> {
+    /// Checks the sizes the kind uses on `lattice`: counts at least 1, `segments` within
+    /// 1..=[`MAX_BINS`], `kernel` odd, and the parameters (with gradient and optimiser
+    /// state) against the memory available, naming the size furthest above its default.
+    pub fn validate(&self, lattice: &Lattice) -> Result<()> {
+        let conv = self.kind == RecipeKind::Conv;
         if self.affine_blocks == 0 && self.kind != RecipeKind::Seed {
             return Err(Error::param("affine_blocks", "must be at least 1"));
         }
         if self.depth == 0 {
             return Err(Error::param("depth", "must be at least 1"));
         }
+        if self.kind == RecipeKind::Seed && !(1..=MAX_BINS).contains(&self.segments) {
+            return Err(Error::param(
+                "segments",
+                format!("must be between 1 and {MAX_BINS}, got {}", self.segments),
+            ));
+        }
+        if conv && self.channels == 0 {
+            return Err(Error::param("channels", "must be at least 1"));
+        }
+        if conv && self.kernel.is_multiple_of(2) {
+            return Err(Error::param(
+                "kernel",
+                format!("must be odd and positive, got {}", self.kernel),
+            ));
+        }
+        let (params, suspects) = self.parameter_estimate(lattice);
+        let name = suspects
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or("hidden", |s| s.0);
+        crate::limits::check_memory(
+            name,
+            &format!(
+                "a {} flow of at least {} parameters (with gradient and optimiser state)",
+                serde_json::to_value(self.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                crate::limits::format_count(params)
+            ),
+            params.saturating_mul(4 * std::mem::size_of::<f32>() as u128),
+        )
+    }
+
+    /// A lower estimate of the flow's parameter count on `lattice`, and each size the kind
+    /// uses with its ratio to its default (the largest ratio names the culprit of a flow
+    /// too large).
+    fn parameter_estimate(&self, lattice: &Lattice) -> (u128, Vec<(&'static str, f64)>) {
+        let volume = lattice.volume() as u128;
+        let half = volume / 2;
+        let hidden = if self.hidden == 0 {
+            volume
+        } else {
+            self.hidden as u128
+        };
+        let (blocks, depth) = (self.affine_blocks as u128, self.depth as u128);
+        let mut suspects = vec![
+            ("affine_blocks", self.affine_blocks as f64 / 2.0),
+            ("hidden", hidden as f64 / volume.max(1) as f64),
+        ];
+        // Each block is two coupling layers; a dense layer maps |P| → hidden … → |A| · k.
+        let dense = |depth: u128, outputs_per_site: u128| {
+            half.saturating_mul(hidden)
+                .saturating_add((depth - 1).saturating_mul(hidden.saturating_mul(hidden)))
+                .saturating_add(hidden.saturating_mul(half).saturating_mul(outputs_per_site))
+        };
+        let per_layer =
+            match self.kind {
+                RecipeKind::Seed => {
+                    suspects.push(("segments", self.segments as f64 / 8.0));
+                    let rqs = dense(1, 3 * self.segments as u128 + 1);
+                    // The RQS block's two layers on top of the affine blocks'.
+                    return (
+                        blocks
+                            .saturating_mul(2)
+                            .saturating_mul(dense(1, 2))
+                            .saturating_add(rqs.saturating_mul(2)),
+                        suspects,
+                    );
+                }
+                RecipeKind::RealNvp | RecipeKind::Additive => {
+                    suspects.push(("depth", self.depth as f64));
+                    dense(depth, 1)
+                }
+                RecipeKind::Z2Affine => dense(1, 2),
+                RecipeKind::Conv => {
+                    suspects.retain(|s| s.0 != "hidden");
+                    suspects.push(("depth", self.depth as f64));
+                    suspects.push(("channels", self.channels as f64 / 8.0));
+                    suspects.push(("kernel", self.kernel as f64 / 3.0));
+                    let taps = u32::try_from(lattice.dim())
+                        .ok()
+                        .and_then(|d| (self.kernel as u128).checked_pow(d))
+                        .unwrap_or(u128::MAX);
+                    let channels = self.channels as u128;
+                    taps.saturating_mul(channels.saturating_mul(2).saturating_add(
+                        (depth - 1).saturating_mul(channels.saturating_mul(channels)),
+                    ))
+                }
+            };
+        (blocks.saturating_mul(2).saturating_mul(per_layer), suspects)
+    }
+
+    /// The flow configuration this recipe describes on `lattice` (after
+    /// [`RecipeSpec::validate`]).
+    pub fn build(&self, lattice: &Lattice) -> Result<FlowConfig> {
+        self.validate(lattice)?;
         let hidden = if self.hidden == 0 {
             FlowConfig::default_hidden(lattice)
         } else {
@@ -150,16 +251,27 @@ pub struct TrainSpec {
 }
 
 impl TrainSpec {
-    /// Reads a TOML runcard (the fields of [`TrainSpec`]; unknown keys are errors).
+    /// Reads a TOML runcard (the fields of [`TrainSpec`]; unknown keys are errors) and
+    /// validates it.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let spec: TrainSpec = toml::from_str(&text)
             .map_err(|e| Error::format(format!("runcard {}", path.display()), e.to_string()))?;
-        spec.train.validate()?;
-        if let Some(a) = &spec.anneal {
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks the recipe's sizes on the lattice ([`RecipeSpec::validate`]), the training
+    /// configuration ([`TrainConfig::validate`]) and the annealing; the sizes that depend
+    /// on the built flow (batch workspaces, evaluation samples, work) are checked by
+    /// [`Trainer::new`]. Errors name the runcard key.
+    pub fn validate(&self) -> Result<()> {
+        self.recipe.validate(&self.lattice)?;
+        self.train.validate()?;
+        if let Some(a) = &self.anneal {
             a.validate()?;
         }
-        Ok(spec)
+        Ok(())
     }
 }
 
@@ -248,10 +360,7 @@ pub fn train(
     control: &TrainControl<'_>,
     observer: &mut dyn FnMut(&StepMetrics),
 ) -> Result<TrainOutcome> {
-    spec.train.validate()?;
-    if let Some(a) = &spec.anneal {
-        a.validate()?;
-    }
+    spec.validate()?;
     check_outputs(&spec.out, control)?;
     let action = Arc::new(spec.action.build(&spec.lattice)?);
     let config = spec.recipe.build(&spec.lattice)?;
@@ -278,6 +387,7 @@ pub fn resume(
     if let Some(out) = out {
         spec.out = out.to_path_buf();
     }
+    spec.validate()?;
     check_outputs(&spec.out, control)?;
     let action = Arc::new(spec.action.build(&spec.lattice)?);
     let trainer = Trainer::resume(path, action)?;

@@ -95,6 +95,7 @@ impl Checkpoint {
         action: Arc<A>,
     ) -> Result<Trainer<F, A>> {
         self.config.validate()?;
+        self.optimizer.check_state()?;
         if self.iteration > self.config.iterations {
             return Err(Error::format(
                 "checkpoint",

@@ -126,6 +126,23 @@ impl Optimizer {
         self.m.len()
     }
 
+    /// Checks a restored state: both moments of one length, finite, the second ≥ 0.
+    pub(crate) fn check_state(&self) -> Result<()> {
+        if self.m.len() != self.v.len() {
+            return Err(Error::Shape(format!(
+                "optimiser moments of {} and {} entries",
+                self.m.len(),
+                self.v.len()
+            )));
+        }
+        if !self.m.iter().all(|x| x.is_finite())
+            || !self.v.iter().all(|x| x.is_finite() && *x >= 0.0)
+        {
+            return Err(Error::NonFinite("optimiser moments".into()));
+        }
+        self.kind.validate()
+    }
+
     /// True for an optimiser of zero parameters.
     pub fn is_empty(&self) -> bool {
         self.m.is_empty()

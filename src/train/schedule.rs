@@ -46,10 +46,17 @@ impl Schedule {
                 let mut start = 0usize;
                 let mut len = period.max(1);
                 let mut restart = 0usize;
-                while iteration >= start + len {
+                // `start ≤ iteration` throughout, so nothing overflows.
+                while iteration - start >= len {
                     start += len;
-                    len = ((len as f64) * growth).round().max(1.0) as usize;
                     restart += 1;
+                    let next = ((len as f64) * growth).round().max(1.0) as usize;
+                    if next == len {
+                        // The periods stop growing: count the remaining ones at once.
+                        let periods = (iteration - start) / len;
+                        return (restart + periods, (iteration - start) % len, len);
+                    }
+                    len = next;
                 }
                 (restart, iteration - start, len)
             }

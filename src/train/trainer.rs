@@ -46,6 +46,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Batch chunks of the data-parallel pass (0 = one per rayon thread); the chunk count
     /// fixes the gradient's summation order, so results are reproducible for a given count.
+    /// At most `batch`: every chunk holds at least one configuration (each chunk keeps a
+    /// tape and a gradient of all parameters, so empty chunks would cost memory and time
+    /// for nothing).
     pub chunks: usize,
     /// Evaluate every `eval_every` iterations (0 = never during training).
     pub eval_every: usize,
@@ -79,7 +82,7 @@ impl TrainConfig {
         }
     }
 
-    /// Checks every field.
+    /// Checks every field (sizes against a flow and lattice are checked by [`Trainer::new`]).
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 {
             return Err(Error::param("batch", "must be at least 1"));
@@ -97,6 +100,16 @@ impl TrainConfig {
             return Err(Error::param(
                 "eval_samples",
                 format!("must be at least 2, got {}", self.eval_samples),
+            ));
+        }
+        if self.chunks > self.batch {
+            return Err(Error::param(
+                "chunks",
+                format!(
+                    "{} chunks for a batch of {}: every chunk needs at least one \
+                     configuration, so chunks must be at most batch (0: one per thread)",
+                    self.chunks, self.batch
+                ),
             ));
         }
         self.schedule.validate()?;
@@ -187,6 +200,8 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
     /// action live on the same lattice.
     pub fn new(model: F, action: Arc<A>, config: TrainConfig) -> Result<Self> {
         config.validate()?;
+        let volume = action.lattice().volume();
+        check_training_size(&model, volume, &config, chunk_count(&config))?;
         let optimizer = Optimizer::new(config.optimizer, model.n_params())?;
         let rng = rng_from_seed(config.seed);
         Self::assemble(model, action, config, optimizer, rng, 0, 0, 0.0, f64::NAN)
@@ -213,11 +228,9 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             )));
         }
         let volume = action.lattice().volume();
-        let workspace = model.workspace(if config.chunks == 0 {
-            rayon::current_num_threads()
-        } else {
-            config.chunks
-        });
+        let chunks = chunk_count(&config);
+        check_training_size(&model, volume, &config, chunks)?;
+        let workspace = model.workspace(chunks);
         Ok(Trainer {
             latent: Array2::zeros((config.batch, volume)),
             grad: vec![0.0; model.n_params()],
@@ -445,6 +458,77 @@ impl<A: Action + 'static> Trainer<FlowModel, A> {
         let model = checkpoint.model(registry)?;
         checkpoint.into_trainer(model, action)
     }
+}
+
+/// The batch chunks of a run: `chunks`, or one per rayon thread when it is 0.
+fn chunk_count(config: &TrainConfig) -> usize {
+    if config.chunks == 0 {
+        rayon::current_num_threads()
+    } else {
+        config.chunks
+    }
+}
+
+/// Refuses a training setup that cannot fit in memory or would run for months: the batch
+/// buffers and workspace (`batch`), the per-chunk gradients (`chunks`), an evaluation
+/// sample (`eval_samples`), and the multiply-adds of all iterations and evaluations
+/// (`iterations`, see [`crate::limits::MAX_MULTIPLY_ADDS`]).
+fn check_training_size<F: TrainableFlow>(
+    model: &F,
+    volume: usize,
+    config: &TrainConfig,
+    chunks: usize,
+) -> Result<()> {
+    let (f32_bytes, volume) = (std::mem::size_of::<f32>() as u128, volume as u128);
+    let n_params = model.n_params() as u128;
+    let per_row = model.training_bytes_per_row() as u128;
+    // Latent batch and workspace φ in f32, log-det and loss in f64, the pass's own values.
+    let batch_row = 2 * f32_bytes * volume + 16 + per_row;
+    // Fields, log-densities and log-weights of a sample, and the forward pass (half the
+    // training pass: no gradients).
+    let eval_row = 2 * f32_bytes * volume + 8 * volume + 16 + per_row / 2;
+    crate::limits::check_memory_parts(&[
+        (
+            "batch",
+            "the training batch and its workspace",
+            (config.batch as u128).saturating_mul(batch_row),
+        ),
+        (
+            "chunks",
+            "one gradient per batch chunk",
+            (chunks as u128).saturating_mul(n_params * f32_bytes),
+        ),
+        (
+            "eval_samples",
+            "an evaluation sample",
+            (config.eval_samples as u128).saturating_mul(eval_row),
+        ),
+        // Parameters, gradient and two optimiser moments.
+        (
+            "hidden",
+            "the parameters and optimiser state",
+            4 * n_params * f32_bytes,
+        ),
+    ])?;
+    let evaluations = match config.eval_every {
+        0 => 1,
+        every => config.iterations / every + 1,
+    } as u128;
+    let rows = (config.iterations as u128)
+        .saturating_mul(config.batch as u128)
+        .saturating_mul(3)
+        .saturating_add(evaluations.saturating_mul(config.eval_samples as u128));
+    let multiply_adds = rows.saturating_mul(model.multiply_adds_per_row() as u128);
+    let name = if evaluations.saturating_mul(config.eval_samples as u128)
+        > (config.iterations as u128).saturating_mul(config.batch as u128)
+    {
+        "eval_samples"
+    } else if config.iterations / 750 >= config.batch / 500 {
+        "iterations"
+    } else {
+        "batch"
+    };
+    crate::limits::check_multiply_adds(name, multiply_adds)
 }
 
 /// Tests `flow` against `action` with `n` fresh samples: log w = −S − log p̃ in f64, an
