@@ -89,6 +89,19 @@ impl Error {
         }
     }
 
+    /// A configuration error found while reading a file, restated as a fault of that file:
+    /// an [`Error::InvalidParameter`] becomes an [`Error::Format`] naming the file (a size in
+    /// a model file is not an option the user typed); other errors are kept.
+    pub fn in_file(self, what: &str, path: &std::path::Path) -> Self {
+        match self {
+            Error::InvalidParameter { name, reason } => Error::format(
+                format!("{what} {}", path.display()),
+                format!("`{name}`: {reason}"),
+            ),
+            other => other,
+        }
+    }
+
     /// Shorthand for [`Error::Io`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -1002,13 +1002,18 @@ fn clock(seconds: f64) -> String {
 /// Prints an error once: each cause whose text the message already contains is skipped
 /// (an I/O error is part of the library's message), and an invalid parameter is named by
 /// the flag the user typed.
-fn print_error(e: &anyhow::Error, from_runcard: bool) {
+fn print_error(e: &anyhow::Error, source: &ParameterSource) {
     let mut text = match e.downcast_ref::<latflow::Error>() {
-        Some(latflow::Error::InvalidParameter { name, reason }) if !from_runcard => {
-            format!("invalid value for {}: {reason}", flag_name(name))
-        }
         Some(latflow::Error::InvalidParameter { name, reason }) => {
-            format!("invalid value of `{name}` in the runcard: {reason}")
+            let id = name.replace('.', "_");
+            let typed = source.matches.is_some_and(|m| given(m, &id));
+            if typed || (source.file.is_none() && source.has_flag(&id)) {
+                format!("invalid value for {}: {reason}", flag_name(name))
+            } else if let Some(file) = source.file {
+                format!("invalid value of `{name}` in the {file}: {reason}")
+            } else {
+                e.to_string()
+            }
         }
         _ => e.to_string(),
     };
@@ -1020,6 +1025,23 @@ fn print_error(e: &anyhow::Error, from_runcard: bool) {
         }
     }
     eprintln!("error: {text}");
+}
+
+/// Where the parameters of a run came from, to name a refused one as the user gave it.
+struct ParameterSource<'a> {
+    /// The subcommand's parsed command line.
+    matches: Option<&'a ArgMatches>,
+    /// The subcommand's definition (its flags).
+    command: Option<&'a clap::Command>,
+    /// `Some("runcard")` or `Some("checkpoint")` when the run came from a file.
+    file: Option<&'static str>,
+}
+
+impl ParameterSource<'_> {
+    fn has_flag(&self, id: &str) -> bool {
+        self.command
+            .is_some_and(|c| c.get_arguments().any(|a| a.get_id() == id))
+    }
 }
 
 fn main() -> ExitCode {
@@ -1040,18 +1062,25 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    let (sub, file) = match &cli.command {
+        Command::Sample(a) => ("sample", a.config.is_some().then_some("runcard")),
+        Command::Train(a) if a.resume.is_some() => ("train", Some("checkpoint")),
+        Command::Train(a) => ("train", a.config.is_some().then_some("runcard")),
+    };
+    let definition = Cli::command();
+    let source = ParameterSource {
+        matches: matches.subcommand_matches(sub),
+        command: definition.find_subcommand(sub),
+        file,
+    };
     let signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
-            print_error(&e, false);
+            print_error(&e, &source);
             return ExitCode::FAILURE;
         }
     };
-    let (sub, from_runcard) = match &cli.command {
-        Command::Sample(a) => ("sample", a.config.is_some()),
-        Command::Train(a) => ("train", a.config.is_some() || a.resume.is_some()),
-    };
-    let Some(m) = matches.subcommand_matches(sub) else {
+    let Some(m) = source.matches else {
         return ExitCode::FAILURE;
     };
     let result = match &cli.command {
@@ -1061,7 +1090,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            print_error(&e, from_runcard);
+            print_error(&e, &source);
             ExitCode::FAILURE
         }
     }

@@ -534,7 +534,8 @@ impl FlowModel {
                 MODEL_FORMAT_VERSION
             )));
         }
-        let mut model = FlowModel::new_with(&file.config, &file.lattice, 0, registry)?;
+        let mut model = FlowModel::new_with(&file.config, &file.lattice, 0, registry)
+            .map_err(|e| e.in_file("model file", path))?;
         if file.params.len() != model.params.len() {
             return Err(Error::Incompatible(format!(
                 "{} holds {} parameters, its configuration on a {} lattice needs {}",

@@ -411,10 +411,18 @@ pub fn resume(
 pub fn checkpoint_spec(path: &Path) -> Result<TrainSpec> {
     #[derive(Deserialize)]
     struct Metadata {
+        #[serde(default)]
         metadata: std::collections::BTreeMap<String, serde_json::Value>,
+        optimizer: Option<serde_json::Value>,
     }
     let what = format!("checkpoint {}", path.display());
     let file: Metadata = crate::io::read_json(path, "checkpoint")?;
+    if file.optimizer.is_none() {
+        return Err(Error::format(
+            what,
+            "it holds no optimiser state: this is not a training checkpoint (a model file?)",
+        ));
+    }
     let run = file.metadata.get(RUN_KEY).ok_or_else(|| {
         Error::format(
             what.clone(),

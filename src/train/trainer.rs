@@ -455,7 +455,9 @@ impl<A: Action + 'static> Trainer<FlowModel, A> {
     /// constructors `registry` holds (see [`FlowModel::load_with`]).
     pub fn resume_with(path: &Path, action: Arc<A>, registry: &LayerRegistry) -> Result<Self> {
         let checkpoint = Checkpoint::read(path)?;
-        let model = checkpoint.model(registry)?;
+        let model = checkpoint
+            .model(registry)
+            .map_err(|e| e.in_file("checkpoint", path))?;
         checkpoint.into_trainer(model, action)
     }
 }
