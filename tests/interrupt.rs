@@ -131,8 +131,14 @@ fn sigterm_during_train_then_resume_gives_the_uninterrupted_model() {
         rows(&dir.join("part.train.csv")),
         rows(&dir.join("full.train.csv")),
     );
-    assert_eq!(a.len(), 1001);
+    // Header, 1000 steps, and the final evaluation.
+    assert_eq!(a.len(), 1002);
     assert_eq!(a, b);
+    let last = std::fs::read_to_string(dir.join("part.train.csv")).unwrap();
+    let last: Vec<&str> = last.lines().last().unwrap().split(',').collect();
+    assert_eq!(last[0], "1000");
+    let acceptance: f64 = last[6].parse().expect("the final acceptance");
+    assert!(acceptance > 0.0 && acceptance <= 1.0);
 
     // A resumed run takes its settings from the checkpoint: run flags are refused.
     let out = run(&[

@@ -330,7 +330,9 @@ pub struct TrainControl<'a> {
 
 /// The columns of the training log: the step's loss (the reverse-KL estimate up to log Z),
 /// its sample variance, the learning rate, |Φ_train| so far, training seconds so far, and the
-/// acceptance, ESS fraction and τ_rej of the evaluations (empty where none was made).
+/// acceptance, ESS fraction and τ_rej of the evaluations (empty where none was made). A
+/// finished run ends the log with the final evaluation: a row whose iteration is the number
+/// of iterations and whose loss, variance and learning rate are empty.
 pub const TRAIN_LOG_HEADER: &str =
     "iteration,loss,loss_var,lr,configs_seen,seconds,acceptance,ess,tau_rej";
 
@@ -522,6 +524,7 @@ fn drive(
     }
     let summary = trainer.train(&mut |_| {})?;
     if let Some(log) = &mut log {
+        log.final_evaluation(&summary)?;
         log.flush()?;
     }
     let mut model = trainer.into_model();
@@ -618,6 +621,22 @@ impl TrainLog {
             self.file,
             "{},{},{},{},{},{},{acceptance},{ess},{tau_rej}",
             m.iteration, m.loss, m.loss_var, m.lr, m.configs_seen, m.seconds
+        )
+        .map_err(|e| Error::io(&self.path, e))
+    }
+
+    fn final_evaluation(&mut self, summary: &crate::train::TrainSummary) -> Result<()> {
+        use std::io::Write;
+        let e = &summary.eval;
+        writeln!(
+            self.file,
+            "{},,,,{},{},{},{},{}",
+            summary.iterations,
+            summary.configs_seen,
+            summary.seconds,
+            e.acceptance,
+            e.ess,
+            e.tau_rej
         )
         .map_err(|e| Error::io(&self.path, e))
     }
