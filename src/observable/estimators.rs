@@ -80,11 +80,6 @@ pub struct CoshFit {
     pub residual: f64,
 }
 
-/// Number of log-spaced masses scanned before the golden-section refinement.
-const MASS_SCAN_POINTS: usize = 400;
-/// The scanned mass range.
-const MASS_RANGE: (f64, f64) = (1e-5, 20.0);
-
 /// Least-squares fit of C(t) = A [e^{−m t} + e^{−m (L−t)}] to `correlator[t]` for
 /// t in `t_min..=t_max`, with L = `correlator.len()`, minimising the squared *relative*
 /// residuals Σ_t [(C(t) − model(t))/C(t)]². For each m the best amplitude is linear; m is
@@ -121,45 +116,7 @@ pub fn cosh_fit(correlator: &[f64], t_min: usize, t_max: usize) -> Result<CoshFi
             .sum::<f64>();
         (a, r)
     };
-    let (lo, hi) = (MASS_RANGE.0.ln(), MASS_RANGE.1.ln());
-    let grid = |i: usize| (lo + (hi - lo) * i as f64 / (MASS_SCAN_POINTS - 1) as f64).exp();
-    let best = (0..MASS_SCAN_POINTS)
-        .map(|i| (i, fit_at(grid(i)).1))
-        .filter(|(_, r)| r.is_finite())
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(i, _)| i)
-        .ok_or_else(|| Error::NonFinite("cosh fit residuals".into()))?;
-    if best == 0 || best == MASS_SCAN_POINTS - 1 {
-        return Err(Error::param(
-            "correlator",
-            format!(
-                "cosh fit found no minimum for masses in [{}, {}]",
-                MASS_RANGE.0, MASS_RANGE.1
-            ),
-        ));
-    }
-    // Golden-section search on [grid(best − 1), grid(best + 1)].
-    let ratio = (5f64.sqrt() - 1.0) / 2.0;
-    let (mut a, mut b) = (grid(best - 1), grid(best + 1));
-    let mut c = b - ratio * (b - a);
-    let mut d = a + ratio * (b - a);
-    let (mut fc, mut fd) = (fit_at(c).1, fit_at(d).1);
-    while (b - a) > 1e-14 * (a + b) {
-        if fc < fd {
-            b = d;
-            d = c;
-            fd = fc;
-            c = b - ratio * (b - a);
-            fc = fit_at(c).1;
-        } else {
-            a = c;
-            c = d;
-            fc = fd;
-            d = a + ratio * (b - a);
-            fd = fit_at(d).1;
-        }
-    }
-    let mass = 0.5 * (a + b);
+    let mass = crate::stats::minimise_over_mass(|m| fit_at(m).1)?;
     let (amplitude, residual) = fit_at(mass);
     Ok(CoshFit {
         mass,

@@ -17,12 +17,15 @@
 //! ```
 
 mod bootstrap;
+mod fit;
 mod gamma;
 mod histogram;
 mod rejection;
 mod weights;
 
 pub use bootstrap::{BootstrapEstimate, blocked_bootstrap};
+pub(crate) use fit::minimise_over_mass;
+pub use fit::{CorrelatedCoshFit, MeanCovariance, binned_covariance, correlated_cosh_fit};
 pub(crate) use gamma::nan_if_null;
 pub use gamma::{
     DEFAULT_S, DOUBTFUL_LENGTH, GammaCaveat, GammaEstimate, GammaMethod, MIN_REPLICA_LEN,

@@ -1,0 +1,234 @@
+//! Correlated least-squares fits of a periodic zero-momentum correlator to a cosh
+//! (docs/statistics.md#correlated-cosh-fit): the covariance of the correlator's means from
+//! binned data, χ² = rᵀ C⁻¹ r through a Cholesky factor (nalgebra), the amplitude profiled
+//! out exactly, the mass found by a scan and golden-section refinement, and errors from the
+//! inverse of JᵀC⁻¹J.
+
+use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The means of several series measured together and the covariance of those means,
+/// estimated from bins of `bin` consecutive measurements (bins longer than the
+/// autocorrelation time make the bin means independent).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeanCovariance {
+    /// The mean of each series.
+    pub means: Vec<f64>,
+    /// cov(mean_i, mean_j) = Σ_b (x̄_{b,i} − x̄_i)(x̄_{b,j} − x̄_j) / (B (B − 1)).
+    pub covariance: DMatrix<f64>,
+    /// Measurements per bin.
+    pub bin: usize,
+    /// Number of bins B.
+    pub n_bins: usize,
+}
+
+/// The means of `series` (each the same length, in chain order) and their covariance from
+/// bins of `bin` measurements; a trailing partial bin is dropped. At least two bins.
+pub fn binned_covariance(series: &[&[f64]], bin: usize) -> Result<MeanCovariance> {
+    let k = series.len();
+    let n = series.first().map_or(0, |s| s.len());
+    if k == 0 || series.iter().any(|s| s.len() != n) {
+        return Err(Error::Shape(
+            "binned_covariance needs one or more series of equal length".into(),
+        ));
+    }
+    if bin == 0 {
+        return Err(Error::param("bin", "must be at least 1"));
+    }
+    let n_bins = n / bin;
+    if n_bins < 2 {
+        return Err(Error::param(
+            "bin",
+            format!("{n} measurements in bins of {bin} give {n_bins} bins, at least 2 are needed"),
+        ));
+    }
+    let used = n_bins * bin;
+    let bin_means = DMatrix::from_fn(n_bins, k, |b, i| {
+        series[i][b * bin..(b + 1) * bin].iter().sum::<f64>() / bin as f64
+    });
+    let means: Vec<f64> = (0..k)
+        .map(|i| series[i][..used].iter().sum::<f64>() / used as f64)
+        .collect();
+    let centred = DMatrix::from_fn(n_bins, k, |b, i| bin_means[(b, i)] - means[i]);
+    let covariance = centred.transpose() * &centred / (n_bins * (n_bins - 1)) as f64;
+    if covariance.iter().any(|x| !x.is_finite()) {
+        return Err(Error::NonFinite("binned covariance".into()));
+    }
+    Ok(MeanCovariance {
+        means,
+        covariance,
+        bin,
+        n_bins,
+    })
+}
+
+/// The result of a correlated cosh fit C(t) = A [e^{−m t} + e^{−m (L−t)}].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CorrelatedCoshFit {
+    /// The mass m.
+    pub mass: f64,
+    /// Its error.
+    pub mass_err: f64,
+    /// The amplitude A.
+    pub amplitude: f64,
+    /// Its error.
+    pub amplitude_err: f64,
+    /// The correlation length ξ = 1/m.
+    pub xi: f64,
+    /// Its error, σ_m / m².
+    pub xi_err: f64,
+    /// χ² at the minimum.
+    pub chi2: f64,
+    /// Degrees of freedom: points in the range − 2.
+    pub dof: usize,
+    /// χ² / dof (NaN with no degrees of freedom).
+    pub chi2_per_dof: f64,
+    /// First time slice of the fit range.
+    pub t_min: usize,
+    /// Last time slice of the fit range.
+    pub t_max: usize,
+}
+
+/// Number of log-spaced masses scanned before the golden-section refinement.
+const MASS_SCAN_POINTS: usize = 400;
+/// The scanned mass range.
+pub(crate) const MASS_RANGE: (f64, f64) = (1e-5, 20.0);
+
+/// The mass in [`MASS_RANGE`] minimising `objective`: the best of a log-spaced scan,
+/// refined by golden section between its neighbours. A minimum at either end of the range
+/// is an error naming the range.
+pub(crate) fn minimise_over_mass(objective: impl Fn(f64) -> f64) -> Result<f64> {
+    let (lo, hi) = (MASS_RANGE.0.ln(), MASS_RANGE.1.ln());
+    let grid = |i: usize| (lo + (hi - lo) * i as f64 / (MASS_SCAN_POINTS - 1) as f64).exp();
+    let best = (0..MASS_SCAN_POINTS)
+        .map(|i| (i, objective(grid(i))))
+        .filter(|(_, value)| value.is_finite())
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i)
+        .ok_or_else(|| Error::NonFinite("the cosh fit's objective".into()))?;
+    if best == 0 || best == MASS_SCAN_POINTS - 1 {
+        return Err(Error::param(
+            "correlator",
+            format!(
+                "the cosh fit found no minimum for masses in [{}, {}]",
+                MASS_RANGE.0, MASS_RANGE.1
+            ),
+        ));
+    }
+    let ratio = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut a, mut b) = (grid(best - 1), grid(best + 1));
+    let mut c = b - ratio * (b - a);
+    let mut d = a + ratio * (b - a);
+    let (mut fc, mut fd) = (objective(c), objective(d));
+    while (b - a) > 1e-14 * (a + b) {
+        if fc < fd {
+            b = d;
+            d = c;
+            fd = fc;
+            c = b - ratio * (b - a);
+            fc = objective(c);
+        } else {
+            a = c;
+            c = d;
+            fc = fd;
+            d = a + ratio * (b - a);
+            fd = objective(d);
+        }
+    }
+    Ok(0.5 * (a + b))
+}
+
+/// Fits C(t) = A [e^{−m t} + e^{−m (L−t)}] to `correlator[t]`, t in `t_min..=t_max`,
+/// L = `correlator.len()`, minimising χ² = rᵀ C⁻¹ r with `covariance` the L × L covariance
+/// of the correlator's means (only the fit range is used; it must be positive definite).
+/// For each m the best A is linear; m comes from a log-spaced scan over [1e−5, 20] refined
+/// by golden section; the errors of (A, m) are the square roots of the diagonal of
+/// (JᵀC⁻¹J)⁻¹ at the minimum (Δχ² = 1).
+pub fn correlated_cosh_fit(
+    correlator: &[f64],
+    covariance: &DMatrix<f64>,
+    t_min: usize,
+    t_max: usize,
+) -> Result<CorrelatedCoshFit> {
+    let period = correlator.len();
+    if t_max >= period || t_min + 1 > t_max {
+        return Err(Error::param(
+            "fit range",
+            format!("need t_min < t_max < {period}, got {t_min}..={t_max}"),
+        ));
+    }
+    if covariance.nrows() != period || covariance.ncols() != period {
+        return Err(Error::Shape(format!(
+            "covariance is {}×{}, the correlator has {period} entries",
+            covariance.nrows(),
+            covariance.ncols()
+        )));
+    }
+    let points = t_max - t_min + 1;
+    let y = DVector::from_iterator(points, correlator[t_min..=t_max].iter().copied());
+    if y.iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite("correlator in the fit range".into()));
+    }
+    let window = covariance
+        .view((t_min, t_min), (points, points))
+        .into_owned();
+    let cholesky: Cholesky<f64, Dyn> = Cholesky::new(window).ok_or_else(|| {
+        Error::param(
+            "covariance",
+            format!("not positive definite on t = {t_min}..={t_max}"),
+        )
+    })?;
+    let shape = |m: f64| {
+        DVector::from_fn(points, |k, _| {
+            let t = (t_min + k) as f64;
+            (-m * t).exp() + (-m * (period as f64 - t)).exp()
+        })
+    };
+    // C⁻¹ y once; for each m: A = fᵀC⁻¹y / fᵀC⁻¹f, χ² = yᵀC⁻¹y − (fᵀC⁻¹y)² / fᵀC⁻¹f.
+    let winv_y = cholesky.solve(&y);
+    let y_w_y = y.dot(&winv_y);
+    let profile = |m: f64| -> (f64, f64) {
+        let f = shape(m);
+        let winv_f = cholesky.solve(&f);
+        let f_w_f = f.dot(&winv_f);
+        let f_w_y = f.dot(&winv_y);
+        (f_w_y / f_w_f, y_w_y - f_w_y * f_w_y / f_w_f)
+    };
+    let mass = minimise_over_mass(|m| profile(m).1)?;
+    let (amplitude, chi2) = profile(mass);
+    // J = [∂model/∂A, ∂model/∂m]; the parameter covariance is (JᵀC⁻¹J)⁻¹.
+    let jacobian = DMatrix::from_fn(points, 2, |k, j| {
+        let t = (t_min + k) as f64;
+        let (e1, e2) = ((-mass * t).exp(), (-mass * (period as f64 - t)).exp());
+        if j == 0 {
+            e1 + e2
+        } else {
+            -amplitude * (t * e1 + (period as f64 - t) * e2)
+        }
+    });
+    let fisher = jacobian.transpose() * cholesky.solve(&jacobian);
+    let inverse = fisher
+        .try_inverse()
+        .ok_or_else(|| Error::NonFinite("the cosh fit's curvature matrix is singular".into()))?;
+    let (amplitude_err, mass_err) = (inverse[(0, 0)].sqrt(), inverse[(1, 1)].sqrt());
+    let dof = points - 2;
+    Ok(CorrelatedCoshFit {
+        mass,
+        mass_err,
+        amplitude,
+        amplitude_err,
+        xi: 1.0 / mass,
+        xi_err: mass_err / (mass * mass),
+        chi2: chi2.max(0.0),
+        dof,
+        chi2_per_dof: if dof > 0 {
+            chi2.max(0.0) / dof as f64
+        } else {
+            f64::NAN
+        },
+        t_min,
+        t_max,
+    })
+}
