@@ -909,7 +909,6 @@ enum Progress {
         start: Instant,
         interval: Duration,
         last: Instant,
-        done: u64,
     },
     Quiet,
 }
@@ -938,7 +937,6 @@ impl Progress {
             start: now,
             interval,
             last: now,
-            done: 0,
         }
     }
 
@@ -957,9 +955,7 @@ impl Progress {
                 start,
                 interval,
                 last,
-                done: recorded,
             } => {
-                *recorded = done;
                 let now = Instant::now();
                 if now.duration_since(*last) < *interval && done < *total {
                     return;
