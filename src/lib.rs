@@ -22,6 +22,8 @@ pub mod kernel;
 pub mod lattice;
 pub mod limits;
 pub mod observable;
+#[cfg(feature = "cli")]
+pub mod plot;
 pub mod rng;
 #[cfg(feature = "cli")]
 pub mod run;
