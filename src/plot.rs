@@ -43,6 +43,9 @@ pub struct Series {
     pub errors: Option<Vec<f64>>,
     /// How the points are drawn.
     pub style: Style,
+    /// The palette colour (an index, e.g. one per sampler so that its data and its fit
+    /// match); `None`: the series' position.
+    pub colour: Option<usize>,
 }
 
 /// A dashed reference line at a fixed x ([`Chart::vertical`]) or y ([`Chart::horizontal`]).
@@ -53,6 +56,8 @@ pub struct Marker {
     pub value: f64,
     /// The legend entry (none when empty).
     pub label: String,
+    /// The palette colour (an index); `None`: the next free colour as described above.
+    pub colour: Option<usize>,
 }
 
 /// A chart of series on linear or logarithmic axes.
@@ -963,8 +968,15 @@ impl Render for Chart {
         let mut legend: Vec<LegendEntry<'_>> = Vec::new();
         let mut drew_any = false;
 
+        let histograms = self
+            .series
+            .iter()
+            .filter(|s| s.style == Style::Steps)
+            .count();
+        // Overlaid histograms are told apart by their outlines; one alone is filled.
+        let fill = if histograms > 1 { 0.06 } else { 0.3 };
         for (index, series) in self.series.iter().enumerate() {
-            let colour = colour(index);
+            let colour = colour(series.colour.unwrap_or(index));
             let points: Vec<(f64, f64, f64)> = points_with_errors(series)
                 .filter(|&(x, y, _)| xs.usable(x) && ys.usable(y))
                 .collect();
@@ -1032,6 +1044,7 @@ impl Render for Chart {
                         &points,
                         width,
                         colour,
+                        fill,
                         &to_pixel,
                         &mut occupied,
                     )?;
@@ -1061,7 +1074,7 @@ impl Render for Chart {
             if k == 0 || !marker.label.trim().is_empty() {
                 reference_colour += usize::from(k > 0);
             }
-            let colour = colour(reference_colour);
+            let colour = colour(marker.colour.unwrap_or(reference_colour));
             let (scale, ends) = if vertical {
                 (&xs, [(marker.value, ys.lo), (marker.value, ys.hi)])
             } else {
@@ -1123,6 +1136,7 @@ fn draw_steps<DB: DrawingBackend>(
     points: &[(f64, f64, f64)],
     width: f64,
     colour: RGBColor,
+    fill: f64,
     to_pixel: &impl Fn((f64, f64)) -> (i32, i32),
     occupied: &mut Vec<(i32, i32)>,
 ) -> std::result::Result<bool, DrawingAreaErrorKind<DB::ErrorType>> {
@@ -1154,7 +1168,7 @@ fn draw_steps<DB: DrawingBackend>(
         outline.push((r, h));
         chart.draw_series(std::iter::once(Rectangle::new(
             [(l, base), (r, h)],
-            colour.mix(0.3).filled(),
+            colour.mix(fill).filled(),
         )))?;
         drew = true;
     }
@@ -1478,6 +1492,7 @@ mod tests {
                     points,
                     errors: Some(errors),
                     style: Style::Markers,
+                    colour: None,
                 },
                 Series {
                     label: "exp(−t/τ), τ = 6.5".into(),
@@ -1486,12 +1501,14 @@ mod tests {
                         .collect(),
                     errors: None,
                     style: Style::Dashed,
+                    colour: None,
                 },
             ],
             y_log: true,
             vertical: vec![Marker {
                 value: 19.0,
                 label: "window W = 19".into(),
+                colour: None,
             }],
             y_range: Some((0.01, 1.2)),
             ..Chart::default()
@@ -1526,6 +1543,7 @@ mod tests {
                     points: counts,
                     errors: None,
                     style: Style::Steps,
+                    colour: None,
                 },
                 Series {
                     label: "normal density".into(),
@@ -1534,12 +1552,14 @@ mod tests {
                         .collect(),
                     errors: None,
                     style: Style::Line,
+                    colour: None,
                 },
             ],
             y_log: true,
             horizontal: vec![Marker {
                 value: 1e-3,
                 label: "resolution 10⁻³".into(),
+                colour: None,
             }],
             ..Chart::default()
         }
@@ -1567,6 +1587,7 @@ mod tests {
                     points,
                     errors: Some(errors),
                     style: Style::Markers,
+                    colour: None,
                 },
                 Series {
                     label: "cosh fit, m = 0.350(4)".into(),
@@ -1575,6 +1596,7 @@ mod tests {
                         .collect(),
                     errors: None,
                     style: Style::Line,
+                    colour: None,
                 },
             ],
             y_log: true,
@@ -1582,10 +1604,12 @@ mod tests {
                 Marker {
                     value: 2.0,
                     label: "fit range".into(),
+                    colour: None,
                 },
                 Marker {
                     value: 28.0,
                     label: String::new(),
+                    colour: None,
                 },
             ],
             ..Chart::default()
@@ -1630,6 +1654,7 @@ mod tests {
                 points: (0..10).map(|i| (i as f64, (i * i) as f64)).collect(),
                 errors: Some(vec![1.5; 10]),
                 style: Style::Line,
+                colour: None,
             }],
             ..Chart::default()
         };
@@ -1673,6 +1698,7 @@ mod tests {
                 points: vec![(-1.0, -2.0), (0.0, 0.0)],
                 errors: None,
                 style: Style::Markers,
+                colour: None,
             }],
             ..Chart::default()
         };
@@ -1707,6 +1733,7 @@ mod tests {
             points,
             errors,
             style,
+            colour: None,
         };
         let styles = [Style::Line, Style::Dashed, Style::Markers, Style::Steps];
         type PointsAndErrors = (Vec<(f64, f64)>, Option<Vec<f64>>);
@@ -1749,15 +1776,18 @@ mod tests {
                                 Marker {
                                     value: nan,
                                     label: "v".into(),
+                                    colour: None,
                                 },
                                 Marker {
                                     value: 1.0,
                                     label: String::new(),
+                                    colour: None,
                                 },
                             ],
                             horizontal: vec![Marker {
                                 value: -1.0,
                                 label: "h".into(),
+                                colour: None,
                             }],
                             x_range: ranges[(k + s) % ranges.len()],
                             y_range: ranges[(k + 2 * s + 1) % ranges.len()],
