@@ -5,7 +5,6 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ndarray::ArrayView2;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -124,8 +123,13 @@ pub fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
         .map_err(|e| Error::format(format!("{what} {}", path.display()), e.to_string()))
 }
 
-/// Writes a 2-D array (e.g. configurations × sites) as a `.npy` file, atomically.
-pub fn write_npy(path: &Path, array: ArrayView2<f64>) -> Result<()> {
+/// Writes an array (e.g. configurations × sites) as a `.npy` file, atomically.
+pub fn write_npy<A, S, D>(path: &Path, array: &ndarray::ArrayBase<S, D>) -> Result<()>
+where
+    A: ndarray_npy::WritableElement,
+    S: ndarray::Data<Elem = A>,
+    D: ndarray::Dimension,
+{
     use ndarray_npy::WriteNpyExt;
     let mut buf = Vec::new();
     array
@@ -134,11 +138,15 @@ pub fn write_npy(path: &Path, array: ArrayView2<f64>) -> Result<()> {
     write_atomic(path, &buf)
 }
 
-/// Reads a 2-D f64 `.npy` file.
-pub fn read_npy(path: &Path) -> Result<ndarray::Array2<f64>> {
+/// Reads a `.npy` file of element type `A` and dimension `D` (e.g. `Array2<f64>`).
+pub fn read_npy<A, D>(path: &Path) -> Result<ndarray::Array<A, D>>
+where
+    A: ndarray_npy::ReadableElement,
+    D: ndarray::Dimension,
+{
     use ndarray_npy::ReadNpyExt;
     let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    ndarray::Array2::<f64>::read_npy(f)
+    ndarray::Array::<A, D>::read_npy(std::io::BufReader::new(f))
         .map_err(|e| Error::format(format!("npy file {}", path.display()), e.to_string()))
 }
 
@@ -224,8 +232,15 @@ mod tests {
         let d = temp_dir("npy");
         let p = d.join("a.npy");
         let a = ndarray::Array2::from_shape_fn((3, 4), |(i, j)| i as f64 - 0.5 * j as f64);
-        write_npy(&p, a.view()).unwrap();
-        assert_eq!(read_npy(&p).unwrap(), a);
+        write_npy(&p, &a.view()).unwrap();
+        assert_eq!(read_npy::<f64, ndarray::Ix2>(&p).unwrap(), a);
+        // Other element types and dimensions.
+        let q = d.join("b.npy");
+        let b =
+            ndarray::Array3::from_shape_fn((2, 3, 4), |(i, j, k)| (i * 100 + j * 10 + k) as u32);
+        write_npy(&q, &b).unwrap();
+        assert_eq!(read_npy::<u32, ndarray::Ix3>(&q).unwrap(), b);
+        assert!(read_npy::<f64, ndarray::Ix3>(&q).is_err());
         fs::remove_dir_all(&d).unwrap();
     }
 }

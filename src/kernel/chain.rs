@@ -182,6 +182,29 @@ impl ChainRecord {
         Ok(())
     }
 
+    /// Drops the first `steps` kernel steps of the move history (e.g. a longer
+    /// thermalisation cut); the measurements, if any, are left to the caller. Wall seconds
+    /// shrink in proportion. A record without step boundaries is refused.
+    pub fn skip_steps(&mut self, steps: usize) -> Result<()> {
+        if self.moves_per_step.len() != self.steps {
+            return Err(Error::Incompatible(
+                "the record has no step boundaries, so steps cannot be dropped".into(),
+            ));
+        }
+        let steps = steps.min(self.steps);
+        let moves: usize = self.moves_per_step[..steps]
+            .iter()
+            .map(|&k| k as usize)
+            .sum();
+        self.moves.drain(..moves.min(self.moves.len()));
+        self.moves_per_step.drain(..steps);
+        if self.steps > 0 {
+            self.wall_seconds *= (self.steps - steps) as f64 / self.steps as f64;
+        }
+        self.steps -= steps;
+        Ok(())
+    }
+
     /// The step size δ of the last local sweep, if any ran.
     pub fn local_step_size(&self) -> Option<f64> {
         self.moves.iter().rev().find_map(|m| match m.detail {

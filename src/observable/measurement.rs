@@ -58,6 +58,7 @@ pub struct Measurements {
     names: Vec<String>,
     series: Vec<Vec<f64>>,
     scratch: Vec<f64>,
+    replayed: bool,
 }
 
 impl Measurements {
@@ -78,6 +79,7 @@ impl Measurements {
             names,
             series,
             scratch: Vec::new(),
+            replayed: false,
         }
     }
 
@@ -102,8 +104,63 @@ impl Measurements {
         Ok(())
     }
 
+    /// A measurement set replayed from stored series: `names` and `series` as
+    /// [`Measurements::names`] and [`Measurements::series`] gave them for a run on `lattice`
+    /// (the fixed series first, then any added observables). It can be summarised, cut
+    /// ([`Measurements::skip`]) and read, not extended: [`Measurements::record`] refuses.
+    pub fn from_series(
+        lattice: &Lattice,
+        names: Vec<String>,
+        series: Vec<Vec<f64>>,
+    ) -> Result<Self> {
+        let mut replayed = Measurements::new(lattice);
+        let fixed = replayed.names.len();
+        if names.len() < fixed || names[..fixed] != replayed.names[..] {
+            return Err(Error::Incompatible(format!(
+                "stored series do not begin with the {fixed} standard series of a {lattice} lattice ({})",
+                replayed.names.join(", ")
+            )));
+        }
+        if names.len() != series.len() {
+            return Err(Error::Shape(format!(
+                "{} series names for {} series",
+                names.len(),
+                series.len()
+            )));
+        }
+        let n = series.first().map_or(0, Vec::len);
+        if let Some(k) = series.iter().position(|s| s.len() != n) {
+            return Err(Error::Shape(format!(
+                "series `{}` has {} values, `{}` has {n}",
+                names[k],
+                series[k].len(),
+                names[0]
+            )));
+        }
+        if series.iter().flatten().any(|x| !x.is_finite()) {
+            return Err(Error::NonFinite("stored series".into()));
+        }
+        replayed.names = names;
+        replayed.series = series;
+        replayed.replayed = true;
+        Ok(replayed)
+    }
+
+    /// Drops the first `k` measurements of every series (e.g. a longer thermalisation cut).
+    pub fn skip(&mut self, k: usize) {
+        for s in &mut self.series {
+            s.drain(..k.min(s.len()));
+        }
+    }
+
     /// Measures one configuration.
     pub fn record(&mut self, phi: &[f64]) -> Result<()> {
+        if self.replayed {
+            return Err(Error::param(
+                "measurements",
+                "a measurement set replayed from stored series cannot record new configurations",
+            ));
+        }
         let volume = self.lattice.volume();
         if phi.len() != volume {
             return Err(Error::Shape(format!(

@@ -13,8 +13,10 @@ use crate::lattice::Lattice;
 mod sample;
 mod train;
 
+pub(crate) use sample::kernel_table_or_expression;
 pub use sample::{
-    Estimate, KERNEL_NAMES, KernelSpec, SampleReport, SampleSpec, parse_kernel, sample,
+    Estimate, KERNEL_NAMES, KernelSpec, SampleData, SampleReport, SampleSpec, parse_kernel,
+    report_from, sample, sample_data,
 };
 pub use train::{
     AnnealSpec, RecipeKind, RecipeSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport,

@@ -208,7 +208,9 @@ impl KernelSpec {
 
 /// Reads the `kernel` entry of a runcard: either a table of [`KernelSpec`] fields or, as a
 /// shorthand, just the expression (`kernel = "flow+local"`, default settings).
-fn kernel_table_or_expression<'de, D>(deserializer: D) -> std::result::Result<KernelSpec, D::Error>
+pub(crate) fn kernel_table_or_expression<'de, D>(
+    deserializer: D,
+) -> std::result::Result<KernelSpec, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
@@ -509,9 +511,38 @@ pub fn sample(
     progress: &mut dyn FnMut(usize, usize),
     stop: Option<&AtomicBool>,
 ) -> Result<SampleReport> {
+    Ok(sample_data(spec, progress, stop, 0)?.report)
+}
+
+/// Everything a sampling run produced, for callers that store and re-analyse it: the report,
+/// the move history, every measured series and a thinned set of configurations.
+pub struct SampleData {
+    /// The report, as [`sample`] returns it.
+    pub report: SampleReport,
+    /// The move history of the measured steps (its `measurements` are empty: the series are
+    /// in `measurements`).
+    pub record: ChainRecord,
+    /// Every measured series (the set of [`Measurements`] plus `action_density`).
+    pub measurements: Measurements,
+    /// Saved configurations, evenly spaced over the measurements.
+    pub configs: Vec<Vec<f64>>,
+    /// The measurement index of each saved configuration.
+    pub config_indices: Vec<usize>,
+    /// Wall seconds of the measured steps alone (thermalisation excluded).
+    pub sampling_seconds: f64,
+}
+
+/// Runs `spec` like [`sample`] and keeps the raw output: the series, the move records and
+/// about `saved_configs` configurations evenly spaced over the measurements (every
+/// ⌈(n/thin)/saved_configs⌉-th; none when 0).
+pub fn sample_data(
+    spec: &SampleSpec,
+    progress: &mut dyn FnMut(usize, usize),
+    stop: Option<&AtomicBool>,
+    saved_configs: usize,
+) -> Result<SampleData> {
     spec.validate()?;
     let action = Arc::new(spec.action.build(&spec.lattice)?);
-    let exact = spec.action.exact_values(&spec.lattice)?;
     let model = if spec.kernel.uses_flow() {
         Some(Arc::new(load_model_for(spec)?))
     } else {
@@ -519,13 +550,35 @@ pub fn sample(
     };
     let kernel = spec.kernel.build(&action, model.as_ref())?;
     let stopped = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
-    let (record, summary, seconds) = run_chain(kernel, &action, spec, progress, &stopped)?;
-    let mut report = build_report(spec, &record, &summary, seconds, exact);
+    let (record, measurements, mut saved, seconds) =
+        run_chain(kernel, &action, spec, progress, &stopped, saved_configs)?;
+    let summary = measurements.summary()?;
+    let mut report = report_from(spec, &record, &summary, seconds)?;
     if record.steps < spec.n {
         report.n = record.steps;
         report.interrupted = true;
     }
-    Ok(report)
+    let (config_indices, configs) = std::mem::take(&mut saved).into_iter().unzip();
+    Ok(SampleData {
+        sampling_seconds: record.wall_seconds,
+        report,
+        record,
+        measurements,
+        configs,
+        config_indices,
+    })
+}
+
+/// The report of a run of `spec` from its move history and the summary of its measured
+/// series (e.g. stored ones, possibly cut); `seconds` is the run's wall time.
+pub fn report_from(
+    spec: &SampleSpec,
+    record: &ChainRecord,
+    summary: &Summary,
+    seconds: f64,
+) -> Result<SampleReport> {
+    let exact = spec.action.exact_values(&spec.lattice)?;
+    Ok(build_report(spec, record, summary, seconds, exact))
 }
 
 /// Loads the spec's model, refusing one trained for another lattice or action.
@@ -597,7 +650,8 @@ fn run_chain(
     spec: &SampleSpec,
     progress: &mut dyn FnMut(usize, usize),
     stopped: &dyn Fn() -> bool,
-) -> Result<(ChainRecord, Summary, f64)> {
+    saved_configs: usize,
+) -> Result<RunOutput> {
     let start = std::time::Instant::now();
     let total = spec.therm.saturating_add(spec.n);
     let mut chain = Chain::new(kernel, State::zero(action.as_ref()), spec.seed);
@@ -624,13 +678,24 @@ fn run_chain(
     // uninterrupted run.
     let mut record: Option<ChainRecord> = None;
     let mut measured = 0usize;
+    let stride = match saved_configs {
+        0 => usize::MAX,
+        k => (spec.n / spec.thin).div_ceil(k).max(1),
+    };
+    let mut saved: Vec<(usize, Vec<f64>)> = Vec::new();
     while measured < spec.n {
         if stopped() && measured / spec.thin >= 2 {
             break;
         }
         let k = blocks.next(spec.n - measured, spec.thin);
         let t = std::time::Instant::now();
-        let part = chain.run_with(k, spec.thin, |state| measurements.record(&state.phi))?;
+        let part = chain.run_with(k, spec.thin, |state| {
+            let index = measurements.len();
+            if index.is_multiple_of(stride) {
+                saved.push((index, state.phi.clone()));
+            }
+            measurements.record(&state.phi)
+        })?;
         blocks.adapt(k, t.elapsed().as_secs_f64());
         match &mut record {
             Some(r) => r.append(part)?,
@@ -640,9 +705,12 @@ fn run_chain(
         progress(spec.therm + measured, total);
     }
     let record = record.ok_or_else(|| Error::param("n", "must be at least 1"))?;
-    let summary = measurements.summary()?;
-    Ok((record, summary, start.elapsed().as_secs_f64()))
+    Ok((record, measurements, saved, start.elapsed().as_secs_f64()))
 }
+
+/// The move history, the series, the saved configurations with their measurement index,
+/// and the wall seconds of a run.
+type RunOutput = (ChainRecord, Measurements, Vec<(usize, Vec<f64>)>, f64);
 
 fn build_report(
     spec: &SampleSpec,

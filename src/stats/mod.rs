@@ -25,7 +25,9 @@ mod weights;
 
 pub use bootstrap::{BootstrapEstimate, blocked_bootstrap};
 pub(crate) use fit::minimise_over_mass;
-pub use fit::{CorrelatedCoshFit, MeanCovariance, binned_covariance, correlated_cosh_fit};
+pub use fit::{
+    CorrelatedCoshFit, MeanCovariance, binned_covariance, correlated_cosh_fit, gamma_covariance,
+};
 pub(crate) use gamma::nan_if_null;
 pub use gamma::{
     DEFAULT_S, DOUBTFUL_LENGTH, GammaCaveat, GammaEstimate, GammaMethod, MIN_REPLICA_LEN,
