@@ -28,6 +28,8 @@ pub mod rng;
 #[cfg(feature = "cli")]
 pub mod run;
 pub mod stats;
+#[cfg(feature = "cli")]
+pub mod study;
 pub mod tape;
 pub mod testing;
 pub mod train;

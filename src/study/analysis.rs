@@ -1,0 +1,419 @@
+//! The analysis of a study's stored runs: every observable with its Γ-method error and
+//! τ_int, the zero-momentum correlator Ĝ(t) with a correlated cosh fit and ξ_eff(t) at every
+//! t, the autocorrelation function and τ_int(W) of one observable, rejection-run lengths of
+//! flow proposals, histograms of φ and M, and the cost of an independent configuration.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::{StudySpec, slug};
+use super::store::StoredRun;
+use super::tune::HmcTuning;
+use crate::error::Result;
+use crate::observable::Summary;
+use crate::run::{KernelSpec, SampleReport, TrainReport, report_from};
+use crate::stats::{
+    CorrelatedCoshFit, Histogram, Verdict, autocorrelation, correlated_cosh_fit, gamma_covariance,
+    gamma_method, nan_if_null,
+};
+
+/// A value at one t (or lag) with its error.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PointEstimate {
+    /// Time separation t.
+    pub t: usize,
+    /// The mean.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub mean: f64,
+    /// Its error (NaN when undefined).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub err: f64,
+}
+
+/// The correlated cosh fit of Ĝ(t) and how it was made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FitSummary {
+    /// The fit (ξ = 1/m, χ², dof, range), when it succeeded.
+    pub fit: Option<CorrelatedCoshFit>,
+    /// Why it failed, when it did.
+    pub failure: Option<String>,
+    /// The fit range asked for.
+    pub range: [usize; 2],
+    /// The Γ-method summation window of the covariance (the largest automatic window of
+    /// the Ĝ(t) series in the range).
+    pub covariance_window: usize,
+}
+
+/// Γ(t)/Γ(0) and τ_int(W) of one observable, with the automatic window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AutocorrelationSummary {
+    /// The observable.
+    pub observable: String,
+    /// The automatic window W.
+    pub window: usize,
+    /// τ_int at W.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_int: f64,
+    /// ρ(t) = Γ(t)/Γ(0) for t = 0..len.
+    pub rho: Vec<f64>,
+    /// τ_int(W) = ½ + Σ_{t=1}^{W} ρ(t) for W = 0..len.
+    pub tau_int_by_window: Vec<f64>,
+}
+
+/// Everything computed for one sampler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplerAnalysis {
+    /// The sampler's name.
+    pub name: String,
+    /// Its folder under `data/`.
+    pub slug: String,
+    /// The kernel expression.
+    pub kernel: String,
+    /// The kernel settings used (a tuned HMC's chosen trajectory included).
+    pub settings: KernelSpec,
+    /// The HMC pilot scan, when tuned.
+    pub tuning: Option<HmcTuning>,
+    /// The sampling report: observables with errors and τ_int, acceptance, diagnostics.
+    pub report: SampleReport,
+    /// Measured steps analysed (after the cut).
+    pub steps: usize,
+    /// Wall seconds per measured step.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub seconds_per_step: f64,
+    /// The observable with the largest τ_int among the cost observables.
+    pub slowest: String,
+    /// Its τ_int (in steps of the kernel expression) and error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_max: f64,
+    /// The error of `tau_max`.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_max_err: f64,
+    /// Seconds per effectively independent configuration, 2 τ_max × seconds per step.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub cost_per_independent: f64,
+    /// Its error from that of τ_max.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub cost_per_independent_err: f64,
+    /// Ĝ(t) for t = 0..L with Γ-method errors.
+    pub correlator: Vec<PointEstimate>,
+    /// The correlated cosh fit.
+    pub fit: FitSummary,
+    /// ξ_eff(t) for 1 ≤ t < L/2 (NaN where the arcosh argument fell below 1).
+    pub xi_eff: Vec<PointEstimate>,
+    /// Γ(t)/Γ(0) and τ_int(W) of the autocorrelation observable.
+    pub autocorrelation: AutocorrelationSummary,
+    /// Lengths of runs of consecutive rejected flow proposals and how often each occurred
+    /// (flow kernels only).
+    pub rejection_runs: Option<BTreeMap<usize, u64>>,
+}
+
+/// Histograms shared by all samplers (common bins, so they can be overlaid).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Histograms {
+    /// Bin edges of φ.
+    pub phi_edges: Vec<f64>,
+    /// Per sampler, the normalised density of φ over the saved configurations' sites.
+    pub phi_density: Vec<Vec<f64>>,
+    /// Bin edges of M = Σ_x φ(x).
+    pub m_edges: Vec<f64>,
+    /// Per sampler, the normalised density of M over the measurements.
+    pub m_density: Vec<Vec<f64>>,
+}
+
+/// The whole study's numbers (`summary.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StudySummary {
+    /// The latflow version that made the analysis.
+    pub latflow_version: String,
+    /// The study's name.
+    pub name: String,
+    /// The study as run.
+    pub study: StudySpec,
+    /// The fit range used.
+    pub fit_range: [usize; 2],
+    /// The training run, when the study trained a flow.
+    pub training: Option<TrainReport>,
+    /// One entry per sampler.
+    pub samplers: Vec<SamplerAnalysis>,
+    /// The worst verdict of the samplers.
+    pub verdict: Verdict,
+    /// Histograms of φ and M.
+    pub histograms: Histograms,
+}
+
+/// Analyses stored runs (in the order of `spec.samplers`), applying `spec.analysis`.
+pub fn analyse_runs(
+    spec: &StudySpec,
+    runs: Vec<StoredRun>,
+    training: Option<TrainReport>,
+) -> Result<StudySummary> {
+    let (t_min, t_max) = spec.fit_range()?;
+    let mut samplers = Vec::new();
+    let mut kept = Vec::new();
+    for (sampler, mut run) in spec.samplers.iter().zip(runs) {
+        let cut = spec.analysis.therm_cut;
+        if cut > 0 {
+            run.measurements.skip(cut);
+            run.record
+                .skip_steps(cut.saturating_mul(run.info.spec.thin))?;
+        }
+        let summary = run.measurements.summary()?;
+        let mut report = report_from(&run.info.spec, &run.record, &summary, run.info.seconds)?;
+        // The cut moves measured steps into the thermalisation.
+        report.n = run.record.steps;
+        report.therm = run.info.spec.therm + (run.info.steps - run.record.steps);
+        report.interrupted = run.info.interrupted;
+        samplers.push(analyse_one(
+            spec,
+            sampler.name.clone(),
+            &run,
+            &summary,
+            report,
+            (t_min, t_max),
+        )?);
+        kept.push(run);
+    }
+    let histograms = histograms(spec, &kept)?;
+    let verdict = samplers
+        .iter()
+        .map(|s| s.report.verdict)
+        .max()
+        .unwrap_or_default();
+    Ok(StudySummary {
+        latflow_version: env!("CARGO_PKG_VERSION").to_string(),
+        name: spec.name.clone(),
+        study: spec.clone(),
+        fit_range: [t_min, t_max],
+        training,
+        samplers,
+        verdict,
+        histograms,
+    })
+}
+
+fn analyse_one(
+    spec: &StudySpec,
+    name: String,
+    run: &StoredRun,
+    summary: &Summary,
+    report: SampleReport,
+    (t_min, t_max): (usize, usize),
+) -> Result<SamplerAnalysis> {
+    let m = &run.measurements;
+    let steps = run.record.steps;
+    let seconds_per_step = run.record.wall_seconds / steps.max(1) as f64;
+    let (slowest, tau_max, tau_max_err) = spec
+        .analysis
+        .cost_observables
+        .iter()
+        .filter_map(|o| report.observables.get(o).map(|e| (o, e)))
+        .fold((String::new(), f64::NAN, f64::NAN), |best, (o, e)| {
+            if best.1.is_nan() || e.tau_int > best.1 {
+                (o.clone(), e.tau_int, e.tau_int_err)
+            } else {
+                best
+            }
+        });
+    // τ_int counts measurements; one measurement is `thin` steps.
+    let thin = run.info.spec.thin as f64;
+    let cost = 2.0 * tau_max * thin * seconds_per_step;
+    let cost_err = 2.0 * tau_max_err * thin * seconds_per_step;
+
+    let extent = spec.lattice.extents()[0];
+    let g_names: Vec<String> = (0..extent).map(|t| format!("G_hat[{t}]")).collect();
+    let g_series: Vec<&[f64]> = g_names.iter().filter_map(|n| m.series(n)).collect();
+    let mut correlator = Vec::new();
+    let mut window = 1;
+    for (t, s) in g_series.iter().enumerate() {
+        let g = gamma_method(s)?;
+        let (g, _) = report.diagnostics.qualify(&g);
+        if (t_min..=t_max).contains(&t) {
+            window = window.max(g.window);
+        }
+        correlator.push(PointEstimate {
+            t,
+            mean: g.mean,
+            err: g.err,
+        });
+    }
+    let fit = fit_correlator(
+        &g_series,
+        window,
+        (t_min, t_max),
+        report.diagnostics.errors_undefined(),
+    );
+
+    let xi_eff = (1..extent.div_ceil(2))
+        .map(|t| {
+            let e = summary.get(&format!("xi_eff[{t}]"));
+            let (mean, err) = match e {
+                Some(g) => {
+                    let (g, _) = report.diagnostics.qualify(g);
+                    (g.mean, g.err)
+                }
+                None => (f64::NAN, f64::NAN),
+            };
+            PointEstimate { t, mean, err }
+        })
+        .collect();
+
+    let observable = &spec.analysis.autocorrelation_observable;
+    let autocorrelation = match (m.series(observable), summary.get(observable)) {
+        (Some(series), Some(g)) => {
+            let max_lag = (3 * g.window).max(20).min(series.len().saturating_sub(1));
+            let rho = autocorrelation(series, max_lag)?;
+            let mut tau = 0.5;
+            let tau_int_by_window = std::iter::once(0.5)
+                .chain(rho[1..].iter().map(|r| {
+                    tau += r;
+                    tau
+                }))
+                .collect();
+            AutocorrelationSummary {
+                observable: observable.clone(),
+                window: g.window,
+                tau_int: g.tau_int,
+                rho,
+                tau_int_by_window,
+            }
+        }
+        _ => {
+            return Err(crate::Error::param(
+                "analysis.autocorrelation_observable",
+                format!("`{observable}` is not a measured series (e.g. abs_m, m2, phi2, energy)"),
+            ));
+        }
+    };
+
+    let rejection_runs = run.info.spec.kernel.uses_flow().then(|| {
+        let mut runs = BTreeMap::new();
+        let mut current = 0usize;
+        for accepted in run.record.accept_history("flow") {
+            if accepted {
+                if current > 0 {
+                    *runs.entry(current).or_insert(0) += 1;
+                }
+                current = 0;
+            } else {
+                current += 1;
+            }
+        }
+        if current > 0 {
+            *runs.entry(current).or_insert(0) += 1;
+        }
+        runs
+    });
+
+    Ok(SamplerAnalysis {
+        slug: slug(&name),
+        name,
+        kernel: run.info.spec.kernel.kind.to_string(),
+        settings: run.info.spec.kernel.clone(),
+        tuning: run.info.tuning.clone(),
+        report,
+        steps,
+        seconds_per_step,
+        slowest,
+        tau_max,
+        tau_max_err,
+        cost_per_independent: cost,
+        cost_per_independent_err: cost_err,
+        correlator,
+        fit,
+        xi_eff,
+        autocorrelation,
+        rejection_runs,
+    })
+}
+
+fn fit_correlator(
+    g_series: &[&[f64]],
+    window: usize,
+    (t_min, t_max): (usize, usize),
+    errors_undefined: bool,
+) -> FitSummary {
+    let failed = |why: String| FitSummary {
+        fit: None,
+        failure: Some(why),
+        range: [t_min, t_max],
+        covariance_window: window,
+    };
+    if errors_undefined {
+        return failed("the chain is unreliable: its errors, and so the fit, are undefined".into());
+    }
+    let (means, covariance) = match gamma_covariance(g_series, window) {
+        Ok(c) => c,
+        Err(e) => return failed(e.to_string()),
+    };
+    match correlated_cosh_fit(&means, &covariance, t_min, t_max) {
+        Ok(fit) => FitSummary {
+            fit: Some(fit),
+            failure: None,
+            range: [t_min, t_max],
+            covariance_window: window,
+        },
+        Err(e) => failed(e.to_string()),
+    }
+}
+
+fn histograms(spec: &StudySpec, runs: &[StoredRun]) -> Result<Histograms> {
+    let bins = spec.analysis.histogram_bins;
+    let volume = spec.lattice.volume() as f64;
+    let cut = spec.analysis.therm_cut as u64;
+    let phi: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|r| {
+            let per_config = spec.lattice.volume();
+            r.configs
+                .as_slice()
+                .unwrap_or(&[])
+                .chunks(per_config.max(1))
+                .zip(&r.config_index)
+                .filter(|(_, i)| **i >= cut)
+                .flat_map(|(c, _)| c.iter().copied())
+                .collect()
+        })
+        .collect();
+    let m: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|r| {
+            r.measurements
+                .series("m")
+                .unwrap_or(&[])
+                .iter()
+                .map(|x| x * volume)
+                .collect()
+        })
+        .collect();
+    let (phi_edges, phi_density) = common_histogram(&phi, bins)?;
+    let (m_edges, m_density) = common_histogram(&m, bins)?;
+    Ok(Histograms {
+        phi_edges,
+        phi_density,
+        m_edges,
+        m_density,
+    })
+}
+
+/// Densities of each data set over common bins symmetric about 0 that hold every value.
+fn common_histogram(sets: &[Vec<f64>], bins: usize) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+    let reach = sets
+        .iter()
+        .flatten()
+        .filter(|x| x.is_finite())
+        .fold(0.0f64, |a, x| a.max(x.abs()));
+    let reach = if reach > 0.0 { reach * 1.0001 } else { 1.0 };
+    let mut edges = Vec::new();
+    let mut densities = Vec::new();
+    for set in sets {
+        let mut h = Histogram::new(-reach, reach, bins)?;
+        h.add_all(set);
+        edges = h.edges();
+        densities.push(h.density());
+    }
+    if edges.is_empty() {
+        edges = Histogram::new(-reach, reach, bins)?.edges();
+    }
+    Ok((edges, densities))
+}

@@ -1,0 +1,352 @@
+//! Studies: a whole comparison of samplers described by one TOML runcard ([`StudySpec`]) —
+//! lattice, action, the flow to train, the samplers with their kernels and chain lengths,
+//! seeds and analysis settings — run into one folder ([`run_study`]) and analysed from the
+//! stored series ([`analyse_folder`]) into `summary.json`, CSV tables, `.npy` data, PNG and
+//! SVG plots and an `index.html` report.
+//!
+//! The folder `out/name/` holds:
+//! - `runcard.toml`: the runcard as used (every override applied, every seed written out,
+//!   with the latflow version);
+//! - `model.json`, `checkpoint.json`, `training.csv`, `training.json`: the trained flow, its
+//!   last checkpoint, the training log and the training report (when a sampler uses a flow);
+//! - `data/<sampler>/`: the stored run of each sampler (see the `store` layout:
+//!   `series.npy` with `series_columns.json`, `moves.npy`, `moves_per_step.npy`,
+//!   `configs.npy`, `configs_index.npy`, `run.json`) and its `correlator.csv`,
+//!   `xi_eff.csv`, `autocorrelation.csv`, `rejection_runs.csv`;
+//! - `summary.json`, `samplers.csv`, `observables.csv`, `histograms.csv`, `hmc_tuning.csv`;
+//! - `plots/*.png` and `plots/*.svg`, and `index.html`.
+//!
+//! A study run again with the same runcard in the same folder keeps what is finished: a
+//! trained model, and every sampler whose `run.json` exists; an interrupted training resumes
+//! from its checkpoint. A folder that holds another study's runcard is refused.
+
+mod analysis;
+mod report;
+mod spec;
+mod store;
+mod tune;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+pub use analysis::{
+    AutocorrelationSummary, FitSummary, Histograms, PointEstimate, SamplerAnalysis, StudySummary,
+    analyse_runs,
+};
+pub use report::{REPORT_FILES, write_report};
+pub use spec::{
+    AnalysisSpec, DEFAULT_STUDY, FlowSection, LoadedStudy, MeasureSpec, Override, SamplerSpec,
+    StudySpec, slug,
+};
+pub use store::{RunInfo, StoredRun, is_finished, load_run, save_run};
+pub use tune::{HmcTuning, PILOT_N, PILOT_THERM, PilotRun, TUNE_MD_STEPS, TUNE_TAUS, tune_hmc};
+
+use crate::error::{Error, Result};
+use crate::io::{read_json, write_atomic, write_json};
+use crate::run::{TrainControl, TrainOutcome, TrainReport, sample_data};
+use crate::train::StepMetrics;
+
+/// Watches a study's stages; the library never prints, a caller shows progress.
+pub trait StudyObserver {
+    /// A stage begins: `total` units of `unit` (e.g. training steps, chain steps).
+    fn begin(&mut self, stage: &str, total: u64, unit: &str);
+    /// `done` units of the current stage are done; `note` is a short status (may be empty).
+    fn progress(&mut self, done: u64, note: &str);
+    /// The current stage ended; `outcome` says how, in a few words.
+    fn end(&mut self, outcome: &str);
+}
+
+/// An observer that ignores everything.
+impl StudyObserver for () {
+    fn begin(&mut self, _: &str, _: u64, _: &str) {}
+    fn progress(&mut self, _: u64, _: &str) {}
+    fn end(&mut self, _: &str) {}
+}
+
+/// What a study run produced.
+#[derive(Clone, Debug)]
+pub struct StudyResult {
+    /// The study folder.
+    pub folder: PathBuf,
+    /// The numbers.
+    pub summary: StudySummary,
+    /// Stages reused from an earlier run of the same study.
+    pub reused: Vec<String>,
+    /// Wall seconds of this run.
+    pub seconds: f64,
+}
+
+/// How a study run ended.
+#[derive(Clone, Debug)]
+pub enum StudyOutcome {
+    /// Every stage finished and the report was written.
+    Finished(Box<StudyResult>),
+    /// A stop was requested: finished stages are kept (and a training checkpoint), and
+    /// running the same study again continues.
+    Stopped {
+        /// The study folder.
+        folder: PathBuf,
+        /// The stage that was stopped.
+        stage: String,
+    },
+}
+
+/// Runs a study: prepares its folder (refusing one that holds another study), trains the
+/// flow (or reuses / resumes it), runs every sampler (reusing finished ones; a tuned HMC
+/// first runs its pilot scan), then analyses the stored series and writes the report.
+/// `stop` is checked between blocks of work.
+pub fn run_study(
+    study: &LoadedStudy,
+    stop: Option<&AtomicBool>,
+    observer: &mut dyn StudyObserver,
+) -> Result<StudyOutcome> {
+    let start = std::time::Instant::now();
+    let spec = &study.spec;
+    spec.validate()?;
+    let folder = spec.folder();
+    prepare_folder(&folder, &study.runcard)?;
+    let mut reused = Vec::new();
+    let model = folder.join("model.json");
+
+    let training = match spec.train_spec(&model) {
+        None => None,
+        Some(train_spec) => {
+            let report_path = folder.join("training.json");
+            if report_path.is_file() && model.is_file() {
+                reused.push("training".to_string());
+                Some(read_json::<TrainReport>(&report_path, "training report")?)
+            } else {
+                let checkpoint = folder.join("checkpoint.json");
+                let log = folder.join("training.csv");
+                let control = TrainControl {
+                    checkpoint: Some(&checkpoint),
+                    checkpoint_every: spec.flow.as_ref().map_or(100, |f| f.checkpoint_every),
+                    log: Some(&log),
+                    stop,
+                };
+                observer.begin("train", train_spec.train.iterations as u64, "steps");
+                let mut acceptance = f64::NAN;
+                let mut step_observer = |s: &StepMetrics| {
+                    if let Some(e) = &s.eval {
+                        acceptance = e.acceptance;
+                    }
+                    observer.progress(
+                        s.iteration as u64 + 1,
+                        &format!("loss {:.4}  acceptance {:.3}", s.loss, acceptance),
+                    );
+                };
+                let outcome = if checkpoint.is_file() {
+                    reused.push("training checkpoint".to_string());
+                    crate::run::resume(&checkpoint, Some(&model), &control, &mut step_observer)?
+                } else {
+                    crate::run::train(&train_spec, &control, &mut step_observer)?
+                };
+                match outcome {
+                    TrainOutcome::Finished(report) => {
+                        observer.end(&format!(
+                            "{} configurations in {:.1} s, acceptance {:.3}",
+                            report.configs_seen, report.seconds, report.acceptance
+                        ));
+                        write_json(&report_path, &report)?;
+                        Some(report)
+                    }
+                    TrainOutcome::Stopped { .. } => {
+                        observer.end("stopped");
+                        return Ok(StudyOutcome::Stopped {
+                            folder,
+                            stage: "train".into(),
+                        });
+                    }
+                }
+            }
+        }
+    };
+
+    for (i, sampler) in spec.samplers.iter().enumerate() {
+        let dir = folder.join("data").join(slug(&sampler.name));
+        if is_finished(&dir) && !load_run_info(&dir)?.interrupted {
+            reused.push(format!("sampler {}", sampler.name));
+            continue;
+        }
+        let mut run_spec = spec.sample_spec(i, &model);
+        let tuning = if sampler.tune {
+            observer.begin(
+                &format!("tune {}", sampler.name),
+                ((PILOT_N + PILOT_THERM) * TUNE_TAUS.len() * TUNE_MD_STEPS.len()) as u64,
+                "trajectories",
+            );
+            let tuned = tune_hmc(
+                &run_spec,
+                &spec.analysis.cost_observables,
+                &mut |done, _| observer.progress(done as u64, ""),
+                stop,
+            );
+            let tuned = match tuned {
+                Err(Error::Interrupted(_)) => return Ok(stopped(observer, folder, &sampler.name)),
+                other => other?,
+            };
+            observer.end(&format!("τ = {}, {} MD steps", tuned.tau, tuned.md_steps));
+            run_spec.kernel.tau = tuned.tau;
+            run_spec.kernel.md_steps = tuned.md_steps;
+            Some(tuned)
+        } else {
+            None
+        };
+        observer.begin(
+            &format!("sample {}", sampler.name),
+            (run_spec.therm + run_spec.n) as u64,
+            "steps",
+        );
+        let data = sample_data(
+            &run_spec,
+            &mut |done, _| observer.progress(done as u64, ""),
+            stop,
+            spec.measure.saved_configs,
+        );
+        let data = match data {
+            Err(Error::Interrupted(_)) => return Ok(stopped(observer, folder, &sampler.name)),
+            other => other?,
+        };
+        save_run(&dir, &run_spec, &data, tuning)?;
+        if data.report.interrupted {
+            return Ok(stopped(observer, folder, &sampler.name));
+        }
+        observer.end(&format!(
+            "acceptance {:.3}, {:.0} steps/s",
+            data.report.acceptance,
+            data.record.steps as f64 / data.sampling_seconds.max(1e-12)
+        ));
+    }
+
+    let summary = analyse_stored(spec, &folder, training)?;
+    observer.begin("report", REPORT_FILES as u64, "files");
+    write_report(&folder, &summary, &mut |done| {
+        observer.progress(done as u64, "")
+    })?;
+    observer.end("written");
+    Ok(StudyOutcome::Finished(Box::new(StudyResult {
+        folder,
+        summary,
+        reused,
+        seconds: start.elapsed().as_secs_f64(),
+    })))
+}
+
+fn stopped(observer: &mut dyn StudyObserver, folder: PathBuf, sampler: &str) -> StudyOutcome {
+    observer.end("stopped");
+    StudyOutcome::Stopped {
+        folder,
+        stage: format!("sample {sampler}"),
+    }
+}
+
+fn load_run_info(dir: &Path) -> Result<RunInfo> {
+    read_json(&dir.join("run.json"), "stored run")
+}
+
+/// Re-analyses a study folder from its stored series with the folder's runcard and the
+/// `overrides` of its `analysis.*` keys (e.g. `analysis.therm_cut=1000`,
+/// `analysis.fit_range=[1,4]`), and rewrites `summary.json`, the tables, the plots and
+/// `index.html`. The runcard in the folder is left as it was run; `summary.json` records
+/// the analysis settings used.
+pub fn analyse_folder(
+    folder: &Path,
+    overrides: &[Override],
+    progress: &mut dyn FnMut(usize),
+) -> Result<StudyResult> {
+    let start = std::time::Instant::now();
+    if let Some(o) = overrides.iter().find(|o| !o.key.starts_with("analysis.")) {
+        return Err(Error::param(
+            "set",
+            format!(
+                "`{}`: only analysis.* settings can change without re-running the study",
+                o.key
+            ),
+        ));
+    }
+    let runcard = folder.join("runcard.toml");
+    if !runcard.is_file() {
+        return Err(Error::param(
+            "folder",
+            format!("{} holds no study (no runcard.toml)", folder.display()),
+        ));
+    }
+    let mut spec = StudySpec::load(&runcard, overrides)?.spec;
+    // The folder may have moved since the study ran.
+    if let (Some(parent), Some(name)) = (folder.parent(), folder.file_name()) {
+        spec.out = parent.to_path_buf();
+        spec.name = name.to_string_lossy().into_owned();
+    }
+    let report_path = folder.join("training.json");
+    let training = if report_path.is_file() {
+        Some(read_json::<TrainReport>(&report_path, "training report")?)
+    } else {
+        None
+    };
+    let summary = analyse_stored(&spec, folder, training)?;
+    write_report(folder, &summary, progress)?;
+    Ok(StudyResult {
+        folder: folder.to_path_buf(),
+        summary,
+        reused: Vec::new(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn analyse_stored(
+    spec: &StudySpec,
+    folder: &Path,
+    training: Option<TrainReport>,
+) -> Result<StudySummary> {
+    let mut runs = Vec::new();
+    for sampler in &spec.samplers {
+        let dir = folder.join("data").join(slug(&sampler.name));
+        if !is_finished(&dir) {
+            return Err(Error::param(
+                "folder",
+                format!(
+                    "sampler `{}` has no finished run in {}: run the study first",
+                    sampler.name,
+                    dir.display()
+                ),
+            ));
+        }
+        runs.push(load_run(&dir)?);
+    }
+    analyse_runs(spec, runs, training)
+}
+
+/// Creates the study folder and writes its runcard; a folder holding a different runcard
+/// (comments aside), or files but no runcard, is refused.
+fn prepare_folder(folder: &Path, runcard: &str) -> Result<()> {
+    let path = folder.join("runcard.toml");
+    if path.is_file() {
+        let old = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let body = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        };
+        if body(&old) != body(runcard) {
+            return Err(Error::Incompatible(format!(
+                "{} holds another study (its runcard.toml differs): choose another name \
+                 (--set name=NEW) or out folder, or remove the folder",
+                folder.display()
+            )));
+        }
+    } else if folder.is_dir()
+        && std::fs::read_dir(folder)
+            .map_err(|e| Error::io(folder, e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::Incompatible(format!(
+            "{} exists and is not a study folder (no runcard.toml): choose another name or \
+             out folder",
+            folder.display()
+        )));
+    }
+    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+    write_atomic(&path, runcard.as_bytes())
+}

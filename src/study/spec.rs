@@ -1,0 +1,531 @@
+//! The study runcard: its fields, `--set` overrides, the seeds it derives and its checks.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::lattice::Lattice;
+use crate::run::{
+    ActionSpec, AnnealSpec, KernelSpec, RecipeSpec, SampleSpec, TrainSpec,
+    kernel_table_or_expression,
+};
+use crate::train::TrainConfig;
+
+/// The built-in study: L = 8, β = 0.576, λ = 0.5; the seed recipe trained, then flow,
+/// flow+local, tuned HMC and local Metropolis compared (the file `examples/study.toml`).
+pub const DEFAULT_STUDY: &str = include_str!("../../examples/study.toml");
+
+/// A whole study: what is sampled, the flow to train (if any), the samplers to compare,
+/// how long they run, and how the stored series are analysed.
+///
+/// Seeds: `seed` drives everything not seeded explicitly — the training seed
+/// (`[flow.train] seed`) defaults to `seed`, and sampler i (from 0) to `seed + 1 + i`.
+/// The runcard written into the study folder lists every seed used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudySpec {
+    /// The study's name: its folder is `out/name`.
+    pub name: String,
+    /// The folder that holds study folders.
+    #[serde(default = "default_out")]
+    pub out: PathBuf,
+    /// The master seed.
+    #[serde(default = "one_u64")]
+    pub seed: u64,
+    /// The lattice.
+    pub lattice: Lattice,
+    /// The action, in any form.
+    pub action: ActionSpec,
+    /// The flow to train, needed when a sampler's kernel uses `flow`.
+    #[serde(default)]
+    pub flow: Option<FlowSection>,
+    /// Chain lengths shared by the samplers.
+    #[serde(default)]
+    pub measure: MeasureSpec,
+    /// The samplers to compare, as `[[sampler]]` tables.
+    #[serde(rename = "sampler", default)]
+    pub samplers: Vec<SamplerSpec>,
+    /// How stored series are analysed.
+    #[serde(default)]
+    pub analysis: AnalysisSpec,
+}
+
+fn default_out() -> PathBuf {
+    PathBuf::from("latflow-out")
+}
+
+fn one_u64() -> u64 {
+    1
+}
+
+/// The flow of a study: recipe, training and optional coupling annealing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSection {
+    /// The recipe and its sizes.
+    #[serde(default)]
+    pub recipe: RecipeSpec,
+    /// Batch, iterations, learning rate, schedule, optimiser, seed, evaluations.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Ramp the hopping coupling up during training.
+    #[serde(default)]
+    pub anneal: Option<AnnealSpec>,
+    /// Write a checkpoint every this many iterations.
+    #[serde(default = "hundred")]
+    pub checkpoint_every: usize,
+}
+
+fn hundred() -> usize {
+    100
+}
+
+/// Chain lengths every sampler uses unless it sets its own.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeasureSpec {
+    /// Measured steps per sampler.
+    pub n: usize,
+    /// Thermalisation steps before measuring.
+    pub therm: usize,
+    /// Measure every `thin`-th step.
+    pub thin: usize,
+    /// Configurations saved per sampler, evenly spaced over the measurements.
+    pub saved_configs: usize,
+}
+
+impl Default for MeasureSpec {
+    fn default() -> Self {
+        MeasureSpec {
+            n: 50_000,
+            therm: 2_000,
+            thin: 1,
+            saved_configs: 1_000,
+        }
+    }
+}
+
+/// One sampler of the comparison.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSpec {
+    /// Its name in tables and plots (unique within the study).
+    pub name: String,
+    /// The kernel: an expression (`kernel = "flow+local"`) or a table of settings
+    /// (`kernel = { kind = "hmc", tau = 2.0, md_steps = 8 }`).
+    #[serde(deserialize_with = "kernel_table_or_expression")]
+    pub kernel: KernelSpec,
+    /// Choose the HMC trajectory (τ, MD steps) by a pilot scan before the run (kernel `hmc`
+    /// only; see [`crate::study::tune_hmc`]).
+    #[serde(default)]
+    pub tune: bool,
+    /// Measured steps (default `[measure] n`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    /// Thermalisation steps (default `[measure] therm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub therm: Option<usize>,
+    /// Thinning (default `[measure] thin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin: Option<usize>,
+    /// The chain's seed (default: the study seed + 1 + the sampler's position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// How the stored series are analysed; `latflow analyse` can change it without re-running.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalysisSpec {
+    /// Measurements dropped at the start of every stored series, on top of the
+    /// thermalisation steps that were never stored.
+    pub therm_cut: usize,
+    /// The correlated cosh fit's range `[t_min, t_max]` (default `[max(1, ⌊L/4⌋), ⌊L/2⌋]`).
+    pub fit_range: Option<[usize; 2]>,
+    /// Bins of the φ and M histograms.
+    pub histogram_bins: usize,
+    /// The observables whose largest τ_int sets the cost of an independent configuration.
+    pub cost_observables: Vec<String>,
+    /// The observable whose autocorrelation function Γ(t)/Γ(0) and τ_int(W) are plotted.
+    pub autocorrelation_observable: String,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        AnalysisSpec {
+            therm_cut: 0,
+            fit_range: None,
+            histogram_bins: 60,
+            cost_observables: ["abs_m", "m2", "phi2", "energy"].map(String::from).to_vec(),
+            autocorrelation_observable: "abs_m".to_string(),
+        }
+    }
+}
+
+/// One `--set KEY=VALUE` override of a runcard: a dotted key path (array entries by index,
+/// e.g. `sampler.2.n`) and a TOML value (a bare word that is not TOML is a string).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Override {
+    /// The dotted key path.
+    pub key: String,
+    /// The value as typed.
+    pub value: String,
+}
+
+impl Override {
+    /// Parses `KEY=VALUE`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let (key, value) = text.split_once('=').ok_or_else(|| {
+            Error::param(
+                "set",
+                format!("`{text}` is not KEY=VALUE (e.g. measure.n=20000)"),
+            )
+        })?;
+        let key = key.trim();
+        if key.is_empty() || key.split('.').any(|part| part.trim().is_empty()) {
+            return Err(Error::param(
+                "set",
+                format!("`{key}` is not a dotted key path"),
+            ));
+        }
+        Ok(Override {
+            key: key.to_string(),
+            value: value.trim().to_string(),
+        })
+    }
+
+    fn toml_value(&self) -> toml::Value {
+        let wrapped = format!("v = {}", self.value);
+        match wrapped.parse::<toml::Table>() {
+            Ok(mut t) => t.remove("v").unwrap_or_else(|| self.value.clone().into()),
+            Err(_) => toml::Value::String(self.value.clone()),
+        }
+    }
+
+    /// Sets the value at the key path inside `root`, creating missing tables.
+    fn apply(&self, root: &mut toml::Value) -> Result<()> {
+        let parts: Vec<&str> = self.key.split('.').map(str::trim).collect();
+        let mut node = root;
+        for (depth, part) in parts.iter().enumerate() {
+            let here = parts[..depth].join(".");
+            let refuse = |why: String| Error::param("set", format!("`{}`: {why}", self.key));
+            let last = depth + 1 == parts.len();
+            node = match node {
+                toml::Value::Table(t) if last => {
+                    t.insert(part.to_string(), self.toml_value());
+                    return Ok(());
+                }
+                toml::Value::Table(t) => t
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+                toml::Value::Array(a) => {
+                    let len = a.len();
+                    let entry = part
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| a.get_mut(i))
+                        .ok_or_else(|| {
+                            refuse(format!(
+                                "`{here}` is an array of {len} entries: index it with 0..{len}"
+                            ))
+                        })?;
+                    if last {
+                        *entry = self.toml_value();
+                        return Ok(());
+                    }
+                    entry
+                }
+                _ => return Err(refuse(format!("`{here}` is not a table"))),
+            };
+        }
+        Ok(())
+    }
+}
+
+/// A parsed study runcard with the text of the runcard as used.
+#[derive(Clone, Debug)]
+pub struct LoadedStudy {
+    /// The study.
+    pub spec: StudySpec,
+    /// The runcard as used: every override applied and every seed written out, with a header
+    /// naming the latflow version and the overrides.
+    pub runcard: String,
+}
+
+impl StudySpec {
+    /// Reads a study runcard from `path` and applies `overrides`.
+    pub fn load(path: &Path, overrides: &[Override]) -> Result<LoadedStudy> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, &format!("runcard {}", path.display()), overrides)
+    }
+
+    /// Parses a runcard's text (`origin` names it in errors: unknown keys and wrong types
+    /// are reported with their line) and applies `overrides`.
+    pub fn parse(text: &str, origin: &str, overrides: &[Override]) -> Result<LoadedStudy> {
+        // Parsed once as written, so that errors point at the user's lines.
+        let as_written: std::result::Result<StudySpec, _> = toml::from_str(text);
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::format(origin, e.to_string()))?;
+        if overrides.is_empty() {
+            as_written.map_err(|e| Error::format(origin, e.to_string()))?;
+        }
+        let mut root = toml::Value::Table(table);
+        for o in overrides {
+            o.apply(&mut root)?;
+        }
+        let toml::Value::Table(table) = root else {
+            return Err(Error::param(
+                "set",
+                "an override replaced the whole runcard",
+            ));
+        };
+        let spec: StudySpec =
+            toml::Value::Table(table.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    let what = if overrides.is_empty() {
+                        origin.to_string()
+                    } else {
+                        format!("{origin} with the --set overrides")
+                    };
+                    Error::format(what, e.to_string())
+                })?;
+        let spec = spec.with_seeds(&table);
+        spec.validate()?;
+        let mut header = format!(
+            "# latflow {} study runcard, as used (every seed written out)\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        if !overrides.is_empty() {
+            header.push_str("# overrides:");
+            for o in overrides {
+                header.push_str(&format!(" --set {}={}", o.key, o.value));
+            }
+            header.push('\n');
+        }
+        let body = toml::to_string(&spec)
+            .map_err(|e| Error::format("study runcard output", e.to_string()))?;
+        Ok(LoadedStudy {
+            spec,
+            runcard: format!("{header}{body}"),
+        })
+    }
+
+    /// The built-in default study with `overrides`.
+    pub fn default_study(overrides: &[Override]) -> Result<LoadedStudy> {
+        Self::parse(DEFAULT_STUDY, "the built-in study", overrides)
+    }
+
+    /// Writes out the seeds the study derives from `seed` (the training seed when the
+    /// runcard gives none, and each sampler's).
+    fn with_seeds(mut self, table: &toml::Table) -> Self {
+        let train_seed_given = table
+            .get("flow")
+            .and_then(|f| f.get("train"))
+            .and_then(|t| t.get("seed"))
+            .is_some();
+        if let Some(flow) = &mut self.flow
+            && !train_seed_given
+        {
+            flow.train.seed = self.seed;
+        }
+        for (i, s) in self.samplers.iter_mut().enumerate() {
+            s.seed.get_or_insert(self.seed.wrapping_add(1 + i as u64));
+        }
+        self
+    }
+
+    /// The study's folder, `out/name`.
+    pub fn folder(&self) -> PathBuf {
+        self.out.join(&self.name)
+    }
+
+    /// Checks the name, the samplers (unique names, kernels that exist, a flow section when
+    /// a kernel needs one, tuning only for `hmc`), every sampler's run and the training run.
+    pub fn validate(&self) -> Result<()> {
+        let name_ok = !self.name.is_empty()
+            && self.name != "."
+            && self.name != ".."
+            && !self.name.contains(['/', '\\', '\0']);
+        if !name_ok {
+            return Err(Error::param(
+                "name",
+                format!("`{}` cannot name a folder", self.name),
+            ));
+        }
+        if self.samplers.is_empty() {
+            return Err(Error::param(
+                "sampler",
+                "the study has no [[sampler]] to run",
+            ));
+        }
+        let mut slugs = std::collections::BTreeMap::new();
+        for (i, s) in self.samplers.iter().enumerate() {
+            let slug = slug(&s.name);
+            if slug.is_empty() {
+                return Err(Error::param(
+                    "sampler.name",
+                    format!("sampler {i}: `{}` needs a letter or digit", s.name),
+                ));
+            }
+            if let Some(j) = slugs.insert(slug.clone(), i) {
+                return Err(Error::param(
+                    "sampler.name",
+                    format!(
+                        "samplers {j} and {i} (`{}`, `{}`) share the folder name `{slug}`",
+                        self.samplers[j].name, s.name
+                    ),
+                ));
+            }
+            if s.tune && s.kernel.kind.to_string() != "hmc" {
+                return Err(Error::param(
+                    "sampler.tune",
+                    format!(
+                        "sampler `{}`: tuning chooses an HMC trajectory, the kernel is `{}`",
+                        s.name, s.kernel.kind
+                    ),
+                ));
+            }
+            if s.kernel.uses_flow() && self.flow.is_none() {
+                return Err(Error::param(
+                    "flow",
+                    format!(
+                        "sampler `{}` uses a flow: the study needs a [flow] section",
+                        s.name
+                    ),
+                ));
+            }
+            self.sample_spec(i, Path::new("model.json"))
+                .validate()
+                .map_err(|e| in_sampler(&s.name, e))?;
+        }
+        if let Some(spec) = self.train_spec(Path::new("model.json")) {
+            spec.validate()?;
+        }
+        if self.analysis.histogram_bins == 0 {
+            return Err(Error::param(
+                "analysis.histogram_bins",
+                "must be at least 1",
+            ));
+        }
+        if self.analysis.cost_observables.is_empty() {
+            return Err(Error::param(
+                "analysis.cost_observables",
+                "name at least one observable",
+            ));
+        }
+        self.fit_range()?;
+        Ok(())
+    }
+
+    /// The correlated fit's range on this lattice.
+    pub fn fit_range(&self) -> Result<(usize, usize)> {
+        let extent = self.lattice.extents()[0];
+        let (t_min, t_max) = match self.analysis.fit_range {
+            Some([a, b]) => (a, b),
+            None => ((extent / 4).max(1), extent / 2),
+        };
+        if t_min >= t_max || t_max >= extent {
+            return Err(Error::param(
+                "analysis.fit_range",
+                format!("need t_min < t_max < L = {extent}, got [{t_min}, {t_max}]"),
+            ));
+        }
+        Ok((t_min, t_max))
+    }
+
+    /// The sampling run of sampler `i`, with the flow model at `model`.
+    pub fn sample_spec(&self, i: usize, model: &Path) -> SampleSpec {
+        let s = &self.samplers[i];
+        SampleSpec {
+            lattice: self.lattice.clone(),
+            action: self.action,
+            kernel: s.kernel.clone(),
+            n: s.n.unwrap_or(self.measure.n),
+            therm: s.therm.unwrap_or(self.measure.therm),
+            thin: s.thin.unwrap_or(self.measure.thin),
+            seed: s.seed.unwrap_or(self.seed.wrapping_add(1 + i as u64)),
+            model: s.kernel.uses_flow().then(|| model.to_path_buf()),
+        }
+    }
+
+    /// The training run writing the model to `model`, when the study has a flow that a
+    /// sampler uses.
+    pub fn train_spec(&self, model: &Path) -> Option<TrainSpec> {
+        let flow = self.flow.as_ref()?;
+        if !self.samplers.iter().any(|s| s.kernel.uses_flow()) {
+            return None;
+        }
+        Some(TrainSpec {
+            lattice: self.lattice.clone(),
+            action: self.action,
+            recipe: flow.recipe.clone(),
+            train: flow.train.clone(),
+            anneal: flow.anneal,
+            out: model.to_path_buf(),
+        })
+    }
+}
+
+fn in_sampler(name: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidParameter { name: key, reason } => Error::InvalidParameter {
+            name: format!("sampler `{name}`: {key}"),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// A folder name for a sampler: letters and digits kept, runs of anything else become `-`.
+pub fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    out.trim_end_matches('-').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_keep_letters_and_digits() {
+        assert_eq!(slug("flow+local"), "flow-local");
+        assert_eq!(slug("HMC (tuned) 2"), "hmc-tuned-2");
+        assert_eq!(slug("+++"), "");
+    }
+
+    #[test]
+    fn overrides_parse_values_as_toml_and_bare_words_as_strings() {
+        let mut root = toml::Value::Table(toml::Table::new());
+        for text in [
+            "a.b=3",
+            "a.c=[1, 2]",
+            "d=hello",
+            "e = \"x y\"",
+            "a.f.g=true",
+        ] {
+            Override::parse(text).unwrap().apply(&mut root).unwrap();
+        }
+        assert_eq!(root["a"]["b"].as_integer(), Some(3));
+        assert_eq!(root["a"]["c"].as_array().map(Vec::len), Some(2));
+        assert_eq!(root["d"].as_str(), Some("hello"));
+        assert_eq!(root["e"].as_str(), Some("x y"));
+        assert_eq!(root["a"]["f"]["g"].as_bool(), Some(true));
+        assert!(Override::parse("novalue").is_err());
+        assert!(Override::parse("a..b=1").is_err());
+        let e = Override::parse("a.b.c=1")
+            .unwrap()
+            .apply(&mut root)
+            .unwrap_err();
+        assert!(e.to_string().contains("not a table"), "{e}");
+    }
+}

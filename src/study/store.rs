@@ -1,0 +1,256 @@
+//! A sampler's stored output in a study folder, `data/<sampler>/`: the measured series
+//! (`series.npy`, one column per name in `series_columns.json`), the move history
+//! (`moves.npy`, `moves_per_step.npy`), saved configurations (`configs.npy`,
+//! `configs_index.npy`) and `run.json` (the run's settings and timing), written last, so
+//! that its presence marks a finished run.
+
+use std::path::Path;
+
+use ndarray::{Array1, Array2, ArrayD, IxDyn};
+use serde::{Deserialize, Serialize};
+
+use super::tune::HmcTuning;
+use crate::error::{Error, Result};
+use crate::io::{read_json, read_npy, write_json, write_npy};
+use crate::kernel::{ChainRecord, MoveDetail, MoveInfo};
+use crate::observable::Measurements;
+use crate::run::{SampleData, SampleSpec};
+
+/// The kernel labels a stored move history may hold, by their code in `moves.npy`.
+const MOVE_KERNELS: [&str; 4] = ["local", "hmc", "flow", "metropolis"];
+
+/// `run.json`: how a sampler ran.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The sampling run as made (for a tuned HMC, with the chosen trajectory).
+    pub spec: SampleSpec,
+    /// The pilot scan that chose the HMC trajectory, when tuned.
+    pub tuning: Option<HmcTuning>,
+    /// Wall seconds of the whole run, thermalisation included.
+    pub seconds: f64,
+    /// Wall seconds of the measured steps.
+    pub sampling_seconds: f64,
+    /// Measured steps made.
+    pub steps: usize,
+    /// True when the run was stopped before `spec.n` steps.
+    pub interrupted: bool,
+    /// The columns of `moves.npy`.
+    pub move_columns: [String; 5],
+    /// The kernel codes of the first column of `moves.npy`.
+    pub move_kernels: Vec<String>,
+}
+
+/// A stored run read back.
+pub struct StoredRun {
+    /// `run.json`.
+    pub info: RunInfo,
+    /// The move history.
+    pub record: ChainRecord,
+    /// The series.
+    pub measurements: Measurements,
+    /// Saved configurations, `(count, extents...)`.
+    pub configs: ArrayD<f64>,
+    /// The measurement index of each saved configuration.
+    pub config_index: Vec<u64>,
+}
+
+/// Writes a finished run into `dir` (created if missing); `run.json` last.
+pub fn save_run(
+    dir: &Path,
+    spec: &SampleSpec,
+    data: &SampleData,
+    tuning: Option<HmcTuning>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let m = &data.measurements;
+    let names = m.names().to_vec();
+    let rows = m.len();
+    let mut series = Array2::<f64>::zeros((rows, names.len()));
+    for (k, name) in names.iter().enumerate() {
+        let column = m.series(name).unwrap_or(&[]);
+        series
+            .column_mut(k)
+            .iter_mut()
+            .zip(column)
+            .for_each(|(d, &s)| *d = s);
+    }
+    write_npy(&dir.join("series.npy"), &series)?;
+    write_json(&dir.join("series_columns.json"), &names)?;
+
+    let moves = &data.record.moves;
+    let mut table = Array2::<f64>::zeros((moves.len(), 5));
+    for (mut row, mv) in table.rows_mut().into_iter().zip(moves) {
+        let (code, a, b) = match mv.detail {
+            MoveDetail::LocalSweep {
+                delta_action,
+                step_size,
+            } => (0.0, delta_action, step_size),
+            MoveDetail::Hmc { delta_h, md_steps } => (1.0, delta_h, md_steps as f64),
+            MoveDetail::Flow {
+                log_weight_ratio,
+                log_weight,
+            } => (2.0, log_weight_ratio, log_weight),
+            MoveDetail::Metropolis {
+                log_acceptance_ratio,
+            } => (3.0, log_acceptance_ratio, f64::NAN),
+        };
+        row.assign(&Array1::from(vec![
+            code,
+            mv.proposed as f64,
+            mv.accepted as f64,
+            a,
+            b,
+        ]));
+    }
+    write_npy(&dir.join("moves.npy"), &table)?;
+    let per_step = Array1::from(data.record.moves_per_step.clone());
+    write_npy(&dir.join("moves_per_step.npy"), &per_step)?;
+
+    let extents = spec.lattice.extents();
+    let mut shape = vec![data.configs.len()];
+    shape.extend_from_slice(extents);
+    let flat: Vec<f64> = data.configs.iter().flatten().copied().collect();
+    let configs = ArrayD::from_shape_vec(IxDyn(&shape), flat)
+        .map_err(|e| Error::Shape(format!("saved configurations: {e}")))?;
+    write_npy(&dir.join("configs.npy"), &configs)?;
+    let index = Array1::from(
+        data.config_indices
+            .iter()
+            .map(|&i| i as u64)
+            .collect::<Vec<_>>(),
+    );
+    write_npy(&dir.join("configs_index.npy"), &index)?;
+
+    let mut run_spec = spec.clone();
+    // The model path as the folder sees it.
+    if let Some(model) = &mut run_spec.model {
+        *model = model
+            .file_name()
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| model.clone());
+    }
+    let info = RunInfo {
+        spec: run_spec,
+        tuning,
+        seconds: data.report.seconds,
+        sampling_seconds: data.sampling_seconds,
+        steps: data.record.steps,
+        interrupted: data.report.interrupted,
+        move_columns: ["kernel", "proposed", "accepted", "detail_a", "detail_b"].map(String::from),
+        move_kernels: MOVE_KERNELS.iter().map(|s| s.to_string()).collect(),
+    };
+    write_json(&dir.join("run.json"), &info)
+}
+
+/// True when `dir` holds a finished run.
+pub fn is_finished(dir: &Path) -> bool {
+    dir.join("run.json").is_file()
+}
+
+/// Reads a stored run back.
+pub fn load_run(dir: &Path) -> Result<StoredRun> {
+    let info: RunInfo = read_json(&dir.join("run.json"), "stored run")?;
+    let names: Vec<String> = read_json(&dir.join("series_columns.json"), "series columns")?;
+    let series_path = dir.join("series.npy");
+    let table: Array2<f64> = read_npy(&series_path)?;
+    if table.ncols() != names.len() {
+        return Err(Error::format(
+            format!("npy file {}", series_path.display()),
+            format!(
+                "{} columns, series_columns.json names {}",
+                table.ncols(),
+                names.len()
+            ),
+        ));
+    }
+    let series: Vec<Vec<f64>> = table.columns().into_iter().map(|c| c.to_vec()).collect();
+    let measurements = Measurements::from_series(&info.spec.lattice, names, series)
+        .map_err(|e| e.in_file("stored series", &series_path))?;
+
+    let moves_path = dir.join("moves.npy");
+    let moves: Array2<f64> = read_npy(&moves_path)?;
+    let per_step: Array1<u32> = read_npy(&dir.join("moves_per_step.npy"))?;
+    let bad = |why: String| Error::format(format!("move history {}", moves_path.display()), why);
+    if moves.ncols() != 5 {
+        return Err(bad(format!("{} columns, 5 expected", moves.ncols())));
+    }
+    let mut infos = Vec::with_capacity(moves.nrows());
+    for (i, row) in moves.rows().into_iter().enumerate() {
+        let kernel = MOVE_KERNELS
+            .get(row[0] as usize)
+            .filter(|_| row[0] >= 0.0 && row[0].fract() == 0.0)
+            .ok_or_else(|| bad(format!("row {i}: unknown kernel code {}", row[0])))?;
+        let (a, b) = (row[3], row[4]);
+        let detail = match *kernel {
+            "local" => MoveDetail::LocalSweep {
+                delta_action: a,
+                step_size: b,
+            },
+            "hmc" => MoveDetail::Hmc {
+                delta_h: a,
+                md_steps: b as u32,
+            },
+            "flow" => MoveDetail::Flow {
+                log_weight_ratio: a,
+                log_weight: b,
+            },
+            _ => MoveDetail::Metropolis {
+                log_acceptance_ratio: a,
+            },
+        };
+        let count = |x: f64| {
+            if x >= 0.0 && x <= u32::MAX as f64 && x.fract() == 0.0 {
+                Ok(x as u32)
+            } else {
+                Err(bad(format!("row {i}: {x} is not a count")))
+            }
+        };
+        infos.push(MoveInfo {
+            kernel,
+            proposed: count(row[1])?,
+            accepted: count(row[2])?,
+            detail,
+        });
+    }
+    let moves_per_step = per_step.to_vec();
+    let total: u64 = moves_per_step.iter().map(|&k| k as u64).sum();
+    if total != infos.len() as u64 || moves_per_step.len() != info.steps {
+        return Err(bad(format!(
+            "{} steps of {total} moves in moves_per_step.npy, run.json says {} steps and \
+             moves.npy holds {} moves",
+            moves_per_step.len(),
+            info.steps,
+            infos.len()
+        )));
+    }
+    let record = ChainRecord {
+        names: Vec::new(),
+        components: Vec::new(),
+        measurements: Vec::new(),
+        moves: infos,
+        moves_per_step,
+        steps: info.steps,
+        wall_seconds: info.sampling_seconds,
+    };
+    let configs_path = dir.join("configs.npy");
+    let configs: ArrayD<f64> = read_npy(&configs_path)?;
+    let config_index: Array1<u64> = read_npy(&dir.join("configs_index.npy"))?;
+    let volume = info.spec.lattice.volume();
+    if configs.len() != config_index.len() * volume {
+        return Err(Error::format(
+            format!("npy file {}", configs_path.display()),
+            format!(
+                "{} values for {} saved configurations of {volume} sites",
+                configs.len(),
+                config_index.len()
+            ),
+        ));
+    }
+    Ok(StoredRun {
+        info,
+        record,
+        measurements,
+        configs: configs.as_standard_layout().into_owned(),
+        config_index: config_index.to_vec(),
+    })
+}

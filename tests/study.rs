@@ -1,0 +1,529 @@
+//! Studies end to end: a tiny runcard through `latflow run` leaves every promised file, each
+//! parsing as what it claims to be (JSON, CSV, npy, PNG, SVG) and every link and image of
+//! `index.html` resolving; `latflow analyse` recomputes from the stored series; a study run
+//! again reuses its finished stages and a changed runcard is refused; runcard errors name the
+//! key and the line; stored runs replay to the same report; and the study's correlated fit
+//! recovers the free field's exact correlation length.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use latflow::run::{ActionSpec, KernelSpec, SampleSpec, report_from, sample_data};
+use latflow::study::{Override, StudySpec, load_run, run_study, save_run};
+use latflow::{Lattice, kernel::KernelExpr};
+
+fn latflow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_latflow"))
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("latflow-study-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const TINY: &str = r#"
+name = "tiny"
+seed = 7
+lattice = [4, 4]
+
+[action]
+form = "phi4"
+beta = 0.5
+lambda = 0.5
+
+[flow]
+checkpoint_every = 10
+
+[flow.recipe]
+kind = "seed"
+hidden = 16
+affine_blocks = 1
+segments = 4
+
+[flow.train]
+batch = 64
+iterations = 30
+lr = 0.01
+eval_every = 10
+eval_samples = 500
+
+[measure]
+n = 3000
+therm = 200
+saved_configs = 50
+
+[[sampler]]
+name = "flow"
+kernel = "flow"
+
+[[sampler]]
+name = "flow+local"
+kernel = "flow+local"
+
+[[sampler]]
+name = "hmc"
+kernel = { kind = "hmc", tau = 1.0, md_steps = 5 }
+
+[[sampler]]
+name = "local"
+kernel = "local"
+"#;
+
+/// Splits one CSV line into fields, honouring double quotes.
+fn csv_fields(line: &str) -> Vec<String> {
+    let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    assert!(!quoted, "unterminated quote in {line}");
+    fields.push(field);
+    fields
+}
+
+/// A CSV file with a header and rows of the same width whose non-empty fields after the
+/// text columns are numbers; returns the header and the rows.
+fn check_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header = csv_fields(lines.next().expect("a header"));
+    let rows: Vec<Vec<String>> = lines.map(csv_fields).collect();
+    assert!(!rows.is_empty(), "{} has no rows", path.display());
+    for row in &rows {
+        assert_eq!(row.len(), header.len(), "{}: row {row:?}", path.display());
+    }
+    (header, rows)
+}
+
+/// Checks an npy file's magic, header and that its data length matches the shape; returns
+/// the shape.
+fn check_npy(path: &Path) -> Vec<usize> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => panic!("{}: npy version {v}", path.display()),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + len]).unwrap();
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    let item = if header.contains("'<f8'") || header.contains("'<u8'") {
+        8
+    } else if header.contains("'<u4'") {
+        4
+    } else {
+        panic!("{}: unexpected dtype in {header}", path.display())
+    };
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap();
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let count: usize = shape.iter().product();
+    assert_eq!(
+        bytes.len() - start - len,
+        count * item,
+        "{}: data length vs shape {shape:?}",
+        path.display()
+    );
+    shape
+}
+
+fn attribute_values<'a>(html: &'a str, attribute: &str) -> Vec<&'a str> {
+    let pattern = format!("{attribute}=\"");
+    html.match_indices(&pattern)
+        .map(|(i, _)| {
+            let rest = &html[i + pattern.len()..];
+            &rest[..rest.find('"').unwrap()]
+        })
+        .collect()
+}
+
+fn run_tiny(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let runcard = dir.join("tiny.toml");
+    std::fs::write(&runcard, TINY).unwrap();
+    let out = dir.join("out");
+    let mut cmd = latflow();
+    cmd.arg("run")
+        .arg(&runcard)
+        .arg("--out")
+        .arg(&out)
+        .args(["--quiet"])
+        .args(extra);
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_tiny_study_leaves_every_promised_file_and_analyse_recomputes_it() {
+    let dir = scratch("e2e");
+    let output = run_tiny(&dir, &["--set", "measure.thin=2", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let folder = dir.join("out").join("tiny");
+    assert_eq!(
+        printed["folder"].as_str().unwrap(),
+        folder.to_str().unwrap()
+    );
+    assert_eq!(printed["seed"], 7);
+    assert_eq!(printed["samplers"].as_array().unwrap().len(), 4);
+
+    // The runcard as used: the override recorded, every seed written out, the version.
+    let runcard = std::fs::read_to_string(folder.join("runcard.toml")).unwrap();
+    assert!(runcard.contains(env!("CARGO_PKG_VERSION")), "{runcard}");
+    assert!(runcard.contains("--set measure.thin=2"), "{runcard}");
+    let used: toml::Table = runcard.parse().unwrap();
+    assert_eq!(used["measure"]["thin"].as_integer(), Some(2));
+    assert_eq!(used["flow"]["train"]["seed"].as_integer(), Some(7));
+    let seeds: Vec<i64> = used["sampler"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["seed"].as_integer().unwrap())
+        .collect();
+    assert_eq!(seeds, vec![8, 9, 10, 11]);
+
+    // summary.json: every sampler with its observables, fit and ξ_eff at every t.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("summary.json")).unwrap()).unwrap();
+    let samplers = summary["samplers"].as_array().unwrap();
+    assert_eq!(samplers.len(), 4);
+    for s in samplers {
+        assert_eq!(s["steps"], 3000);
+        assert!(s["report"]["observables"]["phi2"]["mean"].as_f64().unwrap() > 0.0);
+        assert_eq!(s["correlator"].as_array().unwrap().len(), 4);
+        assert_eq!(s["xi_eff"].as_array().unwrap().len(), 1);
+        assert_eq!(s["fit"]["range"], serde_json::json!([1, 2]));
+    }
+    assert!(summary["training"]["configs_seen"].as_u64().unwrap() == 64 * 30);
+
+    // Tables.
+    let (header, rows) = check_csv(&folder.join("samplers.csv"));
+    assert_eq!(header[0], "sampler");
+    assert_eq!(rows.len(), 4);
+    let (_, rows) = check_csv(&folder.join("observables.csv"));
+    assert!(rows.len() >= 4 * 10);
+    let (header, rows) = check_csv(&folder.join("histograms.csv"));
+    assert_eq!(header.len(), 3 + 4);
+    assert_eq!(rows.len(), 2 * 60);
+    let (header, rows) = check_csv(&folder.join("training.csv"));
+    assert_eq!(header[0], "iteration");
+    assert_eq!(rows.len(), 31);
+    for s in ["flow", "flow-local", "hmc", "local"] {
+        let d = folder.join("data").join(s);
+        check_csv(&d.join("correlator.csv"));
+        check_csv(&d.join("xi_eff.csv"));
+        check_csv(&d.join("autocorrelation.csv"));
+        let series = check_npy(&d.join("series.npy"));
+        let columns: Vec<String> =
+            serde_json::from_slice(&std::fs::read(d.join("series_columns.json")).unwrap()).unwrap();
+        assert_eq!(series, vec![1500, columns.len()]);
+        assert_eq!(check_npy(&d.join("configs.npy")), vec![50, 4, 4]);
+        assert_eq!(check_npy(&d.join("configs_index.npy")), vec![50]);
+        assert_eq!(check_npy(&d.join("moves.npy"))[1], 5);
+        assert_eq!(check_npy(&d.join("moves_per_step.npy")), vec![3000]);
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(d.join("run.json")).unwrap())
+            .unwrap();
+    }
+    for s in ["flow", "flow-local"] {
+        check_csv(&folder.join("data").join(s).join("rejection_runs.csv"));
+    }
+    check_npy(&folder.join("data/flow/series.npy"));
+    serde_json::from_slice::<serde_json::Value>(&std::fs::read(folder.join("model.json")).unwrap())
+        .unwrap();
+    assert!(folder.join("checkpoint.json").is_file());
+
+    // Plots and the page.
+    let html = std::fs::read_to_string(folder.join("index.html")).unwrap();
+    let images = attribute_values(&html, "src");
+    assert!(images.len() >= 10, "{images:?}");
+    for link in attribute_values(&html, "href")
+        .into_iter()
+        .chain(images.iter().copied())
+    {
+        assert!(!link.contains("://"), "external link {link}");
+        assert!(
+            folder.join(link).is_file(),
+            "index.html links to missing {link}"
+        );
+    }
+    for stem in [
+        "training_loss",
+        "training_acceptance",
+        "histogram_phi",
+        "histogram_m",
+        "correlator",
+        "xi_eff",
+        "autocorrelation",
+        "tau_int",
+        "rejection_runs",
+        "cost",
+    ] {
+        let png = std::fs::read(folder.join(format!("plots/{stem}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{stem}.png");
+        let svg = std::fs::read_to_string(folder.join(format!("plots/{stem}.svg"))).unwrap();
+        assert!(
+            svg.trim_start().starts_with("<svg") || svg.starts_with("<?xml"),
+            "{stem}.svg"
+        );
+        assert!(svg.trim_end().ends_with("</svg>"), "{stem}.svg");
+        assert!(
+            html.contains(&format!("plots/{stem}.png")),
+            "{stem} not in index.html"
+        );
+    }
+    assert!(html.contains("phi4") || html.contains("φ⁴"));
+
+    // Re-analysis with a cut and another fit range, from the stored series alone.
+    let output = latflow()
+        .args([
+            "analyse",
+            "--quiet",
+            "--json",
+            "--therm-cut",
+            "500",
+            "--fit-range",
+            "0:2",
+        ])
+        .arg(&folder)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["study"]["analysis"]["therm_cut"], 500);
+    for s in summary["samplers"].as_array().unwrap() {
+        assert_eq!(s["steps"], 3000 - 2 * 500);
+        assert_eq!(s["report"]["n"], 3000 - 2 * 500);
+        assert_eq!(s["fit"]["range"], serde_json::json!([0, 2]));
+    }
+    let series = check_npy(&folder.join("data/hmc/series.npy"));
+    assert_eq!(series[0], 1500, "analyse must not touch the stored series");
+
+    // Only analysis settings change without re-running.
+    let output = latflow()
+        .args(["analyse", "--quiet", "--set", "measure.n=10"])
+        .arg(&folder)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("only analysis"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_study_run_again_reuses_its_work_and_another_runcard_is_refused() {
+    let dir = scratch("reuse");
+    let first = run_tiny(&dir, &["--json"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let folder = dir.join("out").join("tiny");
+    let series = std::fs::read(folder.join("data/local/series.npy")).unwrap();
+    // A sampler whose run was lost is run again; the others are kept.
+    std::fs::remove_dir_all(folder.join("data/hmc")).unwrap();
+    let again = run_tiny(&dir, &["--json"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let reused: Vec<&str> = printed["reused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reused,
+        vec![
+            "training",
+            "sampler flow",
+            "sampler flow+local",
+            "sampler local"
+        ]
+    );
+    assert!(folder.join("data/hmc/run.json").is_file());
+    assert_eq!(
+        std::fs::read(folder.join("data/local/series.npy")).unwrap(),
+        series
+    );
+    // The same folder with another runcard is refused, and nothing in it changes.
+    let changed = run_tiny(&dir, &["--set", "measure.n=4000"]);
+    assert!(!changed.status.success());
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert!(stderr.contains("another study"), "{stderr}");
+    assert_eq!(
+        std::fs::read(folder.join("data/local/series.npy")).unwrap(),
+        series
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn runcard_errors_name_the_key_and_the_line() {
+    let unknown = TINY.replace("[measure]\n", "[measure]\nsweeps = 3\n");
+    let e = StudySpec::parse(&unknown, "runcard t.toml", &[])
+        .unwrap_err()
+        .to_string();
+    let line = unknown
+        .lines()
+        .position(|l| l.starts_with("sweeps"))
+        .unwrap()
+        + 1;
+    assert!(
+        e.contains("sweeps") && e.contains(&format!("line {line}")),
+        "{e}"
+    );
+
+    let wrong = TINY.replace("n = 3000", "n = \"many\"");
+    let e = StudySpec::parse(&wrong, "runcard t.toml", &[])
+        .unwrap_err()
+        .to_string();
+    let line = wrong.lines().position(|l| l.contains("\"many\"")).unwrap() + 1;
+    assert!(
+        e.contains(&format!("line {line}")) && e.contains("string"),
+        "{e}"
+    );
+
+    // Overrides: a wrong type, an index past the end, a sampler without a flow section.
+    let set = |text: &str| Override::parse(text).unwrap();
+    let e = StudySpec::parse(TINY, "runcard", &[set("measure.n=-3")]).unwrap_err();
+    assert!(e.to_string().contains("--set"), "{e}");
+    let e = StudySpec::parse(TINY, "runcard", &[set("sampler.9.n=10")]).unwrap_err();
+    assert!(e.to_string().contains("4 entries"), "{e}");
+    let no_flow = TINY.split("[flow]").next().unwrap().to_string()
+        + "[[sampler]]\nname = \"f\"\nkernel = \"flow\"\n";
+    let e = StudySpec::parse(&no_flow, "runcard", &[]).unwrap_err();
+    assert!(e.to_string().contains("[flow]"), "{e}");
+    let e = StudySpec::parse(TINY, "runcard", &[set("sampler.1.tune=true")]).unwrap_err();
+    assert!(e.to_string().contains("tune"), "{e}");
+    let e = StudySpec::parse(TINY, "runcard", &[set("name=\"a/b\"")]).unwrap_err();
+    assert!(e.to_string().contains("name"), "{e}");
+
+    // The built-in study parses and its seeds derive from `seed`.
+    let default = StudySpec::default_study(&[set("seed=5")]).unwrap();
+    assert_eq!(default.spec.flow.as_ref().unwrap().train.seed, 5);
+    assert_eq!(default.spec.samplers[3].seed, Some(9));
+    assert_eq!(default.spec.lattice, Lattice::new(&[8, 8]).unwrap());
+}
+
+#[test]
+fn a_stored_run_replays_to_the_same_report() {
+    let dir = scratch("replay");
+    let spec = SampleSpec {
+        lattice: Lattice::new(&[6, 6]).unwrap(),
+        action: ActionSpec::Phi4 {
+            beta: 0.537,
+            lambda: 0.5,
+        },
+        kernel: KernelSpec {
+            kind: KernelExpr::parse("hmc+local").unwrap(),
+            ..KernelSpec::default()
+        },
+        n: 4000,
+        therm: 200,
+        thin: 2,
+        seed: 3,
+        model: None,
+    };
+    let data = sample_data(&spec, &mut |_, _| {}, None, 10).unwrap();
+    assert_eq!(data.configs.len(), 10);
+    assert_eq!(data.config_indices[1], 200);
+    save_run(&dir, &spec, &data, None).unwrap();
+    let stored = load_run(&dir).unwrap();
+    assert_eq!(stored.record.moves, data.record.moves);
+    assert_eq!(stored.record.moves_per_step, data.record.moves_per_step);
+    let summary = stored.measurements.summary().unwrap();
+    let replayed = report_from(
+        &stored.info.spec,
+        &stored.record,
+        &summary,
+        data.report.seconds,
+    )
+    .unwrap();
+    assert_eq!(replayed.observables, data.report.observables);
+    assert_eq!(replayed.diagnostics, data.report.diagnostics);
+    assert_eq!(replayed.acceptance_by_move, data.report.acceptance_by_move);
+    // The saved configurations are the measured ones: their m is the stored series' m.
+    let m = stored.measurements.series("m").unwrap();
+    for (k, &index) in stored.config_index.iter().enumerate() {
+        let config = &stored.configs.as_slice().unwrap()[k * 36..(k + 1) * 36];
+        let mean = config.iter().sum::<f64>() / 36.0;
+        assert!((mean - m[index as usize]).abs() < 1e-12);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_study_fit_recovers_the_free_field_correlation_length() {
+    // A free field of mass m0 on an 8×8 lattice: Ĝ(t) is exactly a cosh with
+    // cosh E = 1 + m0²/2, so ξ = 1/E. HMC chains are autocorrelated, so the fit's covariance
+    // must come from the Γ-method for the error to be right.
+    let dir = scratch("free");
+    let runcard = r#"
+name = "free"
+lattice = [8, 8]
+[action]
+form = "free"
+mass = 0.4
+[measure]
+n = 20000
+therm = 500
+[[sampler]]
+name = "hmc"
+kernel = { kind = "hmc", tau = 1.0, md_steps = 6 }
+[analysis]
+fit_range = [1, 4]
+"#;
+    let set = Override::parse(&format!("out=\"{}\"", dir.display())).unwrap();
+    let loaded = StudySpec::parse(runcard, "runcard", &[set]).unwrap();
+    let outcome = run_study(&loaded, None, &mut ()).unwrap();
+    let latflow::study::StudyOutcome::Finished(result) = outcome else {
+        panic!("not finished")
+    };
+    let fit = result.summary.samplers[0].fit.fit.unwrap();
+    let exact = 1.0 / (1.0 + 0.4f64 * 0.4 / 2.0).acosh();
+    let pull = (fit.xi - exact) / fit.xi_err;
+    assert!(
+        pull.abs() < 4.0,
+        "ξ = {} ± {}, exact {exact}",
+        fit.xi,
+        fit.xi_err
+    );
+    // The error is a real statistical error, not a vanishing one.
+    assert!(
+        fit.xi_err > 1e-3 * exact && fit.xi_err < 0.1 * exact,
+        "{fit:?}"
+    );
+    assert_eq!(fit.dof, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
