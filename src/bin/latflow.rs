@@ -28,16 +28,71 @@ use latflow::train::{OptimizerKind, Schedule, TrainConfig};
     about = "Lattice field theory sampling with normalizing flows, HMC and local Metropolis"
 )]
 struct Cli {
+    /// Without a subcommand, `latflow` runs the built-in study (`latflow run`).
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole study from a runcard (or the built-in one): train a flow, run and
+    /// compare samplers, write data, plots and an HTML report into one folder.
+    Run(RunArgs),
+    /// Recompute a study's analysis, tables and plots from its stored series.
+    Analyse(AnalyseArgs),
     /// Run a Markov chain and report observables with Γ-method errors.
     Sample(SampleArgs),
     /// Train a normalizing flow by reverse KL and write the model file.
     Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The study runcard (TOML); without one, the built-in study runs (examples/study.toml:
+    /// L = 8, β = 0.576, λ = 0.5; flow, flow+local, tuned HMC and local compared).
+    runcard: Option<PathBuf>,
+    /// The study runcard, as an option.
+    #[arg(long, conflicts_with = "runcard")]
+    config: Option<PathBuf>,
+    /// Override a runcard key: a dotted path and a TOML value, e.g. `--set measure.n=20000`,
+    /// `--set sampler.2.kernel.tau=2.0`, `--set flow.train.iterations=300` (repeatable;
+    /// recorded in the study folder's runcard).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// The study's name (its folder under --out): `--set name=...`.
+    #[arg(long)]
+    name: Option<String>,
+    /// The folder holding study folders: `--set out=...`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The master seed: `--set seed=...`.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Args)]
+struct AnalyseArgs {
+    /// The study folder (e.g. latflow-out/phi4-L8).
+    folder: PathBuf,
+    /// A TOML file with an [analysis] table whose keys override the study's.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override an analysis key, e.g. `--set analysis.fit_range=[1,4]` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Further measurements dropped at the start of every series: `analysis.therm_cut`.
+    #[arg(long)]
+    therm_cut: Option<usize>,
+    /// The cosh fit range T_MIN:T_MAX: `analysis.fit_range`.
+    #[arg(long, value_name = "T_MIN:T_MAX")]
+    fit_range: Option<String>,
+    /// Histogram bins: `analysis.histogram_bins`.
+    #[arg(long)]
+    bins: Option<usize>,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -903,8 +958,8 @@ impl Signals {
 enum Progress {
     Bar(ProgressBar),
     Lines {
-        label: &'static str,
-        unit: &'static str,
+        label: String,
+        unit: String,
         total: u64,
         start: Instant,
         interval: Duration,
@@ -914,7 +969,7 @@ enum Progress {
 }
 
 impl Progress {
-    fn new(label: &'static str, total: u64, unit: &'static str, output: &OutputArgs) -> Self {
+    fn new(label: &str, total: u64, unit: &str, output: &OutputArgs) -> Self {
         if output.quiet {
             return Progress::Quiet;
         }
@@ -931,8 +986,8 @@ impl Progress {
         let now = Instant::now();
         let interval = Duration::from_secs_f64(output.progress_interval.min(1e9));
         Progress::Lines {
-            label,
-            unit,
+            label: label.to_string(),
+            unit: unit.to_string(),
             total,
             start: now,
             interval,
@@ -1041,12 +1096,22 @@ impl ParameterSource<'_> {
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let definition = Cli::command();
+    let matches = if std::env::args_os().len() <= 1 {
+        definition.clone().get_matches_from(["latflow", "run"])
+    } else {
+        definition.clone().get_matches()
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let output = match &cli.command {
+    let Some(command) = &cli.command else {
+        return ExitCode::FAILURE;
+    };
+    let output = match command {
+        Command::Run(a) => &a.output,
+        Command::Analyse(a) => &a.output,
         Command::Sample(a) => &a.output,
         Command::Train(a) => &a.output,
     };
@@ -1058,12 +1123,13 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let (sub, file) = match &cli.command {
+    let (sub, file) = match command {
+        Command::Run(_) => ("run", Some("runcard")),
+        Command::Analyse(_) => ("analyse", Some("runcard")),
         Command::Sample(a) => ("sample", a.config.is_some().then_some("runcard")),
         Command::Train(a) if a.resume.is_some() => ("train", Some("checkpoint")),
         Command::Train(a) => ("train", a.config.is_some().then_some("runcard")),
     };
-    let definition = Cli::command();
     let source = ParameterSource {
         matches: matches.subcommand_matches(sub),
         command: definition.find_subcommand(sub),
@@ -1079,7 +1145,9 @@ fn main() -> ExitCode {
     let Some(m) = source.matches else {
         return ExitCode::FAILURE;
     };
-    let result = match &cli.command {
+    let result = match command {
+        Command::Run(args) => run_study(args, &signals),
+        Command::Analyse(args) => run_analyse(args),
         Command::Sample(args) => run_sample(args, m, &signals),
         Command::Train(args) => run_train(args, m, &signals),
     };
@@ -1090,4 +1158,299 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Shows a study's stages on stderr: one progress display per stage and a line when it ends.
+struct StudyProgress<'a> {
+    output: &'a OutputArgs,
+    current: Option<(String, Progress, Instant)>,
+}
+
+impl latflow::study::StudyObserver for StudyProgress<'_> {
+    fn begin(&mut self, stage: &str, total: u64, unit: &str) {
+        let progress = Progress::new(stage, total, unit, self.output);
+        self.current = Some((stage.to_string(), progress, Instant::now()));
+    }
+
+    fn progress(&mut self, done: u64, note: &str) {
+        if let Some((_, p, _)) = &mut self.current {
+            p.update(done, note);
+        }
+    }
+
+    fn end(&mut self, outcome: &str) {
+        if let Some((stage, mut p, start)) = self.current.take() {
+            p.finish();
+            if !self.output.quiet {
+                eprintln!(
+                    "{stage}: {outcome} ({})",
+                    clock(start.elapsed().as_secs_f64())
+                );
+            }
+        }
+    }
+}
+
+fn overrides(texts: &[String]) -> Result<Vec<latflow::study::Override>> {
+    Ok(texts
+        .iter()
+        .map(|t| latflow::study::Override::parse(t))
+        .collect::<latflow::Result<_>>()?)
+}
+
+fn run_study(args: &RunArgs, signals: &Signals) -> Result<ExitCode> {
+    use latflow::study::{Override, StudyOutcome, StudySpec};
+    let mut set = Vec::new();
+    if let Some(name) = &args.name {
+        set.push(Override {
+            key: "name".into(),
+            value: toml_string(name),
+        });
+    }
+    if let Some(out) = &args.out {
+        set.push(Override {
+            key: "out".into(),
+            value: toml_string(&out.to_string_lossy()),
+        });
+    }
+    if let Some(seed) = args.seed {
+        set.push(Override {
+            key: "seed".into(),
+            value: seed.to_string(),
+        });
+    }
+    set.extend(overrides(&args.set)?);
+    let loaded = match args.runcard.as_ref().or(args.config.as_ref()) {
+        Some(path) => StudySpec::load(path, &set)?,
+        None => StudySpec::default_study(&set)?,
+    };
+    let spec = &loaded.spec;
+    if !args.output.quiet {
+        eprintln!(
+            "study {} → {}: lattice {}, {}, seed {}, samplers {}",
+            spec.name,
+            spec.folder().display(),
+            spec.lattice,
+            action_summary(&spec.action),
+            spec.seed,
+            spec.samplers
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut observer = StudyProgress {
+        output: &args.output,
+        current: None,
+    };
+    let outcome = latflow::study::run_study(&loaded, Some(&signals.stop), &mut observer)?;
+    match outcome {
+        StudyOutcome::Finished(result) => {
+            print_study(&result, &args.output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        StudyOutcome::Stopped { folder, stage } => {
+            let signal = signals.name();
+            if args.output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "outcome": "stopped", "signal": signal, "stage": stage,
+                        "folder": folder,
+                    })
+                );
+            }
+            eprintln!(
+                "latflow: {signal} received: stopped during {stage}; finished stages are kept \
+                 in {}\n  continue with the same command",
+                folder.display()
+            );
+            Ok(signals.exit_code())
+        }
+    }
+}
+
+fn run_analyse(args: &AnalyseArgs) -> Result<ExitCode> {
+    use latflow::study::Override;
+    let mut set = Vec::new();
+    if let Some(path) = &args.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            latflow::Error::format(
+                format!("analysis runcard {}", path.display()),
+                e.to_string(),
+            )
+        })?;
+        for (key, value) in &table {
+            let toml::Value::Table(analysis) = value else {
+                bail!(
+                    "analysis runcard {}: `{key}` is not an [analysis] table; only [analysis] \
+                     settings can change without re-running the study",
+                    path.display()
+                );
+            };
+            if key != "analysis" {
+                bail!(
+                    "analysis runcard {}: unknown table [{key}]; only [analysis] settings can \
+                     change without re-running the study",
+                    path.display()
+                );
+            }
+            for (k, v) in analysis {
+                set.push(Override {
+                    key: format!("analysis.{k}"),
+                    value: v.to_string(),
+                });
+            }
+        }
+    }
+    if let Some(cut) = args.therm_cut {
+        set.push(Override {
+            key: "analysis.therm_cut".into(),
+            value: cut.to_string(),
+        });
+    }
+    if let Some(range) = &args.fit_range {
+        let parsed = range.split_once(':').and_then(|(a, b)| {
+            Some((
+                a.trim().parse::<usize>().ok()?,
+                b.trim().parse::<usize>().ok()?,
+            ))
+        });
+        let Some((a, b)) = parsed else {
+            bail!("invalid value for --fit-range: `{range}` is not T_MIN:T_MAX (e.g. 1:4)");
+        };
+        set.push(Override {
+            key: "analysis.fit_range".into(),
+            value: format!("[{a}, {b}]"),
+        });
+    }
+    if let Some(bins) = args.bins {
+        set.push(Override {
+            key: "analysis.histogram_bins".into(),
+            value: bins.to_string(),
+        });
+    }
+    set.extend(overrides(&args.set)?);
+    let mut progress = Progress::new(
+        "analyse",
+        latflow::study::REPORT_FILES as u64,
+        "files",
+        &args.output,
+    );
+    let result = latflow::study::analyse_folder(&args.folder, &set, &mut |done| {
+        progress.update(done as u64, "")
+    })?;
+    progress.finish();
+    print_study(&result, &args.output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A TOML string literal.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+fn action_summary(action: &ActionSpec) -> String {
+    match *action {
+        ActionSpec::Phi4 { beta, lambda } => {
+            format!("phi4 (hopping) beta = {beta}, lambda = {lambda}")
+        }
+        ActionSpec::Phi4Standard { m0sq, g0 } => {
+            format!("phi4 (standard) m0sq = {m0sq}, g0 = {g0}")
+        }
+        ActionSpec::Phi4Quartic { m2, lambda } => {
+            format!("phi4 (quartic) m2 = {m2}, lambda = {lambda}")
+        }
+        ActionSpec::Free { mass } => format!("free field, mass = {mass}"),
+    }
+}
+
+fn print_study(result: &latflow::study::StudyResult, output: &OutputArgs) -> Result<()> {
+    let summary = &result.summary;
+    let spec = &summary.study;
+    let index = result.folder.join("index.html");
+    if output.json {
+        let samplers: Vec<_> = summary
+            .samplers
+            .iter()
+            .map(|s| {
+                let fit = s.fit.fit.as_ref();
+                serde_json::json!({
+                    "name": s.name, "kernel": s.kernel, "acceptance": s.report.acceptance,
+                    "steps_per_second": 1.0 / s.seconds_per_step, "slowest": s.slowest,
+                    "tau_max": s.tau_max, "tau_max_err": s.tau_max_err,
+                    "cost_per_independent": s.cost_per_independent,
+                    "cost_per_independent_err": s.cost_per_independent_err,
+                    "xi_fit": fit.map(|f| f.xi), "xi_fit_err": fit.map(|f| f.xi_err),
+                    "chi2_per_dof": fit.map(|f| f.chi2_per_dof),
+                    "verdict": s.report.verdict,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": summary.name, "folder": result.folder, "index": index,
+                "summary": result.folder.join("summary.json"),
+                "lattice": spec.lattice.extents(), "action": spec.action, "seed": spec.seed,
+                "seconds": result.seconds, "reused": result.reused,
+                "training": summary.training, "verdict": summary.verdict, "samplers": samplers,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "study {}: lattice {}, {}, seed {}",
+        summary.name,
+        spec.lattice,
+        action_summary(&spec.action),
+        spec.seed
+    );
+    if let Some(t) = &summary.training {
+        println!(
+            "training: {} parameters, {} configurations in {:.1} s, acceptance {:.3}",
+            t.n_params, t.configs_seen, t.seconds, t.acceptance
+        );
+    }
+    println!(
+        "{:<14} {:>8} {:>10} {:>22} {:>24} {:>18} {:>10}",
+        "sampler",
+        "accept",
+        "steps/s",
+        "tau_max (observable)",
+        "s per indep. config",
+        "xi (cosh fit)",
+        "verdict"
+    );
+    for s in &summary.samplers {
+        let xi = s.fit.fit.as_ref().map_or("-".to_string(), |f| {
+            format!("{:.3} ± {:.3}", f.xi, f.xi_err)
+        });
+        println!(
+            "{:<14} {:>8.3} {:>10.0} {:>22} {:>24} {:>18} {:>10}",
+            s.name,
+            s.report.acceptance,
+            1.0 / s.seconds_per_step,
+            format!("{:.2} ± {:.2} ({})", s.tau_max, s.tau_max_err, s.slowest),
+            format!(
+                "{:.3e} ± {:.1e}",
+                s.cost_per_independent, s.cost_per_independent_err
+            ),
+            xi,
+            s.report.verdict.to_string()
+        );
+    }
+    for s in &summary.samplers {
+        for f in &s.report.diagnostics.findings {
+            eprintln!("{}: {} {}: {}", s.name, f.severity, f.code, f.message);
+        }
+    }
+    if !result.reused.is_empty() {
+        println!("reused from an earlier run: {}", result.reused.join(", "));
+    }
+    println!("report: {}  ({:.1} s)", index.display(), result.seconds);
+    Ok(())
 }
