@@ -1,7 +1,8 @@
 //! Interrupted runs lose nothing: `latflow train` stopped by SIGTERM writes a checkpoint
 //! from which `--resume` finishes with the model of an uninterrupted run, bit for bit;
 //! `latflow sample` stopped by a signal writes a partial report; output paths are checked
-//! before a run starts; progress goes to a log as plain lines.
+//! before a run starts; progress goes to a log as plain lines; a study stopped by SIGINT keeps
+//! its finished stages and a rerun reuses them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -332,4 +333,96 @@ fn a_training_run_that_diverges_points_to_its_last_checkpoint() {
         "{rows} rows: {err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A study whose second sampler runs for minutes: stopped during it, then run again.
+const LONG_STUDY: &str = r#"
+name = "long"
+lattice = [4, 4]
+[action]
+form = "phi4"
+beta = 0.5
+lambda = 0.5
+[flow.recipe]
+hidden = 8
+affine_blocks = 1
+segments = 4
+[flow.train]
+batch = 32
+iterations = 20
+[measure]
+n = 2000
+therm = 100
+[[sampler]]
+name = "flow"
+kernel = "flow"
+[[sampler]]
+name = "local"
+kernel = "local"
+n = 10000000
+"#;
+
+#[test]
+fn sigint_during_a_study_keeps_finished_stages_and_a_rerun_reuses_them() {
+    let dir = temp_dir("study");
+    let runcard = dir.join("long.toml");
+    std::fs::write(&runcard, LONG_STUDY).unwrap();
+    let folder = dir.join("long");
+    let start = |dir: &Path| {
+        latflow()
+            .arg("run")
+            .arg(&runcard)
+            .args([
+                "--out",
+                dir.to_str().unwrap(),
+                "--json",
+                "--progress-interval",
+                "0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = start(&dir);
+    wait_for(&folder.join("data/flow/run.json"));
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["outcome"], "stopped");
+    assert_eq!(printed["stage"], "sample local");
+    assert!(folder.join("model.json").is_file() && folder.join("training.json").is_file());
+    let flow_run = std::fs::read(folder.join("data/flow/run.json")).unwrap();
+    let local: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("data/local/run.json")).unwrap())
+            .unwrap();
+    assert_eq!(local["interrupted"], true);
+
+    // Run again: training and the finished sampler are reused, the interrupted one reruns.
+    let child = start(&dir);
+    let log = folder.join("data/local/run.json");
+    let before = std::fs::metadata(&log).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    signal(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        !stderr.contains("train:") && !stderr.contains("sample flow"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sample local"), "{stderr}");
+    assert_eq!(
+        std::fs::read(folder.join("data/flow/run.json")).unwrap(),
+        flow_run
+    );
+    assert!(std::fs::metadata(&log).unwrap().modified().unwrap() > before);
+    let _ = std::fs::remove_dir_all(&dir);
 }
