@@ -96,6 +96,16 @@ pub(crate) fn pm(mean: f64, err: f64) -> String {
     format!("{mean:.digits$} ± {err:.digits$}")
 }
 
+/// A duration with its error in the unit that suits it (µs, ms or s).
+fn seconds_pm(seconds: f64, err: f64) -> String {
+    let (scale, unit) = match seconds.abs() {
+        x if x < 1e-3 => (1e6, "µs"),
+        x if x < 1.0 => (1e3, "ms"),
+        _ => (1.0, "s"),
+    };
+    format!("{} {unit}", pm(seconds * scale, err * scale))
+}
+
 /// `x` to `n` significant digits.
 fn sig(x: f64, n: usize) -> String {
     if x == 0.0 || !x.is_finite() {
@@ -366,7 +376,7 @@ fn training_figures(plots: &Path, log: &TrainingLog) -> Result<Vec<Figure>> {
     let loss = Chart {
         title: "Training loss".into(),
         x_label: "training configurations seen |Φ_train|".into(),
-        y_label: "loss ⟨log p̃ + S⟩ (reverse KL − log Z)".into(),
+        y_label: "loss ⟨S + log p_flow⟩ = KL − log Z".into(),
         series: vec![series(
             "loss per step",
             log.configs
@@ -417,9 +427,9 @@ fn training_figures(plots: &Path, log: &TrainingLog) -> Result<Vec<Figure>> {
         Figure {
             stem: "training_loss",
             title: "Training loss".into(),
-            caption: "The reverse-KL loss ⟨log p̃(φ) + S(φ)⟩ of each training step, estimated on \
+            caption: "The reverse-KL loss ⟨S(φ) + log p_flow(φ)⟩ (p_flow the flow's density) of each training step, estimated on \
                       the step's batch, against the number of configurations the flow has \
-                      generated for training. It equals KL(p̃‖p) − log Z, so it falls towards \
+                      generated for training. It equals KL(p_flow‖p) − log Z, so it falls towards \
                       −log Z and its floor is unknown; a flat curve means training has \
                       converged, not that the flow is exact."
                 .into(),
@@ -851,7 +861,7 @@ fn html(summary: &StudySummary, figures: &[Figure], has_training: bool) -> Strin
             1.0 / s.seconds_per_step,
             pm(s.tau_max, s.tau_max_err),
             escape(&s.slowest),
-            pm(s.cost_per_independent, s.cost_per_independent_err),
+            seconds_pm(s.cost_per_independent, s.cost_per_independent_err),
             v = s.report.verdict
         );
     }
