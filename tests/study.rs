@@ -325,6 +325,41 @@ fn a_tiny_study_leaves_every_promised_file_and_analyse_recomputes_it() {
     let series = check_npy(&folder.join("data/hmc/series.npy"));
     assert_eq!(series[0], 1500, "analyse must not touch the stored series");
 
+    // An analysis runcard: its [analysis] table applies; any other table is refused.
+    let analysis = dir.join("analysis.toml");
+    std::fs::write(
+        &analysis,
+        "[analysis]\nfit_range = [1, 2]\nhistogram_bins = 20\n",
+    )
+    .unwrap();
+    let output = latflow()
+        .args(["analyse", "--quiet", "--config"])
+        .arg(&analysis)
+        .arg(&folder)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["fit_range"], serde_json::json!([1, 2]));
+    assert_eq!(
+        summary["histograms"]["phi_edges"].as_array().unwrap().len(),
+        21
+    );
+    std::fs::write(&analysis, "[measure]\nn = 5\n").unwrap();
+    let output = latflow()
+        .args(["analyse", "--quiet", "--config"])
+        .arg(&analysis)
+        .arg(&folder)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("[measure]"));
+
     // Only analysis settings change without re-running.
     let output = latflow()
         .args(["analyse", "--quiet", "--set", "measure.n=10"])
