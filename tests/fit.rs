@@ -1,9 +1,10 @@
 //! The correlated cosh fit recovers known masses with honest errors: on synthetic cosh data
 //! with correlated Gaussian noise (pulls of unit width, ⟨χ²⟩ = dof), and on exact free-field
-//! samples, whose zero-momentum correlator is exactly a cosh with cosh E = 1 + m0²/2.
+//! samples, whose zero-momentum correlator is exactly a cosh with cosh E = 1 + m0²/2. The
+//! power-law fit recovers a known exponent with pulls of unit width.
 
 use latflow::action::FreeField;
-use latflow::stats::{binned_covariance, correlated_cosh_fit};
+use latflow::stats::{binned_covariance, correlated_cosh_fit, power_law_fit};
 use latflow::{Lattice, rng_from_seed};
 use nalgebra::{DMatrix, DVector};
 use rand_distr::{Distribution, StandardNormal};
@@ -37,15 +38,23 @@ fn synthetic_correlated_data_give_unit_pulls_and_chi2_equal_to_dof() {
         pulls.push((fit.mass - mass) / fit.mass_err);
         chi2s.push(fit.chi2);
     }
-    let n = replicas as f64;
+    assert_unit_pulls(&pulls, &chi2s, 5);
+}
+
+/// Pulls of a unit normal (mean within 4/√n of 0, s.d. within 4/√(2n) of 1) and an average
+/// χ² within 4σ of `dof` (χ² has variance 2 dof).
+fn assert_unit_pulls(pulls: &[f64], chi2s: &[f64], dof: usize) {
+    let n = pulls.len() as f64;
     let mean = pulls.iter().sum::<f64>() / n;
     let sd = (pulls.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    // Unit-normal pulls: the mean has error 1/√400 = 0.05, the s.d. 1/√800 ≈ 0.035; 4σ.
-    assert!(mean.abs() < 4.0 * 0.05, "pull mean {mean}");
-    assert!((sd - 1.0).abs() < 4.0 * 0.0354, "pull s.d. {sd}");
-    // χ² with 5 dof: mean 5, s.d. √10, so the average of 400 has error 0.158; 4σ.
+    assert!(mean.abs() < 4.0 / n.sqrt(), "pull mean {mean}");
+    assert!((sd - 1.0).abs() < 4.0 / (2.0 * n).sqrt(), "pull s.d. {sd}");
     let chi2_mean = chi2s.iter().sum::<f64>() / n;
-    assert!((chi2_mean - 5.0).abs() < 4.0 * 0.158, "mean χ² {chi2_mean}");
+    let chi2_err = (2.0 * dof as f64 / n).sqrt();
+    assert!(
+        (chi2_mean - dof as f64).abs() < 4.0 * chi2_err,
+        "mean χ² {chi2_mean}"
+    );
 }
 
 #[test]
@@ -103,4 +112,56 @@ fn bad_ranges_and_covariances_are_refused() {
     assert!(correlated_cosh_fit(&c, &singular, 1, 4).is_err());
     assert!(binned_covariance(&[&[1.0, 2.0, 3.0]], 2).is_err());
     assert!(binned_covariance(&[&[1.0, 2.0], &[1.0]], 1).is_err());
+}
+
+#[test]
+fn power_law_fit_recovers_a_known_exponent_with_unit_pulls() {
+    // Costs growing like ξ^z over ξ = 1.5 … 5 with 8 % relative errors, as a scaling study
+    // measures them.
+    let (amplitude, exponent) = (3.0e-5, 2.3);
+    let x = [1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0];
+    let truth: Vec<f64> = x
+        .iter()
+        .map(|v: &f64| amplitude * v.powf(exponent))
+        .collect();
+    let err: Vec<f64> = truth.iter().map(|t| 0.08 * t).collect();
+    let mut rng = rng_from_seed(21);
+    let replicas = 400;
+    let (mut pulls, mut chi2s) = (Vec::new(), Vec::new());
+    for _ in 0..replicas {
+        let y: Vec<f64> = truth
+            .iter()
+            .zip(&err)
+            .map(|(t, e)| {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                t + e * z
+            })
+            .collect();
+        let fit = power_law_fit(&x, &y, &err).unwrap();
+        assert_eq!(fit.dof, x.len() - 2);
+        pulls.push((fit.exponent - exponent) / fit.exponent_err);
+        // The amplitude is the fitted value at x_ref.
+        let at_ref = amplitude * fit.x_ref.powf(exponent);
+        assert!(((fit.predict(fit.x_ref) - fit.amplitude) / fit.amplitude).abs() < 1e-12);
+        assert!(((fit.amplitude - at_ref) / fit.amplitude_err).abs() < 6.0);
+        chi2s.push(fit.chi2);
+    }
+    // With 8 % errors the model is close enough to linear for Δχ² = 1 errors to hold.
+    assert_unit_pulls(&pulls, &chi2s, x.len() - 2);
+    // Exact data give the exact exponent and χ² = 0.
+    let fit = power_law_fit(&x, &truth, &err).unwrap();
+    assert!(
+        (fit.exponent - exponent).abs() < 1e-9 && fit.chi2 < 1e-12,
+        "{fit:?}"
+    );
+    // Decreasing laws too.
+    let falling: Vec<f64> = x.iter().map(|v| 2.0 * v.powf(-1.7)).collect();
+    let fit = power_law_fit(&x, &falling, &vec![0.01; x.len()]).unwrap();
+    assert!((fit.exponent + 1.7).abs() < 1e-6, "{fit:?}");
+    // Bad input is refused.
+    assert!(power_law_fit(&[1.0], &[1.0], &[0.1]).is_err());
+    assert!(power_law_fit(&[1.0, -2.0], &[1.0, 2.0], &[0.1, 0.1]).is_err());
+    assert!(power_law_fit(&[1.0, 2.0], &[1.0, 2.0], &[0.1, 0.0]).is_err());
+    assert!(power_law_fit(&[2.0, 2.0], &[1.0, 2.0], &[0.1, 0.1]).is_err());
+    assert!(power_law_fit(&[1.0, 2.0], &[1.0, f64::NAN], &[0.1, 0.1]).is_err());
 }

@@ -155,27 +155,39 @@ pub(crate) const MASS_RANGE: (f64, f64) = (1e-5, 20.0);
 pub(crate) fn minimise_over_mass(objective: impl Fn(f64) -> f64) -> Result<f64> {
     let (lo, hi) = (MASS_RANGE.0.ln(), MASS_RANGE.1.ln());
     let grid = |i: usize| (lo + (hi - lo) * i as f64 / (MASS_SCAN_POINTS - 1) as f64).exp();
-    let best = (0..MASS_SCAN_POINTS)
-        .map(|i| (i, objective(grid(i))))
-        .filter(|(_, value)| value.is_finite())
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(i, _)| i)
-        .ok_or_else(|| Error::NonFinite("the cosh fit's objective".into()))?;
-    if best == 0 || best == MASS_SCAN_POINTS - 1 {
-        return Err(Error::param(
+    scan_and_refine(&objective, &grid, MASS_SCAN_POINTS).ok_or_else(|| {
+        Error::param(
             "correlator",
             format!(
                 "the cosh fit found no minimum for masses in [{}, {}]",
                 MASS_RANGE.0, MASS_RANGE.1
             ),
-        ));
+        )
+    })
+}
+
+/// The minimum of `objective` over `grid(0..points)` (increasing), refined by golden
+/// section between the grid neighbours of the best point; `None` when no value is finite
+/// or the best point is at either end of the grid.
+fn scan_and_refine(
+    objective: &dyn Fn(f64) -> f64,
+    grid: &dyn Fn(usize) -> f64,
+    points: usize,
+) -> Option<f64> {
+    let best = (0..points)
+        .map(|i| (i, objective(grid(i))))
+        .filter(|(_, value)| value.is_finite())
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i)?;
+    if best == 0 || best == points - 1 {
+        return None;
     }
     let ratio = (5f64.sqrt() - 1.0) / 2.0;
     let (mut a, mut b) = (grid(best - 1), grid(best + 1));
     let mut c = b - ratio * (b - a);
     let mut d = a + ratio * (b - a);
     let (mut fc, mut fd) = (objective(c), objective(d));
-    while (b - a) > 1e-14 * (a + b) {
+    while (b - a) > 1e-14 * (a.abs() + b.abs()).max(1e-300) {
         if fc < fd {
             b = d;
             d = c;
@@ -190,7 +202,135 @@ pub(crate) fn minimise_over_mass(objective: impl Fn(f64) -> f64) -> Result<f64> 
             fd = objective(d);
         }
     }
-    Ok(0.5 * (a + b))
+    Some(0.5 * (a + b))
+}
+
+/// The result of a power-law fit y = A (x / x_ref)^z.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PowerLawFit {
+    /// The exponent z.
+    pub exponent: f64,
+    /// Its error.
+    pub exponent_err: f64,
+    /// The amplitude A: the fitted y at `x_ref`.
+    pub amplitude: f64,
+    /// Its error.
+    pub amplitude_err: f64,
+    /// The reference x, the geometric mean of the x values (where A and z are least
+    /// correlated).
+    pub x_ref: f64,
+    /// The correlation coefficient of A and z.
+    pub correlation: f64,
+    /// χ² at the minimum.
+    pub chi2: f64,
+    /// Degrees of freedom: points − 2.
+    pub dof: usize,
+    /// χ² / dof (NaN with no degrees of freedom).
+    pub chi2_per_dof: f64,
+}
+
+impl PowerLawFit {
+    /// The fitted y at `x`.
+    pub fn predict(&self, x: f64) -> f64 {
+        self.amplitude * (x / self.x_ref).powf(self.exponent)
+    }
+}
+
+/// The exponents a power-law fit searches.
+const EXPONENT_RANGE: (f64, f64) = (-30.0, 30.0);
+/// Points of the exponent scan before the golden-section refinement.
+const EXPONENT_SCAN_POINTS: usize = 6001;
+
+/// Fits y = A (x / x_ref)^z to points (x_i, y_i ± σ_i) from independent measurements by
+/// weighted least squares, χ² = Σ_i [(y_i − A (x_i/x_ref)^z) / σ_i]², with x_ref the
+/// geometric mean of the x_i. For each z the best A is linear; z comes from a scan over
+/// [−30, 30] refined by golden section; the errors of (A, z) are the square roots of the
+/// diagonal of (JᵀWJ)⁻¹ at the minimum (Δχ² = 1). Needs at least two points with x > 0,
+/// σ > 0 and finite y.
+pub fn power_law_fit(x: &[f64], y: &[f64], err: &[f64]) -> Result<PowerLawFit> {
+    let n = x.len();
+    if y.len() != n || err.len() != n {
+        return Err(Error::Shape(format!(
+            "power_law_fit needs x, y and errors of one length, got {n}, {}, {}",
+            y.len(),
+            err.len()
+        )));
+    }
+    if n < 2 {
+        return Err(Error::param(
+            "points",
+            format!("a power law needs 2 or more, got {n}"),
+        ));
+    }
+    if let Some(i) = (0..n).find(|&i| !(x[i].is_finite() && x[i] > 0.0)) {
+        return Err(Error::param(
+            "x",
+            format!("point {i}: x = {} must be positive", x[i]),
+        ));
+    }
+    if let Some(i) = (0..n).find(|&i| !(err[i].is_finite() && err[i] > 0.0)) {
+        return Err(Error::param(
+            "errors",
+            format!("point {i}: error {} must be positive and finite", err[i]),
+        ));
+    }
+    if y.iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite("power-law fit data".into()));
+    }
+    let x_ref = (x.iter().map(|v| v.ln()).sum::<f64>() / n as f64).exp();
+    let u: Vec<f64> = x.iter().map(|v| (v / x_ref).ln()).collect();
+    let w: Vec<f64> = err.iter().map(|e| 1.0 / (e * e)).collect();
+    let amplitude_at = |z: f64| {
+        let (mut num, mut den) = (0.0, 0.0);
+        for i in 0..n {
+            let f = (z * u[i]).exp();
+            num += w[i] * y[i] * f;
+            den += w[i] * f * f;
+        }
+        num / den
+    };
+    let chi2_at = |z: f64| {
+        let a = amplitude_at(z);
+        (0..n)
+            .map(|i| w[i] * (y[i] - a * (z * u[i]).exp()).powi(2))
+            .sum::<f64>()
+    };
+    let (lo, hi) = EXPONENT_RANGE;
+    let grid = |i: usize| lo + (hi - lo) * i as f64 / (EXPONENT_SCAN_POINTS - 1) as f64;
+    let z = scan_and_refine(&chi2_at, &grid, EXPONENT_SCAN_POINTS).ok_or_else(|| {
+        Error::param(
+            "data",
+            format!("the power-law fit found no minimum for exponents in [{lo}, {hi}]"),
+        )
+    })?;
+    let a = amplitude_at(z);
+    let chi2 = chi2_at(z);
+    // JᵀWJ with J = [∂y/∂A, ∂y/∂z] = [e^{z u}, A u e^{z u}].
+    let mut jwj = DMatrix::<f64>::zeros(2, 2);
+    for i in 0..n {
+        let f = (z * u[i]).exp();
+        let j = [f, a * u[i] * f];
+        for r in 0..2 {
+            for c in 0..2 {
+                jwj[(r, c)] += w[i] * j[r] * j[c];
+            }
+        }
+    }
+    let cov = jwj
+        .try_inverse()
+        .ok_or_else(|| Error::param("x", "the x values must not all be equal"))?;
+    let dof = n - 2;
+    Ok(PowerLawFit {
+        exponent: z,
+        exponent_err: cov[(1, 1)].sqrt(),
+        amplitude: a,
+        amplitude_err: cov[(0, 0)].sqrt(),
+        x_ref,
+        correlation: cov[(0, 1)] / (cov[(0, 0)] * cov[(1, 1)]).sqrt(),
+        chi2,
+        dof,
+        chi2_per_dof: if dof > 0 { chi2 / dof as f64 } else { f64::NAN },
+    })
 }
 
 /// Fits C(t) = A [e^{−m t} + e^{−m (L−t)}] to `correlator[t]`, t in `t_min..=t_max`,
