@@ -562,3 +562,84 @@ fit_range = [1, 4]
     assert_eq!(fit.dof, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_sweep_writes_one_row_per_point_and_skips_finished_points() {
+    let dir = scratch("sweep");
+    let runcard = dir.join("sweep.toml");
+    std::fs::write(
+        &runcard,
+        r#"
+name = "mini"
+lattices = [4, 6]
+beta = [[4, 0.5]]
+seeds = [1, 2]
+batch = [64]
+iterations = [10, 30]
+lr = [0.01]
+[recipe]
+hidden = 8
+affine_blocks = 1
+segments = 4
+[train]
+eval_samples = 500
+[sample]
+n = 1000
+therm = 100
+"#,
+    )
+    .unwrap();
+    let run = || {
+        latflow()
+            .arg("sweep")
+            .arg(&runcard)
+            .args(["--out", dir.to_str().unwrap(), "--quiet", "--json"])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(printed["reused"], 0);
+    let rows = printed["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2 * 2 * 2);
+    // Grid order: L, then iterations, then seed; β from the runcard at L = 4 and from the
+    // reference line at L = 6.
+    assert_eq!(rows[0]["l"], 4);
+    assert_eq!(rows[0]["beta"], 0.5);
+    assert_eq!(rows[7]["beta"], 0.537);
+    assert_eq!(rows[3]["iterations"], 30);
+    assert_eq!(rows[3]["seed"], 2);
+    assert_eq!(rows[3]["configs_seen"], 64 * 30);
+    let folder = dir.join("mini");
+    let (header, csv_rows) = check_csv(&folder.join("sweep.csv"));
+    assert_eq!(header.join(","), latflow::study::SWEEP_HEADER);
+    assert_eq!(csv_rows.len(), 8);
+    for row in &csv_rows {
+        let acceptance: f64 = row[10].parse().unwrap();
+        assert!((0.0..=1.0).contains(&acceptance));
+        assert!(row[8].parse::<u64>().unwrap() > 0);
+    }
+    let table = std::fs::read(folder.join("sweep.csv")).unwrap();
+    // Run again: every point is reused and the table is the same.
+    let second = run();
+    assert!(second.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(printed["reused"], 8);
+    assert_eq!(std::fs::read(folder.join("sweep.csv")).unwrap(), table);
+    // A size off the reference line needs its β.
+    let e = latflow()
+        .arg("sweep")
+        .arg(&runcard)
+        .args(["--set", "lattices=[5]", "--set", "name=other", "--quiet"])
+        .args(["--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("no β given for L = 5"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

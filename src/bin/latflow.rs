@@ -40,6 +40,8 @@ enum Command {
     Run(RunArgs),
     /// Recompute a study's analysis, tables and plots from its stored series.
     Analyse(AnalyseArgs),
+    /// Train and sample flows over a grid of lattice sizes, budgets and seeds into one table.
+    Sweep(SweepArgs),
     /// Run a Markov chain and report observables with Γ-method errors.
     Sample(SampleArgs),
     /// Train a normalizing flow by reverse KL and write the model file.
@@ -48,28 +50,65 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The study runcard (TOML); without one, the built-in study runs (examples/study.toml:
-    /// L = 8, β = 0.576, λ = 0.5; flow, flow+local, tuned HMC and local compared).
-    runcard: Option<PathBuf>,
-    /// The study runcard, as an option.
-    #[arg(long, conflicts_with = "runcard")]
-    config: Option<PathBuf>,
-    /// Override a runcard key: a dotted path and a TOML value, e.g. `--set measure.n=20000`,
-    /// `--set sampler.2.kernel.tau=2.0`, `--set flow.train.iterations=300` (repeatable;
-    /// recorded in the study folder's runcard).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
-    /// The study's name (its folder under --out): `--set name=...`.
-    #[arg(long)]
-    name: Option<String>,
-    /// The folder holding study folders: `--set out=...`.
-    #[arg(long)]
-    out: Option<PathBuf>,
+    #[command(flatten)]
+    card: RuncardArgs,
     /// The master seed: `--set seed=...`.
     #[arg(long)]
     seed: Option<u64>,
     #[command(flatten)]
     output: OutputArgs,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    card: RuncardArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// The runcard of a study or sweep and the flags that override it.
+#[derive(Args)]
+struct RuncardArgs {
+    /// The runcard (TOML). `run` without one runs the built-in study (examples/study.toml:
+    /// L = 8, β = 0.576, λ = 0.5; flow, flow+local, tuned HMC and local compared); `sweep`
+    /// needs one (e.g. examples/sweep_small.toml).
+    runcard: Option<PathBuf>,
+    /// The runcard, as an option.
+    #[arg(long, conflicts_with = "runcard")]
+    config: Option<PathBuf>,
+    /// Override a runcard key: a dotted path and a TOML value, e.g. `--set measure.n=20000`,
+    /// `--set sampler.2.kernel.tau=2.0`, `--set seeds=[1,2,3]` (repeatable; recorded in the
+    /// folder's runcard).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// The name (its folder under --out): `--set name=...`.
+    #[arg(long)]
+    name: Option<String>,
+    /// The folder holding study and sweep folders: `--set out=...`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl RuncardArgs {
+    /// The runcard path, and the overrides of --name, --out and --set.
+    fn parts(&self) -> Result<(Option<&PathBuf>, Vec<latflow::study::Override>)> {
+        let mut set = Vec::new();
+        if let Some(name) = &self.name {
+            set.push(latflow::study::Override {
+                key: "name".into(),
+                value: toml_string(name),
+            });
+        }
+        if let Some(out) = &self.out {
+            set.push(latflow::study::Override {
+                key: "out".into(),
+                value: toml_string(&out.to_string_lossy()),
+            });
+        }
+        set.extend(overrides(&self.set)?);
+        Ok((self.runcard.as_ref().or(self.config.as_ref()), set))
+    }
 }
 
 #[derive(Args)]
@@ -1112,6 +1151,7 @@ fn main() -> ExitCode {
     let output = match command {
         Command::Run(a) => &a.output,
         Command::Analyse(a) => &a.output,
+        Command::Sweep(a) => &a.output,
         Command::Sample(a) => &a.output,
         Command::Train(a) => &a.output,
     };
@@ -1126,6 +1166,7 @@ fn main() -> ExitCode {
     let (sub, file) = match command {
         Command::Run(_) => ("run", Some("runcard")),
         Command::Analyse(_) => ("analyse", Some("runcard")),
+        Command::Sweep(_) => ("sweep", Some("runcard")),
         Command::Sample(a) => ("sample", a.config.is_some().then_some("runcard")),
         Command::Train(a) if a.resume.is_some() => ("train", Some("checkpoint")),
         Command::Train(a) => ("train", a.config.is_some().then_some("runcard")),
@@ -1148,6 +1189,7 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Run(args) => run_study(args, &signals),
         Command::Analyse(args) => run_analyse(args),
+        Command::Sweep(args) => run_sweep(args, &signals),
         Command::Sample(args) => run_sample(args, m, &signals),
         Command::Train(args) => run_train(args, m, &signals),
     };
@@ -1198,29 +1240,103 @@ fn overrides(texts: &[String]) -> Result<Vec<latflow::study::Override>> {
         .collect::<latflow::Result<_>>()?)
 }
 
+fn run_sweep(args: &SweepArgs, signals: &Signals) -> Result<ExitCode> {
+    use latflow::study::{SweepOutcome, SweepSpec};
+    let (path, set) = args.card.parts()?;
+    let Some(path) = path else {
+        bail!("latflow sweep needs a runcard (e.g. examples/sweep_small.toml)");
+    };
+    let loaded = SweepSpec::load(path, &set)?;
+    let points = loaded.spec.points()?.len();
+    if !args.output.quiet {
+        eprintln!(
+            "sweep {} → {}: {points} points",
+            loaded.spec.name,
+            loaded.spec.out.join(&loaded.spec.name).display()
+        );
+    }
+    let mut observer = StudyProgress {
+        output: &args.output,
+        current: None,
+    };
+    let start = Instant::now();
+    match latflow::study::run_sweep(&loaded, Some(&signals.stop), &mut observer)? {
+        SweepOutcome::Finished {
+            folder,
+            rows,
+            reused,
+        } => {
+            if args.output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "folder": folder, "table": folder.join("sweep.csv"), "reused": reused,
+                        "seconds": start.elapsed().as_secs_f64(), "rows": rows,
+                    })
+                );
+            } else {
+                println!(
+                    "{:>4} {:>6} {:>6} {:>8} {:>5} {:>11} {:>9} {:>7} {:>7} {:>8} {:>10}",
+                    "L",
+                    "batch",
+                    "iters",
+                    "lr",
+                    "seed",
+                    "configs",
+                    "train s",
+                    "accept",
+                    "tau_rej",
+                    "tau|m|",
+                    "verdict"
+                );
+                for r in &rows {
+                    let p = &r.point;
+                    println!(
+                        "{:>4} {:>6} {:>6} {:>8} {:>5} {:>11} {:>9.1} {:>7.3} {:>7.2} {:>8.2} {:>10}",
+                        p.l,
+                        p.batch,
+                        p.iterations,
+                        p.lr,
+                        p.seed,
+                        r.configs_seen,
+                        r.train_seconds,
+                        r.acceptance,
+                        r.tau_rej,
+                        r.tau_int_abs_m,
+                        r.verdict.to_string()
+                    );
+                }
+                println!(
+                    "table: {}  ({} points, {reused} reused, {:.1} s)",
+                    folder.join("sweep.csv").display(),
+                    rows.len(),
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SweepOutcome::Stopped { folder, point } => {
+            eprintln!(
+                "latflow: {} received: stopped at point {point}; finished points are kept in \
+                 {}\n  continue with the same command",
+                signals.name(),
+                folder.display()
+            );
+            Ok(signals.exit_code())
+        }
+    }
+}
+
 fn run_study(args: &RunArgs, signals: &Signals) -> Result<ExitCode> {
     use latflow::study::{Override, StudyOutcome, StudySpec};
-    let mut set = Vec::new();
-    if let Some(name) = &args.name {
-        set.push(Override {
-            key: "name".into(),
-            value: toml_string(name),
-        });
-    }
-    if let Some(out) = &args.out {
-        set.push(Override {
-            key: "out".into(),
-            value: toml_string(&out.to_string_lossy()),
-        });
-    }
+    let (path, mut set) = args.card.parts()?;
     if let Some(seed) = args.seed {
         set.push(Override {
             key: "seed".into(),
             value: seed.to_string(),
         });
     }
-    set.extend(overrides(&args.set)?);
-    let loaded = match args.runcard.as_ref().or(args.config.as_ref()) {
+    let loaded = match path {
         Some(path) => StudySpec::load(path, &set)?,
         None => StudySpec::default_study(&set)?,
     };

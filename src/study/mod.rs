@@ -24,6 +24,7 @@ mod analysis;
 mod report;
 mod spec;
 mod store;
+mod sweep;
 mod tune;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,10 @@ pub use spec::{
     StudySpec, slug,
 };
 pub use store::{RunInfo, StoredRun, is_finished, load_run, save_run};
+pub use sweep::{
+    LoadedSweep, REFERENCE_BETA, SWEEP_HEADER, SweepOutcome, SweepPoint, SweepRow, SweepSampling,
+    SweepSpec, reference_beta, run_sweep,
+};
 pub use tune::{HmcTuning, PILOT_N, PILOT_THERM, PilotRun, TUNE_MD_STEPS, TUNE_TAUS, tune_hmc};
 
 use crate::error::{Error, Result};
@@ -318,7 +323,7 @@ fn analyse_stored(
 
 /// Creates the study folder and writes its runcard; a folder holding a different runcard
 /// (comments aside), or files but no runcard, is refused.
-fn prepare_folder(folder: &Path, runcard: &str) -> Result<()> {
+pub(crate) fn prepare_folder(folder: &Path, runcard: &str) -> Result<()> {
     let path = folder.join("runcard.toml");
     if path.is_file() {
         let old = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;

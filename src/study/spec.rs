@@ -263,54 +263,11 @@ impl StudySpec {
     /// Parses a runcard's text (`origin` names it in errors: unknown keys and wrong types
     /// are reported with their line) and applies `overrides`.
     pub fn parse(text: &str, origin: &str, overrides: &[Override]) -> Result<LoadedStudy> {
-        // Parsed once as written, so that errors point at the user's lines.
-        let as_written: std::result::Result<StudySpec, _> = toml::from_str(text);
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| Error::format(origin, e.to_string()))?;
-        if overrides.is_empty() {
-            as_written.map_err(|e| Error::format(origin, e.to_string()))?;
-        }
-        let mut root = toml::Value::Table(table);
-        for o in overrides {
-            o.apply(&mut root)?;
-        }
-        let toml::Value::Table(table) = root else {
-            return Err(Error::param(
-                "set",
-                "an override replaced the whole runcard",
-            ));
-        };
-        let spec: StudySpec =
-            toml::Value::Table(table.clone())
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    let what = if overrides.is_empty() {
-                        origin.to_string()
-                    } else {
-                        format!("{origin} with the --set overrides")
-                    };
-                    Error::format(what, e.to_string())
-                })?;
+        let (spec, table): (StudySpec, _) = parse_with_overrides(text, origin, overrides)?;
         let spec = spec.with_seeds(&table);
         spec.validate()?;
-        let mut header = format!(
-            "# latflow {} study runcard, as used (every seed written out)\n",
-            env!("CARGO_PKG_VERSION")
-        );
-        if !overrides.is_empty() {
-            header.push_str("# overrides:");
-            for o in overrides {
-                header.push_str(&format!(" --set {}={}", o.key, o.value));
-            }
-            header.push('\n');
-        }
-        let body = toml::to_string(&spec)
-            .map_err(|e| Error::format("study runcard output", e.to_string()))?;
-        Ok(LoadedStudy {
-            spec,
-            runcard: format!("{header}{body}"),
-        })
+        let runcard = runcard_text(&spec, "study", overrides)?;
+        Ok(LoadedStudy { spec, runcard })
     }
 
     /// The built-in default study with `overrides`.
@@ -467,6 +424,64 @@ impl StudySpec {
             out: model.to_path_buf(),
         })
     }
+}
+
+/// Parses a runcard (errors name the key and line of `text`), applies `overrides` and
+/// deserialises the result; returns it with the table it came from.
+pub(crate) fn parse_with_overrides<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+    overrides: &[Override],
+) -> Result<(T, toml::Table)> {
+    // Parsed once as written, so that errors point at the user's lines.
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| Error::format(origin, e.to_string()))?;
+    if overrides.is_empty() {
+        toml::from_str::<T>(text).map_err(|e| Error::format(origin, e.to_string()))?;
+    }
+    let mut root = toml::Value::Table(table);
+    for o in overrides {
+        o.apply(&mut root)?;
+    }
+    let toml::Value::Table(table) = root else {
+        return Err(Error::param(
+            "set",
+            "an override replaced the whole runcard",
+        ));
+    };
+    let spec: T = toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            let what = if overrides.is_empty() {
+                origin.to_string()
+            } else {
+                format!("{origin} with the --set overrides")
+            };
+            Error::format(what, e.to_string())
+        })?;
+    Ok((spec, table))
+}
+
+/// The runcard as used: a header with the latflow version and the overrides, then `spec`.
+pub(crate) fn runcard_text<T: Serialize>(
+    spec: &T,
+    kind: &str,
+    overrides: &[Override],
+) -> Result<String> {
+    let mut header = format!(
+        "# latflow {} {kind} runcard, as used (every seed written out)\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if !overrides.is_empty() {
+        header.push_str("# overrides:");
+        for o in overrides {
+            header.push_str(&format!(" --set {}={}", o.key, o.value));
+        }
+        header.push('\n');
+    }
+    let body = toml::to_string(spec).map_err(|e| Error::format("runcard output", e.to_string()))?;
+    Ok(format!("{header}{body}"))
 }
 
 fn in_sampler(name: &str, e: Error) -> Error {

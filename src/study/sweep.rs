@@ -1,0 +1,476 @@
+//! Sweeps: flow training over a grid of lattice sizes, batch sizes, iteration counts,
+//! learning rates and seeds, each point trained and then sampled with the flow alone, into
+//! one table of training cost and sampling quality. Points are run one after the other,
+//! each on every core; a finished point (its `point.json`) is skipped when the sweep runs
+//! again.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+
+use super::StudyObserver;
+use super::spec::Override;
+use crate::error::{Error, Result};
+use crate::io::{read_json, write_atomic, write_json};
+use crate::kernel::KernelExpr;
+use crate::lattice::Lattice;
+use crate::run::{
+    ActionSpec, KernelSpec, RecipeSpec, SampleSpec, TrainControl, TrainOutcome, TrainSpec, sample,
+};
+use crate::stats::{Verdict, nan_if_null};
+use crate::train::{StepMetrics, TrainConfig};
+
+/// The hopping coupling β on the ξ ≈ L/4 line at λ = 0.5 (docs/reference.md), for
+/// L = 6, 8, …, 20.
+pub const REFERENCE_BETA: [(usize, f64); 8] = [
+    (6, 0.537),
+    (8, 0.576),
+    (10, 0.601),
+    (12, 0.616),
+    (14, 0.626),
+    (16, 0.634),
+    (18, 0.641),
+    (20, 0.645),
+];
+
+/// The reference β of an L × L lattice, if tabulated.
+pub fn reference_beta(l: usize) -> Option<f64> {
+    REFERENCE_BETA
+        .iter()
+        .find(|(size, _)| *size == l)
+        .map(|p| p.1)
+}
+
+/// A sweep runcard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// The sweep's name: its folder is `out/name`.
+    pub name: String,
+    /// The folder holding sweep and study folders.
+    #[serde(default = "default_out")]
+    pub out: PathBuf,
+    /// Linear sizes L of the L × L lattices.
+    pub lattices: Vec<usize>,
+    /// The quartic coupling λ of the hopping form.
+    #[serde(default = "half")]
+    pub lambda: f64,
+    /// β per L as `[[L, β], ...]`; sizes not listed take the ξ ≈ L/4 line at λ = 0.5.
+    #[serde(default)]
+    pub beta: Vec<(usize, f64)>,
+    /// Training seeds (each point is trained once per seed; its chain seed is the same).
+    pub seeds: Vec<u64>,
+    /// The flow recipe (`hidden = 0`: |Λ|).
+    #[serde(default)]
+    pub recipe: RecipeSpec,
+    /// Training settings shared by the points (batch, iterations and lr come from the grid).
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Batch sizes of the grid.
+    pub batch: Vec<usize>,
+    /// Iteration counts of the grid.
+    pub iterations: Vec<usize>,
+    /// Learning rates of the grid.
+    pub lr: Vec<f64>,
+    /// The flow chain each point runs after training.
+    #[serde(default)]
+    pub sample: SweepSampling,
+}
+
+fn default_out() -> PathBuf {
+    PathBuf::from("latflow-out")
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+/// The flow chain of each point.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SweepSampling {
+    /// Measured flow proposals.
+    pub n: usize,
+    /// Thermalisation proposals.
+    pub therm: usize,
+    /// Flow proposals generated per batch.
+    pub flow_batch: usize,
+}
+
+impl Default for SweepSampling {
+    fn default() -> Self {
+        SweepSampling {
+            n: 20_000,
+            therm: 500,
+            flow_batch: 1000,
+        }
+    }
+}
+
+/// One point of the grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint {
+    /// L.
+    pub l: usize,
+    /// β.
+    pub beta: f64,
+    /// λ.
+    pub lambda: f64,
+    /// Batch size.
+    pub batch: usize,
+    /// Iterations.
+    pub iterations: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Seed of training and of the chain.
+    pub seed: u64,
+}
+
+impl SweepPoint {
+    /// The point's folder name.
+    pub fn key(&self) -> String {
+        format!(
+            "L{}-b{}-i{}-lr{}-s{}",
+            self.l, self.batch, self.iterations, self.lr, self.seed
+        )
+    }
+}
+
+/// What one point measured (a row of the table).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepRow {
+    /// The point.
+    #[serde(flatten)]
+    pub point: SweepPoint,
+    /// Trainable parameters.
+    pub n_params: usize,
+    /// Training configurations |Φ_train|.
+    pub configs_seen: u64,
+    /// Training wall seconds.
+    pub train_seconds: f64,
+    /// Acceptance of the flow chain.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub acceptance: f64,
+    /// ESS per sample of the training's final test sample.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub ess: f64,
+    /// τ_rej of the flow chain.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_rej: f64,
+    /// Its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_rej_err: f64,
+    /// τ_int of |m| in the flow chain.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_int_abs_m: f64,
+    /// Its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_int_abs_m_err: f64,
+    /// The longest run of rejected proposals.
+    pub longest_rejection_run: usize,
+    /// The chain's verdict.
+    pub verdict: Verdict,
+}
+
+/// The columns of `sweep.csv`.
+pub const SWEEP_HEADER: &str = "L,beta,lambda,batch,iterations,lr,seed,n_params,configs_seen,\
+train_seconds,acceptance,ess,tau_rej,tau_rej_err,tau_int_abs_m,tau_int_abs_m_err,\
+longest_rejection_run,verdict";
+
+/// A parsed sweep runcard with its text as used.
+#[derive(Clone, Debug)]
+pub struct LoadedSweep {
+    /// The sweep.
+    pub spec: SweepSpec,
+    /// The runcard as used, with a header naming the version and overrides.
+    pub runcard: String,
+}
+
+impl SweepSpec {
+    /// Reads a sweep runcard and applies `overrides` (see [`Override`]).
+    pub fn load(path: &Path, overrides: &[Override]) -> Result<LoadedSweep> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let origin = format!("sweep runcard {}", path.display());
+        let (spec, _): (SweepSpec, _) =
+            super::spec::parse_with_overrides(&text, &origin, overrides)?;
+        spec.validate()?;
+        let runcard = super::spec::runcard_text(&spec, "sweep", overrides)?;
+        Ok(LoadedSweep { spec, runcard })
+    }
+
+    /// The grid's points, L outermost, then batch, iterations, lr, seed.
+    pub fn points(&self) -> Result<Vec<SweepPoint>> {
+        let mut points = Vec::new();
+        for &l in &self.lattices {
+            let beta = match self.beta.iter().find(|(size, _)| *size == l) {
+                Some(&(_, b)) => b,
+                None => reference_beta(l)
+                    .filter(|_| self.lambda == 0.5)
+                    .ok_or_else(|| {
+                        Error::param(
+                            "beta",
+                            format!(
+                                "no β given for L = {l} and none tabulated (the ξ ≈ L/4 line at \
+                             λ = 0.5 has L = 6, 8, …, 20): add [{l}, β] to `beta`"
+                            ),
+                        )
+                    })?,
+            };
+            for &batch in &self.batch {
+                for &iterations in &self.iterations {
+                    for &lr in &self.lr {
+                        for &seed in &self.seeds {
+                            points.push(SweepPoint {
+                                l,
+                                beta,
+                                lambda: self.lambda,
+                                batch,
+                                iterations,
+                                lr,
+                                seed,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(points)
+    }
+
+    /// Checks the name, the grid (non-empty) and every point's training and sampling run.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() || self.name.contains(['/', '\\', '\0']) || self.name == ".." {
+            return Err(Error::param(
+                "name",
+                format!("`{}` cannot name a folder", self.name),
+            ));
+        }
+        for (key, empty) in [
+            ("lattices", self.lattices.is_empty()),
+            ("seeds", self.seeds.is_empty()),
+            ("batch", self.batch.is_empty()),
+            ("iterations", self.iterations.is_empty()),
+            ("lr", self.lr.is_empty()),
+        ] {
+            if empty {
+                return Err(Error::param(key, "the grid needs at least one value"));
+            }
+        }
+        for point in self.points()? {
+            self.train_spec(&point, Path::new("model.json"))?
+                .validate()?;
+            self.sample_spec(&point, Path::new("model.json"))?
+                .validate()?;
+        }
+        Ok(())
+    }
+
+    fn target(&self, point: &SweepPoint) -> Result<(Lattice, ActionSpec)> {
+        Ok((
+            Lattice::new(&[point.l, point.l])?,
+            ActionSpec::Phi4 {
+                beta: point.beta,
+                lambda: point.lambda,
+            },
+        ))
+    }
+
+    /// The training run of a point.
+    pub fn train_spec(&self, point: &SweepPoint, model: &Path) -> Result<TrainSpec> {
+        let (lattice, action) = self.target(point)?;
+        let mut train = self.train.clone();
+        train.batch = point.batch;
+        train.iterations = point.iterations;
+        train.lr = point.lr;
+        train.seed = point.seed;
+        Ok(TrainSpec {
+            lattice,
+            action,
+            recipe: self.recipe.clone(),
+            train,
+            anneal: None,
+            out: model.to_path_buf(),
+        })
+    }
+
+    /// The flow chain of a point.
+    pub fn sample_spec(&self, point: &SweepPoint, model: &Path) -> Result<SampleSpec> {
+        let (lattice, action) = self.target(point)?;
+        Ok(SampleSpec {
+            lattice,
+            action,
+            kernel: KernelSpec {
+                kind: KernelExpr::Kernel("flow".into()),
+                flow_batch: self.sample.flow_batch,
+                ..KernelSpec::default()
+            },
+            n: self.sample.n,
+            therm: self.sample.therm,
+            thin: 1,
+            seed: point.seed,
+            model: Some(model.to_path_buf()),
+        })
+    }
+}
+
+/// How a sweep ended.
+#[derive(Clone, Debug)]
+pub enum SweepOutcome {
+    /// Every point is done; the rows in grid order.
+    Finished {
+        /// The sweep folder.
+        folder: PathBuf,
+        /// One row per point.
+        rows: Vec<SweepRow>,
+        /// Points skipped because an earlier run finished them.
+        reused: usize,
+    },
+    /// Stopped on request; finished points are kept.
+    Stopped {
+        /// The sweep folder.
+        folder: PathBuf,
+        /// The point that was running.
+        point: String,
+    },
+}
+
+/// Runs every point of a sweep not finished before, then writes `sweep.csv` and
+/// `sweep.json`. A folder holding another sweep's runcard is refused.
+pub fn run_sweep(
+    sweep: &LoadedSweep,
+    stop: Option<&AtomicBool>,
+    observer: &mut dyn StudyObserver,
+) -> Result<SweepOutcome> {
+    let spec = &sweep.spec;
+    spec.validate()?;
+    let folder = spec.out.join(&spec.name);
+    super::prepare_folder(&folder, &sweep.runcard)?;
+    let mut rows = Vec::new();
+    let mut reused = 0;
+    for point in spec.points()? {
+        let dir = folder.join("points").join(point.key());
+        let done = dir.join("point.json");
+        if done.is_file() {
+            rows.push(read_json::<SweepRow>(&done, "sweep point")?);
+            reused += 1;
+            continue;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let model = dir.join("model.json");
+        let checkpoint = dir.join("checkpoint.json");
+        let control = TrainControl {
+            checkpoint: Some(&checkpoint),
+            checkpoint_every: 100,
+            log: Some(&dir.join("training.csv")),
+            stop,
+        };
+        let stopped = |observer: &mut dyn StudyObserver| {
+            observer.end("stopped");
+            Ok(SweepOutcome::Stopped {
+                folder: folder.clone(),
+                point: point.key(),
+            })
+        };
+        observer.begin(
+            &format!("train {}", point.key()),
+            point.iterations as u64,
+            "steps",
+        );
+        let mut step_observer = |s: &StepMetrics| {
+            observer.progress(s.iteration as u64 + 1, &format!("loss {:.4}", s.loss))
+        };
+        let outcome = if checkpoint.is_file() && !model.is_file() {
+            crate::run::resume(&checkpoint, Some(&model), &control, &mut step_observer)?
+        } else {
+            crate::run::train(
+                &spec.train_spec(&point, &model)?,
+                &control,
+                &mut step_observer,
+            )?
+        };
+        let report = match outcome {
+            TrainOutcome::Finished(r) => r,
+            TrainOutcome::Stopped { .. } => return stopped(observer),
+        };
+        observer.end(&format!("acceptance {:.3}", report.acceptance));
+        let sample_spec = spec.sample_spec(&point, &model)?;
+        observer.begin(
+            &format!("sample {}", point.key()),
+            (sample_spec.therm + sample_spec.n) as u64,
+            "steps",
+        );
+        let chain = match sample(
+            &sample_spec,
+            &mut |d, _| observer.progress(d as u64, ""),
+            stop,
+        ) {
+            Err(Error::Interrupted(_)) => return stopped(observer),
+            other => other?,
+        };
+        if chain.interrupted {
+            return stopped(observer);
+        }
+        observer.end(&format!("acceptance {:.3}", chain.acceptance));
+        let abs_m = chain.observables.get("abs_m");
+        let row = SweepRow {
+            point: point.clone(),
+            n_params: report.n_params,
+            configs_seen: report.configs_seen,
+            train_seconds: report.seconds,
+            acceptance: chain.acceptance,
+            ess: report.ess,
+            tau_rej: chain.tau_rej.unwrap_or(f64::NAN),
+            tau_rej_err: chain.tau_rej_err.unwrap_or(f64::NAN),
+            tau_int_abs_m: abs_m.map_or(f64::NAN, |e| e.tau_int),
+            tau_int_abs_m_err: abs_m.map_or(f64::NAN, |e| e.tau_int_err),
+            longest_rejection_run: chain.longest_rejection_run.unwrap_or(0),
+            verdict: chain.verdict,
+        };
+        write_json(&done, &row)?;
+        rows.push(row);
+    }
+    write_table(&folder, &rows)?;
+    Ok(SweepOutcome::Finished {
+        folder,
+        rows,
+        reused,
+    })
+}
+
+fn write_table(folder: &Path, rows: &[SweepRow]) -> Result<()> {
+    write_json(&folder.join("sweep.json"), rows)?;
+    let cell = |x: f64| {
+        if x.is_finite() {
+            x.to_string()
+        } else {
+            String::new()
+        }
+    };
+    let mut csv = format!("{SWEEP_HEADER}\n");
+    for r in rows {
+        let p = &r.point;
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            p.l,
+            p.beta,
+            p.lambda,
+            p.batch,
+            p.iterations,
+            p.lr,
+            p.seed,
+            r.n_params,
+            r.configs_seen,
+            cell(r.train_seconds),
+            cell(r.acceptance),
+            cell(r.ess),
+            cell(r.tau_rej),
+            cell(r.tau_rej_err),
+            cell(r.tau_int_abs_m),
+            cell(r.tau_int_abs_m_err),
+            r.longest_rejection_run,
+            r.verdict
+        ));
+    }
+    write_atomic(&folder.join("sweep.csv"), csv.as_bytes())
+}
