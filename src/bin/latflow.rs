@@ -1496,6 +1496,7 @@ fn print_study(result: &latflow::study::StudyResult, output: &OutputArgs) -> Res
                 let fit = s.fit.fit.as_ref();
                 serde_json::json!({
                     "name": s.name, "kernel": s.kernel, "acceptance": s.report.acceptance,
+                    "acceptance_by_kernel": s.report.acceptance_by_move,
                     "steps_per_second": 1.0 / s.seconds_per_step, "slowest": s.slowest,
                     "tau_max": s.tau_max, "tau_max_err": s.tau_max_err,
                     "cost_per_independent": s.cost_per_independent,
@@ -1532,9 +1533,9 @@ fn print_study(result: &latflow::study::StudyResult, output: &OutputArgs) -> Res
         );
     }
     println!(
-        "{:<14} {:>8} {:>10} {:>22} {:>24} {:>18} {:>10}",
+        "{:<14} {:>26} {:>10} {:>22} {:>24} {:>18} {:>10}",
         "sampler",
-        "accept",
+        "acceptance",
         "steps/s",
         "tau_max (observable)",
         "s per indep. config",
@@ -1546,9 +1547,9 @@ fn print_study(result: &latflow::study::StudyResult, output: &OutputArgs) -> Res
             format!("{:.3} ± {:.3}", f.xi, f.xi_err)
         });
         println!(
-            "{:<14} {:>8.3} {:>10.0} {:>22} {:>24} {:>18} {:>10}",
+            "{:<14} {:>26} {:>10.0} {:>22} {:>24} {:>18} {:>10}",
             s.name,
-            s.report.acceptance,
+            latflow::study::acceptance_text(s),
             1.0 / s.seconds_per_step,
             format!("{:.2} ± {:.2} ({})", s.tau_max, s.tau_max_err, s.slowest),
             format!(

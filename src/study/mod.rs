@@ -34,7 +34,7 @@ pub use analysis::{
     AutocorrelationSummary, FitSummary, Histograms, PointEstimate, SamplerAnalysis, StudySummary,
     analyse_runs,
 };
-pub use report::{REPORT_FILES, write_report};
+pub use report::{REPORT_FILES, acceptance_text, write_report};
 pub use spec::{
     AnalysisSpec, DEFAULT_STUDY, FlowSection, LoadedStudy, MeasureSpec, Override, SamplerSpec,
     StudySpec, slug,

@@ -96,6 +96,21 @@ pub(crate) fn pm(mean: f64, err: f64) -> String {
     format!("{mean:.digits$} ± {err:.digits$}")
 }
 
+/// The acceptance of a sampler: per kernel when the expression has several (`flow 0.66 ·
+/// local 0.50`), else the one number.
+pub fn acceptance_text(s: &SamplerAnalysis) -> String {
+    let by_kernel = &s.report.acceptance_by_move;
+    if by_kernel.len() > 1 {
+        by_kernel
+            .iter()
+            .map(|(k, a)| format!("{k} {a:.3}"))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    } else {
+        format!("{:.3}", s.report.acceptance)
+    }
+}
+
 /// A duration with its error in the unit that suits it (µs, ms or s).
 fn seconds_pm(seconds: f64, err: f64) -> String {
     let (scale, unit) = match seconds.abs() {
@@ -132,6 +147,7 @@ fn csv_field(text: &str) -> String {
 
 /// The per-sampler table's columns.
 pub(crate) const SAMPLERS_HEADER: &str = "sampler,kernel,tau,md_steps,steps,acceptance,\
+acceptance_by_kernel,\
 steps_per_second,seconds_per_step,slowest,tau_max,tau_max_err,cost_per_independent,\
 cost_per_independent_err,xi_fit,xi_fit_err,chi2_per_dof,fit_t_min,fit_t_max,verdict";
 
@@ -155,6 +171,14 @@ fn write_tables(folder: &Path, summary: &StudySummary) -> Result<()> {
             },
             s.steps.to_string(),
             num(s.report.acceptance),
+            csv_field(
+                &s.report
+                    .acceptance_by_move
+                    .iter()
+                    .map(|(k, a)| format!("{k}:{a}"))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+            ),
             num(1.0 / s.seconds_per_step),
             num(s.seconds_per_step),
             s.slowest.clone(),
@@ -851,13 +875,13 @@ fn html(summary: &StudySummary, figures: &[Figure], has_training: bool) -> Strin
         let _ = writeln!(
             h,
             "<tr><td class=\"l\">{}</td><td class=\"l\"><code>{}</code>{}</td><td>{}</td>\
-             <td>{:.3}</td><td>{:.0}</td><td>{} ({})</td><td>{}</td><td>{xi}</td><td>{chi}</td>\
+             <td>{}</td><td>{:.0}</td><td>{} ({})</td><td>{}</td><td>{xi}</td><td>{chi}</td>\
              <td class=\"{v}\">{v}</td></tr>",
             escape(&s.name),
             escape(&s.kernel),
             escape(&settings),
             s.steps,
-            s.report.acceptance,
+            escape(&acceptance_text(s)),
             1.0 / s.seconds_per_step,
             pm(s.tau_max, s.tau_max_err),
             escape(&s.slowest),
