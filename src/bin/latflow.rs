@@ -461,8 +461,9 @@ fn run_train(args: &TrainArgs, m: &ArgMatches, signals: &Signals) -> Result<Exit
         );
         if let Some(reached) = report.reached_target {
             println!(
-                "target acceptance {}reached after {} iterations; acceptance checks: {:.2} s, \
-                 {} configurations",
+                "target acceptance {} {}reached after {} iterations; acceptance checks: \
+                 {:.2} s, {} configurations",
+                spec.train.until_acceptance.unwrap_or(f64::NAN),
                 if reached { "" } else { "not " },
                 report.iterations,
                 report.eval_seconds,
