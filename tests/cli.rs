@@ -487,6 +487,108 @@ fn train_runcard_runs_and_refuses_flags_alongside() {
 }
 
 #[test]
+fn train_until_acceptance_reports_the_target_and_the_checks_cost() {
+    let dir = std::env::temp_dir().join(format!("latflow-cli-until-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("m.json");
+    let model = model.to_str().unwrap();
+    let run = |target: &str, iterations: &str| {
+        latflow(&[
+            "train",
+            "--lattice",
+            "4x4",
+            "--beta",
+            "0.5",
+            "--lambda",
+            "0.5",
+            "--hidden",
+            "16",
+            "--affine-blocks",
+            "1",
+            "--batch",
+            "64",
+            "--iterations",
+            iterations,
+            "--eval-every",
+            "10",
+            "--eval-samples",
+            "1000",
+            "--until-acceptance",
+            target,
+            "--out",
+            model,
+            "--json",
+            "--quiet",
+        ])
+    };
+    // Reached after about 50 of the 300 iterations.
+    let out = run("0.4", "300");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("not reached"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reached_target"], true);
+    let iterations = v["iterations"].as_u64().unwrap();
+    assert!(iterations < 300 && iterations.is_multiple_of(10), "{v}");
+    assert_eq!(v["eval_configs"].as_u64(), Some(iterations / 10 * 1000));
+    assert!(v["eval_seconds"].as_f64().unwrap() > 0.0, "{v}");
+
+    let out = run("0.99", "20");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("acceptance 0.99 not reached") && err.contains("after 20 iterations"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reached_target"], false);
+    assert_eq!(v["iterations"], 20);
+
+    let card = dir.join("train.toml");
+    std::fs::write(
+        &card,
+        "lattice = [4, 4]\nout = \"m.json\"\n[action]\nform = \"phi4\"\nbeta = 0.5\n\
+         lambda = 0.5\n[train]\nbatch = 16\n",
+    )
+    .unwrap();
+    let card = card.to_str().unwrap();
+    let out = latflow(&["train", "--config", card, "--until-acceptance", "0.5"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--until-acceptance cannot be combined with --config"),
+        "{err}"
+    );
+    let out = latflow(&["train", "--resume", card, "--until-acceptance", "0.5"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--until-acceptance cannot be combined with --resume"),
+        "{err}"
+    );
+    let out = latflow(&[
+        "train",
+        "--lattice",
+        "4x4",
+        "--beta",
+        "0.5",
+        "--lambda",
+        "0.5",
+        "--until-acceptance",
+        "1",
+        "--out",
+        model,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid value for --until-acceptance: must be strictly between 0 and 1"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn an_unreliable_run_says_so_in_its_exit_status() {
     let frozen = [
         "sample",

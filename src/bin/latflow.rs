@@ -227,6 +227,10 @@ struct TrainArgs {
     /// Samples of each evaluation.
     #[arg(long, default_value_t = 10_000)]
     eval_samples: usize,
+    /// Stop at the first evaluation whose acceptance reaches this target (0 < A < 1);
+    /// --iterations is then the budget. Evaluations every --eval-every steps (25 if 0).
+    #[arg(long)]
+    until_acceptance: Option<f64>,
     /// Where to write the trained model.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -265,7 +269,7 @@ const TARGET_FLAGS: [&str; 8] = [
 
 /// Flags of `train` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
 /// --config or --resume).
-const TRAIN_RUN_FLAGS: [&str; 19] = [
+const TRAIN_RUN_FLAGS: [&str; 20] = [
     "recipe",
     "hidden",
     "depth",
@@ -284,6 +288,7 @@ const TRAIN_RUN_FLAGS: [&str; 19] = [
     "chunks",
     "eval_every",
     "eval_samples",
+    "until_acceptance",
     "out",
 ];
 
@@ -370,6 +375,7 @@ impl TrainArgs {
         train.chunks = self.chunks;
         train.eval_every = self.eval_every;
         train.eval_samples = self.eval_samples;
+        train.until_acceptance = self.until_acceptance;
         let anneal = self.anneal_start.map(|start| AnnealSpec {
             start,
             over: self.anneal_over,
@@ -473,6 +479,14 @@ fn run_train(args: &TrainArgs, m: &ArgMatches, signals: &Signals) -> Result<Exit
     if default_checkpoint {
         let _ = std::fs::remove_file(&checkpoint);
     }
+    if report.reached_target == Some(false) {
+        eprintln!(
+            "latflow: warning: acceptance {} not reached: {:.4} after {} iterations",
+            spec.train.until_acceptance.unwrap_or(f64::NAN),
+            report.acceptance,
+            report.iterations
+        );
+    }
     if args.output.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -484,6 +498,17 @@ fn run_train(args: &TrainArgs, m: &ArgMatches, signals: &Signals) -> Result<Exit
             report.configs_per_second,
             report.configs_seen
         );
+        if let Some(reached) = report.reached_target {
+            println!(
+                "target acceptance {} {}reached after {} iterations; acceptance checks: \
+                 {:.2} s, {} configurations",
+                spec.train.until_acceptance.unwrap_or(f64::NAN),
+                if reached { "" } else { "not " },
+                report.iterations,
+                report.eval_seconds,
+                report.eval_configs
+            );
+        }
         println!(
             "acceptance {:.4}  ESS {:.4}  tau_rej {:.3}  mean log w {:.4}  var log w {:.4}  M>0 {:.3}",
             report.acceptance,

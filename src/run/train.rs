@@ -241,7 +241,8 @@ pub struct TrainSpec {
     /// The flow recipe.
     #[serde(default)]
     pub recipe: RecipeSpec,
-    /// Batch, iterations, learning rate, schedule, optimiser, seed, evaluation.
+    /// Batch, iterations, learning rate, schedule, optimiser, seed, evaluation, target
+    /// acceptance.
     pub train: TrainConfig,
     /// Optional coupling annealing.
     #[serde(default)]
@@ -286,12 +287,23 @@ pub struct TrainReport {
     pub recipe: RecipeSpec,
     /// Trainable parameters.
     pub n_params: usize,
-    /// Iterations made.
+    /// Iterations made (fewer than the budget when the target acceptance was reached).
     pub iterations: usize,
     /// Configurations generated for training, |Φ_train| = Σ batch sizes.
     pub configs_seen: u64,
-    /// Wall seconds of training (the final evaluation excluded).
+    /// Wall seconds of the training steps (evaluations excluded).
     pub seconds: f64,
+    /// Wall seconds of the evaluations made during training (the acceptance checks of a
+    /// run with a target; the final evaluation excluded).
+    #[serde(default)]
+    pub eval_seconds: f64,
+    /// Configurations sampled by those evaluations (not part of `configs_seen`).
+    #[serde(default)]
+    pub eval_configs: u64,
+    /// Whether the target acceptance ([`TrainConfig::until_acceptance`]) was reached;
+    /// `None` for a run without a target.
+    #[serde(default)]
+    pub reached_target: Option<bool>,
     /// Training configurations per second.
     pub configs_per_second: f64,
     /// The last loss.
@@ -332,15 +344,18 @@ pub struct TrainControl<'a> {
 /// its sample variance, the learning rate, |Φ_train| so far, training seconds so far, and the
 /// acceptance, ESS fraction and τ_rej of the evaluations (empty where none was made). A
 /// finished run ends the log with the final evaluation: a row whose iteration is the number
-/// of iterations and whose loss, variance and learning rate are empty.
+/// of iterations made and whose loss, variance and learning rate are empty.
 pub const TRAIN_LOG_HEADER: &str =
     "iteration,loss,loss_var,lr,configs_seen,seconds,acceptance,ess,tau_rej";
 
 /// How a training run ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
+// Returned once per run: the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum TrainOutcome {
-    /// Every iteration ran; the model was written.
+    /// Every iteration ran, or training stopped at its target acceptance; the model was
+    /// written.
     Finished(TrainReport),
     /// A stop was requested: the state after the last complete iteration is in the
     /// checkpoint, from which [`resume`] continues bit for bit.
@@ -478,7 +493,7 @@ fn drive(
     let iterations = spec.train.iterations;
     let stopped = || control.stop.is_some_and(|s| s.load(Ordering::SeqCst));
     let mut last_saved = (trainer.iteration() > 0).then_some(trainer.iteration());
-    while trainer.iteration() < iterations {
+    while !trainer.is_finished() {
         if stopped() {
             let checkpoint = control.checkpoint.ok_or_else(|| {
                 Error::param(
@@ -513,7 +528,7 @@ fn drive(
         if let Some(path) = control.checkpoint
             && control.checkpoint_every > 0
             && done.is_multiple_of(control.checkpoint_every)
-            && done < iterations
+            && !trainer.is_finished()
         {
             trainer.save_checkpoint(path)?;
             last_saved = Some(done);
@@ -541,6 +556,9 @@ fn drive(
         iterations: summary.iterations,
         configs_seen: summary.configs_seen,
         seconds: summary.seconds,
+        eval_seconds: summary.eval_seconds,
+        eval_configs: summary.eval_configs,
+        reached_target: summary.reached_target,
         configs_per_second: summary.configs_seen as f64 / summary.seconds.max(1e-12),
         final_loss: summary.final_loss,
         acceptance: e.acceptance,

@@ -15,7 +15,7 @@ use crate::io::{read_json, write_json};
 use crate::lattice::Lattice;
 use crate::rng::SimRng;
 use crate::train::optim::Optimizer;
-use crate::train::trainer::{TrainConfig, Trainer};
+use crate::train::trainer::{Counters, TrainConfig, Trainer};
 
 /// Version of the checkpoint format written by [`Trainer::save_checkpoint`].
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
@@ -36,6 +36,15 @@ pub(crate) struct Checkpoint {
     iteration: usize,
     configs_seen: u64,
     seconds: f64,
+    /// Seconds and configurations of the evaluations during training (0 in checkpoints
+    /// written before they were recorded).
+    #[serde(default)]
+    eval_seconds: f64,
+    #[serde(default)]
+    eval_configs: u64,
+    /// Whether the last step's evaluation reached the target acceptance.
+    #[serde(default)]
+    target_reached: bool,
     last_loss: Option<f64>,
     config: TrainConfig,
 }
@@ -55,6 +64,9 @@ impl Checkpoint {
             iteration: trainer.iteration,
             configs_seen: trainer.configs_seen,
             seconds: trainer.seconds,
+            eval_seconds: trainer.eval_seconds,
+            eval_configs: trainer.eval_configs,
+            target_reached: trainer.target_reached,
             last_loss: trainer.last_loss.is_finite().then_some(trainer.last_loss),
             config: trainer.config.clone(),
         }
@@ -145,10 +157,15 @@ impl Checkpoint {
             self.config,
             self.optimizer,
             self.rng,
-            self.iteration,
-            self.configs_seen,
-            self.seconds,
-            self.last_loss.unwrap_or(f64::NAN),
+            Counters {
+                iteration: self.iteration,
+                configs_seen: self.configs_seen,
+                seconds: self.seconds,
+                eval_seconds: self.eval_seconds,
+                eval_configs: self.eval_configs,
+                target_reached: self.target_reached,
+                last_loss: self.last_loss.unwrap_or(f64::NAN),
+            },
         )
     }
 }

@@ -27,6 +27,10 @@ use crate::train::schedule::Schedule;
 /// the training stream, so evaluating never changes the training trajectory).
 const EVAL_STREAM_BASE: u64 = 1 << 32;
 
+/// Iterations between the acceptance checks of a run with a target acceptance
+/// ([`TrainConfig::until_acceptance`]) and no `eval_every` of its own.
+pub const DEFAULT_CHECK_INTERVAL: usize = 25;
+
 /// Hyper-parameters of a training run. In a runcard every field is optional (defaults of
 /// [`TrainConfig::default`]) and unknown fields are errors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,10 +54,18 @@ pub struct TrainConfig {
     /// tape and a gradient of all parameters, so empty chunks would cost memory and time
     /// for nothing).
     pub chunks: usize,
-    /// Evaluate every `eval_every` iterations (0 = never during training).
+    /// Evaluate every `eval_every` iterations (0 = never during training, unless a target
+    /// acceptance is set: see `until_acceptance`).
     pub eval_every: usize,
     /// Samples of each evaluation (also of the final one).
     pub eval_samples: usize,
+    /// Target acceptance A ∈ (0, 1): training stops after the first evaluation whose
+    /// acceptance reaches A, and `iterations` is only the budget (the learning-rate
+    /// schedule still spans `iterations`, so the steps before the stop are those of a run
+    /// without a target). Evaluations are made every `eval_every` iterations, or every
+    /// [`DEFAULT_CHECK_INTERVAL`] when `eval_every` is 0. `None`: run every iteration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_acceptance: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -66,8 +78,8 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// `batch` configurations per step for `iterations` steps from learning rate `lr`, with
-    /// a cosine schedule, Adam, seed 0, one chunk per thread, no intermediate evaluation and
-    /// 2000 samples for the final evaluation.
+    /// a cosine schedule, Adam, seed 0, one chunk per thread, no intermediate evaluation,
+    /// 2000 samples for the final evaluation and no target acceptance.
     pub fn new(batch: usize, iterations: usize, lr: f64) -> Self {
         TrainConfig {
             batch,
@@ -79,6 +91,16 @@ impl TrainConfig {
             chunks: 0,
             eval_every: 0,
             eval_samples: 2000,
+            until_acceptance: None,
+        }
+    }
+
+    /// Iterations between evaluations during training (0: none): `eval_every`, or
+    /// [`DEFAULT_CHECK_INTERVAL`] for a run with a target acceptance and `eval_every` = 0.
+    pub fn eval_interval(&self) -> usize {
+        match (self.eval_every, self.until_acceptance) {
+            (0, Some(_)) => DEFAULT_CHECK_INTERVAL,
+            (every, _) => every,
         }
     }
 
@@ -110,6 +132,14 @@ impl TrainConfig {
                      configuration, so chunks must be at most batch (0: one per thread)",
                     self.chunks, self.batch
                 ),
+            ));
+        }
+        if let Some(target) = self.until_acceptance
+            && !(target > 0.0 && target < 1.0)
+        {
+            return Err(Error::param(
+                "until_acceptance",
+                format!("must be strictly between 0 and 1, got {target}"),
             ));
         }
         self.schedule.validate()?;
@@ -148,7 +178,7 @@ pub struct StepMetrics {
     pub lr: f64,
     /// Configurations generated so far, |Φ_train|, including this step.
     pub configs_seen: u64,
-    /// Wall-clock seconds of training so far.
+    /// Wall-clock seconds of the training steps so far (evaluations excluded).
     pub seconds: f64,
     /// The evaluation made after this step, if one was due.
     pub eval: Option<EvalMetrics>,
@@ -159,10 +189,18 @@ pub struct StepMetrics {
 pub struct TrainSummary {
     /// Steps made in total.
     pub iterations: usize,
-    /// Configurations generated in total.
+    /// Configurations generated in total for training, |Φ_train|.
     pub configs_seen: u64,
-    /// Wall-clock seconds of training (excluding the final evaluation).
+    /// Wall-clock seconds of the training steps (evaluations excluded).
     pub seconds: f64,
+    /// Wall-clock seconds of the evaluations made during training (the final one
+    /// excluded).
+    pub eval_seconds: f64,
+    /// Configurations sampled by the evaluations made during training (the final one
+    /// excluded), not counted in `configs_seen`.
+    pub eval_configs: u64,
+    /// Whether the target acceptance was reached (`None` without a target).
+    pub reached_target: Option<bool>,
     /// Loss of the last step.
     pub final_loss: f64,
     /// Final evaluation with `eval_samples` samples.
@@ -188,6 +226,10 @@ pub struct Trainer<F: TrainableFlow, A: Action> {
     pub(crate) iteration: usize,
     pub(crate) configs_seen: u64,
     pub(crate) seconds: f64,
+    pub(crate) eval_seconds: f64,
+    pub(crate) eval_configs: u64,
+    /// Whether the last step's evaluation reached the target acceptance.
+    pub(crate) target_reached: bool,
     pub(crate) last_loss: f64,
     anneal: Option<AnnealFn<A>>,
     workspace: F::Workspace,
@@ -204,7 +246,7 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         check_training_size(&model, volume, &config, chunk_count(&config))?;
         let optimizer = Optimizer::new(config.optimizer, model.n_params())?;
         let rng = rng_from_seed(config.seed);
-        Self::assemble(model, action, config, optimizer, rng, 0, 0, 0.0, f64::NAN)
+        Self::assemble(model, action, config, optimizer, rng, Counters::default())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -214,10 +256,7 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         config: TrainConfig,
         optimizer: Optimizer,
         rng: SimRng,
-        iteration: usize,
-        configs_seen: u64,
-        seconds: f64,
-        last_loss: f64,
+        counters: Counters,
     ) -> Result<Self> {
         ensure_same_lattice(&model, &*action)?;
         if optimizer.len() != model.n_params() {
@@ -239,10 +278,13 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             config,
             optimizer,
             rng,
-            iteration,
-            configs_seen,
-            seconds,
-            last_loss,
+            iteration: counters.iteration,
+            configs_seen: counters.configs_seen,
+            seconds: counters.seconds,
+            eval_seconds: counters.eval_seconds,
+            eval_configs: counters.eval_configs,
+            target_reached: counters.target_reached,
+            last_loss: counters.last_loss,
             anneal: None,
             workspace,
         })
@@ -349,12 +391,19 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         self.configs_seen += self.config.batch as u64;
         self.last_loss = loss;
         self.seconds += start.elapsed().as_secs_f64();
-        let eval = if self.config.eval_every > 0
-            && self.iteration.is_multiple_of(self.config.eval_every)
-        {
-            Some(self.evaluate(self.config.eval_samples)?)
+        let interval = self.config.eval_interval();
+        let eval = if interval > 0 && self.iteration.is_multiple_of(interval) {
+            let start = Instant::now();
+            let eval = self.evaluate(self.config.eval_samples)?;
+            self.eval_seconds += start.elapsed().as_secs_f64();
+            self.eval_configs += self.config.eval_samples as u64;
+            Some(eval)
         } else {
             None
+        };
+        self.target_reached = match (self.config.until_acceptance, &eval) {
+            (Some(target), Some(e)) => e.acceptance >= target,
+            _ => false,
         };
         Ok(StepMetrics {
             iteration: it,
@@ -367,11 +416,11 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         })
     }
 
-    /// Runs the remaining iterations, calling `observer` after each step, then evaluates
-    /// the flow and records the summary and configuration in the flow's metadata (if it
-    /// keeps any) under `"train"`.
+    /// Runs the remaining iterations (until [`Trainer::is_finished`]), calling `observer`
+    /// after each step, then evaluates the flow and records the summary and configuration
+    /// in the flow's metadata (if it keeps any) under `"train"`.
     pub fn train(&mut self, observer: &mut dyn FnMut(&StepMetrics)) -> Result<TrainSummary> {
-        while self.iteration < self.config.iterations {
+        while !self.is_finished() {
             let metrics = self.step()?;
             observer(&metrics);
         }
@@ -380,6 +429,9 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             iterations: self.iteration,
             configs_seen: self.configs_seen,
             seconds: self.seconds,
+            eval_seconds: self.eval_seconds,
+            eval_configs: self.eval_configs,
+            reached_target: self.config.until_acceptance.map(|_| self.target_reached),
             final_loss: self.last_loss,
             eval,
         };
@@ -427,6 +479,12 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         self.configs_seen
     }
 
+    /// Whether training is over: all `iterations` are done, or the last step's evaluation
+    /// reached the target acceptance ([`TrainConfig::until_acceptance`]).
+    pub fn is_finished(&self) -> bool {
+        self.iteration >= self.config.iterations || self.target_reached
+    }
+
     /// Writes the flow's parameters, description and metadata, the optimiser state,
     /// generator state, counters and configuration to `path`, atomically.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
@@ -459,6 +517,33 @@ impl<A: Action + 'static> Trainer<FlowModel, A> {
             .model(registry)
             .map_err(|e| e.in_file("checkpoint", path))?;
         checkpoint.into_trainer(model, action)
+    }
+}
+
+/// The counters of a trainer, restored from a checkpoint.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Counters {
+    pub(crate) iteration: usize,
+    pub(crate) configs_seen: u64,
+    pub(crate) seconds: f64,
+    pub(crate) eval_seconds: f64,
+    pub(crate) eval_configs: u64,
+    pub(crate) target_reached: bool,
+    pub(crate) last_loss: f64,
+}
+
+impl Default for Counters {
+    /// A fresh run: nothing done yet, no loss.
+    fn default() -> Self {
+        Counters {
+            iteration: 0,
+            configs_seen: 0,
+            seconds: 0.0,
+            eval_seconds: 0.0,
+            eval_configs: 0,
+            target_reached: false,
+            last_loss: f64::NAN,
+        }
     }
 }
 
@@ -512,7 +597,7 @@ fn check_training_size<F: TrainableFlow>(
             4 * n_params * f32_bytes,
         ),
     ])?;
-    let evaluations = match config.eval_every {
+    let evaluations = match config.eval_interval() {
         0 => 1,
         every => config.iterations / every + 1,
     } as u128;

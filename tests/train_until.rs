@@ -1,0 +1,323 @@
+//! Training until a target acceptance: a reachable target stops the run at the first
+//! evaluation that reaches it (and the steps before the stop are those of a run without a
+//! target), an unreachable one runs the whole budget, the stop is reproducible and survives
+//! checkpoint and resume, checkpoints written without the new counters still load, and bad
+//! targets are refused by name.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use latflow::flow::FlowModel;
+use latflow::run::{
+    ActionSpec, RecipeKind, RecipeSpec, TrainControl, TrainOutcome, TrainReport, TrainSpec,
+};
+use latflow::train::{DEFAULT_CHECK_INTERVAL, StepMetrics, TrainConfig, Trainer};
+use latflow::{Error, Lattice};
+
+const BUDGET: usize = 300;
+const EVAL_EVERY: usize = 10;
+const EVAL_SAMPLES: usize = 1000;
+const BATCH: usize = 64;
+/// Reached after about 50 iterations with this recipe and seed (the acceptance climbs to
+/// about 0.7 by iteration 300), so the run must stop well before the budget.
+const REACHABLE: f64 = 0.4;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("latflow-until-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// 4x4, β = 0.5, λ = 0.5, a small seed recipe (hidden 16, one affine block), batch 64.
+fn spec(target: Option<f64>, iterations: usize, eval_every: usize, out: PathBuf) -> TrainSpec {
+    let lattice = Lattice::hypercubic(2, 4).unwrap();
+    let mut train = TrainConfig::new(BATCH, iterations, 0.01);
+    train.seed = 1;
+    train.chunks = 2;
+    train.eval_every = eval_every;
+    train.eval_samples = EVAL_SAMPLES;
+    train.until_acceptance = target;
+    TrainSpec {
+        lattice,
+        action: ActionSpec::Phi4 {
+            beta: 0.5,
+            lambda: 0.5,
+        },
+        recipe: RecipeSpec {
+            kind: RecipeKind::Seed,
+            hidden: 16,
+            affine_blocks: 1,
+            ..RecipeSpec::default()
+        },
+        train,
+        anneal: None,
+        out,
+    }
+}
+
+/// Runs `spec` to the end, keeping every step's metrics.
+fn run(spec: &TrainSpec) -> (TrainReport, Vec<StepMetrics>) {
+    let mut steps = Vec::new();
+    let outcome = latflow::run::train(spec, &TrainControl::default(), &mut |m| {
+        steps.push(m.clone())
+    })
+    .unwrap();
+    match outcome {
+        TrainOutcome::Finished(report) => (report, steps),
+        other => panic!("unexpected outcome {other:?}"),
+    }
+}
+
+/// The acceptances of the evaluations made during a run, with the iterations they follow.
+fn evaluations(steps: &[StepMetrics]) -> Vec<(usize, f64)> {
+    steps
+        .iter()
+        .filter_map(|m| m.eval.map(|e| (m.iteration + 1, e.acceptance)))
+        .collect()
+}
+
+/// A step's metrics without its wall-clock time.
+fn deterministic(m: &StepMetrics) -> StepMetrics {
+    StepMetrics {
+        seconds: 0.0,
+        ..m.clone()
+    }
+}
+
+#[test]
+fn a_reachable_target_stops_at_the_first_evaluation_that_reaches_it() {
+    let dir = temp_dir("reach");
+    let (report, steps) = run(&spec(
+        Some(REACHABLE),
+        BUDGET,
+        EVAL_EVERY,
+        dir.join("m.json"),
+    ));
+    let evals = evaluations(&steps);
+    eprintln!(
+        "stopped after {} of {BUDGET} iterations; evaluations {evals:?}",
+        report.iterations
+    );
+    assert_eq!(report.reached_target, Some(true));
+    assert!(report.iterations < BUDGET, "{}", report.iterations);
+    assert_eq!(steps.len(), report.iterations);
+    let (&(last_at, last), earlier) = evals.split_last().expect("at least one evaluation");
+    assert_eq!(last_at, report.iterations, "the run stops at an evaluation");
+    assert!(last >= REACHABLE, "{last}");
+    for &(at, acceptance) in earlier {
+        assert!(acceptance < REACHABLE, "iteration {at}: {acceptance}");
+    }
+    for (at, _) in &evals {
+        assert_eq!(at % EVAL_EVERY, 0);
+    }
+    assert_eq!(evals.len(), report.iterations / EVAL_EVERY);
+    // The checks' cost is reported apart from |Φ_train|.
+    assert_eq!(report.configs_seen, (report.iterations * BATCH) as u64);
+    assert_eq!(report.eval_configs, (evals.len() * EVAL_SAMPLES) as u64);
+    assert!(report.eval_seconds > 0.0 && report.seconds > 0.0);
+    // The model records the target with the run.
+    let model = FlowModel::load(dir.join("m.json")).unwrap();
+    assert_eq!(
+        model.metadata()["run"]["train"]["until_acceptance"],
+        serde_json::json!(REACHABLE)
+    );
+}
+
+/// The learning-rate schedule spans the budget, so a run stopped at its target holds the
+/// parameters of a run without a target after as many steps; and the same seed stops at
+/// the same iteration.
+#[test]
+fn stopping_early_changes_nothing_before_the_stop_and_is_reproducible() {
+    let dir = temp_dir("same");
+    let target = spec(Some(REACHABLE), BUDGET, EVAL_EVERY, dir.join("a.json"));
+    let (first, _) = run(&target);
+    let (again, _) = run(&TrainSpec {
+        out: dir.join("b.json"),
+        ..target.clone()
+    });
+    assert_eq!(first.reached_target, Some(true));
+    assert_eq!(first.iterations, again.iterations);
+    let a = FlowModel::load(dir.join("a.json")).unwrap();
+    let b = FlowModel::load(dir.join("b.json")).unwrap();
+    assert_eq!(a.params(), b.params());
+
+    // The same run without a target, stepped by hand as far as the target run went.
+    let plain = spec(None, BUDGET, EVAL_EVERY, dir.join("c.json"));
+    let action = Arc::new(plain.action.build(&plain.lattice).unwrap());
+    let flow = plain.recipe.build(&plain.lattice).unwrap();
+    let model = FlowModel::new(&flow, &plain.lattice, plain.train.seed).unwrap();
+    let mut trainer = Trainer::new(model, action, plain.train.clone()).unwrap();
+    for _ in 0..first.iterations {
+        trainer.step().unwrap();
+    }
+    assert!(!trainer.is_finished());
+    assert_eq!(trainer.model().params(), a.params());
+}
+
+#[test]
+fn an_unreachable_target_runs_the_whole_budget() {
+    let dir = temp_dir("unreachable");
+    // eval_every = 0: the checks come every DEFAULT_CHECK_INTERVAL iterations.
+    let budget = 2 * DEFAULT_CHECK_INTERVAL;
+    let (report, steps) = run(&spec(Some(0.99), budget, 0, dir.join("m.json")));
+    assert_eq!(report.reached_target, Some(false));
+    assert_eq!(report.iterations, budget);
+    assert_eq!(steps.len(), budget);
+    let evals = evaluations(&steps);
+    let at: Vec<usize> = evals.iter().map(|e| e.0).collect();
+    assert_eq!(at, [DEFAULT_CHECK_INTERVAL, 2 * DEFAULT_CHECK_INTERVAL]);
+    assert!(evals.iter().all(|e| e.1 < 0.99), "{evals:?}");
+    assert_eq!(report.eval_configs, (2 * EVAL_SAMPLES) as u64);
+    assert_eq!(report.configs_seen, (budget * BATCH) as u64);
+
+    // Without a target nothing is checked and nothing is reported as reached.
+    let (plain, steps) = run(&spec(None, 5, 0, dir.join("p.json")));
+    assert_eq!(plain.reached_target, None);
+    assert_eq!((plain.eval_configs, plain.eval_seconds), (0, 0.0));
+    assert!(steps.iter().all(|m| m.eval.is_none()));
+}
+
+/// A run stopped (by a stop request) before its target and resumed from the checkpoint
+/// stops at the same iteration with the same parameters as an uninterrupted run.
+#[test]
+fn a_resumed_run_stops_where_the_uninterrupted_one_does() {
+    let dir = temp_dir("resume");
+    let full_spec = spec(Some(REACHABLE), BUDGET, EVAL_EVERY, dir.join("full.json"));
+    let (full, full_steps) = run(&full_spec);
+    assert_eq!(full.reached_target, Some(true));
+    assert!(full.iterations > EVAL_EVERY, "{}", full.iterations);
+
+    let stop = AtomicBool::new(false);
+    let checkpoint = dir.join("ckpt.json");
+    let control = TrainControl {
+        checkpoint: Some(&checkpoint),
+        stop: Some(&stop),
+        ..TrainControl::default()
+    };
+    let parted = TrainSpec {
+        out: dir.join("parted.json"),
+        ..full_spec.clone()
+    };
+    // Stop after the first evaluation, so the checkpoint carries checking cost already.
+    let outcome = latflow::run::train(&parted, &control, &mut |m| {
+        if m.iteration + 1 == EVAL_EVERY {
+            stop.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert!(
+        matches!(outcome, TrainOutcome::Stopped { iteration, .. } if iteration == EVAL_EVERY),
+        "{outcome:?}"
+    );
+    stop.store(false, Ordering::SeqCst);
+    let mut resumed_steps = Vec::new();
+    let outcome = latflow::run::resume(&checkpoint, None, &control, &mut |m| {
+        resumed_steps.push(m.clone())
+    })
+    .unwrap();
+    let TrainOutcome::Finished(resumed) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(resumed.reached_target, Some(true));
+    assert_eq!(resumed.iterations, full.iterations);
+    assert_eq!(resumed.eval_configs, full.eval_configs);
+    assert_eq!(
+        resumed_steps.iter().map(deterministic).collect::<Vec<_>>(),
+        full_steps[EVAL_EVERY..]
+            .iter()
+            .map(deterministic)
+            .collect::<Vec<_>>()
+    );
+    let a = FlowModel::load(dir.join("full.json")).unwrap();
+    let b = FlowModel::load(dir.join("parted.json")).unwrap();
+    assert_eq!(a.params(), b.params());
+}
+
+/// A checkpoint without the evaluation counters and the target flag (as written before
+/// they existed) still resumes, bit for bit.
+#[test]
+fn checkpoints_without_the_new_fields_still_resume() {
+    let plain = spec(None, 8, 4, temp_dir("old").join("m.json"));
+    let action = Arc::new(plain.action.build(&plain.lattice).unwrap());
+    let flow = plain.recipe.build(&plain.lattice).unwrap();
+    let fresh = || {
+        let model = FlowModel::new(&flow, &plain.lattice, 3).unwrap();
+        Trainer::new(model, action.clone(), plain.train.clone()).unwrap()
+    };
+    let mut full = fresh();
+    full.train(&mut |_| {}).unwrap();
+
+    let mut first = fresh();
+    for _ in 0..5 {
+        first.step().unwrap();
+    }
+    let path = temp_dir("old").join("ckpt.json");
+    first.save_checkpoint(&path).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let fields = json.as_object_mut().unwrap();
+    for key in ["eval_seconds", "eval_configs", "target_reached"] {
+        assert!(fields.remove(key).is_some(), "{key}");
+    }
+    assert!(
+        !fields["config"]
+            .as_object()
+            .unwrap()
+            .contains_key("until_acceptance")
+    );
+    std::fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
+    let mut resumed = Trainer::resume(&path, action.clone()).unwrap();
+    assert_eq!(resumed.iteration(), 5);
+    let summary = resumed.train(&mut |_| {}).unwrap();
+    assert_eq!(summary.reached_target, None);
+    // The evaluation after iteration 4 was dropped with the counters; the one after 8 is
+    // counted.
+    assert_eq!(summary.eval_configs, EVAL_SAMPLES as u64);
+    assert_eq!(resumed.model().params(), full.model().params());
+}
+
+#[test]
+fn bad_targets_are_refused_by_name() {
+    for target in [0.0, 1.0, f64::NAN, -0.5, 1.5, f64::INFINITY] {
+        let mut config = TrainConfig::new(10, 10, 0.01);
+        config.until_acceptance = Some(target);
+        match config.validate() {
+            Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, "until_acceptance"),
+            other => panic!("target {target}: {other:?}"),
+        }
+    }
+    let dir = temp_dir("card");
+    let card = |value: &str| {
+        let path = dir.join("train.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "lattice = [4, 4]\nout = \"m.json\"\n[action]\nform = \"phi4\"\nbeta = 0.5\n\
+                 lambda = 0.5\n[train]\nuntil_acceptance = {value}\n"
+            ),
+        )
+        .unwrap();
+        TrainSpec::from_toml_file(&path)
+    };
+    assert_eq!(card("0.5").unwrap().train.until_acceptance, Some(0.5));
+    match card("1.0") {
+        Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, "until_acceptance"),
+        other => panic!("{other:?}"),
+    }
+    // A runcard without the key has no target.
+    let path = dir.join("plain.toml");
+    std::fs::write(
+        &path,
+        "lattice = [4, 4]\nout = \"m.json\"\n[action]\nform = \"phi4\"\nbeta = 0.5\nlambda = 0.5\n\
+         [train]\nbatch = 16\n",
+    )
+    .unwrap();
+    assert_eq!(
+        TrainSpec::from_toml_file(&path)
+            .unwrap()
+            .train
+            .until_acceptance,
+        None
+    );
+}
