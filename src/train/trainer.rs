@@ -27,6 +27,10 @@ use crate::train::schedule::Schedule;
 /// the training stream, so evaluating never changes the training trajectory).
 const EVAL_STREAM_BASE: u64 = 1 << 32;
 
+/// Index offset of the stream of the final evaluation of a run stopped at its target
+/// acceptance, so that it does not redraw the sample of the check that stopped the run.
+const FINAL_STREAM_BASE: u64 = 2 << 32;
+
 /// Iterations between the acceptance checks of a run with a target acceptance
 /// ([`TrainConfig::until_acceptance`]) and no `eval_every` of its own.
 pub const DEFAULT_CHECK_INTERVAL: usize = 25;
@@ -424,7 +428,19 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             let metrics = self.step()?;
             observer(&metrics);
         }
-        let eval = self.evaluate(self.config.eval_samples)?;
+        // A run stopped at its target is evaluated on an independent sample: the check that
+        // stopped it is selected upwards.
+        let eval = if self.target_reached {
+            let mut rng = stream(self.config.seed, FINAL_STREAM_BASE + self.iteration as u64);
+            evaluate_flow(
+                &self.model,
+                &*self.action,
+                self.config.eval_samples,
+                &mut rng,
+            )?
+        } else {
+            self.evaluate(self.config.eval_samples)?
+        };
         let summary = TrainSummary {
             iterations: self.iteration,
             configs_seen: self.configs_seen,
