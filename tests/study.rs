@@ -643,3 +643,57 @@ therm = 100
     assert!(String::from_utf8_lossy(&e.stderr).contains("no β given for L = 5"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_flow_chain_starts_from_a_flow_sample() {
+    // A barely trained flow: from φ = 0 its independence chain could stay put for the whole
+    // run; started from one of its own samples, it moves. The first measured configuration
+    // (after one step) is the start or an accepted proposal: either way a flow sample, never
+    // the zero field.
+    let dir = scratch("start");
+    let model = dir.join("poor.json");
+    let output = latflow()
+        .args([
+            "train",
+            "--lattice",
+            "6x6",
+            "--beta",
+            "0.537",
+            "--lambda",
+            "0.5",
+        ])
+        .args(["--hidden", "8", "--affine-blocks", "1", "--segments", "4"])
+        .args(["--batch", "32", "--iterations", "5", "--quiet", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (lattice, action) = latflow::run::model_target(&model).unwrap();
+    for seed in 0..5 {
+        let spec = SampleSpec {
+            lattice: lattice.clone(),
+            action,
+            kernel: KernelSpec {
+                kind: KernelExpr::parse("flow").unwrap(),
+                ..KernelSpec::default()
+            },
+            n: 200,
+            therm: 0,
+            thin: 1,
+            seed,
+            model: Some(model.clone()),
+        };
+        let data = sample_data(&spec, &mut |_, _| {}, None, 200).unwrap();
+        assert_eq!(data.config_indices[0], 0);
+        let first = &data.configs[0];
+        assert!(
+            first.iter().any(|&x| x != 0.0),
+            "seed {seed}: the chain sat at φ = 0"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -549,9 +549,17 @@ pub fn sample_data(
         None
     };
     let kernel = spec.kernel.build(&action, model.as_ref())?;
+    let initial = initial_state(action.as_ref(), model.as_deref(), spec.seed)?;
     let stopped = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
-    let (record, measurements, mut saved, seconds) =
-        run_chain(kernel, &action, spec, progress, &stopped, saved_configs)?;
+    let (record, measurements, mut saved, seconds) = run_chain(
+        kernel,
+        initial,
+        &action,
+        spec,
+        progress,
+        &stopped,
+        saved_configs,
+    )?;
     let summary = measurements.summary()?;
     let mut report = report_from(spec, &record, &summary, seconds)?;
     if record.steps < spec.n {
@@ -644,8 +652,27 @@ impl Blocks {
     }
 }
 
+/// Index of the random stream that draws a flow chain's initial configuration (apart from
+/// the chain's own stream).
+const INITIAL_STATE_STREAM: u64 = 1 << 40;
+
+/// The chain's first configuration: φ = 0, or, for a kernel with flow proposals, one sample
+/// of the flow (from a stream of its own derived from the seed). An independence sampler
+/// started where the flow puts almost no mass — φ = 0 is such a place for a poorly trained
+/// flow of a double-well action — has an enormous weight w = e^{−S}/p̃ there and may reject
+/// every proposal; a flow sample is a typical state of the proposal instead.
+fn initial_state(action: &Phi4, model: Option<&FlowModel>, seed: u64) -> Result<State> {
+    let Some(model) = model else {
+        return Ok(State::zero(action));
+    };
+    let mut rng = crate::rng::stream(seed, INITIAL_STATE_STREAM);
+    let (phi, _) = crate::flow::Flow::sample(model, 1, &mut rng)?;
+    State::new(action, phi.iter().map(|&x| x as f64).collect())
+}
+
 fn run_chain(
     kernel: Box<dyn Proposal>,
+    initial: State,
     action: &Arc<Phi4>,
     spec: &SampleSpec,
     progress: &mut dyn FnMut(usize, usize),
@@ -654,7 +681,7 @@ fn run_chain(
 ) -> Result<RunOutput> {
     let start = std::time::Instant::now();
     let total = spec.therm.saturating_add(spec.n);
-    let mut chain = Chain::new(kernel, State::zero(action.as_ref()), spec.seed);
+    let mut chain = Chain::new(kernel, initial, spec.seed);
     let mut blocks = Blocks { size: 1 };
     let mut done = 0;
     while done < spec.therm {
