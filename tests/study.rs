@@ -16,6 +16,14 @@ fn latflow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_latflow"))
 }
 
+fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("latflow-study-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -175,11 +183,7 @@ fn run_tiny(dir: &Path, extra: &[&str]) -> std::process::Output {
 fn a_tiny_study_leaves_every_promised_file_and_analyse_recomputes_it() {
     let dir = scratch("e2e");
     let output = run_tiny(&dir, &["--set", "measure.thin=2", "--json"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let folder = dir.join("out").join("tiny");
     assert_eq!(
@@ -309,11 +313,7 @@ fn a_tiny_study_leaves_every_promised_file_and_analyse_recomputes_it() {
         .arg(&folder)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(folder.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["study"]["analysis"]["therm_cut"], 500);
@@ -338,11 +338,7 @@ fn a_tiny_study_leaves_every_promised_file_and_analyse_recomputes_it() {
         .arg(&folder)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(folder.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["fit_range"], serde_json::json!([1, 2]));
@@ -667,11 +663,7 @@ fn a_flow_chain_starts_from_a_flow_sample() {
         .arg(&model)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let (lattice, action) = latflow::run::model_target(&model).unwrap();
     for seed in 0..5 {
         let spec = SampleSpec {
