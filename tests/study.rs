@@ -582,6 +582,9 @@ eval_samples = 500
 [sample]
 n = 1000
 therm = 100
+[hmc]
+n = 3000
+therm = 200
 "#,
     )
     .unwrap();
@@ -620,13 +623,35 @@ therm = 100
         assert!((0.0..=1.0).contains(&acceptance));
         assert!(row[8].parse::<u64>().unwrap() > 0);
     }
+    // The HMC baseline: one tuned chain per L and seed, and z fitted over the two sizes.
+    let hmc = &printed["hmc"];
+    let hmc_rows = hmc["rows"].as_array().unwrap();
+    assert_eq!(hmc_rows.len(), 2 * 2);
+    for r in hmc_rows {
+        assert!(r["tau_abs_m"].as_f64().unwrap() >= 0.5, "{r}");
+        assert!(r["xi"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["cost_per_independent"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(
+        hmc["z_fit"]["exponent"].as_f64().unwrap().is_finite(),
+        "{hmc}"
+    );
+    assert!(
+        hmc["z_fit"]["exponent_err"].as_f64().unwrap() > 0.0,
+        "{hmc}"
+    );
+    let (header, hmc_csv) = check_csv(&folder.join("hmc.csv"));
+    assert_eq!(header.join(","), latflow::study::HMC_HEADER);
+    assert_eq!(hmc_csv.len(), 4);
     let table = std::fs::read(folder.join("sweep.csv")).unwrap();
+    let hmc_table = std::fs::read(folder.join("hmc.csv")).unwrap();
     // Run again: every point is reused and the table is the same.
     let second = run();
     assert!(second.status.success());
     let printed: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
     assert_eq!(printed["reused"], 8);
     assert_eq!(std::fs::read(folder.join("sweep.csv")).unwrap(), table);
+    assert_eq!(std::fs::read(folder.join("hmc.csv")).unwrap(), hmc_table);
     // A size off the reference line needs its β.
     let e = latflow()
         .arg("sweep")

@@ -1291,13 +1291,14 @@ fn run_sweep(args: &SweepArgs, signals: &Signals) -> Result<ExitCode> {
             folder,
             rows,
             reused,
+            hmc,
         } => {
             if args.output.json {
                 println!(
                     "{}",
                     serde_json::json!({
                         "folder": folder, "table": folder.join("sweep.csv"), "reused": reused,
-                        "seconds": start.elapsed().as_secs_f64(), "rows": rows,
+                        "seconds": start.elapsed().as_secs_f64(), "rows": rows, "hmc": hmc,
                     })
                 );
             } else {
@@ -1332,6 +1333,7 @@ fn run_sweep(args: &SweepArgs, signals: &Signals) -> Result<ExitCode> {
                         r.verdict.to_string()
                     );
                 }
+                print_hmc_baseline(hmc.as_ref());
                 println!(
                     "table: {}  ({} points, {reused} reused, {:.1} s)",
                     folder.join("sweep.csv").display(),
@@ -1350,6 +1352,46 @@ fn run_sweep(args: &SweepArgs, signals: &Signals) -> Result<ExitCode> {
             );
             Ok(signals.exit_code())
         }
+    }
+}
+
+fn print_hmc_baseline(hmc: Option<&latflow::study::HmcBaselineResult>) {
+    let Some(hmc) = hmc else { return };
+    println!(
+        "{:>4} {:>5} {:>6} {:>5} {:>8} {:>16} {:>16} {:>16} {:>12} {:>10}",
+        "L",
+        "seed",
+        "tau",
+        "md",
+        "accept",
+        "xi_2nd",
+        "tau_int(|m|)",
+        "tau_int(chi)",
+        "s/indep",
+        "verdict"
+    );
+    for r in &hmc.rows {
+        println!(
+            "{:>4} {:>5} {:>6} {:>5} {:>8.3} {:>16} {:>16} {:>16} {:>12.3e} {:>10}",
+            r.l,
+            r.seed,
+            r.tau,
+            r.md_steps,
+            r.acceptance,
+            format!("{:.3} ± {:.3}", r.xi, r.xi_err),
+            format!("{:.2} ± {:.2}", r.tau_abs_m, r.tau_abs_m_err),
+            format!("{:.2} ± {:.2}", r.tau_chi, r.tau_chi_err),
+            r.cost_per_independent,
+            r.verdict.to_string()
+        );
+    }
+    match (&hmc.z_fit, &hmc.z_fit_failure) {
+        (Some(f), _) => println!(
+            "HMC dynamical exponent: tau_int(|m|) ~ xi^z, z = {:.2} ± {:.2} (chi2/dof {:.2})",
+            f.exponent, f.exponent_err, f.chi2_per_dof
+        ),
+        (None, Some(why)) => println!("HMC dynamical exponent: not fitted ({why})"),
+        (None, None) => {}
     }
 }
 

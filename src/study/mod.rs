@@ -41,8 +41,8 @@ pub use spec::{
 };
 pub use store::{RunInfo, StoredRun, is_finished, load_run, save_run};
 pub use sweep::{
-    LoadedSweep, REFERENCE_BETA, SWEEP_HEADER, SweepOutcome, SweepPoint, SweepRow, SweepSampling,
-    SweepSpec, reference_beta, run_sweep,
+    HMC_HEADER, HmcBaseline, HmcBaselineResult, HmcRow, LoadedSweep, REFERENCE_BETA, SWEEP_HEADER,
+    SweepOutcome, SweepPoint, SweepRow, SweepSampling, SweepSpec, reference_beta, run_sweep,
 };
 pub use tune::{HmcTuning, PILOT_N, PILOT_THERM, PilotRun, TUNE_MD_STEPS, TUNE_TAUS, tune_hmc};
 

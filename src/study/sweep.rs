@@ -18,7 +18,7 @@ use crate::lattice::Lattice;
 use crate::run::{
     ActionSpec, KernelSpec, RecipeSpec, SampleSpec, TrainControl, TrainOutcome, TrainSpec, sample,
 };
-use crate::stats::{Verdict, nan_if_null};
+use crate::stats::{PowerLawFit, Verdict, nan_if_null, power_law_fit};
 use crate::train::{StepMetrics, TrainConfig};
 
 /// The hopping coupling β on the ξ ≈ L/4 line at λ = 0.5 (docs/reference.md), for
@@ -76,7 +76,98 @@ pub struct SweepSpec {
     /// The flow chain each point runs after training.
     #[serde(default)]
     pub sample: SweepSampling,
+    /// An HMC baseline on the same lattices and seeds, with tuned trajectories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmc: Option<HmcBaseline>,
 }
+
+/// The HMC baseline of a sweep: per L and seed, a pilot scan chooses the trajectory
+/// ([`super::tune_hmc`], ranked by the τ_int of |m|, m², φ² and the energy), then a chain
+/// of `n` trajectories measures τ_int and the cost of an independent configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HmcBaseline {
+    /// Measured trajectories.
+    pub n: usize,
+    /// Thermalisation trajectories.
+    pub therm: usize,
+}
+
+impl Default for HmcBaseline {
+    fn default() -> Self {
+        HmcBaseline {
+            n: 20_000,
+            therm: 1_000,
+        }
+    }
+}
+
+/// A row of the HMC baseline (`hmc.csv`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HmcRow {
+    /// L.
+    pub l: usize,
+    /// β.
+    pub beta: f64,
+    /// The chain's seed.
+    pub seed: u64,
+    /// The chosen trajectory length.
+    pub tau: f64,
+    /// The chosen MD steps.
+    pub md_steps: usize,
+    /// Acceptance.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub acceptance: f64,
+    /// Wall seconds per trajectory (measurements included).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub seconds_per_step: f64,
+    /// The second-moment correlation length ξ_2nd and its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub xi: f64,
+    /// Its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub xi_err: f64,
+    /// τ_int of |m| and its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_abs_m: f64,
+    /// Its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_abs_m_err: f64,
+    /// τ_int of χ (a χ-like observable) and its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_chi: f64,
+    /// Its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_chi_err: f64,
+    /// τ_int of ξ_2nd (a ξ-like observable) and its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_xi: f64,
+    /// Its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_xi_err: f64,
+    /// Seconds per independent configuration, 2 max(τ_int of |m|, χ, ξ_2nd) × seconds per
+    /// trajectory.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub cost_per_independent: f64,
+    /// The chain's verdict.
+    pub verdict: Verdict,
+}
+
+/// The HMC baseline of a sweep (`hmc.json`): its rows and the dynamical exponent z from a
+/// power-law fit τ_int(|m|) = A (ξ/ξ_ref)^z over them (needs two or more sizes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HmcBaselineResult {
+    /// One row per L and seed.
+    pub rows: Vec<HmcRow>,
+    /// The fit of τ_int(|m|) against ξ_2nd, when it could be made.
+    pub z_fit: Option<PowerLawFit>,
+    /// Why the fit was not made or failed.
+    pub z_fit_failure: Option<String>,
+}
+
+/// The columns of `hmc.csv`.
+pub const HMC_HEADER: &str = "L,beta,seed,tau,md_steps,acceptance,seconds_per_step,xi,xi_err,\
+tau_abs_m,tau_abs_m_err,tau_chi,tau_chi_err,tau_xi,tau_xi_err,cost_per_independent,verdict";
 
 fn default_out() -> PathBuf {
     PathBuf::from("latflow-out")
@@ -325,6 +416,8 @@ pub enum SweepOutcome {
         rows: Vec<SweepRow>,
         /// Points skipped because an earlier run finished them.
         reused: usize,
+        /// The HMC baseline, when the runcard asks for one.
+        hmc: Option<HmcBaselineResult>,
     },
     /// Stopped on request; finished points are kept.
     Stopped {
@@ -431,11 +524,190 @@ pub fn run_sweep(
         rows.push(row);
     }
     write_table(&folder, &rows)?;
+    let hmc = match &spec.hmc {
+        None => None,
+        Some(baseline) => match run_baseline(spec, baseline, &folder, stop, observer)? {
+            Some(result) => Some(result),
+            None => {
+                return Ok(SweepOutcome::Stopped {
+                    folder,
+                    point: "hmc baseline".into(),
+                });
+            }
+        },
+    };
     Ok(SweepOutcome::Finished {
         folder,
         rows,
         reused,
+        hmc,
     })
+}
+
+/// Runs the HMC baseline (reusing finished rows) and writes `hmc.csv` and `hmc.json`;
+/// `None` when stopped.
+fn run_baseline(
+    spec: &SweepSpec,
+    baseline: &HmcBaseline,
+    folder: &Path,
+    stop: Option<&AtomicBool>,
+    observer: &mut dyn StudyObserver,
+) -> Result<Option<HmcBaselineResult>> {
+    let mut rows = Vec::new();
+    let mut seen = Vec::new();
+    for point in spec.points()? {
+        if seen.contains(&(point.l, point.seed)) {
+            continue;
+        }
+        seen.push((point.l, point.seed));
+        let dir = folder
+            .join("points")
+            .join(format!("hmc-L{}-s{}", point.l, point.seed));
+        let done = dir.join("hmc.json");
+        if done.is_file() {
+            rows.push(read_json::<HmcRow>(&done, "HMC baseline row")?);
+            continue;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let (lattice, action) = spec.target(&point)?;
+        let mut chain = SampleSpec {
+            lattice,
+            action,
+            kernel: KernelSpec::default(),
+            n: baseline.n,
+            therm: baseline.therm,
+            thin: 1,
+            seed: point.seed,
+            model: None,
+        };
+        let ranked = ["abs_m", "m2", "phi2", "energy"].map(String::from);
+        let key = format!("L{} seed {}", point.l, point.seed);
+        observer.begin(
+            &format!("tune hmc {key}"),
+            ((super::PILOT_N + super::PILOT_THERM)
+                * super::TUNE_TAUS.len()
+                * super::TUNE_MD_STEPS.len()) as u64,
+            "trajectories",
+        );
+        let tuned = match super::tune_hmc(
+            &chain,
+            &ranked,
+            &mut |d, _| observer.progress(d as u64, ""),
+            stop,
+        ) {
+            Err(Error::Interrupted(_)) => return Ok(None),
+            other => other?,
+        };
+        observer.end(&format!("τ = {}, {} MD steps", tuned.tau, tuned.md_steps));
+        chain.kernel.tau = tuned.tau;
+        chain.kernel.md_steps = tuned.md_steps;
+        observer.begin(
+            &format!("hmc {key}"),
+            (chain.therm + chain.n) as u64,
+            "trajectories",
+        );
+        let report = match sample(&chain, &mut |d, _| observer.progress(d as u64, ""), stop) {
+            Err(Error::Interrupted(_)) => return Ok(None),
+            other => other?,
+        };
+        if report.interrupted {
+            return Ok(None);
+        }
+        observer.end(&format!("acceptance {:.3}", report.acceptance));
+        let get = |name: &str| {
+            report
+                .observables
+                .get(name)
+                .map_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN), |e| {
+                    (e.mean, e.err, e.tau_int, e.tau_int_err)
+                })
+        };
+        let (_, _, tau_abs_m, tau_abs_m_err) = get("abs_m");
+        let (_, _, tau_chi, tau_chi_err) = get("chi");
+        let (xi, xi_err, tau_xi, tau_xi_err) = get("xi_2nd");
+        let seconds_per_step = report.seconds / (chain.therm + chain.n) as f64;
+        let tau_max = [tau_abs_m, tau_chi, tau_xi]
+            .into_iter()
+            .fold(f64::NAN, f64::max);
+        let row = HmcRow {
+            l: point.l,
+            beta: point.beta,
+            seed: point.seed,
+            tau: tuned.tau,
+            md_steps: tuned.md_steps,
+            acceptance: report.acceptance,
+            seconds_per_step,
+            xi,
+            xi_err,
+            tau_abs_m,
+            tau_abs_m_err,
+            tau_chi,
+            tau_chi_err,
+            tau_xi,
+            tau_xi_err,
+            cost_per_independent: 2.0 * tau_max * seconds_per_step,
+            verdict: report.verdict,
+        };
+        write_json(&done, &row)?;
+        rows.push(row);
+    }
+    let usable: Vec<&HmcRow> = rows
+        .iter()
+        .filter(|r| r.xi.is_finite() && r.tau_abs_m.is_finite() && r.tau_abs_m_err > 0.0)
+        .collect();
+    let (z_fit, z_fit_failure) = if usable.len() < 2 {
+        (
+            None,
+            Some("a power law needs rows at two or more sizes".to_string()),
+        )
+    } else {
+        let x: Vec<f64> = usable.iter().map(|r| r.xi).collect();
+        let y: Vec<f64> = usable.iter().map(|r| r.tau_abs_m).collect();
+        let e: Vec<f64> = usable.iter().map(|r| r.tau_abs_m_err).collect();
+        match power_law_fit(&x, &y, &e) {
+            Ok(fit) => (Some(fit), None),
+            Err(err) => (None, Some(err.to_string())),
+        }
+    };
+    let result = HmcBaselineResult {
+        rows,
+        z_fit,
+        z_fit_failure,
+    };
+    write_json(&folder.join("hmc.json"), &result)?;
+    let cell = |x: f64| {
+        if x.is_finite() {
+            x.to_string()
+        } else {
+            String::new()
+        }
+    };
+    let mut csv = format!("{HMC_HEADER}\n");
+    for r in &result.rows {
+        let cells = [
+            r.l.to_string(),
+            r.beta.to_string(),
+            r.seed.to_string(),
+            r.tau.to_string(),
+            r.md_steps.to_string(),
+            cell(r.acceptance),
+            cell(r.seconds_per_step),
+            cell(r.xi),
+            cell(r.xi_err),
+            cell(r.tau_abs_m),
+            cell(r.tau_abs_m_err),
+            cell(r.tau_chi),
+            cell(r.tau_chi_err),
+            cell(r.tau_xi),
+            cell(r.tau_xi_err),
+            cell(r.cost_per_independent),
+            r.verdict.to_string(),
+        ];
+        csv.push_str(&cells.join(","));
+        csv.push('\n');
+    }
+    write_atomic(&folder.join("hmc.csv"), csv.as_bytes())?;
+    Ok(Some(result))
 }
 
 fn write_table(folder: &Path, rows: &[SweepRow]) -> Result<()> {
