@@ -81,9 +81,10 @@ pub struct SweepSpec {
     pub hmc: Option<HmcBaseline>,
 }
 
-/// The HMC baseline of a sweep: per L and seed, a pilot scan chooses the trajectory
-/// ([`super::tune_hmc`], ranked by the τ_int of |m|, m², φ² and the energy), then a chain
-/// of `n` trajectories measures τ_int and the cost of an independent configuration.
+/// The HMC baseline of a sweep: per L, a pilot scan with the first seed chooses the
+/// trajectory ([`super::tune_hmc`], ranked by the τ_int of |m|, m², φ² and the energy); then
+/// for every seed a chain of `n` trajectories with it measures τ_int and the cost of an
+/// independent configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HmcBaseline {
@@ -555,6 +556,7 @@ fn run_baseline(
 ) -> Result<Option<HmcBaselineResult>> {
     let mut rows = Vec::new();
     let mut seen = Vec::new();
+    let mut tuned_at: Vec<(usize, f64, usize)> = Vec::new();
     for point in spec.points()? {
         if seen.contains(&(point.l, point.seed)) {
             continue;
@@ -580,27 +582,36 @@ fn run_baseline(
             seed: point.seed,
             model: None,
         };
-        let ranked = ["abs_m", "m2", "phi2", "energy"].map(String::from);
         let key = format!("L{} seed {}", point.l, point.seed);
-        observer.begin(
-            &format!("tune hmc {key}"),
-            ((super::PILOT_N + super::PILOT_THERM)
-                * super::TUNE_TAUS.len()
-                * super::TUNE_MD_STEPS.len()) as u64,
-            "trajectories",
-        );
-        let tuned = match super::tune_hmc(
-            &chain,
-            &ranked,
-            &mut |d, _| observer.progress(d as u64, ""),
-            stop,
-        ) {
-            Err(Error::Interrupted(_)) => return Ok(None),
-            other => other?,
+        // One trajectory per size (tuned with its first seed), so that the seeds of a size
+        // are replicas of one algorithm.
+        let (tau, md_steps) = match tuned_at.iter().find(|t| t.0 == point.l) {
+            Some(&(_, tau, md_steps)) => (tau, md_steps),
+            None => {
+                let ranked = ["abs_m", "m2", "phi2", "energy"].map(String::from);
+                observer.begin(
+                    &format!("tune hmc {key}"),
+                    ((super::PILOT_N + super::PILOT_THERM)
+                        * super::TUNE_TAUS.len()
+                        * super::TUNE_MD_STEPS.len()) as u64,
+                    "trajectories",
+                );
+                let tuned = match super::tune_hmc(
+                    &chain,
+                    &ranked,
+                    &mut |d, _| observer.progress(d as u64, ""),
+                    stop,
+                ) {
+                    Err(Error::Interrupted(_)) => return Ok(None),
+                    other => other?,
+                };
+                observer.end(&format!("τ = {}, {} MD steps", tuned.tau, tuned.md_steps));
+                tuned_at.push((point.l, tuned.tau, tuned.md_steps));
+                (tuned.tau, tuned.md_steps)
+            }
         };
-        observer.end(&format!("τ = {}, {} MD steps", tuned.tau, tuned.md_steps));
-        chain.kernel.tau = tuned.tau;
-        chain.kernel.md_steps = tuned.md_steps;
+        chain.kernel.tau = tau;
+        chain.kernel.md_steps = md_steps;
         observer.begin(
             &format!("hmc {key}"),
             (chain.therm + chain.n) as u64,
@@ -633,8 +644,8 @@ fn run_baseline(
             l: point.l,
             beta: point.beta,
             seed: point.seed,
-            tau: tuned.tau,
-            md_steps: tuned.md_steps,
+            tau,
+            md_steps,
             acceptance: report.acceptance,
             seconds_per_step,
             xi,
