@@ -622,30 +622,18 @@ fn autocorrelation_figures(plots: &Path, summary: &StudySummary) -> Result<Vec<F
     let mut windows = Vec::new();
     for (i, s) in summary.samplers.iter().enumerate() {
         let a = &s.autocorrelation;
-        rho.push(series(
-            &s.name,
-            a.rho
+        // Lag 0 (ρ = 1, τ_int = ½) has no place on a log lag axis.
+        let curve = |values: &[f64]| {
+            let points = values
                 .iter()
                 .enumerate()
                 .skip(1)
-                .map(|(t, r)| (t as f64, *r))
-                .collect(),
-            None,
-            Style::Line,
-            Some(i),
-        ));
-        tau.push(series(
-            &s.name,
-            a.tau_int_by_window
-                .iter()
-                .enumerate()
-                .skip(1)
-                .map(|(t, r)| (t as f64, *r))
-                .collect(),
-            None,
-            Style::Line,
-            Some(i),
-        ));
+                .map(|(t, v)| (t as f64, *v))
+                .collect();
+            series(&s.name, points, None, Style::Line, Some(i))
+        };
+        rho.push(curve(&a.rho));
+        tau.push(curve(&a.tau_int_by_window));
         windows.push(Marker {
             value: a.window as f64,
             label: format!(
