@@ -62,6 +62,9 @@ pub enum Error {
     /// A compute device (GPU) that could not be used or failed during a computation.
     #[error("device error: {0}")]
     Device(String),
+    /// The processes of a run (MPI ranks) could not be set up or disagree.
+    #[error("communication error: {0}")]
+    Communication(String),
 }
 
 impl Error {

@@ -22,6 +22,7 @@ pub mod kernel;
 pub mod lattice;
 pub mod limits;
 pub mod observable;
+pub mod parallel;
 #[cfg(feature = "cli")]
 pub mod plot;
 pub mod rng;

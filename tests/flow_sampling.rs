@@ -182,7 +182,7 @@ fn poor_flow_chain_is_exact_but_slow() {
     let mut trainer = Trainer::new(model, action.clone(), train).unwrap();
     trainer.train(&mut |_| {}).unwrap();
     let flow = FlowProposal::new(Arc::new(trainer.into_model()), action.clone(), 1000).unwrap();
-    let (record, summary) = run(flow, 7, 500, 60_000);
+    let (record, summary) = run(flow, 7, 500, 120_000);
     let acceptance = record.acceptance_of("flow");
     let rejection = rejection_autocorrelation(&record.accept_history("flow")).unwrap();
     eprintln!(

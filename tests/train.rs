@@ -206,7 +206,14 @@ fn corrupt_or_mismatched_checkpoints_are_refused() {
     let wrong_version = temp_path("version.json");
     std::fs::write(
         &wrong_version,
-        text.replacen("\"format_version\": 1", "\"format_version\": 99", 1),
+        text.replacen(
+            &format!(
+                "\"format_version\": {}",
+                latflow::train::CHECKPOINT_FORMAT_VERSION
+            ),
+            "\"format_version\": 99",
+            1,
+        ),
     )
     .unwrap();
     let err = Trainer::resume(&wrong_version, trainer.action().clone())

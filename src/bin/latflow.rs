@@ -16,7 +16,7 @@ use latflow::Lattice;
 use latflow::kernel::{Integrator, KernelExpr};
 use latflow::run::{
     ActionSpec, AnnealSpec, KernelSpec, RecipeKind, RecipeSpec, SampleReport, SampleSpec,
-    TrainControl, TrainOutcome, TrainSpec, model_target, parse_kernel, sample,
+    TrainControl, TrainOutcome, TrainSpec, model_target, parse_kernel,
 };
 use latflow::stats::Verdict;
 use latflow::train::{OptimizerKind, Schedule, TrainConfig};
@@ -401,7 +401,12 @@ fn beside(model: &Path, suffix: &str) -> PathBuf {
     model.with_file_name(format!("{stem}.{suffix}"))
 }
 
-fn run_train(args: &TrainArgs, m: &ArgMatches, signals: &Signals) -> Result<ExitCode> {
+fn run_train(
+    args: &TrainArgs,
+    m: &ArgMatches,
+    signals: &Signals,
+    ranks: &Ranks,
+) -> Result<ExitCode> {
     let (spec, resuming) = match &args.resume {
         Some(path) => {
             let allowed_out = TRAIN_RUN_FLAGS.iter().filter(|&&f| f != "out");
@@ -434,6 +439,7 @@ fn run_train(args: &TrainArgs, m: &ArgMatches, signals: &Signals) -> Result<Exit
         checkpoint_every: args.checkpoint_every,
         log: Some(&log),
         stop: Some(&signals.stop),
+        ranks: Some(&ranks.shared),
     };
     let mut progress = Progress::new("train", spec.train.iterations as u64, "steps", &args.output);
     let mut last_acceptance = f64::NAN;
@@ -451,6 +457,9 @@ fn run_train(args: &TrainArgs, m: &ArgMatches, signals: &Signals) -> Result<Exit
         None => latflow::run::train(&spec, &control, &mut observer)?,
     };
     progress.finish();
+    if !ranks.shared.is_root() {
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = match outcome {
         TrainOutcome::Finished(report) => report,
         TrainOutcome::Stopped {
@@ -892,19 +901,28 @@ fn print_table(report: &SampleReport) {
     }
 }
 
-fn run_sample(args: &SampleArgs, m: &ArgMatches, signals: &Signals) -> Result<ExitCode> {
+fn run_sample(
+    args: &SampleArgs,
+    m: &ArgMatches,
+    signals: &Signals,
+    ranks: &Ranks,
+) -> Result<ExitCode> {
     let spec = args.spec(m)?;
     if let Some(path) = &args.out {
         latflow::io::check_output_path(path, "out")?;
     }
     let total = spec.therm.saturating_add(spec.n) as u64;
     let mut progress = Progress::new("sample", total, "steps", &args.output);
-    let report = sample(
+    let report = latflow::run::sample_replicas(
         &spec,
+        ranks.shared.as_ref(),
         &mut |done, _| progress.update(done as u64, ""),
         Some(&signals.stop),
     )?;
     progress.finish();
+    let Some(report) = report else {
+        return Ok(ExitCode::SUCCESS);
+    };
     if let Some(path) = &args.out {
         latflow::io::write_json(path, &report)?;
     }
@@ -1167,10 +1185,30 @@ fn main() -> ExitCode {
     } else {
         definition.clone().get_matches()
     };
-    let cli = match Cli::from_arg_matches(&matches) {
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    let ranks = match Ranks::init() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Rank 0 alone shows progress and prints results.
+    if !ranks.shared.is_root()
+        && let Some(command) = &mut cli.command
+    {
+        let output = match command {
+            Command::Run(a) => &mut a.output,
+            Command::Analyse(a) => &mut a.output,
+            Command::Sweep(a) => &mut a.output,
+            Command::Sample(a) => &mut a.output,
+            Command::Train(a) => &mut a.output,
+        };
+        output.quiet = true;
+    }
     let Some(command) = &cli.command else {
         return ExitCode::FAILURE;
     };
@@ -1213,18 +1251,85 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let result = match command {
-        Command::Run(args) => run_study(args, &signals),
-        Command::Analyse(args) => run_analyse(args),
-        Command::Sweep(args) => run_sweep(args, &signals),
-        Command::Sample(args) => run_sample(args, m, &signals),
-        Command::Train(args) => run_train(args, m, &signals),
+        Command::Run(args) => ranks
+            .require_single("run")
+            .and_then(|()| run_study(args, &signals)),
+        Command::Analyse(args) => ranks
+            .require_single("analyse")
+            .and_then(|()| run_analyse(args)),
+        Command::Sweep(args) => run_sweep(args, &signals, &ranks),
+        Command::Sample(args) => run_sample(args, m, &signals, &ranks),
+        Command::Train(args) => run_train(args, m, &signals, &ranks),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
+            if ranks.shared.size() > 1 {
+                eprint!("rank {}: ", ranks.shared.rank());
+            }
             print_error(&e, &source);
+            ranks.abort_others();
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The processes of this run: MPI ranks when the program was started by an MPI launcher
+/// (`mpirun`, `srun`; built with the `mpi` feature), else this process alone.
+struct Ranks {
+    shared: Arc<dyn latflow::parallel::Collective>,
+    #[cfg(feature = "mpi")]
+    mpi: Option<Arc<latflow::parallel::mpi::MpiRanks>>,
+}
+
+impl Ranks {
+    #[cfg(feature = "mpi")]
+    fn init() -> latflow::Result<Ranks> {
+        use latflow::parallel::mpi::{MpiRanks, launched_by_mpi};
+        if !launched_by_mpi() {
+            return Ok(Ranks::single());
+        }
+        let mpi = Arc::new(MpiRanks::init()?);
+        Ok(Ranks {
+            shared: mpi.clone(),
+            mpi: Some(mpi),
+        })
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn init() -> latflow::Result<Ranks> {
+        Ok(Ranks::single())
+    }
+
+    fn single() -> Ranks {
+        Ranks {
+            shared: Arc::new(latflow::parallel::SingleProcess),
+            #[cfg(feature = "mpi")]
+            mpi: None,
+        }
+    }
+
+    /// Ends the other ranks too after an error on this one (they would otherwise wait for
+    /// it in their next collective operation).
+    fn abort_others(&self) {
+        #[cfg(feature = "mpi")]
+        if let Some(mpi) = &self.mpi
+            && latflow::parallel::Collective::size(mpi.as_ref()) > 1
+        {
+            mpi.abort(1);
+        }
+    }
+
+    /// Refuses a command that does not run over several ranks yet.
+    fn require_single(&self, command: &str) -> Result<()> {
+        if self.shared.size() > 1 {
+            bail!(
+                "latflow {command} runs as one process; over MPI ranks, run `latflow train`, \
+                 `latflow sample` or `latflow sweep` (this job has {} ranks)",
+                self.shared.size()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -1266,7 +1371,7 @@ fn overrides(texts: &[String]) -> Result<Vec<latflow::study::Override>> {
         .collect::<latflow::Result<_>>()?)
 }
 
-fn run_sweep(args: &SweepArgs, signals: &Signals) -> Result<ExitCode> {
+fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitCode> {
     use latflow::study::{SweepOutcome, SweepSpec};
     let (path, set) = args.card.parts()?;
     let Some(path) = path else {
@@ -1286,7 +1391,16 @@ fn run_sweep(args: &SweepArgs, signals: &Signals) -> Result<ExitCode> {
         current: None,
     };
     let start = Instant::now();
-    match latflow::study::run_sweep(&loaded, Some(&signals.stop), &mut observer)? {
+    let outcome = latflow::study::run_sweep(
+        &loaded,
+        ranks.shared.as_ref(),
+        Some(&signals.stop),
+        &mut observer,
+    )?;
+    if !ranks.shared.is_root() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    match outcome {
         SweepOutcome::Finished {
             folder,
             rows,

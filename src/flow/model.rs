@@ -286,7 +286,7 @@ impl FlowModel {
         ws.fit(z.dim());
         let (n, parts) = (z.nrows(), ws.chunks.len());
         ws.chunks.par_iter_mut().enumerate().for_each(|(i, chunk)| {
-            let (a, b) = chunk_range(n, parts, i);
+            let (a, b) = crate::parallel::share(n, parts, i);
             chunk.phi_var = None;
             if a == b {
                 return;
@@ -295,7 +295,7 @@ impl FlowModel {
             chunk.phi_var = Some(x);
         });
         for (i, chunk) in ws.chunks.iter().enumerate() {
-            let (a, b) = chunk_range(n, parts, i);
+            let (a, b) = crate::parallel::share(n, parts, i);
             if let Some(x) = chunk.phi_var {
                 ws.phi.slice_mut(s![a..b, ..]).assign(&chunk.tape.value(x));
                 ws.logdet.slice_mut(s![a..b]).assign(&chunk.logdet);
@@ -333,7 +333,7 @@ impl FlowModel {
         ws.fit(phi.dim());
         let (n, parts) = (phi.nrows(), ws.chunks.len());
         ws.chunks.par_iter_mut().enumerate().for_each(|(i, chunk)| {
-            let (a, b) = chunk_range(n, parts, i);
+            let (a, b) = crate::parallel::share(n, parts, i);
             let rows = phi.slice(s![a..b, ..]);
             ensure_shape(&mut chunk.x, rows.dim());
             chunk.x.assign(&rows);
@@ -355,7 +355,7 @@ impl FlowModel {
             }
         });
         for (i, chunk) in ws.chunks.iter().enumerate() {
-            let (a, b) = chunk_range(n, parts, i);
+            let (a, b) = crate::parallel::share(n, parts, i);
             ws.phi.slice_mut(s![a..b, ..]).assign(&chunk.x);
             ws.logdet.slice_mut(s![a..b]).assign(&chunk.logdet);
         }
@@ -436,7 +436,7 @@ impl FlowModel {
         let parts = ws.chunks.len();
         ws.fit(z.dim());
         ws.chunks.par_iter_mut().enumerate().for_each(|(i, chunk)| {
-            let (a, b) = chunk_range(n, parts, i);
+            let (a, b) = crate::parallel::share(n, parts, i);
             chunk.grad.clear();
             chunk.grad.resize(np, T::zero());
             if a == b {
@@ -479,7 +479,7 @@ impl FlowModel {
                 }
             });
         for (i, chunk) in ws.chunks.iter().enumerate() {
-            let (a, b) = chunk_range(n, parts, i);
+            let (a, b) = crate::parallel::share(n, parts, i);
             if let (Some(phi), true) = (chunk.phi_var, a < b) {
                 ws.phi
                     .slice_mut(s![a..b, ..])
@@ -822,11 +822,4 @@ impl<T: FlowFloat> Workspace<T> {
             self.record = Array1::zeros(dim.0);
         }
     }
-}
-
-/// The `i`-th of `parts` contiguous row ranges of near-equal size covering `0..n`.
-fn chunk_range(n: usize, parts: usize, i: usize) -> (usize, usize) {
-    let (q, r) = (n / parts, n % parts);
-    let start = i * q + i.min(r);
-    (start, start + q + usize::from(i < r))
 }

@@ -108,7 +108,82 @@ pub enum MoveDetail {
     },
 }
 
+/// The kernel labels of the code column of [`MoveInfo::to_row`], by code: each kind of
+/// [`MoveDetail`] has one.
+pub const MOVE_KERNELS: [&str; 4] = ["local", "hmc", "flow", "metropolis"];
+
 impl MoveInfo {
+    /// The move as five numbers, for tables and messages: the code of its kind in
+    /// [`MOVE_KERNELS`], proposals, acceptances and the detail's two values (a local sweep's
+    /// ΔS and step size, HMC's ΔH and integrator steps, a flow proposal's log-weight ratio
+    /// and log-weight, a Metropolis move's log-ratio and NaN).
+    pub fn to_row(&self) -> [f64; 5] {
+        let (code, a, b) = match self.detail {
+            MoveDetail::LocalSweep {
+                delta_action,
+                step_size,
+            } => (0.0, delta_action, step_size),
+            MoveDetail::Hmc { delta_h, md_steps } => (1.0, delta_h, f64::from(md_steps)),
+            MoveDetail::Flow {
+                log_weight_ratio,
+                log_weight,
+            } => (2.0, log_weight_ratio, log_weight),
+            MoveDetail::Metropolis {
+                log_acceptance_ratio,
+            } => (3.0, log_acceptance_ratio, f64::NAN),
+        };
+        [
+            code,
+            f64::from(self.proposed),
+            f64::from(self.accepted),
+            a,
+            b,
+        ]
+    }
+
+    /// The move [`MoveInfo::to_row`] wrote (its label the code's entry of
+    /// [`MOVE_KERNELS`]); a row of another length, an unknown code or counts that are not
+    /// counts are an error saying which.
+    pub fn from_row(row: &[f64]) -> std::result::Result<MoveInfo, String> {
+        let &[code, proposed, accepted, a, b] = row else {
+            return Err(format!("{} values, 5 expected", row.len()));
+        };
+        let kernel = MOVE_KERNELS
+            .get(code as usize)
+            .filter(|_| code >= 0.0 && code.fract() == 0.0)
+            .ok_or_else(|| format!("unknown kernel code {code}"))?;
+        let count = |x: f64| {
+            if (0.0..=f64::from(u32::MAX)).contains(&x) && x.fract() == 0.0 {
+                Ok(x as u32)
+            } else {
+                Err(format!("{x} is not a count"))
+            }
+        };
+        let detail = match *kernel {
+            "local" => MoveDetail::LocalSweep {
+                delta_action: a,
+                step_size: b,
+            },
+            "hmc" => MoveDetail::Hmc {
+                delta_h: a,
+                md_steps: count(b)?,
+            },
+            "flow" => MoveDetail::Flow {
+                log_weight_ratio: a,
+                log_weight: b,
+            },
+            _ => MoveDetail::Metropolis {
+                log_acceptance_ratio: a,
+            },
+        };
+        Ok(MoveInfo {
+            kernel,
+            proposed: count(proposed)?,
+            accepted: count(accepted)?,
+            detail,
+        })
+    }
+
     /// ΔH when this is an HMC trajectory.
     pub fn delta_h(&self) -> Option<f64> {
         match self.detail {

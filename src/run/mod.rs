@@ -15,8 +15,9 @@ mod train;
 
 pub(crate) use sample::kernel_table_or_expression;
 pub use sample::{
-    Estimate, KERNEL_NAMES, KernelSpec, SampleData, SampleReport, SampleSpec, parse_kernel,
-    report_from, sample, sample_data,
+    Estimate, KERNEL_NAMES, KernelSpec, ReplicaChain, SampleData, SampleReport, SampleSpec,
+    combine_replicas, parse_kernel, replica_seed, report_from, sample, sample_data,
+    sample_replicas,
 };
 pub use train::{
     AnnealSpec, RecipeKind, RecipeSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport,

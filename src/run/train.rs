@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::flow::transform::MAX_BINS;
 use crate::flow::{Flow, FlowConfig, FlowModel, TransformKind};
 use crate::lattice::Lattice;
+use crate::parallel::Collective;
 use crate::train::{StepMetrics, TrainConfig, Trainer};
 
 /// Which flow recipe (docs/flows.md#recipes).
@@ -306,6 +307,13 @@ pub struct TrainReport {
     pub reached_target: Option<bool>,
     /// Training configurations per second.
     pub configs_per_second: f64,
+    /// The processes the training was spread over (MPI ranks; 1 for one process).
+    #[serde(default = "one_rank")]
+    pub ranks: usize,
+    /// Wall seconds of the training steps spent summing gradients over the ranks (part of
+    /// `seconds`, waiting for the slowest rank included; 0 for one process).
+    #[serde(default)]
+    pub communication_seconds: f64,
     /// The last loss.
     pub final_loss: f64,
     /// Independence-Metropolis acceptance on a fresh test sample.
@@ -324,9 +332,13 @@ pub struct TrainReport {
     pub model: PathBuf,
 }
 
+fn one_rank() -> usize {
+    1
+}
+
 /// How a training run is driven beyond its spec: where checkpoints and the training log go,
-/// and a flag that asks the run to stop.
-#[derive(Clone, Copy, Debug, Default)]
+/// a flag that asks the run to stop, and the processes the run is spread over.
+#[derive(Clone, Copy, Default)]
 pub struct TrainControl<'a> {
     /// Where checkpoints are written (atomically); `None`: no checkpoints, and a stop request
     /// then loses the run.
@@ -336,8 +348,19 @@ pub struct TrainControl<'a> {
     /// The training log, a CSV file with one row per iteration (see [`TRAIN_LOG_HEADER`]).
     pub log: Option<&'a Path>,
     /// Checked before every iteration: once it is set, the run writes a checkpoint and
-    /// returns [`TrainOutcome::Stopped`].
+    /// returns [`TrainOutcome::Stopped`]. Over several ranks the run stops when the flag is
+    /// set on any of them.
     pub stop: Option<&'a AtomicBool>,
+    /// The processes training is spread over (see [`Trainer::with_ranks`]); `None`: this
+    /// process alone. Every rank runs the same call; rank 0 alone writes the model,
+    /// checkpoints and log.
+    pub ranks: Option<&'a Arc<dyn Collective>>,
+}
+
+impl TrainControl<'_> {
+    fn is_root(&self) -> bool {
+        self.ranks.is_none_or(|r| r.is_root())
+    }
 }
 
 /// The columns of the training log: the step's loss (the reverse-KL estimate up to log Z),
@@ -384,8 +407,11 @@ pub fn train(
     let mut model = FlowModel::new(&config, &spec.lattice, spec.train.seed)?;
     let spec_json = serde_json::to_value(spec).map_err(|e| Error::format("run", e.to_string()))?;
     model.metadata_mut().insert(RUN_KEY.into(), spec_json);
-    let trainer = Trainer::new(model, action.clone(), spec.train.clone())?;
-    let log = TrainLog::create(control.log, 0)?;
+    let trainer = spread(
+        Trainer::new(model, action.clone(), spec.train.clone())?,
+        control,
+    )?;
+    let log = TrainLog::create(control.log.filter(|_| control.is_root()), 0)?;
     drive(spec, with_annealing(trainer, spec), log, control, observer)
 }
 
@@ -407,14 +433,17 @@ pub fn resume(
     spec.validate()?;
     check_outputs(&spec.out, control)?;
     let action = Arc::new(spec.action.build(&spec.lattice)?);
-    let trainer = Trainer::resume(path, action)?;
+    let trainer = spread(Trainer::resume(path, action)?, control)?;
     if trainer.config() != &spec.train {
         return Err(Error::format(
             format!("checkpoint {}", path.display()),
             "its training configuration differs from the run recorded with it",
         ));
     }
-    let log = TrainLog::create(control.log, trainer.iteration())?;
+    let log = TrainLog::create(
+        control.log.filter(|_| control.is_root()),
+        trainer.iteration(),
+    )?;
     drive(
         &spec,
         with_annealing(trainer, &spec),
@@ -469,6 +498,17 @@ fn check_outputs(out: &Path, control: &TrainControl<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The trainer spread over the control's ranks, if any.
+fn spread(
+    trainer: Trainer<FlowModel, Phi4>,
+    control: &TrainControl<'_>,
+) -> Result<Trainer<FlowModel, Phi4>> {
+    match control.ranks {
+        Some(ranks) => trainer.with_ranks(ranks.clone()),
+        None => Ok(trainer),
+    }
+}
+
 fn with_annealing(trainer: Trainer<FlowModel, Phi4>, spec: &TrainSpec) -> Trainer<FlowModel, Phi4> {
     match spec.anneal {
         Some(anneal) => {
@@ -494,7 +534,7 @@ fn drive(
     let stopped = || control.stop.is_some_and(|s| s.load(Ordering::SeqCst));
     let mut last_saved = (trainer.iteration() > 0).then_some(trainer.iteration());
     while !trainer.is_finished() {
-        if stopped() {
+        if trainer.ranks().any(stopped())? {
             let checkpoint = control.checkpoint.ok_or_else(|| {
                 Error::param(
                     "checkpoint",
@@ -546,7 +586,9 @@ fn drive(
     let action_json =
         serde_json::to_value(spec.action).map_err(|e| Error::format("action", e.to_string()))?;
     model.metadata_mut().insert("action".into(), action_json);
-    model.save(&spec.out)?;
+    if control.is_root() {
+        model.save(&spec.out)?;
+    }
     let e = summary.eval;
     Ok(TrainOutcome::Finished(TrainReport {
         lattice: spec.lattice.extents().to_vec(),
@@ -560,6 +602,8 @@ fn drive(
         eval_configs: summary.eval_configs,
         reached_target: summary.reached_target,
         configs_per_second: summary.configs_seen as f64 / summary.seconds.max(1e-12),
+        ranks: control.ranks.map_or(1, |r| r.size()),
+        communication_seconds: summary.communication_seconds,
         final_loss: summary.final_loss,
         acceptance: e.acceptance,
         ess: e.ess,

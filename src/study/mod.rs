@@ -128,6 +128,7 @@ pub fn run_study(
                     checkpoint_every: spec.flow.as_ref().map_or(100, |f| f.checkpoint_every),
                     log: Some(&log),
                     stop,
+                    ranks: None,
                 };
                 observer.begin("train", train_spec.train.iterations as u64, "steps");
                 let mut acceptance = f64::NAN;

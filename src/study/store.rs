@@ -12,12 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::tune::HmcTuning;
 use crate::error::{Error, Result};
 use crate::io::{read_json, read_npy, write_json, write_npy};
-use crate::kernel::{ChainRecord, MoveDetail, MoveInfo};
+use crate::kernel::{ChainRecord, MOVE_KERNELS, MoveInfo};
 use crate::observable::Measurements;
 use crate::run::{SampleData, SampleSpec};
-
-/// The kernel labels a stored move history may hold, by their code in `moves.npy`.
-const MOVE_KERNELS: [&str; 4] = ["local", "hmc", "flow", "metropolis"];
 
 /// `run.json`: how a sampler ran.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,27 +77,7 @@ pub fn save_run(
     let moves = &data.record.moves;
     let mut table = Array2::<f64>::zeros((moves.len(), 5));
     for (mut row, mv) in table.rows_mut().into_iter().zip(moves) {
-        let (code, a, b) = match mv.detail {
-            MoveDetail::LocalSweep {
-                delta_action,
-                step_size,
-            } => (0.0, delta_action, step_size),
-            MoveDetail::Hmc { delta_h, md_steps } => (1.0, delta_h, md_steps as f64),
-            MoveDetail::Flow {
-                log_weight_ratio,
-                log_weight,
-            } => (2.0, log_weight_ratio, log_weight),
-            MoveDetail::Metropolis {
-                log_acceptance_ratio,
-            } => (3.0, log_acceptance_ratio, f64::NAN),
-        };
-        row.assign(&Array1::from(vec![
-            code,
-            mv.proposed as f64,
-            mv.accepted as f64,
-            a,
-            b,
-        ]));
+        row.assign(&Array1::from(mv.to_row().to_vec()));
     }
     write_npy(&dir.join("moves.npy"), &table)?;
     let per_step = Array1::from(data.record.moves_per_step.clone());
@@ -176,41 +153,8 @@ pub fn load_run(dir: &Path) -> Result<StoredRun> {
     }
     let mut infos = Vec::with_capacity(moves.nrows());
     for (i, row) in moves.rows().into_iter().enumerate() {
-        let kernel = MOVE_KERNELS
-            .get(row[0] as usize)
-            .filter(|_| row[0] >= 0.0 && row[0].fract() == 0.0)
-            .ok_or_else(|| bad(format!("row {i}: unknown kernel code {}", row[0])))?;
-        let (a, b) = (row[3], row[4]);
-        let detail = match *kernel {
-            "local" => MoveDetail::LocalSweep {
-                delta_action: a,
-                step_size: b,
-            },
-            "hmc" => MoveDetail::Hmc {
-                delta_h: a,
-                md_steps: b as u32,
-            },
-            "flow" => MoveDetail::Flow {
-                log_weight_ratio: a,
-                log_weight: b,
-            },
-            _ => MoveDetail::Metropolis {
-                log_acceptance_ratio: a,
-            },
-        };
-        let count = |x: f64| {
-            if x >= 0.0 && x <= u32::MAX as f64 && x.fract() == 0.0 {
-                Ok(x as u32)
-            } else {
-                Err(bad(format!("row {i}: {x} is not a count")))
-            }
-        };
-        infos.push(MoveInfo {
-            kernel,
-            proposed: count(row[1])?,
-            accepted: count(row[2])?,
-            detail,
-        });
+        let row = row.to_vec();
+        infos.push(MoveInfo::from_row(&row).map_err(|why| bad(format!("row {i}: {why}")))?);
     }
     let moves_per_step = per_step.to_vec();
     let total: u64 = moves_per_step.iter().map(|&k| k as u64).sum();

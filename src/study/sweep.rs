@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::io::{read_json, write_atomic, write_json};
 use crate::kernel::KernelExpr;
 use crate::lattice::Lattice;
+use crate::parallel::Collective;
 use crate::run::{
     ActionSpec, KernelSpec, RecipeSpec, SampleSpec, TrainControl, TrainOutcome, TrainSpec, sample,
 };
@@ -430,24 +431,36 @@ pub enum SweepOutcome {
 }
 
 /// Runs every point of a sweep not finished before, then writes `sweep.csv` and
-/// `sweep.json`. A folder holding another sweep's runcard is refused.
+/// `sweep.json`. A folder holding another sweep's runcard is refused. Over several ranks
+/// every rank makes the call: point i runs on rank i mod R (the HMC baseline's sizes are
+/// dealt the same way), each point as one process, and rank 0 writes the tables once all
+/// are done. A stop on any rank stops the sweep after the points in progress.
 pub fn run_sweep(
     sweep: &LoadedSweep,
+    ranks: &dyn Collective,
     stop: Option<&AtomicBool>,
     observer: &mut dyn StudyObserver,
 ) -> Result<SweepOutcome> {
     let spec = &sweep.spec;
     spec.validate()?;
     let folder = spec.out.join(&spec.name);
-    super::prepare_folder(&folder, &sweep.runcard)?;
-    let mut rows = Vec::new();
-    let mut reused = 0;
-    for point in spec.points()? {
+    if ranks.is_root() {
+        super::prepare_folder(&folder, &sweep.runcard)?;
+    }
+    // The other ranks start once the folder is ready (or refused: then rank 0 has failed).
+    ranks.barrier()?;
+    if !ranks.is_root() {
+        super::prepare_folder(&folder, &sweep.runcard)?;
+    }
+    let points = spec.points()?;
+    let point_file =
+        |point: &SweepPoint| folder.join("points").join(point.key()).join("point.json");
+    let reused = points.iter().filter(|p| point_file(p).is_file()).count();
+    let mut stopped_at = None;
+    for (i, point) in points.iter().enumerate() {
         let dir = folder.join("points").join(point.key());
         let done = dir.join("point.json");
-        if done.is_file() {
-            rows.push(read_json::<SweepRow>(&done, "sweep point")?);
-            reused += 1;
+        if i % ranks.size() != ranks.rank() || done.is_file() {
             continue;
         }
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -458,13 +471,11 @@ pub fn run_sweep(
             checkpoint_every: 100,
             log: Some(&dir.join("training.csv")),
             stop,
+            ranks: None,
         };
-        let stopped = |observer: &mut dyn StudyObserver| {
+        let mut stopped = |observer: &mut dyn StudyObserver| {
             observer.end("stopped");
-            Ok(SweepOutcome::Stopped {
-                folder: folder.clone(),
-                point: point.key(),
-            })
+            stopped_at = Some(point.key());
         };
         observer.begin(
             &format!("train {}", point.key()),
@@ -478,17 +489,20 @@ pub fn run_sweep(
             crate::run::resume(&checkpoint, Some(&model), &control, &mut step_observer)?
         } else {
             crate::run::train(
-                &spec.train_spec(&point, &model)?,
+                &spec.train_spec(point, &model)?,
                 &control,
                 &mut step_observer,
             )?
         };
         let report = match outcome {
             TrainOutcome::Finished(r) => r,
-            TrainOutcome::Stopped { .. } => return stopped(observer),
+            TrainOutcome::Stopped { .. } => {
+                stopped(observer);
+                break;
+            }
         };
         observer.end(&format!("acceptance {:.3}", report.acceptance));
-        let sample_spec = spec.sample_spec(&point, &model)?;
+        let sample_spec = spec.sample_spec(point, &model)?;
         observer.begin(
             &format!("sample {}", point.key()),
             (sample_spec.therm + sample_spec.n) as u64,
@@ -499,11 +513,15 @@ pub fn run_sweep(
             &mut |d, _| observer.progress(d as u64, ""),
             stop,
         ) {
-            Err(Error::Interrupted(_)) => return stopped(observer),
+            Err(Error::Interrupted(_)) => {
+                stopped(observer);
+                break;
+            }
             other => other?,
         };
         if chain.interrupted {
-            return stopped(observer);
+            stopped(observer);
+            break;
         }
         observer.end(&format!("acceptance {:.3}", chain.acceptance));
         let abs_m = chain.observables.get("abs_m");
@@ -522,12 +540,23 @@ pub fn run_sweep(
             verdict: chain.verdict,
         };
         write_json(&done, &row)?;
-        rows.push(row);
     }
-    write_table(&folder, &rows)?;
+    if ranks.any(stopped_at.is_some())? {
+        return Ok(SweepOutcome::Stopped {
+            folder,
+            point: stopped_at.unwrap_or_else(|| "a point of another rank".into()),
+        });
+    }
+    let rows = points
+        .iter()
+        .map(|p| read_json::<SweepRow>(&point_file(p), "sweep point"))
+        .collect::<Result<Vec<_>>>()?;
+    if ranks.is_root() {
+        write_table(&folder, &rows)?;
+    }
     let hmc = match &spec.hmc {
         None => None,
-        Some(baseline) => match run_baseline(spec, baseline, &folder, stop, observer)? {
+        Some(baseline) => match run_baseline(spec, baseline, &folder, ranks, stop, observer)? {
             Some(result) => Some(result),
             None => {
                 return Ok(SweepOutcome::Stopped {
@@ -551,27 +580,37 @@ fn run_baseline(
     spec: &SweepSpec,
     baseline: &HmcBaseline,
     folder: &Path,
+    ranks: &dyn Collective,
     stop: Option<&AtomicBool>,
     observer: &mut dyn StudyObserver,
 ) -> Result<Option<HmcBaselineResult>> {
-    let mut rows = Vec::new();
-    let mut seen = Vec::new();
-    let mut tuned_at: Vec<(usize, f64, usize)> = Vec::new();
+    // One chain per (size, seed); the sizes are dealt to the ranks in turn, so that every
+    // seed of a size runs on the rank that tuned its trajectory.
+    let mut units: Vec<SweepPoint> = Vec::new();
     for point in spec.points()? {
-        if seen.contains(&(point.l, point.seed)) {
-            continue;
+        if !units.iter().any(|u| (u.l, u.seed) == (point.l, point.seed)) {
+            units.push(point);
         }
-        seen.push((point.l, point.seed));
-        let dir = folder
+    }
+    let mut sizes: Vec<usize> = units.iter().map(|u| u.l).collect();
+    sizes.dedup();
+    let unit_file = |point: &SweepPoint| {
+        folder
             .join("points")
-            .join(format!("hmc-L{}-s{}", point.l, point.seed));
-        let done = dir.join("hmc.json");
-        if done.is_file() {
-            rows.push(read_json::<HmcRow>(&done, "HMC baseline row")?);
+            .join(format!("hmc-L{}-s{}", point.l, point.seed))
+            .join("hmc.json")
+    };
+    let mut stopped = false;
+    let mut tuned_at: Vec<(usize, f64, usize)> = Vec::new();
+    for point in &units {
+        let size_index = sizes.iter().position(|&l| l == point.l).unwrap_or(0);
+        let done = unit_file(point);
+        if size_index % ranks.size() != ranks.rank() || done.is_file() {
             continue;
         }
+        let dir = done.parent().map(Path::to_path_buf).unwrap_or_default();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let (lattice, action) = spec.target(&point)?;
+        let (lattice, action) = spec.target(point)?;
         let mut chain = SampleSpec {
             lattice,
             action,
@@ -602,7 +641,10 @@ fn run_baseline(
                     &mut |d, _| observer.progress(d as u64, ""),
                     stop,
                 ) {
-                    Err(Error::Interrupted(_)) => return Ok(None),
+                    Err(Error::Interrupted(_)) => {
+                        stopped = true;
+                        break;
+                    }
                     other => other?,
                 };
                 observer.end(&format!("τ = {}, {} MD steps", tuned.tau, tuned.md_steps));
@@ -618,11 +660,15 @@ fn run_baseline(
             "trajectories",
         );
         let report = match sample(&chain, &mut |d, _| observer.progress(d as u64, ""), stop) {
-            Err(Error::Interrupted(_)) => return Ok(None),
+            Err(Error::Interrupted(_)) => {
+                stopped = true;
+                break;
+            }
             other => other?,
         };
         if report.interrupted {
-            return Ok(None);
+            stopped = true;
+            break;
         }
         observer.end(&format!("acceptance {:.3}", report.acceptance));
         let get = |name: &str| {
@@ -660,8 +706,14 @@ fn run_baseline(
             verdict: report.verdict,
         };
         write_json(&done, &row)?;
-        rows.push(row);
     }
+    if ranks.any(stopped)? {
+        return Ok(None);
+    }
+    let rows = units
+        .iter()
+        .map(|u| read_json::<HmcRow>(&unit_file(u), "HMC baseline row"))
+        .collect::<Result<Vec<_>>>()?;
     let usable: Vec<&HmcRow> = rows
         .iter()
         .filter(|r| r.xi.is_finite() && r.tau_abs_m.is_finite() && r.tau_abs_m_err > 0.0)
@@ -685,6 +737,9 @@ fn run_baseline(
         z_fit,
         z_fit_failure,
     };
+    if !ranks.is_root() {
+        return Ok(Some(result));
+    }
     write_json(&folder.join("hmc.json"), &result)?;
     let cell = |x: f64| {
         if x.is_finite() {

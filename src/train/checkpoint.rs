@@ -1,5 +1,5 @@
 //! Training checkpoints: everything needed to continue a run bit for bit (the flow's
-//! parameters, description, lattice and metadata, optimiser moments, generator state,
+//! parameters, description, lattice and metadata, optimiser moments,
 //! counters, training configuration), stored as versioned JSON and written atomically.
 
 use std::collections::BTreeMap;
@@ -13,12 +13,11 @@ use crate::error::{Error, Result};
 use crate::flow::{FlowConfig, FlowModel, LayerRegistry, TrainableFlow};
 use crate::io::{read_json, write_json};
 use crate::lattice::Lattice;
-use crate::rng::SimRng;
 use crate::train::optim::Optimizer;
 use crate::train::trainer::{Counters, TrainConfig, Trainer};
 
 /// Version of the checkpoint format written by [`Trainer::save_checkpoint`].
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
 
 /// The on-disk content of a checkpoint.
 #[derive(Serialize, Deserialize)]
@@ -32,7 +31,6 @@ pub(crate) struct Checkpoint {
     #[serde(default)]
     metadata: BTreeMap<String, serde_json::Value>,
     optimizer: Optimizer,
-    rng: SimRng,
     iteration: usize,
     configs_seen: u64,
     seconds: f64,
@@ -42,6 +40,8 @@ pub(crate) struct Checkpoint {
     eval_seconds: f64,
     #[serde(default)]
     eval_configs: u64,
+    #[serde(default)]
+    communication_seconds: f64,
     /// Whether the last step's evaluation reached the target acceptance.
     #[serde(default)]
     target_reached: bool,
@@ -60,14 +60,18 @@ impl Checkpoint {
             params: model.params().to_vec(),
             metadata: model.metadata().cloned().unwrap_or_default(),
             optimizer: trainer.optimizer.clone(),
-            rng: trainer.rng.clone(),
-            iteration: trainer.iteration,
-            configs_seen: trainer.configs_seen,
-            seconds: trainer.seconds,
-            eval_seconds: trainer.eval_seconds,
-            eval_configs: trainer.eval_configs,
-            target_reached: trainer.target_reached,
-            last_loss: trainer.last_loss.is_finite().then_some(trainer.last_loss),
+            iteration: trainer.counters.iteration,
+            configs_seen: trainer.counters.configs_seen,
+            seconds: trainer.counters.seconds,
+            eval_seconds: trainer.counters.eval_seconds,
+            eval_configs: trainer.counters.eval_configs,
+            communication_seconds: trainer.counters.communication_seconds,
+            target_reached: trainer.counters.target_reached,
+            last_loss: trainer
+                .counters
+                .last_loss
+                .is_finite()
+                .then_some(trainer.counters.last_loss),
             config: trainer.config.clone(),
         }
     }
@@ -156,13 +160,13 @@ impl Checkpoint {
             action,
             self.config,
             self.optimizer,
-            self.rng,
             Counters {
                 iteration: self.iteration,
                 configs_seen: self.configs_seen,
                 seconds: self.seconds,
                 eval_seconds: self.eval_seconds,
                 eval_configs: self.eval_configs,
+                communication_seconds: self.communication_seconds,
                 target_reached: self.target_reached,
                 last_loss: self.last_loss.unwrap_or(f64::NAN),
             },

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{Array2, ArrayView1, ArrayView2};
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 use rand::RngExt;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::flow::{ChunkSeed, Flow, FlowModel, LayerRegistry, TrainableFlow, ensure_same_lattice};
-use crate::rng::{SimRng, rng_from_seed, stream};
+use crate::parallel::{Collective, SingleProcess, share};
+use crate::rng::{SimRng, splitmix64, stream};
 use crate::stats::{ess_fraction, rejection_autocorrelation};
 use crate::train::checkpoint::Checkpoint;
 use crate::train::optim::{Optimizer, OptimizerKind};
@@ -30,6 +31,16 @@ const EVAL_STREAM_BASE: u64 = 1 << 32;
 /// Index offset of the stream of the final evaluation of a run stopped at its target
 /// acceptance, so that it does not redraw the sample of the check that stopped the run.
 const FINAL_STREAM_BASE: u64 = 2 << 32;
+
+/// Separates the seeds of the latent rows from the other streams derived from the seed.
+const LATENT_SALT: u64 = 0x4C41_5445_4E54_5321;
+
+/// The stream of row `row` of the latent batch of iteration `iteration`. Each row has its
+/// own stream, so a batch is the same however it is split into chunks or over ranks.
+fn latent_stream(seed: u64, iteration: usize, row: usize) -> SimRng {
+    let key = splitmix64(seed ^ LATENT_SALT) ^ splitmix64(iteration as u64);
+    stream(key, row as u64)
+}
 
 /// Iterations between the acceptance checks of a run with a target acceptance
 /// ([`TrainConfig::until_acceptance`]) and no `eval_every` of its own.
@@ -52,11 +63,11 @@ pub struct TrainConfig {
     pub optimizer: OptimizerKind,
     /// Seed of the latent stream (and of the evaluation streams derived from it).
     pub seed: u64,
-    /// Batch chunks of the data-parallel pass (0 = one per rayon thread); the chunk count
-    /// fixes the gradient's summation order, so results are reproducible for a given count.
-    /// At most `batch`: every chunk holds at least one configuration (each chunk keeps a
-    /// tape and a gradient of all parameters, so empty chunks would cost memory and time
-    /// for nothing).
+    /// Batch chunks of the data-parallel pass (0 = one per rayon thread), per process when
+    /// the run is spread over ranks; the chunk count (and rank count) fixes the gradient's
+    /// summation order, so results are reproducible for a given count. At most `batch`:
+    /// every chunk holds at least one configuration (each chunk keeps a tape and a gradient
+    /// of all parameters, so empty chunks would cost memory and time for nothing).
     pub chunks: usize,
     /// Evaluate every `eval_every` iterations (0 = never during training, unless a target
     /// acceptance is set: see `until_acceptance`).
@@ -203,6 +214,9 @@ pub struct TrainSummary {
     /// Configurations sampled by the evaluations made during training (the final one
     /// excluded), not counted in `configs_seen`.
     pub eval_configs: u64,
+    /// Wall seconds of the training steps spent summing losses and gradients over ranks
+    /// (part of `seconds`; 0 for one process). It includes waiting for the slowest rank.
+    pub communication_seconds: f64,
     /// Whether the target acceptance was reached (`None` without a target).
     pub reached_target: Option<bool>,
     /// Loss of the last step.
@@ -226,15 +240,10 @@ pub struct Trainer<F: TrainableFlow, A: Action> {
     action: Arc<A>,
     pub(crate) config: TrainConfig,
     pub(crate) optimizer: Optimizer,
-    pub(crate) rng: SimRng,
-    pub(crate) iteration: usize,
-    pub(crate) configs_seen: u64,
-    pub(crate) seconds: f64,
-    pub(crate) eval_seconds: f64,
-    pub(crate) eval_configs: u64,
-    /// Whether the last step's evaluation reached the target acceptance.
-    pub(crate) target_reached: bool,
-    pub(crate) last_loss: f64,
+    ranks: Arc<dyn Collective>,
+    /// The rows of each batch this process generates: its share over the ranks.
+    rows: (usize, usize),
+    pub(crate) counters: Counters,
     anneal: Option<AnnealFn<A>>,
     workspace: F::Workspace,
     latent: Array2<f32>,
@@ -249,17 +258,14 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         let volume = action.lattice().volume();
         check_training_size(&model, volume, &config, chunk_count(&config))?;
         let optimizer = Optimizer::new(config.optimizer, model.n_params())?;
-        let rng = rng_from_seed(config.seed);
-        Self::assemble(model, action, config, optimizer, rng, Counters::default())
+        Self::assemble(model, action, config, optimizer, Counters::default())
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn assemble(
         model: F,
         action: Arc<A>,
         config: TrainConfig,
         optimizer: Optimizer,
-        rng: SimRng,
         counters: Counters,
     ) -> Result<Self> {
         ensure_same_lattice(&model, &*action)?;
@@ -277,21 +283,52 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         Ok(Trainer {
             latent: Array2::zeros((config.batch, volume)),
             grad: vec![0.0; model.n_params()],
+            rows: (0, config.batch),
             model,
             action,
             config,
             optimizer,
-            rng,
-            iteration: counters.iteration,
-            configs_seen: counters.configs_seen,
-            seconds: counters.seconds,
-            eval_seconds: counters.eval_seconds,
-            eval_configs: counters.eval_configs,
-            target_reached: counters.target_reached,
-            last_loss: counters.last_loss,
+            ranks: Arc::new(SingleProcess),
+            counters,
             anneal: None,
             workspace,
         })
+    }
+
+    /// Spreads training over the processes of `ranks` (data-parallel): rank r generates and
+    /// differentiates its [`share`] of every batch (its `chunks` chunks split that share),
+    /// the gradient is summed over ranks in a fixed order ([`Collective::sum_f32`]), and
+    /// every rank makes the same update, so all ranks hold the same parameters. Each row of
+    /// a batch has its own random stream, so the batch does not depend on the split; with
+    /// R ranks of one chunk each the parameters are bit for bit those of one process with R
+    /// chunks when R = 2 (for more ranks only the rounding of the sum differs). Every rank
+    /// makes the same evaluations. Errors when a rank would hold fewer rows than chunks.
+    pub fn with_ranks(mut self, ranks: Arc<dyn Collective>) -> Result<Self> {
+        let (size, rank) = (ranks.size(), ranks.rank());
+        let rows = share(self.config.batch, size, rank);
+        let chunks = chunk_count(&self.config);
+        if rows.1 - rows.0 < chunks {
+            return Err(Error::param(
+                "batch",
+                format!(
+                    "a batch of {} over {size} ranks gives rank {rank} {} rows, fewer than \
+                     its {chunks} chunks",
+                    self.config.batch,
+                    rows.1 - rows.0
+                ),
+            ));
+        }
+        let volume = self.action.lattice().volume();
+        self.latent = Array2::zeros((rows.1 - rows.0, volume));
+        self.rows = rows;
+        self.ranks = ranks;
+        Ok(self)
+    }
+
+    /// The processes training is spread over ([`SingleProcess`] unless set by
+    /// [`Trainer::with_ranks`]).
+    pub fn ranks(&self) -> &Arc<dyn Collective> {
+        &self.ranks
     }
 
     /// Coupling annealing: `target(progress)` gives the action to train against at progress
@@ -309,7 +346,7 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
     pub fn step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
         let total = self.config.iterations;
-        let it = self.iteration;
+        let it = self.counters.iteration;
         if it >= total {
             return Err(Error::param(
                 "iterations",
@@ -327,9 +364,16 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             })?;
         }
 
-        self.model
-            .prior()
-            .sample_into(self.latent.view_mut(), &mut self.rng)?;
+        let (first_row, seed) = (self.rows.0, self.config.seed);
+        let prior = self.model.prior();
+        self.latent
+            .axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(i, row)| {
+                let mut rng = latent_stream(seed, it, first_row + i);
+                prior.sample_into(row.insert_axis(Axis(0)), &mut rng)
+            })?;
         let inv_n = 1.0 / self.config.batch as f64;
         let seed = |chunk: ChunkSeed<'_, f32>| {
             let ChunkSeed {
@@ -372,6 +416,12 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             sum += l;
             sum_sq += l * l;
         }
+        let mut sums = [sum, sum_sq];
+        let exchange = Instant::now();
+        self.ranks.sum_f64(&mut sums)?;
+        self.ranks.sum_f32(&mut self.grad)?;
+        self.counters.communication_seconds += exchange.elapsed().as_secs_f64();
+        let [sum, sum_sq] = sums;
         let n = self.config.batch as f64;
         let loss = sum / n;
         let loss_var = if self.config.batch > 1 {
@@ -391,21 +441,21 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         self.optimizer
             .update(self.model.params_mut(), &self.grad, lr)?;
 
-        self.iteration += 1;
-        self.configs_seen += self.config.batch as u64;
-        self.last_loss = loss;
-        self.seconds += start.elapsed().as_secs_f64();
+        self.counters.iteration += 1;
+        self.counters.configs_seen += self.config.batch as u64;
+        self.counters.last_loss = loss;
+        self.counters.seconds += start.elapsed().as_secs_f64();
         let interval = self.config.eval_interval();
-        let eval = if interval > 0 && self.iteration.is_multiple_of(interval) {
+        let eval = if interval > 0 && self.counters.iteration.is_multiple_of(interval) {
             let start = Instant::now();
             let eval = self.evaluate(self.config.eval_samples)?;
-            self.eval_seconds += start.elapsed().as_secs_f64();
-            self.eval_configs += self.config.eval_samples as u64;
+            self.counters.eval_seconds += start.elapsed().as_secs_f64();
+            self.counters.eval_configs += self.config.eval_samples as u64;
             Some(eval)
         } else {
             None
         };
-        self.target_reached = match (self.config.until_acceptance, &eval) {
+        self.counters.target_reached = match (self.config.until_acceptance, &eval) {
             (Some(target), Some(e)) => e.acceptance >= target,
             _ => false,
         };
@@ -414,8 +464,8 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             loss,
             loss_var,
             lr,
-            configs_seen: self.configs_seen,
-            seconds: self.seconds,
+            configs_seen: self.counters.configs_seen,
+            seconds: self.counters.seconds,
             eval,
         })
     }
@@ -430,8 +480,11 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         }
         // A run stopped at its target is evaluated on an independent sample: the check that
         // stopped it is selected upwards.
-        let eval = if self.target_reached {
-            let mut rng = stream(self.config.seed, FINAL_STREAM_BASE + self.iteration as u64);
+        let eval = if self.counters.target_reached {
+            let mut rng = stream(
+                self.config.seed,
+                FINAL_STREAM_BASE + self.counters.iteration as u64,
+            );
             evaluate_flow(
                 &self.model,
                 &*self.action,
@@ -442,13 +495,17 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             self.evaluate(self.config.eval_samples)?
         };
         let summary = TrainSummary {
-            iterations: self.iteration,
-            configs_seen: self.configs_seen,
-            seconds: self.seconds,
-            eval_seconds: self.eval_seconds,
-            eval_configs: self.eval_configs,
-            reached_target: self.config.until_acceptance.map(|_| self.target_reached),
-            final_loss: self.last_loss,
+            iterations: self.counters.iteration,
+            configs_seen: self.counters.configs_seen,
+            seconds: self.counters.seconds,
+            eval_seconds: self.counters.eval_seconds,
+            eval_configs: self.counters.eval_configs,
+            communication_seconds: self.counters.communication_seconds,
+            reached_target: self
+                .config
+                .until_acceptance
+                .map(|_| self.counters.target_reached),
+            final_loss: self.counters.last_loss,
             eval,
         };
         if let Some(metadata) = self.model.metadata_mut() {
@@ -461,7 +518,10 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
     /// A short independent test with `n` fresh samples (from a stream derived from the seed
     /// and the iteration, so the training stream is untouched): see [`evaluate_flow`].
     pub fn evaluate(&mut self, n: usize) -> Result<EvalMetrics> {
-        let mut rng = stream(self.config.seed, EVAL_STREAM_BASE + self.iteration as u64);
+        let mut rng = stream(
+            self.config.seed,
+            EVAL_STREAM_BASE + self.counters.iteration as u64,
+        );
         evaluate_flow(&self.model, &*self.action, n, &mut rng)
     }
 
@@ -487,23 +547,27 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
 
     /// Steps made so far.
     pub fn iteration(&self) -> usize {
-        self.iteration
+        self.counters.iteration
     }
 
     /// Configurations generated so far, |Φ_train|.
     pub fn configs_seen(&self) -> u64 {
-        self.configs_seen
+        self.counters.configs_seen
     }
 
     /// Whether training is over: all `iterations` are done, or the last step's evaluation
     /// reached the target acceptance ([`TrainConfig::until_acceptance`]).
     pub fn is_finished(&self) -> bool {
-        self.iteration >= self.config.iterations || self.target_reached
+        self.counters.iteration >= self.config.iterations || self.counters.target_reached
     }
 
     /// Writes the flow's parameters, description and metadata, the optimiser state,
-    /// generator state, counters and configuration to `path`, atomically.
+    /// counters and configuration to `path`, atomically. Over several ranks only rank 0
+    /// writes (they all hold the same state); the others return at once.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        if !self.ranks.is_root() {
+            return Ok(());
+        }
         Checkpoint::capture(self).write(path)
     }
 
@@ -544,6 +608,9 @@ pub(crate) struct Counters {
     pub(crate) seconds: f64,
     pub(crate) eval_seconds: f64,
     pub(crate) eval_configs: u64,
+    /// Wall seconds of the steps spent summing over ranks (part of `seconds`).
+    pub(crate) communication_seconds: f64,
+    /// Whether the last step's evaluation reached the target acceptance.
     pub(crate) target_reached: bool,
     pub(crate) last_loss: f64,
 }
@@ -557,6 +624,7 @@ impl Default for Counters {
             seconds: 0.0,
             eval_seconds: 0.0,
             eval_configs: 0,
+            communication_seconds: 0.0,
             target_reached: false,
             last_loss: f64::NAN,
         }
