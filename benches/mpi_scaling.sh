@@ -3,7 +3,8 @@
 # recipe shape, fixed batch) as 1 rank × 2 threads (one process, two chunks) and as
 # 2 ranks × 1 thread (mpirun, one chunk per rank), then the cost of the gradient sum alone
 # (examples/mpi_allreduce.rs). Prints one line per L and configuration: parameters, batch,
-# milliseconds per step, and the part of it spent in the sums over ranks.
+# milliseconds per step, the part of it spent in the gradient sum over ranks, and the part
+# spent waiting for the slower rank before it.
 #
 #   benches/mpi_scaling.sh [L ...]        (default: 8 12 16; needs mpirun)
 set -euo pipefail
@@ -29,11 +30,15 @@ r = json.load(open(sys.argv[1]))
 it = r["iterations"]
 step = r["seconds"] / it * 1e3
 comm = r["communication_seconds"] / it * 1e3
-print(f"L={sys.argv[2]:>2} {sys.argv[3]:<18} params {r[\"n_params\"]:>8}  batch {sys.argv[4]:>5}  "
-      f"step {step:9.2f} ms  sums {comm*1e3:9.1f} µs ({100*comm/step:5.2f} %)")
+wait = r["wait_seconds"] / it * 1e3
+params = r["n_params"]
+print(f"L={sys.argv[2]:>2} {sys.argv[3]:<18} params {params:>8}  batch {sys.argv[4]:>5}  "
+      f"step {step:9.2f} ms  gradient sum {comm*1e3:8.1f} µs ({100*comm/step:5.2f} %)  "
+      f"wait {wait*1e3:8.1f} µs ({100*wait/step:5.2f} %)")
 ' "$@"
 }
-for L in "${@:-8 12 16}"; do
+[ $# -gt 0 ] || set -- 8 12 16
+for L in "$@"; do
   read -r beta hidden blocks batch iters <<<"$(shape "$L")"
   args=(train --lattice "${L}x${L}" --beta "$beta" --lambda 0.5 --recipe seed --hidden "$hidden"
         --affine-blocks "$blocks" --segments 8 --batch "$batch" --iterations "$iters"

@@ -310,8 +310,12 @@ pub struct TrainReport {
     /// The processes the training was spread over (MPI ranks; 1 for one process).
     #[serde(default = "one_rank")]
     pub ranks: usize,
-    /// Wall seconds of the training steps spent summing gradients over the ranks (part of
-    /// `seconds`, waiting for the slowest rank included; 0 for one process).
+    /// Wall seconds of the training steps spent waiting for the slowest rank before the
+    /// sums (part of `seconds`; 0 for one process).
+    #[serde(default)]
+    pub wait_seconds: f64,
+    /// Wall seconds of the training steps spent summing the gradient over the ranks (part
+    /// of `seconds`; 0 for one process).
     #[serde(default)]
     pub communication_seconds: f64,
     /// The last loss.
@@ -603,6 +607,7 @@ fn drive(
         reached_target: summary.reached_target,
         configs_per_second: summary.configs_seen as f64 / summary.seconds.max(1e-12),
         ranks: control.ranks.map_or(1, |r| r.size()),
+        wait_seconds: summary.wait_seconds,
         communication_seconds: summary.communication_seconds,
         final_loss: summary.final_loss,
         acceptance: e.acceptance,

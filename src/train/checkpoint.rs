@@ -41,6 +41,8 @@ pub(crate) struct Checkpoint {
     #[serde(default)]
     eval_configs: u64,
     #[serde(default)]
+    wait_seconds: f64,
+    #[serde(default)]
     communication_seconds: f64,
     /// Whether the last step's evaluation reached the target acceptance.
     #[serde(default)]
@@ -65,6 +67,7 @@ impl Checkpoint {
             seconds: trainer.counters.seconds,
             eval_seconds: trainer.counters.eval_seconds,
             eval_configs: trainer.counters.eval_configs,
+            wait_seconds: trainer.counters.wait_seconds,
             communication_seconds: trainer.counters.communication_seconds,
             target_reached: trainer.counters.target_reached,
             last_loss: trainer
@@ -166,6 +169,7 @@ impl Checkpoint {
                 seconds: self.seconds,
                 eval_seconds: self.eval_seconds,
                 eval_configs: self.eval_configs,
+                wait_seconds: self.wait_seconds,
                 communication_seconds: self.communication_seconds,
                 target_reached: self.target_reached,
                 last_loss: self.last_loss.unwrap_or(f64::NAN),

@@ -214,8 +214,12 @@ pub struct TrainSummary {
     /// Configurations sampled by the evaluations made during training (the final one
     /// excluded), not counted in `configs_seen`.
     pub eval_configs: u64,
-    /// Wall seconds of the training steps spent summing losses and gradients over ranks
-    /// (part of `seconds`; 0 for one process). It includes waiting for the slowest rank.
+    /// Wall seconds of the training steps spent waiting for the slowest rank, measured as
+    /// the two-number loss sum that precedes the gradient sum (part of `seconds`; 0 for one
+    /// process).
+    pub wait_seconds: f64,
+    /// Wall seconds of the training steps spent summing the gradient over ranks, once they
+    /// are in step (part of `seconds`; 0 for one process).
     pub communication_seconds: f64,
     /// Whether the target acceptance was reached (`None` without a target).
     pub reached_target: Option<bool>,
@@ -416,11 +420,15 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             sum += l;
             sum_sq += l * l;
         }
+        // The two-number loss sum comes first: it waits for the slowest rank, so that the
+        // gradient sum after it times the exchange alone.
         let mut sums = [sum, sum_sq];
         let exchange = Instant::now();
         self.ranks.sum_f64(&mut sums)?;
+        let synchronised = Instant::now();
         self.ranks.sum_f32(&mut self.grad)?;
-        self.counters.communication_seconds += exchange.elapsed().as_secs_f64();
+        self.counters.wait_seconds += (synchronised - exchange).as_secs_f64();
+        self.counters.communication_seconds += synchronised.elapsed().as_secs_f64();
         let [sum, sum_sq] = sums;
         let n = self.config.batch as f64;
         let loss = sum / n;
@@ -500,6 +508,7 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             seconds: self.counters.seconds,
             eval_seconds: self.counters.eval_seconds,
             eval_configs: self.counters.eval_configs,
+            wait_seconds: self.counters.wait_seconds,
             communication_seconds: self.counters.communication_seconds,
             reached_target: self
                 .config
@@ -608,7 +617,9 @@ pub(crate) struct Counters {
     pub(crate) seconds: f64,
     pub(crate) eval_seconds: f64,
     pub(crate) eval_configs: u64,
-    /// Wall seconds of the steps spent summing over ranks (part of `seconds`).
+    /// Wall seconds of the steps spent waiting for the slowest rank (part of `seconds`).
+    pub(crate) wait_seconds: f64,
+    /// Wall seconds of the steps spent summing the gradient over ranks (part of `seconds`).
     pub(crate) communication_seconds: f64,
     /// Whether the last step's evaluation reached the target acceptance.
     pub(crate) target_reached: bool,
@@ -624,6 +635,7 @@ impl Default for Counters {
             seconds: 0.0,
             eval_seconds: 0.0,
             eval_configs: 0,
+            wait_seconds: 0.0,
             communication_seconds: 0.0,
             target_reached: false,
             last_loss: f64::NAN,
