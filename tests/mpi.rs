@@ -232,6 +232,8 @@ fn two_replica_chains_agree_with_one_chain_and_shrink_its_error_by_root_two() {
     assert_eq!(String::from_utf8_lossy(stdout).lines().count(), 1);
     let two: serde_json::Value = serde_json::from_slice(stdout).unwrap();
     assert_eq!(two["replicas"], 2);
+    assert_eq!(two["ranks"], 2);
+    assert_eq!(one["ranks"], 1);
     assert_eq!(two["n"], n);
     assert_eq!(two["verdict"], "reliable", "{}", two["diagnostics"]);
     for name in ["phi2", "abs_m", "m2", "chi", "energy", "binder"] {

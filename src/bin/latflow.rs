@@ -806,8 +806,13 @@ fn kernel_expression(text: &str) -> std::result::Result<KernelExpr, String> {
 }
 
 fn print_table(report: &SampleReport) {
+    let chains = if report.replicas > 1 {
+        format!(" per chain × {} chains", report.replicas)
+    } else {
+        String::new()
+    };
     println!(
-        "lattice {:?}  kernel {}  n {}  acceptance {:.4}  {:.2} s",
+        "lattice {:?}  kernel {}  n {}{chains}  acceptance {:.4}  {:.2} s",
         report.lattice, report.kernel, report.n, report.acceptance, report.seconds
     );
     println!(
@@ -927,7 +932,9 @@ fn run_sample(
         latflow::io::write_json(path, &report)?;
     }
     if args.output.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        value["ranks"] = ranks.shared.size().into();
+        println!("{value}");
     } else {
         print_table(&report);
     }
