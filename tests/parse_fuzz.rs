@@ -313,6 +313,7 @@ fn train_runcard() -> String {
             start: 0.5,
             over: 0.5,
         }),
+        init: None,
         out: PathBuf::from("model.json"),
     };
     toml::to_string(&spec).unwrap()

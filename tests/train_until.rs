@@ -52,6 +52,7 @@ fn spec(target: Option<f64>, iterations: usize, eval_every: usize, out: PathBuf)
         },
         train,
         anneal: None,
+        init: None,
         out,
     }
 }

@@ -232,6 +232,11 @@ struct TrainArgs {
     /// --iterations is then the budget. Evaluations every --eval-every steps (25 if 0).
     #[arg(long)]
     until_acceptance: Option<f64>,
+    /// Start from the parameters of this model file (trained on another lattice size or at
+    /// other couplings) instead of a random initialisation. It must hold a flow of the
+    /// configuration the recipe builds here: a --recipe conv flow carries over to any size.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Where to write the trained model.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -270,7 +275,7 @@ const TARGET_FLAGS: [&str; 8] = [
 
 /// Flags of `train` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
 /// --config or --resume).
-const TRAIN_RUN_FLAGS: [&str; 20] = [
+const TRAIN_RUN_FLAGS: [&str; 21] = [
     "recipe",
     "hidden",
     "depth",
@@ -290,6 +295,7 @@ const TRAIN_RUN_FLAGS: [&str; 20] = [
     "eval_every",
     "eval_samples",
     "until_acceptance",
+    "init",
     "out",
 ];
 
@@ -387,6 +393,7 @@ impl TrainArgs {
             recipe,
             train,
             anneal,
+            init: self.init.clone(),
             out,
         })
     }

@@ -21,7 +21,7 @@ pub use sample::{
 };
 pub use train::{
     AnnealSpec, RecipeKind, RecipeSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport,
-    TrainSpec, checkpoint_spec, model_target, resume, train,
+    TrainSpec, checkpoint_spec, init_from, model_target, resume, train,
 };
 
 /// The action to sample, in the convention the user chose (observables are reported in it).

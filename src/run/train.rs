@@ -248,6 +248,11 @@ pub struct TrainSpec {
     /// Optional coupling annealing.
     #[serde(default)]
     pub anneal: Option<AnnealSpec>,
+    /// A model file whose parameters start the training instead of a random
+    /// initialisation: a flow trained on another lattice size or at other couplings (see
+    /// [`init_from`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
     /// Where the trained model is written.
     pub out: PathBuf,
 }
@@ -409,6 +414,9 @@ pub fn train(
     let action = Arc::new(spec.action.build(&spec.lattice)?);
     let config = spec.recipe.build(&spec.lattice)?;
     let mut model = FlowModel::new(&config, &spec.lattice, spec.train.seed)?;
+    if let Some(path) = &spec.init {
+        init_from(&mut model, path)?;
+    }
     let spec_json = serde_json::to_value(spec).map_err(|e| Error::format("run", e.to_string()))?;
     model.metadata_mut().insert(RUN_KEY.into(), spec_json);
     let trainer = spread(
@@ -417,6 +425,38 @@ pub fn train(
     )?;
     let log = TrainLog::create(control.log.filter(|_| control.is_root()), 0)?;
     drive(spec, with_annealing(trainer, spec), log, control, observer)
+}
+
+/// Replaces the parameters of `model` by those of the flow saved at `path`, trained on any
+/// lattice and action: transfer across volumes and couplings. The saved flow must have the
+/// configuration of `model` and as many parameters, which holds across lattice sizes for
+/// convolutional flows (their nets act on every site alike, so their parameters do not
+/// depend on L) and for any flow on the same lattice; anything else is an
+/// [`Error::Incompatible`] saying why.
+pub fn init_from(model: &mut FlowModel, path: &Path) -> Result<()> {
+    let source = FlowModel::load(path)?;
+    if source.config() != model.config() {
+        return Err(Error::Incompatible(format!(
+            "the flow in {} has another configuration than the recipe builds for a {} \
+             lattice; a flow initialises another only with the same recipe and sizes",
+            path.display(),
+            model.lattice()
+        )));
+    }
+    if source.n_params() != model.n_params() {
+        return Err(Error::Incompatible(format!(
+            "the flow in {} has {} parameters on its {} lattice, the same recipe has {} on a \
+             {} lattice: its nets depend on the lattice size (dense nets do; use a \
+             convolutional recipe to carry a flow across sizes)",
+            path.display(),
+            source.n_params(),
+            source.lattice(),
+            model.n_params(),
+            model.lattice()
+        )));
+    }
+    model.params_mut().copy_from_slice(source.params());
+    Ok(())
 }
 
 /// Continues the run saved in the checkpoint at `path` (written by [`train`]): the spec

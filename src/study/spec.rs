@@ -421,6 +421,7 @@ impl StudySpec {
             recipe: flow.recipe.clone(),
             train: flow.train.clone(),
             anneal: flow.anneal,
+            init: None,
             out: model.to_path_buf(),
         })
     }

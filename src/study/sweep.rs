@@ -383,6 +383,7 @@ impl SweepSpec {
             recipe: self.recipe.clone(),
             train,
             anneal: None,
+            init: None,
             out: model.to_path_buf(),
         })
     }
