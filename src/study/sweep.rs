@@ -478,8 +478,10 @@ pub fn run_sweep(
             observer.end("stopped");
             stopped_at = Some(point.key());
         };
+        // Where the point stands in the grid, for the progress display.
+        let place = format!("{}/{}", i + 1, points.len());
         observer.begin(
-            &format!("train {}", point.key()),
+            &format!("[{place}] train {}", point.key()),
             point.iterations as u64,
             "steps",
         );
@@ -505,7 +507,7 @@ pub fn run_sweep(
         observer.end(&format!("acceptance {:.3}", report.acceptance));
         let sample_spec = spec.sample_spec(point, &model)?;
         observer.begin(
-            &format!("sample {}", point.key()),
+            &format!("[{place}] sample {}", point.key()),
             (sample_spec.therm + sample_spec.n) as u64,
             "steps",
         );
@@ -603,7 +605,8 @@ fn run_baseline(
     };
     let mut stopped = false;
     let mut tuned_at: Vec<(usize, f64, usize)> = Vec::new();
-    for point in &units {
+    for (u, point) in units.iter().enumerate() {
+        let place = format!("{}/{}", u + 1, units.len());
         let size_index = sizes.iter().position(|&l| l == point.l).unwrap_or(0);
         let done = unit_file(point);
         if size_index % ranks.size() != ranks.rank() || done.is_file() {
@@ -630,7 +633,7 @@ fn run_baseline(
             None => {
                 let ranked = ["abs_m", "m2", "phi2", "energy"].map(String::from);
                 observer.begin(
-                    &format!("tune hmc {key}"),
+                    &format!("[{place}] tune hmc {key}"),
                     ((super::PILOT_N + super::PILOT_THERM)
                         * super::TUNE_TAUS.len()
                         * super::TUNE_MD_STEPS.len()) as u64,
@@ -656,7 +659,7 @@ fn run_baseline(
         chain.kernel.tau = tau;
         chain.kernel.md_steps = md_steps;
         observer.begin(
-            &format!("hmc {key}"),
+            &format!("[{place}] hmc {key}"),
             (chain.therm + chain.n) as u64,
             "trajectories",
         );
