@@ -1,4 +1,4 @@
-//! d-dimensional complex FFTs over a [`Lattice`](crate::lattice::Lattice), built from
+//! d-dimensional complex FFTs over a [`Lattice`], built from
 //! rustfft's 1-D plans applied along each axis. Unnormalised in both directions, like
 //! rustfft: `inverse(forward(x)) = |Λ| x`.
 

@@ -1,23 +1,6 @@
 //! Kernel expressions: a small language that composes named kernels into one, parsed
-//! into a [`KernelExpr`] tree and built into a `Box<dyn Proposal>`.
-//!
-//! ```text
-//! expression := term ('+' term)*                      a cycle: each term in turn
-//! term       := atom ('*' count)*                     the atom `count` times in a row
-//! atom       := name
-//!             | '(' expression ')'
-//!             | 'mix' '(' weight ':' expression (',' weight ':' expression)+ ')'
-//! name       := letter (letter | digit | '_')*        a kernel, e.g. local, hmc, flow
-//! count      := an integer ≥ 1
-//! weight     := a number > 0, e.g. 0.3, 2 or 1e-2
-//! ```
-//!
-//! `flow+local*2+hmc` is one step of `flow`, two of `local`, then one of `hmc`;
-//! `mix(0.3: flow, 0.7: hmc)` makes one step of `flow` with probability 0.3 and of `hmc`
-//! otherwise (weights are normalised by their sum); `(flow+local)*4+hmc` and
-//! `mix(1: flow, 1: local*2)+hmc` nest. `*` binds tighter than `+`; spaces are allowed
-//! between tokens. Which names exist is up to whoever builds the expression
-//! ([`KernelExpr::build`]).
+//! into a [`KernelExpr`] tree (whose documentation gives the grammar) and built into a
+//! `Box<dyn Proposal>`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,7 +13,25 @@ use crate::kernel::{Cycle, Mixture, Proposal, Repeat};
 /// Deepest nesting of parentheses and `mix(...)` a parser accepts.
 const MAX_DEPTH: usize = 64;
 
-/// A parsed kernel expression (see the [module documentation](self) for the grammar).
+/// A parsed kernel expression. The grammar:
+///
+/// ```text
+/// expression := term ('+' term)*                      a cycle: each term in turn
+/// term       := atom ('*' count)*                     the atom `count` times in a row
+/// atom       := name
+///             | '(' expression ')'
+///             | 'mix' '(' weight ':' expression (',' weight ':' expression)+ ')'
+/// name       := letter (letter | digit | '_')*        a kernel, e.g. local, hmc, flow
+/// count      := an integer ≥ 1
+/// weight     := a number > 0, e.g. 0.3, 2 or 1e-2
+/// ```
+///
+/// `flow+local*2+hmc` is one step of `flow`, two of `local`, then one of `hmc`;
+/// `mix(0.3: flow, 0.7: hmc)` makes one step of `flow` with probability 0.3 and of `hmc`
+/// otherwise (weights are normalised by their sum); `(flow+local)*4+hmc` and
+/// `mix(1: flow, 1: local*2)+hmc` nest. `*` binds tighter than `+`; spaces are allowed
+/// between tokens. Which names exist is up to whoever builds the expression
+/// ([`KernelExpr::build`]).
 ///
 /// Its `Display` form is canonical (no spaces, nested cycles flattened) and parses back to
 /// the same tree; serde reads and writes it as that string.

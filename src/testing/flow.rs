@@ -221,7 +221,7 @@ pub fn check_flow_log_det_exact<T: FlowFloat>(
 /// Checks the flow's forward log-det at `z_row` against log|det J| of the Jacobian built
 /// by central finite differences of the (f32) flow with step `h`, to a relative tolerance:
 /// `|Δ| ≤ tol · (1 + |log det J|)` (a log-det is a sum over sites, so its error grows with
-/// its size). For a [`FlowModel`](crate::flow::FlowModel),
+/// its size). For a [`FlowModel`],
 /// [`check_flow_log_det_exact`] builds the exact Jacobian instead.
 ///
 /// All 2V perturbed configurations go through one batched forward call; each difference
