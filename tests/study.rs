@@ -643,6 +643,30 @@ therm = 200
     let (header, hmc_csv) = check_csv(&folder.join("hmc.csv"));
     assert_eq!(header.join(","), latflow::study::HMC_HEADER);
     assert_eq!(hmc_csv.len(), 4);
+    // The training-cost analysis: one budget point per size and budget, over both seeds.
+    let cost = &printed["training_cost"];
+    let budgets = cost["budgets"].as_array().unwrap();
+    assert_eq!(budgets.len(), 2 * 2);
+    for b in budgets {
+        assert_eq!(b["runs"], 2, "{b}");
+    }
+    let (header, budget_rows) = check_csv(&folder.join("budgets.csv"));
+    assert_eq!(header.join(","), latflow::study::BUDGETS_HEADER);
+    assert_eq!(budget_rows.len(), 4);
+    let costs = std::fs::read_to_string(folder.join("training_cost.csv")).unwrap();
+    assert_eq!(
+        costs.lines().next(),
+        Some(latflow::study::TRAINING_COST_HEADER)
+    );
+    assert_eq!(
+        costs.lines().count(),
+        1 + cost["costs"].as_array().unwrap().len()
+    );
+    // Every size either brackets the target or says why not.
+    assert_eq!(
+        cost["costs"].as_array().unwrap().len() + cost["unbracketed"].as_array().unwrap().len(),
+        2
+    );
     let table = std::fs::read(folder.join("sweep.csv")).unwrap();
     let hmc_table = std::fs::read(folder.join("hmc.csv")).unwrap();
     // Run again: every point is reused and the table is the same.

@@ -1420,6 +1420,7 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
             rows,
             reused,
             hmc,
+            training_cost,
         } => {
             if args.output.json {
                 println!(
@@ -1427,6 +1428,7 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
                     serde_json::json!({
                         "folder": folder, "table": folder.join("sweep.csv"), "reused": reused,
                         "seconds": start.elapsed().as_secs_f64(), "rows": rows, "hmc": hmc,
+                        "training_cost": training_cost,
                     })
                 );
             } else {
@@ -1462,6 +1464,7 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
                     );
                 }
                 print_hmc_baseline(hmc.as_ref());
+                print_training_cost(&training_cost);
                 println!(
                     "table: {}  ({} points, {reused} reused, {:.1} s)",
                     folder.join("sweep.csv").display(),
@@ -1480,6 +1483,28 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
             );
             Ok(signals.exit_code())
         }
+    }
+}
+
+fn print_training_cost(cost: &latflow::study::TrainingCost) {
+    let target = cost.target_tau_rej;
+    for c in &cost.costs {
+        println!(
+            "L = {}: tau_rej reaches {target} after {:.3e} ± {:.1e} configurations, {:.1} ± {:.1} s \
+             of training (xi = {:.3})",
+            c.l, c.configs, c.configs_err, c.seconds, c.seconds_err, c.xi
+        );
+    }
+    for (l, why) in &cost.unbracketed {
+        println!("L = {l}: tau_rej = {target} {why}");
+    }
+    match (&cost.fit, &cost.fit_failure) {
+        (Some(f), _) => println!(
+            "training cost to tau_rej = {target}: configs ~ xi^a, a = {:.2} ± {:.2} (chi2/dof {:.2})",
+            f.exponent, f.exponent_err, f.chi2_per_dof
+        ),
+        (None, Some(why)) => println!("training cost exponent: not fitted ({why})"),
+        (None, None) => {}
     }
 }
 

@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 
-use super::StudyObserver;
 use super::spec::Override;
+use super::{StudyObserver, TrainingCost};
 use crate::error::{Error, Result};
 use crate::io::{read_json, write_atomic, write_json};
 use crate::kernel::KernelExpr;
@@ -80,6 +80,14 @@ pub struct SweepSpec {
     /// An HMC baseline on the same lattices and seeds, with tuned trajectories.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmc: Option<HmcBaseline>,
+    /// The τ_rej the training-cost analysis asks the flows to reach
+    /// ([`super::training_cost`]).
+    #[serde(default = "default_target_tau_rej")]
+    pub target_tau_rej: f64,
+}
+
+fn default_target_tau_rej() -> f64 {
+    super::DEFAULT_TARGET_TAU_REJ
 }
 
 /// The HMC baseline of a sweep: per L, a pilot scan with the first seed chooses the
@@ -350,6 +358,15 @@ impl SweepSpec {
                 return Err(Error::param(key, "the grid needs at least one value"));
             }
         }
+        if !(self.target_tau_rej > 1.0 && self.target_tau_rej.is_finite()) {
+            return Err(Error::param(
+                "target_tau_rej",
+                format!(
+                    "τ_rej is at least 1; the target must be a finite number above 1, got {}",
+                    self.target_tau_rej
+                ),
+            ));
+        }
         for point in self.points()? {
             self.train_spec(&point, Path::new("model.json"))?
                 .validate()?;
@@ -410,6 +427,8 @@ impl SweepSpec {
 
 /// How a sweep ended.
 #[derive(Clone, Debug)]
+// Returned once per sweep: the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum SweepOutcome {
     /// Every point is done; the rows in grid order.
     Finished {
@@ -421,6 +440,8 @@ pub enum SweepOutcome {
         reused: usize,
         /// The HMC baseline, when the runcard asks for one.
         hmc: Option<HmcBaselineResult>,
+        /// The training-cost analysis of the rows.
+        training_cost: TrainingCost,
     },
     /// Stopped on request; finished points are kept.
     Stopped {
@@ -569,11 +590,30 @@ pub fn run_sweep(
             }
         },
     };
+    // ξ per size: the HMC baseline's ξ_2nd (mean over seeds), else the reference line's L/4.
+    let xi_of = |l: usize| {
+        let measured: Vec<f64> = hmc
+            .iter()
+            .flat_map(|h| h.rows.iter())
+            .filter(|r| r.l == l && r.xi.is_finite())
+            .map(|r| r.xi)
+            .collect();
+        if measured.is_empty() {
+            l as f64 / 4.0
+        } else {
+            measured.iter().sum::<f64>() / measured.len() as f64
+        }
+    };
+    let training_cost = super::training_cost(&rows, &xi_of, spec.target_tau_rej);
+    if ranks.is_root() {
+        write_training_cost(&folder, &training_cost)?;
+    }
     Ok(SweepOutcome::Finished {
         folder,
         rows,
         reused,
         hmc,
+        training_cost,
     })
 }
 
@@ -778,6 +818,53 @@ fn run_baseline(
     }
     write_atomic(&folder.join("hmc.csv"), csv.as_bytes())?;
     Ok(Some(result))
+}
+
+/// The columns of `budgets.csv`: per size and budget, the flows averaged over seeds.
+pub const BUDGETS_HEADER: &str =
+    "L,configs_seen,runs,acceptance,acceptance_err,tau_rej,tau_rej_err,train_seconds";
+
+/// The columns of `training_cost.csv`: per size, the budget that reaches the target τ_rej.
+pub const TRAINING_COST_HEADER: &str = "L,xi,configs,configs_err,seconds,seconds_err";
+
+/// Writes `training_cost.json` (everything), `budgets.csv` and `training_cost.csv`.
+fn write_training_cost(folder: &Path, cost: &TrainingCost) -> Result<()> {
+    write_json(&folder.join("training_cost.json"), cost)?;
+    let cell = |x: f64| {
+        if x.is_finite() {
+            x.to_string()
+        } else {
+            String::new()
+        }
+    };
+    let mut csv = format!("{BUDGETS_HEADER}\n");
+    for b in &cost.budgets {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            b.l,
+            b.configs_seen,
+            b.runs,
+            cell(b.acceptance),
+            cell(b.acceptance_err),
+            cell(b.tau_rej),
+            cell(b.tau_rej_err),
+            cell(b.train_seconds)
+        ));
+    }
+    write_atomic(&folder.join("budgets.csv"), csv.as_bytes())?;
+    let mut csv = format!("{TRAINING_COST_HEADER}\n");
+    for c in &cost.costs {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            c.l,
+            c.xi,
+            c.configs,
+            cell(c.configs_err),
+            c.seconds,
+            cell(c.seconds_err)
+        ));
+    }
+    write_atomic(&folder.join("training_cost.csv"), csv.as_bytes())
 }
 
 fn write_table(folder: &Path, rows: &[SweepRow]) -> Result<()> {
