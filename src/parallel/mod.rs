@@ -1,6 +1,6 @@
 //! The processes a run is spread over, and the few collective operations latflow needs
 //! between them: [`Collective`], with [`SingleProcess`] (one process, every operation
-//! trivial) and, with the `mpi` feature, [`mpi::MpiRanks`] (MPI ranks, e.g. under
+//! trivial) and, with the `mpi` feature, `mpi::MpiRanks` (MPI ranks, e.g. under
 //! `mpirun` or `srun`).
 //!
 //! What runs on several ranks:

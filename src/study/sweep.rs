@@ -785,13 +785,7 @@ fn run_baseline(
         return Ok(Some(result));
     }
     write_json(&folder.join("hmc.json"), &result)?;
-    let cell = |x: f64| {
-        if x.is_finite() {
-            x.to_string()
-        } else {
-            String::new()
-        }
-    };
+    let cell = csv_cell;
     let mut csv = format!("{HMC_HEADER}\n");
     for r in &result.rows {
         let cells = [
@@ -830,13 +824,7 @@ pub const TRAINING_COST_HEADER: &str = "L,xi,configs,configs_err,seconds,seconds
 /// Writes `training_cost.json` (everything), `budgets.csv` and `training_cost.csv`.
 fn write_training_cost(folder: &Path, cost: &TrainingCost) -> Result<()> {
     write_json(&folder.join("training_cost.json"), cost)?;
-    let cell = |x: f64| {
-        if x.is_finite() {
-            x.to_string()
-        } else {
-            String::new()
-        }
-    };
+    let cell = csv_cell;
     let mut csv = format!("{BUDGETS_HEADER}\n");
     for b in &cost.budgets {
         csv.push_str(&format!(
@@ -869,13 +857,7 @@ fn write_training_cost(folder: &Path, cost: &TrainingCost) -> Result<()> {
 
 fn write_table(folder: &Path, rows: &[SweepRow]) -> Result<()> {
     write_json(&folder.join("sweep.json"), rows)?;
-    let cell = |x: f64| {
-        if x.is_finite() {
-            x.to_string()
-        } else {
-            String::new()
-        }
-    };
+    let cell = csv_cell;
     let mut csv = format!("{SWEEP_HEADER}\n");
     for r in rows {
         let p = &r.point;
@@ -902,4 +884,13 @@ fn write_table(folder: &Path, rows: &[SweepRow]) -> Result<()> {
         ));
     }
     write_atomic(&folder.join("sweep.csv"), csv.as_bytes())
+}
+
+/// A CSV cell: the number, or empty when it is not finite.
+fn csv_cell(x: f64) -> String {
+    if x.is_finite() {
+        x.to_string()
+    } else {
+        String::new()
+    }
 }
