@@ -465,7 +465,11 @@ fn run_train(
     };
     progress.finish();
     if !ranks.shared.is_root() {
-        return Ok(ExitCode::SUCCESS);
+        // Rank 0 reports; the others end as it does.
+        return Ok(match outcome {
+            TrainOutcome::Stopped { .. } => signals.exit_code(),
+            TrainOutcome::Finished(_) => ExitCode::SUCCESS,
+        });
     }
     let report = match outcome {
         TrainOutcome::Finished(report) => report,

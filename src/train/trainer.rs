@@ -61,7 +61,7 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     /// Optimiser and its hyper-parameters.
     pub optimizer: OptimizerKind,
-    /// Seed of the latent stream (and of the evaluation streams derived from it).
+    /// Seed of the latent streams (one per row and step) and of the evaluation streams.
     pub seed: u64,
     /// Batch chunks of the data-parallel pass (0 = one per rayon thread), per process when
     /// the run is spread over ranks; the chunk count (and rank count) fixes the gradient's
