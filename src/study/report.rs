@@ -76,7 +76,7 @@ pub fn write_report(
 // Numbers as text.
 
 /// A number for a table cell: empty when not finite.
-fn num(x: f64) -> String {
+pub(crate) fn num(x: f64) -> String {
     if x.is_finite() {
         format!("{x}")
     } else {

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 
+use super::report::num;
 use super::spec::Override;
 use super::{StudyObserver, TrainingCost};
 use crate::error::{Error, Result};
@@ -785,7 +786,6 @@ fn run_baseline(
         return Ok(Some(result));
     }
     write_json(&folder.join("hmc.json"), &result)?;
-    let cell = csv_cell;
     let mut csv = format!("{HMC_HEADER}\n");
     for r in &result.rows {
         let cells = [
@@ -794,17 +794,17 @@ fn run_baseline(
             r.seed.to_string(),
             r.tau.to_string(),
             r.md_steps.to_string(),
-            cell(r.acceptance),
-            cell(r.seconds_per_step),
-            cell(r.xi),
-            cell(r.xi_err),
-            cell(r.tau_abs_m),
-            cell(r.tau_abs_m_err),
-            cell(r.tau_chi),
-            cell(r.tau_chi_err),
-            cell(r.tau_xi),
-            cell(r.tau_xi_err),
-            cell(r.cost_per_independent),
+            num(r.acceptance),
+            num(r.seconds_per_step),
+            num(r.xi),
+            num(r.xi_err),
+            num(r.tau_abs_m),
+            num(r.tau_abs_m_err),
+            num(r.tau_chi),
+            num(r.tau_chi_err),
+            num(r.tau_xi),
+            num(r.tau_xi_err),
+            num(r.cost_per_independent),
             r.verdict.to_string(),
         ];
         csv.push_str(&cells.join(","));
@@ -824,7 +824,6 @@ pub const TRAINING_COST_HEADER: &str = "L,xi,configs,configs_err,seconds,seconds
 /// Writes `training_cost.json` (everything), `budgets.csv` and `training_cost.csv`.
 fn write_training_cost(folder: &Path, cost: &TrainingCost) -> Result<()> {
     write_json(&folder.join("training_cost.json"), cost)?;
-    let cell = csv_cell;
     let mut csv = format!("{BUDGETS_HEADER}\n");
     for b in &cost.budgets {
         csv.push_str(&format!(
@@ -832,11 +831,11 @@ fn write_training_cost(folder: &Path, cost: &TrainingCost) -> Result<()> {
             b.l,
             b.configs_seen,
             b.runs,
-            cell(b.acceptance),
-            cell(b.acceptance_err),
-            cell(b.tau_rej),
-            cell(b.tau_rej_err),
-            cell(b.train_seconds)
+            num(b.acceptance),
+            num(b.acceptance_err),
+            num(b.tau_rej),
+            num(b.tau_rej_err),
+            num(b.train_seconds)
         ));
     }
     write_atomic(&folder.join("budgets.csv"), csv.as_bytes())?;
@@ -847,9 +846,9 @@ fn write_training_cost(folder: &Path, cost: &TrainingCost) -> Result<()> {
             c.l,
             c.xi,
             c.configs,
-            cell(c.configs_err),
+            num(c.configs_err),
             c.seconds,
-            cell(c.seconds_err)
+            num(c.seconds_err)
         ));
     }
     write_atomic(&folder.join("training_cost.csv"), csv.as_bytes())
@@ -857,7 +856,6 @@ fn write_training_cost(folder: &Path, cost: &TrainingCost) -> Result<()> {
 
 fn write_table(folder: &Path, rows: &[SweepRow]) -> Result<()> {
     write_json(&folder.join("sweep.json"), rows)?;
-    let cell = csv_cell;
     let mut csv = format!("{SWEEP_HEADER}\n");
     for r in rows {
         let p = &r.point;
@@ -872,25 +870,16 @@ fn write_table(folder: &Path, rows: &[SweepRow]) -> Result<()> {
             p.seed,
             r.n_params,
             r.configs_seen,
-            cell(r.train_seconds),
-            cell(r.acceptance),
-            cell(r.ess),
-            cell(r.tau_rej),
-            cell(r.tau_rej_err),
-            cell(r.tau_int_abs_m),
-            cell(r.tau_int_abs_m_err),
+            num(r.train_seconds),
+            num(r.acceptance),
+            num(r.ess),
+            num(r.tau_rej),
+            num(r.tau_rej_err),
+            num(r.tau_int_abs_m),
+            num(r.tau_int_abs_m_err),
             r.longest_rejection_run,
             r.verdict
         ));
     }
     write_atomic(&folder.join("sweep.csv"), csv.as_bytes())
-}
-
-/// A CSV cell: the number, or empty when it is not finite.
-fn csv_cell(x: f64) -> String {
-    if x.is_finite() {
-        x.to_string()
-    } else {
-        String::new()
-    }
 }

@@ -245,8 +245,6 @@ pub struct Trainer<F: TrainableFlow, A: Action> {
     pub(crate) config: TrainConfig,
     pub(crate) optimizer: Optimizer,
     ranks: Arc<dyn Collective>,
-    /// The rows of each batch this process generates: its share over the ranks.
-    rows: (usize, usize),
     pub(crate) counters: Counters,
     anneal: Option<AnnealFn<A>>,
     workspace: F::Workspace,
@@ -287,7 +285,6 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         Ok(Trainer {
             latent: Array2::zeros((config.batch, volume)),
             grad: vec![0.0; model.n_params()],
-            rows: (0, config.batch),
             model,
             action,
             config,
@@ -324,7 +321,6 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         }
         let volume = self.action.lattice().volume();
         self.latent = Array2::zeros((rows.1 - rows.0, volume));
-        self.rows = rows;
         self.ranks = ranks;
         Ok(self)
     }
@@ -368,7 +364,9 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             })?;
         }
 
-        let (first_row, seed) = (self.rows.0, self.config.seed);
+        // This process's rows of the batch: its share over the ranks.
+        let (first_row, _) = share(self.config.batch, self.ranks.size(), self.ranks.rank());
+        let seed = self.config.seed;
         let prior = self.model.prior();
         self.latent
             .axis_iter_mut(Axis(0))
