@@ -11,7 +11,7 @@ use latflow::flow::{FlowConfig, FlowModel};
 use latflow::kernel::{Chain, FlowProposal, reweight};
 use latflow::observable::Measurements;
 use latflow::stats::gamma_method;
-use latflow::train::{Schedule, TrainConfig, Trainer};
+use latflow::train::{GradientEstimator, Schedule, TrainConfig, Trainer, evaluate_flow};
 use latflow::{Action, Error, Lattice, State};
 
 const M0SQ: f64 = 0.5;
@@ -50,6 +50,37 @@ fn free_flow() -> &'static TrainedFlow {
             .unwrap();
         (Arc::new(trainer.into_model()), losses)
     })
+}
+
+#[test]
+fn path_gradients_train_the_free_field_flow() {
+    // The free-field flow of `free_flow` trained again with path gradients, same seed,
+    // batch and steps. The linear flow can represent the target exactly, where the path
+    // gradient's noise vanishes and the total gradient's does not: Var(log w) (zero for an
+    // exact flow) on 20,000 fresh samples ends 15 times lower (0.0015 against 0.022);
+    // asserted: at least 4 times.
+    let (total_model, _) = free_flow();
+    let model = FlowModel::new(&FlowConfig::real_nvp(4, &[]), &lattice(), 1).unwrap();
+    let mut config = TrainConfig::new(256, 2000, 0.005);
+    config.seed = 2;
+    config.chunks = 2;
+    config.gradient = GradientEstimator::Path;
+    let mut trainer = Trainer::new(model, free_field(), config).unwrap();
+    trainer.train(&mut |_| {}).unwrap();
+    let action = free_field();
+    let evaluate = |flow: &FlowModel| {
+        evaluate_flow(flow, &*action, 20_000, &mut latflow::rng_from_seed(9)).unwrap()
+    };
+    let (path, total) = (evaluate(trainer.model()), evaluate(total_model));
+    eprintln!(
+        "Var(log w): path {:.4}, total {:.4}",
+        path.var_log_w, total.var_log_w
+    );
+    assert!(path.acceptance > 0.9, "{path:?}");
+    assert!(
+        path.var_log_w < 0.25 * total.var_log_w,
+        "path {path:?}, total {total:?}"
+    );
 }
 
 #[test]

@@ -144,6 +144,7 @@ impl TrainableFlow for GlobalAffine {
             grad_phi: ws.grad_phi.view_mut(),
             grad_logdet: ws.grad_log_det.view_mut(),
             record: ws.record.view_mut(),
+            score: None,
         });
         let scale = f64::from(self.params[0].exp());
         let volume = z.ncols() as f64;
@@ -362,4 +363,16 @@ fn the_free_field_prior_refuses_a_batch_of_the_wrong_width() {
         prior.log_density_into(z.view(), out.view_mut()),
         Err(Error::Shape(_))
     ));
+}
+
+#[test]
+fn path_gradients_are_refused_for_a_flow_without_a_score() {
+    // The provided `forward_backward_scored` refuses; the step leaves the parameters.
+    let mut config = TrainConfig::new(16, 10, 0.05);
+    config.gradient = latflow::train::GradientEstimator::Path;
+    let mut trainer = Trainer::new(GlobalAffine::new(0.1, 0.2), free_field(), config).unwrap();
+    let err = trainer.step().err().unwrap();
+    assert!(matches!(err, Error::Incompatible(_)), "{err}");
+    assert!(err.to_string().contains("score"), "{err}");
+    assert_eq!(trainer.model().params, [0.1, 0.2]);
 }

@@ -19,7 +19,7 @@ use latflow::run::{
     TrainControl, TrainOutcome, TrainSpec, model_target, parse_kernel,
 };
 use latflow::stats::Verdict;
-use latflow::train::{OptimizerKind, Schedule, TrainConfig};
+use latflow::train::{GradientEstimator, OptimizerKind, Schedule, TrainConfig};
 
 #[derive(Parser)]
 #[command(
@@ -152,6 +152,12 @@ enum RecipeName {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum GradientName {
+    Total,
+    Path,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ScheduleName {
     Constant,
     Cosine,
@@ -228,6 +234,11 @@ struct TrainArgs {
     /// Samples of each evaluation.
     #[arg(long, default_value_t = 10_000)]
     eval_samples: usize,
+    /// Gradient estimator of the reverse KL: total (the derivative of the batch loss) or
+    /// path (drops the score term, whose variance does not vanish at the optimum; about
+    /// one more input-gradient pass per step).
+    #[arg(long, value_enum, default_value = "total")]
+    gradient: GradientName,
     /// Stop at the first evaluation whose acceptance reaches this target (0 < A < 1);
     /// --iterations is then the budget. Evaluations every --eval-every steps (25 if 0).
     #[arg(long)]
@@ -275,7 +286,7 @@ const TARGET_FLAGS: [&str; 8] = [
 
 /// Flags of `train` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
 /// --config or --resume).
-const TRAIN_RUN_FLAGS: [&str; 21] = [
+const TRAIN_RUN_FLAGS: [&str; 22] = [
     "recipe",
     "hidden",
     "depth",
@@ -294,6 +305,7 @@ const TRAIN_RUN_FLAGS: [&str; 21] = [
     "chunks",
     "eval_every",
     "eval_samples",
+    "gradient",
     "until_acceptance",
     "init",
     "out",
@@ -383,6 +395,10 @@ impl TrainArgs {
         train.eval_every = self.eval_every;
         train.eval_samples = self.eval_samples;
         train.until_acceptance = self.until_acceptance;
+        train.gradient = match self.gradient {
+            GradientName::Total => GradientEstimator::Total,
+            GradientName::Path => GradientEstimator::Path,
+        };
         let anneal = self.anneal_start.map(|start| AnnealSpec {
             start,
             over: self.anneal_over,

@@ -330,10 +330,8 @@ impl Coupling {
     /// Records the layer; returns the output, its log-det (`[n, 1]`) and the pointwise node
     /// holding the per-site log-derivatives.
     fn build<T: FlowFloat>(&self, tape: &mut Tape<T>, params: &[T], x: Var) -> (Var, Var, Var) {
-        let theta = self.parameters(tape, params, x);
-        let v = tape.gather(x, &self.active, 1);
-        let (y, ld) = tape.pointwise(v, theta, T::transform(&self.transform));
-        (tape.scatter(x, y, &self.active, 1), ld, y)
+        let nodes = self.record_nodes(tape, params, x);
+        (nodes.out, nodes.ld, nodes.y)
     }
 
     fn invert<T: FlowFloat>(
@@ -366,6 +364,144 @@ impl Coupling {
                 .iter()
                 .map(|l| l.to_f64().unwrap_or(f64::NAN))
                 .sum::<f64>();
+        }
+    }
+}
+
+impl Coupling {
+    /// Records the layer's nodes on the tape (see [`CouplingNodes`]).
+    fn record_nodes<T: FlowFloat>(
+        &self,
+        tape: &mut Tape<T>,
+        params: &[T],
+        x: Var,
+    ) -> CouplingNodes {
+        let first = tape.len();
+        let theta = self.parameters(tape, params, x);
+        let v = tape.gather(x, &self.active, 1);
+        let (y, ld) = tape.pointwise(v, theta, T::transform(&self.transform));
+        let out = tape.scatter(x, y, &self.active, 1);
+        CouplingNodes {
+            first,
+            theta,
+            v,
+            y,
+            ld,
+            out,
+        }
+    }
+
+    /// ∂ld/∂v of every active site into `scratch.grad_v` (zero on entry), from the
+    /// transform's backward pass with seeds 0 on y and 1 on the log-derivatives.
+    fn log_derivative_gradient<T: FlowFloat>(
+        &self,
+        tape: &Tape<T>,
+        nodes: &CouplingNodes,
+        scratch: &mut ScoreScratch<T>,
+    ) {
+        let sites = scratch.grad_v.len();
+        scratch.zeros.clear();
+        scratch.zeros.resize(sites, T::zero());
+        scratch.ones.clear();
+        scratch.ones.resize(sites, T::one());
+        let (rows, cols) = tape.shape(nodes.theta);
+        scratch.grad_theta.clear();
+        scratch.grad_theta.resize(rows * cols, T::zero());
+        T::transform(&self.transform).backward(
+            tape.value(nodes.v).as_slice().expect("standard layout"),
+            tape.value(nodes.theta).as_slice().expect("standard layout"),
+            &scratch.zeros,
+            &scratch.ones,
+            &mut scratch.grad_v,
+            &mut scratch.grad_theta,
+        );
+    }
+
+    /// Turns `score`, the gradient ∇ₓ log q(x) of the density of the layer's input rows
+    /// `x`, into that of its output rows, from the nodes the layer recorded. With
+    /// J = ∂y/∂x and ld = log|det J|,
+    ///
+    /// ∇_y log q_y(y) = J⁻ᵀ (∇ₓ log q(x) − ∇ₓ ld),
+    ///
+    /// a triangular solve for a coupling layer: on the active sites
+    /// u = (wₐ − ∂ld/∂xₐ)/C′(xₐ), on the passive sites w_p − ∂ld/∂x_p − (∂yₐ/∂x_p)ᵀ u, where
+    /// the last two terms are one vector–Jacobian product through the conditioner (seeds u
+    /// on y and 1 on ld, no parameter gradients). `x` must carry gradients
+    /// ([`Tape::input_with_grad`] or a node computed from one).
+    fn carry_score<T: FlowFloat>(
+        &self,
+        tape: &mut Tape<T>,
+        params: &[T],
+        x: Var,
+        nodes: &CouplingNodes,
+        score: &mut Array2<T>,
+        scratch: &mut ScoreScratch<T>,
+    ) {
+        let (n, a) = tape.shape(nodes.y);
+        let sites = n * a;
+        // ∂ld/∂v per active site (zero for affine-type maps).
+        scratch.grad_v.clear();
+        scratch.grad_v.resize(sites, T::zero());
+        if T::transform(&self.transform).log_derivative_depends_on_input() {
+            self.log_derivative_gradient(tape, nodes, scratch);
+        }
+        ensure_shape(&mut scratch.active_score, (n, a));
+        let log_derivatives = tape.pointwise_log_derivatives(nodes.y);
+        for (r, (mut u, ell)) in scratch
+            .active_score
+            .outer_iter_mut()
+            .zip(log_derivatives.outer_iter())
+            .enumerate()
+        {
+            let grad_v = &scratch.grad_v[r * a..(r + 1) * a];
+            for (((u, &l), &s), &d) in u.iter_mut().zip(ell).zip(self.active.iter()).zip(grad_v) {
+                *u = (score[[r, s]] - d) * (-l).exp();
+            }
+        }
+        let layer = nodes.first..nodes.ld.index() + 1;
+        tape.zero_grads_of(x.index()..x.index() + 1);
+        tape.zero_grads_of(layer.clone());
+        tape.grad_mut(nodes.y).assign(&scratch.active_score);
+        tape.grad_mut(nodes.ld).fill(T::one());
+        tape.backward_nodes_to_inputs(params, layer);
+        score.zip_mut_with(&tape.grad(x), |w, &g| *w = *w - g);
+        for (r, u) in scratch.active_score.outer_iter().enumerate() {
+            for (&s, &u) in self.active.iter().zip(u.iter()) {
+                score[[r, s]] = u;
+            }
+        }
+    }
+}
+
+/// The nodes of one recorded coupling layer: its first node, the transform parameters θ,
+/// the active values v, the transformed values y (the pointwise node), the layer's log-det
+/// and the output configuration.
+struct CouplingNodes {
+    first: usize,
+    theta: Var,
+    v: Var,
+    y: Var,
+    ld: Var,
+    out: Var,
+}
+
+/// Buffers of [`Layer::build_scored`], reused from call to call.
+pub(crate) struct ScoreScratch<T> {
+    active_score: Array2<T>,
+    grad_v: Vec<T>,
+    grad_theta: Vec<T>,
+    zeros: Vec<T>,
+    ones: Vec<T>,
+}
+
+impl<T: FlowFloat> Default for ScoreScratch<T> {
+    fn default() -> Self {
+        ScoreScratch {
+            active_score: Array2::zeros((0, 0)),
+            grad_v: Vec::new(),
+            grad_theta: Vec::new(),
+            zeros: Vec::new(),
+            ones: Vec::new(),
         }
     }
 }
@@ -491,6 +627,35 @@ impl Layer {
                 let volume = T::from_usize(sites).expect("volume fits the float type");
                 let y = tape.scale_by_exp_param(params, x, *c);
                 (y, tape.add_param(params, logdet, *c, volume))
+            }
+        }
+    }
+
+    /// [`Layer::build`] that also turns `score`, the gradient ∇ₓ log q(x) of the density
+    /// of the input rows (`[n, volume]`), into that of the output rows at fixed parameters
+    /// (the coupling layer's rule is a triangular solve with one vector–Jacobian product
+    /// through its conditioner; a scale layer e^c divides the score by e^c). Applied layer
+    /// by layer from the prior's score ∇_z log r(z), it gives ∇_φ log p̃(φ) at φ = f(z)
+    /// without inverting the flow. `x` must carry gradients.
+    pub(crate) fn build_scored<T: FlowFloat>(
+        &self,
+        tape: &mut Tape<T>,
+        params: &[T],
+        x: Var,
+        logdet: Var,
+        score: &mut Array2<T>,
+        scratch: &mut ScoreScratch<T>,
+    ) -> (Var, Var) {
+        match self {
+            Layer::Coupling(c) => {
+                let nodes = c.record_nodes(tape, params, x);
+                c.carry_score(tape, params, x, &nodes, score, scratch);
+                (nodes.out, tape.add(logdet, nodes.ld))
+            }
+            Layer::Scale(c) => {
+                let factor = params[*c].exp();
+                score.mapv_inplace(|w| w / factor);
+                self.build(tape, params, x, logdet)
             }
         }
     }

@@ -10,8 +10,9 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMu
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::action::Action;
 use crate::error::{Error, Result};
-use crate::flow::layers::{Coupling, FlowFloat, InvertScratch, Layer};
+use crate::flow::layers::{Coupling, FlowFloat, InvertScratch, Layer, ScoreScratch};
 use crate::flow::net::{Net, ParamBuilder};
 use crate::flow::prior::{LatentPrior, Prior};
 use crate::flow::recipe::{FlowConfig, LayerConfig, NetConfig, Partition};
@@ -397,7 +398,58 @@ impl FlowModel {
     where
         F: Fn(ChunkSeed<'_, f32>) + Sync,
     {
-        self.forward_backward_with(&self.params, z, ws, seed, grad)
+        self.pass(&self.params, z, ws, seed, grad, false)
+    }
+
+    /// [`FlowModel::forward_backward`] whose seed also receives the score ∇_φ log p̃(φ) of
+    /// every row ([`ChunkSeed::score`]): see [`FlowModel::forward_backward_scored_with`].
+    pub fn forward_backward_scored<'w, F>(
+        &self,
+        z: ArrayView2<f32>,
+        ws: &'w mut Workspace<f32>,
+        seed: F,
+        grad: &mut [f32],
+    ) -> Result<BatchOutput<'w, f32>>
+    where
+        F: Fn(ChunkSeed<'_, f32>) + Sync,
+    {
+        self.pass(&self.params, z, ws, seed, grad, true)
+    }
+
+    /// [`FlowModel::forward_backward_with`] whose seed also receives, in
+    /// [`ChunkSeed::score`], the score ∇_φ log p̃_θ(φ) of every row at φ = f(z) and fixed
+    /// θ, which the path gradient of the reverse KL needs. It is carried forward layer by
+    /// layer from the prior's ∇_z log r(z) while the forward pass is recorded, so the flow
+    /// is never inverted: each coupling layer adds one vector–Jacobian product through its
+    /// conditioner on the recorded graph (no parameter gradients).
+    pub fn forward_backward_scored_with<'w, T, F>(
+        &self,
+        params: &[T],
+        z: ArrayView2<T>,
+        ws: &'w mut Workspace<T>,
+        seed: F,
+        grad: &mut [T],
+    ) -> Result<BatchOutput<'w, T>>
+    where
+        T: FlowFloat,
+        F: Fn(ChunkSeed<'_, T>) + Sync,
+    {
+        self.pass(params, z, ws, seed, grad, true)
+    }
+
+    /// φ = f(z) and the score ∇_φ log p̃(φ) of every row with `params`, by the forward
+    /// recursion of [`FlowModel::forward_backward_scored_with`].
+    pub fn forward_score_with<T: FlowFloat>(
+        &self,
+        params: &[T],
+        z: ArrayView2<T>,
+    ) -> Result<(Array2<T>, Array2<T>)> {
+        self.check_batch(&z)?;
+        self.check_params(params.len())?;
+        let mut ws = Workspace::<T>::new(1);
+        let chunk = &mut ws.chunks[0];
+        let (phi, _) = chunk.record_forward_scored(self, params, z);
+        Ok((chunk.tape.value(phi).to_owned(), chunk.score.clone()))
     }
 
     /// Forward pass z → (φ, log-det) and backward pass to the parameters, data-parallel over
@@ -423,6 +475,23 @@ impl FlowModel {
         T: FlowFloat,
         F: Fn(ChunkSeed<'_, T>) + Sync,
     {
+        self.pass(params, z, ws, seed, grad, false)
+    }
+
+    /// The training pass, with the score of every row carried first when `with_score`.
+    fn pass<'w, T, F>(
+        &self,
+        params: &[T],
+        z: ArrayView2<T>,
+        ws: &'w mut Workspace<T>,
+        seed: F,
+        grad: &mut [T],
+        with_score: bool,
+    ) -> Result<BatchOutput<'w, T>>
+    where
+        T: FlowFloat,
+        F: Fn(ChunkSeed<'_, T>) + Sync,
+    {
         self.check_batch(&z)?;
         let np = self.params.len();
         if params.len() != np || grad.len() != np {
@@ -442,7 +511,12 @@ impl FlowModel {
             if a == b {
                 return;
             }
-            let (phi, ld) = chunk.record_forward(self, params, z.slice(s![a..b, ..]), true);
+            let rows = z.slice(s![a..b, ..]);
+            let (phi, ld) = if with_score {
+                chunk.record_forward_scored(self, params, rows)
+            } else {
+                chunk.record_forward(self, params, rows, true)
+            };
             if chunk.grad_logdet.len() != b - a {
                 chunk.grad_logdet = Array1::zeros(b - a);
                 chunk.record = Array1::zeros(b - a);
@@ -459,6 +533,7 @@ impl FlowModel {
                     grad_phi: phi_grad,
                     grad_logdet: chunk.grad_logdet.view_mut(),
                     record: chunk.record.view_mut(),
+                    score: with_score.then(|| chunk.score.view()),
                 });
             }
             tape.grad_mut(ld).column_mut(0).assign(&chunk.grad_logdet);
@@ -672,6 +747,19 @@ impl TrainableFlow for FlowModel {
     }
 
     /// The [`FlowConfig`] as JSON.
+    fn forward_backward_scored<'w, S>(
+        &self,
+        z: ArrayView2<f32>,
+        workspace: &'w mut Workspace<f32>,
+        seed: S,
+        grad: &mut [f32],
+    ) -> Result<BatchOutput<'w, f32>>
+    where
+        S: Fn(ChunkSeed<'_, f32>) + Sync,
+    {
+        FlowModel::forward_backward_scored(self, z, workspace, seed, grad)
+    }
+
     fn description(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null)
     }
@@ -708,6 +796,9 @@ pub struct ChunkSeed<'a, T> {
     pub grad_logdet: ArrayViewMut1<'a, T>,
     /// One free f64 per row (zero on entry), returned in [`BatchOutput::record`], e.g. S(φ).
     pub record: ArrayViewMut1<'a, f64>,
+    /// The score ∇_φ log p̃(φ) of the chunk's rows at fixed parameters, `[rows, volume]`,
+    /// when the pass was asked for it (path gradients), else `None`.
+    pub score: Option<ArrayView2<'a, T>>,
 }
 
 /// The whole batch after [`FlowModel::forward_backward`] (views into the workspace).
@@ -730,9 +821,64 @@ struct ChunkWork<T: FlowFloat> {
     grad_logdet: Array1<T>,
     record: Array1<f64>,
     phi_var: Option<Var>,
+    /// ∇_φ log p̃(φ) of the chunk's rows after [`ChunkWork::record_forward_scored`].
+    score: Array2<T>,
+    score_scratch: ScoreScratch<T>,
+    /// One row and the free field's force, for a free-field prior's score.
+    prior_row: Vec<f64>,
+    prior_force: Vec<f64>,
 }
 
 impl<T: FlowFloat> ChunkWork<T> {
+    /// [`ChunkWork::record_forward`] for a backward pass that also carries the score from
+    /// the prior's ∇_z log r(z) into `score` = ∇_φ log p̃(φ) (see [`Layer::build_scored`]).
+    fn record_forward_scored(
+        &mut self,
+        model: &FlowModel,
+        params: &[T],
+        z: ArrayView2<T>,
+    ) -> (Var, Var) {
+        self.tape.reset();
+        self.tape.set_save_for_backward(true);
+        ensure_shape(&mut self.score, z.dim());
+        match &model.prior {
+            Prior::StandardNormal => self.score.zip_mut_with(&z, |w, &x| *w = -x),
+            Prior::FreeField(field) => {
+                self.prior_row.resize(z.ncols(), 0.0);
+                self.prior_force.resize(z.ncols(), 0.0);
+                for (row, mut w) in z.outer_iter().zip(self.score.outer_iter_mut()) {
+                    for (a, &b) in self.prior_row.iter_mut().zip(row.iter()) {
+                        *a = b.to_f64().unwrap_or(f64::NAN);
+                    }
+                    field.force(&self.prior_row, &mut self.prior_force);
+                    for (w, &f) in w.iter_mut().zip(&self.prior_force) {
+                        *w = T::from_f64(-f).unwrap_or_else(T::nan);
+                    }
+                }
+            }
+        }
+        let n = z.nrows();
+        let mut x = self.tape.input_with_grad(z);
+        let mut ld = self.tape.zeros(n, 1);
+        for layer in &model.layers {
+            (x, ld) = layer.build_scored(
+                &mut self.tape,
+                params,
+                x,
+                ld,
+                &mut self.score,
+                &mut self.score_scratch,
+            );
+        }
+        if self.logdet.len() != n {
+            self.logdet = Array1::zeros(n);
+        }
+        for (o, &l) in self.logdet.iter_mut().zip(self.tape.value(ld).iter()) {
+            *o = l.to_f64().unwrap_or(f64::NAN);
+        }
+        (x, ld)
+    }
+
     /// Records z → φ of the chunk's rows `z` on the chunk's tape and stores the log-det of
     /// each row, summed in f64 from the per-site terms, in `logdet`; returns the φ and
     /// log-det variables (the latter in `T`, for the backward pass).
@@ -796,6 +942,10 @@ impl<T: FlowFloat> Workspace<T> {
                     grad_logdet: Array1::zeros(0),
                     record: Array1::zeros(0),
                     phi_var: None,
+                    score: Array2::zeros((0, 0)),
+                    score_scratch: ScoreScratch::default(),
+                    prior_row: Vec::new(),
+                    prior_force: Vec::new(),
                 })
                 .collect(),
             phi: Array2::zeros((0, 0)),

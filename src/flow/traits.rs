@@ -249,7 +249,9 @@ impl std::fmt::Debug for FlowScratch {
 ///
 /// estimated on a batch z_1 … z_N by L̂ = (1/N) Σ_n [S(φ_n) − ld_n]. Its gradient is
 /// seeded per row with ∂L̂/∂φ_n = ∇S(φ_n)/N and ∂L̂/∂ld_n = −1/N and back-propagated
-/// through the flow to θ by [`TrainableFlow::forward_backward`].
+/// through the flow to θ by [`TrainableFlow::forward_backward`]. The path gradient seeds
+/// ∂L̂/∂φ_n = [∇S(φ_n) + ∇_φ log p̃_θ(φ_n)]/N and ∂L̂/∂ld_n = 0 instead, with the score
+/// from [`TrainableFlow::forward_backward_scored`].
 ///
 /// Checkpoints store θ, the flow's [`TrainableFlow::description`] (so that a resume can
 /// check it was handed the same flow) and its metadata, if it keeps any.
@@ -304,6 +306,31 @@ pub trait TrainableFlow: Flow {
     ) -> Result<BatchOutput<'w, f32>>
     where
         S: Fn(ChunkSeed<'_, f32>) + Sync;
+
+    /// [`TrainableFlow::forward_backward`] where the seed also receives the score
+    /// ∇_φ log p̃_θ(φ) of every row at fixed θ in [`ChunkSeed::score`], which the path
+    /// gradient of the reverse KL needs (see [`GradientEstimator::Path`]). The provided
+    /// version refuses with an [`Error::Incompatible`]: a flow that can compute its score
+    /// overrides it.
+    ///
+    /// [`GradientEstimator::Path`]: crate::train::GradientEstimator::Path
+    fn forward_backward_scored<'w, S>(
+        &self,
+        z: ArrayView2<f32>,
+        workspace: &'w mut Self::Workspace,
+        seed: S,
+        grad: &mut [f32],
+    ) -> Result<BatchOutput<'w, f32>>
+    where
+        S: Fn(ChunkSeed<'_, f32>) + Sync,
+    {
+        let _ = (z, workspace, seed, grad);
+        Err(Error::Incompatible(
+            "path gradients need the flow's score ∇_φ log p̃(φ), which this flow does not \
+             compute (it does not override TrainableFlow::forward_backward_scored)"
+                .into(),
+        ))
+    }
 
     /// A JSON description of the flow's structure (not its parameters), saved in
     /// checkpoints; resuming into a flow with another description is refused.

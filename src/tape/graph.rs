@@ -14,6 +14,14 @@ use super::{PointwiseTransform, Real};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Var(usize);
 
+impl Var {
+    /// The node's position on its tape: nodes are numbered in the order they were
+    /// recorded, so the nodes recorded after a point are `tape.len()` onwards.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// A `rows × cols` row-major block of the flat parameter vector, starting at `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ParamSlice {
@@ -148,6 +156,26 @@ struct Node<T: Real> {
     aux_grad: Array2<T>,
     /// State a pointwise transform saved for its backward pass (empty: none saved).
     saved: Vec<T>,
+}
+
+impl<T: Real> Node<T> {
+    /// Zeroes the gradient (and a pointwise node's gradient of its log-derivatives),
+    /// allocating only on a change of shape.
+    fn zero_grad(&mut self) {
+        let shape = self.value.dim();
+        if self.grad.dim() == shape {
+            self.grad.fill(T::zero());
+        } else {
+            ensure_shape(&mut self.grad, shape);
+        }
+        if let Op::Pointwise { .. } = self.op {
+            if self.aux_grad.dim() == shape {
+                self.aux_grad.fill(T::zero());
+            } else {
+                ensure_shape(&mut self.aux_grad, shape);
+            }
+        }
+    }
 }
 
 /// Gives `buf` the shape `shape` (zero-filled if it changes), reusing its allocation when
@@ -712,19 +740,7 @@ impl<T: Real> Tape<T> {
     /// Sets every gradient of the current graph to zero (allocating only on shape change).
     pub fn zero_grads(&mut self) {
         for node in &mut self.nodes[..self.len] {
-            let shape = node.value.dim();
-            if node.grad.dim() == shape {
-                node.grad.fill(T::zero());
-            } else {
-                ensure_shape(&mut node.grad, shape);
-            }
-            if let Op::Pointwise { .. } = node.op {
-                if node.aux_grad.dim() == shape {
-                    node.aux_grad.fill(T::zero());
-                } else {
-                    ensure_shape(&mut node.aux_grad, shape);
-                }
-            }
+            node.zero_grad();
         }
     }
 
@@ -732,7 +748,44 @@ impl<T: Real> Tape<T> {
     /// graph, *adding* parameter gradients into `param_grad` (laid out like `params`).
     pub fn backward(&mut self, params: &[T], param_grad: &mut [T]) {
         assert_eq!(params.len(), param_grad.len(), "backward: gradient length");
-        for i in (0..self.len).rev() {
+        self.propagate(params, Some(param_grad), 0..self.len);
+    }
+
+    /// [`Tape::backward`] to the nodes only: the gradients of inputs made by
+    /// [`Tape::input_with_grad`] (and of every node between), without the parameter
+    /// gradients and their cost.
+    pub fn backward_to_inputs(&mut self, params: &[T]) {
+        self.propagate(params, None, 0..self.len);
+    }
+
+    /// Sets the gradients of the nodes `nodes` (indices, see [`Var::index`]) to zero, so
+    /// that a part of the graph can be differentiated on its own
+    /// ([`Tape::backward_nodes_to_inputs`]).
+    pub fn zero_grads_of(&mut self, nodes: std::ops::Range<usize>) {
+        let end = nodes.end.min(self.len);
+        for node in &mut self.nodes[nodes.start.min(end)..end] {
+            node.zero_grad();
+        }
+    }
+
+    /// Propagates seeded gradients back through the nodes `nodes` only (in reverse order),
+    /// without parameter gradients: a vector–Jacobian product of one stretch of the graph,
+    /// such as one layer, into the nodes it reads. The gradients of those nodes and of
+    /// every node of the stretch must have been zeroed ([`Tape::zero_grads_of`]) before the
+    /// seeds were set; a full [`Tape::zero_grads`] afterwards makes the tape ready for the
+    /// whole graph's backward pass again.
+    pub fn backward_nodes_to_inputs(&mut self, params: &[T], nodes: std::ops::Range<usize>) {
+        let end = nodes.end.min(self.len);
+        self.propagate(params, None, nodes.start.min(end)..end);
+    }
+
+    fn propagate(
+        &mut self,
+        params: &[T],
+        mut param_grad: Option<&mut [T]>,
+        nodes: std::ops::Range<usize>,
+    ) {
+        for i in nodes.rev() {
             if !self.nodes[i].needs_grad {
                 continue;
             }
@@ -743,10 +796,12 @@ impl<T: Real> Tape<T> {
                 Op::Input => {}
                 Op::Linear { x, w, b } => {
                     let xn = &mut prev[*x];
-                    let mut gw = w.view_mut(param_grad);
-                    mat_mul(&xn.value.t(), &g.view(), T::one(), &mut gw);
-                    if let Some(b) = b {
-                        add_column_sums(&g.view(), &mut b.view_mut(param_grad));
+                    if let Some(param_grad) = param_grad.as_deref_mut() {
+                        let mut gw = w.view_mut(param_grad);
+                        mat_mul(&xn.value.t(), &g.view(), T::one(), &mut gw);
+                        if let Some(b) = b {
+                            add_column_sums(&g.view(), &mut b.view_mut(param_grad));
+                        }
                     }
                     if xn.needs_grad {
                         mat_mul(
@@ -775,7 +830,9 @@ impl<T: Real> Tape<T> {
                     }
                 }
                 Op::BiasAdd { x, b } => {
-                    add_column_sums(&g.view(), &mut b.view_mut(param_grad));
+                    if let Some(param_grad) = param_grad.as_deref_mut() {
+                        add_column_sums(&g.view(), &mut b.view_mut(param_grad));
+                    }
                     if prev[*x].needs_grad {
                         add_into(&mut prev[*x].grad, &g.view());
                     }
@@ -917,10 +974,12 @@ impl<T: Real> Tape<T> {
                         .view()
                         .into_shape_with_order((n * taps.volume, c_out))
                         .expect("standard layout");
-                    let mut gw = w.view_mut(param_grad);
-                    mat_mul(&node.aux.t(), &g2.view(), T::one(), &mut gw);
-                    if let Some(b) = b {
-                        add_column_sums(&g2, &mut b.view_mut(param_grad));
+                    if let Some(param_grad) = param_grad.as_deref_mut() {
+                        let mut gw = w.view_mut(param_grad);
+                        mat_mul(&node.aux.t(), &g2.view(), T::one(), &mut gw);
+                        if let Some(b) = b {
+                            add_column_sums(&g2, &mut b.view_mut(param_grad));
+                        }
                     }
                     if prev[*x].needs_grad {
                         ensure_shape(&mut node.aux_grad, node.aux.dim());
@@ -976,11 +1035,13 @@ impl<T: Real> Tape<T> {
                 }
                 Op::ScaleByExpParam { x, c } => {
                     let factor = params[*c].exp();
-                    let dot = g
-                        .iter()
-                        .zip(node.value.iter())
-                        .fold(T::zero(), |a, (&g, &y)| a + g * y);
-                    param_grad[*c] = param_grad[*c] + dot;
+                    if let Some(param_grad) = param_grad.as_deref_mut() {
+                        let dot = g
+                            .iter()
+                            .zip(node.value.iter())
+                            .fold(T::zero(), |a, (&g, &y)| a + g * y);
+                        param_grad[*c] = param_grad[*c] + dot;
+                    }
                     if prev[*x].needs_grad {
                         prev[*x]
                             .grad
@@ -988,7 +1049,9 @@ impl<T: Real> Tape<T> {
                     }
                 }
                 Op::AddParam { x, c, factor } => {
-                    param_grad[*c] = param_grad[*c] + *factor * g.sum();
+                    if let Some(param_grad) = param_grad.as_deref_mut() {
+                        param_grad[*c] = param_grad[*c] + *factor * g.sum();
+                    }
                     if prev[*x].needs_grad {
                         add_into(&mut prev[*x].grad, &g.view());
                     }

@@ -22,6 +22,13 @@ pub trait PointwiseTransform<T: Real>: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn backward(&self, v: &[T], theta: &[T], gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]);
 
+    /// Whether log|∂C/∂v| depends on v. True (the default) is always correct; a map whose
+    /// log-derivative is a function of θ alone (affine and additive maps) may say false,
+    /// which spares the score of a path gradient one backward call per layer.
+    fn log_derivative_depends_on_input(&self) -> bool {
+        true
+    }
+
     /// Length of the state [`forward_saving`](Self::forward_saving) keeps for `sites`
     /// sites, so that [`backward_saved`](Self::backward_saved) need not recompute it. The
     /// default, 0, keeps nothing.

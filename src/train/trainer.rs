@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
@@ -40,6 +41,50 @@ const LATENT_SALT: u64 = 0x4C41_5445_4E54_5321;
 fn latent_stream(seed: u64, iteration: usize, row: usize) -> SimRng {
     let key = splitmix64(seed ^ LATENT_SALT) ^ splitmix64(iteration as u64);
     stream(key, row as u64)
+}
+
+/// How a training step estimates the gradient of the reverse KL
+/// L(θ) = E_{z∼r}[S(φ) + log p̃_θ(φ)], φ = f_θ(z), from a batch φ_1 … φ_N.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GradientEstimator {
+    /// The total derivative of the batch loss L̂ = (1/N) Σ_n [S(φ_n) − ld_n] through the
+    /// sample path: (1/N) Σ_n [∇S(φ_n)·∂φ_n/∂θ − ∂ld_n/∂θ]. One forward and one backward
+    /// pass.
+    #[default]
+    Total,
+    /// The path gradient (1/N) Σ_n [∇S(φ_n) + ∇_φ log p̃_θ(φ_n)]·∂φ_n/∂θ: the total
+    /// derivative without the score term (1/N) Σ_n ∂_θ log p̃_θ(φ)|_{φ=φ_n}, whose
+    /// expectation is zero. Both estimators are unbiased; the path gradient vanishes on
+    /// every batch once p̃_θ equals the target, so its variance falls as the flow
+    /// approaches it. The score ∇_φ log p̃_θ comes from
+    /// [`TrainableFlow::forward_backward_scored`], which costs about one more
+    /// input-gradient pass through every conditioner.
+    Path,
+}
+
+impl std::fmt::Display for GradientEstimator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GradientEstimator::Total => "total",
+            GradientEstimator::Path => "path",
+        })
+    }
+}
+
+impl std::str::FromStr for GradientEstimator {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "total" => Ok(GradientEstimator::Total),
+            "path" => Ok(GradientEstimator::Path),
+            other => Err(Error::param(
+                "gradient",
+                format!("unknown gradient estimator {other:?} (known: total, path)"),
+            )),
+        }
+    }
 }
 
 /// Iterations between the acceptance checks of a run with a target acceptance
@@ -81,6 +126,8 @@ pub struct TrainConfig {
     /// [`DEFAULT_CHECK_INTERVAL`] when `eval_every` is 0. `None`: run every iteration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until_acceptance: Option<f64>,
+    /// The gradient estimator of every step.
+    pub gradient: GradientEstimator,
 }
 
 impl Default for TrainConfig {
@@ -107,6 +154,7 @@ impl TrainConfig {
             eval_every: 0,
             eval_samples: 2000,
             until_acceptance: None,
+            gradient: GradientEstimator::Total,
         }
     }
 
@@ -377,6 +425,8 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
                 prior.sample_into(row.insert_axis(Axis(0)), &mut rng)
             })?;
         let inv_n = 1.0 / self.config.batch as f64;
+        let path = self.config.gradient == GradientEstimator::Path;
+        let score_missing = AtomicBool::new(false);
         let seed = |chunk: ChunkSeed<'_, f32>| {
             let ChunkSeed {
                 phi,
@@ -384,6 +434,7 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
                 mut grad_phi,
                 mut grad_logdet,
                 mut record,
+                score,
             } = chunk;
             ROW_SCRATCH.with(|cell| {
                 let (x, force) = &mut *cell.borrow_mut();
@@ -404,14 +455,37 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
                     }
                 }
             });
-            grad_logdet.fill((-inv_n) as f32);
+            match (path, score) {
+                // ∂L̂/∂φ = (∇S + ∇_φ log p̃)/N; the log-det enters only through the score.
+                (true, Some(score)) => {
+                    grad_phi.zip_mut_with(&score, |g, &w| *g += (f64::from(w) * inv_n) as f32);
+                }
+                (true, None) => score_missing.store(true, Ordering::Relaxed),
+                (false, _) => grad_logdet.fill((-inv_n) as f32),
+            }
         };
-        let output = self.model.forward_backward(
-            self.latent.view(),
-            &mut self.workspace,
-            seed,
-            &mut self.grad,
-        )?;
+        let output = if path {
+            self.model.forward_backward_scored(
+                self.latent.view(),
+                &mut self.workspace,
+                seed,
+                &mut self.grad,
+            )?
+        } else {
+            self.model.forward_backward(
+                self.latent.view(),
+                &mut self.workspace,
+                seed,
+                &mut self.grad,
+            )?
+        };
+        if score_missing.load(Ordering::Relaxed) {
+            return Err(Error::Incompatible(
+                "path gradients need the score ∇_φ log p̃(φ), and the flow's \
+                 forward_backward_scored gave none"
+                    .into(),
+            ));
+        }
 
         let (mut sum, mut sum_sq) = (0.0, 0.0);
         for &l in output.record.iter() {

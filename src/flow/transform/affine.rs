@@ -28,6 +28,10 @@ impl<T: Real> PointwiseTransform<T> for Additive {
         1
     }
 
+    fn log_derivative_depends_on_input(&self) -> bool {
+        false
+    }
+
     fn forward(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T]) {
         debug_check_lengths(v.len(), theta.len(), 1, &[y.len(), ld.len()]);
         for ((yi, ldi), (&vi, &ti)) in y.iter_mut().zip(ld.iter_mut()).zip(v.iter().zip(theta)) {
@@ -110,6 +114,10 @@ macro_rules! impl_shift_scale {
         impl<T: Real> PointwiseTransform<T> for $ty {
             fn params_per_site(&self) -> usize {
                 2
+            }
+
+            fn log_derivative_depends_on_input(&self) -> bool {
+                false
             }
 
             fn forward(&self, v: &[T], theta: &[T], y: &mut [T], ld: &mut [T]) {

@@ -115,6 +115,10 @@ impl PointwiseTransform<Dual> for DualTransform {
         self.inner.params_per_site()
     }
 
+    fn log_derivative_depends_on_input(&self) -> bool {
+        self.inner.log_derivative_depends_on_input()
+    }
+
     fn forward(&self, v: &[Dual], theta: &[Dual], y: &mut [Dual], ld: &mut [Dual]) {
         let (n, k) = (v.len(), self.inner.params_per_site());
         let mut scratch = Scratch::new(n, k);
