@@ -3,8 +3,9 @@
 //! τ_rej reaches a target per size, and a power law of that budget in ξ.
 //!
 //! Between two budgets C_a < C_b of a size whose mean τ_rej brackets the target T, the
-//! excess ε = τ_rej − 1 (0 for a perfect flow) is interpolated as a power of the budget,
-//! ln ε linear in ln C, and the target budget is where ε = T − 1. Its error propagates the
+//! excess ε = τ_rej − ½ (τ_rej = ½ + Σ_t P(t consecutive rejections), so ε = 0 for a
+//! perfect flow) is interpolated as a power of the budget, ln ε linear in ln C, and the
+//! target budget is where ε = T − ½. Its error propagates the
 //! errors of the two τ_rej values through that interpolation: the spread over seeds when a
 //! budget was trained with several (the training's own variance, usually the larger part),
 //! else the chain's Γ-method error. The budget in seconds is interpolated with the same
@@ -173,10 +174,14 @@ fn mean_and_error(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (mean, (var / n).sqrt())
 }
 
+/// τ_rej of a chain without correlations (every proposal accepted): the limit of a perfect
+/// flow.
+const UNCORRELATED_TAU: f64 = 0.5;
+
 /// The budget (configurations, seconds, relative error) at which the τ_rej of `points`
 /// (one size, sorted by budget) reaches `target`, or why it cannot be told.
 fn cost_at(points: &[&BudgetPoint], target: f64) -> Result<(f64, f64, f64), String> {
-    let excess = |tau: f64| (tau - 1.0).max(1e-6).ln();
+    let excess = |tau: f64| (tau - UNCORRELATED_TAU).max(1e-6).ln();
     let reached = points.iter().position(|p| p.tau_rej <= target);
     let b = match reached {
         None => {
@@ -209,9 +214,9 @@ fn cost_at(points: &[&BudgetPoint], target: f64) -> Result<(f64, f64, f64), Stri
     let s = (xb - xa) / (yb - ya);
     let w = (yt - ya) / (yb - ya);
     let xt = xa + (yt - ya) * s;
-    // δ ln ε = δτ / (τ − 1); a missing error counts as none.
+    // δ ln ε = δτ / (τ − ½); a missing error counts as none.
     let dy = |p: &BudgetPoint| {
-        let e = p.tau_rej_err / (p.tau_rej - 1.0).max(1e-6);
+        let e = p.tau_rej_err / (p.tau_rej - UNCORRELATED_TAU).max(1e-6);
         if e.is_finite() { e } else { 0.0 }
     };
     let dxa = s * (yt - yb) / (yb - ya) * dy(pa);
@@ -228,10 +233,10 @@ mod tests {
     use crate::diagnostics::Verdict;
     use crate::study::sweep::SweepPoint;
 
-    /// A row whose τ_rej follows τ − 1 = (C0(L)/C)^0.7 with C0 = 1000 (L/4)^4.5 exactly.
+    /// A row whose τ_rej follows τ − ½ = (C0(L)/C)^0.7 with C0 = 1000 (L/4)^4.5 exactly.
     fn row(l: usize, configs: u64, seed: u64, wobble: f64) -> SweepRow {
         let c0 = 1000.0 * (l as f64 / 4.0).powf(4.5);
-        let tau = 1.0 + (c0 / configs as f64).powf(0.7) * wobble;
+        let tau = 0.5 + (c0 / configs as f64).powf(0.7) * wobble;
         SweepRow {
             point: SweepPoint {
                 l,
@@ -248,7 +253,7 @@ mod tests {
             acceptance: 1.0 / tau,
             ess: 0.5,
             tau_rej: tau,
-            tau_rej_err: 0.02 * (tau - 1.0),
+            tau_rej_err: 0.02 * (tau - 0.5),
             tau_int_abs_m: tau,
             tau_int_abs_m_err: 0.1,
             longest_rejection_run: 3,
@@ -267,7 +272,8 @@ mod tests {
         let cost = training_cost(&rows, &|l| l as f64 / 4.0, 2.0);
         assert_eq!(cost.costs.len(), 4, "{:?}", cost.unbracketed);
         for c in &cost.costs {
-            let exact = 1000.0 * c.xi.powf(4.5);
+            // τ = 2 where (C0/C)^0.7 = 3/2.
+            let exact = 1000.0 * c.xi.powf(4.5) / 1.5f64.powf(1.0 / 0.7);
             assert!((c.configs / exact - 1.0).abs() < 1e-9, "{c:?}");
             // The seconds follow the budget (1e-4 s per configuration).
             assert!((c.seconds / (exact * 1e-4) - 1.0).abs() < 1e-9, "{c:?}");
@@ -297,10 +303,10 @@ mod tests {
             .find(|b| b.l == 8 && b.configs_seen == 4000)
             .unwrap();
         assert_eq!(point.runs, 2);
-        let exact = 1.0 + (1000.0 * 2f64.powf(4.5) / 4000.0).powf(0.7);
+        let exact = 0.5 + (1000.0 * 2f64.powf(4.5) / 4000.0).powf(0.7);
         assert!((point.tau_rej - exact).abs() < 1e-9);
-        // Two seeds at ±10 % of the excess: spread 0.2 (τ − 1)/√2 … over √2.
-        assert!((point.tau_rej_err - 0.1 * (exact - 1.0)).abs() < 1e-9);
+        // Two seeds at ±10 % of the excess: spread 0.2 (τ − ½)/√2 … over √2.
+        assert!((point.tau_rej_err - 0.1 * (exact - 0.5)).abs() < 1e-9);
         assert_eq!(cost.costs.len(), 1);
         assert_eq!(cost.costs[0].l, 8);
         let reasons: Vec<&str> = cost.unbracketed.iter().map(|u| u.1.as_str()).collect();

@@ -359,11 +359,12 @@ impl SweepSpec {
                 return Err(Error::param(key, "the grid needs at least one value"));
             }
         }
-        if !(self.target_tau_rej > 1.0 && self.target_tau_rej.is_finite()) {
+        if !(self.target_tau_rej > 0.5 && self.target_tau_rej.is_finite()) {
             return Err(Error::param(
                 "target_tau_rej",
                 format!(
-                    "τ_rej is at least 1; the target must be a finite number above 1, got {}",
+                    "τ_rej is at least ½ (a chain that accepts every proposal); the target \
+                     must be a finite number above ½, got {}",
                     self.target_tau_rej
                 ),
             ));
