@@ -384,7 +384,6 @@ impl Coupling {
         CouplingNodes {
             first,
             theta,
-            v,
             y,
             ld,
             out,
@@ -392,7 +391,8 @@ impl Coupling {
     }
 
     /// ∂ld/∂v of every active site into `scratch.grad_v` (zero on entry), from the
-    /// transform's backward pass with seeds 0 on y and 1 on the log-derivatives.
+    /// transform's backward pass (on its saved state) with seeds 0 on y and 1 on the
+    /// log-derivatives.
     fn log_derivative_gradient<T: FlowFloat>(
         &self,
         tape: &Tape<T>,
@@ -400,16 +400,16 @@ impl Coupling {
         scratch: &mut ScoreScratch<T>,
     ) {
         let sites = scratch.grad_v.len();
-        scratch.zeros.clear();
-        scratch.zeros.resize(sites, T::zero());
-        scratch.ones.clear();
-        scratch.ones.resize(sites, T::one());
+        // Seeds only: never written, so refilled only when the size changes.
+        if scratch.ones.len() != sites {
+            scratch.zeros = vec![T::zero(); sites];
+            scratch.ones = vec![T::one(); sites];
+        }
         let (rows, cols) = tape.shape(nodes.theta);
         scratch.grad_theta.clear();
         scratch.grad_theta.resize(rows * cols, T::zero());
-        T::transform(&self.transform).backward(
-            tape.value(nodes.v).as_slice().expect("standard layout"),
-            tape.value(nodes.theta).as_slice().expect("standard layout"),
+        tape.pointwise_backward(
+            nodes.y,
             &scratch.zeros,
             &scratch.ones,
             &mut scratch.grad_v,
@@ -474,12 +474,11 @@ impl Coupling {
 }
 
 /// The nodes of one recorded coupling layer: its first node, the transform parameters θ,
-/// the active values v, the transformed values y (the pointwise node), the layer's log-det
-/// and the output configuration.
+/// the transformed values y (the pointwise node), the layer's log-det and the output
+/// configuration.
 struct CouplingNodes {
     first: usize,
     theta: Var,
-    v: Var,
     y: Var,
     ld: Var,
     out: Var,

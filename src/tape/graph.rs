@@ -737,6 +737,31 @@ impl<T: Real> Tape<T> {
         self.nodes[y.0].aux.view()
     }
 
+    /// The vector–Jacobian product of a pointwise node (from [`Tape::pointwise`]) on its
+    /// own: given ∂L/∂y (`gy`) and ∂L/∂ld per site (`gld`), *adds* ∂L/∂v into `gv` and ∂L/∂θ
+    /// into `gtheta` (flat, laid out like the node's operands), from the state the
+    /// transform saved in the forward pass when there is one.
+    pub fn pointwise_backward(&self, y: Var, gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]) {
+        let node = &self.nodes[y.0];
+        let Op::Pointwise {
+            v,
+            theta,
+            transform,
+        } = &node.op
+        else {
+            panic!("pointwise_backward: not a pointwise node");
+        };
+        let (v, theta) = (
+            contiguous(&self.nodes[*v].value),
+            contiguous(&self.nodes[*theta].value),
+        );
+        if node.saved.len() == transform.saved_len(v.len()) {
+            transform.backward_saved(v, theta, &node.saved, gy, gld, gv, gtheta);
+        } else {
+            transform.backward(v, theta, gy, gld, gv, gtheta);
+        }
+    }
+
     /// Sets every gradient of the current graph to zero (allocating only on shape change).
     pub fn zero_grads(&mut self) {
         for node in &mut self.nodes[..self.len] {
