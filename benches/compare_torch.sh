@@ -14,15 +14,7 @@ PEER=${PEER:-../shared/peers/torch_ref.py}
 SEEDS=${SEEDS:-1}
 PROGRAMS=${PROGRAMS:-torch latflow}
 [[ $PROGRAMS == *latflow* ]] && cargo build --release --quiet
-recipe() {
-  case "$1" in
-    6) echo "0.537 36 2 300 350 0.02" ;;
-    8) echo "0.576 64 2 500 750 0.01" ;;
-    10) echo "0.601 100 3 1250 2000 0.005" ;;
-    12) echo "0.616 144 3 4000 5000 0.003" ;;
-    *) echo "no recipe for L = $1" >&2; exit 1 ;;
-  esac
-}
+source benches/reference_recipes.sh
 for L in "${@:-6 8 10}"; do
   for l in $L; do
     read -r beta hidden blocks batch iters lr <<<"$(recipe "$l")"

@@ -648,3 +648,57 @@ fn an_unreliable_run_says_so_in_its_exit_status() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["verdict"], "reliable", "{}", v["diagnostics"]);
 }
+
+#[test]
+fn until_acceptance_alone_trains_with_the_default_method() {
+    let dir = std::env::temp_dir().join(format!("latflow-cli-default-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("m.json");
+    let model = model.to_str().unwrap();
+    let base = [
+        "train",
+        "--lattice",
+        "4x4",
+        "--beta",
+        "0.5",
+        "--lambda",
+        "0.5",
+        "--until-acceptance",
+        "0.4",
+        "--eval-samples",
+        "1000",
+        "--out",
+        model,
+        "--quiet",
+    ];
+    // |Λ| = 16: half width 8, the L = 6 reference budget (batch 300, 350 iterations,
+    // η = 0.02), path gradients, checks every 25 iterations.
+    let out = latflow(&base);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "default method for this lattice: seed recipe with hidden width 8, 2 affine \
+             blocks, 8 spline segments; path gradient, batch 300, budget 350 iterations, lr 0.02"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("target acceptance 0.4 reached"), "{stdout}");
+    let flow = latflow::flow::FlowModel::load(model).unwrap();
+    let expected = latflow::flow::FlowConfig::seed(8, 2, 8).unwrap();
+    assert_eq!(flow.config(), &expected);
+    // Any flag that sets the method turns the default off.
+    let out = latflow(&[&base[..], &["--gradient", "total"]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("default method"), "{stdout}");
+    std::fs::remove_dir_all(&dir).ok();
+}

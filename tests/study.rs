@@ -738,3 +738,22 @@ fn a_flow_chain_starts_from_a_flow_sample() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_example_sweeps_load_and_differ_only_in_their_gradient() {
+    use latflow::study::SweepSpec;
+    use latflow::train::GradientEstimator;
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let total = SweepSpec::load(&examples.join("sweep_small.toml"), &[])
+        .unwrap()
+        .spec;
+    let path = SweepSpec::load(&examples.join("sweep_small_path.toml"), &[])
+        .unwrap()
+        .spec;
+    assert_eq!(total.train.gradient, GradientEstimator::Total);
+    assert_eq!(path.train.gradient, GradientEstimator::Path);
+    let mut same = path.clone();
+    same.train.gradient = GradientEstimator::Total;
+    same.name = total.name.clone();
+    assert_eq!(same, total);
+}

@@ -241,6 +241,9 @@ struct TrainArgs {
     gradient: GradientName,
     /// Stop at the first evaluation whose acceptance reaches this target (0 < A < 1);
     /// --iterations is then the budget. Evaluations every --eval-every steps (25 if 0).
+    /// Without any flag that sets the recipe or its training, the run uses latflow's
+    /// default method for the lattice (the seed recipe at half width with path gradients
+    /// and a size-dependent budget: see `latflow::run::default_method`).
     #[arg(long)]
     until_acceptance: Option<f64>,
     /// Start from the parameters of this model file (trained on another lattice size or at
@@ -311,6 +314,26 @@ const TRAIN_RUN_FLAGS: [&str; 22] = [
     "out",
 ];
 
+/// Flags of [`TRAIN_RUN_FLAGS`] that do not choose the flow or how it is trained.
+const NOT_METHOD_FLAGS: [&str; 8] = [
+    "anneal_over",
+    "seed",
+    "chunks",
+    "eval_every",
+    "eval_samples",
+    "until_acceptance",
+    "init",
+    "out",
+];
+
+/// Whether a flag that chooses the flow or how it is trained was given: a run with
+/// --until-acceptance and none of them uses latflow's default method.
+fn sets_method(m: &ArgMatches) -> bool {
+    TRAIN_RUN_FLAGS
+        .iter()
+        .any(|f| !NOT_METHOD_FLAGS.contains(f) && given(m, f))
+}
+
 impl TrainArgs {
     fn spec(&self, m: &ArgMatches) -> Result<TrainSpec> {
         if let Some(path) = &self.config {
@@ -366,6 +389,25 @@ impl TrainArgs {
             .clone()
             .context("--out is required: where to write the trained model")?;
         let (lattice, action) = self.target.resolve(None)?;
+        if self.until_acceptance.is_some() && !sets_method(m) {
+            let (recipe, mut train) = latflow::run::default_method(&lattice);
+            train.seed = self.seed;
+            train.chunks = self.chunks;
+            if given(m, "eval_every") {
+                train.eval_every = self.eval_every;
+            }
+            train.eval_samples = self.eval_samples;
+            train.until_acceptance = self.until_acceptance;
+            return Ok(TrainSpec {
+                lattice,
+                action,
+                recipe,
+                train,
+                anneal: None,
+                init: self.init.clone(),
+                out,
+            });
+        }
         if self.anneal_start.is_some() && !matches!(action, ActionSpec::Phi4 { .. }) {
             bail!("--anneal-start anneals the hopping coupling: it needs --action phi4");
         }
@@ -535,6 +577,19 @@ fn run_train(
             report.configs_per_second,
             report.configs_seen
         );
+        if args.resume.is_none()
+            && args.config.is_none()
+            && args.until_acceptance.is_some()
+            && !sets_method(m)
+        {
+            let (r, t) = (&spec.recipe, &spec.train);
+            println!(
+                "default method for this lattice: seed recipe with hidden width {}, {} affine \
+                 blocks, {} spline segments; {} gradient, batch {}, budget {} iterations, lr {} \
+                 (cosine)",
+                r.hidden, r.affine_blocks, r.segments, t.gradient, t.batch, t.iterations, t.lr
+            );
+        }
         if let Some(reached) = report.reached_target {
             println!(
                 "target acceptance {} {}reached after {} iterations; acceptance checks: \

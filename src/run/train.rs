@@ -196,6 +196,58 @@ impl RecipeSpec {
     }
 }
 
+/// The seed recipe's reference budgets, by lattice volume |Λ|: (batch, iterations, initial
+/// learning rate) of the runs that reached about 70 % acceptance at L = 6, 8, 10, 12, 14 on
+/// the ξ ≈ L/4 line (docs/reference.md#training-recipes); larger volumes take the L = 14
+/// row.
+pub fn reference_budget(volume: usize) -> (usize, usize, f64) {
+    match volume {
+        0..=36 => (300, 350, 0.02),
+        37..=64 => (500, 750, 0.01),
+        65..=100 => (1250, 2000, 0.005),
+        101..=144 => (4000, 5000, 0.003),
+        _ => (7000, 14000, 0.001),
+    }
+}
+
+/// latflow's default training method for a run that sets a target acceptance and nothing
+/// else about the flow or its training (`latflow train --until-acceptance A`): the best
+/// method measured so far (BENCHMARKS.md, "Training methods"). It is the seed recipe's
+/// architecture at half its width, H = |Λ|/2 (two Z2-equivariant affine blocks up to
+/// |Λ| = 64 and three beyond, then one spline block of 8 segments), trained with path
+/// gradients ([`GradientEstimator::Path`]) from the reference learning rate on a cosine
+/// schedule, with batches of at most 500 up to |Λ| = 100 (the reference batch beyond, where
+/// smaller batches are not yet measured) and an iteration budget worth the reference
+/// |Φ_train| ([`reference_budget`]). The acceptance is checked every 1/30 of that budget
+/// (at least every [`DEFAULT_CHECK_INTERVAL`] iterations), so that the checks cost a small
+/// part of the training; seed, chunks and the other evaluation settings keep their
+/// defaults.
+///
+/// [`DEFAULT_CHECK_INTERVAL`]: crate::train::DEFAULT_CHECK_INTERVAL
+///
+/// [`GradientEstimator::Path`]: crate::train::GradientEstimator::Path
+pub fn default_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
+    let volume = lattice.volume();
+    let (reference_batch, reference_iterations, lr) = reference_budget(volume);
+    let batch = if volume <= 100 {
+        reference_batch.min(500)
+    } else {
+        reference_batch
+    };
+    let iterations = (reference_batch * reference_iterations).div_ceil(batch);
+    let recipe = RecipeSpec {
+        kind: RecipeKind::Seed,
+        hidden: (volume / 2).max(1),
+        affine_blocks: if volume <= 64 { 2 } else { 3 },
+        segments: 8,
+        ..RecipeSpec::default()
+    };
+    let mut train = TrainConfig::new(batch, iterations, lr);
+    train.gradient = crate::train::GradientEstimator::Path;
+    train.eval_every = (iterations / 30).max(crate::train::DEFAULT_CHECK_INTERVAL);
+    (recipe, train)
+}
+
 /// Coupling annealing: the hopping coupling starts at `start` × its target and reaches the
 /// target after a fraction `over` of the iterations.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
