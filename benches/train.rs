@@ -1,14 +1,16 @@
 //! Throughput (configurations/s) of one complete training step of the seed recipe
 //! (docs/reference.md#training-recipes: H = |Λ|, K = 8, the study's batch and block counts)
 //! at L = 6, 8, 10 on φ⁴ at the study's β: latent draw, forward + backward with the
-//! action's force, loss statistics and the Adam update.
+//! action's force, loss statistics and the Adam update; once with the total gradient
+//! (`train_step`) and once with the path gradient (`train_step_path`, which also carries
+//! the score through every layer).
 
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use latflow::action::Phi4;
 use latflow::flow::{FlowConfig, FlowModel};
-use latflow::train::{TrainConfig, Trainer};
+use latflow::train::{GradientEstimator, TrainConfig, Trainer};
 use latflow::{Action, Lattice};
 
 /// (L, β, batch, affine blocks, η0) of the seed study.
@@ -19,15 +21,26 @@ const SIZES: [(usize, f64, usize, usize, f64); 3] = [
 ];
 
 fn bench_train_step(c: &mut Criterion) {
-    let mut group = c.benchmark_group("train_step");
+    for (name, gradient) in [
+        ("train_step", GradientEstimator::Total),
+        ("train_step_path", GradientEstimator::Path),
+    ] {
+        bench_steps(c, name, gradient);
+    }
+}
+
+fn bench_steps(c: &mut Criterion, name: &str, gradient: GradientEstimator) {
+    let mut group = c.benchmark_group(name);
     for (l, beta, batch, blocks, lr) in SIZES {
         let action =
             Arc::new(Phi4::hopping(Lattice::hypercubic(2, l).unwrap(), beta, 0.5).unwrap());
         let config = FlowConfig::seed(action.lattice().volume(), blocks, 8).unwrap();
         let model = FlowModel::new(&config, action.lattice(), 0).unwrap();
-        // Far more iterations than criterion runs, so every measured step is a real one.
-        let mut trainer =
-            Trainer::new(model, action, TrainConfig::new(batch, usize::MAX / 2, lr)).unwrap();
+        // Far more iterations than criterion runs (and within the trainer's work limit), so
+        // every measured step is a real one.
+        let mut train = TrainConfig::new(batch, 1_000_000, lr);
+        train.gradient = gradient;
+        let mut trainer = Trainer::new(model, action, train).unwrap();
         trainer.step().unwrap();
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(format!("L{l}_batch{batch}"), |b| {

@@ -478,7 +478,7 @@ impl FlowModel {
         self.pass(params, z, ws, seed, grad, false)
     }
 
-    /// The training pass, with the score of every row carried first when `with_score`.
+    /// The training pass, carrying the score of every row along when `with_score`.
     fn pass<'w, T, F>(
         &self,
         params: &[T],
@@ -746,7 +746,6 @@ impl TrainableFlow for FlowModel {
         self.forward_backward_with(&self.params, z, workspace, seed, grad)
     }
 
-    /// The [`FlowConfig`] as JSON.
     fn forward_backward_scored<'w, S>(
         &self,
         z: ArrayView2<f32>,
@@ -760,6 +759,7 @@ impl TrainableFlow for FlowModel {
         FlowModel::forward_backward_scored(self, z, workspace, seed, grad)
     }
 
+    /// The [`FlowConfig`] as JSON.
     fn description(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null)
     }
