@@ -1,6 +1,7 @@
 //! The reverse-KL [`Trainer`] of any [`TrainableFlow`]: fresh latent batches from a seeded
 //! stream, the loss L = mean[S(φ) − log det] back-propagated through the flow from the
-//! action's force (see [`TrainableFlow`] for the gradient seed), an
+//! action's force (see [`TrainableFlow`] for the gradient seed; [`GradientEstimator`] for
+//! the path gradient, which adds the flow's score and drops the log-det seed), an
 //! Adam-type update with a scheduled learning rate, optional coupling annealing, short
 //! independent evaluations (acceptance, ESS, τ_rej, lost-Z2-mode check) and checkpoints.
 
