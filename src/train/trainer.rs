@@ -73,21 +73,6 @@ impl std::fmt::Display for GradientEstimator {
     }
 }
 
-impl std::str::FromStr for GradientEstimator {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "total" => Ok(GradientEstimator::Total),
-            "path" => Ok(GradientEstimator::Path),
-            other => Err(Error::param(
-                "gradient",
-                format!("unknown gradient estimator {other:?} (known: total, path)"),
-            )),
-        }
-    }
-}
-
 /// Iterations between the acceptance checks of a run with a target acceptance
 /// ([`TrainConfig::until_acceptance`]) and no `eval_every` of its own.
 pub const DEFAULT_CHECK_INTERVAL: usize = 25;
