@@ -165,6 +165,47 @@ fn attribute_values<'a>(html: &'a str, attribute: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// payback.csv holds one row per flow sampler against the cheaper of the samplers without a
+/// flow, and each row follows from the costs in samplers.csv and the training report.
+fn check_payback(folder: &Path) {
+    let (header, samplers) = check_csv(&folder.join("samplers.csv"));
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let cost_of = |name: &str| -> f64 {
+        let row = samplers.iter().find(|r| r[0] == name).unwrap();
+        row[column("cost_per_independent")].parse().unwrap()
+    };
+    let baseline = if cost_of("hmc") <= cost_of("local") {
+        "hmc"
+    } else {
+        "local"
+    };
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("training.json")).unwrap()).unwrap();
+    let training = report["seconds"].as_f64().unwrap() + report["eval_seconds"].as_f64().unwrap();
+    let (header, rows) = check_csv(&folder.join("payback.csv"));
+    let field =
+        |row: &[String], name: &str| row[header.iter().position(|h| h == name).unwrap()].clone();
+    let names: Vec<String> = rows.iter().map(|r| r[0].clone()).collect();
+    assert_eq!(names, ["flow", "flow+local"]);
+    for row in &rows {
+        assert_eq!(field(row, "baseline"), baseline);
+        let cost: f64 = field(row, "cost").parse().unwrap();
+        assert_eq!(cost, cost_of(&row[0]));
+        let base = cost_of(baseline);
+        let seconds: f64 = field(row, "training_seconds").parse().unwrap();
+        assert!((seconds - training).abs() < 1e-9 * training);
+        if cost < base {
+            let n: f64 = field(row, "break_even").parse().unwrap();
+            let expected = training / (base - cost);
+            assert!((n - expected).abs() < 1e-9 * expected, "{n} vs {expected}");
+            assert!(field(row, "break_even_err").parse::<f64>().unwrap() > 0.0);
+        } else {
+            assert_eq!(field(row, "break_even"), "");
+            assert!(field(row, "reason").starts_with("never"), "{row:?}");
+        }
+    }
+}
+
 fn run_tiny(dir: &Path, extra: &[&str]) -> std::process::Output {
     let runcard = dir.join("tiny.toml");
     std::fs::write(&runcard, TINY).unwrap();
@@ -254,6 +295,7 @@ fn a_tiny_study_leaves_every_promised_file_and_analyse_recomputes_it() {
         check_csv(&folder.join("data").join(s).join("rejection_runs.csv"));
     }
     check_npy(&folder.join("data/flow/series.npy"));
+    check_payback(&folder);
     serde_json::from_slice::<serde_json::Value>(&std::fs::read(folder.join("model.json")).unwrap())
         .unwrap();
     assert!(folder.join("checkpoint.json").is_file());
@@ -283,6 +325,7 @@ fn a_tiny_study_leaves_every_promised_file_and_analyse_recomputes_it() {
         "tau_int",
         "rejection_runs",
         "cost",
+        "payback",
     ] {
         let png = std::fs::read(folder.join(format!("plots/{stem}.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{stem}.png");
@@ -756,4 +799,104 @@ fn the_example_sweeps_load_and_differ_only_in_their_gradient() {
     same.train.gradient = GradientEstimator::Total;
     same.name = total.name.clone();
     assert_eq!(same, total);
+}
+
+/// A study can sample with a flow trained before (`flow.model`): the model is copied in and
+/// its training report comes from the model's metadata; a model for another lattice, or a
+/// trained model together with training settings, is refused by name.
+#[test]
+fn a_study_samples_with_a_flow_trained_before() {
+    let dir = scratch("trained");
+    let model = dir.join("trained.json");
+    let output = latflow()
+        .args([
+            "train",
+            "--lattice",
+            "4x4",
+            "--beta",
+            "0.5",
+            "--lambda",
+            "0.5",
+            "--recipe",
+            "seed",
+            "--hidden",
+            "16",
+            "--affine-blocks",
+            "1",
+            "--segments",
+            "4",
+            "--batch",
+            "64",
+            "--iterations",
+            "30",
+            "--seed",
+            "3",
+            "--eval-samples",
+            "500",
+            "--json",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let trained: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let card = |flow: &str, lattice: &str| {
+        format!(
+            "name = \"adopted\"\nseed = 7\nlattice = {lattice}\n[action]\nform = \"phi4\"\n\
+             beta = 0.5\nlambda = 0.5\n[flow]\n{flow}\n[measure]\nn = 2000\ntherm = 100\n\
+             saved_configs = 10\n[[sampler]]\nname = \"flow\"\nkernel = \"flow\"\n\
+             [[sampler]]\nname = \"local\"\nkernel = \"local\"\n"
+        )
+    };
+    let run = |text: String| {
+        let runcard = dir.join("adopted.toml");
+        std::fs::write(&runcard, text).unwrap();
+        latflow()
+            .arg("run")
+            .arg(&runcard)
+            .arg("--out")
+            .arg(dir.join("out"))
+            .args(["--quiet", "--json"])
+            .output()
+            .unwrap()
+    };
+    let model_key = format!("model = {:?}", model.to_str().unwrap());
+
+    let output = run(card(&model_key, "[4, 4]"));
+    assert_success(&output);
+    let folder = dir.join("out").join("adopted");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("training.json")).unwrap()).unwrap();
+    for key in [
+        "configs_seen",
+        "iterations",
+        "seconds",
+        "acceptance",
+        "n_params",
+    ] {
+        assert_eq!(report[key], trained[key], "{key}");
+    }
+    assert_eq!(report["configs_seen"], 64 * 30);
+    assert_eq!(
+        std::fs::read(folder.join("model.json")).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
+    assert!(!folder.join("training.csv").exists(), "nothing was trained");
+    check_csv(&folder.join("payback.csv"));
+
+    let output = run(card(
+        &format!("{model_key}\n[flow.train]\nbatch = 16"),
+        "[4, 4]",
+    ));
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("flow.model"));
+
+    std::fs::remove_dir_all(dir.join("out")).unwrap();
+    let output = run(card(&model_key, "[6, 6]"));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("trained for lattice [4, 4]"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,8 +1,8 @@
 //! Training until a target acceptance: a reachable target stops the run at the first
 //! evaluation that reaches it (and the steps before the stop are those of a run without a
 //! target), an unreachable one runs the whole budget, the stop is reproducible and survives
-//! checkpoint and resume, checkpoints written without the new counters still load, and bad
-//! targets are refused by name.
+//! checkpoint and resume, checkpoints written without the new counters still load, bad
+//! targets are refused by name, and a time limit ends a run with its model written.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -330,4 +330,50 @@ fn bad_targets_are_refused_by_name() {
             .until_acceptance,
         None
     );
+}
+
+/// A time limit ends training early as the end of the budget does: the model is evaluated
+/// and written, the report says the limit ended it, and the steps made are those of a run
+/// without a limit.
+#[test]
+fn a_time_limit_ends_training_with_a_written_model() {
+    let dir = temp_dir("time");
+    // A limit far below one step's time: the run stops after its first step.
+    let mut limited = spec(None, BUDGET, 0, dir.join("limited.json"));
+    limited.train.time_limit = Some(1e-9);
+    let (report, steps) = run(&limited);
+    assert!(report.ran_out_of_time);
+    assert_eq!(report.iterations, 1);
+    assert_eq!(steps.len(), 1);
+    assert_eq!(report.configs_seen, BATCH as u64);
+    assert!(report.acceptance > 0.0, "the flow is evaluated");
+    let written = FlowModel::load(dir.join("limited.json")).unwrap();
+    // The same first step without a limit (the schedule spans the same budget).
+    let unlimited = spec(None, BUDGET, 0, dir.join("unused.json"));
+    let model = FlowModel::new(
+        &unlimited.recipe.build(&unlimited.lattice).unwrap(),
+        &unlimited.lattice,
+        unlimited.train.seed,
+    )
+    .unwrap();
+    let action = Arc::new(unlimited.action.build(&unlimited.lattice).unwrap());
+    let mut trainer = Trainer::new(model, action, unlimited.train.clone()).unwrap();
+    let first = trainer.step().unwrap();
+    assert!(!trainer.is_finished());
+    assert_eq!(deterministic(&first), deterministic(&steps[0]));
+    assert_eq!(trainer.model().params(), written.params());
+    // A generous limit changes nothing.
+    let mut generous = spec(None, 20, 0, dir.join("generous.json"));
+    generous.train.time_limit = Some(1e6);
+    let (report, _) = run(&generous);
+    assert!(!report.ran_out_of_time);
+    assert_eq!(report.iterations, 20);
+    for limit in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let mut config = TrainConfig::new(10, 10, 0.01);
+        config.time_limit = Some(limit);
+        match config.validate() {
+            Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, "time_limit"),
+            other => panic!("limit {limit}: {other:?}"),
+        }
+    }
 }

@@ -246,6 +246,11 @@ struct TrainArgs {
     /// and a size-dependent budget: see `latflow::run::default_method`).
     #[arg(long)]
     until_acceptance: Option<f64>,
+    /// End training after this many seconds of training steps (checked after every step),
+    /// then evaluate and write the model as at the end of the budget. The step reached
+    /// depends on the machine's speed.
+    #[arg(long, value_name = "SECONDS")]
+    time_limit: Option<f64>,
     /// Start from the parameters of this model file (trained on another lattice size or at
     /// other couplings) instead of a random initialisation. It must hold a flow of the
     /// configuration the recipe builds here: a --recipe conv flow carries over to any size.
@@ -289,7 +294,7 @@ const TARGET_FLAGS: [&str; 8] = [
 
 /// Flags of `train` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
 /// --config or --resume).
-const TRAIN_RUN_FLAGS: [&str; 22] = [
+const TRAIN_RUN_FLAGS: [&str; 23] = [
     "recipe",
     "hidden",
     "depth",
@@ -310,18 +315,20 @@ const TRAIN_RUN_FLAGS: [&str; 22] = [
     "eval_samples",
     "gradient",
     "until_acceptance",
+    "time_limit",
     "init",
     "out",
 ];
 
 /// Flags of [`TRAIN_RUN_FLAGS`] that do not choose the flow or how it is trained.
-const NOT_METHOD_FLAGS: [&str; 8] = [
+const NOT_METHOD_FLAGS: [&str; 9] = [
     "anneal_over",
     "seed",
     "chunks",
     "eval_every",
     "eval_samples",
     "until_acceptance",
+    "time_limit",
     "init",
     "out",
 ];
@@ -398,6 +405,7 @@ impl TrainArgs {
             }
             train.eval_samples = self.eval_samples;
             train.until_acceptance = self.until_acceptance;
+            train.time_limit = self.time_limit;
             return Ok(TrainSpec {
                 lattice,
                 action,
@@ -437,6 +445,7 @@ impl TrainArgs {
         train.eval_every = self.eval_every;
         train.eval_samples = self.eval_samples;
         train.until_acceptance = self.until_acceptance;
+        train.time_limit = self.time_limit;
         train.gradient = match self.gradient {
             GradientName::Total => GradientEstimator::Total,
             GradientName::Path => GradientEstimator::Path,
@@ -564,6 +573,14 @@ fn run_train(
             spec.train.until_acceptance.unwrap_or(f64::NAN),
             report.acceptance,
             report.iterations
+        );
+    }
+    if report.ran_out_of_time {
+        eprintln!(
+            "latflow: time limit of {} s reached after {} of {} iterations",
+            spec.train.time_limit.unwrap_or(f64::NAN),
+            report.iterations,
+            spec.train.iterations
         );
     }
     if args.output.json {

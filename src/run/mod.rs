@@ -22,7 +22,7 @@ pub use sample::{
 pub use train::{
     AnnealSpec, RecipeKind, RecipeSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport,
     TrainSpec, checkpoint_spec, default_method, init_from, model_target, reference_budget, resume,
-    train,
+    train, trained_model_report,
 };
 
 /// The action to sample, in the convention the user chose (observables are reported in it).

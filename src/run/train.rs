@@ -14,7 +14,7 @@ use crate::flow::transform::MAX_BINS;
 use crate::flow::{Flow, FlowConfig, FlowModel, TransformKind};
 use crate::lattice::Lattice;
 use crate::parallel::Collective;
-use crate::train::{StepMetrics, TrainConfig, Trainer};
+use crate::train::{StepMetrics, TrainConfig, TrainSummary, Trainer};
 
 /// Which flow recipe (docs/flows.md#recipes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -362,6 +362,9 @@ pub struct TrainReport {
     /// `None` for a run without a target.
     #[serde(default)]
     pub reached_target: Option<bool>,
+    /// Whether training ended at its time limit ([`TrainConfig::time_limit`]).
+    #[serde(default)]
+    pub ran_out_of_time: bool,
     /// Training configurations per second.
     pub configs_per_second: f64,
     /// The processes the training was spread over (MPI ranks; 1 for one process).
@@ -577,6 +580,43 @@ pub fn checkpoint_spec(path: &Path) -> Result<TrainSpec> {
 /// The metadata key under which a model and its checkpoints record the run's spec.
 const RUN_KEY: &str = "run";
 
+/// The metadata key under which a model records the processes it was trained on.
+const RANKS_KEY: &str = "ranks";
+
+/// The report of the training run that wrote the model file at `path` (by [`train`] or
+/// `latflow train`), rebuilt from the run spec and training summary in its metadata, with
+/// `model` set to `path`. A model without them (not written by a training run) is refused.
+pub fn trained_model_report(path: &Path) -> Result<TrainReport> {
+    let model = FlowModel::load(path)?;
+    let what = || format!("model file {}", path.display());
+    let metadata = model.metadata();
+    let missing = |key: &str| {
+        Error::format(
+            what(),
+            format!("its metadata has no `{key}`: it was not written by a training run"),
+        )
+    };
+    let spec: TrainSpec = serde_json::from_value(
+        metadata
+            .get(RUN_KEY)
+            .ok_or_else(|| missing(RUN_KEY))?
+            .clone(),
+    )
+    .map_err(|e| Error::format(what(), e.to_string()))?;
+    let train = metadata.get("train").ok_or_else(|| missing("train"))?;
+    let summary: TrainSummary = serde_json::from_value(train["summary"].clone())
+        .map_err(|e| Error::format(what(), format!("train.summary: {e}")))?;
+    let ranks = metadata
+        .get(RANKS_KEY)
+        .and_then(serde_json::Value::as_u64)
+        .map_or(1, |r| r as usize);
+    let spec = TrainSpec {
+        out: path.to_path_buf(),
+        ..spec
+    };
+    Ok(report_of_run(&spec, model.n_params(), &summary, ranks))
+}
+
 fn check_outputs(out: &Path, control: &TrainControl<'_>) -> Result<()> {
     crate::io::check_output_path(out, "out")?;
     if let Some(path) = control.checkpoint {
@@ -682,23 +722,43 @@ fn drive(
     let action_json =
         serde_json::to_value(spec.action).map_err(|e| Error::format("action", e.to_string()))?;
     model.metadata_mut().insert("action".into(), action_json);
+    let ranks = control.ranks.map_or(1, |r| r.size());
+    model
+        .metadata_mut()
+        .insert(RANKS_KEY.into(), serde_json::json!(ranks));
     if control.is_root() {
         model.save(&spec.out)?;
     }
+    Ok(TrainOutcome::Finished(report_of_run(
+        spec,
+        model.n_params(),
+        &summary,
+        ranks,
+    )))
+}
+
+/// The report of a finished run of `spec` from the trainer's summary.
+fn report_of_run(
+    spec: &TrainSpec,
+    n_params: usize,
+    summary: &TrainSummary,
+    ranks: usize,
+) -> TrainReport {
     let e = summary.eval;
-    Ok(TrainOutcome::Finished(TrainReport {
+    TrainReport {
         lattice: spec.lattice.extents().to_vec(),
         action: spec.action,
         recipe: spec.recipe.clone(),
-        n_params: model.n_params(),
+        n_params,
         iterations: summary.iterations,
         configs_seen: summary.configs_seen,
         seconds: summary.seconds,
         eval_seconds: summary.eval_seconds,
         eval_configs: summary.eval_configs,
         reached_target: summary.reached_target,
+        ran_out_of_time: summary.ran_out_of_time,
         configs_per_second: summary.configs_seen as f64 / summary.seconds.max(1e-12),
-        ranks: control.ranks.map_or(1, |r| r.size()),
+        ranks,
         wait_seconds: summary.wait_seconds,
         communication_seconds: summary.communication_seconds,
         final_loss: summary.final_loss,
@@ -709,7 +769,7 @@ fn drive(
         var_log_w: e.var_log_w,
         fraction_positive_m: e.fraction_positive_m,
         model: spec.out.clone(),
-    }))
+    }
 }
 
 /// A training step's failure (e.g. a NaN loss), completed with where the last checkpoint

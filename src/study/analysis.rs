@@ -140,6 +140,135 @@ pub struct StudySummary {
     pub verdict: Verdict,
     /// Histograms of φ and M.
     pub histograms: Histograms,
+    /// For every sampler that uses the flow: when its training pays for itself against the
+    /// cheapest sampler without one.
+    #[serde(default)]
+    pub payback: Vec<Payback>,
+}
+
+/// When a flow sampler's training has paid for itself. With training time T, and c_flow and
+/// c_base the seconds per independent configuration of the flow sampler and of the
+/// cheapest sampler without a flow (the baseline), N independent configurations cost
+/// T + c_flow·N against c_base·N: the flow is cheaper after N* = T/(c_base − c_flow) of
+/// them, and never when c_flow ≥ c_base.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Payback {
+    /// The flow sampler.
+    pub sampler: String,
+    /// The baseline: the sampler without a flow with the lowest cost per independent
+    /// configuration.
+    pub baseline: String,
+    /// The flow sampler's seconds per independent configuration (sampling alone).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub cost: f64,
+    /// Its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub cost_err: f64,
+    /// The baseline's seconds per independent configuration.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub baseline_cost: f64,
+    /// Its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub baseline_cost_err: f64,
+    /// Training seconds paid once: the training steps and the acceptance checks.
+    pub training_seconds: f64,
+    /// N*, the independent configurations after which the flow sampler with its training
+    /// costs less than the baseline (`None`: never, or undefined; see `reason`).
+    pub break_even: Option<f64>,
+    /// The error of N* from those of the two costs (training time taken as exact).
+    pub break_even_err: Option<f64>,
+    /// Why there is no break-even point, when there is none.
+    pub reason: Option<String>,
+}
+
+impl Payback {
+    /// Seconds per independent configuration of the flow sampler with its training spread
+    /// over `n` independent configurations: c_flow + T/n.
+    pub fn amortised_cost(&self, n: f64) -> f64 {
+        self.cost + self.training_seconds / n
+    }
+}
+
+/// N* = T/(c_base − c_flow) for training seconds T and costs per independent
+/// configuration (value, error) with c_flow < c_base, and its error by linear propagation,
+/// T/(c_base − c_flow)² · √(σ_flow² + σ_base²).
+pub fn break_even(training_seconds: f64, flow: (f64, f64), base: (f64, f64)) -> (f64, f64) {
+    let gain = base.0 - flow.0;
+    let n = training_seconds / gain;
+    let err = training_seconds / (gain * gain) * flow.1.hypot(base.1);
+    (n, err)
+}
+
+/// The payback of every flow sampler against the cheapest sampler without a flow (none
+/// without training or without such a baseline).
+pub fn payback(samplers: &[SamplerAnalysis], training: Option<&TrainReport>) -> Vec<Payback> {
+    let Some(training) = training else {
+        return Vec::new();
+    };
+    let baseline = samplers
+        .iter()
+        .filter(|s| !s.settings.uses_flow() && s.cost_per_independent.is_finite())
+        .min_by(|a, b| a.cost_per_independent.total_cmp(&b.cost_per_independent));
+    let Some(base) = baseline else {
+        return Vec::new();
+    };
+    let training_seconds = training.seconds + training.eval_seconds;
+    samplers
+        .iter()
+        .filter(|s| s.settings.uses_flow())
+        .map(|s| {
+            let (c, c_err) = (s.cost_per_independent, s.cost_per_independent_err);
+            let (b, b_err) = (base.cost_per_independent, base.cost_per_independent_err);
+            let untrusted = [s, base]
+                .iter()
+                .find(|x| x.report.verdict == Verdict::Unreliable)
+                .map(|x| x.name.clone());
+            let (break_even, break_even_err, reason) = if let Some(name) = untrusted {
+                (
+                    None,
+                    None,
+                    Some(format!(
+                        "undefined: the chain of `{name}` cannot be trusted (verdict unreliable)"
+                    )),
+                )
+            } else if !c.is_finite() {
+                (
+                    None,
+                    None,
+                    Some("undefined: the cost per independent configuration is undefined".into()),
+                )
+            } else if c >= b {
+                let sigma = (c_err.powi(2) + b_err.powi(2)).sqrt();
+                (
+                    None,
+                    None,
+                    Some(format!(
+                        "never: an independent configuration costs {} s with `{}` against {} s                          with `{}` ({:.1}σ more), so training never pays",
+                        super::report::sig(c, 3),
+                        s.name,
+                        super::report::sig(b, 3),
+                        base.name,
+                        if sigma > 0.0 { (c - b) / sigma } else { f64::NAN }
+                    )),
+                )
+            } else {
+                let (n, err) = break_even(training_seconds, (c, c_err), (b, b_err));
+                (Some(n), Some(err), None)
+            };
+            Payback {
+                sampler: s.name.clone(),
+                baseline: base.name.clone(),
+                cost: c,
+                cost_err: c_err,
+                baseline_cost: b,
+                baseline_cost_err: b_err,
+                training_seconds,
+                break_even,
+                break_even_err,
+                reason,
+            }
+        })
+        .collect()
 }
 
 /// Analyses stored runs (in the order of `spec.samplers`), applying `spec.analysis`.
@@ -180,6 +309,7 @@ pub fn analyse_runs(
         .map(|s| s.report.verdict)
         .max()
         .unwrap_or_default();
+    let payback = payback(&samplers, training.as_ref());
     Ok(StudySummary {
         latflow_version: env!("CARGO_PKG_VERSION").to_string(),
         name: spec.name.clone(),
@@ -189,6 +319,7 @@ pub fn analyse_runs(
         samplers,
         verdict,
         histograms,
+        payback,
     })
 }
 
@@ -416,4 +547,26 @@ fn common_histogram(sets: &[Vec<f64>], bins: usize) -> Result<(Vec<f64>, Vec<Vec
         edges = Histogram::new(-reach, reach, bins)?.edges();
     }
     Ok((edges, densities))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::break_even;
+
+    #[test]
+    fn break_even_and_its_error_follow_from_the_costs() {
+        // 100 s of training, 1 ms against 3 ms per independent configuration.
+        let (n, err) = break_even(100.0, (1e-3, 1e-4), (3e-3, 2e-4));
+        assert!((n - 5e4).abs() < 1e-6, "{n}");
+        // Linear propagation against central differences of N*(c_flow, c_base).
+        let h = 1e-9;
+        let n_of = |c: f64, b: f64| break_even(100.0, (c, 0.0), (b, 0.0)).0;
+        let d_flow = (n_of(1e-3 + h, 3e-3) - n_of(1e-3 - h, 3e-3)) / (2.0 * h);
+        let d_base = (n_of(1e-3, 3e-3 + h) - n_of(1e-3, 3e-3 - h)) / (2.0 * h);
+        let expected = (d_flow * 1e-4).hypot(d_base * 2e-4);
+        assert!(
+            (err - expected).abs() < 1e-4 * expected,
+            "{err} vs {expected}"
+        );
+    }
 }

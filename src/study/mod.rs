@@ -8,12 +8,15 @@
 //! - `runcard.toml`: the runcard as used (every override applied, every seed written out,
 //!   with the latflow version);
 //! - `model.json`, `checkpoint.json`, `training.csv`, `training.json`: the trained flow, its
-//!   last checkpoint, the training log and the training report (when a sampler uses a flow);
+//!   last checkpoint, the training log and the training report (when a sampler uses a flow;
+//!   a flow trained before, `flow.model`, is copied in with the report from its metadata);
 //! - `data/<sampler>/`: the stored run of each sampler (see the `store` layout:
 //!   `series.npy` with `series_columns.json`, `moves.npy`, `moves_per_step.npy`,
 //!   `configs.npy`, `configs_index.npy`, `run.json`) and its `correlator.csv`,
 //!   `xi_eff.csv`, `autocorrelation.csv`, `rejection_runs.csv`;
-//! - `summary.json`, `samplers.csv`, `observables.csv`, `histograms.csv`, `hmc_tuning.csv`;
+//! - `summary.json`, `samplers.csv`, `observables.csv`, `histograms.csv`, `hmc_tuning.csv`,
+//!   and `payback.csv` (after how many independent configurations each flow sampler's
+//!   training has paid for itself against the cheapest sampler without a flow);
 //! - `plots/*.png` and `plots/*.svg`, and `index.html`.
 //!
 //! A study run again with the same runcard in the same folder keeps what is finished: a
@@ -116,8 +119,16 @@ pub fn run_study(
     let mut reused = Vec::new();
     let model = folder.join("model.json");
 
+    let trained = spec
+        .flow
+        .as_ref()
+        .and_then(|f| f.model.as_ref())
+        .filter(|_| spec.samplers.iter().any(|s| s.kernel.uses_flow()));
     let training = match spec.train_spec(&model) {
-        None => None,
+        None => match trained {
+            Some(source) => Some(adopt_model(spec, source, &folder, &mut reused)?),
+            None => None,
+        },
         Some(train_spec) => {
             let report_path = folder.join("training.json");
             if report_path.is_file() && model.is_file() {
@@ -239,6 +250,38 @@ pub fn run_study(
         reused,
         seconds: start.elapsed().as_secs_f64(),
     })))
+}
+
+/// Takes the flow trained before (`flow.model`) into the study folder as `model.json`, with
+/// its training report as `training.json`; a folder that holds them already keeps them.
+fn adopt_model(
+    spec: &StudySpec,
+    source: &Path,
+    folder: &Path,
+    reused: &mut Vec<String>,
+) -> Result<TrainReport> {
+    let model = folder.join("model.json");
+    let report_path = folder.join("training.json");
+    if report_path.is_file() && model.is_file() {
+        reused.push("training".to_string());
+        return read_json::<TrainReport>(&report_path, "training report");
+    }
+    let mut report = crate::run::trained_model_report(source)?;
+    if report.lattice != spec.lattice.extents() || report.action != spec.action {
+        return Err(Error::Incompatible(format!(
+            "flow.model {} was trained for lattice {:?} and {:?}, the study is on {:?} with {:?}",
+            source.display(),
+            report.lattice,
+            report.action,
+            spec.lattice.extents(),
+            spec.action
+        )));
+    }
+    let bytes = std::fs::read(source).map_err(|e| Error::io(source, e))?;
+    write_atomic(&model, &bytes)?;
+    report.model = model;
+    write_json(&report_path, &report)?;
+    Ok(report)
 }
 
 fn stopped(observer: &mut dyn StudyObserver, folder: PathBuf, sampler: &str) -> StudyOutcome {

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::analysis::{PointEstimate, SamplerAnalysis, StudySummary};
+use super::analysis::{Payback, PointEstimate, SamplerAnalysis, StudySummary};
 use crate::error::{Error, Result};
 use crate::io::{write_atomic, write_json};
 use crate::plot::{Bar, BarChart, Chart, Marker, Series, Style, draw_bars, draw_chart};
@@ -63,6 +63,9 @@ pub fn write_report(
     }
     tick();
     figures.push(cost_figure(&plots, summary)?);
+    if !summary.payback.is_empty() {
+        figures.push(payback_figure(&plots, summary)?);
+    }
     tick();
     write_atomic(
         &folder.join("index.html"),
@@ -121,8 +124,18 @@ fn seconds_pm(seconds: f64, err: f64) -> String {
     format!("{} {unit}", pm(seconds * scale, err * scale))
 }
 
+/// Seconds to three significant digits in s, ms or µs.
+fn seconds_text(seconds: f64) -> String {
+    let (scale, unit) = match seconds.abs() {
+        x if x < 1e-3 => (1e6, "µs"),
+        x if x < 1.0 => (1e3, "ms"),
+        _ => (1.0, "s"),
+    };
+    format!("{} {unit}", sig(seconds * scale, 3))
+}
+
 /// `x` to `n` significant digits.
-fn sig(x: f64, n: usize) -> String {
+pub(crate) fn sig(x: f64, n: usize) -> String {
     if x == 0.0 || !x.is_finite() {
         return format!("{x}");
     }
@@ -197,6 +210,30 @@ fn write_tables(folder: &Path, summary: &StudySummary) -> Result<()> {
         samplers.push('\n');
     }
     write_atomic(&folder.join("samplers.csv"), samplers.as_bytes())?;
+
+    if !summary.payback.is_empty() {
+        let mut payback = String::from(
+            "sampler,baseline,cost,cost_err,baseline_cost,baseline_cost_err,training_seconds,\
+             break_even,break_even_err,reason\n",
+        );
+        for p in &summary.payback {
+            let row = [
+                csv_field(&p.sampler),
+                csv_field(&p.baseline),
+                num(p.cost),
+                num(p.cost_err),
+                num(p.baseline_cost),
+                num(p.baseline_cost_err),
+                num(p.training_seconds),
+                p.break_even.map_or(String::new(), num),
+                p.break_even_err.map_or(String::new(), num),
+                csv_field(p.reason.as_deref().unwrap_or("")),
+            ];
+            payback.push_str(&row.join(","));
+            payback.push('\n');
+        }
+        write_atomic(&folder.join("payback.csv"), payback.as_bytes())?;
+    }
 
     let mut observables =
         String::from("sampler,observable,mean,err,tau_int,tau_int_err,exact,caveat\n");
@@ -775,6 +812,85 @@ fn cost_figure(plots: &Path, summary: &StudySummary) -> Result<Figure> {
     })
 }
 
+/// Total seconds against the number of independent configurations: T + c·N for the flow
+/// samplers, c·N for the others, with the break-even points.
+fn payback_figure(plots: &Path, summary: &StudySummary) -> Result<Figure> {
+    let training = summary.payback.first().map_or(0.0, |p| p.training_seconds);
+    let breaks: Vec<f64> = summary
+        .payback
+        .iter()
+        .filter_map(|p| p.break_even)
+        .collect();
+    let hi = breaks
+        .iter()
+        .fold(1e6_f64, |m, &n| m.max(10.0 * n))
+        .min(1e12);
+    let lo = 10.0_f64;
+    let grid: Vec<f64> = (0..=60)
+        .map(|i| lo * (hi / lo).powf(f64::from(i) / 60.0))
+        .collect();
+    let series = summary
+        .samplers
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.cost_per_independent.is_finite() && s.cost_per_independent > 0.0)
+        .map(|(i, s)| {
+            let fixed = if s.settings.uses_flow() {
+                training
+            } else {
+                0.0
+            };
+            Series {
+                label: s.name.clone(),
+                points: grid
+                    .iter()
+                    .map(|&n| (n, fixed + s.cost_per_independent * n))
+                    .collect(),
+                errors: None,
+                style: if s.settings.uses_flow() {
+                    Style::Line
+                } else {
+                    Style::Dashed
+                },
+                colour: Some(i),
+            }
+        })
+        .collect();
+    let vertical = summary
+        .payback
+        .iter()
+        .filter_map(|p| {
+            p.break_even.map(|n| Marker {
+                value: n,
+                label: format!("{} pays after {}", p.sampler, sig(n, 2)),
+                colour: None,
+            })
+        })
+        .collect();
+    let chart = Chart {
+        title: "Total cost with the flow's training".into(),
+        x_label: "independent configurations N".into(),
+        y_label: "seconds (training + sampling)".into(),
+        series,
+        x_log: true,
+        y_log: true,
+        vertical,
+        ..Chart::default()
+    };
+    draw_chart(&chart, &plots.join("payback"))?;
+    Ok(Figure {
+        stem: "payback",
+        title: "Total cost with the flow's training".into(),
+        caption: format!(
+            "Seconds to produce N independent configurations: T + c·N for the samplers that \
+             use the flow (solid; T = {} of training, paid once), c·N for the others (dashed), \
+             with c the seconds per independent configuration. Dashed vertical lines: where a \
+             flow sampler becomes cheaper than the cheapest sampler without a flow.",
+            seconds_text(training)
+        ),
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // index.html.
 
@@ -888,6 +1004,10 @@ fn html(summary: &StudySummary, figures: &[Figure], has_training: bool) -> Strin
         summary.fit_range[0], summary.fit_range[1]
     );
 
+    if !summary.payback.is_empty() {
+        h.push_str(&payback_html(&summary.payback));
+    }
+
     h.push_str("<h2>Observables</h2>\n<table><tr><th class=\"l\">observable</th>");
     for s in &summary.samplers {
         let _ = write!(h, "<th>{}</th>", escape(&s.name));
@@ -989,6 +1109,57 @@ fn html(summary: &StudySummary, figures: &[Figure], has_training: bool) -> Strin
         "</ul>\n<p>Recompute everything from the stored series with \
         <code>latflow analyse FOLDER</code> (e.g. <code>--therm-cut 1000</code>, \
         <code>--fit-range 1:4</code>).</p>\n</body></html>\n",
+    );
+    h
+}
+
+/// The "Does the flow pay for its training?" section: one row per flow sampler.
+fn payback_html(payback: &[Payback]) -> String {
+    let mut h = String::from(
+        "<h2>Does the flow pay for its training?</h2>\n<table><tr><th class=\"l\">sampler</th>\
+         <th class=\"l\">against</th><th>s per independent config</th><th>against</th>\
+         <th>training s</th><th>paid after N independent configs</th>\
+         <th>s per config, amortised over 10⁴ / 10⁶</th></tr>\n",
+    );
+    for p in payback {
+        let paid = match (p.break_even, p.break_even_err) {
+            (Some(n), Some(err)) => pm(n, err),
+            _ => "—".into(),
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td>\
+             <td>{:.1}</td><td>{paid}</td><td>{} / {}</td></tr>",
+            escape(&p.sampler),
+            escape(&p.baseline),
+            seconds_pm(p.cost, p.cost_err),
+            seconds_pm(p.baseline_cost, p.baseline_cost_err),
+            p.training_seconds,
+            seconds_text(p.amortised_cost(1e4)),
+            seconds_text(p.amortised_cost(1e6))
+        );
+    }
+    h.push_str("</table>\n<ul>\n");
+    for p in payback {
+        let text = match (&p.reason, p.break_even) {
+            (Some(reason), _) => format!("{}: {reason}.", p.sampler),
+            (None, Some(n)) => format!(
+                "{}: the training has paid for itself after {} independent configurations \
+                 (about {} s of sampling with {}).",
+                p.sampler,
+                sig(n, 2),
+                sig(n * p.baseline_cost, 2),
+                p.baseline
+            ),
+            (None, None) => format!("{}: undefined.", p.sampler),
+        };
+        let _ = writeln!(h, "<li>{}</li>", escape(&text));
+    }
+    h.push_str(
+        "</ul>\n<p>N independent configurations cost T + c_flow·N with the flow (T its \
+         training, steps and acceptance checks) against c·N with the cheapest sampler without \
+         one; the flow is cheaper beyond N* = T/(c − c_flow). The error of N* comes from \
+         those of the two costs.</p>\n",
     );
     h
 }

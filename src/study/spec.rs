@@ -59,10 +59,18 @@ fn one_u64() -> u64 {
     1
 }
 
-/// The flow of a study: recipe, training and optional coupling annealing.
+/// The flow of a study: recipe, training and optional coupling annealing, or a flow
+/// trained before (`model`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowSection {
+    /// A model file written by `latflow train` (or an earlier study), used instead of
+    /// training one: it must be trained for the study's lattice and action, and its
+    /// training report (seconds, configurations, acceptance) is read from its metadata.
+    /// A relative path is taken from the working directory. With it, `recipe`, `train`
+    /// and `anneal` must be left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
     /// The recipe and its sizes.
     #[serde(default)]
     pub recipe: RecipeSpec,
@@ -285,6 +293,7 @@ impl StudySpec {
             .is_some();
         if let Some(flow) = &mut self.flow
             && !train_seed_given
+            && flow.model.is_none()
         {
             flow.train.seed = self.seed;
         }
@@ -361,6 +370,17 @@ impl StudySpec {
         if let Some(spec) = self.train_spec(Path::new("model.json")) {
             spec.validate()?;
         }
+        if let Some(flow) = &self.flow
+            && flow.model.is_some()
+            && (flow.recipe != RecipeSpec::default()
+                || flow.train != TrainConfig::default()
+                || flow.anneal.is_some())
+        {
+            return Err(Error::param(
+                "flow.model",
+                "the flow is already trained: leave out flow.recipe, flow.train and flow.anneal",
+            ));
+        }
         if self.analysis.histogram_bins == 0 {
             return Err(Error::param(
                 "analysis.histogram_bins",
@@ -412,7 +432,7 @@ impl StudySpec {
     /// sampler uses.
     pub fn train_spec(&self, model: &Path) -> Option<TrainSpec> {
         let flow = self.flow.as_ref()?;
-        if !self.samplers.iter().any(|s| s.kernel.uses_flow()) {
+        if flow.model.is_some() || !self.samplers.iter().any(|s| s.kernel.uses_flow()) {
             return None;
         }
         Some(TrainSpec {

@@ -47,6 +47,9 @@ pub(crate) struct Checkpoint {
     /// Whether the last step's evaluation reached the target acceptance.
     #[serde(default)]
     target_reached: bool,
+    /// Whether the training seconds had passed the time limit.
+    #[serde(default)]
+    out_of_time: bool,
     last_loss: Option<f64>,
     config: TrainConfig,
 }
@@ -70,6 +73,7 @@ impl Checkpoint {
             wait_seconds: trainer.counters.wait_seconds,
             communication_seconds: trainer.counters.communication_seconds,
             target_reached: trainer.counters.target_reached,
+            out_of_time: trainer.counters.out_of_time,
             last_loss: trainer
                 .counters
                 .last_loss
@@ -172,6 +176,7 @@ impl Checkpoint {
                 wait_seconds: self.wait_seconds,
                 communication_seconds: self.communication_seconds,
                 target_reached: self.target_reached,
+                out_of_time: self.out_of_time,
                 last_loss: self.last_loss.unwrap_or(f64::NAN),
             },
         )

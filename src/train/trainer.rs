@@ -114,6 +114,13 @@ pub struct TrainConfig {
     pub until_acceptance: Option<f64>,
     /// The gradient estimator of every step.
     pub gradient: GradientEstimator,
+    /// Seconds of training steps after which training ends as if its budget were spent:
+    /// checked after every step (over several ranks: once any rank's clock has passed it),
+    /// then the flow is evaluated and kept. The step at which a run stops then depends on
+    /// the machine's speed, so such a run repeats bit for bit only up to that step.
+    /// `None`: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -141,6 +148,7 @@ impl TrainConfig {
             eval_samples: 2000,
             until_acceptance: None,
             gradient: GradientEstimator::Total,
+            time_limit: None,
         }
     }
 
@@ -189,6 +197,14 @@ impl TrainConfig {
             return Err(Error::param(
                 "until_acceptance",
                 format!("must be strictly between 0 and 1, got {target}"),
+            ));
+        }
+        if let Some(limit) = self.time_limit
+            && !(limit > 0.0 && limit.is_finite())
+        {
+            return Err(Error::param(
+                "time_limit",
+                format!("must be a positive number of seconds, got {limit}"),
             ));
         }
         self.schedule.validate()?;
@@ -257,6 +273,10 @@ pub struct TrainSummary {
     pub communication_seconds: f64,
     /// Whether the target acceptance was reached (`None` without a target).
     pub reached_target: Option<bool>,
+    /// Whether training ended at its time limit ([`TrainConfig::time_limit`]) before its
+    /// budget or target.
+    #[serde(default)]
+    pub ran_out_of_time: bool,
     /// Loss of the last step.
     pub final_loss: f64,
     /// Final evaluation with `eval_samples` samples.
@@ -511,6 +531,9 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         self.counters.configs_seen += self.config.batch as u64;
         self.counters.last_loss = loss;
         self.counters.seconds += start.elapsed().as_secs_f64();
+        if let Some(limit) = self.config.time_limit {
+            self.counters.out_of_time = self.ranks.any(self.counters.seconds >= limit)?;
+        }
         let interval = self.config.eval_interval();
         let eval = if interval > 0 && self.counters.iteration.is_multiple_of(interval) {
             let start = Instant::now();
@@ -572,6 +595,7 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
                 .config
                 .until_acceptance
                 .map(|_| self.counters.target_reached),
+            ran_out_of_time: self.counters.out_of_time,
             final_loss: self.counters.last_loss,
             eval,
         };
@@ -622,10 +646,13 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         self.counters.configs_seen
     }
 
-    /// Whether training is over: all `iterations` are done, or the last step's evaluation
-    /// reached the target acceptance ([`TrainConfig::until_acceptance`]).
+    /// Whether training is over: all `iterations` are done, the last step's evaluation
+    /// reached the target acceptance ([`TrainConfig::until_acceptance`]), or the time limit
+    /// has passed ([`TrainConfig::time_limit`]).
     pub fn is_finished(&self) -> bool {
-        self.counters.iteration >= self.config.iterations || self.counters.target_reached
+        self.counters.iteration >= self.config.iterations
+            || self.counters.target_reached
+            || self.counters.out_of_time
     }
 
     /// Writes the flow's parameters, description and metadata, the optimiser state,
@@ -681,6 +708,8 @@ pub(crate) struct Counters {
     pub(crate) communication_seconds: f64,
     /// Whether the last step's evaluation reached the target acceptance.
     pub(crate) target_reached: bool,
+    /// Whether the training seconds have passed the time limit.
+    pub(crate) out_of_time: bool,
     pub(crate) last_loss: f64,
 }
 
@@ -696,6 +725,7 @@ impl Default for Counters {
             wait_seconds: 0.0,
             communication_seconds: 0.0,
             target_reached: false,
+            out_of_time: false,
             last_loss: f64::NAN,
         }
     }
