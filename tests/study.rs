@@ -625,6 +625,8 @@ eval_samples = 500
 [sample]
 n = 1000
 therm = 100
+kernels = ["flow+local", { kind = "flow+hmc", tau = 0.5, md_steps = 4 }]
+amortise_over = 1000
 [hmc]
 n = 3000
 therm = 200
@@ -710,6 +712,72 @@ therm = 200
         cost["costs"].as_array().unwrap().len() + cost["unbracketed"].as_array().unwrap().len(),
         2
     );
+    // Every point ran the flow chain and both further kernels with its flow.
+    for r in rows {
+        let kernels: Vec<&str> = r["samplers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["kernel"].as_str().unwrap())
+            .collect();
+        assert_eq!(kernels, ["flow", "flow+local", "flow+hmc"], "{r}");
+        // A cost is undefined only for a chain that says it cannot be trusted (the flows
+        // trained for 10 or 30 steps mix too slowly for τ_int in 1000 steps).
+        for c in r["samplers"].as_array().unwrap() {
+            match c["cost_per_independent"].as_f64() {
+                Some(cost) => assert!(cost > 0.0, "{c}"),
+                None => assert_eq!(c["verdict"], "unreliable", "{c}"),
+            }
+        }
+        assert_eq!(
+            r["samplers"][0]["acceptance"], r["acceptance"],
+            "the first entry is the flow chain"
+        );
+    }
+    // The comparison with tuned HMC: per kernel and size, at the size's largest budget
+    // over both seeds, with the training spread over 1000 independent configurations.
+    let comparison = &printed["sampler_comparison"];
+    // Chains that cannot be trusted are left out of it.
+    let sizes = comparison["sizes"].as_array().unwrap();
+    let trusted = |kernel: &str, l: u64| {
+        rows.iter()
+            .filter(|r| r["l"] == l && r["iterations"] == 30)
+            .flat_map(|r| r["samplers"].as_array().unwrap())
+            .filter(|c| c["kernel"] == kernel && c["verdict"] != "unreliable")
+            .count()
+    };
+    let expected: usize = ["flow", "flow+local", "flow+hmc"]
+        .iter()
+        .flat_map(|k| [4, 6].map(|l| trusted(k, l)))
+        .filter(|&n| n > 0)
+        .count();
+    assert!(expected >= 2, "the mixed kernels give costs at both sizes");
+    assert_eq!(sizes.len(), expected);
+    for s in sizes {
+        assert_eq!(s["configs_seen"], 64 * 30, "{s}");
+        let l = s["l"].as_u64().unwrap();
+        assert_eq!(s["runs"], trusted(s["kernel"].as_str().unwrap(), l), "{s}");
+        let (cost, training) = (
+            s["cost"].as_f64().unwrap(),
+            s["training_seconds"].as_f64().unwrap(),
+        );
+        let amortised = s["amortised_cost"].as_f64().unwrap();
+        assert!(
+            (amortised - (cost + training / 1000.0)).abs() <= 1e-12 * amortised,
+            "{s}"
+        );
+        assert!(s["hmc_cost"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    let crossovers = comparison["crossovers"].as_array().unwrap();
+    assert_eq!(crossovers.len(), 3 * 2);
+    for x in crossovers {
+        assert!(!x["finding"].as_str().unwrap().is_empty(), "{x}");
+    }
+    let (header, cost_rows) = check_csv(&folder.join("sampler_cost.csv"));
+    assert_eq!(header.join(","), latflow::study::SAMPLER_COST_HEADER);
+    assert_eq!(cost_rows.len(), expected);
+    let png = std::fs::read(folder.join("plots/sampler_cost.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let table = std::fs::read(folder.join("sweep.csv")).unwrap();
     let hmc_table = std::fs::read(folder.join("hmc.csv")).unwrap();
     // Run again: every point is reused and the table is the same.

@@ -1513,6 +1513,7 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
             reused,
             hmc,
             training_cost,
+            comparison,
         } => {
             if args.output.json {
                 println!(
@@ -1520,7 +1521,7 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
                     serde_json::json!({
                         "folder": folder, "table": folder.join("sweep.csv"), "reused": reused,
                         "seconds": start.elapsed().as_secs_f64(), "rows": rows, "hmc": hmc,
-                        "training_cost": training_cost,
+                        "training_cost": training_cost, "sampler_comparison": comparison,
                     })
                 );
             } else {
@@ -1557,6 +1558,9 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
                 }
                 print_hmc_baseline(hmc.as_ref());
                 print_training_cost(&training_cost);
+                if let Some(c) = &comparison {
+                    print_sampler_comparison(c);
+                }
                 println!(
                     "table: {}  ({} points, {reused} reused, {:.1} s)",
                     folder.join("sweep.csv").display(),
@@ -1575,6 +1579,38 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
             );
             Ok(signals.exit_code())
         }
+    }
+}
+
+/// The sweep's kernels against tuned HMC: cost per independent configuration per size and
+/// the crossover findings.
+fn print_sampler_comparison(c: &latflow::study::SamplerComparison) {
+    println!(
+        "seconds per independent configuration (training amortised over {:.0}):",
+        c.amortise_over
+    );
+    println!(
+        "{:>4} {:>16} {:>12} {:>12} {:>12} {:>12}",
+        "L", "kernel", "sampling", "amortised", "tuned HMC", "ratio"
+    );
+    for s in &c.sizes {
+        println!(
+            "{:>4} {:>16} {:>12.3e} {:>12.3e} {:>12.3e} {:>12.3}",
+            s.l,
+            s.kernel,
+            s.cost,
+            s.amortised_cost,
+            s.hmc_cost,
+            s.cost / s.hmc_cost
+        );
+    }
+    for x in &c.crossovers {
+        println!(
+            "{} ({}): {}",
+            x.kernel,
+            if x.amortised { "amortised" } else { "sampling" },
+            x.finding
+        );
     }
 }
 

@@ -13,12 +13,12 @@ use crate::lattice::Lattice;
 mod sample;
 mod train;
 
-pub(crate) use sample::kernel_table_or_expression;
 pub use sample::{
     Estimate, KERNEL_NAMES, KernelSpec, ReplicaChain, SampleData, SampleReport, SampleSpec,
     combine_replicas, parse_kernel, replica_seed, report_from, sample, sample_data,
     sample_replicas,
 };
+pub(crate) use sample::{kernel_list, kernel_table_or_expression};
 pub use train::{
     AnnealSpec, RecipeKind, RecipeSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport,
     TrainSpec, checkpoint_spec, default_method, init_from, model_target, reference_budget, resume,

@@ -211,6 +211,20 @@ impl KernelSpec {
 
 /// Reads the `kernel` entry of a runcard: either a table of [`KernelSpec`] fields or, as a
 /// shorthand, just the expression (`kernel = "flow+local"`, default settings).
+/// A list of kernels, each an expression or a table of settings (see
+/// [`kernel_table_or_expression`]).
+pub(crate) fn kernel_list<'de, D>(deserializer: D) -> std::result::Result<Vec<KernelSpec>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Entry(#[serde(deserialize_with = "kernel_table_or_expression")] KernelSpec);
+    Ok(Vec::<Entry>::deserialize(deserializer)?
+        .into_iter()
+        .map(|e| e.0)
+        .collect())
+}
+
 pub(crate) fn kernel_table_or_expression<'de, D>(
     deserializer: D,
 ) -> std::result::Result<KernelSpec, D::Error>

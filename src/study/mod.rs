@@ -39,16 +39,19 @@ pub use analysis::{
     analyse_runs,
 };
 pub use report::{REPORT_FILES, acceptance_text, write_report};
-pub use scaling::{BudgetPoint, CostToTarget, DEFAULT_TARGET_TAU_REJ, TrainingCost, training_cost};
+pub use scaling::{
+    BudgetPoint, CostToTarget, Crossover, DEFAULT_TARGET_TAU_REJ, SamplerAtSize, SamplerComparison,
+    TrainingCost, sampler_comparison, training_cost,
+};
 pub use spec::{
     AnalysisSpec, DEFAULT_STUDY, FlowSection, LoadedStudy, MeasureSpec, Override, SamplerSpec,
     StudySpec, slug,
 };
 pub use store::{RunInfo, StoredRun, is_finished, load_run, save_run};
 pub use sweep::{
-    BUDGETS_HEADER, HMC_HEADER, HmcBaseline, HmcBaselineResult, HmcRow, LoadedSweep,
-    REFERENCE_BETA, SWEEP_HEADER, SweepOutcome, SweepPoint, SweepRow, SweepSampling, SweepSpec,
-    TRAINING_COST_HEADER, reference_beta, run_sweep,
+    BUDGETS_HEADER, ChainCost, HMC_HEADER, HmcBaseline, HmcBaselineResult, HmcRow, LoadedSweep,
+    REFERENCE_BETA, SAMPLER_COST_HEADER, SWEEP_HEADER, SweepOutcome, SweepPoint, SweepRow,
+    SweepSampling, SweepSpec, TRAINING_COST_HEADER, reference_beta, run_sweep,
 };
 pub use tune::{HmcTuning, PILOT_N, PILOT_THERM, PilotRun, TUNE_MD_STEPS, TUNE_TAUS, tune_hmc};
 

@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::sweep::SweepRow;
-use crate::stats::{PowerLawFit, nan_if_null, power_law_fit};
+use crate::stats::{PowerLawFit, Verdict, nan_if_null, power_law_fit};
 
 /// The τ_rej a sweep's training-cost analysis asks the flows to reach, unless its runcard
 /// says otherwise.
@@ -227,6 +227,246 @@ fn cost_at(points: &[&BudgetPoint], target: f64) -> Result<(f64, f64, f64), Stri
     Ok((xt.exp(), seconds, relative_err))
 }
 
+/// One kernel at one size in a sweep's sampler comparison: the points of that size at its
+/// largest training budget, averaged over seeds, against the HMC baseline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplerAtSize {
+    /// The kernel expression.
+    pub kernel: String,
+    /// L.
+    pub l: usize,
+    /// |Φ_train| of the flows compared (the size's largest budget).
+    pub configs_seen: u64,
+    /// The points averaged.
+    pub runs: usize,
+    /// Seconds per independent configuration, sampling alone.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub cost: f64,
+    /// Its error (the chains' errors combined).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub cost_err: f64,
+    /// Mean training seconds of the flows.
+    pub training_seconds: f64,
+    /// With the training spread over `amortise_over` independent configurations: c + T/N.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub amortised_cost: f64,
+    /// Tuned HMC's seconds per independent configuration at this size (mean over seeds).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub hmc_cost: f64,
+    /// Its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub hmc_cost_err: f64,
+}
+
+/// Where a kernel's cost ratio to HMC crosses 1, from a power law of the ratio in L.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Crossover {
+    /// The kernel expression.
+    pub kernel: String,
+    /// Whether the ratio is of the amortised cost (else of the sampling cost alone).
+    pub amortised: bool,
+    /// r(L) = A (L/L_ref)^b fitted to the ratios c/c_HMC.
+    pub fit: Option<PowerLawFit>,
+    /// L* where the fitted ratio is 1.
+    pub crossover_l: Option<f64>,
+    /// Its error (linear propagation of the fit's errors and correlation).
+    pub crossover_l_err: Option<f64>,
+    /// The finding in words.
+    pub finding: String,
+}
+
+/// The sampler comparison of a sweep: every kernel run on the points against the HMC
+/// baseline, per size, and the extrapolated sizes where they cross.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplerComparison {
+    /// N of the amortised cost c + T/N.
+    pub amortise_over: f64,
+    /// Per kernel and size.
+    pub sizes: Vec<SamplerAtSize>,
+    /// Per kernel, sampling alone and amortised.
+    pub crossovers: Vec<Crossover>,
+}
+
+/// Mean of values and the error of the mean from their own errors, √(Σσ²)/n.
+fn mean_with_errors(values: &[(f64, f64)]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().map(|v| v.0).sum::<f64>() / n;
+    let err = values.iter().map(|v| v.1 * v.1).sum::<f64>().sqrt() / n;
+    (mean, err)
+}
+
+/// Compares every kernel of the sweep's points (the flow chain and `sample.kernels`) with
+/// the HMC baseline `hmc`: per size, the points at the size's largest training budget,
+/// averaged over seeds; then, per kernel and for the sampling cost alone and the cost with
+/// the training amortised over `amortise_over` independent configurations, the ratio
+/// r(L) = c/c_HMC is fitted by a power law A (L/L_ref)^b and solved for r(L*) = 1,
+/// L* = L_ref A^{−1/b}, with the error of ln L* = ln L_ref − ln A / b propagated from
+/// those of A and b and their correlation.
+pub fn sampler_comparison(
+    rows: &[SweepRow],
+    hmc: &[super::HmcRow],
+    amortise_over: f64,
+) -> SamplerComparison {
+    let mut sizes_l: Vec<usize> = rows.iter().map(|r| r.point.l).collect();
+    sizes_l.sort_unstable();
+    sizes_l.dedup();
+    let mut kernels: Vec<String> = Vec::new();
+    for r in rows {
+        for c in &r.samplers {
+            if !kernels.contains(&c.kernel) {
+                kernels.push(c.kernel.clone());
+            }
+        }
+    }
+    let mut sizes = Vec::new();
+    for &l in &sizes_l {
+        let hmc_rows: Vec<(f64, f64)> = hmc
+            .iter()
+            .filter(|h| h.l == l && h.cost_per_independent.is_finite())
+            .map(|h| (h.cost_per_independent, h.cost_per_independent_err))
+            .collect();
+        let (hmc_cost, hmc_cost_err) = if hmc_rows.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            mean_with_errors(&hmc_rows)
+        };
+        let at_l: Vec<&SweepRow> = rows.iter().filter(|r| r.point.l == l).collect();
+        let Some(budget) = at_l.iter().map(|r| r.configs_seen).max() else {
+            continue;
+        };
+        let best: Vec<&SweepRow> = at_l
+            .into_iter()
+            .filter(|r| r.configs_seen == budget)
+            .collect();
+        for kernel in &kernels {
+            let costs: Vec<(f64, f64, f64)> = best
+                .iter()
+                .filter_map(|r| {
+                    r.samplers
+                        .iter()
+                        .find(|c| &c.kernel == kernel && c.verdict != Verdict::Unreliable)
+                        .map(|c| {
+                            (
+                                c.cost_per_independent,
+                                c.cost_per_independent_err,
+                                r.train_seconds,
+                            )
+                        })
+                })
+                .filter(|c| c.0.is_finite())
+                .collect();
+            if costs.is_empty() {
+                continue;
+            }
+            let (cost, cost_err) =
+                mean_with_errors(&costs.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>());
+            let training_seconds = costs.iter().map(|c| c.2).sum::<f64>() / costs.len() as f64;
+            sizes.push(SamplerAtSize {
+                kernel: kernel.clone(),
+                l,
+                configs_seen: budget,
+                runs: costs.len(),
+                cost,
+                cost_err,
+                training_seconds,
+                amortised_cost: cost + training_seconds / amortise_over,
+                hmc_cost,
+                hmc_cost_err,
+            });
+        }
+    }
+    let mut crossovers = Vec::new();
+    for kernel in &kernels {
+        for amortised in [false, true] {
+            let points: Vec<(f64, f64, f64)> = sizes
+                .iter()
+                .filter(|s| &s.kernel == kernel && s.hmc_cost.is_finite() && s.cost_err > 0.0)
+                .map(|s| {
+                    let c = if amortised { s.amortised_cost } else { s.cost };
+                    let r = c / s.hmc_cost;
+                    let rel =
+                        ((s.cost_err / c).powi(2) + (s.hmc_cost_err / s.hmc_cost).powi(2)).sqrt();
+                    (s.l as f64, r, r * rel)
+                })
+                .collect();
+            crossovers.push(crossover(kernel, amortised, &points));
+        }
+    }
+    SamplerComparison {
+        amortise_over,
+        sizes,
+        crossovers,
+    }
+}
+
+/// The crossover of one kernel from its (L, ratio, error) points.
+fn crossover(kernel: &str, amortised: bool, points: &[(f64, f64, f64)]) -> Crossover {
+    let none = |finding: String| Crossover {
+        kernel: kernel.to_string(),
+        amortised,
+        fit: None,
+        crossover_l: None,
+        crossover_l_err: None,
+        finding,
+    };
+    let x: Vec<f64> = points.iter().map(|p| p.0).collect();
+    let y: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let e: Vec<f64> = points.iter().map(|p| p.2).collect();
+    if points.len() < 2 {
+        return none("no extrapolation: the ratio to HMC is known at fewer than two sizes".into());
+    }
+    let fit = match power_law_fit(&x, &y, &e) {
+        Ok(fit) => fit,
+        Err(err) => return none(format!("no extrapolation: {err}")),
+    };
+    let (a, b) = (fit.amplitude, fit.exponent);
+    let growth = format!("c/c_HMC ∝ L^({b:.2} ± {:.2})", fit.exponent_err);
+    if a.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || b.abs() < 2.0 * fit.exponent_err
+    {
+        return Crossover {
+            fit: Some(fit),
+            ..none(format!(
+                "no crossover extrapolated: {growth}, an exponent within 2σ of 0"
+            ))
+        };
+    }
+    let ln_l = fit.x_ref.ln() - a.ln() / b;
+    let d_a = -1.0 / (a * b);
+    let d_b = a.ln() / (b * b);
+    let (s_a, s_b) = (fit.amplitude_err, fit.exponent_err);
+    let var =
+        (d_a * s_a).powi(2) + (d_b * s_b).powi(2) + 2.0 * d_a * d_b * fit.correlation * s_a * s_b;
+    let l_star = ln_l.exp();
+    let l_err = l_star * var.max(0.0).sqrt();
+    let (lo, hi) = x.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
+        (lo.min(v), hi.max(v))
+    });
+    let side = if b < 0.0 {
+        "cheaper than HMC beyond"
+    } else {
+        "cheaper than HMC below"
+    };
+    let place = if l_star > hi {
+        "extrapolated"
+    } else if l_star < lo {
+        "extrapolated below the sizes measured"
+    } else {
+        "within the sizes measured"
+    };
+    Crossover {
+        kernel: kernel.to_string(),
+        amortised,
+        fit: Some(fit),
+        crossover_l: Some(l_star),
+        crossover_l_err: Some(l_err),
+        finding: format!(
+            "{growth}: {side} L* = {} ± {} ({place})",
+            super::report::sig(l_star, 3),
+            super::report::sig(l_err, 2)
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +498,7 @@ mod tests {
             tau_int_abs_m_err: 0.1,
             longest_rejection_run: 3,
             verdict: Verdict::Reliable,
+            samplers: Vec::new(),
         }
     }
 
@@ -319,5 +560,66 @@ mod tests {
             "{reasons:?}"
         );
         assert!(cost.fit.is_none() && cost.fit_failure.is_some());
+    }
+
+    /// Ratio points r(L) = A (L/8)^b with relative error `rel`, optionally perturbed.
+    fn ratios(a: f64, b: f64, rel: f64, noise: &[f64]) -> Vec<(f64, f64, f64)> {
+        [6.0, 8.0, 10.0, 12.0]
+            .iter()
+            .zip(noise)
+            .map(|(&l, &z)| {
+                let r = a * (l / 8.0f64).powf(b);
+                (l, r * (1.0 + rel * z), r * rel)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_crossover_of_an_exact_power_law_is_recovered_with_a_correct_error() {
+        use rand_distr::{Distribution, StandardNormal};
+        // r = 2 (L/8)^-1.5 crosses 1 at L* = 8 · 2^(1/1.5).
+        let (a, b, rel) = (2.0, -1.5, 0.05);
+        let exact = 8.0 * 2.0f64.powf(1.0 / 1.5);
+        let x = crossover("flow", false, &ratios(a, b, rel, &[0.0; 4]));
+        let l_star = x.crossover_l.unwrap();
+        assert!((l_star - exact).abs() < 1e-6 * exact, "{l_star} vs {exact}");
+        assert!(x.finding.contains("beyond"), "{}", x.finding);
+        assert!(x.finding.contains("extrapolated"), "{}", x.finding);
+        let err = x.crossover_l_err.unwrap();
+        // The propagated error against the spread of L* over data drawn with those errors.
+        let mut rng = crate::rng_from_seed(5);
+        let draws: Vec<f64> = (0..400)
+            .map(|_| {
+                let noise: Vec<f64> = (0..4).map(|_| StandardNormal.sample(&mut rng)).collect();
+                crossover("flow", false, &ratios(a, b, rel, &noise))
+                    .crossover_l
+                    .unwrap()
+            })
+            .collect();
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        let spread = (draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>()
+            / (draws.len() - 1) as f64)
+            .sqrt();
+        // The spread of 400 draws is known to about 1/√800 ≈ 3.5 %; the linear
+        // propagation is exact only to first order in the 5 % errors.
+        assert!(
+            (err / spread - 1.0).abs() < 0.15,
+            "propagated {err}, spread {spread}"
+        );
+    }
+
+    #[test]
+    fn a_ratio_that_grows_has_its_crossover_below() {
+        let x = crossover("flow+local", true, &ratios(0.5, 2.0, 0.02, &[0.0; 4]));
+        let exact = 8.0 * 2.0f64.powf(0.5);
+        assert!((x.crossover_l.unwrap() - exact).abs() < 1e-6 * exact);
+        assert!(x.finding.contains("below L*"), "{}", x.finding);
+        assert!(
+            x.finding.contains("within the sizes measured"),
+            "{}",
+            x.finding
+        );
+        let one = crossover("flow", false, &ratios(0.5, 2.0, 0.02, &[0.0; 4])[..1]);
+        assert!(one.crossover_l.is_none() && one.finding.contains("fewer than two"));
     }
 }

@@ -11,14 +11,16 @@ use serde::{Deserialize, Serialize};
 
 use super::report::num;
 use super::spec::Override;
-use super::{StudyObserver, TrainingCost};
+use super::{SamplerAtSize, SamplerComparison, StudyObserver, TrainingCost};
 use crate::error::{Error, Result};
 use crate::io::{read_json, write_atomic, write_json};
 use crate::kernel::KernelExpr;
 use crate::lattice::Lattice;
 use crate::parallel::Collective;
+use crate::plot::{Chart, Series, Style, draw_chart};
 use crate::run::{
-    ActionSpec, KernelSpec, RecipeSpec, SampleSpec, TrainControl, TrainOutcome, TrainSpec, sample,
+    ActionSpec, KernelSpec, RecipeSpec, SampleReport, SampleSpec, TrainControl, TrainOutcome,
+    TrainSpec, sample,
 };
 use crate::stats::{PowerLawFit, Verdict, nan_if_null, power_law_fit};
 use crate::train::{StepMetrics, TrainConfig};
@@ -160,6 +162,9 @@ pub struct HmcRow {
     /// trajectory.
     #[serde(deserialize_with = "nan_if_null")]
     pub cost_per_independent: f64,
+    /// Its error, from that of τ_max.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
+    pub cost_per_independent_err: f64,
     /// The chain's verdict.
     pub verdict: Verdict,
 }
@@ -178,18 +183,23 @@ pub struct HmcBaselineResult {
 
 /// The columns of `hmc.csv`.
 pub const HMC_HEADER: &str = "L,beta,seed,tau,md_steps,acceptance,seconds_per_step,xi,xi_err,\
-tau_abs_m,tau_abs_m_err,tau_chi,tau_chi_err,tau_xi,tau_xi_err,cost_per_independent,verdict";
+tau_abs_m,tau_abs_m_err,tau_chi,tau_chi_err,tau_xi,tau_xi_err,cost_per_independent,\
+cost_per_independent_err,verdict";
 
 fn default_out() -> PathBuf {
     PathBuf::from("latflow-out")
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 fn half() -> f64 {
     0.5
 }
 
-/// The flow chain of each point.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// The flow chain of each point, and the other kernels run with its flow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SweepSampling {
     /// Measured flow proposals.
@@ -198,6 +208,14 @@ pub struct SweepSampling {
     pub therm: usize,
     /// Flow proposals generated per batch.
     pub flow_batch: usize,
+    /// Further kernels run on every point with its flow, each a chain of `n` steps after
+    /// `therm` (e.g. `["flow+local", { kind = "flow+hmc", tau = 0.5, md_steps = 5 }]`):
+    /// their cost per independent configuration is compared with the HMC baseline's.
+    #[serde(deserialize_with = "crate::run::kernel_list")]
+    pub kernels: Vec<KernelSpec>,
+    /// The independent configurations over which the sampler comparison spreads each
+    /// flow's training time (the amortised cost c + T/N).
+    pub amortise_over: f64,
 }
 
 impl Default for SweepSampling {
@@ -206,6 +224,8 @@ impl Default for SweepSampling {
             n: 20_000,
             therm: 500,
             flow_batch: 1000,
+            kernels: Vec::new(),
+            amortise_over: 1e5,
         }
     }
 }
@@ -273,6 +293,67 @@ pub struct SweepRow {
     pub longest_rejection_run: usize,
     /// The chain's verdict.
     pub verdict: Verdict,
+    /// The cost of an independent configuration with the flow chain (first) and with each
+    /// of the further kernels (`sample.kernels`).
+    #[serde(default)]
+    pub samplers: Vec<ChainCost>,
+}
+
+/// What an independent configuration costs with one chain: 2 τ_max × seconds per step,
+/// with τ_max the largest τ_int of |m|, χ and ξ_2nd.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainCost {
+    /// The kernel expression.
+    pub kernel: String,
+    /// The acceptance of the chain (of all its moves).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub acceptance: f64,
+    /// Wall seconds per step (thermalisation included).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub seconds_per_step: f64,
+    /// τ_max in steps.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_max: f64,
+    /// Its error.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub tau_max_err: f64,
+    /// Seconds per independent configuration.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub cost_per_independent: f64,
+    /// Its error, from that of τ_max.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub cost_per_independent_err: f64,
+    /// The chain's verdict.
+    pub verdict: Verdict,
+}
+
+impl ChainCost {
+    /// The cost of the chain `spec` that produced `report`.
+    pub fn of(spec: &SampleSpec, report: &SampleReport) -> ChainCost {
+        let seconds_per_step = report.seconds / (spec.therm + spec.n * spec.thin).max(1) as f64;
+        let (tau_max, tau_max_err) = ["abs_m", "chi", "xi_2nd"]
+            .iter()
+            .filter_map(|name| report.observables.get(*name))
+            .filter(|e| e.tau_int.is_finite())
+            .map(|e| (e.tau_int, e.tau_int_err))
+            .fold((f64::NAN, f64::NAN), |best, t| {
+                if best.0.is_nan() || t.0 > best.0 {
+                    t
+                } else {
+                    best
+                }
+            });
+        ChainCost {
+            kernel: spec.kernel.kind.to_string(),
+            acceptance: report.acceptance,
+            seconds_per_step,
+            tau_max,
+            tau_max_err,
+            cost_per_independent: 2.0 * tau_max * seconds_per_step,
+            cost_per_independent_err: 2.0 * tau_max_err * seconds_per_step,
+            verdict: report.verdict,
+        }
+    }
 }
 
 /// The columns of `sweep.csv`.
@@ -369,11 +450,29 @@ impl SweepSpec {
                 ),
             ));
         }
+        if !(self.sample.amortise_over > 0.0 && self.sample.amortise_over.is_finite()) {
+            return Err(Error::param(
+                "sample.amortise_over",
+                format!(
+                    "must be a positive number of configurations, got {}",
+                    self.sample.amortise_over
+                ),
+            ));
+        }
         for point in self.points()? {
             self.train_spec(&point, Path::new("model.json"))?
                 .validate()?;
-            self.sample_spec(&point, Path::new("model.json"))?
-                .validate()?;
+            for k in 0..=self.sample.kernels.len() {
+                self.chain_spec(&point, k, Path::new("model.json"))?
+                    .validate()
+                    .map_err(|e| match e {
+                        Error::InvalidParameter { name, reason } if k > 0 => Error::param(
+                            "sample.kernels",
+                            format!("kernel {}: {name}: {reason}", k - 1),
+                        ),
+                        other => other,
+                    })?;
+            }
         }
         Ok(())
     }
@@ -405,6 +504,18 @@ impl SweepSpec {
             init: None,
             out: model.to_path_buf(),
         })
+    }
+
+    /// Chain `k` of a point: the flow chain for k = 0, else `sample.kernels[k − 1]` (with
+    /// seed + k).
+    pub fn chain_spec(&self, point: &SweepPoint, k: usize, model: &Path) -> Result<SampleSpec> {
+        let mut spec = self.sample_spec(point, model)?;
+        if let Some(kernel) = k.checked_sub(1).and_then(|i| self.sample.kernels.get(i)) {
+            spec.kernel = kernel.clone();
+            spec.seed = point.seed.wrapping_add(k as u64);
+            spec.model = kernel.uses_flow().then(|| model.to_path_buf());
+        }
+        Ok(spec)
     }
 
     /// The flow chain of a point.
@@ -444,6 +555,8 @@ pub enum SweepOutcome {
         hmc: Option<HmcBaselineResult>,
         /// The training-cost analysis of the rows.
         training_cost: TrainingCost,
+        /// The kernels of the points against the HMC baseline (with a baseline).
+        comparison: Option<SamplerComparison>,
     },
     /// Stopped on request; finished points are kept.
     Stopped {
@@ -550,6 +663,34 @@ pub fn run_sweep(
             break;
         }
         observer.end(&format!("acceptance {:.3}", chain.acceptance));
+        let mut samplers = vec![ChainCost::of(&sample_spec, &chain)];
+        for k in 1..=spec.sample.kernels.len() {
+            let kernel_spec = spec.chain_spec(point, k, &model)?;
+            observer.begin(
+                &format!("[{place}] {} {}", kernel_spec.kernel.kind, point.key()),
+                (kernel_spec.therm + kernel_spec.n) as u64,
+                "steps",
+            );
+            let report = match sample(
+                &kernel_spec,
+                &mut |d, _| observer.progress(d as u64, ""),
+                stop,
+            ) {
+                Err(Error::Interrupted(_)) => None,
+                other => Some(other?),
+            };
+            match report {
+                Some(r) if !r.interrupted => {
+                    observer.end(&format!("acceptance {:.3}", r.acceptance));
+                    samplers.push(ChainCost::of(&kernel_spec, &r));
+                }
+                _ => break,
+            }
+        }
+        if samplers.len() <= spec.sample.kernels.len() {
+            stopped(observer);
+            break;
+        }
         let abs_m = chain.observables.get("abs_m");
         let row = SweepRow {
             point: point.clone(),
@@ -564,6 +705,7 @@ pub fn run_sweep(
             tau_int_abs_m_err: abs_m.map_or(f64::NAN, |e| e.tau_int_err),
             longest_rejection_run: chain.longest_rejection_run.unwrap_or(0),
             verdict: chain.verdict,
+            samplers,
         };
         write_json(&done, &row)?;
     }
@@ -607,8 +749,14 @@ pub fn run_sweep(
         }
     };
     let training_cost = super::training_cost(&rows, &xi_of, spec.target_tau_rej);
+    let comparison = hmc
+        .as_ref()
+        .map(|h| super::sampler_comparison(&rows, &h.rows, spec.sample.amortise_over));
     if ranks.is_root() {
         write_training_cost(&folder, &training_cost)?;
+        if let Some(c) = &comparison {
+            write_comparison(&folder, c)?;
+        }
     }
     Ok(SweepOutcome::Finished {
         folder,
@@ -616,6 +764,7 @@ pub fn run_sweep(
         reused,
         hmc,
         training_cost,
+        comparison,
     })
 }
 
@@ -728,10 +877,7 @@ fn run_baseline(
         let (_, _, tau_abs_m, tau_abs_m_err) = get("abs_m");
         let (_, _, tau_chi, tau_chi_err) = get("chi");
         let (xi, xi_err, tau_xi, tau_xi_err) = get("xi_2nd");
-        let seconds_per_step = report.seconds / (chain.therm + chain.n) as f64;
-        let tau_max = [tau_abs_m, tau_chi, tau_xi]
-            .into_iter()
-            .fold(f64::NAN, f64::max);
+        let cost = ChainCost::of(&chain, &report);
         let row = HmcRow {
             l: point.l,
             beta: point.beta,
@@ -739,7 +885,7 @@ fn run_baseline(
             tau,
             md_steps,
             acceptance: report.acceptance,
-            seconds_per_step,
+            seconds_per_step: cost.seconds_per_step,
             xi,
             xi_err,
             tau_abs_m,
@@ -748,7 +894,8 @@ fn run_baseline(
             tau_chi_err,
             tau_xi,
             tau_xi_err,
-            cost_per_independent: 2.0 * tau_max * seconds_per_step,
+            cost_per_independent: cost.cost_per_independent,
+            cost_per_independent_err: cost.cost_per_independent_err,
             verdict: report.verdict,
         };
         write_json(&done, &row)?;
@@ -806,6 +953,7 @@ fn run_baseline(
             num(r.tau_xi),
             num(r.tau_xi_err),
             num(r.cost_per_independent),
+            num(r.cost_per_independent_err),
             r.verdict.to_string(),
         ];
         csv.push_str(&cells.join(","));
@@ -853,6 +1001,92 @@ fn write_training_cost(folder: &Path, cost: &TrainingCost) -> Result<()> {
         ));
     }
     write_atomic(&folder.join("training_cost.csv"), csv.as_bytes())
+}
+
+/// The columns of `sampler_cost.csv`: per kernel and size, the cost of an independent
+/// configuration against tuned HMC's.
+pub const SAMPLER_COST_HEADER: &str = "kernel,L,configs_seen,runs,cost,cost_err,\
+training_seconds,amortised_cost,hmc_cost,hmc_cost_err";
+
+/// Writes `sampler_cost.json` (everything), `sampler_cost.csv` and the chart
+/// `plots/sampler_cost.{png,svg}`: seconds per independent configuration against L for
+/// every kernel (sampling alone: solid; amortised: dashed) and for tuned HMC.
+fn write_comparison(folder: &Path, comparison: &SamplerComparison) -> Result<()> {
+    write_json(&folder.join("sampler_cost.json"), comparison)?;
+    let mut csv = format!("{SAMPLER_COST_HEADER}\n");
+    for s in &comparison.sizes {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            s.kernel,
+            s.l,
+            s.configs_seen,
+            s.runs,
+            num(s.cost),
+            num(s.cost_err),
+            num(s.training_seconds),
+            num(s.amortised_cost),
+            num(s.hmc_cost),
+            num(s.hmc_cost_err)
+        ));
+    }
+    write_atomic(&folder.join("sampler_cost.csv"), csv.as_bytes())?;
+    let mut kernels: Vec<&str> = Vec::new();
+    for s in &comparison.sizes {
+        if !kernels.contains(&s.kernel.as_str()) {
+            kernels.push(&s.kernel);
+        }
+    }
+    let mut series = Vec::new();
+    let mut hmc: Vec<(f64, f64, f64)> = Vec::new();
+    for s in &comparison.sizes {
+        if s.hmc_cost.is_finite() && !hmc.iter().any(|h| h.0 == s.l as f64) {
+            hmc.push((s.l as f64, s.hmc_cost, s.hmc_cost_err));
+        }
+    }
+    series.push(Series {
+        label: "tuned HMC".into(),
+        points: hmc.iter().map(|h| (h.0, h.1)).collect(),
+        errors: Some(hmc.iter().map(|h| h.2).collect()),
+        style: Style::Markers,
+        colour: Some(0),
+    });
+    for (k, kernel) in kernels.iter().enumerate() {
+        let at: Vec<&SamplerAtSize> = comparison
+            .sizes
+            .iter()
+            .filter(|s| s.kernel == *kernel)
+            .collect();
+        series.push(Series {
+            label: format!("{kernel}, sampling"),
+            points: at.iter().map(|s| (s.l as f64, s.cost)).collect(),
+            errors: Some(at.iter().map(|s| s.cost_err).collect()),
+            style: Style::Markers,
+            colour: Some(k + 1),
+        });
+        series.push(Series {
+            label: format!(
+                "{kernel}, training over {} configs",
+                super::report::sig(comparison.amortise_over, 2)
+            ),
+            points: at.iter().map(|s| (s.l as f64, s.amortised_cost)).collect(),
+            errors: None,
+            style: Style::Dashed,
+            colour: Some(k + 1),
+        });
+    }
+    let chart = Chart {
+        title: "Cost of an independent configuration against L".into(),
+        x_label: "L".into(),
+        y_label: "seconds per independent configuration".into(),
+        series,
+        x_log: true,
+        y_log: true,
+        ..Chart::default()
+    };
+    let plots = folder.join("plots");
+    std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
+    draw_chart(&chart, &plots.join("sampler_cost"))?;
+    Ok(())
 }
 
 fn write_table(folder: &Path, rows: &[SweepRow]) -> Result<()> {
