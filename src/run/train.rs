@@ -215,26 +215,32 @@ pub fn reference_budget(volume: usize) -> (usize, usize, f64) {
 /// method measured so far (BENCHMARKS.md, "Training methods"). It is the seed recipe's
 /// architecture at half its width, H = |Λ|/2 (two Z2-equivariant affine blocks up to
 /// |Λ| = 64 and three beyond, then one spline block of 8 segments), trained with path
-/// gradients ([`GradientEstimator::Path`]) from the reference learning rate on a cosine
-/// schedule, with batches of at most 500 up to |Λ| = 100 (the reference batch beyond, where
-/// smaller batches are not yet measured) and an iteration budget worth the reference
-/// |Φ_train| ([`reference_budget`]). The acceptance is checked every 1/30 of that budget
-/// (at least every [`DEFAULT_CHECK_INTERVAL`] iterations), so that the checks cost a small
-/// part of the training; seed, chunks and the other evaluation settings keep their
-/// defaults.
+/// gradients ([`GradientEstimator::Path`]) on a cosine schedule: the reference learning
+/// rate and batches of at most 500 up to |Λ| = 100, the reference batch and rate up to
+/// |Λ| = 144, and L = 12's batch and rate (4000, 0.003) beyond; always with an iteration
+/// budget worth the reference |Φ_train| ([`reference_budget`]). The acceptance is checked
+/// every 1/30 of that budget (at least every [`DEFAULT_CHECK_INTERVAL`] iterations), so
+/// that the checks cost a small part of the training; seed, chunks and the other
+/// evaluation settings keep their defaults.
 ///
 /// [`DEFAULT_CHECK_INTERVAL`]: crate::train::DEFAULT_CHECK_INTERVAL
 ///
 /// [`GradientEstimator::Path`]: crate::train::GradientEstimator::Path
 pub fn default_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
     let volume = lattice.volume();
-    let (reference_batch, reference_iterations, lr) = reference_budget(volume);
-    let batch = if volume <= 100 {
-        reference_batch.min(500)
-    } else {
-        reference_batch
+    let (reference_batch, reference_iterations, reference_lr) = reference_budget(volume);
+    let budget = reference_batch * reference_iterations;
+    // Beyond |Λ| = 144 the reference recipe's (7000, 0.001) gives way to L = 12's
+    // (4000, 0.003), measured at L = 14 and 16.
+    let (batch, lr) = match volume {
+        0..=100 => (reference_batch.min(500), reference_lr),
+        101..=144 => (reference_batch, reference_lr),
+        _ => {
+            let (batch, _, lr) = reference_budget(144);
+            (batch, lr)
+        }
     };
-    let iterations = (reference_batch * reference_iterations).div_ceil(batch);
+    let iterations = budget.div_ceil(batch);
     let recipe = RecipeSpec {
         kind: RecipeKind::Seed,
         hidden: (volume / 2).max(1),
@@ -887,4 +893,35 @@ pub fn model_target(path: &std::path::Path) -> Result<(Lattice, ActionSpec)> {
             })
         })?;
     Ok((model.lattice().clone(), action))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (batch, iterations, lr, eval_every, hidden, affine blocks) of the default method.
+    fn method(l: usize) -> (usize, usize, f64, usize, usize, usize) {
+        let (recipe, train) = default_method(&Lattice::new(&[l, l]).unwrap());
+        assert_eq!(train.gradient, crate::train::GradientEstimator::Path);
+        (
+            train.batch,
+            train.iterations,
+            train.lr,
+            train.eval_every,
+            recipe.hidden,
+            recipe.affine_blocks,
+        )
+    }
+
+    #[test]
+    fn the_default_method_spends_the_reference_budget_with_its_own_batches() {
+        // L = 8: batch 500 = the reference batch, 750 iterations at η = 0.01.
+        assert_eq!(method(8), (500, 750, 0.01, 25, 32, 2));
+        // L = 10: the reference 1250 × 2000 in batches of 500.
+        assert_eq!(method(10), (500, 5000, 0.005, 166, 50, 3));
+        // L = 12: the reference batch, iterations and rate.
+        assert_eq!(method(12), (4000, 5000, 0.003, 166, 72, 3));
+        // L = 14: the reference 7000 × 14000 configurations in batches of 4000 at η = 0.003.
+        assert_eq!(method(14), (4000, 24_500, 0.003, 816, 98, 3));
+    }
 }

@@ -243,12 +243,17 @@ pub fn payback(samplers: &[SamplerAnalysis], training: Option<&TrainReport>) -> 
                     None,
                     None,
                     Some(format!(
-                        "never: an independent configuration costs {} s with `{}` against {} s                          with `{}` ({:.1}σ more), so training never pays",
+                        "never: an independent configuration costs {} s with `{}` against {} s \
+                         with `{}` ({:.1}σ more), so training never pays",
                         super::report::sig(c, 3),
                         s.name,
                         super::report::sig(b, 3),
                         base.name,
-                        if sigma > 0.0 { (c - b) / sigma } else { f64::NAN }
+                        if sigma > 0.0 {
+                            (c - b) / sigma
+                        } else {
+                            f64::NAN
+                        }
                     )),
                 )
             } else {
