@@ -299,8 +299,8 @@ pub struct SweepRow {
     pub samplers: Vec<ChainCost>,
 }
 
-/// What an independent configuration costs with one chain: 2 τ_max × seconds per step,
-/// with τ_max the largest τ_int of |m|, χ and ξ_2nd.
+/// What an independent configuration costs with one chain: 2 τ_max × thin × seconds per
+/// step, with τ_max the largest τ_int (in measurements) of |m|, χ and ξ_2nd.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChainCost {
     /// The kernel expression.
@@ -311,7 +311,7 @@ pub struct ChainCost {
     /// Wall seconds per step (thermalisation included).
     #[serde(deserialize_with = "nan_if_null")]
     pub seconds_per_step: f64,
-    /// τ_max in steps.
+    /// τ_max in measurements (one every `thin` steps).
     #[serde(deserialize_with = "nan_if_null")]
     pub tau_max: f64,
     /// Its error.
@@ -331,6 +331,7 @@ impl ChainCost {
     /// The cost of the chain `spec` that produced `report`.
     pub fn of(spec: &SampleSpec, report: &SampleReport) -> ChainCost {
         let seconds_per_step = report.seconds / (spec.therm + spec.n * spec.thin).max(1) as f64;
+        let seconds_per_measurement = seconds_per_step * spec.thin as f64;
         let (tau_max, tau_max_err) = ["abs_m", "chi", "xi_2nd"]
             .iter()
             .filter_map(|name| report.observables.get(*name))
@@ -349,8 +350,8 @@ impl ChainCost {
             seconds_per_step,
             tau_max,
             tau_max_err,
-            cost_per_independent: 2.0 * tau_max * seconds_per_step,
-            cost_per_independent_err: 2.0 * tau_max_err * seconds_per_step,
+            cost_per_independent: 2.0 * tau_max * seconds_per_measurement,
+            cost_per_independent_err: 2.0 * tau_max_err * seconds_per_measurement,
             verdict: report.verdict,
         }
     }

@@ -595,7 +595,9 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
                 .config
                 .until_acceptance
                 .map(|_| self.counters.target_reached),
-            ran_out_of_time: self.counters.out_of_time,
+            ran_out_of_time: self.counters.out_of_time
+                && !self.counters.target_reached
+                && self.counters.iteration < self.config.iterations,
             final_loss: self.counters.last_loss,
             eval,
         };
