@@ -124,6 +124,16 @@ fn seconds_pm(seconds: f64, err: f64) -> String {
     format!("{} {unit}", pm(seconds * scale, err * scale))
 }
 
+/// `mean ± err` as [`pm`], written as `(m ± e)·10^k` when the mean is 10⁵ or more.
+fn pm_scaled(mean: f64, err: f64) -> String {
+    if !(mean.is_finite() && mean.abs() >= 1e5) {
+        return pm(mean, err);
+    }
+    let k = mean.abs().log10().floor() as i32;
+    let scale = 10f64.powi(k);
+    format!("({})·10^{k}", pm(mean / scale, err / scale))
+}
+
 /// Seconds to three significant digits in s, ms or µs.
 fn seconds_text(seconds: f64) -> String {
     let (scale, unit) = match seconds.abs() {
@@ -1123,7 +1133,7 @@ fn payback_html(payback: &[Payback]) -> String {
     );
     for p in payback {
         let paid = match (p.break_even, p.break_even_err) {
-            (Some(n), Some(err)) => pm(n, err),
+            (Some(n), Some(err)) => pm_scaled(n, err),
             _ => "—".into(),
         };
         let _ = writeln!(
