@@ -328,6 +328,24 @@ pub fn analyse_runs(
     })
 }
 
+/// The observable of `names` with the largest τ_int in `report` (NaN values skipped), with
+/// that τ_int and its error; NaN when none has one.
+pub(crate) fn slowest_observable<S: AsRef<str>>(
+    report: &SampleReport,
+    names: &[S],
+) -> (String, f64, f64) {
+    names
+        .iter()
+        .filter_map(|o| report.observables.get(o.as_ref()).map(|e| (o.as_ref(), e)))
+        .fold((String::new(), f64::NAN, f64::NAN), |best, (o, e)| {
+            if best.1.is_nan() || e.tau_int > best.1 {
+                (o.to_string(), e.tau_int, e.tau_int_err)
+            } else {
+                best
+            }
+        })
+}
+
 fn analyse_one(
     spec: &StudySpec,
     name: String,
@@ -339,18 +357,8 @@ fn analyse_one(
     let m = &run.measurements;
     let steps = run.record.steps;
     let seconds_per_step = run.record.wall_seconds / steps.max(1) as f64;
-    let (slowest, tau_max, tau_max_err) = spec
-        .analysis
-        .cost_observables
-        .iter()
-        .filter_map(|o| report.observables.get(o).map(|e| (o, e)))
-        .fold((String::new(), f64::NAN, f64::NAN), |best, (o, e)| {
-            if best.1.is_nan() || e.tau_int > best.1 {
-                (o.clone(), e.tau_int, e.tau_int_err)
-            } else {
-                best
-            }
-        });
+    let (slowest, tau_max, tau_max_err) =
+        slowest_observable(&report, &spec.analysis.cost_observables);
     // τ_int counts measurements; one measurement is `thin` steps.
     let thin = run.info.spec.thin as f64;
     let cost = 2.0 * tau_max * thin * seconds_per_step;

@@ -332,18 +332,8 @@ impl ChainCost {
     pub fn of(spec: &SampleSpec, report: &SampleReport) -> ChainCost {
         let seconds_per_step = report.seconds / (spec.therm + spec.n * spec.thin).max(1) as f64;
         let seconds_per_measurement = seconds_per_step * spec.thin as f64;
-        let (tau_max, tau_max_err) = ["abs_m", "chi", "xi_2nd"]
-            .iter()
-            .filter_map(|name| report.observables.get(*name))
-            .filter(|e| e.tau_int.is_finite())
-            .map(|e| (e.tau_int, e.tau_int_err))
-            .fold((f64::NAN, f64::NAN), |best, t| {
-                if best.0.is_nan() || t.0 > best.0 {
-                    t
-                } else {
-                    best
-                }
-            });
+        let (_, tau_max, tau_max_err) =
+            super::analysis::slowest_observable(report, &["abs_m", "chi", "xi_2nd"]);
         ChainCost {
             kernel: spec.kernel.kind.to_string(),
             acceptance: report.acceptance,
