@@ -702,3 +702,80 @@ fn until_acceptance_alone_trains_with_the_default_method() {
     assert!(!stdout.contains("default method"), "{stdout}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_curriculum_example_runs_reports_and_resumes() {
+    let dir = std::env::temp_dir().join(format!("latflow-cli-curriculum-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/curriculum.toml"
+    ))
+    .unwrap()
+    .replace("channels = 16", "channels = 4")
+    .replace("affine_blocks = 4", "affine_blocks = 2")
+    .replace("depth = 2", "depth = 1")
+    .replace("[6, 6]", "[4, 4]")
+    .replace("[10, 10]", "[6, 6]")
+    .replace("batch = 256", "batch = 32")
+    .replace("iterations = 400", "iterations = 6")
+    .replace("eval_samples = 10000", "eval_samples = 200");
+    let card = dir.join("curriculum.toml");
+    std::fs::write(&card, text).unwrap();
+    let out_dir = dir.join("out");
+    let args = [
+        "curriculum",
+        card.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--quiet",
+    ];
+    let out = latflow(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("total: 384 configurations"), "{text}");
+    assert!(text.contains("stage-2.json"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("curriculum.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["report"]["stages"][1]["lattice"],
+        serde_json::json!([6, 6])
+    );
+    // Run again: both stages are kept, the same report comes out as JSON.
+    let mut again = args.to_vec();
+    again.push("--json");
+    let out = latflow(&again);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, report["report"]);
+    // A dense recipe cannot grow the lattice: refused naming the stages, exit code 1.
+    let dense = std::fs::read_to_string(&card)
+        .unwrap()
+        .replace("kind = \"conv\"", "kind = \"seed\"\nhidden = 8")
+        .replace("channels = 4\n", "")
+        .replace("depth = 1\n", "")
+        .replace("kernel = 3\n", "");
+    std::fs::write(dir.join("dense.toml"), dense).unwrap();
+    let out = latflow(&[
+        "curriculum",
+        dir.join("dense.toml").to_str().unwrap(),
+        "--out",
+        dir.join("dense").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stage 2") && err.contains("convolutional"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,7 +2,8 @@
 //! evaluation that reaches it (and the steps before the stop are those of a run without a
 //! target), an unreachable one runs the whole budget, the stop is reproducible and survives
 //! checkpoint and resume, checkpoints written without the new counters still load, bad
-//! targets are refused by name, and a time limit ends a run with its model written.
+//! targets are refused by name, a time limit ends a run with its model written, and a
+//! smaller check sample sizes the checks alone.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -374,6 +375,57 @@ fn a_time_limit_ends_training_with_a_written_model() {
         match config.validate() {
             Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, "time_limit"),
             other => panic!("limit {limit}: {other:?}"),
+        }
+    }
+}
+
+/// `check_samples` sizes the evaluations during training and nothing else: each check is
+/// the evaluation of that many samples at its step, the final evaluation keeps
+/// `eval_samples`, and the parameters are those of a run with full-size checks.
+#[test]
+fn a_smaller_check_sample_sizes_the_checks_alone() {
+    const CHECK: usize = 200;
+    let dir = temp_dir("check");
+    let iterations = 3 * EVAL_EVERY;
+    let mut small = spec(None, iterations, EVAL_EVERY, dir.join("small.json"));
+    small.train.check_samples = Some(CHECK);
+    let (report, steps) = run(&small);
+    let (full, full_steps) = run(&spec(None, iterations, EVAL_EVERY, dir.join("full.json")));
+    assert_eq!(report.eval_configs, (3 * CHECK) as u64);
+    assert_eq!(full.eval_configs, (3 * EVAL_SAMPLES) as u64);
+    let a = FlowModel::load(dir.join("small.json")).unwrap();
+    let b = FlowModel::load(dir.join("full.json")).unwrap();
+    assert_eq!(a.params(), b.params());
+
+    // The same run stepped by hand: each check equals an evaluation of CHECK samples at
+    // its step, and differs from the full-size check there.
+    let action = Arc::new(small.action.build(&small.lattice).unwrap());
+    let flow = small.recipe.build(&small.lattice).unwrap();
+    let model = FlowModel::new(&flow, &small.lattice, small.train.seed).unwrap();
+    let mut trainer = Trainer::new(model, action, small.train.clone()).unwrap();
+    for (m, full_m) in steps.iter().zip(&full_steps) {
+        let stepped = trainer.step().unwrap();
+        assert_eq!(deterministic(&stepped), deterministic(m));
+        if let Some(check) = m.eval {
+            assert_eq!(check, trainer.evaluate(CHECK).unwrap());
+            let full_check = full_m.eval.expect("the same steps are checked");
+            assert_eq!(full_check, trainer.evaluate(EVAL_SAMPLES).unwrap());
+            assert_ne!(check.acceptance, full_check.acceptance);
+        }
+    }
+    // The final evaluation has eval_samples samples, as without check_samples.
+    assert_eq!(
+        report.acceptance,
+        trainer.evaluate(EVAL_SAMPLES).unwrap().acceptance
+    );
+    assert_eq!(report.acceptance, full.acceptance);
+
+    for bad in [0, 1] {
+        let mut config = TrainConfig::new(10, 10, 0.01);
+        config.check_samples = Some(bad);
+        match config.validate() {
+            Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, "check_samples"),
+            other => panic!("check_samples {bad}: {other:?}"),
         }
     }
 }

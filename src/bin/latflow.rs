@@ -47,6 +47,25 @@ enum Command {
     Sample(SampleArgs),
     /// Train a normalizing flow by reverse KL and write the model file.
     Train(TrainArgs),
+    /// Train one flow through a sequence of stages (growing lattices, moving couplings),
+    /// each starting from the flow the stage before wrote; resumes where it stopped.
+    Curriculum(CurriculumArgs),
+}
+
+#[derive(Args)]
+struct CurriculumArgs {
+    /// The runcard (TOML): `out`, `[recipe]`, optional `init`, and one `[[stage]]` table
+    /// per stage with `lattice`, `[stage.action]`, `[stage.train]` and optional
+    /// `[stage.anneal]` (see examples/curriculum.toml).
+    runcard: PathBuf,
+    /// The folder of the stages' models and the report (overrides the runcard's `out`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write each stage's checkpoint every this many steps (0: only when interrupted).
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: usize,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Args)]
@@ -231,9 +250,15 @@ struct TrainArgs {
     /// go to the training log.
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
-    /// Samples of each evaluation.
+    /// Samples of the final evaluation (and of the evaluations during training, unless
+    /// --check-samples is given).
     #[arg(long, default_value_t = 10_000)]
     eval_samples: usize,
+    /// Samples of each evaluation during training (--eval-every, the checks of
+    /// --until-acceptance): fewer cost less per check and read the acceptance less
+    /// precisely (default: --eval-samples).
+    #[arg(long)]
+    check_samples: Option<usize>,
     /// Gradient estimator of the reverse KL: total (the derivative of the batch loss) or
     /// path (drops the score term, whose variance does not vanish at the optimum; about
     /// one more input-gradient pass per step).
@@ -294,7 +319,7 @@ const TARGET_FLAGS: [&str; 8] = [
 
 /// Flags of `train` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
 /// --config or --resume).
-const TRAIN_RUN_FLAGS: [&str; 23] = [
+const TRAIN_RUN_FLAGS: [&str; 24] = [
     "recipe",
     "hidden",
     "depth",
@@ -313,6 +338,7 @@ const TRAIN_RUN_FLAGS: [&str; 23] = [
     "chunks",
     "eval_every",
     "eval_samples",
+    "check_samples",
     "gradient",
     "until_acceptance",
     "time_limit",
@@ -321,12 +347,13 @@ const TRAIN_RUN_FLAGS: [&str; 23] = [
 ];
 
 /// Flags of [`TRAIN_RUN_FLAGS`] that do not choose the flow or how it is trained.
-const NOT_METHOD_FLAGS: [&str; 9] = [
+const NOT_METHOD_FLAGS: [&str; 10] = [
     "anneal_over",
     "seed",
     "chunks",
     "eval_every",
     "eval_samples",
+    "check_samples",
     "until_acceptance",
     "time_limit",
     "init",
@@ -404,6 +431,9 @@ impl TrainArgs {
                 train.eval_every = self.eval_every;
             }
             train.eval_samples = self.eval_samples;
+            if self.check_samples.is_some() {
+                train.check_samples = self.check_samples;
+            }
             train.until_acceptance = self.until_acceptance;
             train.time_limit = self.time_limit;
             return Ok(TrainSpec {
@@ -444,6 +474,7 @@ impl TrainArgs {
         train.chunks = self.chunks;
         train.eval_every = self.eval_every;
         train.eval_samples = self.eval_samples;
+        train.check_samples = self.check_samples;
         train.until_acceptance = self.until_acceptance;
         train.time_limit = self.time_limit;
         train.gradient = match self.gradient {
@@ -603,8 +634,16 @@ fn run_train(
             println!(
                 "default method for this lattice: seed recipe with hidden width {}, {} affine \
                  blocks, {} spline segments; {} gradient, batch {}, budget {} iterations, lr {} \
-                 (cosine)",
-                r.hidden, r.affine_blocks, r.segments, t.gradient, t.batch, t.iterations, t.lr
+                 (cosine); checks every {} iterations on {} samples",
+                r.hidden,
+                r.affine_blocks,
+                r.segments,
+                t.gradient,
+                t.batch,
+                t.iterations,
+                t.lr,
+                t.eval_interval(),
+                t.check_sample_size()
             );
         }
         if let Some(reached) = report.reached_target {
@@ -633,6 +672,114 @@ fn run_train(
             log.display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_curriculum(args: &CurriculumArgs, signals: &Signals) -> Result<ExitCode> {
+    let mut spec = latflow::run::CurriculumSpec::from_toml_file(&args.runcard)?;
+    if let Some(out) = &args.out {
+        spec.out = out.clone();
+    }
+    let control = TrainControl {
+        checkpoint_every: args.checkpoint_every,
+        stop: Some(&signals.stop),
+        ..TrainControl::default()
+    };
+    let stages = spec.stages.len();
+    let mut current: Option<(usize, Progress)> = None;
+    let mut last_acceptance = f64::NAN;
+    let mut observer = |k: usize, s: &latflow::train::StepMetrics| {
+        if current.as_ref().is_none_or(|(at, _)| *at != k) {
+            if let Some((_, p)) = &mut current {
+                p.finish();
+            }
+            let label = format!("stage {}/{stages}", k + 1);
+            let total = spec.stages[k].train.iterations as u64;
+            current = Some((k, Progress::new(&label, total, "steps", &args.output)));
+            last_acceptance = f64::NAN;
+        }
+        if let Some(e) = &s.eval {
+            last_acceptance = e.acceptance;
+        }
+        if let Some((_, p)) = &mut current {
+            p.update(
+                s.iteration as u64 + 1,
+                &format!("loss {:.4}  acceptance {:.3}", s.loss, last_acceptance),
+            );
+        }
+    };
+    let outcome = latflow::run::curriculum(&spec, &control, &mut observer)?;
+    if let Some((_, p)) = &mut current {
+        p.finish();
+    }
+    let report = match outcome {
+        latflow::run::CurriculumOutcome::Finished(report) => report,
+        latflow::run::CurriculumOutcome::Stopped {
+            stage,
+            iteration,
+            iterations,
+            checkpoint,
+        } => {
+            let signal = signals.name();
+            if args.output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "outcome": "stopped", "signal": signal, "stage": stage,
+                        "iteration": iteration, "iterations": iterations,
+                        "checkpoint": checkpoint,
+                    })
+                );
+            }
+            eprintln!(
+                "latflow: {signal} received: stopped stage {stage} of {stages} after {iteration} \
+                 of {iterations} steps; checkpoint written to {}\n  continue with: latflow \
+                 curriculum {}{}",
+                checkpoint.display(),
+                args.runcard.display(),
+                args.out
+                    .as_ref()
+                    .map(|o| format!(" --out {}", o.display()))
+                    .unwrap_or_default()
+            );
+            return Ok(signals.exit_code());
+        }
+    };
+    if args.output.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>5}  {:>9}  {:>10}  {:>12}  {:>10}  {:>10}  {:>7}",
+        "stage", "lattice", "iterations", "configs", "seconds", "checks s", "accept"
+    );
+    for (k, r) in report.stages.iter().enumerate() {
+        let lattice: Vec<String> = r.lattice.iter().map(|l| l.to_string()).collect();
+        println!(
+            "{:>5}  {:>9}  {:>10}  {:>12}  {:>10.1}  {:>10.1}  {:>7.4}",
+            k + 1,
+            lattice.join("x"),
+            r.iterations,
+            r.configs_seen,
+            r.seconds,
+            r.eval_seconds,
+            r.acceptance
+        );
+    }
+    println!(
+        "total: {} configurations ({:.0} in configurations of the last lattice), {:.1} s of \
+         training, {:.1} s of checks; final acceptance {:.4}",
+        report.configs_seen,
+        report.last_lattice_configs,
+        report.seconds,
+        report.eval_seconds,
+        report.acceptance
+    );
+    println!(
+        "final model: {}; report: {}",
+        report.model.display(),
+        spec.out.join("curriculum.json").display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1312,6 +1459,7 @@ fn main() -> ExitCode {
             Command::Sweep(a) => &mut a.output,
             Command::Sample(a) => &mut a.output,
             Command::Train(a) => &mut a.output,
+            Command::Curriculum(a) => &mut a.output,
         };
         output.quiet = true;
     }
@@ -1324,6 +1472,7 @@ fn main() -> ExitCode {
         Command::Sweep(a) => &a.output,
         Command::Sample(a) => &a.output,
         Command::Train(a) => &a.output,
+        Command::Curriculum(a) => &a.output,
     };
     if !(output.progress_interval.is_finite() && output.progress_interval >= 0.0) {
         eprintln!(
@@ -1340,6 +1489,7 @@ fn main() -> ExitCode {
         Command::Sample(a) => ("sample", a.config.is_some().then_some("runcard")),
         Command::Train(a) if a.resume.is_some() => ("train", Some("checkpoint")),
         Command::Train(a) => ("train", a.config.is_some().then_some("runcard")),
+        Command::Curriculum(_) => ("curriculum", Some("runcard")),
     };
     let source = ParameterSource {
         matches: matches.subcommand_matches(sub),
@@ -1366,6 +1516,9 @@ fn main() -> ExitCode {
         Command::Sweep(args) => run_sweep(args, &signals, &ranks),
         Command::Sample(args) => run_sample(args, m, &signals, &ranks),
         Command::Train(args) => run_train(args, m, &signals, &ranks),
+        Command::Curriculum(args) => ranks
+            .require_single("curriculum")
+            .and_then(|()| run_curriculum(args, &signals)),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,6 @@
 //! Whole runs described as data — from command-line flags or a TOML runcard — and executed:
 //! sampling ([`sample`]: action, kernel, chain lengths and seed in; Γ-method estimates,
-//! acceptance and cost out) and flow training.
+//! acceptance and cost out), flow training, and curricula of training stages.
 
 use std::collections::BTreeMap;
 
@@ -10,9 +10,11 @@ use crate::action::{FreeField, Phi4};
 use crate::error::{Error, Result};
 use crate::lattice::Lattice;
 
+mod curriculum;
 mod sample;
 mod train;
 
+pub use curriculum::{CurriculumOutcome, CurriculumReport, CurriculumSpec, StageSpec, curriculum};
 pub use sample::{
     Estimate, KERNEL_NAMES, KernelSpec, ReplicaChain, SampleData, SampleReport, SampleSpec,
     combine_replicas, parse_kernel, replica_seed, report_from, sample, sample_data,
@@ -20,10 +22,17 @@ pub use sample::{
 };
 pub(crate) use sample::{kernel_list, kernel_table_or_expression};
 pub use train::{
-    AnnealSpec, RecipeKind, RecipeSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport,
-    TrainSpec, checkpoint_spec, default_method, init_from, model_target, reference_budget, resume,
-    train, trained_model_report,
+    AnnealSpec, DEFAULT_METHOD_CHECK_SAMPLES, RecipeKind, RecipeSpec, TRAIN_LOG_HEADER,
+    TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec, default_method, init_from,
+    model_target, reference_budget, resume, train, trained_model_report,
 };
+
+/// Reads and parses a TOML runcard (errors name the file and the key).
+fn read_runcard<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    toml::from_str(&text)
+        .map_err(|e| Error::format(format!("runcard {}", path.display()), e.to_string()))
+}
 
 /// The action to sample, in the convention the user chose (observables are reported in it).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

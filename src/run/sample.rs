@@ -291,9 +291,7 @@ fn one() -> usize {
 impl SampleSpec {
     /// Reads a TOML runcard.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let spec: SampleSpec = toml::from_str(&text)
-            .map_err(|e| Error::format(format!("runcard {}", path.display()), e.to_string()))?;
+        let spec: SampleSpec = super::read_runcard(path)?;
         spec.validate()?;
         Ok(spec)
     }

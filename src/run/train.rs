@@ -219,9 +219,9 @@ pub fn reference_budget(volume: usize) -> (usize, usize, f64) {
 /// rate and batches of at most 500 up to |Λ| = 100, the reference batch and rate up to
 /// |Λ| = 144, and L = 12's batch and rate (4000, 0.003) beyond; always with an iteration
 /// budget worth the reference |Φ_train| ([`reference_budget`]). The acceptance is checked
-/// every 1/30 of that budget (at least every [`DEFAULT_CHECK_INTERVAL`] iterations), so
-/// that the checks cost a small part of the training; seed, chunks and the other
-/// evaluation settings keep their defaults.
+/// every 1/30 of that budget (at least every [`DEFAULT_CHECK_INTERVAL`] iterations) on
+/// [`DEFAULT_METHOD_CHECK_SAMPLES`] samples, so that the checks cost a small part of the
+/// training; seed, chunks and the other evaluation settings keep their defaults.
 ///
 /// [`DEFAULT_CHECK_INTERVAL`]: crate::train::DEFAULT_CHECK_INTERVAL
 ///
@@ -251,8 +251,15 @@ pub fn default_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
     let mut train = TrainConfig::new(batch, iterations, lr);
     train.gradient = crate::train::GradientEstimator::Path;
     train.eval_every = (iterations / 30).max(crate::train::DEFAULT_CHECK_INTERVAL);
+    train.check_samples = Some(DEFAULT_METHOD_CHECK_SAMPLES);
     (recipe, train)
 }
+
+/// Samples of each acceptance check of [`default_method`]: a quarter of the command line's
+/// 10,000 evaluation samples, which reads an acceptance near 0.65 to about ±0.015 (at
+/// L = 8 this cut the checks from a quarter of the run's wall time to a tenth, with the
+/// same final acceptance).
+pub const DEFAULT_METHOD_CHECK_SAMPLES: usize = 2500;
 
 /// Coupling annealing: the hopping coupling starts at `start` × its target and reaches the
 /// target after a fraction `over` of the iterations.
@@ -319,9 +326,7 @@ impl TrainSpec {
     /// Reads a TOML runcard (the fields of [`TrainSpec`]; unknown keys are errors) and
     /// validates it.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let spec: TrainSpec = toml::from_str(&text)
-            .map_err(|e| Error::format(format!("runcard {}", path.display()), e.to_string()))?;
+        let spec: TrainSpec = super::read_runcard(path)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -903,6 +908,7 @@ mod tests {
     fn method(l: usize) -> (usize, usize, f64, usize, usize, usize) {
         let (recipe, train) = default_method(&Lattice::new(&[l, l]).unwrap());
         assert_eq!(train.gradient, crate::train::GradientEstimator::Path);
+        assert_eq!(train.check_samples, Some(DEFAULT_METHOD_CHECK_SAMPLES));
         (
             train.batch,
             train.iterations,

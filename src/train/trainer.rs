@@ -103,8 +103,16 @@ pub struct TrainConfig {
     /// Evaluate every `eval_every` iterations (0 = never during training, unless a target
     /// acceptance is set: see `until_acceptance`).
     pub eval_every: usize,
-    /// Samples of each evaluation (also of the final one).
+    /// Samples of the final evaluation, and of the evaluations during training unless
+    /// `check_samples` is set.
     pub eval_samples: usize,
+    /// Samples of each evaluation during training (the `eval_every` evaluations and the
+    /// acceptance checks of a run with a target); `None`: `eval_samples`. A smaller check
+    /// sample costs less per check but reads the acceptance with a larger error, so a run
+    /// with a target may stop on a check that overstates it by more (the final evaluation,
+    /// with `eval_samples`, is unselected either way).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check_samples: Option<usize>,
     /// Target acceptance A ∈ (0, 1): training stops after the first evaluation whose
     /// acceptance reaches A, and `iterations` is only the budget (the learning-rate
     /// schedule still spans `iterations`, so the steps before the stop are those of a run
@@ -146,6 +154,7 @@ impl TrainConfig {
             chunks: 0,
             eval_every: 0,
             eval_samples: 2000,
+            check_samples: None,
             until_acceptance: None,
             gradient: GradientEstimator::Total,
             time_limit: None,
@@ -159,6 +168,11 @@ impl TrainConfig {
             (0, Some(_)) => DEFAULT_CHECK_INTERVAL,
             (every, _) => every,
         }
+    }
+
+    /// Samples of each evaluation during training: `check_samples`, else `eval_samples`.
+    pub fn check_sample_size(&self) -> usize {
+        self.check_samples.unwrap_or(self.eval_samples)
     }
 
     /// Checks every field (sizes against a flow and lattice are checked by [`Trainer::new`]).
@@ -179,6 +193,14 @@ impl TrainConfig {
             return Err(Error::param(
                 "eval_samples",
                 format!("must be at least 2, got {}", self.eval_samples),
+            ));
+        }
+        if let Some(n) = self.check_samples
+            && n < 2
+        {
+            return Err(Error::param(
+                "check_samples",
+                format!("must be at least 2, got {n}"),
             ));
         }
         if self.chunks > self.batch {
@@ -537,9 +559,10 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         let interval = self.config.eval_interval();
         let eval = if interval > 0 && self.counters.iteration.is_multiple_of(interval) {
             let start = Instant::now();
-            let eval = self.evaluate(self.config.eval_samples)?;
+            let samples = self.config.check_sample_size();
+            let eval = self.evaluate(samples)?;
             self.counters.eval_seconds += start.elapsed().as_secs_f64();
-            self.counters.eval_configs += self.config.eval_samples as u64;
+            self.counters.eval_configs += samples as u64;
             Some(eval)
         } else {
             None
@@ -774,7 +797,7 @@ fn check_training_size<F: TrainableFlow>(
         (
             "eval_samples",
             "an evaluation sample",
-            (config.eval_samples as u128).saturating_mul(eval_row),
+            (config.eval_samples.max(config.check_sample_size()) as u128).saturating_mul(eval_row),
         ),
         // Parameters, gradient and two optimiser moments.
         (
@@ -783,19 +806,24 @@ fn check_training_size<F: TrainableFlow>(
             4 * n_params * f32_bytes,
         ),
     ])?;
-    let evaluations = match config.eval_interval() {
-        0 => 1,
-        every => config.iterations / every + 1,
+    let checks = match config.eval_interval() {
+        0 => 0,
+        every => config.iterations / every,
     } as u128;
+    let evaluated = checks
+        .saturating_mul(config.check_sample_size() as u128)
+        .saturating_add(config.eval_samples as u128);
     let rows = (config.iterations as u128)
         .saturating_mul(config.batch as u128)
         .saturating_mul(3)
-        .saturating_add(evaluations.saturating_mul(config.eval_samples as u128));
+        .saturating_add(evaluated);
     let multiply_adds = rows.saturating_mul(model.multiply_adds_per_row() as u128);
-    let name = if evaluations.saturating_mul(config.eval_samples as u128)
-        > (config.iterations as u128).saturating_mul(config.batch as u128)
-    {
-        "eval_samples"
+    let name = if evaluated > (config.iterations as u128).saturating_mul(config.batch as u128) {
+        if checks > 0 && config.check_samples.is_some() {
+            "check_samples"
+        } else {
+            "eval_samples"
+        }
     } else if config.iterations / 750 >= config.batch / 500 {
         "iterations"
     } else {

@@ -1,0 +1,324 @@
+//! Curricula: one flow trained through a sequence of stages, each starting from the flow the
+//! stage before wrote. Stages may grow the lattice (a convolutional flow's parameters do
+//! not depend on L, see [`init_from`]) and move the couplings, e.g. from near the free
+//! theory or from a small lattice to the target. A curriculum writes one model, log and
+//! report per stage into its folder and resumes where it stopped: finished stages are
+//! kept, an interrupted stage continues from its checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::train::{
+    AnnealSpec, RecipeSpec, TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec,
+    resume, train, trained_model_report,
+};
+use super::{ActionSpec, init_from};
+use crate::error::{Error, Result};
+use crate::flow::{Flow, FlowModel};
+use crate::lattice::Lattice;
+use crate::train::{StepMetrics, TrainConfig};
+
+/// One stage of a curriculum: the lattice and action it trains against, and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// The lattice of this stage.
+    pub lattice: Lattice,
+    /// The action of this stage.
+    pub action: ActionSpec,
+    /// Batch, iterations, learning rate, target acceptance, … of this stage.
+    pub train: TrainConfig,
+    /// Optional coupling annealing within the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anneal: Option<AnnealSpec>,
+}
+
+/// A curriculum: one recipe trained through `stages` in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurriculumSpec {
+    /// The flow of every stage. Between stages on different lattices its parameters must
+    /// not depend on the lattice size (a convolutional recipe).
+    #[serde(default)]
+    pub recipe: RecipeSpec,
+    /// A model file whose parameters start the first stage (default: the recipe's random
+    /// initialisation with the first stage's seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
+    /// The folder of the stages' models (`stage-K.json`), logs (`stage-K.train.csv`),
+    /// checkpoints and the report (`curriculum.json`).
+    pub out: PathBuf,
+    /// The stages, in order (`[[stage]]` tables in a runcard).
+    #[serde(rename = "stage")]
+    pub stages: Vec<StageSpec>,
+}
+
+impl CurriculumSpec {
+    /// Reads a TOML runcard (the fields of [`CurriculumSpec`]; unknown keys are errors) and
+    /// validates it.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let spec: CurriculumSpec = super::read_runcard(path)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks every stage ([`TrainSpec::validate`]) and that the flow carries from each
+    /// stage to the next: the same flow configuration with as many parameters (errors name
+    /// the stages).
+    pub fn validate(&self) -> Result<()> {
+        if self.stages.is_empty() {
+            return Err(Error::param(
+                "stage",
+                "a curriculum needs at least one stage",
+            ));
+        }
+        let mut previous: Option<(usize, FlowModel)> = None;
+        for k in 0..self.stages.len() {
+            let spec = self.stage_spec(k);
+            spec.validate().map_err(|e| in_stage(k, e))?;
+            let config = spec
+                .recipe
+                .build(&spec.lattice)
+                .map_err(|e| in_stage(k, e))?;
+            let model = FlowModel::new(&config, &spec.lattice, 0).map_err(|e| in_stage(k, e))?;
+            if let Some((j, before)) = &previous
+                && (before.config() != model.config() || before.n_params() != model.n_params())
+            {
+                return Err(Error::Incompatible(format!(
+                    "stage {} ({} lattice) cannot start from stage {} ({} lattice): the \
+                     recipe's flow has {} parameters there and {} here; only a flow whose \
+                     parameters do not depend on the lattice size (a convolutional recipe) \
+                     carries across sizes",
+                    k + 1,
+                    spec.lattice,
+                    j + 1,
+                    before.lattice(),
+                    before.n_params(),
+                    model.n_params()
+                )));
+            }
+            previous = Some((k, model));
+        }
+        Ok(())
+    }
+
+    /// The model file of stage `k` (0-based): `out/stage-{k+1}.json`.
+    pub fn stage_model(&self, k: usize) -> PathBuf {
+        self.out.join(format!("stage-{}.json", k + 1))
+    }
+
+    /// The training run of stage `k` (0-based): the stage's lattice, action and training
+    /// with the curriculum's recipe, started from the model of the stage before (the
+    /// curriculum's `init` for the first), written to [`CurriculumSpec::stage_model`].
+    pub fn stage_spec(&self, k: usize) -> TrainSpec {
+        let stage = &self.stages[k];
+        TrainSpec {
+            lattice: stage.lattice.clone(),
+            action: stage.action,
+            recipe: self.recipe.clone(),
+            train: stage.train.clone(),
+            anneal: stage.anneal,
+            init: match k {
+                0 => self.init.clone(),
+                _ => Some(self.stage_model(k - 1)),
+            },
+            out: self.stage_model(k),
+        }
+    }
+}
+
+fn in_stage(k: usize, error: Error) -> Error {
+    match error {
+        Error::InvalidParameter { name, reason } => Error::InvalidParameter {
+            name: format!("stage.{}.{name}", k + 1),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// What a curriculum achieved: every stage's report and the totals.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CurriculumReport {
+    /// The stages' training reports, in order.
+    pub stages: Vec<TrainReport>,
+    /// Σ |Φ_train| over the stages.
+    pub configs_seen: u64,
+    /// Σ |Φ_train|·|Λ_k| / |Λ_last|: the training configurations counted in configurations
+    /// of the last stage's lattice (a configuration of a smaller lattice costs a
+    /// convolutional flow proportionally less).
+    pub last_lattice_configs: f64,
+    /// Σ wall seconds of the training steps.
+    pub seconds: f64,
+    /// Σ wall seconds of the evaluations during training.
+    pub eval_seconds: f64,
+    /// The acceptance of the final flow (the last stage's final evaluation).
+    pub acceptance: f64,
+    /// The final model (the last stage's).
+    pub model: PathBuf,
+}
+
+impl CurriculumReport {
+    fn of(stages: Vec<TrainReport>) -> Result<Self> {
+        let last = stages
+            .last()
+            .ok_or_else(|| Error::param("stage", "a curriculum needs at least one stage"))?;
+        let volume = |r: &TrainReport| r.lattice.iter().product::<usize>() as f64;
+        let last_volume = volume(last);
+        Ok(CurriculumReport {
+            configs_seen: stages.iter().map(|r| r.configs_seen).sum(),
+            last_lattice_configs: stages
+                .iter()
+                .map(|r| r.configs_seen as f64 * volume(r) / last_volume)
+                .sum(),
+            seconds: stages.iter().map(|r| r.seconds).sum(),
+            eval_seconds: stages.iter().map(|r| r.eval_seconds).sum(),
+            acceptance: last.acceptance,
+            model: last.model.clone(),
+            stages,
+        })
+    }
+}
+
+/// How a curriculum ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
+pub enum CurriculumOutcome {
+    /// Every stage finished; `curriculum.json` holds the report.
+    Finished(CurriculumReport),
+    /// A stop was requested during stage `stage` (1-based): its state is in the
+    /// checkpoint, and running the curriculum again continues from it.
+    Stopped {
+        /// The stage that was stopped (1-based).
+        stage: usize,
+        /// Iterations of that stage completed.
+        iteration: usize,
+        /// Iterations of that stage.
+        iterations: usize,
+        /// The checkpoint written.
+        checkpoint: PathBuf,
+    },
+}
+
+/// Runs the curriculum in this process: for every stage, a finished model in the folder is
+/// kept (it must record this stage's run; a stage trained with other settings is an error
+/// naming the file), a checkpoint of this stage is resumed, otherwise the stage is trained
+/// with checkpoints every `control.checkpoint_every` iterations. `observer` gets the stage
+/// (0-based) and every step's metrics. Writes `curriculum.json` (atomically) after every
+/// stage. The control's `checkpoint` and `log` are not used (every stage keeps its own
+/// beside its model), and a control spread over ranks is refused.
+pub fn curriculum(
+    spec: &CurriculumSpec,
+    control: &TrainControl<'_>,
+    observer: &mut dyn FnMut(usize, &StepMetrics),
+) -> Result<CurriculumOutcome> {
+    if control.ranks.is_some() {
+        return Err(Error::Incompatible(
+            "a curriculum runs in one process; train its stages over ranks with \
+             `latflow train --init`"
+                .into(),
+        ));
+    }
+    spec.validate()?;
+    std::fs::create_dir_all(&spec.out).map_err(|e| Error::io(&spec.out, e))?;
+    let summary = spec.out.join("curriculum.json");
+    crate::io::check_output_path(&summary, "out")?;
+    if let Some(init) = &spec.init {
+        // Refuse a missing or unfitting start before any stage runs.
+        let first = spec.stage_spec(0);
+        let config = first.recipe.build(&first.lattice)?;
+        let mut model = FlowModel::new(&config, &first.lattice, 0)?;
+        init_from(&mut model, init)?;
+    }
+    let mut reports = Vec::with_capacity(spec.stages.len());
+    for k in 0..spec.stages.len() {
+        let stage = spec.stage_spec(k);
+        let model = spec.stage_model(k);
+        let checkpoint = model.with_extension("checkpoint.json");
+        let log = model.with_extension("train.csv");
+        let stage_control = TrainControl {
+            checkpoint: Some(&checkpoint),
+            log: Some(&log),
+            ..*control
+        };
+        let mut stage_observer = |m: &StepMetrics| observer(k, m);
+        let outcome = if model.exists() {
+            check_recorded(&model, &model_run(&model)?, &stage, k)?;
+            TrainOutcome::Finished(trained_model_report(&model)?)
+        } else if checkpoint.exists() {
+            check_recorded(&checkpoint, &checkpoint_spec(&checkpoint)?, &stage, k)?;
+            resume(&checkpoint, None, &stage_control, &mut stage_observer)?
+        } else {
+            train(&stage, &stage_control, &mut stage_observer)?
+        };
+        match outcome {
+            TrainOutcome::Finished(report) => {
+                if checkpoint.exists() {
+                    std::fs::remove_file(&checkpoint).map_err(|e| Error::io(&checkpoint, e))?;
+                }
+                reports.push(report);
+                crate::io::write_json(
+                    &summary,
+                    &serde_json::json!({ "spec": spec, "stages": reports }),
+                )?;
+            }
+            TrainOutcome::Stopped {
+                iteration,
+                iterations,
+                checkpoint,
+            } => {
+                return Ok(CurriculumOutcome::Stopped {
+                    stage: k + 1,
+                    iteration,
+                    iterations,
+                    checkpoint,
+                });
+            }
+        }
+    }
+    let report = CurriculumReport::of(reports)?;
+    crate::io::write_json(
+        &summary,
+        &serde_json::json!({ "spec": spec, "report": report }),
+    )?;
+    Ok(CurriculumOutcome::Finished(report))
+}
+
+/// The training run recorded in a model file's metadata.
+fn model_run(path: &Path) -> Result<TrainSpec> {
+    let what = || format!("model file {}", path.display());
+    let model = FlowModel::load(path)?;
+    let run = model
+        .metadata()
+        .get("run")
+        .cloned()
+        .ok_or_else(|| Error::format(what(), "it records no training run"))?;
+    serde_json::from_value(run).map_err(|e| Error::format(what(), e.to_string()))
+}
+
+/// Refuses a model or checkpoint in the place of stage `k` that records another run than
+/// the stage's. Where the files are is not compared (the folder may have moved): the
+/// model's path, and from the second stage on the path of the model it started from.
+fn check_recorded(path: &Path, recorded: &TrainSpec, stage: &TrainSpec, k: usize) -> Result<()> {
+    let recorded = TrainSpec {
+        out: stage.out.clone(),
+        init: if k == 0 {
+            recorded.init.clone()
+        } else {
+            stage.init.clone()
+        },
+        ..recorded.clone()
+    };
+    if &recorded != stage {
+        return Err(Error::Incompatible(format!(
+            "{} records another run than stage {} of this curriculum (its lattice, action, \
+             recipe, training or start differ): remove it to train the stage afresh, or give \
+             the curriculum another `out`",
+            path.display(),
+            k + 1
+        )));
+    }
+    Ok(())
+}
