@@ -968,3 +968,122 @@ fn a_study_samples_with_a_flow_trained_before() {
     assert!(stderr.contains("trained for lattice [4, 4]"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `[[method]]` tables add training methods to the grid: every method trains at every
+/// point with its own recipe or gradient estimator, and the analysis is made per method.
+#[test]
+fn a_sweep_trains_and_analyses_every_method() {
+    let dir = scratch("methods");
+    let runcard = dir.join("sweep.toml");
+    std::fs::write(
+        &runcard,
+        r#"
+name = "methods"
+lattices = [4]
+beta = [[4, 0.5]]
+seeds = [1, 2]
+batch = [64]
+iterations = [10, 30]
+lr = [0.01]
+[recipe]
+hidden = 8
+affine_blocks = 1
+segments = 4
+[train]
+eval_samples = 500
+[sample]
+n = 1000
+therm = 100
+[[method]]
+name = "total"
+[[method]]
+name = "path-wide"
+gradient = "path"
+recipe = { kind = "seed", hidden = 16, affine_blocks = 1, segments = 4 }
+"#,
+    )
+    .unwrap();
+    let out = latflow()
+        .arg("sweep")
+        .arg(&runcard)
+        .args(["--out", dir.to_str().unwrap(), "--quiet", "--json"])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = printed["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2 * 2 * 2);
+    // Grid order: L, then method, then iterations and seed.
+    let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(
+        methods,
+        ["total"; 4]
+            .iter()
+            .chain(&["path-wide"; 4])
+            .copied()
+            .collect::<Vec<_>>()
+    );
+    assert!(rows[4]["n_params"].as_u64() > rows[0]["n_params"].as_u64());
+    let folder = dir.join("methods");
+    for (method, gradient, hidden) in [("total", "total", 8), ("path-wide", "path", 16)] {
+        let model = folder
+            .join("points")
+            .join(format!("{method}-L4-b64-i10-lr0.01-s1"))
+            .join("model.json");
+        let model: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+        assert_eq!(model["metadata"]["run"]["train"]["gradient"], gradient);
+        assert_eq!(model["metadata"]["run"]["recipe"]["hidden"], hidden);
+    }
+    // One analysis per method, named after it, over that method's rows alone.
+    let costs = printed["training_cost"].as_array().unwrap();
+    assert_eq!(costs.len(), 2);
+    for (cost, method) in costs.iter().zip(["total", "path-wide"]) {
+        assert_eq!(cost["method"], method);
+        let budgets = cost["budgets"].as_array().unwrap();
+        assert_eq!(budgets.len(), 2, "{cost}");
+        for b in budgets {
+            assert_eq!(b["runs"], 2, "{b}");
+        }
+        let file: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(folder.join(format!("training_cost-{method}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(&file, cost);
+        let (header, budget_rows) = check_csv(&folder.join(format!("budgets-{method}.csv")));
+        assert_eq!(header.join(","), latflow::study::BUDGETS_HEADER);
+        assert_eq!(budget_rows.len(), 2);
+    }
+    // Budget means are those of the method's own rows.
+    let mean = |from: usize| {
+        (rows[from]["acceptance"].as_f64().unwrap()
+            + rows[from + 1]["acceptance"].as_f64().unwrap())
+            / 2.0
+    };
+    let first = &costs[1]["budgets"][0];
+    assert_eq!(first["configs_seen"], 64 * 10);
+    assert!(
+        (first["acceptance"].as_f64().unwrap() - mean(4)).abs() < 1e-12,
+        "{first}"
+    );
+    assert!(!folder.join("training_cost.json").exists());
+    let (header, csv_rows) = check_csv(&folder.join("sweep.csv"));
+    assert_eq!(header.last().unwrap(), "method");
+    assert_eq!(csv_rows[7].last().unwrap(), "path-wide");
+
+    // Method names are checked.
+    let bad = std::fs::read_to_string(&runcard)
+        .unwrap()
+        .replace("name = \"total\"", "name = \"path-wide\"");
+    std::fs::write(&runcard, bad).unwrap();
+    let out = latflow()
+        .arg("sweep")
+        .arg(&runcard)
+        .args(["--out", dir.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("two methods are named `path-wide`"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

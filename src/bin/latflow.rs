@@ -1665,10 +1665,23 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
             rows,
             reused,
             hmc,
-            training_cost,
-            comparison,
+            training_costs,
+            comparisons,
         } => {
             if args.output.json {
+                // One method without a name: the analyses as objects, else arrays of them.
+                let unnamed = training_costs.len() == 1 && training_costs[0].method.is_empty();
+                let (training_cost, comparison) = if unnamed {
+                    (
+                        serde_json::to_value(&training_costs[0])?,
+                        serde_json::to_value(comparisons.first())?,
+                    )
+                } else {
+                    (
+                        serde_json::to_value(&training_costs)?,
+                        serde_json::to_value(&comparisons)?,
+                    )
+                };
                 println!(
                     "{}",
                     serde_json::json!({
@@ -1679,8 +1692,9 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
                 );
             } else {
                 println!(
-                    "{:>4} {:>6} {:>6} {:>8} {:>5} {:>11} {:>9} {:>7} {:>7} {:>8} {:>10}",
+                    "{:>4} {:>12} {:>6} {:>6} {:>8} {:>5} {:>11} {:>9} {:>7} {:>7} {:>8} {:>10}",
                     "L",
+                    "method",
                     "batch",
                     "iters",
                     "lr",
@@ -1695,8 +1709,9 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
                 for r in &rows {
                     let p = &r.point;
                     println!(
-                        "{:>4} {:>6} {:>6} {:>8} {:>5} {:>11} {:>9.1} {:>7.3} {:>7.2} {:>8.2} {:>10}",
+                        "{:>4} {:>12} {:>6} {:>6} {:>8} {:>5} {:>11} {:>9.1} {:>7.3} {:>7.2} {:>8.2} {:>10}",
                         p.l,
+                        if p.method.is_empty() { "-" } else { &p.method },
                         p.batch,
                         p.iterations,
                         p.lr,
@@ -1710,8 +1725,10 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
                     );
                 }
                 print_hmc_baseline(hmc.as_ref());
-                print_training_cost(&training_cost);
-                if let Some(c) = &comparison {
+                for cost in &training_costs {
+                    print_training_cost(cost);
+                }
+                for c in &comparisons {
                     print_sampler_comparison(c);
                 }
                 println!(
@@ -1738,8 +1755,12 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
 /// The sweep's kernels against tuned HMC: cost per independent configuration per size and
 /// the crossover findings.
 fn print_sampler_comparison(c: &latflow::study::SamplerComparison) {
+    let method = match c.method.as_str() {
+        "" => String::new(),
+        m => format!(", method {m}"),
+    };
     println!(
-        "seconds per independent configuration (training amortised over {:.0}):",
+        "seconds per independent configuration (training amortised over {:.0}{method}):",
         c.amortise_over
     );
     println!(
@@ -1768,6 +1789,9 @@ fn print_sampler_comparison(c: &latflow::study::SamplerComparison) {
 }
 
 fn print_training_cost(cost: &latflow::study::TrainingCost) {
+    if !cost.method.is_empty() {
+        println!("method {}:", cost.method);
+    }
     let target = cost.target_tau_rej;
     for c in &cost.costs {
         println!(

@@ -68,6 +68,9 @@ pub struct CostToTarget {
 /// The training-cost analysis of a sweep.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainingCost {
+    /// The training method analysed (empty for a sweep without named methods).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
     /// The target τ_rej.
     pub target_tau_rej: f64,
     /// Every (size, budget) averaged over seeds, by size then budget.
@@ -153,6 +156,7 @@ pub fn training_cost(rows: &[SweepRow], xi_of: &dyn Fn(usize) -> f64, target: f6
         }
     };
     TrainingCost {
+        method: String::new(),
         target_tau_rej: target,
         budgets,
         costs,
@@ -279,6 +283,10 @@ pub struct Crossover {
 /// baseline, per size, and the extrapolated sizes where they cross.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamplerComparison {
+    /// The training method of the flows compared (empty for a sweep without named
+    /// methods).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
     /// N of the amortised cost c + T/N.
     pub amortise_over: f64,
     /// Per kernel and size.
@@ -393,6 +401,7 @@ pub fn sampler_comparison(
         }
     }
     SamplerComparison {
+        method: String::new(),
         amortise_over,
         sizes,
         crossovers,
@@ -486,6 +495,7 @@ mod tests {
                 iterations: (configs / 100) as usize,
                 lr: 0.01,
                 seed,
+                method: String::new(),
             },
             n_params: 10,
             configs_seen: configs,

@@ -1,6 +1,7 @@
-//! Sweeps: flow training over a grid of lattice sizes, batch sizes, iteration counts,
-//! learning rates and seeds, each point trained and then sampled with the flow alone, into
-//! one table of training cost and sampling quality. Points are run one after the other,
+//! Sweeps: flow training over a grid of lattice sizes, training methods (recipe and
+//! gradient estimator), batch sizes, iteration counts, learning rates and seeds, each point
+//! trained and then sampled with its flow, into one table of training cost and sampling
+//! quality, analysed per method. Points are run one after the other,
 //! each on every core; a finished point (its `point.json`) is skipped when the sweep runs
 //! again.
 
@@ -23,7 +24,7 @@ use crate::run::{
     TrainSpec, sample,
 };
 use crate::stats::{PowerLawFit, Verdict, nan_if_null, power_law_fit};
-use crate::train::{StepMetrics, TrainConfig};
+use crate::train::{GradientEstimator, StepMetrics, TrainConfig};
 
 /// The hopping coupling β on the ξ ≈ L/4 line at λ = 0.5 (docs/reference.md), for
 /// L = 6, 8, …, 20.
@@ -77,6 +78,10 @@ pub struct SweepSpec {
     pub iterations: Vec<usize>,
     /// Learning rates of the grid.
     pub lr: Vec<f64>,
+    /// Training methods of the grid (`[[method]]` tables), each a name and what it
+    /// changes in `recipe` and `train`; none: one method, the sweep's `recipe` and `train`.
+    #[serde(default, rename = "method", skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<SweepMethod>,
     /// The flow chain each point runs after training.
     #[serde(default)]
     pub sample: SweepSampling,
@@ -87,6 +92,23 @@ pub struct SweepSpec {
     /// ([`super::training_cost`]).
     #[serde(default = "default_target_tau_rej")]
     pub target_tau_rej: f64,
+}
+
+/// A training method of a sweep's grid: its name and what it changes in the sweep's recipe
+/// and training settings. Every method is trained at every point of the rest of the grid,
+/// and the training-cost analysis and sampler comparison are made per method.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepMethod {
+    /// The method's name: letters, digits, `-`, `_` and `.` (it names point folders and
+    /// analysis files).
+    pub name: String,
+    /// The flow recipe of this method (default: the sweep's `[recipe]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<RecipeSpec>,
+    /// The gradient estimator of this method (default: the sweep's `[train] gradient`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient: Option<GradientEstimator>,
 }
 
 fn default_target_tau_rej() -> f64 {
@@ -247,15 +269,22 @@ pub struct SweepPoint {
     pub lr: f64,
     /// Seed of training and of the chain.
     pub seed: u64,
+    /// The training method's name (empty for a sweep without `[[method]]` tables).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
 }
 
 impl SweepPoint {
-    /// The point's folder name.
+    /// The point's folder name (prefixed by the method's name, if any).
     pub fn key(&self) -> String {
-        format!(
+        let key = format!(
             "L{}-b{}-i{}-lr{}-s{}",
             self.l, self.batch, self.iterations, self.lr, self.seed
-        )
+        );
+        match self.method.as_str() {
+            "" => key,
+            method => format!("{method}-{key}"),
+        }
     }
 }
 
@@ -350,7 +379,7 @@ impl ChainCost {
 /// The columns of `sweep.csv`.
 pub const SWEEP_HEADER: &str = "L,beta,lambda,batch,iterations,lr,seed,n_params,configs_seen,\
 train_seconds,acceptance,ess,tau_rej,tau_rej_err,tau_int_abs_m,tau_int_abs_m_err,\
-longest_rejection_run,verdict";
+longest_rejection_run,verdict,method";
 
 /// A parsed sweep runcard with its text as used.
 #[derive(Clone, Debug)]
@@ -373,7 +402,17 @@ impl SweepSpec {
         Ok(LoadedSweep { spec, runcard })
     }
 
-    /// The grid's points, L outermost, then batch, iterations, lr, seed.
+    /// The names of the training methods: one empty name for a sweep without
+    /// `[[method]]` tables.
+    pub fn method_names(&self) -> Vec<String> {
+        if self.methods.is_empty() {
+            vec![String::new()]
+        } else {
+            self.methods.iter().map(|m| m.name.clone()).collect()
+        }
+    }
+
+    /// The grid's points, L outermost, then method, batch, iterations, lr, seed.
     pub fn points(&self) -> Result<Vec<SweepPoint>> {
         let mut points = Vec::new();
         for &l in &self.lattices {
@@ -391,19 +430,22 @@ impl SweepSpec {
                         )
                     })?,
             };
-            for &batch in &self.batch {
-                for &iterations in &self.iterations {
-                    for &lr in &self.lr {
-                        for &seed in &self.seeds {
-                            points.push(SweepPoint {
-                                l,
-                                beta,
-                                lambda: self.lambda,
-                                batch,
-                                iterations,
-                                lr,
-                                seed,
-                            });
+            for method in self.method_names() {
+                for &batch in &self.batch {
+                    for &iterations in &self.iterations {
+                        for &lr in &self.lr {
+                            for &seed in &self.seeds {
+                                points.push(SweepPoint {
+                                    l,
+                                    beta,
+                                    lambda: self.lambda,
+                                    batch,
+                                    iterations,
+                                    lr,
+                                    seed,
+                                    method: method.clone(),
+                                });
+                            }
                         }
                     }
                 }
@@ -429,6 +471,29 @@ impl SweepSpec {
         ] {
             if empty {
                 return Err(Error::param(key, "the grid needs at least one value"));
+            }
+        }
+        for (i, method) in self.methods.iter().enumerate() {
+            let name = &method.name;
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                || name.starts_with('.')
+            {
+                return Err(Error::param(
+                    "method.name",
+                    format!(
+                        "`{name}` cannot name a method: use letters, digits, `-`, `_` and `.`, \
+                         not first"
+                    ),
+                ));
+            }
+            if self.methods[..i].iter().any(|m| &m.name == name) {
+                return Err(Error::param(
+                    "method.name",
+                    format!("two methods are named `{name}`"),
+                ));
             }
         }
         if !(self.target_tau_rej > 0.5 && self.target_tau_rej.is_finite()) {
@@ -486,10 +551,24 @@ impl SweepSpec {
         train.iterations = point.iterations;
         train.lr = point.lr;
         train.seed = point.seed;
+        let mut recipe = self.recipe.clone();
+        if let Some(method) = self.methods.iter().find(|m| m.name == point.method) {
+            if let Some(r) = &method.recipe {
+                recipe = r.clone();
+            }
+            if let Some(g) = method.gradient {
+                train.gradient = g;
+            }
+        } else if !point.method.is_empty() {
+            return Err(Error::param(
+                "method",
+                format!("the sweep has no method named `{}`", point.method),
+            ));
+        }
         Ok(TrainSpec {
             lattice,
             action,
-            recipe: self.recipe.clone(),
+            recipe,
             train,
             anneal: None,
             init: None,
@@ -544,10 +623,12 @@ pub enum SweepOutcome {
         reused: usize,
         /// The HMC baseline, when the runcard asks for one.
         hmc: Option<HmcBaselineResult>,
-        /// The training-cost analysis of the rows.
-        training_cost: TrainingCost,
-        /// The kernels of the points against the HMC baseline (with a baseline).
-        comparison: Option<SamplerComparison>,
+        /// The training-cost analysis of the rows, one per training method (in the order of
+        /// [`SweepSpec::method_names`]).
+        training_costs: Vec<TrainingCost>,
+        /// The kernels of the points against the HMC baseline, one per training method
+        /// (empty without a baseline).
+        comparisons: Vec<SamplerComparison>,
     },
     /// Stopped on request; finished points are kept.
     Stopped {
@@ -739,23 +820,37 @@ pub fn run_sweep(
             measured.iter().sum::<f64>() / measured.len() as f64
         }
     };
-    let training_cost = super::training_cost(&rows, &xi_of, spec.target_tau_rej);
-    let comparison = hmc
-        .as_ref()
-        .map(|h| super::sampler_comparison(&rows, &h.rows, spec.sample.amortise_over));
-    if ranks.is_root() {
-        write_training_cost(&folder, &training_cost)?;
-        if let Some(c) = &comparison {
-            write_comparison(&folder, c)?;
+    let mut training_costs = Vec::new();
+    let mut comparisons = Vec::new();
+    for method in spec.method_names() {
+        let of_method: Vec<SweepRow> = rows
+            .iter()
+            .filter(|r| r.point.method == method)
+            .cloned()
+            .collect();
+        let mut cost = super::training_cost(&of_method, &xi_of, spec.target_tau_rej);
+        cost.method = method.clone();
+        let comparison = hmc.as_ref().map(|h| {
+            let mut c = super::sampler_comparison(&of_method, &h.rows, spec.sample.amortise_over);
+            c.method = method.clone();
+            c
+        });
+        if ranks.is_root() {
+            write_training_cost(&folder, &cost)?;
+            if let Some(c) = &comparison {
+                write_comparison(&folder, c)?;
+            }
         }
+        training_costs.push(cost);
+        comparisons.extend(comparison);
     }
     Ok(SweepOutcome::Finished {
         folder,
         rows,
         reused,
         hmc,
-        training_cost,
-        comparison,
+        training_costs,
+        comparisons,
     })
 }
 
@@ -961,9 +1056,19 @@ pub const BUDGETS_HEADER: &str =
 /// The columns of `training_cost.csv`: per size, the budget that reaches the target τ_rej.
 pub const TRAINING_COST_HEADER: &str = "L,xi,configs,configs_err,seconds,seconds_err";
 
-/// Writes `training_cost.json` (everything), `budgets.csv` and `training_cost.csv`.
+/// A file of one method's analysis: `stem.ext`, or `stem-METHOD.ext` for a named method.
+fn method_file(stem: &str, method: &str, ext: &str) -> String {
+    match method {
+        "" => format!("{stem}.{ext}"),
+        method => format!("{stem}-{method}.{ext}"),
+    }
+}
+
+/// Writes `training_cost.json` (everything), `budgets.csv` and `training_cost.csv` (with
+/// `-METHOD` before the extension for a named method).
 fn write_training_cost(folder: &Path, cost: &TrainingCost) -> Result<()> {
-    write_json(&folder.join("training_cost.json"), cost)?;
+    let file = |stem: &str, ext: &str| folder.join(method_file(stem, &cost.method, ext));
+    write_json(&file("training_cost", "json"), cost)?;
     let mut csv = format!("{BUDGETS_HEADER}\n");
     for b in &cost.budgets {
         csv.push_str(&format!(
@@ -978,7 +1083,7 @@ fn write_training_cost(folder: &Path, cost: &TrainingCost) -> Result<()> {
             num(b.train_seconds)
         ));
     }
-    write_atomic(&folder.join("budgets.csv"), csv.as_bytes())?;
+    write_atomic(&file("budgets", "csv"), csv.as_bytes())?;
     let mut csv = format!("{TRAINING_COST_HEADER}\n");
     for c in &cost.costs {
         csv.push_str(&format!(
@@ -991,7 +1096,7 @@ fn write_training_cost(folder: &Path, cost: &TrainingCost) -> Result<()> {
             num(c.seconds_err)
         ));
     }
-    write_atomic(&folder.join("training_cost.csv"), csv.as_bytes())
+    write_atomic(&file("training_cost", "csv"), csv.as_bytes())
 }
 
 /// The columns of `sampler_cost.csv`: per kernel and size, the cost of an independent
@@ -1000,10 +1105,15 @@ pub const SAMPLER_COST_HEADER: &str = "kernel,L,configs_seen,runs,cost,cost_err,
 training_seconds,amortised_cost,hmc_cost,hmc_cost_err";
 
 /// Writes `sampler_cost.json` (everything), `sampler_cost.csv` and the chart
-/// `plots/sampler_cost.{png,svg}`: seconds per independent configuration against L for
-/// every kernel (sampling alone: solid; amortised: dashed) and for tuned HMC.
+/// `plots/sampler_cost.{png,svg}` (with `-METHOD` before the extension for a named method):
+/// seconds per independent configuration against L for every kernel (sampling alone:
+/// solid; amortised: dashed) and for tuned HMC.
 fn write_comparison(folder: &Path, comparison: &SamplerComparison) -> Result<()> {
-    write_json(&folder.join("sampler_cost.json"), comparison)?;
+    let method = comparison.method.as_str();
+    write_json(
+        &folder.join(method_file("sampler_cost", method, "json")),
+        comparison,
+    )?;
     let mut csv = format!("{SAMPLER_COST_HEADER}\n");
     for s in &comparison.sizes {
         csv.push_str(&format!(
@@ -1020,7 +1130,10 @@ fn write_comparison(folder: &Path, comparison: &SamplerComparison) -> Result<()>
             num(s.hmc_cost_err)
         ));
     }
-    write_atomic(&folder.join("sampler_cost.csv"), csv.as_bytes())?;
+    write_atomic(
+        &folder.join(method_file("sampler_cost", method, "csv")),
+        csv.as_bytes(),
+    )?;
     let mut kernels: Vec<&str> = Vec::new();
     for s in &comparison.sizes {
         if !kernels.contains(&s.kernel.as_str()) {
@@ -1066,7 +1179,10 @@ fn write_comparison(folder: &Path, comparison: &SamplerComparison) -> Result<()>
         });
     }
     let chart = Chart {
-        title: "Cost of an independent configuration against L".into(),
+        title: match method {
+            "" => "Cost of an independent configuration against L".into(),
+            method => format!("Cost of an independent configuration against L ({method})"),
+        },
         x_label: "L".into(),
         y_label: "seconds per independent configuration".into(),
         series,
@@ -1076,7 +1192,11 @@ fn write_comparison(folder: &Path, comparison: &SamplerComparison) -> Result<()>
     };
     let plots = folder.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
-    draw_chart(&chart, &plots.join("sampler_cost"))?;
+    let stem = match method {
+        "" => "sampler_cost".to_string(),
+        method => format!("sampler_cost-{method}"),
+    };
+    draw_chart(&chart, &plots.join(stem))?;
     Ok(())
 }
 
@@ -1086,7 +1206,7 @@ fn write_table(folder: &Path, rows: &[SweepRow]) -> Result<()> {
     for r in rows {
         let p = &r.point;
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             p.l,
             p.beta,
             p.lambda,
@@ -1104,7 +1224,8 @@ fn write_table(folder: &Path, rows: &[SweepRow]) -> Result<()> {
             num(r.tau_int_abs_m),
             num(r.tau_int_abs_m_err),
             r.longest_rejection_run,
-            r.verdict
+            r.verdict,
+            p.method
         ));
     }
     write_atomic(&folder.join("sweep.csv"), csv.as_bytes())
