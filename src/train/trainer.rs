@@ -795,7 +795,11 @@ fn check_training_size<F: TrainableFlow>(
             (chunks as u128).saturating_mul(n_params * f32_bytes),
         ),
         (
-            "eval_samples",
+            if config.check_sample_size() > config.eval_samples {
+                "check_samples"
+            } else {
+                "eval_samples"
+            },
             "an evaluation sample",
             (config.eval_samples.max(config.check_sample_size()) as u128).saturating_mul(eval_row),
         ),
