@@ -576,23 +576,16 @@ fn run_train(
             iterations,
             checkpoint,
         } => {
-            let signal = signals.name();
-            if args.output.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "outcome": "stopped", "signal": signal, "iteration": iteration,
-                        "iterations": iterations, "checkpoint": checkpoint,
-                    })
-                );
-            }
-            eprintln!(
-                "latflow: {signal} received: stopped after {iteration} of {iterations} steps; \
-                 checkpoint written to {}\n  continue with: latflow train --resume {}",
+            let message = format!(
+                "stopped after {iteration} of {iterations} steps; checkpoint written to {}\n  \
+                 continue with: latflow train --resume {}",
                 checkpoint.display(),
                 checkpoint.display()
             );
-            return Ok(signals.exit_code());
+            let fields = serde_json::json!({
+                "iteration": iteration, "iterations": iterations, "checkpoint": checkpoint,
+            });
+            return Ok(signals.report_stop(args.output.json, fields, &message));
         }
     };
     if default_checkpoint {
@@ -720,21 +713,9 @@ fn run_curriculum(args: &CurriculumArgs, signals: &Signals) -> Result<ExitCode> 
             iterations,
             checkpoint,
         } => {
-            let signal = signals.name();
-            if args.output.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "outcome": "stopped", "signal": signal, "stage": stage,
-                        "iteration": iteration, "iterations": iterations,
-                        "checkpoint": checkpoint,
-                    })
-                );
-            }
-            eprintln!(
-                "latflow: {signal} received: stopped stage {stage} of {stages} after {iteration} \
-                 of {iterations} steps; checkpoint written to {}\n  continue with: latflow \
-                 curriculum {}{}",
+            let message = format!(
+                "stopped stage {stage} of {stages} after {iteration} of {iterations} steps; \
+                 checkpoint written to {}\n  continue with: latflow curriculum {}{}",
                 checkpoint.display(),
                 args.runcard.display(),
                 args.out
@@ -742,7 +723,11 @@ fn run_curriculum(args: &CurriculumArgs, signals: &Signals) -> Result<ExitCode> 
                     .map(|o| format!(" --out {}", o.display()))
                     .unwrap_or_default()
             );
-            return Ok(signals.exit_code());
+            let fields = serde_json::json!({
+                "stage": stage, "iteration": iteration, "iterations": iterations,
+                "checkpoint": checkpoint,
+            });
+            return Ok(signals.report_stop(args.output.json, fields, &message));
         }
     };
     if args.output.json {
@@ -1286,6 +1271,22 @@ impl Signals {
     fn exit_code(&self) -> ExitCode {
         ExitCode::from((128 + self.last.load(Ordering::SeqCst).min(127)) as u8)
     }
+
+    /// Reports a run this signal stopped: with `json`, one line `{"outcome": "stopped",
+    /// "signal": ..}` joined by the object `fields`; always `message` (what was stopped,
+    /// where the finished work is, how to continue) on stderr. Returns the exit code.
+    fn report_stop(&self, json: bool, fields: serde_json::Value, message: &str) -> ExitCode {
+        let signal = self.name();
+        if json {
+            let mut value = serde_json::json!({ "outcome": "stopped", "signal": signal });
+            if let (Some(all), serde_json::Value::Object(extra)) = (value.as_object_mut(), fields) {
+                all.extend(extra);
+            }
+            println!("{value}");
+        }
+        eprintln!("latflow: {signal} received: {message}");
+        self.exit_code()
+    }
 }
 
 /// Progress of a long job on stderr: a bar on a terminal, a plain line with rate and ETA
@@ -1741,13 +1742,13 @@ fn run_sweep(args: &SweepArgs, signals: &Signals, ranks: &Ranks) -> Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         SweepOutcome::Stopped { folder, point } => {
-            eprintln!(
-                "latflow: {} received: stopped at point {point}; finished points are kept in \
-                 {}\n  continue with the same command",
-                signals.name(),
+            let message = format!(
+                "stopped at point {point}; finished points are kept in {}\n  continue with \
+                 the same command",
                 folder.display()
             );
-            Ok(signals.exit_code())
+            let fields = serde_json::json!({ "point": point, "folder": folder });
+            Ok(signals.report_stop(args.output.json, fields, &message))
         }
     }
 }
@@ -1893,22 +1894,13 @@ fn run_study(args: &RunArgs, signals: &Signals) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         StudyOutcome::Stopped { folder, stage } => {
-            let signal = signals.name();
-            if args.output.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "outcome": "stopped", "signal": signal, "stage": stage,
-                        "folder": folder,
-                    })
-                );
-            }
-            eprintln!(
-                "latflow: {signal} received: stopped during {stage}; finished stages are kept \
-                 in {}\n  continue with the same command",
+            let message = format!(
+                "stopped during {stage}; finished stages are kept in {}\n  continue with the \
+                 same command",
                 folder.display()
             );
-            Ok(signals.exit_code())
+            let fields = serde_json::json!({ "stage": stage, "folder": folder });
+            Ok(signals.report_stop(args.output.json, fields, &message))
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::train::{
     AnnealSpec, RecipeSpec, TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec,
-    resume, train, trained_model_report,
+    resume, train, trained_model_run,
 };
 use super::{ActionSpec, init_from};
 use crate::error::{Error, Result};
@@ -245,8 +245,9 @@ pub fn curriculum(
         };
         let mut stage_observer = |m: &StepMetrics| observer(k, m);
         let outcome = if model.exists() {
-            check_recorded(&model, &model_run(&model)?, &stage, k)?;
-            TrainOutcome::Finished(trained_model_report(&model)?)
+            let (recorded, report) = trained_model_run(&model)?;
+            check_recorded(&model, &recorded, &stage, k)?;
+            TrainOutcome::Finished(report)
         } else if checkpoint.exists() {
             check_recorded(&checkpoint, &checkpoint_spec(&checkpoint)?, &stage, k)?;
             resume(&checkpoint, None, &stage_control, &mut stage_observer)?
@@ -284,18 +285,6 @@ pub fn curriculum(
         &serde_json::json!({ "spec": spec, "report": report }),
     )?;
     Ok(CurriculumOutcome::Finished(report))
-}
-
-/// The training run recorded in a model file's metadata.
-fn model_run(path: &Path) -> Result<TrainSpec> {
-    let what = || format!("model file {}", path.display());
-    let model = FlowModel::load(path)?;
-    let run = model
-        .metadata()
-        .get("run")
-        .cloned()
-        .ok_or_else(|| Error::format(what(), "it records no training run"))?;
-    serde_json::from_value(run).map_err(|e| Error::format(what(), e.to_string()))
 }
 
 /// Refuses a model or checkpoint in the place of stage `k` that records another run than

@@ -598,6 +598,12 @@ const RANKS_KEY: &str = "ranks";
 /// `latflow train`), rebuilt from the run spec and training summary in its metadata, with
 /// `model` set to `path`. A model without them (not written by a training run) is refused.
 pub fn trained_model_report(path: &Path) -> Result<TrainReport> {
+    Ok(trained_model_run(path)?.1)
+}
+
+/// The run spec recorded in the model file at `path`, as written (its `out` the path the
+/// model was written to), and the run's report as [`trained_model_report`] gives it.
+pub(crate) fn trained_model_run(path: &Path) -> Result<(TrainSpec, TrainReport)> {
     let model = FlowModel::load(path)?;
     let what = || format!("model file {}", path.display());
     let metadata = model.metadata();
@@ -607,7 +613,7 @@ pub fn trained_model_report(path: &Path) -> Result<TrainReport> {
             format!("its metadata has no `{key}`: it was not written by a training run"),
         )
     };
-    let spec: TrainSpec = serde_json::from_value(
+    let recorded: TrainSpec = serde_json::from_value(
         metadata
             .get(RUN_KEY)
             .ok_or_else(|| missing(RUN_KEY))?
@@ -623,9 +629,10 @@ pub fn trained_model_report(path: &Path) -> Result<TrainReport> {
         .map_or(1, |r| r as usize);
     let spec = TrainSpec {
         out: path.to_path_buf(),
-        ..spec
+        ..recorded.clone()
     };
-    Ok(report_of_run(&spec, model.n_params(), &summary, ranks))
+    let report = report_of_run(&spec, model.n_params(), &summary, ranks);
+    Ok((recorded, report))
 }
 
 fn check_outputs(out: &Path, control: &TrainControl<'_>) -> Result<()> {

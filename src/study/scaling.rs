@@ -455,12 +455,17 @@ fn crossover(kernel: &str, amortised: bool, points: &[(f64, f64, f64)]) -> Cross
     } else {
         "cheaper than HMC below"
     };
-    let place = if l_star > hi {
-        "extrapolated"
+    // Beyond a factor of 2 from the sizes measured the power law is no prediction.
+    let place = if l_star > 2.0 * hi || l_star < lo / 2.0 {
+        format!(
+            "far outside the sizes measured, L = {lo}…{hi}: the fit gives the trend, not a size"
+        )
+    } else if l_star > hi {
+        "extrapolated".to_string()
     } else if l_star < lo {
-        "extrapolated below the sizes measured"
+        "extrapolated below the sizes measured".to_string()
     } else {
-        "within the sizes measured"
+        "within the sizes measured".to_string()
     };
     Crossover {
         kernel: kernel.to_string(),
@@ -582,6 +587,21 @@ mod tests {
                 (l, r * (1.0 + rel * z), r * rel)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_crossover_far_from_the_sizes_measured_is_called_so() {
+        // r = 2 (L/8)^-0.2 crosses 1 at L = 8 · 2^5 = 256, far beyond L = 6…12.
+        let far = crossover("flow", false, &ratios(2.0, -0.2, 0.01, &[0.0; 4]));
+        assert!((far.crossover_l.unwrap() - 256.0).abs() < 1e-6 * 256.0);
+        assert!(far.finding.contains("far outside"), "{}", far.finding);
+        // A rising ratio above 1 crosses at a tiny L.
+        let below = crossover("flow", false, &ratios(2.0, 0.5, 0.01, &[0.0; 4]));
+        assert!(below.crossover_l.unwrap() < 3.0);
+        assert!(below.finding.contains("far outside"), "{}", below.finding);
+        // Within a factor of 2 it is an extrapolation.
+        let near = crossover("flow", false, &ratios(2.0, -1.5, 0.01, &[0.0; 4]));
+        assert!(!near.finding.contains("far outside"), "{}", near.finding);
     }
 
     #[test]

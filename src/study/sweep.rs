@@ -1178,7 +1178,21 @@ fn write_comparison(folder: &Path, comparison: &SamplerComparison) -> Result<()>
             colour: Some(k + 1),
         });
     }
+    // Room below the data for the legend (one row per series), which would otherwise
+    // cover the points of the smallest or largest size.
+    let (lo, hi) = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|c| c.is_finite() && *c > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), c| {
+            (lo.min(c), hi.max(c))
+        });
+    let y_range = (hi > 0.0).then(|| {
+        let span = (hi / lo).max(4.0);
+        (lo / span, 1.5 * hi)
+    });
     let chart = Chart {
+        y_range,
         title: match method {
             "" => "Cost of an independent configuration against L".into(),
             method => format!("Cost of an independent configuration against L ({method})"),
