@@ -624,10 +624,18 @@ fn run_train(
             && !sets_method(m)
         {
             let (r, t) = (&spec.recipe, &spec.train);
+            let schedule = match t.schedule {
+                Schedule::WarmRestarts { period, growth } => format!(
+                    "cosine periods restarted at the rate, the first {period} iterations, \
+                     each next {growth}× longer"
+                ),
+                Schedule::Cosine => "cosine".into(),
+                Schedule::Constant => "constant".into(),
+            };
             println!(
                 "default method for this lattice: seed recipe with hidden width {}, {} affine \
                  blocks, {} spline segments; {} gradient, batch {}, budget {} iterations, lr {} \
-                 (cosine); checks every {} iterations on {} samples",
+                 ({schedule}); checks every {} iterations on {} samples",
                 r.hidden,
                 r.affine_blocks,
                 r.segments,

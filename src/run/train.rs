@@ -215,32 +215,48 @@ pub fn reference_budget(volume: usize) -> (usize, usize, f64) {
 /// method measured so far (BENCHMARKS.md, "Training methods"). It is the seed recipe's
 /// architecture at half its width, H = |Λ|/2 (two Z2-equivariant affine blocks up to
 /// |Λ| = 64 and three beyond, then one spline block of 8 segments), trained with path
-/// gradients ([`GradientEstimator::Path`]) on a cosine schedule: the reference learning
-/// rate and batches of at most 500 up to |Λ| = 100, the reference batch and rate up to
-/// |Λ| = 144, and L = 12's batch and rate (4000, 0.003) beyond; always with an iteration
-/// budget worth the reference |Φ_train| ([`reference_budget`]). The acceptance is checked
-/// every 1/30 of that budget (at least every [`DEFAULT_CHECK_INTERVAL`] iterations) on
-/// [`DEFAULT_METHOD_CHECK_SAMPLES`] samples, so that the checks cost a small part of the
-/// training; seed, chunks and the other evaluation settings keep their defaults.
+/// gradients ([`GradientEstimator::Path`]), always with an iteration budget worth the
+/// reference |Φ_train| ([`reference_budget`]):
+/// - up to |Λ| = 100, the reference learning rate and batches of at most 500 on a cosine
+///   schedule over the budget;
+/// - up to |Λ| = 144, the reference rate with batches of 1000 on cosine periods restarted
+///   at the rate ([`Schedule::WarmRestarts`]), the first over 3/10 of the budget and each
+///   next twice as long: the rate falls within the first 6 million configurations at
+///   L = 12, where the flow reaches the seed recipe's acceptance;
+/// - beyond, L = 12's reference batch and rate (4000, 0.003) on a cosine schedule over
+///   the budget.
+///
+/// The acceptance is checked every 1/30 of the budget (at least every
+/// [`DEFAULT_CHECK_INTERVAL`] iterations) on [`DEFAULT_METHOD_CHECK_SAMPLES`] samples, so
+/// that the checks cost a small part of the training; seed, chunks and the other
+/// evaluation settings keep their defaults.
 ///
 /// [`DEFAULT_CHECK_INTERVAL`]: crate::train::DEFAULT_CHECK_INTERVAL
-///
+/// [`Schedule::WarmRestarts`]: crate::train::Schedule::WarmRestarts
 /// [`GradientEstimator::Path`]: crate::train::GradientEstimator::Path
 pub fn default_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
+    use crate::train::Schedule;
     let volume = lattice.volume();
     let (reference_batch, reference_iterations, reference_lr) = reference_budget(volume);
     let budget = reference_batch * reference_iterations;
     // Beyond |Λ| = 144 the reference recipe's (7000, 0.001) gives way to L = 12's
-    // (4000, 0.003), measured at L = 14 and 16.
+    // (4000, 0.003), measured at L = 14, 16 and 20.
     let (batch, lr) = match volume {
         0..=100 => (reference_batch.min(500), reference_lr),
-        101..=144 => (reference_batch, reference_lr),
+        101..=144 => (1000, reference_lr),
         _ => {
             let (batch, _, lr) = reference_budget(144);
             (batch, lr)
         }
     };
     let iterations = budget.div_ceil(batch);
+    let schedule = match volume {
+        101..=144 => Schedule::WarmRestarts {
+            period: (3 * iterations).div_ceil(10),
+            growth: 2.0,
+        },
+        _ => Schedule::Cosine,
+    };
     let recipe = RecipeSpec {
         kind: RecipeKind::Seed,
         hidden: (volume / 2).max(1),
@@ -249,6 +265,7 @@ pub fn default_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
         ..RecipeSpec::default()
     };
     let mut train = TrainConfig::new(batch, iterations, lr);
+    train.schedule = schedule;
     train.gradient = crate::train::GradientEstimator::Path;
     train.eval_every = (iterations / 30).max(crate::train::DEFAULT_CHECK_INTERVAL);
     train.check_samples = Some(DEFAULT_METHOD_CHECK_SAMPLES);
@@ -932,9 +949,22 @@ mod tests {
         assert_eq!(method(8), (500, 750, 0.01, 25, 32, 2));
         // L = 10: the reference 1250 × 2000 in batches of 500.
         assert_eq!(method(10), (500, 5000, 0.005, 166, 50, 3));
-        // L = 12: the reference batch, iterations and rate.
-        assert_eq!(method(12), (4000, 5000, 0.003, 166, 72, 3));
+        // L = 12: the reference 4000 × 5000 in batches of 1000 at the reference rate.
+        assert_eq!(method(12), (1000, 20_000, 0.003, 666, 72, 3));
         // L = 14: the reference 7000 × 14000 configurations in batches of 4000 at η = 0.003.
         assert_eq!(method(14), (4000, 24_500, 0.003, 816, 98, 3));
+        // The rate falls over the whole budget but at L = 12, where the first cosine period
+        // spans 3/10 of it.
+        let schedule = |l: usize| default_method(&Lattice::new(&[l, l]).unwrap()).1.schedule;
+        for l in [6, 8, 10, 14, 20] {
+            assert_eq!(schedule(l), crate::train::Schedule::Cosine, "L = {l}");
+        }
+        assert_eq!(
+            schedule(12),
+            crate::train::Schedule::WarmRestarts {
+                period: 6000,
+                growth: 2.0
+            }
+        );
     }
 }
