@@ -410,6 +410,28 @@ fn every_flag_takes_effect_or_is_refused() {
             "--restart-period has no effect",
         ),
         (
+            with(
+                &["train", "--restart-growth", "2", "--out", "x.json"],
+                &phi4,
+            ),
+            "--restart-growth has no effect",
+        ),
+        (
+            with(
+                &[
+                    "train",
+                    "--schedule",
+                    "warm-restarts",
+                    "--restart-growth",
+                    "0.5",
+                    "--out",
+                    "x.json",
+                ],
+                &phi4,
+            ),
+            "growth",
+        ),
+        (
             with(&["train", "--anneal-over", "0.3", "--out", "x.json"], &phi4),
             "--anneal-over has no effect",
         ),

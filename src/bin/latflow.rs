@@ -231,6 +231,9 @@ struct TrainArgs {
     /// Period of the warm restarts (--schedule warm-restarts).
     #[arg(long, default_value_t = 100)]
     restart_period: usize,
+    /// Factor by which each warm-restart period is longer than the one before (≥ 1).
+    #[arg(long, default_value_t = 1.0)]
+    restart_growth: f64,
     /// AdamW weight decay (0: plain Adam).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
@@ -319,7 +322,7 @@ const TARGET_FLAGS: [&str; 8] = [
 
 /// Flags of `train` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
 /// --config or --resume).
-const TRAIN_RUN_FLAGS: [&str; 24] = [
+const TRAIN_RUN_FLAGS: [&str; 25] = [
     "recipe",
     "hidden",
     "depth",
@@ -331,6 +334,7 @@ const TRAIN_RUN_FLAGS: [&str; 24] = [
     "lr",
     "schedule",
     "restart_period",
+    "restart_growth",
     "weight_decay",
     "anneal_start",
     "anneal_over",
@@ -406,8 +410,13 @@ impl TrainArgs {
                 );
             }
         }
-        if given(m, "restart_period") && !matches!(self.schedule, ScheduleName::WarmRestarts) {
-            bail!("--restart-period has no effect without --schedule warm-restarts");
+        for flag in ["restart_period", "restart_growth"] {
+            if given(m, flag) && !matches!(self.schedule, ScheduleName::WarmRestarts) {
+                bail!(
+                    "{} has no effect without --schedule warm-restarts",
+                    flag_name(flag)
+                );
+            }
         }
         if given(m, "anneal_over") && self.anneal_start.is_none() {
             bail!("--anneal-over has no effect without --anneal-start");
@@ -464,7 +473,7 @@ impl TrainArgs {
             ScheduleName::Cosine => Schedule::Cosine,
             ScheduleName::WarmRestarts => Schedule::WarmRestarts {
                 period: self.restart_period,
-                growth: 1.0,
+                growth: self.restart_growth,
             },
         };
         if self.weight_decay > 0.0 {
