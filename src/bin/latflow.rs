@@ -635,8 +635,8 @@ fn run_train(
             let (r, t) = (&spec.recipe, &spec.train);
             let schedule = match t.schedule {
                 Schedule::WarmRestarts { period, growth } => format!(
-                    "cosine periods restarted at the rate, the first {period} iterations, \
-                     each next {growth}× longer"
+                    "cosine, restarted after {period} iterations, each next period {growth}× \
+                     longer"
                 ),
                 Schedule::Cosine => "cosine".into(),
                 Schedule::Constant => "constant".into(),
