@@ -219,17 +219,18 @@ pub fn reference_budget(volume: usize) -> (usize, usize, f64) {
 /// reference |Φ_train| ([`reference_budget`]):
 /// - up to |Λ| = 100, the reference learning rate and batches of at most 500 on a cosine
 ///   schedule over the budget;
-/// - up to |Λ| = 144, the reference rate with batches of 1000 on cosine periods restarted
-///   at the rate ([`Schedule::WarmRestarts`]), the first over 3/10 of the budget and each
-///   next twice as long: the rate falls within the first 6 million configurations at
-///   L = 12, where the flow reaches the seed recipe's acceptance;
-/// - beyond, L = 12's reference batch and rate (4000, 0.003) on a cosine schedule over
-///   the budget.
+/// - beyond, batches of 1000 at L = 12's reference rate (0.003; the reference recipe's
+///   0.001 beyond |Λ| = 144 learns slower) on cosine periods restarted at the rate
+///   ([`Schedule::WarmRestarts`]), the first over 125|Λ|/3 steps (6000 at L = 12, 8167 at
+///   L = 14) and each next twice as long: at L = 12 the rate falls within the first
+///   6 million configurations, where the flow reaches the seed recipe's acceptance, and a
+///   higher target gets further periods.
 ///
-/// The acceptance is checked every 1/30 of the budget (at least every
-/// [`DEFAULT_CHECK_INTERVAL`] iterations) on [`DEFAULT_METHOD_CHECK_SAMPLES`] samples, so
-/// that the checks cost a small part of the training; seed, chunks and the other
-/// evaluation settings keep their defaults.
+/// The acceptance is checked every 1/30 of the budget on the cosine schedule and nine
+/// times per first period on restarts (at least every [`DEFAULT_CHECK_INTERVAL`]
+/// iterations), on [`DEFAULT_METHOD_CHECK_SAMPLES`] samples, so that the checks cost a
+/// small part of the training; seed, chunks and the other evaluation settings keep their
+/// defaults.
 ///
 /// [`DEFAULT_CHECK_INTERVAL`]: crate::train::DEFAULT_CHECK_INTERVAL
 /// [`Schedule::WarmRestarts`]: crate::train::Schedule::WarmRestarts
@@ -239,23 +240,26 @@ pub fn default_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
     let volume = lattice.volume();
     let (reference_batch, reference_iterations, reference_lr) = reference_budget(volume);
     let budget = reference_batch * reference_iterations;
-    // Beyond |Λ| = 144 the reference recipe's (7000, 0.001) gives way to L = 12's
-    // (4000, 0.003), measured at L = 14, 16 and 20.
+    // Beyond |Λ| = 100: batches of 1000 at L = 12's reference rate (0.003, also where the
+    // reference recipe's is 0.001), on cosine periods restarted at that rate, the first
+    // over 6000 steps at L = 12 and longer in proportion to |Λ| (8167 at L = 14).
     let (batch, lr) = match volume {
         0..=100 => (reference_batch.min(500), reference_lr),
-        101..=144 => (1000, reference_lr),
-        _ => {
-            let (batch, _, lr) = reference_budget(144);
-            (batch, lr)
-        }
+        _ => (1000, reference_budget(144).2),
     };
     let iterations = budget.div_ceil(batch);
-    let schedule = match volume {
-        101..=144 => Schedule::WarmRestarts {
-            period: (3 * iterations).div_ceil(10),
-            growth: 2.0,
-        },
-        _ => Schedule::Cosine,
+    let (schedule, eval_every) = match volume {
+        0..=100 => (Schedule::Cosine, iterations / 30),
+        _ => {
+            let period = (125 * volume).div_ceil(3);
+            (
+                Schedule::WarmRestarts {
+                    period,
+                    growth: 2.0,
+                },
+                period / 9,
+            )
+        }
     };
     let recipe = RecipeSpec {
         kind: RecipeKind::Seed,
@@ -267,7 +271,7 @@ pub fn default_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
     let mut train = TrainConfig::new(batch, iterations, lr);
     train.schedule = schedule;
     train.gradient = crate::train::GradientEstimator::Path;
-    train.eval_every = (iterations / 30).max(crate::train::DEFAULT_CHECK_INTERVAL);
+    train.eval_every = eval_every.max(crate::train::DEFAULT_CHECK_INTERVAL);
     train.check_samples = Some(DEFAULT_METHOD_CHECK_SAMPLES);
     (recipe, train)
 }
@@ -951,20 +955,24 @@ mod tests {
         assert_eq!(method(10), (500, 5000, 0.005, 166, 50, 3));
         // L = 12: the reference 4000 × 5000 in batches of 1000 at the reference rate.
         assert_eq!(method(12), (1000, 20_000, 0.003, 666, 72, 3));
-        // L = 14: the reference 7000 × 14000 configurations in batches of 4000 at η = 0.003.
-        assert_eq!(method(14), (4000, 24_500, 0.003, 816, 98, 3));
-        // The rate falls over the whole budget but at L = 12, where the first cosine period
-        // spans 3/10 of it.
+        // L = 14: the reference 7000 × 14000 configurations in batches of 1000 at η = 0.003.
+        assert_eq!(method(14), (1000, 98_000, 0.003, 907, 98, 3));
+        assert_eq!(method(20), (1000, 98_000, 0.003, 1851, 200, 3));
+        // The rate falls over the whole budget up to |Λ| = 100; beyond, the first cosine
+        // period spans 125|Λ|/3 steps.
         let schedule = |l: usize| default_method(&Lattice::new(&[l, l]).unwrap()).1.schedule;
-        for l in [6, 8, 10, 14, 20] {
+        for l in [6, 8, 10] {
             assert_eq!(schedule(l), crate::train::Schedule::Cosine, "L = {l}");
         }
-        assert_eq!(
-            schedule(12),
-            crate::train::Schedule::WarmRestarts {
-                period: 6000,
-                growth: 2.0
-            }
-        );
+        for (l, period) in [(12, 6000), (14, 8167), (16, 10_667), (20, 16_667)] {
+            assert_eq!(
+                schedule(l),
+                crate::train::Schedule::WarmRestarts {
+                    period,
+                    growth: 2.0
+                },
+                "L = {l}"
+            );
+        }
     }
 }
