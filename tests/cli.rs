@@ -693,8 +693,8 @@ fn until_acceptance_alone_trains_with_the_default_method() {
         model,
         "--quiet",
     ];
-    // |Λ| = 16: half width 8, the L = 6 reference budget (batch 300, 350 iterations,
-    // η = 0.02), path gradients, checks every 25 iterations.
+    // |Λ| = 16: the spline block alone at width 16, the L = 6 reference budget (batch 300,
+    // 350 iterations, η = 0.02), path gradients, checks every 25 iterations.
     let out = latflow(&base);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -704,14 +704,14 @@ fn until_acceptance_alone_trains_with_the_default_method() {
     );
     assert!(
         stdout.contains(
-            "default method for this lattice: seed recipe with hidden width 8, 2 affine \
-             blocks, 8 spline segments; path gradient, batch 300, budget 350 iterations, lr 0.02"
+            "default method for this lattice: seed recipe with hidden width 16, no affine \
+             block, 8 spline segments; path gradient, batch 300, budget 350 iterations, lr 0.02"
         ),
         "{stdout}"
     );
     assert!(stdout.contains("target acceptance 0.4 reached"), "{stdout}");
     let flow = latflow::flow::FlowModel::load(model).unwrap();
-    let expected = latflow::flow::FlowConfig::seed(8, 2, 8).unwrap();
+    let expected = latflow::flow::FlowConfig::seed(16, 0, 8).unwrap();
     assert_eq!(flow.config(), &expected);
     // Any flag that sets the method turns the default off.
     let out = latflow(&[&base[..], &["--gradient", "total"]].concat());

@@ -270,8 +270,8 @@ struct TrainArgs {
     /// Stop at the first evaluation whose acceptance reaches this target (0 < A < 1);
     /// --iterations is then the budget. Evaluations every --eval-every steps (25 if 0).
     /// Without any flag that sets the recipe or its training, the run uses latflow's
-    /// default method for the lattice (the seed recipe at half width with path gradients
-    /// and a size-dependent budget: see `latflow::run::default_method`).
+    /// default method for the lattice (the seed recipe with fewer or narrower nets, path
+    /// gradients and a size-dependent budget: see `latflow::run::default_method`).
     #[arg(long)]
     until_acceptance: Option<f64>,
     /// End training after this many seconds of training steps (checked after every step),
@@ -641,12 +641,16 @@ fn run_train(
                 Schedule::Cosine => "cosine".into(),
                 Schedule::Constant => "constant".into(),
             };
+            let affine = match r.affine_blocks {
+                0 => "no affine block".to_string(),
+                1 => "1 affine block".to_string(),
+                n => format!("{n} affine blocks"),
+            };
             println!(
-                "default method for this lattice: seed recipe with hidden width {}, {} affine \
-                 blocks, {} spline segments; {} gradient, batch {}, budget {} iterations, lr {} \
+                "default method for this lattice: seed recipe with hidden width {}, {affine}, \
+                 {} spline segments; {} gradient, batch {}, budget {} iterations, lr {} \
                  ({schedule}); checks every {} iterations on {} samples",
                 r.hidden,
-                r.affine_blocks,
                 r.segments,
                 t.gradient,
                 t.batch,

@@ -213,10 +213,11 @@ pub fn reference_budget(volume: usize) -> (usize, usize, f64) {
 /// latflow's default training method for a run that sets a target acceptance and nothing
 /// else about the flow or its training (`latflow train --until-acceptance A`): the best
 /// method measured so far (BENCHMARKS.md, "Training methods"). It is the seed recipe's
-/// architecture at half its width, H = |Λ|/2 (two Z2-equivariant affine blocks up to
-/// |Λ| = 64 and three beyond, then one spline block of 8 segments), trained with path
-/// gradients ([`GradientEstimator::Path`]), always with an iteration budget worth the
-/// reference |Φ_train| ([`reference_budget`]):
+/// architecture with fewer or narrower nets, ending in one spline block of 8 segments:
+/// up to |Λ| = 64 that spline block alone at the full width H = |Λ|, up to |Λ| = 100 one
+/// Z2-equivariant affine block before it and beyond three, both at half width H = |Λ|/2;
+/// trained with path gradients ([`GradientEstimator::Path`]), always with an iteration
+/// budget worth the reference |Φ_train| ([`reference_budget`]):
 /// - up to |Λ| = 100, the reference learning rate and batches of at most 500 on a cosine
 ///   schedule over the budget;
 /// - beyond, batches of 1000 at L = 12's reference rate (0.003; the reference recipe's
@@ -261,10 +262,18 @@ pub fn default_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
             )
         }
     };
+    // Up to |Λ| = 64 the spline block alone at full width reaches an acceptance with
+    // fewer configurations than affine blocks before it, and each costs less; up to
+    // |Λ| = 100 one affine block at half width trains fastest, beyond three.
+    let (hidden, affine_blocks) = match volume {
+        0..=64 => (volume, 0),
+        65..=100 => (volume / 2, 1),
+        _ => (volume / 2, 3),
+    };
     let recipe = RecipeSpec {
         kind: RecipeKind::Seed,
-        hidden: (volume / 2).max(1),
-        affine_blocks: if volume <= 64 { 2 } else { 3 },
+        hidden: hidden.max(1),
+        affine_blocks,
         segments: 8,
         ..RecipeSpec::default()
     };
@@ -949,10 +958,13 @@ mod tests {
 
     #[test]
     fn the_default_method_spends_the_reference_budget_with_its_own_batches() {
-        // L = 8: batch 500 = the reference batch, 750 iterations at η = 0.01.
-        assert_eq!(method(8), (500, 750, 0.01, 25, 32, 2));
-        // L = 10: the reference 1250 × 2000 in batches of 500.
-        assert_eq!(method(10), (500, 5000, 0.005, 166, 50, 3));
+        // L = 6 and 8: the spline block alone at width |Λ|, the reference batch (300, 500),
+        // iterations (350, 750) and rate (0.02, 0.01).
+        assert_eq!(method(6), (300, 350, 0.02, 25, 36, 0));
+        assert_eq!(method(8), (500, 750, 0.01, 25, 64, 0));
+        // L = 10: one affine block at half width, the reference 1250 × 2000 in batches of
+        // 500.
+        assert_eq!(method(10), (500, 5000, 0.005, 166, 50, 1));
         // L = 12: the reference 4000 × 5000 in batches of 1000 at the reference rate.
         assert_eq!(method(12), (1000, 20_000, 0.003, 666, 72, 3));
         // L = 14: the reference 7000 × 14000 configurations in batches of 1000 at η = 0.003.
