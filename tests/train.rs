@@ -417,9 +417,10 @@ fn the_steady_state_step_allocates_only_in_forward_backward() {
             .unwrap();
         (step, allocations_on_this_thread() - before)
     });
-    assert!(
-        bare > 0,
-        "the pass is expected to allocate its packing buffers"
-    );
+    // The bare pass allocates only the matrix products' own buffers where they run the
+    // `gemm` crate, nothing under the 512-bit kernel; the counter itself sees allocations.
+    let before = allocations_on_this_thread();
+    let probe = std::hint::black_box(vec![0u8; 64]);
+    assert!(allocations_on_this_thread() > before, "{}", probe.len());
     assert_eq!(step, bare);
 }
