@@ -186,13 +186,11 @@ pub(crate) mod avx512 {
                     let row = &mut panel[p * NR..(p + 1) * NR];
                     // SAFETY: (p0 + p, j0 + j) lies inside B for j < cols.
                     let src = unsafe { ops.b.offset((p0 + p) as isize * rsb + j0 as isize * csb) };
-                    for (j, x) in row.iter_mut().enumerate() {
-                        *x = if j < cols {
-                            unsafe { *src.offset(j as isize * csb) }
-                        } else {
-                            0.0
-                        };
+                    let (inside, padding) = row.split_at_mut(cols);
+                    for (j, x) in inside.iter_mut().enumerate() {
+                        *x = unsafe { *src.offset(j as isize * csb) };
                     }
+                    padding.fill(0.0);
                 }
                 let store = if p0 == 0 {
                     if beta == 0.0 {
@@ -279,23 +277,24 @@ pub(crate) mod avx512 {
                 }
             }
         }
+        // The columns of C in each half of the tile (the same for every row).
+        let mask_lo: __mmask16 = if t.cols >= 16 {
+            0xffff
+        } else {
+            (1u16 << t.cols) - 1
+        };
+        let mask_hi: __mmask16 = if t.cols >= NR {
+            0xffff
+        } else if t.cols > 16 {
+            (1u16 << (t.cols - 16)) - 1
+        } else {
+            0
+        };
         for r in 0..R {
             // SAFETY: row r of this tile of C holds `cols` elements at stride csc.
             unsafe {
                 let row = t.c.offset(r as isize * t.rsc);
                 if t.csc == 1 {
-                    let mask_lo: __mmask16 = if t.cols >= 16 {
-                        0xffff
-                    } else {
-                        (1u16 << t.cols) - 1
-                    };
-                    let mask_hi: __mmask16 = if t.cols >= NR {
-                        0xffff
-                    } else if t.cols > 16 {
-                        (1u16 << (t.cols - 16)) - 1
-                    } else {
-                        0
-                    };
                     let (mut v_lo, mut v_hi) = (lo[r], hi[r]);
                     if let Store::Scale(factor) = t.store {
                         let f = _mm512_set1_ps(factor);
