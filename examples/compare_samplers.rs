@@ -25,7 +25,7 @@ fn sample<K: Proposal>(
     let mut chain = Chain::new(kernel, State::zero(action), seed);
     chain.thermalise(500);
     let mut measurements = Measurements::new(action.lattice());
-    let record = chain.run_with(STEPS, 1, |s| measurements.record(&s.phi))?;
+    let record = chain.run_with(STEPS, 1, |s| measurements.record(s.phi()))?;
     Ok((record, measurements.summary()?))
 }
 
@@ -52,14 +52,16 @@ fn main() -> latflow::Result<()> {
     let start = Instant::now();
     let model = FlowModel::new(&FlowConfig::seed(36, 2, 8)?, action.lattice(), 1)?;
     let mut trainer = Trainer::new(model, action.clone(), TrainConfig::new(300, 350, 0.02))?;
-    let summary = trainer.train(&mut |m| {
+    while !trainer.is_finished() {
+        let m = trainer.step()?;
         if m.iteration % 50 == 0 {
             println!(
                 "iteration {:>4}  loss {:8.4}  var {:7.4}  lr {:.4}",
                 m.iteration, m.loss, m.loss_var, m.lr
             );
         }
-    })?;
+    }
+    let summary = trainer.train(&mut (), &latflow::StopToken::never())?;
     println!(
         "trained on {} configurations in {:.2} s ({:.2} s with evaluation): acceptance {:.3}, ESS {:.3}, M > 0 in {:.3}",
         summary.configs_seen,

@@ -174,7 +174,7 @@ fn sample<K: Proposal>(
     let mut chain = Chain::new(kernel, State::zero(action), seed);
     chain.thermalise(THERMALISATION);
     let mut measurements = Measurements::new(action.lattice());
-    let record = chain.run_with(STEPS, 1, |state| measurements.record(&state.phi))?;
+    let record = chain.run_with(STEPS, 1, |state| measurements.record(state.phi()))?;
     let summary = measurements.summary()?;
     let get = |name: &str| {
         summary
@@ -213,7 +213,7 @@ pub fn run() -> Result<Report, Error> {
     config.seed = 3;
     config.chunks = 2;
     let mut trainer = Trainer::new(model, action.clone(), config)?;
-    trainer.train(&mut |_| {})?;
+    trainer.train(&mut (), &latflow::StopToken::never())?;
     let model = Arc::new(trainer.into_model());
     let flow = FlowProposal::new(model, action.clone(), 500)?;
     let flow = sample(flow, &action, 4, "flow")?;

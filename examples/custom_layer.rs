@@ -343,7 +343,7 @@ fn train(action: &Arc<Phi4>, registry: &LayerRegistry) -> Result<FlowModel, Fail
     train.seed = 5;
     train.chunks = 2;
     let mut trainer = Trainer::new(model, action.clone(), train)?;
-    let summary = trainer.train(&mut |_| {})?;
+    let summary = trainer.train(&mut (), &latflow::StopToken::never())?;
     println!(
         "trained Z2-affine + tanh_affine/skip_net flow ({} parameters) in {:.1} s: \
          acceptance {:.3}, ESS fraction {:.3}, final loss {:.3}",
@@ -394,7 +394,7 @@ fn run_chain<K: Proposal>(
     let mut chain = Chain::new(kernel, State::zero(action), seed);
     chain.thermalise(therm);
     let mut measurements = Measurements::new(action.lattice());
-    let record = chain.run_with(n, 1, |s| measurements.record(&s.phi))?;
+    let record = chain.run_with(n, 1, |s| measurements.record(s.phi()))?;
     Ok((record, measurements.summary()?))
 }
 

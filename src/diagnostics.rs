@@ -176,9 +176,13 @@ pub struct ChainDiagnostics {
 /// Diagnoses a chain from its record; see the module documentation and the constants for
 /// what is checked.
 pub fn diagnose(record: &ChainRecord) -> ChainDiagnostics {
-    let mut labels: Vec<&'static str> = record.moves.iter().map(|m| m.kernel).collect();
+    let mut labels: Vec<&str> = Vec::new();
+    for m in &record.moves {
+        if !labels.contains(&m.kernel.as_str()) {
+            labels.push(m.kernel.as_str());
+        }
+    }
     labels.sort_unstable();
-    labels.dedup();
     let kernels: Vec<KernelAcceptance> = labels
         .iter()
         .map(|&label| {

@@ -11,6 +11,7 @@
 //! (start at `docs/README.md`).
 
 pub mod action;
+pub mod control;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod diagnostics;
@@ -36,6 +37,7 @@ pub mod testing;
 pub mod train;
 
 pub use action::Action;
+pub use control::{Metric, Observer, StopToken};
 pub use error::{Error, Result};
 pub use kernel::{MoveInfo, Proposal, State};
 pub use lattice::Lattice;

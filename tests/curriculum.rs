@@ -4,8 +4,11 @@
 //! retraining finished stages; a recipe that cannot carry across the sizes, a stage model
 //! from another run and an empty curriculum are refused by name before anything trains.
 
+mod common;
+
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{Recorder, on_progress};
 
 use latflow::flow::FlowModel;
 use latflow::run::{
@@ -13,7 +16,7 @@ use latflow::run::{
     TrainOutcome, TrainSpec, curriculum, train,
 };
 use latflow::train::TrainConfig;
-use latflow::{Error, Lattice};
+use latflow::{Error, Lattice, StopToken};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir =
@@ -67,10 +70,17 @@ fn finished(outcome: CurriculumOutcome) -> latflow::run::CurriculumReport {
 fn a_curriculum_is_the_chain_of_its_stages() {
     let dir = temp_dir("chain");
     let spec = two_stages(dir.join("c"));
-    let mut steps = [0usize; 2];
-    let report =
-        finished(curriculum(&spec, &TrainControl::default(), &mut |k, _| steps[k] += 1).unwrap());
-    assert_eq!(steps, [40, 30]);
+    let mut seen = Recorder::default();
+    let report = finished(curriculum(&spec, &TrainControl::default(), &mut seen).unwrap());
+    let steps: Vec<(String, usize)> = seen
+        .stages
+        .iter()
+        .map(|s| (s.name.clone(), s.progress.len()))
+        .collect();
+    assert_eq!(
+        steps,
+        [("stage 1: train".into(), 40), ("stage 2: train".into(), 30)]
+    );
     assert_eq!(report.stages.len(), 2);
     assert_eq!(report.configs_seen, 64 * (40 + 30));
     let expected = 64.0 * 40.0 * 16.0 / 36.0 + 64.0 * 30.0;
@@ -99,7 +109,7 @@ fn a_curriculum_is_the_chain_of_its_stages() {
         ..spec.stage_spec(1)
     };
     for run in [&first, &second] {
-        match train(run, &TrainControl::default(), &mut |_| {}).unwrap() {
+        match train(run, &TrainControl::default(), &mut ()).unwrap() {
             TrainOutcome::Finished(_) => {}
             other => panic!("{other:?}"),
         }
@@ -113,7 +123,7 @@ fn a_curriculum_is_the_chain_of_its_stages() {
         out: dir.join("fresh.json"),
         ..spec.stage_spec(1)
     };
-    train(&fresh, &TrainControl::default(), &mut |_| {}).unwrap();
+    train(&fresh, &TrainControl::default(), &mut ()).unwrap();
     assert_ne!(
         FlowModel::load(dir.join("fresh.json")).unwrap().params(),
         staged.params()
@@ -130,22 +140,27 @@ fn a_curriculum_is_the_chain_of_its_stages() {
 fn a_stopped_curriculum_continues_to_the_same_model() {
     let dir = temp_dir("resume");
     let whole = two_stages(dir.join("whole"));
-    finished(curriculum(&whole, &TrainControl::default(), &mut |_, _| {}).unwrap());
+    finished(curriculum(&whole, &TrainControl::default(), &mut ()).unwrap());
 
     let spec = two_stages(dir.join("parts"));
-    let stop = AtomicBool::new(false);
+    let stop = StopToken::new();
     let control = TrainControl {
-        stop: Some(&stop),
+        stop: &stop,
         ..TrainControl::default()
     };
     // Ask to stop after the 12th step of the second stage.
     let mut seen = 0;
-    let outcome = curriculum(&spec, &control, &mut |k, m| {
-        seen += 1;
-        if k == 1 && m.iteration + 1 == 12 {
-            stop.store(true, Ordering::SeqCst);
-        }
-    })
+    let asker = stop.clone();
+    let outcome = curriculum(
+        &spec,
+        &control,
+        &mut on_progress(|stage, done| {
+            seen += 1;
+            if stage == "stage 2: train" && done == 12 {
+                asker.stop();
+            }
+        }),
+    )
     .unwrap();
     match outcome {
         CurriculumOutcome::Stopped {
@@ -161,12 +176,22 @@ fn a_stopped_curriculum_continues_to_the_same_model() {
         other => panic!("{other:?}"),
     }
     assert_eq!(seen, 40 + 12);
-    stop.store(false, Ordering::SeqCst);
     let stage_one = std::fs::read(spec.stage_model(0)).unwrap();
     // Again: the first stage is kept, the second continues from step 12.
-    let mut steps = [0usize; 2];
-    let report = finished(curriculum(&spec, &control, &mut |k, _| steps[k] += 1).unwrap());
-    assert_eq!(steps, [0, 18]);
+    let mut seen = Recorder::default();
+    let control = TrainControl {
+        stop: &StopToken::never(),
+        ..control
+    };
+    let report = finished(curriculum(&spec, &control, &mut seen).unwrap());
+    let stages: Vec<&str> = seen.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(stages, ["stage 2: train"]);
+    let done: Vec<u64> = seen.stages[0].progress.iter().map(|p| p.0).collect();
+    assert_eq!(
+        done,
+        (12..=30).collect::<Vec<u64>>(),
+        "resumed at 12, then 18 steps"
+    );
     assert_eq!(std::fs::read(spec.stage_model(0)).unwrap(), stage_one);
     assert!(!spec.out.join("stage-2.checkpoint.json").exists());
     for k in 0..2 {
@@ -197,7 +222,7 @@ fn curricula_that_cannot_run_are_refused_before_training() {
         },
         ..two_stages(dir.join("dense"))
     };
-    match curriculum(&dense, &TrainControl::default(), &mut |_, _| {}) {
+    match curriculum(&dense, &TrainControl::default(), &mut ()) {
         Err(Error::Incompatible(why)) => {
             assert!(why.contains("stage 2") && why.contains("stage 1"), "{why}");
         }
@@ -229,10 +254,10 @@ fn curricula_that_cannot_run_are_refused_before_training() {
 
     // A model of another run in a stage's place is not taken for the stage's.
     let spec = two_stages(dir.join("other"));
-    finished(curriculum(&spec, &TrainControl::default(), &mut |_, _| {}).unwrap());
+    finished(curriculum(&spec, &TrainControl::default(), &mut ()).unwrap());
     let mut changed = spec.clone();
     changed.stages[0].train.lr = 0.02;
-    match curriculum(&changed, &TrainControl::default(), &mut |_, _| {}) {
+    match curriculum(&changed, &TrainControl::default(), &mut ()) {
         Err(Error::Incompatible(why)) => assert!(why.contains("stage 1"), "{why}"),
         other => panic!("{other:?}"),
     }

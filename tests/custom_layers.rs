@@ -176,7 +176,9 @@ fn custom_layers_are_invertible_and_train_next_to_built_in_blocks() {
     train.chunks = 2;
     let mut trainer = Trainer::new(model, action, train).unwrap();
     let first = trainer.step().unwrap().loss;
-    let summary = trainer.train(&mut |_| {}).unwrap();
+    let summary = trainer
+        .train(&mut (), &latflow::StopToken::never())
+        .unwrap();
     // Reverse KL of a fresh near-identity flow drops clearly within 40 steps.
     assert!(
         summary.final_loss < first - 1.0,
@@ -201,8 +203,12 @@ fn checkpoint_of_a_flow_with_custom_layers_resumes_through_the_registry() {
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(without, Err(Error::Unregistered { .. })));
     let mut resumed = resumed.unwrap();
-    trainer.train(&mut |_| {}).unwrap();
-    resumed.train(&mut |_| {}).unwrap();
+    trainer
+        .train(&mut (), &latflow::StopToken::never())
+        .unwrap();
+    resumed
+        .train(&mut (), &latflow::StopToken::never())
+        .unwrap();
     assert_eq!(resumed.model().params(), trainer.model().params());
 }
 

@@ -35,7 +35,7 @@ fn run<K: Proposal>(kernel: K, seed: u64, therm: usize, n: usize) -> (ChainRecor
     let mut chain = Chain::new(kernel, State::zero(&*action), seed);
     chain.thermalise(therm);
     let mut m = Measurements::new(action.lattice());
-    let record = chain.run_with(n, 1, |s| m.record(&s.phi)).unwrap();
+    let record = chain.run_with(n, 1, |s| m.record(s.phi())).unwrap();
     (record, m.summary().unwrap())
 }
 
@@ -105,7 +105,7 @@ fn zero_acceptance_hmc_run_is_unreliable_not_zero_error() {
     // At β = 100 nearly every trajectory has an enormous ΔH (the odd one is accepted);
     // a single MD step of length 100 at β = 0.537 is never accepted.
     for spec in [hmc_spec(100.0, 1.0, 10), hmc_spec(BETA, 100.0, 1)] {
-        let report = sample(&spec, &mut |_, _| {}, None).unwrap();
+        let report = sample(&spec, &mut (), &latflow::StopToken::never()).unwrap();
         assert!(report.acceptance < 0.01, "{}", report.acceptance);
         assert_undefined_errors(&report);
         assert!(report.diagnostics.state_changes < 20);
@@ -122,7 +122,7 @@ fn zero_acceptance_hmc_chain_is_unreliable() {
     let hmc = Hmc::new(action.clone(), 100.0, 1).unwrap();
     let mut chain = Chain::new(hmc, State::zero(&*action), 8);
     let mut observables: Vec<Box<dyn Observable>> = vec![Box::new(FieldSquared)];
-    let record = chain.run(500, 1, &mut observables).unwrap();
+    let record = chain.run_observables(500, 1, &mut observables).unwrap();
     let d = diagnose(&record);
     assert_eq!(d.verdict, Verdict::Unreliable);
     assert!(d.has("chain_frozen") && d.has("hmc_energy_violation"));
@@ -219,7 +219,9 @@ fn seed_flow(iterations: usize, batch: usize, seed: u64) -> Arc<FlowModel> {
     train.seed = seed + 1;
     train.chunks = 2;
     let mut trainer = Trainer::new(model, action, train).unwrap();
-    trainer.train(&mut |_| {}).unwrap();
+    trainer
+        .train(&mut (), &latflow::StopToken::never())
+        .unwrap();
     Arc::new(trainer.into_model())
 }
 
@@ -268,7 +270,7 @@ fn healthy_hmc_run_is_reliable() {
     let mut spec = hmc_spec(BETA, 1.0, 8);
     spec.n = 10_000;
     spec.therm = 500;
-    let report = sample(&spec, &mut |_, _| {}, None).unwrap();
+    let report = sample(&spec, &mut (), &latflow::StopToken::never()).unwrap();
     assert_eq!(
         report.verdict(),
         Verdict::Reliable,
@@ -352,10 +354,10 @@ fn records_of_consecutive_runs_append() {
     let observables = || -> Vec<Box<dyn Observable>> { vec![Box::new(FieldSquared)] };
     // One run of 300 steps against runs of 100 and 200 of the same chain.
     let mut whole = Chain::new(kernel(), State::zero(&*action), 5);
-    let all = whole.run(300, 2, &mut observables()).unwrap();
+    let all = whole.run_observables(300, 2, &mut observables()).unwrap();
     let mut split = Chain::new(kernel(), State::zero(&*action), 5);
-    let mut first = split.run(100, 2, &mut observables()).unwrap();
-    let second = split.run(200, 2, &mut observables()).unwrap();
+    let mut first = split.run_observables(100, 2, &mut observables()).unwrap();
+    let second = split.run_observables(200, 2, &mut observables()).unwrap();
     first.append(second).unwrap();
     assert_eq!(first.steps, 300);
     assert_eq!(first.moves, all.moves);

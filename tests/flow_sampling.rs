@@ -39,7 +39,9 @@ fn trained() -> Arc<FlowModel> {
             train.seed = 5;
             train.chunks = 2;
             let mut trainer = Trainer::new(model, action, train).unwrap();
-            let summary = trainer.train(&mut |_| {}).unwrap();
+            let summary = trainer
+                .train(&mut (), &latflow::StopToken::never())
+                .unwrap();
             assert!(
                 summary.eval.acceptance > 0.5,
                 "trained acceptance {}",
@@ -58,7 +60,7 @@ fn run<K: Proposal>(kernel: K, seed: u64, therm: usize, n: usize) -> (ChainRecor
     let mut chain = Chain::new(kernel, State::zero(&*action), seed);
     chain.thermalise(therm);
     let mut m = Measurements::new(action.lattice());
-    let record = chain.run_with(n, 1, |s| m.record(&s.phi)).unwrap();
+    let record = chain.run_with(n, 1, |s| m.record(s.phi())).unwrap();
     (record, m.summary().unwrap())
 }
 
@@ -137,7 +139,7 @@ fn kernel_expression_of_flow_local_and_hmc_agrees_with_hmc() {
     // Per step: one flow proposal, two local sweeps of 36 sites, one HMC trajectory.
     assert_eq!(record.moves.len(), 4 * steps);
     for (i, group) in record.moves.chunks(4).enumerate() {
-        let labels: Vec<&str> = group.iter().map(|m| m.kernel).collect();
+        let labels: Vec<&str> = group.iter().map(|m| m.kernel.as_str()).collect();
         assert_eq!(labels, ["flow", "local", "local", "hmc"], "step {i}");
         assert!(matches!(group[0].detail, MoveDetail::Flow { .. }));
         assert!(matches!(
@@ -180,7 +182,9 @@ fn poor_flow_chain_is_exact_but_slow() {
     let mut train = TrainConfig::new(200, POOR_ITERATIONS, 0.02);
     train.chunks = 2;
     let mut trainer = Trainer::new(model, action.clone(), train).unwrap();
-    trainer.train(&mut |_| {}).unwrap();
+    trainer
+        .train(&mut (), &latflow::StopToken::never())
+        .unwrap();
     let flow = FlowProposal::new(Arc::new(trainer.into_model()), action.clone(), 1000).unwrap();
     let (record, summary) = run(flow, 7, 500, 120_000);
     let acceptance = record.acceptance_of("flow");

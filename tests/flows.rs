@@ -695,8 +695,10 @@ fn a_flow_step_after_another_kernel_allocates_nothing() {
         // Another kernel moves the field before every flow step, so each step recomputes
         // log w of the current state through the inverse flow.
         let nudge = |state: &mut State, k: usize| {
-            state.phi[k % 16] += 0.01;
-            state.action = action.action(&state.phi);
+            state.change(|phi, s| {
+                phi[k % 16] += 0.01;
+                *s = action.action(phi);
+            });
         };
         nudge(&mut state, 0);
         proposal.step(&mut state, &mut rng, &mut moves);
@@ -739,7 +741,9 @@ fn forward_and_inverse_log_densities_agree_within_the_stated_bound() {
     config.seed = 3;
     config.chunks = 2;
     let mut trainer = Trainer::new(model, action, config).unwrap();
-    let summary = trainer.train(&mut |_| {}).unwrap();
+    let summary = trainer
+        .train(&mut (), &latflow::StopToken::never())
+        .unwrap();
     // A real training run: the flow is far from the identity and a usable proposal.
     assert!(
         summary.eval.acceptance > 0.2,

@@ -193,7 +193,7 @@ fn a_stopped_sample_run_leaves_a_partial_report() {
         "{err}"
     );
     // Progress lines (stderr is a pipe): steps, rate and ETA.
-    assert!(err.contains("sample: ") && err.contains("steps/s") && err.contains("eta"));
+    assert!(err.contains("sample: measure: ") && err.contains("steps/s") && err.contains("eta"));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(v["interrupted"], true);
     let n = v["n"].as_u64().unwrap();
@@ -272,12 +272,17 @@ fn progress_is_plain_lines_on_a_pipe_and_silent_with_quiet() {
     let out = run(&args);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("train: ")).collect();
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("train: ") && l.contains(" iterations ("))
+        .collect();
     assert!(lines.len() >= 2, "{err}");
     assert!(
-        lines.last().unwrap().contains("30/30 steps (100 %)"),
+        lines.last().unwrap().contains("30/30 iterations (100 %)"),
         "{err}"
     );
+    // The stage ends with a line of its own.
+    assert!(err.contains("train: done"), "{err}");
     let out = run(&[&args[..], &["--quiet"]].concat());
     assert!(out.status.success());
     assert!(

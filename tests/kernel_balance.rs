@@ -52,7 +52,7 @@ fn reversible_kernels_pass() {
     let mut mixture = Mixture::new(local(), hmc(), 0.4).unwrap();
     let mut built = KernelExpr::parse("mix(1: local, 2: hmc)")
         .unwrap()
-        .build(&mut |name| -> latflow::Result<Box<dyn Proposal>> {
+        .build(&mut |name, _| -> latflow::Result<Box<dyn Proposal>> {
             Ok(match name {
                 "local" => Box::new(local()),
                 _ => Box::new(hmc()),
@@ -100,16 +100,18 @@ impl Proposal for DriftingSite {
 
     fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {
         use latflow::Action;
-        let site = rng.random_range(0..state.phi.len());
-        let new = state.phi[site] + 1.0 * (2.0 * rng.random::<f64>() - 1.0 + 0.2);
-        let delta = self.action.delta_local(&state.phi, site, new);
+        let site = rng.random_range(0..state.phi().len());
+        let new = state.phi()[site] + 1.0 * (2.0 * rng.random::<f64>() - 1.0 + 0.2);
+        let delta = self.action.delta_local(state.phi(), site, new);
         let accept = delta <= 0.0 || rng.random::<f64>() < (-delta).exp();
         if accept {
-            state.phi[site] = new;
-            state.action += delta;
+            state.change(|phi, s| {
+                phi[site] = new;
+                *s += delta;
+            });
         }
         moves.push(MoveInfo {
-            kernel: "drift",
+            kernel: "drift".into(),
             proposed: 1,
             accepted: u32::from(accept),
             detail: MoveDetail::Metropolis {

@@ -75,7 +75,9 @@ fn run_chain<K: Proposal, A: Action + 'static>(
 ) -> ChainRecord {
     let mut chain = Chain::new(kernel, State::zero(&**action), seed);
     chain.thermalise(thermalise);
-    chain.run(steps, 1, &mut observables(action)).unwrap()
+    chain
+        .run_observables(steps, 1, &mut observables(action))
+        .unwrap()
 }
 
 fn check_free_field(record: &ChainRecord, field: &FreeField, label: &str) {
@@ -135,7 +137,7 @@ fn local_step_size_adapts_to_the_target_only_while_thermalising() {
         let mut chain = Chain::new(kernel, State::zero(&*action), 7);
         chain.thermalise(3_000);
         let delta = chain.kernel().step_size();
-        let record = chain.run(2_000, 10, &mut []).unwrap();
+        let record = chain.run_observables(2_000, 10, &mut []).unwrap();
         assert_eq!(chain.kernel().step_size(), delta);
         let acc = record.acceptance_of("local");
         // The adapted δ fluctuates by a few percent; its acceptance lands near the target.
@@ -165,13 +167,13 @@ fn fixed_trajectory_length_can_freeze_a_mode_and_randomised_length_does_not() {
         .unwrap()
         .with_randomised_length(false);
     let mut chain = Chain::new(fixed, State::new(&*field, start.clone()).unwrap(), 9);
-    let record = chain.run(300, 1, &mut []).unwrap();
+    let record = chain.run_observables(300, 1, &mut []).unwrap();
     assert!(
         record.acceptance() > 0.3,
         "acceptance {}",
         record.acceptance()
     );
-    let m_end: f64 = chain.state().phi.iter().sum();
+    let m_end: f64 = chain.state().phi().iter().sum();
     assert!(
         (m_end - m_start).abs() < 1e-9,
         "M moved from {m_start} to {m_end}"
@@ -181,7 +183,9 @@ fn fixed_trajectory_length_can_freeze_a_mode_and_randomised_length_does_not() {
     assert!(randomised.randomises_length());
     assert_eq!(randomised.step_count_range(), 20..=60);
     let mut chain = Chain::new(randomised, State::new(&*field, start).unwrap(), 10);
-    let record = chain.run(20_000, 1, &mut observables(&field)).unwrap();
+    let record = chain
+        .run_observables(20_000, 1, &mut observables(&field))
+        .unwrap();
     let est = estimates(&record, 64);
     assert_matches(&est.chi, field.susceptibility(), "randomised-length χ");
 }
@@ -191,7 +195,7 @@ fn thermalised_phi4(l: usize, seed: u64) -> (Arc<Phi4>, Vec<f64>) {
     let kernel = LocalMetropolis::new(action.clone(), 1.0).unwrap();
     let mut chain = Chain::new(kernel, State::zero(&*action), seed);
     chain.thermalise(500);
-    let phi = chain.state().phi.clone();
+    let phi = chain.state().phi().to_vec();
     (action, phi)
 }
 
@@ -227,7 +231,7 @@ fn hmc_satisfies_the_creutz_equality_on_phi4() {
             .unwrap()
             .with_integrator(integrator);
         let mut chain = Chain::new(hmc, State::new(&*action, phi.clone()).unwrap(), seed);
-        let record = chain.run(20_000, 1, &mut []).unwrap();
+        let record = chain.run_observables(20_000, 1, &mut []).unwrap();
         let weights: Vec<f64> = record.delta_h().iter().map(|d| (-d).exp()).collect();
         let est = gamma_method(&weights).unwrap();
         let acc = record.acceptance_of("hmc");
@@ -366,10 +370,10 @@ fn chain_keeps_the_cached_action_current() {
         Hmc::new(action.clone(), 1.0, 8).unwrap(),
     );
     let mut chain = Chain::new(kernel, State::zero(&*action), 30);
-    chain.run(500, 1, &mut []).unwrap();
+    chain.run_observables(500, 1, &mut []).unwrap();
     let state = chain.state();
-    let exact = action.action(&state.phi);
-    assert!((state.action - exact).abs() < 1e-9 * exact.abs().max(1.0));
+    let exact = action.action(state.phi());
+    assert!((state.action() - exact).abs() < 1e-9 * exact.abs().max(1.0));
 }
 
 #[test]
@@ -380,7 +384,9 @@ fn chain_record_counts_measurements_and_moves() {
         Hmc::new(action.clone(), 1.0, 5).unwrap(),
     );
     let mut chain = Chain::new(kernel, State::zero(&*action), 31);
-    let record = chain.run(103, 10, &mut observables(&action)).unwrap();
+    let record = chain
+        .run_observables(103, 10, &mut observables(&action))
+        .unwrap();
     assert_eq!(record.steps, 103);
     assert_eq!(record.n_measurements(), 10);
     assert_eq!(record.series("m", 0).unwrap().len(), 10);
@@ -391,7 +397,7 @@ fn chain_record_counts_measurements_and_moves() {
     let local_moves = record.moves.iter().filter(|m| m.kernel == "local").count();
     assert_eq!(local_moves, 206);
     assert!(matches!(
-        chain.run(10, 0, &mut []),
+        chain.run_observables(10, 0, &mut []),
         Err(latflow::Error::InvalidParameter { .. })
     ));
 }
@@ -408,7 +414,7 @@ fn same_seed_gives_the_same_chain() {
         .unwrap();
         let mut chain = Chain::new(kernel, State::zero(&*action), seed);
         chain.thermalise(50);
-        chain.run(200, 1, &mut []).unwrap();
+        chain.run_observables(200, 1, &mut []).unwrap();
         chain.into_parts().1
     };
     assert_eq!(run(40), run(40));
@@ -427,7 +433,7 @@ fn mixture_picks_its_first_kernel_with_the_given_probability() {
     .unwrap();
     let mut chain = Chain::new(kernel, State::zero(&*action), 50);
     let n = 20_000;
-    let record = chain.run(n, 1, &mut []).unwrap();
+    let record = chain.run_observables(n, 1, &mut []).unwrap();
     let local = record.moves.iter().filter(|m| m.kernel == "local").count() as f64;
     let sigma = (n as f64 * p * (1.0 - p)).sqrt();
     assert!(
@@ -532,12 +538,12 @@ fn local_sweeps_keep_the_cached_action_exact() {
         kernel.step(&mut state, &mut rng, &mut moves);
         if sweep % (interval * 64) == 0 {
             // Right after a recomputation (sweep counts from the kernel's construction).
-            assert_eq!(state.action, action.action(&state.phi), "sweep {sweep}");
+            assert_eq!(state.action(), action.action(state.phi()), "sweep {sweep}");
         }
         if sweep % 997 == 0 {
-            let exact = action.action(&state.phi);
-            let scale = exact.abs() + state.phi.len() as f64;
-            worst = worst.max((state.action - exact).abs() / scale);
+            let exact = action.action(state.phi());
+            let scale = exact.abs() + state.phi().len() as f64;
+            worst = worst.max((state.action() - exact).abs() / scale);
         }
     }
     let bound = 8.0 * interval as f64 * f64::EPSILON;
@@ -558,7 +564,7 @@ fn boxed_and_concrete_composites_make_the_same_moves() {
     let run = |kernel: Box<dyn Proposal>| {
         let mut chain = Chain::new(kernel, State::zero(&*action), 70);
         chain.thermalise(20);
-        let record = chain.run(300, 1, &mut []).unwrap();
+        let record = chain.run_observables(300, 1, &mut []).unwrap();
         (chain.state().clone(), record.moves)
     };
     let concrete = run(Box::new(Cycle::new(
@@ -571,7 +577,7 @@ fn boxed_and_concrete_composites_make_the_same_moves() {
     ));
     let from_expression = KernelExpr::parse("local*2+hmc")
         .unwrap()
-        .build(&mut |name| -> latflow::Result<Box<dyn Proposal>> {
+        .build(&mut |name, _| -> latflow::Result<Box<dyn Proposal>> {
             match name {
                 "local" => Ok(Box::new(local())),
                 "hmc" => Ok(Box::new(hmc())),
@@ -589,7 +595,7 @@ fn boxed_and_concrete_composites_make_the_same_moves() {
         State::zero(&*action),
         71,
     );
-    let record = chain.run(50, 1, &mut []).unwrap();
+    let record = chain.run_observables(50, 1, &mut []).unwrap();
     assert_eq!(record.delta_h().len(), 50);
     assert_eq!(record.log_acceptance_ratios("hmc").len(), 50);
     assert!(record.log_acceptance_ratios("local").is_empty());
@@ -601,7 +607,7 @@ fn boxed_and_concrete_composites_make_the_same_moves() {
 
     // A local sweep records S after − S before.
     let mut chain = Chain::new(local(), State::zero(&*action), 72);
-    let record = chain.run(10, 1, &mut []).unwrap();
+    let record = chain.run_observables(10, 1, &mut []).unwrap();
     let summed: f64 = record
         .moves
         .iter()
@@ -610,7 +616,7 @@ fn boxed_and_concrete_composites_make_the_same_moves() {
             _ => f64::NAN,
         })
         .sum();
-    let change = chain.state().action - State::zero(&*action).action;
+    let change = chain.state().action() - State::zero(&*action).action();
     assert!(
         summed != 0.0 && (summed - change).abs() < 1e-9,
         "{summed} vs {change}"
@@ -619,7 +625,7 @@ fn boxed_and_concrete_composites_make_the_same_moves() {
     // An unknown name in an expression is the builder's error.
     let unknown = KernelExpr::parse("local+gibbs")
         .unwrap()
-        .build(&mut |name| {
+        .build(&mut |name, _| {
             Err(latflow::Error::param(
                 "kernel",
                 format!("unknown kernel `{name}`"),

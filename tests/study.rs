@@ -529,7 +529,7 @@ fn a_stored_run_replays_to_the_same_report() {
         seed: 3,
         model: None,
     };
-    let data = sample_data(&spec, &mut |_, _| {}, None, 10).unwrap();
+    let data = sample_data(&spec, &mut (), &latflow::StopToken::never(), 10).unwrap();
     assert_eq!(data.configs.len(), 10);
     assert_eq!(data.config_indices[1], 200);
     save_run(&dir, &spec, &data, None).unwrap();
@@ -580,7 +580,7 @@ fit_range = [1, 4]
 "#;
     let set = Override::parse(&format!("out=\"{}\"", dir.display())).unwrap();
     let loaded = StudySpec::parse(runcard, "runcard", &[set]).unwrap();
-    let outcome = run_study(&loaded, None, &mut ()).unwrap();
+    let outcome = run_study(&loaded, &latflow::StopToken::never(), &mut ()).unwrap();
     let latflow::study::StudyOutcome::Finished(result) = outcome else {
         panic!("not finished")
     };
@@ -839,7 +839,7 @@ fn a_flow_chain_starts_from_a_flow_sample() {
             seed,
             model: Some(model.clone()),
         };
-        let data = sample_data(&spec, &mut |_, _| {}, None, 200).unwrap();
+        let data = sample_data(&spec, &mut (), &latflow::StopToken::never(), 200).unwrap();
         assert_eq!(data.config_indices[0], 0);
         let first = &data.configs[0];
         assert!(

@@ -3,6 +3,8 @@
 //! decreases; runs are reproducible and resume bit for bit from checkpoints; non-finite
 //! actions, bad configurations and corrupt checkpoints give typed errors.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -45,8 +47,12 @@ fn free_flow() -> &'static TrainedFlow {
         config.chunks = 2;
         let mut trainer = Trainer::new(model, free_field(), config).unwrap();
         let mut losses = Vec::new();
+        while !trainer.is_finished() {
+            let m = trainer.step().unwrap();
+            losses.push((m.loss, m.loss_var));
+        }
         trainer
-            .train(&mut |m| losses.push((m.loss, m.loss_var)))
+            .train(&mut (), &latflow::StopToken::never())
             .unwrap();
         (Arc::new(trainer.into_model()), losses)
     })
@@ -66,7 +72,9 @@ fn path_gradients_train_the_free_field_flow() {
     config.chunks = 2;
     config.gradient = GradientEstimator::Path;
     let mut trainer = Trainer::new(model, free_field(), config).unwrap();
-    trainer.train(&mut |_| {}).unwrap();
+    trainer
+        .train(&mut (), &latflow::StopToken::never())
+        .unwrap();
     let action = free_field();
     let evaluate = |flow: &FlowModel| {
         evaluate_flow(flow, &*action, 20_000, &mut latflow::rng_from_seed(9)).unwrap()
@@ -91,7 +99,7 @@ fn free_field_flow_chain_reaches_high_acceptance_and_exact_chi() {
     let mut chain = Chain::new(proposal, State::zero(&*action), 3);
     chain.thermalise(100);
     let mut m = Measurements::new(action.lattice());
-    let record = chain.run_with(20_000, 1, |s| m.record(&s.phi)).unwrap();
+    let record = chain.run_with(20_000, 1, |s| m.record(s.phi())).unwrap();
     let acceptance = record.acceptance_of("flow");
     eprintln!("free-field flow acceptance {acceptance}");
     assert!(acceptance > 0.9, "acceptance {acceptance}");
@@ -185,9 +193,9 @@ fn same_seed_and_chunks_give_identical_parameters() {
     let mut a = small_trainer(7, 6);
     let mut b = small_trainer(7, 6);
     let mut c = small_trainer(8, 6);
-    a.train(&mut |_| {}).unwrap();
-    b.train(&mut |_| {}).unwrap();
-    c.train(&mut |_| {}).unwrap();
+    a.train(&mut (), &latflow::StopToken::never()).unwrap();
+    b.train(&mut (), &latflow::StopToken::never()).unwrap();
+    c.train(&mut (), &latflow::StopToken::never()).unwrap();
     assert_eq!(a.model().params(), b.model().params());
     assert_ne!(a.model().params(), c.model().params());
 }
@@ -196,7 +204,10 @@ fn same_seed_and_chunks_give_identical_parameters() {
 fn resumed_checkpoint_continues_bit_for_bit() {
     let mut full = small_trainer(5, 10);
     let mut steps_full = Vec::new();
-    full.train(&mut |m| steps_full.push(m.loss)).unwrap();
+    while !full.is_finished() {
+        steps_full.push(full.step().unwrap().loss);
+    }
+    full.train(&mut (), &latflow::StopToken::never()).unwrap();
 
     let mut first = small_trainer(5, 10);
     let mut steps = Vec::new();
@@ -210,7 +221,11 @@ fn resumed_checkpoint_continues_bit_for_bit() {
     let mut resumed = Trainer::resume(&path, action).unwrap();
     assert_eq!(resumed.iteration(), 6);
     assert_eq!(resumed.configs_seen(), 6 * 32);
-    resumed.train(&mut |m| steps.push(m.loss)).unwrap();
+    let mut recorded = common::Steps::default();
+    resumed
+        .train(&mut recorded, &latflow::StopToken::never())
+        .unwrap();
+    steps.extend(recorded.0.iter().map(|m| m.loss));
     assert_eq!(resumed.model().params(), full.model().params());
     assert_eq!(steps, steps_full);
     assert_eq!(resumed.configs_seen(), 10 * 32);
@@ -326,8 +341,11 @@ fn annealing_trains_against_the_scheduled_action_and_metrics_are_reported() {
         record.lock().unwrap().push(t);
         Phi4::hopping(lattice.clone(), 0.5 * (2.0 * t).min(1.0), 0.5)
     }));
-    let mut metrics = Vec::new();
-    let summary = trainer.train(&mut |m| metrics.push(m.clone())).unwrap();
+    let mut recorded = common::Steps::default();
+    let summary = trainer
+        .train(&mut recorded, &latflow::StopToken::never())
+        .unwrap();
+    let metrics = recorded.0;
     let progress = seen.lock().unwrap().clone();
     let expected: Vec<f64> = (0..8).map(|i| i as f64 / 8.0).collect();
     assert_eq!(progress, expected);

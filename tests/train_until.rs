@@ -5,16 +5,19 @@
 //! targets are refused by name, a time limit ends a run with its model written, and a
 //! smaller check sample sizes the checks alone.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{Steps, on_progress};
 
 use latflow::flow::FlowModel;
 use latflow::run::{
     ActionSpec, RecipeKind, RecipeSpec, TrainControl, TrainOutcome, TrainReport, TrainSpec,
 };
 use latflow::train::{DEFAULT_CHECK_INTERVAL, StepMetrics, TrainConfig, Trainer};
-use latflow::{Error, Lattice};
+use latflow::{Error, Lattice, StopToken};
 
 const BUDGET: usize = 300;
 const EVAL_EVERY: usize = 10;
@@ -60,13 +63,10 @@ fn spec(target: Option<f64>, iterations: usize, eval_every: usize, out: PathBuf)
 
 /// Runs `spec` to the end, keeping every step's metrics.
 fn run(spec: &TrainSpec) -> (TrainReport, Vec<StepMetrics>) {
-    let mut steps = Vec::new();
-    let outcome = latflow::run::train(spec, &TrainControl::default(), &mut |m| {
-        steps.push(m.clone())
-    })
-    .unwrap();
+    let mut steps = Steps::default();
+    let outcome = latflow::run::train(spec, &TrainControl::default(), &mut steps).unwrap();
     match outcome {
-        TrainOutcome::Finished(report) => (report, steps),
+        TrainOutcome::Finished(report) => (report, steps.0),
         other => panic!("unexpected outcome {other:?}"),
     }
 }
@@ -199,11 +199,11 @@ fn a_resumed_run_stops_where_the_uninterrupted_one_does() {
     assert_eq!(full.reached_target, Some(true));
     assert!(full.iterations > EVAL_EVERY, "{}", full.iterations);
 
-    let stop = AtomicBool::new(false);
+    let stop = StopToken::new();
     let checkpoint = dir.join("ckpt.json");
     let control = TrainControl {
         checkpoint: Some(&checkpoint),
-        stop: Some(&stop),
+        stop: &stop,
         ..TrainControl::default()
     };
     let parted = TrainSpec {
@@ -211,22 +211,24 @@ fn a_resumed_run_stops_where_the_uninterrupted_one_does() {
         ..full_spec.clone()
     };
     // Stop after the first evaluation, so the checkpoint carries checking cost already.
-    let outcome = latflow::run::train(&parted, &control, &mut |m| {
-        if m.iteration + 1 == EVAL_EVERY {
-            stop.store(true, Ordering::SeqCst);
+    let asker = stop.clone();
+    let mut ask = on_progress(|_, done| {
+        if done == EVAL_EVERY as u64 {
+            asker.stop();
         }
-    })
-    .unwrap();
+    });
+    let outcome = latflow::run::train(&parted, &control, &mut ask).unwrap();
     assert!(
         matches!(outcome, TrainOutcome::Stopped { iteration, .. } if iteration == EVAL_EVERY),
         "{outcome:?}"
     );
-    stop.store(false, Ordering::SeqCst);
-    let mut resumed_steps = Vec::new();
-    let outcome = latflow::run::resume(&checkpoint, None, &control, &mut |m| {
-        resumed_steps.push(m.clone())
-    })
-    .unwrap();
+    let control = TrainControl {
+        stop: &StopToken::never(),
+        ..control
+    };
+    let mut resumed_steps = Steps::default();
+    let outcome = latflow::run::resume(&checkpoint, None, &control, &mut resumed_steps).unwrap();
+    let resumed_steps = resumed_steps.0;
     let TrainOutcome::Finished(resumed) = outcome else {
         panic!("{outcome:?}")
     };
@@ -257,7 +259,7 @@ fn checkpoints_without_the_new_fields_still_resume() {
         Trainer::new(model, action.clone(), plain.train.clone()).unwrap()
     };
     let mut full = fresh();
-    full.train(&mut |_| {}).unwrap();
+    full.train(&mut (), &latflow::StopToken::never()).unwrap();
 
     let mut first = fresh();
     for _ in 0..5 {
@@ -280,7 +282,9 @@ fn checkpoints_without_the_new_fields_still_resume() {
     std::fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
     let mut resumed = Trainer::resume(&path, action.clone()).unwrap();
     assert_eq!(resumed.iteration(), 5);
-    let summary = resumed.train(&mut |_| {}).unwrap();
+    let summary = resumed
+        .train(&mut (), &latflow::StopToken::never())
+        .unwrap();
     assert_eq!(summary.reached_target, None);
     // The evaluation after iteration 4 was dropped with the counters; the one after 8 is
     // counted.

@@ -49,7 +49,7 @@ fn spec(l: usize, recipe: RecipeSpec, iterations: usize, out: PathBuf) -> TrainS
 }
 
 fn run(spec: &TrainSpec) -> latflow::run::TrainReport {
-    match train(spec, &TrainControl::default(), &mut |_| {}).unwrap() {
+    match train(spec, &TrainControl::default(), &mut ()).unwrap() {
         TrainOutcome::Finished(report) => report,
         TrainOutcome::Stopped { .. } => unreachable!("nothing asks the run to stop"),
     }

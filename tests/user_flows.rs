@@ -179,7 +179,7 @@ fn run<K: Proposal>(kernel: K, seed: u64, therm: usize, n: usize) -> Summary {
     let mut chain = Chain::new(kernel, State::zero(&*action), seed);
     chain.thermalise(therm);
     let mut m = Measurements::new(action.lattice());
-    chain.run_with(n, 1, |s| m.record(&s.phi)).unwrap();
+    chain.run_with(n, 1, |s| m.record(s.phi())).unwrap();
     m.summary().unwrap()
 }
 
@@ -263,7 +263,9 @@ fn a_user_trainable_flow_is_trained_to_its_known_optimum_and_resumes() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("affine.ckpt.json");
     trainer.save_checkpoint(&path).unwrap();
-    let summary = trainer.train(&mut |_| {}).unwrap();
+    let summary = trainer
+        .train(&mut (), &latflow::StopToken::never())
+        .unwrap();
     let [s, b] = trainer.model().params;
 
     // One batch of 256 fixes s to about ½ sd(S)/(⟨S⟩ √256) ≈ 0.012 (for unit latent fields
@@ -282,7 +284,9 @@ fn a_user_trainable_flow_is_trained_to_its_known_optimum_and_resumes() {
     // bit; a flow of another structure is refused.
     let mut resumed =
         Trainer::resume_with_flow(&path, GlobalAffine::new(0.0, 0.0), action.clone()).unwrap();
-    resumed.train(&mut |_| {}).unwrap();
+    resumed
+        .train(&mut (), &latflow::StopToken::never())
+        .unwrap();
     assert_eq!(resumed.model().params, [s, b]);
     let model = FlowModel::new(&FlowConfig::real_nvp(1, &[]), &lattice(), 0).unwrap();
     let err = Trainer::resume_with_flow(&path, model, action)

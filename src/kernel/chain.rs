@@ -1,14 +1,20 @@
-//! A Markov chain: a kernel, its state and a seeded generator. It thermalises (adapting
-//! step sizes), then runs with thinning, measuring observables and recording every
-//! accept/reject in a [`ChainRecord`].
+//! A Markov chain: a kernel, its state and a seeded generator, and the one run loop every
+//! sampler in the library goes through ([`Chain::run`]): thermalisation with step-size
+//! adaptation, measurement with thinning, every accept/reject recorded in a
+//! [`ChainRecord`], progress reported to an [`Observer`] and a [`StopToken`] honoured
+//! between blocks of steps.
+//!
+//! Blocks exist for progress reports and stops only: a run's numbers are the same however
+//! its steps are grouped into blocks and however long each block takes.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::control::{Metric, Observer, StopToken};
 use crate::error::{Error, Result};
-use crate::kernel::{MoveDetail, MoveInfo, Proposal, State};
-use crate::observable::Observable;
+use crate::kernel::{MoveDetail, MoveInfo, MoveLabel, Proposal, State};
+use crate::observable::{Measurements, Observable};
 use crate::rng::{SimRng, rng_from_seed};
 
 /// A kernel, the state it moves and the random stream that drives it.
@@ -16,21 +22,23 @@ use crate::rng::{SimRng, rng_from_seed};
 /// ```
 /// use std::sync::Arc;
 /// use latflow::action::Phi4;
-/// use latflow::kernel::{Chain, Cycle, Hmc, LocalMetropolis};
-/// use latflow::observable::{FieldSquared, Observable};
-/// use latflow::{Lattice, State};
+/// use latflow::kernel::{Chain, Cycle, Hmc, LocalMetropolis, RunPlan};
+/// use latflow::observable::Measurements;
+/// use latflow::{Lattice, State, StopToken};
 ///
-/// let action = Arc::new(Phi4::hopping(Lattice::hypercubic(2, 8)?, 0.576, 0.5)?);
+/// let lattice = Lattice::hypercubic(2, 8)?;
+/// let action = Arc::new(Phi4::hopping(lattice.clone(), 0.576, 0.5)?);
 /// let kernel = Cycle::new(
 ///     LocalMetropolis::new(action.clone(), 1.0)?,
 ///     Hmc::new(action.clone(), 1.0, 8)?,
 /// );
 /// let mut chain = Chain::new(kernel, State::zero(&*action), 42);
-/// chain.thermalise(100);
-/// let mut observables: Vec<Box<dyn Observable>> = vec![Box::new(FieldSquared)];
-/// let record = chain.run(200, 2, &mut observables)?;
-/// assert_eq!(record.n_measurements(), 100);
+/// let mut measurements = Measurements::new(&lattice);
+/// let plan = RunPlan::new(200).therm(100).thin(2);
+/// let record = chain.run(&plan, &mut measurements, &mut (), &StopToken::new())?;
+/// assert_eq!(measurements.len(), 100);
 /// assert_eq!(record.accept_history("hmc").len(), 200);
+/// assert_eq!(record.thermalised, 100);
 /// # Ok::<(), latflow::Error>(())
 /// ```
 pub struct Chain<K: Proposal> {
@@ -40,28 +48,160 @@ pub struct Chain<K: Proposal> {
     scratch_moves: Vec<MoveInfo>,
 }
 
+/// How long a run is: `therm` thermalisation steps (adapting step sizes, not recorded),
+/// then `n` measured steps with a measurement after every `thin`-th; `block` groups the
+/// steps for progress reports and stop checks only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunPlan {
+    /// Thermalisation steps.
+    pub therm: usize,
+    /// Measured steps (each one step of the kernel).
+    pub n: usize,
+    /// Measure after every `thin`-th measured step (⌊n/thin⌋ measurements).
+    pub thin: usize,
+    /// How steps are grouped between progress reports and stop checks.
+    pub block: BlockSize,
+}
+
+impl RunPlan {
+    /// `n` measured steps, no thermalisation, every step measured, automatic blocks.
+    pub fn new(n: usize) -> Self {
+        RunPlan {
+            therm: 0,
+            n,
+            thin: 1,
+            block: BlockSize::Auto,
+        }
+    }
+
+    /// With `therm` thermalisation steps.
+    pub fn therm(mut self, therm: usize) -> Self {
+        self.therm = therm;
+        self
+    }
+
+    /// Measuring after every `thin`-th step.
+    pub fn thin(mut self, thin: usize) -> Self {
+        self.thin = thin;
+        self
+    }
+
+    /// With blocks of `block` size.
+    pub fn block(mut self, block: BlockSize) -> Self {
+        self.block = block;
+        self
+    }
+}
+
+/// How a run groups its steps between progress reports and stop checks. The grouping
+/// never changes a result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BlockSize {
+    /// Blocks of about a tenth of a second of work each, so that progress is reported and a
+    /// stop answered promptly whatever a step costs.
+    #[default]
+    Auto,
+    /// Blocks of this many steps (at least 1).
+    Steps(usize),
+}
+
+/// The wall time an automatic block aims at.
+const BLOCK_TARGET: Duration = Duration::from_millis(100);
+
+/// The block sizes of one run: fixed, or adapted to the wall time of the blocks before.
+struct Blocks {
+    size: usize,
+    adaptive: bool,
+}
+
+impl Blocks {
+    fn new(block: BlockSize) -> Self {
+        match block {
+            BlockSize::Auto => Blocks {
+                size: 1,
+                adaptive: true,
+            },
+            BlockSize::Steps(k) => Blocks {
+                size: k.max(1),
+                adaptive: false,
+            },
+        }
+    }
+
+    /// Adapts the size after a block of `steps` took `elapsed`.
+    fn adapt(&mut self, steps: usize, elapsed: Duration) {
+        if !self.adaptive {
+            return;
+        }
+        if elapsed < BLOCK_TARGET / 2 && steps >= self.size {
+            self.size = self.size.saturating_mul(2);
+        } else if elapsed > BLOCK_TARGET * 2 {
+            self.size = (self.size / 2).max(1);
+        }
+    }
+}
+
+/// What a run does with the state after every `thin`-th measured step.
+pub trait Measure {
+    /// Measures `state`; an error stops the run and is returned.
+    fn measure(&mut self, state: &State) -> Result<()>;
+}
+
+impl<F: FnMut(&State) -> Result<()>> Measure for F {
+    fn measure(&mut self, state: &State) -> Result<()> {
+        self(state)
+    }
+}
+
+/// Records the standard series of the field (see [`Measurements`]).
+impl Measure for Measurements {
+    fn measure(&mut self, state: &State) -> Result<()> {
+        self.record(state.phi())
+    }
+}
+
 /// Everything a run produced: measurements and the full move history, with the step
 /// boundaries (one kernel step may make several moves, e.g. a cycle `flow+local`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct ChainRecord {
-    /// Observable names, in the order given to [`Chain::run`].
+    /// Observable names, in the order given to [`Chain::run_observables`].
     pub names: Vec<String>,
     /// Numbers per measurement of each observable.
     pub components: Vec<usize>,
     /// Per observable, `n_measurements × components` values, measurement-major.
     pub measurements: Vec<Vec<f64>>,
-    /// Every move record, in order.
+    /// Every move record of the measured steps, in order.
     pub moves: Vec<MoveInfo>,
-    /// Per kernel step, how many records of `moves` it made (`steps` entries summing to
+    /// Per measured step, how many records of `moves` it made (`steps` entries summing to
     /// `moves.len()`).
     pub moves_per_step: Vec<u32>,
-    /// Kernel steps made.
+    /// Measured steps made.
     pub steps: usize,
-    /// Wall-clock seconds the run took.
+    /// Thermalisation steps made before them.
+    pub thermalised: usize,
+    /// True when a stop ended the run before all its steps were made.
+    pub interrupted: bool,
+    /// Wall-clock seconds of the measured steps.
     pub wall_seconds: f64,
 }
 
 impl ChainRecord {
+    /// The record of `steps` measured steps from their moves and step boundaries.
+    pub fn from_moves(
+        moves: Vec<MoveInfo>,
+        moves_per_step: Vec<u32>,
+        steps: usize,
+        wall_seconds: f64,
+    ) -> Self {
+        ChainRecord {
+            moves,
+            moves_per_step,
+            steps,
+            wall_seconds,
+            ..ChainRecord::default()
+        }
+    }
+
     /// Number of measurements of each observable.
     pub fn n_measurements(&self) -> usize {
         match (self.measurements.first(), self.components.first()) {
@@ -110,6 +250,15 @@ impl ChainRecord {
             .filter(|m| m.kernel == label && m.proposed == 1)
             .map(|m| m.accepted == 1)
             .collect()
+    }
+
+    /// The label of the first move of kind `kind` (a name of
+    /// [`MOVE_KINDS`](crate::kernel::MOVE_KINDS), e.g. `flow`), if any was made.
+    pub fn first_label_of_kind(&self, kind: &str) -> Option<MoveLabel> {
+        self.moves
+            .iter()
+            .find(|m| m.detail.kind() == kind)
+            .map(|m| m.kernel.clone())
     }
 
     /// The moves labelled `label`, in order.
@@ -178,6 +327,8 @@ impl ChainRecord {
         self.moves.extend(other.moves);
         self.moves_per_step.extend(other.moves_per_step);
         self.steps += other.steps;
+        self.thermalised += other.thermalised;
+        self.interrupted |= other.interrupted;
         self.wall_seconds += other.wall_seconds;
         Ok(())
     }
@@ -225,6 +376,46 @@ fn acceptance_of<'a>(moves: impl Iterator<Item = &'a MoveInfo>) -> f64 {
     }
 }
 
+/// Running acceptance per label over the measured steps, for progress reports.
+#[derive(Default)]
+struct Tallies {
+    labels: Vec<(MoveLabel, u64, u64)>,
+    names: Vec<String>,
+}
+
+impl Tallies {
+    fn add(&mut self, moves: &[MoveInfo]) {
+        for m in moves {
+            match self.labels.iter_mut().find(|(l, _, _)| *l == m.kernel) {
+                Some((_, p, a)) => {
+                    *p += u64::from(m.proposed);
+                    *a += u64::from(m.accepted);
+                }
+                None => {
+                    self.labels
+                        .push((m.kernel.clone(), m.proposed.into(), m.accepted.into()));
+                    self.names.push(format!("acceptance {}", m.kernel));
+                }
+            }
+        }
+    }
+
+    fn metrics(&self) -> Vec<Metric<'_>> {
+        self.labels
+            .iter()
+            .zip(&self.names)
+            .map(|((_, p, a), name)| {
+                let value = if *p == 0 {
+                    f64::NAN
+                } else {
+                    *a as f64 / *p as f64
+                };
+                Metric::new(name, value)
+            })
+            .collect()
+    }
+}
+
 impl<K: Proposal> Chain<K> {
     /// A chain starting from `state`, driven by a generator seeded with `seed`.
     pub fn new(kernel: K, state: State, seed: u64) -> Self {
@@ -241,22 +432,121 @@ impl<K: Proposal> Chain<K> {
         }
     }
 
+    /// Runs the chain: `plan.therm` steps with the kernel's adaptation on (one adaptation
+    /// schedule for the whole thermalisation), then `plan.n` steps with it off, handing the
+    /// state to `measure` after every `plan.thin`-th of them.
+    ///
+    /// `observer` sees two stages, `thermalise` and `measure` (in steps; the measured
+    /// stage's metrics are the acceptance per kernel label so far), after every block of
+    /// steps; `stop` is checked between blocks. A stop ends the run early: the record then
+    /// covers the measured steps made (`interrupted` set, `thermalised` saying how far
+    /// thermalisation got). Block sizes ([`RunPlan::block`]) change neither the steps nor
+    /// the measurements: the same seed gives the same record however the run is grouped.
+    pub fn run(
+        &mut self,
+        plan: &RunPlan,
+        measure: &mut dyn Measure,
+        observer: &mut dyn Observer,
+        stop: &StopToken,
+    ) -> Result<ChainRecord> {
+        if plan.thin == 0 {
+            return Err(Error::param("thin", "must be at least 1"));
+        }
+        let mut record = ChainRecord::default();
+        let mut blocks = Blocks::new(plan.block);
+        if plan.therm > 0 {
+            observer.begin("thermalise", plan.therm as u64, "steps");
+            self.kernel.set_adapting(true);
+            while record.thermalised < plan.therm && !stop.is_stopped() {
+                let k = blocks.size.min(plan.therm - record.thermalised);
+                let start = Instant::now();
+                for _ in 0..k {
+                    self.scratch_moves.clear();
+                    self.kernel
+                        .step(&mut self.state, &mut self.rng, &mut self.scratch_moves);
+                }
+                blocks.adapt(k, start.elapsed());
+                record.thermalised += k;
+                observer.progress(record.thermalised as u64, &[]);
+            }
+            self.kernel.set_adapting(false);
+            self.scratch_moves.clear();
+            if record.thermalised < plan.therm {
+                record.interrupted = true;
+                observer.end("stopped");
+                return Ok(record);
+            }
+            observer.end("done");
+        }
+        if plan.n == 0 {
+            return Ok(record);
+        }
+        observer.begin("measure", plan.n as u64, "steps");
+        record.moves.reserve(plan.n.min(1 << 24));
+        record.moves_per_step.reserve(plan.n.min(1 << 24));
+        let mut tallies = Tallies::default();
+        let mut seconds = Duration::ZERO;
+        while record.steps < plan.n {
+            if stop.is_stopped() {
+                record.interrupted = true;
+                break;
+            }
+            let k = blocks.size.min(plan.n - record.steps);
+            let start = Instant::now();
+            let first_move = record.moves.len();
+            for _ in 0..k {
+                let before = record.moves.len();
+                self.kernel
+                    .step(&mut self.state, &mut self.rng, &mut record.moves);
+                record
+                    .moves_per_step
+                    .push(u32::try_from(record.moves.len() - before).unwrap_or(u32::MAX));
+                record.steps += 1;
+                if record.steps % plan.thin == 0 {
+                    measure.measure(&self.state)?;
+                }
+            }
+            let elapsed = start.elapsed();
+            seconds += elapsed;
+            blocks.adapt(k, elapsed);
+            tallies.add(&record.moves[first_move..]);
+            observer.progress(record.steps as u64, &tallies.metrics());
+        }
+        record.wall_seconds = seconds.as_secs_f64();
+        observer.end(if record.interrupted {
+            "stopped"
+        } else {
+            "done"
+        });
+        Ok(record)
+    }
+
     /// Makes `n` steps with adaptation on, then switches adaptation off; the moves are
     /// not recorded.
     pub fn thermalise(&mut self, n: usize) {
-        self.kernel.set_adapting(true);
-        for _ in 0..n {
-            self.scratch_moves.clear();
-            self.kernel
-                .step(&mut self.state, &mut self.rng, &mut self.scratch_moves);
-        }
-        self.kernel.set_adapting(false);
-        self.scratch_moves.clear();
+        let plan = RunPlan {
+            n: 0,
+            therm: n,
+            ..RunPlan::new(0)
+        };
+        // Without measurements and stops the run cannot fail.
+        let _ = self.run(&plan, &mut |_: &State| Ok(()), &mut (), &StopToken::new());
+    }
+
+    /// Makes `n` steps and calls `measure` with the state after every `thin`-th step; the
+    /// record holds the move history (and no observables). An error from `measure` stops the
+    /// run and is returned.
+    pub fn run_with<F>(&mut self, n: usize, thin: usize, mut measure: F) -> Result<ChainRecord>
+    where
+        F: FnMut(&State) -> Result<()>,
+    {
+        let plan = RunPlan::new(n).thin(thin);
+        self.run(&plan, &mut measure, &mut (), &StopToken::new())
     }
 
     /// Makes `n` steps, measuring every observable after every `thin`-th step
-    /// (⌊n/thin⌋ measurements), and returns the record.
-    pub fn run(
+    /// (⌊n/thin⌋ measurements), and returns the record with the measurements.
+    pub fn run_observables(
         &mut self,
         n: usize,
         thin: usize,
@@ -277,7 +567,7 @@ impl<K: Proposal> Chain<K> {
             {
                 let at = series.len();
                 series.resize(at + c, 0.0);
-                obs.measure(&state.phi, &mut series[at..]);
+                obs.measure(state.phi(), &mut series[at..]);
             }
             Ok(())
         })?;
@@ -285,38 +575,6 @@ impl<K: Proposal> Chain<K> {
         record.components = components;
         record.measurements = measurements;
         Ok(record)
-    }
-
-    /// Makes `n` steps and calls `measure` with the state after every `thin`-th step; the
-    /// record holds the move history (and no observables). An error from `measure` stops the
-    /// run and is returned.
-    pub fn run_with<F>(&mut self, n: usize, thin: usize, mut measure: F) -> Result<ChainRecord>
-    where
-        F: FnMut(&State) -> Result<()>,
-    {
-        if thin == 0 {
-            return Err(Error::param("thin", "must be at least 1"));
-        }
-        let start = Instant::now();
-        let mut moves = Vec::with_capacity(n);
-        let mut moves_per_step = Vec::with_capacity(n);
-        for i in 1..=n {
-            let before = moves.len();
-            self.kernel.step(&mut self.state, &mut self.rng, &mut moves);
-            moves_per_step.push(u32::try_from(moves.len() - before).unwrap_or(u32::MAX));
-            if i % thin == 0 {
-                measure(&self.state)?;
-            }
-        }
-        Ok(ChainRecord {
-            names: Vec::new(),
-            components: Vec::new(),
-            measurements: Vec::new(),
-            moves,
-            moves_per_step,
-            steps: n,
-            wall_seconds: start.elapsed().as_secs_f64(),
-        })
     }
 
     /// The current state.

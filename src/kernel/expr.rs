@@ -8,7 +8,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernel::{Cycle, Mixture, Proposal, Repeat};
+use crate::kernel::{Cycle, Mixture, MoveLabel, Proposal, Repeat};
+
+/// Makes the kernel of one occurrence of a name in an expression, given the name and the
+/// occurrence's move label.
+pub type KernelMaker<'a> = dyn FnMut(&str, MoveLabel) -> Result<Box<dyn Proposal>> + 'a;
 
 /// Deepest nesting of parentheses and `mix(...)` a parser accepts.
 const MAX_DEPTH: usize = 64;
@@ -93,10 +97,49 @@ impl KernelExpr {
         }
     }
 
-    /// Builds the kernel: `kernel(name)` makes each named kernel (one fresh kernel per
-    /// occurrence of the name; an error from it, e.g. for an unknown name, is returned),
-    /// and cycles, repeats and mixtures become [`Cycle`], [`Repeat`] and [`Mixture`].
-    pub fn build(
+    /// The move label of every kernel occurrence, in order of appearance: the name itself
+    /// when it occurs once, `name#1`, `name#2`, … when it occurs several times (a repeat
+    /// `a*k` is one occurrence).
+    pub fn labels(&self) -> Vec<MoveLabel> {
+        let mut all = Vec::new();
+        self.visit_names(&mut |n| all.push(n));
+        let mut seen: Vec<(&str, usize)> = Vec::new();
+        all.iter()
+            .map(|&name| {
+                let total = all.iter().filter(|&&n| n == name).count();
+                let k = match seen.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, k)) => {
+                        *k += 1;
+                        *k
+                    }
+                    None => {
+                        seen.push((name, 1));
+                        1
+                    }
+                };
+                if total == 1 {
+                    MoveLabel::new(name)
+                } else {
+                    MoveLabel::from(format!("{name}#{k}"))
+                }
+            })
+            .collect()
+    }
+
+    /// Builds the kernel: `kernel(name, label)` makes each named kernel, one fresh kernel
+    /// per occurrence with that occurrence's move label (see [`KernelExpr::labels`]); an
+    /// error from it, e.g. for an unknown name, is returned. Cycles, repeats and mixtures
+    /// become [`Cycle`], [`Repeat`] and [`Mixture`].
+    pub fn build(&self, kernel: &mut KernelMaker<'_>) -> Result<Box<dyn Proposal>> {
+        let mut labels = self.labels().into_iter();
+        let mut next = |name: &str| -> Result<Box<dyn Proposal>> {
+            let label = labels.next().unwrap_or_else(|| MoveLabel::new(name));
+            kernel(name, label)
+        };
+        self.build_with(&mut next)
+    }
+
+    fn build_with(
         &self,
         kernel: &mut dyn FnMut(&str) -> Result<Box<dyn Proposal>>,
     ) -> Result<Box<dyn Proposal>> {
@@ -107,14 +150,14 @@ impl KernelExpr {
                 let first = parts
                     .next()
                     .ok_or_else(|| Error::param("kernel", "a cycle needs at least one part"))?;
-                let mut built = first.build(kernel)?;
+                let mut built = first.build_with(kernel)?;
                 for part in parts {
-                    built = Box::new(Cycle::new(built, part.build(kernel)?));
+                    built = Box::new(Cycle::new(built, part.build_with(kernel)?));
                 }
                 Ok(built)
             }
             KernelExpr::Repeat(inner, times) => {
-                Ok(Box::new(Repeat::new(inner.build(kernel)?, *times)?))
+                Ok(Box::new(Repeat::new(inner.build_with(kernel)?, *times)?))
             }
             KernelExpr::Mixture(parts) => build_mixture(parts, kernel),
         }
@@ -134,10 +177,10 @@ fn build_mixture(
     }
     match parts {
         [] => Err(Error::param("kernel", "a mixture needs at least one part")),
-        [(_, only)] => only.build(kernel),
+        [(_, only)] => only.build_with(kernel),
         [(w, first), rest @ ..] => {
             let total: f64 = parts.iter().map(|(w, _)| w).sum();
-            let first = first.build(kernel)?;
+            let first = first.build_with(kernel)?;
             let rest = build_mixture(rest, kernel)?;
             Ok(Box::new(Mixture::new(first, rest, (w / total).min(1.0))?))
         }

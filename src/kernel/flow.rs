@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowScratch, ensure_same_lattice};
-use crate::kernel::{MoveDetail, MoveInfo, Proposal, State};
+use crate::kernel::{MoveDetail, MoveInfo, MoveLabel, Proposal, State};
 use crate::rng::{SimRng, rng_from_seed};
 use crate::stats::{GammaEstimate, ess_fraction, reweighted_mean};
 
@@ -19,9 +19,9 @@ use crate::stats::{GammaEstimate, ess_fraction, reweighted_mean};
 ///
 /// Proposals φ' ~ p̃ are generated `batch` at a time through [`Flow::forward_into`] and
 /// accepted with min(1, w(φ')/w(φ)), w = e^{−S}/p̃. The log-weight of the current state is
-/// cached together with a copy of its field and recomputed through
-/// [`Flow::log_density_into`] only when another kernel has changed the state, so the
-/// proposal composes with local and HMC moves. Any [`Flow`] works, also behind
+/// cached with the state's generation and recomputed through [`Flow::log_density_into`]
+/// only when another kernel has changed the state, so the proposal composes with local and
+/// HMC moves. Any [`Flow`] works, also behind
 /// `Arc<dyn Flow>`.
 pub struct FlowProposal<F: Flow + ?Sized, A: Action + ?Sized> {
     flow: Arc<F>,
@@ -37,8 +37,10 @@ pub struct FlowProposal<F: Flow + ?Sized, A: Action + ?Sized> {
     proposal_action: Vec<f64>,
     next: usize,
     scratch: FlowScratch,
-    cached_phi: Vec<f64>,
+    /// The generation of the state `cached_log_w` belongs to (0: none).
+    cached_generation: u64,
     cached_log_w: f64,
+    label: MoveLabel,
     /// The current state in f32 and its log p̃, for recomputing log w after another kernel.
     state_row: Array2<f32>,
     state_log_p: Array1<f64>,
@@ -67,12 +69,19 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowProposal<F, A> {
             proposal_action: vec![0.0; batch],
             next: batch,
             scratch: FlowScratch::new(),
-            cached_phi: Vec::with_capacity(volume),
+            cached_generation: 0,
             cached_log_w: f64::NAN,
+            label: MoveLabel::new("flow"),
             state_row: Array2::zeros((1, volume)),
             state_log_p: Array1::zeros(1),
             inverse_scratch: FlowScratch::new(),
         })
+    }
+
+    /// Records the kernel's proposals under `label` (default `flow`).
+    pub fn with_label(mut self, label: MoveLabel) -> Self {
+        self.label = label;
+        self
     }
 
     /// The flow.
@@ -126,12 +135,13 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowProposal<F, A> {
         )
     }
 
-    /// log w of `state`, from the cache when the field is unchanged since the last step.
+    /// log w of `state`, from the cache when the state has not changed since it was filled.
     fn current_log_w(&mut self, state: &State) -> f64 {
-        if self.cached_phi != state.phi {
+        if self.cached_generation != state.generation() {
+            let phi = state.phi();
             // A state of the wrong length is one the flow cannot produce: log w = NaN.
-            self.cached_log_w = if state.phi.len() == self.state_row.len() {
-                for (o, &x) in self.state_row.iter_mut().zip(&state.phi) {
+            self.cached_log_w = if phi.len() == self.state_row.len() {
+                for (o, &x) in self.state_row.iter_mut().zip(phi) {
                     *o = x as f32;
                 }
                 match self.flow.log_density_into(
@@ -139,14 +149,13 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowProposal<F, A> {
                     self.state_log_p.view_mut(),
                     &mut self.inverse_scratch,
                 ) {
-                    Ok(()) => -state.action - self.state_log_p[0],
+                    Ok(()) => -state.action() - self.state_log_p[0],
                     Err(_) => f64::NAN,
                 }
             } else {
                 f64::NAN
             };
-            self.cached_phi.clear();
-            self.cached_phi.extend_from_slice(&state.phi);
+            self.cached_generation = state.generation();
         }
         self.cached_log_w
     }
@@ -171,16 +180,15 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> Proposal for FlowProposal<F, A> {
         let accept = proposed.is_finite() && (current.is_nan() || u.ln() < delta);
         if accept {
             let row = self.proposals.index_axis(Axis(0), i);
-            for (p, &x) in state.phi.iter_mut().zip(row.iter()) {
-                *p = x;
+            match row.as_slice() {
+                Some(row) => state.assign(row, self.proposal_action[i]),
+                None => state.assign(&row.to_vec(), self.proposal_action[i]),
             }
-            state.action = self.proposal_action[i];
-            self.cached_phi.clear();
-            self.cached_phi.extend_from_slice(&state.phi);
+            self.cached_generation = state.generation();
             self.cached_log_w = proposed;
         }
         moves.push(MoveInfo {
-            kernel: "flow",
+            kernel: self.label.clone(),
             proposed: 1,
             accepted: u32::from(accept),
             detail: MoveDetail::Flow {

@@ -9,7 +9,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::action::Action;
 use crate::error::{Error, Result, ensure_finite};
-use crate::kernel::{MoveDetail, MoveInfo, Proposal, State};
+use crate::kernel::{MoveDetail, MoveInfo, MoveLabel, Proposal, State};
 use crate::rng::SimRng;
 
 /// λ of Omelyan's 2nd-order minimum-norm integrator.
@@ -40,10 +40,7 @@ pub struct Hmc<A: Action> {
     n_steps: usize,
     integrator: Integrator,
     randomise_length: bool,
-    /// The configuration `force` belongs to.
-    force_phi: Vec<f64>,
-    force: Vec<f64>,
-    force_valid: bool,
+    label: MoveLabel,
     trial_phi: Vec<f64>,
     trial_force: Vec<f64>,
     momentum: Vec<f64>,
@@ -70,13 +67,17 @@ impl<A: Action> Hmc<A> {
             n_steps,
             integrator: Integrator::Leapfrog,
             randomise_length: true,
-            force_phi: vec![0.0; v],
-            force: vec![0.0; v],
-            force_valid: false,
+            label: MoveLabel::new("hmc"),
             trial_phi: vec![0.0; v],
             trial_force: vec![0.0; v],
             momentum: vec![0.0; v],
         })
+    }
+
+    /// Records the kernel's trajectories under `label` (default `hmc`).
+    pub fn with_label(mut self, label: MoveLabel) -> Self {
+        self.label = label;
+        self
     }
 
     /// Chooses the integrator.
@@ -246,20 +247,16 @@ impl<A: Action> Proposal for Hmc<A> {
     }
 
     fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {
-        // The cached force is reused when the state is the one it was computed for (after
-        // a rejected trajectory, or an accepted one of this kernel).
-        if !self.force_valid || self.force_phi != state.phi {
-            self.action.force(&state.phi, &mut self.force);
-            self.force_phi.copy_from_slice(&state.phi);
-            self.force_valid = true;
-        }
+        // The state caches the force at its field: after a rejected trajectory, or an
+        // accepted one of this kernel, it is not computed again.
+        self.trial_force
+            .copy_from_slice(state.force_or_compute(&*self.action));
+        self.trial_phi.copy_from_slice(state.phi());
         for p in self.momentum.iter_mut() {
             *p = StandardNormal.sample(rng);
         }
         let steps = rng.random_range(self.step_count_range());
-        let h_old = kinetic(&self.momentum) + state.action;
-        self.trial_phi.copy_from_slice(&state.phi);
-        self.trial_force.copy_from_slice(&self.force);
+        let h_old = kinetic(&self.momentum) + state.action();
         let mut momentum = std::mem::take(&mut self.momentum);
         let mut trial_phi = std::mem::take(&mut self.trial_phi);
         let mut trial_force = std::mem::take(&mut self.trial_force);
@@ -268,16 +265,13 @@ impl<A: Action> Proposal for Hmc<A> {
         let accept = Self::log_acceptance(delta_h) >= 0.0
             || rng.random::<f64>().ln() < Self::log_acceptance(delta_h);
         if accept {
-            std::mem::swap(&mut state.phi, &mut trial_phi);
-            state.action = s_new;
-            std::mem::swap(&mut self.force, &mut trial_force);
-            self.force_phi.copy_from_slice(&state.phi);
+            state.swap_in(&mut trial_phi, s_new, Some(&mut trial_force));
         }
         self.momentum = momentum;
         self.trial_phi = trial_phi;
         self.trial_force = trial_force;
         moves.push(MoveInfo {
-            kernel: "hmc",
+            kernel: self.label.clone(),
             proposed: 1,
             accepted: accept as u32,
             detail: MoveDetail::Hmc {

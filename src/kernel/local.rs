@@ -8,7 +8,7 @@ use rand::RngExt;
 
 use crate::action::Action;
 use crate::error::{Error, Result, ensure_finite};
-use crate::kernel::{MoveDetail, MoveInfo, Proposal, State};
+use crate::kernel::{MoveDetail, MoveInfo, MoveLabel, Proposal, State};
 use crate::rng::SimRng;
 
 /// The order in which a sweep visits the sites.
@@ -45,6 +45,7 @@ pub struct LocalMetropolis<A: Action> {
     adaptation_steps: u32,
     sweeps_since_refresh: u32,
     permutation: Vec<usize>,
+    label: MoveLabel,
 }
 
 impl<A: Action> LocalMetropolis<A> {
@@ -75,7 +76,14 @@ impl<A: Action> LocalMetropolis<A> {
             adaptation_steps: 0,
             sweeps_since_refresh: 0,
             permutation: (0..v).collect(),
+            label: MoveLabel::new("local"),
         })
+    }
+
+    /// Records the kernel's moves under `label` (default `local`).
+    pub fn with_label(mut self, label: MoveLabel) -> Self {
+        self.label = label;
+        self
     }
 
     /// Sets the sweep order.
@@ -151,21 +159,26 @@ impl<A: Action> Proposal for LocalMetropolis<A> {
             }
         }
         let step_size = self.step_size;
-        let tally = self.action.metropolis_sweep(
-            &mut state.phi,
-            &self.permutation,
-            self.hits,
-            rng,
-            |old, rng: &mut SimRng| old + step_size * (2.0 * rng.random::<f64>() - 1.0),
-        );
-        let accepted = tally.accepted;
         self.sweeps_since_refresh += 1;
-        if self.sweeps_since_refresh >= ACTION_REFRESH_INTERVAL {
-            state.action = self.action.action(&state.phi);
+        let refresh = self.sweeps_since_refresh >= ACTION_REFRESH_INTERVAL;
+        if refresh {
             self.sweeps_since_refresh = 0;
-        } else {
-            state.action += tally.delta_action;
         }
+        let action = &*self.action;
+        let (permutation, hits) = (&self.permutation, self.hits);
+        let tally = state.change(|phi, s| {
+            let tally =
+                action.metropolis_sweep(phi, permutation, hits, rng, |old, rng: &mut SimRng| {
+                    old + step_size * (2.0 * rng.random::<f64>() - 1.0)
+                });
+            if refresh {
+                *s = action.action(phi);
+            } else {
+                *s += tally.delta_action;
+            }
+            tally
+        });
+        let accepted = tally.accepted;
         let proposed = self.hits * self.permutation.len() as u32;
         if self.adapting {
             // Robbins–Monro on log δ with a decaying gain: fast at first, then settling so
@@ -177,7 +190,7 @@ impl<A: Action> Proposal for LocalMetropolis<A> {
             self.step_size = (self.step_size * factor).clamp(STEP_SIZE_RANGE.0, STEP_SIZE_RANGE.1);
         }
         moves.push(MoveInfo {
-            kernel: "local",
+            kernel: self.label.clone(),
             proposed,
             accepted,
             detail: MoveDetail::LocalSweep {
@@ -187,6 +200,8 @@ impl<A: Action> Proposal for LocalMetropolis<A> {
         });
     }
 
+    /// Switching adaptation on restarts the gain schedule; a chain does so once for its whole
+    /// thermalisation.
     fn set_adapting(&mut self, on: bool) {
         if on && !self.adapting {
             self.adaptation_steps = 0;

@@ -14,10 +14,11 @@ use super::train::{
     resume, train, trained_model_run,
 };
 use super::{ActionSpec, init_from};
+use crate::control::{Observer, Prefixed};
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowModel};
 use crate::lattice::Lattice;
-use crate::train::{StepMetrics, TrainConfig};
+use crate::train::TrainConfig;
 
 /// One stage of a curriculum: the lattice and action it trains against, and how.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -205,14 +206,14 @@ pub enum CurriculumOutcome {
 /// Runs the curriculum in this process: for every stage, a finished model in the folder is
 /// kept (it must record this stage's run; a stage trained with other settings is an error
 /// naming the file), a checkpoint of this stage is resumed, otherwise the stage is trained
-/// with checkpoints every `control.checkpoint_every` iterations. `observer` gets the stage
-/// (0-based) and every step's metrics. Writes `curriculum.json` (atomically) after every
+/// with checkpoints every `control.checkpoint_every` iterations. `observer` sees each
+/// stage's training as `stage k: train` (k from 1). Writes `curriculum.json` (atomically) after every
 /// stage. The control's `checkpoint` and `log` are not used (every stage keeps its own
 /// beside its model), and a control spread over ranks is refused.
 pub fn curriculum(
     spec: &CurriculumSpec,
     control: &TrainControl<'_>,
-    observer: &mut dyn FnMut(usize, &StepMetrics),
+    observer: &mut dyn Observer,
 ) -> Result<CurriculumOutcome> {
     if control.ranks.is_some() {
         return Err(Error::Incompatible(
@@ -243,7 +244,8 @@ pub fn curriculum(
             log: Some(&log),
             ..*control
         };
-        let mut stage_observer = |m: &StepMetrics| observer(k, m);
+        let name = format!("stage {}", k + 1);
+        let mut stage_observer = Prefixed::new(observer, &name);
         let outcome = if model.exists() {
             let (recorded, report) = trained_model_run(&model)?;
             check_recorded(&model, &recorded, &stage, k)?;

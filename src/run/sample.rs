@@ -3,18 +3,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use super::{ActionSpec, model_target};
 use crate::action::{Action, Phi4};
-use crate::diagnostics::{ChainDiagnostics, Verdict, diagnose};
+use crate::control::{Observer, StopToken};
+use crate::diagnostics::{ChainDiagnostics, Finding, Verdict, diagnose};
 use crate::error::{Error, Result};
 use crate::flow::FlowModel;
 use crate::kernel::{
-    Chain, ChainRecord, FlowProposal, Hmc, Integrator, KernelExpr, LocalMetropolis, MoveInfo,
-    Proposal, State,
+    Chain, ChainRecord, FlowProposal, Hmc, Integrator, KernelExpr, LocalMetropolis, MoveRows,
+    Proposal, RunPlan, State,
 };
 use crate::lattice::Lattice;
 use crate::observable::{ActionDensity, Measurements, Summary};
@@ -183,29 +183,32 @@ impl KernelSpec {
         model: Option<&Arc<FlowModel>>,
     ) -> Result<Box<dyn Proposal>> {
         check_kernel_names(&self.kind)?;
-        self.kind.build(&mut |name| -> Result<Box<dyn Proposal>> {
-            Ok(match name {
-                "local" => Box::new(LocalMetropolis::new(action.clone(), self.step_size)?),
-                "hmc" => Box::new(
-                    Hmc::new(action.clone(), self.tau, self.md_steps)?
-                        .with_integrator(self.integrator)
-                        .with_randomised_length(!self.fixed_length),
-                ),
-                "flow" => {
-                    let model = model.ok_or_else(|| {
-                        Error::param("model", "the `flow` kernel needs a trained model")
-                    })?;
-                    Box::new(FlowProposal::new(
-                        model.clone(),
-                        action.clone(),
-                        self.flow_batch,
-                    )?)
-                }
-                other => {
-                    return Err(Error::param("kernel", format!("unknown kernel `{other}`")));
-                }
+        self.kind
+            .build(&mut |name, label| -> Result<Box<dyn Proposal>> {
+                Ok(match name {
+                    "local" => Box::new(
+                        LocalMetropolis::new(action.clone(), self.step_size)?.with_label(label),
+                    ),
+                    "hmc" => Box::new(
+                        Hmc::new(action.clone(), self.tau, self.md_steps)?
+                            .with_integrator(self.integrator)
+                            .with_randomised_length(!self.fixed_length)
+                            .with_label(label),
+                    ),
+                    "flow" => {
+                        let model = model.ok_or_else(|| {
+                            Error::param("model", "the `flow` kernel needs a trained model")
+                        })?;
+                        Box::new(
+                            FlowProposal::new(model.clone(), action.clone(), self.flow_batch)?
+                                .with_label(label),
+                        )
+                    }
+                    other => {
+                        return Err(Error::param("kernel", format!("unknown kernel `{other}`")));
+                    }
+                })
             })
-        })
     }
 }
 
@@ -522,19 +525,19 @@ const REPORTED: [&str; 11] = [
     "xi_fit",
 ];
 
-/// Runs `spec`, calling `progress(done, total)` as steps complete (thermalisation included).
+/// Runs `spec`, reporting progress to `observer` (the stages `thermalise` and `measure`,
+/// see [`Chain::run`]) and checking `stop` between blocks of steps.
 ///
-/// `stop`, when given, is checked between blocks of at most 1 % of the run: once it is set,
-/// the run ends early and the report covers the steps measured so far (with `interrupted`
-/// set and `n` the measured steps made); stopped during thermalisation, it is an error, as
-/// nothing was measured. The output file, when the caller writes one, is best checked
-/// before with [`crate::io::check_output_path`].
+/// A stop ends the run early with what it did kept: the report then has `interrupted` set
+/// and `n` the measured steps made; stopped before two measurements were made, it has no
+/// observables and an unreliable verdict saying how far the run got. The output file, when
+/// the caller writes one, is best checked before with [`crate::io::check_output_path`].
 pub fn sample(
     spec: &SampleSpec,
-    progress: &mut dyn FnMut(usize, usize),
-    stop: Option<&AtomicBool>,
+    observer: &mut dyn Observer,
+    stop: &StopToken,
 ) -> Result<SampleReport> {
-    Ok(sample_data(spec, progress, stop, 0)?.report)
+    Ok(sample_data(spec, observer, stop, 0)?.report)
 }
 
 /// Everything a sampling run produced, for callers that store and re-analyse it: the report,
@@ -560,8 +563,8 @@ pub struct SampleData {
 /// ⌈(n/thin)/saved_configs⌉-th; none when 0).
 pub fn sample_data(
     spec: &SampleSpec,
-    progress: &mut dyn FnMut(usize, usize),
-    stop: Option<&AtomicBool>,
+    observer: &mut dyn Observer,
+    stop: &StopToken,
     saved_configs: usize,
 ) -> Result<SampleData> {
     spec.validate()?;
@@ -573,23 +576,39 @@ pub fn sample_data(
     };
     let kernel = spec.kernel.build(&action, model.as_ref())?;
     let initial = initial_state(action.as_ref(), model.as_deref(), spec.seed)?;
-    let stopped = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
-    let (record, measurements, mut saved, seconds) = run_chain(
-        kernel,
-        initial,
-        &action,
-        spec,
-        progress,
-        &stopped,
-        saved_configs,
+    let start = std::time::Instant::now();
+    let mut chain = Chain::new(kernel, initial, spec.seed);
+    let mut measurements = Measurements::new(&spec.lattice);
+    let dyn_action: Arc<dyn Action> = action.clone();
+    measurements.add(Box::new(ActionDensity::new(dyn_action)))?;
+    let stride = match saved_configs {
+        0 => usize::MAX,
+        k => (spec.n / spec.thin).div_ceil(k).max(1),
+    };
+    let mut saved: Vec<(usize, Vec<f64>)> = Vec::new();
+    let plan = RunPlan::new(spec.n).therm(spec.therm).thin(spec.thin);
+    let record = chain.run(
+        &plan,
+        &mut |state: &State| {
+            let index = measurements.len();
+            if index.is_multiple_of(stride) {
+                saved.push((index, state.phi().to_vec()));
+            }
+            measurements.record(state.phi())
+        },
+        observer,
+        stop,
     )?;
-    let summary = measurements.summary()?;
-    let mut report = report_from(spec, &record, &summary, seconds)?;
-    if record.steps < spec.n {
-        report.n = record.steps;
-        report.interrupted = true;
-    }
-    let (config_indices, configs) = std::mem::take(&mut saved).into_iter().unzip();
+    let seconds = start.elapsed().as_secs_f64();
+    let mut report = if measurements.len() < 2 {
+        stopped_report(spec, &record, seconds)
+    } else {
+        let summary = measurements.summary()?;
+        report_from(spec, &record, &summary, seconds)?
+    };
+    report.n = record.steps;
+    report.interrupted = record.interrupted;
+    let (config_indices, configs) = saved.into_iter().unzip();
     Ok(SampleData {
         sampling_seconds: record.wall_seconds,
         report,
@@ -598,6 +617,30 @@ pub fn sample_data(
         configs,
         config_indices,
     })
+}
+
+/// The report of a run stopped before it made two measurements: no observables, an
+/// unreliable verdict saying how far the run got.
+fn stopped_report(spec: &SampleSpec, record: &ChainRecord, seconds: f64) -> SampleReport {
+    let mut report = build_report(spec, record, &Summary::default(), seconds, None);
+    let message = if record.thermalised < spec.therm {
+        format!(
+            "stopped during thermalisation after {} of {} steps: nothing was measured",
+            record.thermalised, spec.therm
+        )
+    } else {
+        format!(
+            "stopped after {} measured steps, before two measurements were made",
+            record.steps
+        )
+    };
+    report.diagnostics.push(Finding {
+        code: "stopped_before_measuring".into(),
+        severity: Verdict::Unreliable,
+        message,
+    });
+    report.verdict = report.diagnostics.verdict;
+    report
 }
 
 /// The report of a run of `spec` from its move history and the summary of its measured
@@ -634,14 +677,14 @@ pub fn replica_seed(seed: u64, replica: usize) -> u64 {
 pub fn sample_replicas(
     spec: &SampleSpec,
     ranks: &dyn Collective,
-    progress: &mut dyn FnMut(usize, usize),
-    stop: Option<&AtomicBool>,
+    observer: &mut dyn Observer,
+    stop: &StopToken,
 ) -> Result<Option<SampleReport>> {
     let own = SampleSpec {
         seed: replica_seed(spec.seed, ranks.rank()),
         ..spec.clone()
     };
-    let data = sample_data(&own, progress, stop, 0)?;
+    let data = sample_data(&own, observer, stop, 0)?;
     if ranks.size() == 1 {
         return Ok(Some(data.report));
     }
@@ -730,6 +773,8 @@ pub fn combine_replicas(spec: &SampleSpec, chains: &[ReplicaChain]) -> Result<Sa
 #[derive(Serialize, Deserialize)]
 struct ReplicaHeader {
     names: Vec<String>,
+    /// The move labels with their kinds, which the first number of a move row indexes.
+    labels: Vec<(String, String)>,
     rows: usize,
     moves: usize,
     steps: usize,
@@ -739,12 +784,18 @@ struct ReplicaHeader {
 }
 
 /// A chain's series and move history as bytes: a u64 header length, the JSON header, the
-/// series column by column (f64), the moves ([`MoveInfo::to_row`], f64) and the moves per
-/// step (u32).
+/// series column by column (f64), the moves ([`MoveRows`], f64) and the moves per step
+/// (u32).
 fn encode_replica(data: &SampleData) -> Vec<u8> {
     let m = &data.measurements;
+    let moves = MoveRows::from_moves(&data.record.moves);
     let header = ReplicaHeader {
         names: m.names().to_vec(),
+        labels: moves
+            .labels
+            .iter()
+            .map(|(l, k)| (l.to_string(), k.clone()))
+            .collect(),
         rows: m.len(),
         moves: data.record.moves.len(),
         steps: data.record.steps,
@@ -765,8 +816,8 @@ fn encode_replica(data: &SampleData) -> Vec<u8> {
             bytes.extend_from_slice(&x.to_le_bytes());
         }
     }
-    for mv in &data.record.moves {
-        for x in mv.to_row() {
+    for row in &moves.rows {
+        for x in row {
             bytes.extend_from_slice(&x.to_le_bytes());
         }
     }
@@ -816,20 +867,20 @@ fn decode_replica(bytes: &[u8], lattice: &Lattice) -> Result<ReplicaChain> {
         series.chunks(header.rows).map(<[f64]>::to_vec).collect()
     };
     let measurements = Measurements::from_series(lattice, header.names, series)?;
-    let moves = moves
-        .chunks_exact(5)
-        .enumerate()
-        .map(|(i, row)| MoveInfo::from_row(row).map_err(|why| bad(&format!("move {i}: {why}"))))
-        .collect::<Result<Vec<_>>>()?;
-    let record = ChainRecord {
-        names: Vec::new(),
-        components: Vec::new(),
-        measurements: Vec::new(),
-        moves,
-        moves_per_step: per_step,
-        steps: header.steps,
-        wall_seconds: header.wall_seconds,
+    let rows = MoveRows {
+        labels: header
+            .labels
+            .iter()
+            .map(|(l, k)| (l.as_str().into(), k.clone()))
+            .collect(),
+        rows: moves
+            .chunks_exact(5)
+            .map(|r| [r[0], r[1], r[2], r[3], r[4]])
+            .collect(),
     };
+    let moves = rows.to_moves().map_err(|why| bad(&format!("move {why}")))?;
+    let mut record = ChainRecord::from_moves(moves, per_step, header.steps, header.wall_seconds);
+    record.interrupted = header.interrupted;
     Ok(ReplicaChain {
         record,
         measurements,
@@ -875,32 +926,6 @@ fn load_model_for(spec: &SampleSpec) -> Result<FlowModel> {
     Ok(model)
 }
 
-/// Block sizes that keep each block near [`BLOCK_SECONDS`] of wall time, so that a stop
-/// request is answered and progress reported within a fraction of a second whatever a step
-/// costs.
-struct Blocks {
-    size: usize,
-}
-
-/// The wall time a block of steps aims at.
-const BLOCK_SECONDS: f64 = 0.1;
-
-impl Blocks {
-    /// The next block, at most `left` steps, a multiple of `unit` unless it is the last.
-    fn next(&self, left: usize, unit: usize) -> usize {
-        (self.size.div_ceil(unit) * unit).min(left)
-    }
-
-    /// Adapts the size after a block of `steps` took `seconds`.
-    fn adapt(&mut self, steps: usize, seconds: f64) {
-        if seconds < 0.5 * BLOCK_SECONDS && steps >= self.size {
-            self.size = self.size.saturating_mul(2);
-        } else if seconds > 2.0 * BLOCK_SECONDS {
-            self.size = (self.size / 2).max(1);
-        }
-    }
-}
-
 /// Index of the random stream that draws a flow chain's initial configuration (apart from
 /// the chain's own stream).
 const INITIAL_STATE_STREAM: u64 = 1 << 40;
@@ -918,75 +943,6 @@ fn initial_state(action: &Phi4, model: Option<&FlowModel>, seed: u64) -> Result<
     let (phi, _) = crate::flow::Flow::sample(model, 1, &mut rng)?;
     State::new(action, phi.iter().map(|&x| x as f64).collect())
 }
-
-fn run_chain(
-    kernel: Box<dyn Proposal>,
-    initial: State,
-    action: &Arc<Phi4>,
-    spec: &SampleSpec,
-    progress: &mut dyn FnMut(usize, usize),
-    stopped: &dyn Fn() -> bool,
-    saved_configs: usize,
-) -> Result<RunOutput> {
-    let start = std::time::Instant::now();
-    let total = spec.therm.saturating_add(spec.n);
-    let mut chain = Chain::new(kernel, initial, spec.seed);
-    let mut blocks = Blocks { size: 1 };
-    let mut done = 0;
-    while done < spec.therm {
-        if stopped() {
-            return Err(Error::Interrupted(format!(
-                "stopped during thermalisation after {done} of {} steps: nothing was measured",
-                spec.therm
-            )));
-        }
-        let k = blocks.next(spec.therm - done, 1);
-        let t = std::time::Instant::now();
-        chain.thermalise(k);
-        blocks.adapt(k, t.elapsed().as_secs_f64());
-        done += k;
-        progress(done, total);
-    }
-    let mut measurements = Measurements::new(&spec.lattice);
-    let dyn_action: Arc<dyn Action> = action.clone();
-    measurements.add(Box::new(ActionDensity::new(dyn_action)))?;
-    // Blocks are whole multiples of `thin`, so measurements fall on the same steps as in one
-    // uninterrupted run.
-    let mut record: Option<ChainRecord> = None;
-    let mut measured = 0usize;
-    let stride = match saved_configs {
-        0 => usize::MAX,
-        k => (spec.n / spec.thin).div_ceil(k).max(1),
-    };
-    let mut saved: Vec<(usize, Vec<f64>)> = Vec::new();
-    while measured < spec.n {
-        if stopped() && measured / spec.thin >= 2 {
-            break;
-        }
-        let k = blocks.next(spec.n - measured, spec.thin);
-        let t = std::time::Instant::now();
-        let part = chain.run_with(k, spec.thin, |state| {
-            let index = measurements.len();
-            if index.is_multiple_of(stride) {
-                saved.push((index, state.phi.clone()));
-            }
-            measurements.record(&state.phi)
-        })?;
-        blocks.adapt(k, t.elapsed().as_secs_f64());
-        match &mut record {
-            Some(r) => r.append(part)?,
-            None => record = Some(part),
-        }
-        measured += k;
-        progress(spec.therm + measured, total);
-    }
-    let record = record.ok_or_else(|| Error::param("n", "must be at least 1"))?;
-    Ok((record, measurements, saved, start.elapsed().as_secs_f64()))
-}
-
-/// The move history, the series, the saved configurations with their measurement index,
-/// and the wall seconds of a run.
-type RunOutput = (ChainRecord, Measurements, Vec<(usize, Vec<f64>)>, f64);
 
 fn build_report(
     spec: &SampleSpec,
@@ -1021,14 +977,15 @@ fn build_report(
         .iter()
         .map(|k| (k.label.clone(), k.acceptance))
         .collect();
+    // With several HMC or flow occurrences (`hmc#1`, `hmc#2`), the report's single values
+    // are the first one's; the diagnostics have each.
     let exp_minus_delta_h = diagnostics
         .hmc
-        .iter()
-        .find(|h| h.label == "hmc")
+        .first()
         .and_then(|h| h.exp_minus_delta_h.as_ref())
         .map(|g| Estimate::new(g, g.caveat()));
     let flow = if spec.kernel.uses_flow() {
-        diagnostics.flows.iter().find(|f| f.label == "flow")
+        diagnostics.flows.first()
     } else {
         None
     };
@@ -1082,7 +1039,7 @@ mod tests {
     #[test]
     fn an_encoded_chain_decodes_to_the_same_series_and_moves() {
         let spec = hmc_spec(4);
-        let data = sample_data(&spec, &mut |_, _| {}, None, 0).unwrap();
+        let data = sample_data(&spec, &mut (), &StopToken::new(), 0).unwrap();
         let bytes = encode_replica(&data);
         let chain = decode_replica(&bytes, &spec.lattice).unwrap();
         assert_eq!(chain.measurements.names(), data.measurements.names());
@@ -1094,7 +1051,7 @@ mod tests {
         }
         assert_eq!(chain.record.moves.len(), data.record.moves.len());
         for (a, b) in chain.record.moves.iter().zip(&data.record.moves) {
-            assert_eq!(a.to_row().map(f64::to_bits), b.to_row().map(f64::to_bits));
+            assert_eq!(a.to_row(0).map(f64::to_bits), b.to_row(0).map(f64::to_bits));
             assert_eq!(a.kernel, b.kernel);
         }
         assert_eq!(chain.record.moves_per_step, data.record.moves_per_step);
@@ -1110,10 +1067,10 @@ mod tests {
     fn replicas_combine_into_one_report_over_all_measurements() {
         let spec = hmc_spec(8);
         // One process: the replica run is the plain run, seed and all.
-        let alone = sample_replicas(&spec, &SingleProcess, &mut |_, _| {}, None)
+        let alone = sample_replicas(&spec, &SingleProcess, &mut (), &StopToken::new())
             .unwrap()
             .unwrap();
-        let plain = sample(&spec, &mut |_, _| {}, None).unwrap();
+        let plain = sample(&spec, &mut (), &StopToken::new()).unwrap();
         assert_eq!(alone.observables, plain.observables);
         assert_eq!(alone.replicas, 1);
         // Two chains: replica 0 is the plain chain, replica 1 another seed.
@@ -1125,7 +1082,9 @@ mod tests {
                     seed: replica_seed(spec.seed, r),
                     ..spec.clone()
                 };
-                sample_data(&own, &mut |_, _| {}, None, 0).unwrap().into()
+                sample_data(&own, &mut (), &StopToken::new(), 0)
+                    .unwrap()
+                    .into()
             })
             .collect();
         let combined = combine_replicas(&spec, &chains).unwrap();

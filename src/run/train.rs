@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use super::ActionSpec;
 use crate::action::Phi4;
+use crate::control::{Observer, StopToken};
 use crate::error::{Error, Result};
 use crate::flow::transform::MAX_BINS;
 use crate::flow::{Flow, FlowConfig, FlowModel, TransformKind};
@@ -443,7 +443,7 @@ fn one_rank() -> usize {
 
 /// How a training run is driven beyond its spec: where checkpoints and the training log go,
 /// a flag that asks the run to stop, and the processes the run is spread over.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct TrainControl<'a> {
     /// Where checkpoints are written (atomically); `None`: no checkpoints, and a stop request
     /// then loses the run.
@@ -453,13 +453,25 @@ pub struct TrainControl<'a> {
     /// The training log, a CSV file with one row per iteration (see [`TRAIN_LOG_HEADER`]).
     pub log: Option<&'a Path>,
     /// Checked before every iteration: once it is set, the run writes a checkpoint and
-    /// returns [`TrainOutcome::Stopped`]. Over several ranks the run stops when the flag is
+    /// returns [`TrainOutcome::Stopped`]. Over several ranks the run stops when the token is
     /// set on any of them.
-    pub stop: Option<&'a AtomicBool>,
+    pub stop: &'a StopToken,
     /// The processes training is spread over (see [`Trainer::with_ranks`]); `None`: this
     /// process alone. Every rank runs the same call; rank 0 alone writes the model,
     /// checkpoints and log.
     pub ranks: Option<&'a Arc<dyn Collective>>,
+}
+
+impl Default for TrainControl<'_> {
+    fn default() -> Self {
+        TrainControl {
+            checkpoint: None,
+            checkpoint_every: 0,
+            log: None,
+            stop: &crate::control::NEVER_STOP,
+            ranks: None,
+        }
+    }
 }
 
 impl TrainControl<'_> {
@@ -497,13 +509,14 @@ pub enum TrainOutcome {
     },
 }
 
-/// Trains a flow as `spec` says, calling `observer` after every iteration, and writes the
+/// Trains a flow as `spec` says, reporting the stage `train` to `observer` (in iterations,
+/// with [`StepMetrics::metrics`] after every one), and writes the
 /// model (with the action and the spec in its metadata) atomically to `spec.out`. Output
 /// paths are checked before training starts.
 pub fn train(
     spec: &TrainSpec,
     control: &TrainControl<'_>,
-    observer: &mut dyn FnMut(&StepMetrics),
+    observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
     spec.validate()?;
     check_outputs(&spec.out, control)?;
@@ -564,7 +577,7 @@ pub fn resume(
     path: &Path,
     out: Option<&Path>,
     control: &TrainControl<'_>,
-    observer: &mut dyn FnMut(&StepMetrics),
+    observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
     let mut spec = checkpoint_spec(path)?;
     if let Some(out) = out {
@@ -712,13 +725,17 @@ fn drive(
     mut trainer: Trainer<FlowModel, Phi4>,
     mut log: Option<TrainLog>,
     control: &TrainControl<'_>,
-    observer: &mut dyn FnMut(&StepMetrics),
+    observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
     let iterations = spec.train.iterations;
-    let stopped = || control.stop.is_some_and(|s| s.load(Ordering::SeqCst));
     let mut last_saved = (trainer.iteration() > 0).then_some(trainer.iteration());
+    observer.begin("train", iterations as u64, "iterations");
+    if trainer.iteration() > 0 {
+        observer.progress(trainer.iteration() as u64, &[]);
+    }
     while !trainer.is_finished() {
-        if trainer.ranks().any(stopped())? {
+        if trainer.ranks().any(control.stop.is_stopped())? {
+            observer.end("stopped");
             let checkpoint = control.checkpoint.ok_or_else(|| {
                 Error::param(
                     "checkpoint",
@@ -747,7 +764,7 @@ fn drive(
         if let Some(log) = &mut log {
             log.row(&metrics)?;
         }
-        observer(&metrics);
+        observer.progress(trainer.iteration() as u64, &metrics.metrics());
         let done = trainer.iteration();
         if let Some(path) = control.checkpoint
             && control.checkpoint_every > 0
@@ -761,7 +778,12 @@ fn drive(
             }
         }
     }
-    let summary = trainer.train(&mut |_| {})?;
+    observer.end(if trainer.iteration() < iterations {
+        "stopped early"
+    } else {
+        "done"
+    });
+    let summary = trainer.train(&mut (), control.stop)?;
     if let Some(log) = &mut log {
         log.final_evaluation(&summary)?;
         log.flush()?;

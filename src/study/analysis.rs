@@ -433,7 +433,9 @@ fn analyse_one(
     let rejection_runs = run.info.spec.kernel.uses_flow().then(|| {
         let mut runs = BTreeMap::new();
         let mut current = 0usize;
-        for accepted in run.record.accept_history("flow") {
+        let label = run.record.first_label_of_kind("flow");
+        let label = label.as_deref().unwrap_or("flow");
+        for accepted in run.record.accept_history(label) {
             if accepted {
                 if current > 0 {
                     *runs.entry(current).or_insert(0) += 1;

@@ -32,7 +32,6 @@ mod sweep;
 mod tune;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 pub use analysis::{
     AutocorrelationSummary, FitSummary, Histograms, PointEstimate, SamplerAnalysis, StudySummary,
@@ -55,27 +54,10 @@ pub use sweep::{
 };
 pub use tune::{HmcTuning, PILOT_N, PILOT_THERM, PilotRun, TUNE_MD_STEPS, TUNE_TAUS, tune_hmc};
 
+use crate::control::{Observer, Prefixed, StopToken};
 use crate::error::{Error, Result};
 use crate::io::{read_json, write_atomic, write_json};
 use crate::run::{TrainControl, TrainOutcome, TrainReport, sample_data};
-use crate::train::StepMetrics;
-
-/// Watches a study's stages; the library never prints, a caller shows progress.
-pub trait StudyObserver {
-    /// A stage begins: `total` units of `unit` (e.g. training steps, chain steps).
-    fn begin(&mut self, stage: &str, total: u64, unit: &str);
-    /// `done` units of the current stage are done; `note` is a short status (may be empty).
-    fn progress(&mut self, done: u64, note: &str);
-    /// The current stage ended; `outcome` says how, in a few words.
-    fn end(&mut self, outcome: &str);
-}
-
-/// An observer that ignores everything.
-impl StudyObserver for () {
-    fn begin(&mut self, _: &str, _: u64, _: &str) {}
-    fn progress(&mut self, _: u64, _: &str) {}
-    fn end(&mut self, _: &str) {}
-}
 
 /// What a study run produced.
 #[derive(Clone, Debug)]
@@ -108,11 +90,12 @@ pub enum StudyOutcome {
 /// Runs a study: prepares its folder (refusing one that holds another study), trains the
 /// flow (or reuses / resumes it), runs every sampler (reusing finished ones; a tuned HMC
 /// first runs its pilot scan), then analyses the stored series and writes the report.
-/// `stop` is checked between blocks of work.
+/// `observer` sees the stages `train`, `tune NAME: pilot scan`, `sample NAME: thermalise`,
+/// `sample NAME: measure` and `report`; `stop` is checked between blocks of work.
 pub fn run_study(
     study: &LoadedStudy,
-    stop: Option<&AtomicBool>,
-    observer: &mut dyn StudyObserver,
+    stop: &StopToken,
+    observer: &mut dyn Observer,
 ) -> Result<StudyOutcome> {
     let start = std::time::Instant::now();
     let spec = &study.spec;
@@ -147,34 +130,18 @@ pub fn run_study(
                     stop,
                     ranks: None,
                 };
-                observer.begin("train", train_spec.train.iterations as u64, "steps");
-                let mut acceptance = f64::NAN;
-                let mut step_observer = |s: &StepMetrics| {
-                    if let Some(e) = &s.eval {
-                        acceptance = e.acceptance;
-                    }
-                    observer.progress(
-                        s.iteration as u64 + 1,
-                        &format!("loss {:.4}  acceptance {:.3}", s.loss, acceptance),
-                    );
-                };
                 let outcome = if checkpoint.is_file() {
                     reused.push("training checkpoint".to_string());
-                    crate::run::resume(&checkpoint, Some(&model), &control, &mut step_observer)?
+                    crate::run::resume(&checkpoint, Some(&model), &control, observer)?
                 } else {
-                    crate::run::train(&train_spec, &control, &mut step_observer)?
+                    crate::run::train(&train_spec, &control, observer)?
                 };
                 match outcome {
                     TrainOutcome::Finished(report) => {
-                        observer.end(&format!(
-                            "{} configurations in {:.1} s, acceptance {:.3}",
-                            report.configs_seen, report.seconds, report.acceptance
-                        ));
                         write_json(&report_path, &report)?;
                         Some(report)
                     }
                     TrainOutcome::Stopped { .. } => {
-                        observer.end("stopped");
                         return Ok(StudyOutcome::Stopped {
                             folder,
                             stage: "train".into(),
@@ -193,60 +160,42 @@ pub fn run_study(
         }
         let mut run_spec = spec.sample_spec(i, &model);
         let tuning = if sampler.tune {
-            observer.begin(
-                &format!("tune {}", sampler.name),
-                ((PILOT_N + PILOT_THERM) * TUNE_TAUS.len() * TUNE_MD_STEPS.len()) as u64,
-                "trajectories",
-            );
+            let stage = format!("tune {}", sampler.name);
             let tuned = tune_hmc(
                 &run_spec,
                 &spec.analysis.cost_observables,
-                &mut |done, _| observer.progress(done as u64, ""),
+                &mut Prefixed::new(observer, &stage),
                 stop,
             );
             let tuned = match tuned {
-                Err(Error::Interrupted(_)) => return Ok(stopped(observer, folder, &sampler.name)),
+                Err(Error::Interrupted(_)) => return Ok(stopped(folder, &stage)),
                 other => other?,
             };
-            observer.end(&format!("τ = {}, {} MD steps", tuned.tau, tuned.md_steps));
             run_spec.kernel.tau = tuned.tau;
             run_spec.kernel.md_steps = tuned.md_steps;
             Some(tuned)
         } else {
             None
         };
-        observer.begin(
-            &format!("sample {}", sampler.name),
-            (run_spec.therm + run_spec.n) as u64,
-            "steps",
-        );
+        let stage = format!("sample {}", sampler.name);
         let data = sample_data(
             &run_spec,
-            &mut |done, _| observer.progress(done as u64, ""),
+            &mut Prefixed::new(observer, &stage),
             stop,
             spec.measure.saved_configs,
-        );
-        let data = match data {
-            Err(Error::Interrupted(_)) => return Ok(stopped(observer, folder, &sampler.name)),
-            other => other?,
-        };
-        save_run(&dir, &run_spec, &data, tuning)?;
-        if data.report.interrupted {
-            return Ok(stopped(observer, folder, &sampler.name));
+        )?;
+        // A run stopped after it measured is kept (marked interrupted, so that it runs
+        // again next time).
+        if data.measurements.len() >= 2 {
+            save_run(&dir, &run_spec, &data, tuning)?;
         }
-        observer.end(&format!(
-            "acceptance {:.3}, {:.0} steps/s",
-            data.report.acceptance,
-            data.record.steps as f64 / data.sampling_seconds.max(1e-12)
-        ));
+        if data.report.interrupted {
+            return Ok(stopped(folder, &stage));
+        }
     }
 
     let summary = analyse_stored(spec, &folder, training)?;
-    observer.begin("report", REPORT_FILES as u64, "files");
-    write_report(&folder, &summary, &mut |done| {
-        observer.progress(done as u64, "")
-    })?;
-    observer.end("written");
+    write_report(&folder, &summary, observer)?;
     Ok(StudyOutcome::Finished(Box::new(StudyResult {
         folder,
         summary,
@@ -287,11 +236,10 @@ fn adopt_model(
     Ok(report)
 }
 
-fn stopped(observer: &mut dyn StudyObserver, folder: PathBuf, sampler: &str) -> StudyOutcome {
-    observer.end("stopped");
+fn stopped(folder: PathBuf, stage: &str) -> StudyOutcome {
     StudyOutcome::Stopped {
         folder,
-        stage: format!("sample {sampler}"),
+        stage: stage.to_string(),
     }
 }
 
@@ -307,7 +255,7 @@ fn load_run_info(dir: &Path) -> Result<RunInfo> {
 pub fn analyse_folder(
     folder: &Path,
     overrides: &[Override],
-    progress: &mut dyn FnMut(usize),
+    observer: &mut dyn Observer,
 ) -> Result<StudyResult> {
     let start = std::time::Instant::now();
     if let Some(o) = overrides.iter().find(|o| !o.key.starts_with("analysis.")) {
@@ -339,7 +287,7 @@ pub fn analyse_folder(
         None
     };
     let summary = analyse_stored(&spec, folder, training)?;
-    write_report(folder, &summary, progress)?;
+    write_report(folder, &summary, observer)?;
     Ok(StudyResult {
         folder: folder.to_path_buf(),
         summary,

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::analysis::{Payback, PointEstimate, SamplerAnalysis, StudySummary};
+use crate::control::Observer;
 use crate::error::{Error, Result};
 use crate::io::{write_atomic, write_json};
 use crate::plot::{Bar, BarChart, Chart, Marker, Series, Style, draw_bars, draw_chart};
@@ -19,18 +20,20 @@ struct Figure {
     caption: String,
 }
 
-/// Writes everything the report holds into `folder`; `progress(k)` after each step.
+/// Writes everything the report holds into `folder`, as the stage `report` of `observer`
+/// (in file groups, [`REPORT_FILES`] of them).
 pub fn write_report(
     folder: &Path,
     summary: &StudySummary,
-    progress: &mut dyn FnMut(usize),
+    observer: &mut dyn Observer,
 ) -> Result<()> {
     let plots = folder.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
+    observer.begin("report", REPORT_FILES as u64, "files");
     let mut step = 0;
     let mut tick = || {
         step += 1;
-        progress(step);
+        observer.progress(step, &[]);
     };
     write_json(&folder.join("summary.json"), summary)?;
     tick();
@@ -72,6 +75,7 @@ pub fn write_report(
         html(summary, &figures, training.is_some()).as_bytes(),
     )?;
     tick();
+    observer.end("written");
     Ok(())
 }
 

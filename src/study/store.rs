@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::tune::HmcTuning;
 use crate::error::{Error, Result};
 use crate::io::{read_json, read_npy, write_json, write_npy};
-use crate::kernel::{ChainRecord, MOVE_KERNELS, MoveInfo};
+use crate::kernel::{ChainRecord, MoveLabel, MoveRows};
 use crate::observable::Measurements;
 use crate::run::{SampleData, SampleSpec};
 
@@ -33,8 +33,13 @@ pub struct RunInfo {
     pub interrupted: bool,
     /// The columns of `moves.npy`.
     pub move_columns: [String; 5],
-    /// The kernel codes of the first column of `moves.npy`.
+    /// The move labels the first column of `moves.npy` indexes (e.g. `flow`, `local`,
+    /// `hmc#1`).
     pub move_kernels: Vec<String>,
+    /// The kind of move of each label (`local`, `hmc`, `flow` or `metropolis`), which says
+    /// what the detail columns hold; when absent (older folders) each label is its kind.
+    #[serde(default)]
+    pub move_kinds: Vec<String>,
 }
 
 /// A stored run read back.
@@ -74,10 +79,10 @@ pub fn save_run(
     write_npy(&dir.join("series.npy"), &series)?;
     write_json(&dir.join("series_columns.json"), &names)?;
 
-    let moves = &data.record.moves;
-    let mut table = Array2::<f64>::zeros((moves.len(), 5));
-    for (mut row, mv) in table.rows_mut().into_iter().zip(moves) {
-        row.assign(&Array1::from(mv.to_row().to_vec()));
+    let moves = MoveRows::from_moves(&data.record.moves);
+    let mut table = Array2::<f64>::zeros((moves.rows.len(), 5));
+    for (mut row, values) in table.rows_mut().into_iter().zip(&moves.rows) {
+        row.assign(&ndarray::ArrayView1::from(values));
     }
     write_npy(&dir.join("moves.npy"), &table)?;
     let per_step = Array1::from(data.record.moves_per_step.clone());
@@ -114,7 +119,8 @@ pub fn save_run(
         steps: data.record.steps,
         interrupted: data.report.interrupted,
         move_columns: ["kernel", "proposed", "accepted", "detail_a", "detail_b"].map(String::from),
-        move_kernels: MOVE_KERNELS.iter().map(|s| s.to_string()).collect(),
+        move_kernels: moves.labels.iter().map(|(l, _)| l.to_string()).collect(),
+        move_kinds: moves.labels.iter().map(|(_, k)| k.clone()).collect(),
     };
     write_json(&dir.join("run.json"), &info)
 }
@@ -151,11 +157,32 @@ pub fn load_run(dir: &Path) -> Result<StoredRun> {
     if moves.ncols() != 5 {
         return Err(bad(format!("{} columns, 5 expected", moves.ncols())));
     }
-    let mut infos = Vec::with_capacity(moves.nrows());
-    for (i, row) in moves.rows().into_iter().enumerate() {
-        let row = row.to_vec();
-        infos.push(MoveInfo::from_row(&row).map_err(|why| bad(format!("row {i}: {why}")))?);
+    let kinds = if info.move_kinds.is_empty() {
+        &info.move_kernels
+    } else {
+        &info.move_kinds
+    };
+    if kinds.len() != info.move_kernels.len() {
+        return Err(bad(format!(
+            "run.json names {} move labels and {} kinds",
+            info.move_kernels.len(),
+            kinds.len()
+        )));
     }
+    let rows = MoveRows {
+        labels: info
+            .move_kernels
+            .iter()
+            .zip(kinds)
+            .map(|(l, k)| (MoveLabel::new(l), k.clone()))
+            .collect(),
+        rows: moves
+            .rows()
+            .into_iter()
+            .map(|r| [r[0], r[1], r[2], r[3], r[4]])
+            .collect(),
+    };
+    let infos = rows.to_moves().map_err(bad)?;
     let moves_per_step = per_step.to_vec();
     let total: u64 = moves_per_step.iter().map(|&k| k as u64).sum();
     if total != infos.len() as u64 || moves_per_step.len() != info.steps {
@@ -167,15 +194,9 @@ pub fn load_run(dir: &Path) -> Result<StoredRun> {
             infos.len()
         )));
     }
-    let record = ChainRecord {
-        names: Vec::new(),
-        components: Vec::new(),
-        measurements: Vec::new(),
-        moves: infos,
-        moves_per_step,
-        steps: info.steps,
-        wall_seconds: info.sampling_seconds,
-    };
+    let mut record =
+        ChainRecord::from_moves(infos, moves_per_step, info.steps, info.sampling_seconds);
+    record.interrupted = info.interrupted;
     let configs_path = dir.join("configs.npy");
     let configs: ArrayD<f64> = read_npy(&configs_path)?;
     let config_index: Array1<u64> = read_npy(&dir.join("configs_index.npy"))?;

@@ -6,13 +6,13 @@
 //! again.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 
 use super::report::num;
 use super::spec::Override;
-use super::{SamplerAtSize, SamplerComparison, StudyObserver, TrainingCost};
+use super::{SamplerAtSize, SamplerComparison, TrainingCost};
+use crate::control::{Observer, Prefixed, StopToken};
 use crate::error::{Error, Result};
 use crate::io::{read_json, write_atomic, write_json};
 use crate::kernel::KernelExpr;
@@ -24,7 +24,7 @@ use crate::run::{
     TrainSpec, sample,
 };
 use crate::stats::{PowerLawFit, Verdict, nan_if_null, power_law_fit};
-use crate::train::{GradientEstimator, StepMetrics, TrainConfig};
+use crate::train::{GradientEstimator, TrainConfig};
 
 /// The hopping coupling β on the ξ ≈ L/4 line at λ = 0.5 (docs/reference.md), for
 /// L = 6, 8, …, 20.
@@ -647,8 +647,8 @@ pub enum SweepOutcome {
 pub fn run_sweep(
     sweep: &LoadedSweep,
     ranks: &dyn Collective,
-    stop: Option<&AtomicBool>,
-    observer: &mut dyn StudyObserver,
+    stop: &StopToken,
+    observer: &mut dyn Observer,
 ) -> Result<SweepOutcome> {
     let spec = &sweep.spec;
     spec.validate()?;
@@ -682,85 +682,51 @@ pub fn run_sweep(
             stop,
             ranks: None,
         };
-        let mut stopped = |observer: &mut dyn StudyObserver| {
-            observer.end("stopped");
-            stopped_at = Some(point.key());
-        };
         // Where the point stands in the grid, for the progress display.
-        let place = format!("{}/{}", i + 1, points.len());
-        observer.begin(
-            &format!("[{place}] train {}", point.key()),
-            point.iterations as u64,
-            "steps",
-        );
-        let mut step_observer = |s: &StepMetrics| {
-            observer.progress(s.iteration as u64 + 1, &format!("loss {:.4}", s.loss))
-        };
+        let place = format!("[{}/{}] {}", i + 1, points.len(), point.key());
+        let mut point_observer = Prefixed::new(observer, &place);
         let outcome = if checkpoint.is_file() && !model.is_file() {
-            crate::run::resume(&checkpoint, Some(&model), &control, &mut step_observer)?
+            crate::run::resume(&checkpoint, Some(&model), &control, &mut point_observer)?
         } else {
             crate::run::train(
                 &spec.train_spec(point, &model)?,
                 &control,
-                &mut step_observer,
+                &mut point_observer,
             )?
         };
         let report = match outcome {
             TrainOutcome::Finished(r) => r,
             TrainOutcome::Stopped { .. } => {
-                stopped(observer);
+                stopped_at = Some(point.key());
                 break;
             }
         };
-        observer.end(&format!("acceptance {:.3}", report.acceptance));
         let sample_spec = spec.sample_spec(point, &model)?;
-        observer.begin(
-            &format!("[{place}] sample {}", point.key()),
-            (sample_spec.therm + sample_spec.n) as u64,
-            "steps",
-        );
-        let chain = match sample(
+        let chain = sample(
             &sample_spec,
-            &mut |d, _| observer.progress(d as u64, ""),
+            &mut Prefixed::new(&mut point_observer, "flow"),
             stop,
-        ) {
-            Err(Error::Interrupted(_)) => {
-                stopped(observer);
-                break;
-            }
-            other => other?,
-        };
+        )?;
         if chain.interrupted {
-            stopped(observer);
+            stopped_at = Some(point.key());
             break;
         }
-        observer.end(&format!("acceptance {:.3}", chain.acceptance));
         let mut samplers = vec![ChainCost::of(&sample_spec, &chain)];
         for k in 1..=spec.sample.kernels.len() {
             let kernel_spec = spec.chain_spec(point, k, &model)?;
-            observer.begin(
-                &format!("[{place}] {} {}", kernel_spec.kernel.kind, point.key()),
-                (kernel_spec.therm + kernel_spec.n) as u64,
-                "steps",
-            );
-            let report = match sample(
+            let name = kernel_spec.kernel.kind.to_string();
+            let r = sample(
                 &kernel_spec,
-                &mut |d, _| observer.progress(d as u64, ""),
+                &mut Prefixed::new(&mut point_observer, &name),
                 stop,
-            ) {
-                Err(Error::Interrupted(_)) => None,
-                other => Some(other?),
-            };
-            match report {
-                Some(r) if !r.interrupted => {
-                    observer.end(&format!("acceptance {:.3}", r.acceptance));
-                    samplers.push(ChainCost::of(&kernel_spec, &r));
-                }
-                _ => break,
+            )?;
+            if r.interrupted {
+                break;
             }
+            samplers.push(ChainCost::of(&kernel_spec, &r));
         }
         if samplers.len() <= spec.sample.kernels.len() {
-            stopped(observer);
+            stopped_at = Some(point.key());
             break;
         }
         let abs_m = chain.observables.get("abs_m");
@@ -861,8 +827,8 @@ fn run_baseline(
     baseline: &HmcBaseline,
     folder: &Path,
     ranks: &dyn Collective,
-    stop: Option<&AtomicBool>,
-    observer: &mut dyn StudyObserver,
+    stop: &StopToken,
+    observer: &mut dyn Observer,
 ) -> Result<Option<HmcBaselineResult>> {
     // One chain per (size, seed); the sizes are dealt to the ranks in turn, so that every
     // seed of a size runs on the rank that tuned its trajectory.
@@ -905,53 +871,30 @@ fn run_baseline(
         let key = format!("L{} seed {}", point.l, point.seed);
         // One trajectory per size (tuned with its first seed), so that the seeds of a size
         // are replicas of one algorithm.
+        let label = format!("[{place}] hmc {key}");
+        let mut unit_observer = Prefixed::new(observer, &label);
         let (tau, md_steps) = match tuned_at.iter().find(|t| t.0 == point.l) {
             Some(&(_, tau, md_steps)) => (tau, md_steps),
             None => {
                 let ranked = ["abs_m", "m2", "phi2", "energy"].map(String::from);
-                observer.begin(
-                    &format!("[{place}] tune hmc {key}"),
-                    ((super::PILOT_N + super::PILOT_THERM)
-                        * super::TUNE_TAUS.len()
-                        * super::TUNE_MD_STEPS.len()) as u64,
-                    "trajectories",
-                );
-                let tuned = match super::tune_hmc(
-                    &chain,
-                    &ranked,
-                    &mut |d, _| observer.progress(d as u64, ""),
-                    stop,
-                ) {
+                let tuned = match super::tune_hmc(&chain, &ranked, &mut unit_observer, stop) {
                     Err(Error::Interrupted(_)) => {
                         stopped = true;
                         break;
                     }
                     other => other?,
                 };
-                observer.end(&format!("τ = {}, {} MD steps", tuned.tau, tuned.md_steps));
                 tuned_at.push((point.l, tuned.tau, tuned.md_steps));
                 (tuned.tau, tuned.md_steps)
             }
         };
         chain.kernel.tau = tau;
         chain.kernel.md_steps = md_steps;
-        observer.begin(
-            &format!("[{place}] hmc {key}"),
-            (chain.therm + chain.n) as u64,
-            "trajectories",
-        );
-        let report = match sample(&chain, &mut |d, _| observer.progress(d as u64, ""), stop) {
-            Err(Error::Interrupted(_)) => {
-                stopped = true;
-                break;
-            }
-            other => other?,
-        };
+        let report = sample(&chain, &mut unit_observer, stop)?;
         if report.interrupted {
             stopped = true;
             break;
         }
-        observer.end(&format!("acceptance {:.3}", report.acceptance));
         let get = |name: &str| {
             report
                 .observables

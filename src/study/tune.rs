@@ -2,10 +2,9 @@
 //! lengths τ and molecular-dynamics steps, ranked by the force evaluations one effectively
 //! independent configuration costs.
 
-use std::sync::atomic::AtomicBool;
-
 use serde::{Deserialize, Serialize};
 
+use crate::control::{Observer, Part, StopToken};
 use crate::error::{Error, Result};
 use crate::run::{SampleSpec, sample};
 use crate::stats::{Verdict, nan_if_null};
@@ -58,15 +57,17 @@ pub struct HmcTuning {
 /// integrator and seed, and picks the setting with the fewest force evaluations per
 /// effectively independent configuration, md_steps · 2 max τ_int over `observables`, among
 /// the chains that are not unreliable and accept at least 30 %. Deterministic for a seed
-/// (no timing enters the choice). `progress(done, total)` counts trajectories.
+/// (no timing enters the choice). `observer` sees one stage, `pilot scan`, in
+/// trajectories; a stop ends the scan with [`Error::Interrupted`].
 pub fn tune_hmc(
     base: &SampleSpec,
     observables: &[String],
-    progress: &mut dyn FnMut(usize, usize),
-    stop: Option<&AtomicBool>,
+    observer: &mut dyn Observer,
+    stop: &StopToken,
 ) -> Result<HmcTuning> {
     let per_pilot = PILOT_N + PILOT_THERM;
     let total = per_pilot * TUNE_TAUS.len() * TUNE_MD_STEPS.len();
+    observer.begin("pilot scan", total as u64, "trajectories");
     let mut pilots = Vec::new();
     for &tau in &TUNE_TAUS {
         for &md_steps in &TUNE_MD_STEPS {
@@ -76,9 +77,10 @@ pub fn tune_hmc(
             spec.n = PILOT_N;
             spec.therm = PILOT_THERM;
             spec.thin = 1;
-            let offset = pilots.len() * per_pilot;
-            let report = sample(&spec, &mut |done, _| progress(offset + done, total), stop)?;
+            let offset = (pilots.len() * per_pilot) as u64;
+            let report = sample(&spec, &mut Part::new(observer, offset), stop)?;
             if report.interrupted {
+                observer.end("stopped");
                 return Err(Error::Interrupted(
                     "stopped during the HMC pilot scan".into(),
                 ));
@@ -115,6 +117,7 @@ pub fn tune_hmc(
                  defined errors): set tau and md_steps by hand",
             )
         })?;
+    observer.end(&format!("τ = {}, {} MD steps", best.tau, best.md_steps));
     Ok(HmcTuning {
         tau: best.tau,
         md_steps: best.md_steps,

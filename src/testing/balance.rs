@@ -279,18 +279,21 @@ where
     let bin_of = |value: f64| edges.partition_point(|&e| e <= value);
     let mut rng = rng_from_seed(seed);
     let mut state = State::zero(action);
-    let mut fresh = state.phi.clone();
+    let mut fresh = state.phi().to_vec();
     let mut moves: Vec<MoveInfo> = Vec::new();
     let mut joint = vec![0u64; bins * bins];
     let (mut after, mut reference) = (vec![0u64; bins], vec![0u64; bins]);
     let mut moved = 0usize;
     for _ in 0..samples {
-        exact_sample(&mut rng, &mut state.phi)?;
-        state.action = action.action(&state.phi);
-        let before = observable(&state.phi);
+        state.change(|phi, s| {
+            exact_sample(&mut rng, phi)?;
+            *s = action.action(phi);
+            Ok::<(), Error>(())
+        })?;
+        let before = observable(state.phi());
         moves.clear();
         kernel.step(&mut state, &mut rng, &mut moves);
-        let now = observable(&state.phi);
+        let now = observable(state.phi());
         if !(before.is_finite() && now.is_finite()) {
             return Err(Error::NonFinite("observable of a kernel step".into()));
         }

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
+use crate::control::{Metric, Observer, StopToken};
 use crate::error::{Error, Result};
 use crate::flow::{ChunkSeed, Flow, FlowModel, LayerRegistry, TrainableFlow, ensure_same_lattice};
 use crate::parallel::{Collective, SingleProcess, share};
@@ -269,6 +270,78 @@ pub struct StepMetrics {
     pub seconds: f64,
     /// The evaluation made after this step, if one was due.
     pub eval: Option<EvalMetrics>,
+}
+
+/// The names under which [`StepMetrics::metrics`] reports a step.
+const STEP_METRICS: [&str; 11] = [
+    "loss",
+    "acceptance",
+    "ess",
+    "loss variance",
+    "learning rate",
+    "configurations",
+    "seconds",
+    "mean log w",
+    "variance log w",
+    "tau_rej",
+    "fraction m > 0",
+];
+
+impl StepMetrics {
+    /// The step's figures as an [`Observer`] sees them: the loss and, when an evaluation
+    /// was made, its acceptance and ESS as headline metrics; every other number of the step
+    /// and its evaluation as detail metrics, so that [`StepMetrics::from_metrics`] gives the
+    /// step back.
+    pub fn metrics(&self) -> Vec<Metric<'static>> {
+        let n = STEP_METRICS;
+        let mut metrics = vec![Metric::new(n[0], self.loss)];
+        if let Some(e) = &self.eval {
+            metrics.push(Metric::new(n[1], e.acceptance));
+            metrics.push(Metric::new(n[2], e.ess));
+        }
+        metrics.extend([
+            Metric::detail(n[3], self.loss_var),
+            Metric::detail(n[4], self.lr),
+            Metric::detail(n[5], self.configs_seen as f64),
+            Metric::detail(n[6], self.seconds),
+        ]);
+        if let Some(e) = &self.eval {
+            metrics.extend([
+                Metric::detail(n[7], e.mean_log_w),
+                Metric::detail(n[8], e.var_log_w),
+                Metric::detail(n[9], e.tau_rej),
+                Metric::detail(n[10], e.fraction_positive_m),
+            ]);
+        }
+        metrics
+    }
+
+    /// The step an [`Observer`] was shown as iteration `done` (1-based) with `metrics`
+    /// (see [`StepMetrics::metrics`]); `None` when they are not a training step's.
+    pub fn from_metrics(done: u64, metrics: &[Metric<'_>]) -> Option<StepMetrics> {
+        let get = |name: &str| metrics.iter().find(|m| m.name == name).map(|m| m.value);
+        let n = STEP_METRICS;
+        let eval = match get(n[1]) {
+            Some(acceptance) => Some(EvalMetrics {
+                acceptance,
+                ess: get(n[2])?,
+                mean_log_w: get(n[7])?,
+                var_log_w: get(n[8])?,
+                tau_rej: get(n[9])?,
+                fraction_positive_m: get(n[10])?,
+            }),
+            None => None,
+        };
+        Some(StepMetrics {
+            iteration: usize::try_from(done.checked_sub(1)?).ok()?,
+            loss: get(n[0])?,
+            loss_var: get(n[3])?,
+            lr: get(n[4])?,
+            configs_seen: get(n[5])? as u64,
+            seconds: get(n[6])?,
+            eval,
+        })
+    }
 }
 
 /// The outcome of [`Trainer::train`].
@@ -582,14 +655,29 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         })
     }
 
-    /// Runs the remaining iterations (until [`Trainer::is_finished`]), calling `observer`
-    /// after each step, then evaluates the flow and records the summary and configuration
-    /// in the flow's metadata (if it keeps any) under `"train"`.
-    pub fn train(&mut self, observer: &mut dyn FnMut(&StepMetrics)) -> Result<TrainSummary> {
+    /// Runs the remaining iterations (until [`Trainer::is_finished`]) as the stage `train`
+    /// of `observer` (in iterations, with [`StepMetrics::metrics`] after each step), then
+    /// evaluates the flow and records the summary and configuration in the flow's metadata
+    /// (if it keeps any) under `"train"`.
+    ///
+    /// `stop` is checked before every step: once it is set, training ends with
+    /// [`Error::Interrupted`] and the trainer keeps its state, so that it can be saved
+    /// ([`Trainer::save_checkpoint`]) or continued. Callers that need every step's numbers
+    /// call [`Trainer::step`] themselves.
+    pub fn train(&mut self, observer: &mut dyn Observer, stop: &StopToken) -> Result<TrainSummary> {
+        observer.begin("train", self.config.iterations as u64, "iterations");
         while !self.is_finished() {
+            if stop.is_stopped() {
+                observer.end("stopped");
+                return Err(Error::Interrupted(format!(
+                    "training stopped after {} of {} iterations",
+                    self.counters.iteration, self.config.iterations
+                )));
+            }
             let metrics = self.step()?;
-            observer(&metrics);
+            observer.progress(self.counters.iteration as u64, &metrics.metrics());
         }
+        observer.end("done");
         // A run stopped at its target is evaluated on an independent sample: the check that
         // stopped it is selected upwards.
         let eval = if self.counters.target_reached {

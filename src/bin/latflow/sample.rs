@@ -1,0 +1,232 @@
+//! `latflow sample`: one Markov chain from flags or a runcard, its report on stdout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{ArgMatches, Args};
+use latflow::control::Prefixed;
+use latflow::kernel::{Integrator, KernelExpr};
+use latflow::run::{KernelSpec, SampleReport, SampleSpec, parse_kernel};
+use latflow::stats::Verdict;
+
+use crate::args::{
+    IntegratorName, OutputArgs, TARGET_FLAGS, TargetArgs, flag_name, given, refuse_given,
+};
+use crate::output::print_table;
+use crate::progress::StageProgress;
+use crate::ranks::Ranks;
+use crate::signals::Signals;
+
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+pub(crate) struct SampleArgs {
+    /// TOML runcard describing the whole run; flags that describe the run are then refused.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// Trained model file (for kernel expressions with `flow`); the lattice and action come
+    /// from it, and any given on the command line must match.
+    #[arg(long)]
+    pub(crate) model: Option<PathBuf>,
+    /// Flow proposals generated per batch (kernels with `flow`).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) flow_batch: usize,
+    /// Markov chain kernel: an expression over local, hmc and flow, e.g. `hmc`,
+    /// `flow+local*2+hmc` (a cycle: one flow proposal, two local sweeps, one HMC
+    /// trajectory), `(flow+local)*4+hmc` or `mix(0.3: flow, 0.7: hmc)` (one of them at
+    /// random, by weight).
+    #[arg(long, default_value = "hmc", value_parser = kernel_expression)]
+    pub(crate) kernel: KernelExpr,
+    /// Measured steps, each one step of the whole kernel expression.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) n: usize,
+    /// Thermalisation steps.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) therm: usize,
+    /// Measure every `thin`-th step.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) thin: usize,
+    /// Seed of the random stream.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// HMC molecular-dynamics steps per trajectory (kernels with `hmc`).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) md_steps: usize,
+    /// HMC trajectory length τ, randomised in [τ/2, 3τ/2] unless --fixed-length (kernels
+    /// with `hmc`).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) tau: f64,
+    /// HMC integrator (kernels with `hmc`).
+    #[arg(long, value_enum, default_value = "leapfrog")]
+    pub(crate) integrator: IntegratorName,
+    /// Keep the HMC trajectory length fixed (kernels with `hmc`).
+    #[arg(long)]
+    pub(crate) fixed_length: bool,
+    /// Initial local Metropolis step size, tuned during thermalisation (kernels with
+    /// `local`).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) step_size: f64,
+    /// Report and exit 0 even when the diagnostics find the chain unreliable.
+    #[arg(long)]
+    pub(crate) allow_unreliable: bool,
+    /// Also write the JSON report to this file (checked before the run starts).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// Flags of `sample` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
+/// --config).
+pub(crate) const SAMPLE_RUN_FLAGS: [&str; 12] = [
+    "model",
+    "flow_batch",
+    "kernel",
+    "n",
+    "therm",
+    "thin",
+    "seed",
+    "md_steps",
+    "tau",
+    "integrator",
+    "fixed_length",
+    "step_size",
+];
+
+impl SampleArgs {
+    pub(crate) fn spec(&self, m: &ArgMatches) -> Result<SampleSpec> {
+        if let Some(path) = &self.config {
+            refuse_given(m, &TARGET_FLAGS, "--config: set it in the runcard")?;
+            refuse_given(m, &SAMPLE_RUN_FLAGS, "--config: set it in the runcard")?;
+            return Ok(SampleSpec::from_toml_file(path)?);
+        }
+        self.target.refuse_foreign_couplings(m)?;
+        let names = self.kernel.names();
+        let needs = [
+            ("md_steps", "hmc"),
+            ("tau", "hmc"),
+            ("integrator", "hmc"),
+            ("fixed_length", "hmc"),
+            ("step_size", "local"),
+            ("flow_batch", "flow"),
+        ];
+        for (flag, kernel) in needs {
+            if given(m, flag) && !names.contains(&kernel) {
+                bail!(
+                    "{} has no effect: --kernel {} has no `{kernel}`",
+                    flag_name(flag),
+                    self.kernel
+                );
+            }
+        }
+        let (lattice, action) = self.target.resolve(self.model.as_deref())?;
+        let kernel = KernelSpec {
+            kind: self.kernel.clone(),
+            step_size: self.step_size,
+            tau: self.tau,
+            md_steps: self.md_steps,
+            integrator: match self.integrator {
+                IntegratorName::Leapfrog => Integrator::Leapfrog,
+                IntegratorName::Omelyan => Integrator::Omelyan,
+            },
+            fixed_length: self.fixed_length,
+            flow_batch: self.flow_batch,
+        };
+        let spec = SampleSpec {
+            lattice,
+            action,
+            kernel,
+            n: self.n,
+            therm: self.therm,
+            thin: self.thin,
+            seed: self.seed,
+            model: self.model.clone(),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// Parses `--kernel`, naming the column and what was expected on a malformed expression.
+pub(crate) fn kernel_expression(text: &str) -> std::result::Result<KernelExpr, String> {
+    parse_kernel(text).map_err(|e| e.to_string())
+}
+
+pub(crate) fn run_sample(
+    args: &SampleArgs,
+    m: &ArgMatches,
+    signals: &Signals,
+    ranks: &Ranks,
+) -> Result<ExitCode> {
+    let spec = args.spec(m)?;
+    if let Some(path) = &args.out {
+        latflow::io::check_output_path(path, "out")?;
+    }
+    let report = latflow::run::sample_replicas(
+        &spec,
+        ranks.shared.as_ref(),
+        &mut Prefixed::new(&mut StageProgress::new(&args.output), "sample"),
+        &signals.stop,
+    )?;
+    let Some(report) = report else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if let Some(path) = &args.out {
+        latflow::io::write_json(path, &report)?;
+    }
+    if args.output.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["ranks"] = ranks.shared.size().into();
+        println!("{value}");
+    } else {
+        print_table(&report);
+    }
+    if report.interrupted {
+        let saved = match &args.out {
+            Some(path) => format!("; the partial report is in {}", path.display()),
+            None => String::new(),
+        };
+        eprintln!(
+            "latflow: {} received: stopped after {} of {} measured steps{saved}",
+            signals.name(),
+            report.n,
+            spec.n
+        );
+        return Ok(signals.exit_code());
+    }
+    match report.verdict() {
+        Verdict::Unreliable if !args.allow_unreliable => {
+            eprintln!(
+                "latflow: the chain diagnostics find this run unreliable ({}): its errors are \
+                 undefined; exit status {UNRELIABLE_EXIT} (--allow-unreliable to accept)",
+                finding_codes(&report, Verdict::Unreliable)
+            );
+            Ok(ExitCode::from(UNRELIABLE_EXIT))
+        }
+        Verdict::Unreliable | Verdict::Warning => {
+            eprintln!(
+                "latflow: warning: {}",
+                finding_codes(&report, Verdict::Warning)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// The exit status of a run whose diagnostics say its numbers cannot be trusted.
+pub(crate) const UNRELIABLE_EXIT: u8 = 3;
+
+/// The codes of the findings at `severity` or worse, comma-separated.
+pub(crate) fn finding_codes(report: &SampleReport, severity: Verdict) -> String {
+    let codes: Vec<&str> = report
+        .diagnostics
+        .findings
+        .iter()
+        .filter(|f| f.severity >= severity)
+        .map(|f| f.code.as_str())
+        .collect();
+    codes.join(", ")
+}

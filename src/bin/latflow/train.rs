@@ -1,0 +1,613 @@
+//! `latflow train` and `latflow curriculum`: flow training from flags, a runcard or a
+//! checkpoint, with its summary on stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgMatches, Args, ValueEnum};
+use latflow::run::{
+    ActionSpec, AnnealSpec, RecipeKind, RecipeSpec, TrainControl, TrainOutcome, TrainSpec,
+};
+use latflow::train::{GradientEstimator, OptimizerKind, Schedule, TrainConfig};
+
+use crate::args::{OutputArgs, TARGET_FLAGS, TargetArgs, flag_name, given, refuse_given};
+use crate::progress::StageProgress;
+use crate::ranks::Ranks;
+use crate::signals::Signals;
+
+#[derive(Args)]
+pub(crate) struct CurriculumArgs {
+    /// The runcard (TOML): `out`, `[recipe]`, optional `init`, and one `[[stage]]` table
+    /// per stage with `lattice`, `[stage.action]`, `[stage.train]` and optional
+    /// `[stage.anneal]` (see examples/curriculum.toml).
+    pub(crate) runcard: PathBuf,
+    /// The folder of the stages' models and the report (overrides the runcard's `out`).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Write each stage's checkpoint every this many steps (0: only when interrupted).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) checkpoint_every: usize,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum RecipeName {
+    /// Z2-equivariant affine blocks, then one spline block (docs/flows.md#recipes).
+    Seed,
+    /// Affine blocks only.
+    #[value(name = "real-nvp")]
+    RealNvp,
+    /// Additive blocks only.
+    Additive,
+    /// Z2-equivariant affine blocks only.
+    #[value(name = "z2-affine")]
+    Z2Affine,
+    /// Z2-equivariant affine blocks with convolutional nets.
+    Conv,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum GradientName {
+    Total,
+    Path,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ScheduleName {
+    Constant,
+    Cosine,
+    /// Cosine with warm restarts every --restart-period iterations.
+    #[value(name = "warm-restarts")]
+    WarmRestarts,
+}
+
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+pub(crate) struct TrainArgs {
+    /// TOML runcard describing the whole training run (lattice, action, recipe, train,
+    /// anneal, out); other flags that describe the run are then refused.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint (its settings come from the checkpoint;
+    /// flags that describe the run are refused).
+    #[arg(long, conflicts_with = "config")]
+    pub(crate) resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// Flow recipe.
+    #[arg(long, value_enum, default_value = "seed")]
+    pub(crate) recipe: RecipeName,
+    /// Hidden width of the dense nets (default |Λ|; not for --recipe conv).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) hidden: usize,
+    /// Hidden layers of the nets (--recipe real-nvp, additive or conv).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) depth: usize,
+    /// Affine (or additive, or convolutional) coupling blocks.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) affine_blocks: usize,
+    /// Spline segments K (--recipe seed).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) segments: usize,
+    /// Channels of the convolutional nets (--recipe conv).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) channels: usize,
+    /// Configurations per training step.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) batch: usize,
+    /// Training steps.
+    #[arg(long, default_value_t = 750)]
+    pub(crate) iterations: usize,
+    /// Initial learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) lr: f64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub(crate) schedule: ScheduleName,
+    /// Period of the warm restarts (--schedule warm-restarts).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) restart_period: usize,
+    /// Factor by which each warm-restart period is longer than the one before (≥ 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) restart_growth: f64,
+    /// AdamW weight decay (0: plain Adam).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) weight_decay: f64,
+    /// Anneal the hopping coupling from this fraction of its target (hopping form).
+    #[arg(long)]
+    pub(crate) anneal_start: Option<f64>,
+    /// Fraction of training over which the coupling reaches its target (with --anneal-start).
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) anneal_over: f64,
+    /// Seed of initialisation and latent stream.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Batch chunks for the data-parallel pass (0: one per thread).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) chunks: usize,
+    /// Evaluate acceptance and ESS every this many steps (0: only at the end); the values
+    /// go to the training log.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) eval_every: usize,
+    /// Samples of the final evaluation (and of the evaluations during training, unless
+    /// --check-samples is given).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) eval_samples: usize,
+    /// Samples of each evaluation during training (--eval-every, the checks of
+    /// --until-acceptance): fewer cost less per check and read the acceptance less
+    /// precisely (default: --eval-samples).
+    #[arg(long)]
+    pub(crate) check_samples: Option<usize>,
+    /// Gradient estimator of the reverse KL: total (the derivative of the batch loss) or
+    /// path (drops the score term, whose variance does not vanish at the optimum; about
+    /// one more input-gradient pass per step).
+    #[arg(long, value_enum, default_value = "total")]
+    pub(crate) gradient: GradientName,
+    /// Stop at the first evaluation whose acceptance reaches this target (0 < A < 1);
+    /// --iterations is then the budget. Evaluations every --eval-every steps (25 if 0).
+    /// Without any flag that sets the recipe or its training, the run uses latflow's
+    /// default method for the lattice (the seed recipe with fewer or narrower nets, path
+    /// gradients and a size-dependent budget: see `latflow::run::default_method`).
+    #[arg(long)]
+    pub(crate) until_acceptance: Option<f64>,
+    /// End training after this many seconds of training steps (checked after every step),
+    /// then evaluate and write the model as at the end of the budget. The step reached
+    /// depends on the machine's speed.
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) time_limit: Option<f64>,
+    /// Start from the parameters of this model file (trained on another lattice size or at
+    /// other couplings) instead of a random initialisation. It must hold a flow of the
+    /// configuration the recipe builds here: a --recipe conv flow carries over to any size.
+    #[arg(long)]
+    pub(crate) init: Option<PathBuf>,
+    /// Where to write the trained model.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Where to keep the checkpoint (default: next to the model, NAME.checkpoint.json,
+    /// removed when the run finishes).
+    #[arg(long)]
+    pub(crate) checkpoint: Option<PathBuf>,
+    /// Write the checkpoint every this many steps (0: only when interrupted).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) checkpoint_every: usize,
+    /// The training log, one CSV row per step (default: next to the model, NAME.train.csv).
+    #[arg(long)]
+    pub(crate) log: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// Flags of `train` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
+/// --config or --resume).
+pub(crate) const TRAIN_RUN_FLAGS: [&str; 25] = [
+    "recipe",
+    "hidden",
+    "depth",
+    "affine_blocks",
+    "segments",
+    "channels",
+    "batch",
+    "iterations",
+    "lr",
+    "schedule",
+    "restart_period",
+    "restart_growth",
+    "weight_decay",
+    "anneal_start",
+    "anneal_over",
+    "seed",
+    "chunks",
+    "eval_every",
+    "eval_samples",
+    "check_samples",
+    "gradient",
+    "until_acceptance",
+    "time_limit",
+    "init",
+    "out",
+];
+
+/// Flags of [`TRAIN_RUN_FLAGS`] that do not choose the flow or how it is trained.
+pub(crate) const NOT_METHOD_FLAGS: [&str; 10] = [
+    "anneal_over",
+    "seed",
+    "chunks",
+    "eval_every",
+    "eval_samples",
+    "check_samples",
+    "until_acceptance",
+    "time_limit",
+    "init",
+    "out",
+];
+
+/// Whether a flag that chooses the flow or how it is trained was given: a run with
+/// --until-acceptance and none of them uses latflow's default method.
+pub(crate) fn sets_method(m: &ArgMatches) -> bool {
+    TRAIN_RUN_FLAGS
+        .iter()
+        .any(|f| !NOT_METHOD_FLAGS.contains(f) && given(m, f))
+}
+
+impl TrainArgs {
+    pub(crate) fn spec(&self, m: &ArgMatches) -> Result<TrainSpec> {
+        if let Some(path) = &self.config {
+            refuse_given(m, &TARGET_FLAGS, "--config: set it in the runcard")?;
+            refuse_given(m, &TRAIN_RUN_FLAGS, "--config: set it in the runcard")?;
+            return Ok(TrainSpec::from_toml_file(path)?);
+        }
+        self.target.refuse_foreign_couplings(m)?;
+        let recipe_kind = match self.recipe {
+            RecipeName::Seed => RecipeKind::Seed,
+            RecipeName::RealNvp => RecipeKind::RealNvp,
+            RecipeName::Additive => RecipeKind::Additive,
+            RecipeName::Z2Affine => RecipeKind::Z2Affine,
+            RecipeName::Conv => RecipeKind::Conv,
+        };
+        let recipe_name = self
+            .recipe
+            .to_possible_value()
+            .map(|v| v.get_name().to_string());
+        let recipe_name = recipe_name.unwrap_or_default();
+        let uses = |flag: &str| match flag {
+            "segments" => recipe_kind == RecipeKind::Seed,
+            "channels" => recipe_kind == RecipeKind::Conv,
+            "hidden" => recipe_kind != RecipeKind::Conv,
+            "depth" => matches!(
+                recipe_kind,
+                RecipeKind::RealNvp | RecipeKind::Additive | RecipeKind::Conv
+            ),
+            _ => true,
+        };
+        for flag in ["segments", "channels", "hidden", "depth"] {
+            if given(m, flag) && !uses(flag) {
+                bail!(
+                    "{} has no effect with --recipe {recipe_name}",
+                    flag_name(flag)
+                );
+            }
+        }
+        for flag in ["restart_period", "restart_growth"] {
+            if given(m, flag) && !matches!(self.schedule, ScheduleName::WarmRestarts) {
+                bail!(
+                    "{} has no effect without --schedule warm-restarts",
+                    flag_name(flag)
+                );
+            }
+        }
+        if given(m, "anneal_over") && self.anneal_start.is_none() {
+            bail!("--anneal-over has no effect without --anneal-start");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!(
+                "invalid value for --weight-decay: must be a finite number ≥ 0, got {}",
+                self.weight_decay
+            );
+        }
+        let out = self
+            .out
+            .clone()
+            .context("--out is required: where to write the trained model")?;
+        let (lattice, action) = self.target.resolve(None)?;
+        if self.until_acceptance.is_some() && !sets_method(m) {
+            let (recipe, mut train) = latflow::run::default_method(&lattice);
+            train.seed = self.seed;
+            train.chunks = self.chunks;
+            if given(m, "eval_every") {
+                train.eval_every = self.eval_every;
+            }
+            train.eval_samples = self.eval_samples;
+            if self.check_samples.is_some() {
+                train.check_samples = self.check_samples;
+            }
+            train.until_acceptance = self.until_acceptance;
+            train.time_limit = self.time_limit;
+            return Ok(TrainSpec {
+                lattice,
+                action,
+                recipe,
+                train,
+                anneal: None,
+                init: self.init.clone(),
+                out,
+            });
+        }
+        if self.anneal_start.is_some() && !matches!(action, ActionSpec::Phi4 { .. }) {
+            bail!("--anneal-start anneals the hopping coupling: it needs --action phi4");
+        }
+        let recipe = RecipeSpec {
+            kind: recipe_kind,
+            hidden: self.hidden,
+            depth: self.depth,
+            affine_blocks: self.affine_blocks,
+            segments: self.segments,
+            channels: self.channels,
+            ..RecipeSpec::default()
+        };
+        let mut train = TrainConfig::new(self.batch, self.iterations, self.lr);
+        train.schedule = match self.schedule {
+            ScheduleName::Constant => Schedule::Constant,
+            ScheduleName::Cosine => Schedule::Cosine,
+            ScheduleName::WarmRestarts => Schedule::WarmRestarts {
+                period: self.restart_period,
+                growth: self.restart_growth,
+            },
+        };
+        if self.weight_decay > 0.0 {
+            train.optimizer = OptimizerKind::adamw(self.weight_decay);
+        }
+        train.seed = self.seed;
+        train.chunks = self.chunks;
+        train.eval_every = self.eval_every;
+        train.eval_samples = self.eval_samples;
+        train.check_samples = self.check_samples;
+        train.until_acceptance = self.until_acceptance;
+        train.time_limit = self.time_limit;
+        train.gradient = match self.gradient {
+            GradientName::Total => GradientEstimator::Total,
+            GradientName::Path => GradientEstimator::Path,
+        };
+        let anneal = self.anneal_start.map(|start| AnnealSpec {
+            start,
+            over: self.anneal_over,
+        });
+        Ok(TrainSpec {
+            lattice,
+            action,
+            recipe,
+            train,
+            anneal,
+            init: self.init.clone(),
+            out,
+        })
+    }
+}
+
+/// A path next to `model` with its extension replaced by `suffix`.
+pub(crate) fn beside(model: &Path, suffix: &str) -> PathBuf {
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    model.with_file_name(format!("{stem}.{suffix}"))
+}
+
+pub(crate) fn run_train(
+    args: &TrainArgs,
+    m: &ArgMatches,
+    signals: &Signals,
+    ranks: &Ranks,
+) -> Result<ExitCode> {
+    let (spec, resuming) = match &args.resume {
+        Some(path) => {
+            let allowed_out = TRAIN_RUN_FLAGS.iter().filter(|&&f| f != "out");
+            let refused: Vec<&str> = allowed_out.copied().collect();
+            refuse_given(
+                m,
+                &refused,
+                "--resume: the run's settings come from the checkpoint",
+            )?;
+            let mut spec = latflow::run::checkpoint_spec(path)?;
+            if let Some(out) = &args.out {
+                spec.out = out.clone();
+            }
+            (spec, Some(path.clone()))
+        }
+        None => (args.spec(m)?, None),
+    };
+    let default_checkpoint = args.checkpoint.is_none() && resuming.is_none();
+    let checkpoint = args
+        .checkpoint
+        .clone()
+        .or_else(|| resuming.clone())
+        .unwrap_or_else(|| beside(&spec.out, "checkpoint.json"));
+    let log = args
+        .log
+        .clone()
+        .unwrap_or_else(|| beside(&spec.out, "train.csv"));
+    let control = TrainControl {
+        checkpoint: Some(&checkpoint),
+        checkpoint_every: args.checkpoint_every,
+        log: Some(&log),
+        stop: &signals.stop,
+        ranks: Some(&ranks.shared),
+    };
+    let mut observer = StageProgress::new(&args.output);
+    let outcome = match &resuming {
+        Some(path) => latflow::run::resume(path, args.out.as_deref(), &control, &mut observer)?,
+        None => latflow::run::train(&spec, &control, &mut observer)?,
+    };
+    if !ranks.shared.is_root() {
+        // Rank 0 reports; the others end as it does.
+        return Ok(match outcome {
+            TrainOutcome::Stopped { .. } => signals.exit_code(),
+            TrainOutcome::Finished(_) => ExitCode::SUCCESS,
+        });
+    }
+    let report = match outcome {
+        TrainOutcome::Finished(report) => report,
+        TrainOutcome::Stopped {
+            iteration,
+            iterations,
+            checkpoint,
+        } => {
+            let message = format!(
+                "stopped after {iteration} of {iterations} steps; checkpoint written to {}\n  \
+                 continue with: latflow train --resume {}",
+                checkpoint.display(),
+                checkpoint.display()
+            );
+            let fields = serde_json::json!({
+                "iteration": iteration, "iterations": iterations, "checkpoint": checkpoint,
+            });
+            return Ok(signals.report_stop(args.output.json, fields, &message));
+        }
+    };
+    if default_checkpoint {
+        let _ = std::fs::remove_file(&checkpoint);
+    }
+    if report.reached_target == Some(false) {
+        eprintln!(
+            "latflow: warning: acceptance {} not reached: {:.4} after {} iterations",
+            spec.train.until_acceptance.unwrap_or(f64::NAN),
+            report.acceptance,
+            report.iterations
+        );
+    }
+    if report.ran_out_of_time {
+        eprintln!(
+            "latflow: time limit of {} s reached after {} of {} iterations",
+            spec.train.time_limit.unwrap_or(f64::NAN),
+            report.iterations,
+            spec.train.iterations
+        );
+    }
+    if args.output.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "trained {} parameters on {:?} in {:.2} s ({:.0} configurations/s, {} seen)",
+            report.n_params,
+            report.lattice,
+            report.seconds,
+            report.configs_per_second,
+            report.configs_seen
+        );
+        if args.resume.is_none()
+            && args.config.is_none()
+            && args.until_acceptance.is_some()
+            && !sets_method(m)
+        {
+            let (r, t) = (&spec.recipe, &spec.train);
+            let schedule = match t.schedule {
+                Schedule::WarmRestarts { period, growth } => format!(
+                    "cosine, restarted after {period} iterations, each next period {growth}× \
+                     longer"
+                ),
+                Schedule::Cosine => "cosine".into(),
+                Schedule::Constant => "constant".into(),
+            };
+            let affine = match r.affine_blocks {
+                0 => "no affine block".to_string(),
+                1 => "1 affine block".to_string(),
+                n => format!("{n} affine blocks"),
+            };
+            println!(
+                "default method for this lattice: seed recipe with hidden width {}, {affine}, \
+                 {} spline segments; {} gradient, batch {}, budget {} iterations, lr {} \
+                 ({schedule}); checks every {} iterations on {} samples",
+                r.hidden,
+                r.segments,
+                t.gradient,
+                t.batch,
+                t.iterations,
+                t.lr,
+                t.eval_interval(),
+                t.check_sample_size()
+            );
+        }
+        if let Some(reached) = report.reached_target {
+            println!(
+                "target acceptance {} {}reached after {} iterations; acceptance checks: \
+                 {:.2} s, {} configurations",
+                spec.train.until_acceptance.unwrap_or(f64::NAN),
+                if reached { "" } else { "not " },
+                report.iterations,
+                report.eval_seconds,
+                report.eval_configs
+            );
+        }
+        println!(
+            "acceptance {:.4}  ESS {:.4}  tau_rej {:.3}  mean log w {:.4}  var log w {:.4}  M>0 {:.3}",
+            report.acceptance,
+            report.ess,
+            report.tau_rej,
+            report.mean_log_w,
+            report.var_log_w,
+            report.fraction_positive_m
+        );
+        println!(
+            "model written to {}, training log to {}",
+            report.model.display(),
+            log.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn run_curriculum(args: &CurriculumArgs, signals: &Signals) -> Result<ExitCode> {
+    let mut spec = latflow::run::CurriculumSpec::from_toml_file(&args.runcard)?;
+    if let Some(out) = &args.out {
+        spec.out = out.clone();
+    }
+    let control = TrainControl {
+        checkpoint_every: args.checkpoint_every,
+        stop: &signals.stop,
+        ..TrainControl::default()
+    };
+    let stages = spec.stages.len();
+    let outcome = latflow::run::curriculum(&spec, &control, &mut StageProgress::new(&args.output))?;
+    let report = match outcome {
+        latflow::run::CurriculumOutcome::Finished(report) => report,
+        latflow::run::CurriculumOutcome::Stopped {
+            stage,
+            iteration,
+            iterations,
+            checkpoint,
+        } => {
+            let message = format!(
+                "stopped stage {stage} of {stages} after {iteration} of {iterations} steps; \
+                 checkpoint written to {}\n  continue with: latflow curriculum {}{}",
+                checkpoint.display(),
+                args.runcard.display(),
+                args.out
+                    .as_ref()
+                    .map(|o| format!(" --out {}", o.display()))
+                    .unwrap_or_default()
+            );
+            let fields = serde_json::json!({
+                "stage": stage, "iteration": iteration, "iterations": iterations,
+                "checkpoint": checkpoint,
+            });
+            return Ok(signals.report_stop(args.output.json, fields, &message));
+        }
+    };
+    if args.output.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>5}  {:>9}  {:>10}  {:>12}  {:>10}  {:>10}  {:>7}",
+        "stage", "lattice", "iterations", "configs", "seconds", "checks s", "accept"
+    );
+    for (k, r) in report.stages.iter().enumerate() {
+        let lattice: Vec<String> = r.lattice.iter().map(|l| l.to_string()).collect();
+        println!(
+            "{:>5}  {:>9}  {:>10}  {:>12}  {:>10.1}  {:>10.1}  {:>7.4}",
+            k + 1,
+            lattice.join("x"),
+            r.iterations,
+            r.configs_seen,
+            r.seconds,
+            r.eval_seconds,
+            r.acceptance
+        );
+    }
+    println!(
+        "total: {} configurations ({:.0} in configurations of the last lattice), {:.1} s of \
+         training, {:.1} s of checks; final acceptance {:.4}",
+        report.configs_seen,
+        report.last_lattice_configs,
+        report.seconds,
+        report.eval_seconds,
+        report.acceptance
+    );
+    println!(
+        "final model: {}; report: {}",
+        report.model.display(),
+        spec.out.join("curriculum.json").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,193 @@
+//! The same seed gives the same numbers however a run is grouped into blocks and however
+//! busy the machine is: for every kernel the command line offers (local, hmc, flow) and
+//! their compositions, a chain run in blocks of 1 step, of 13 steps, in automatic blocks,
+//! and in automatic blocks with every step slowed down, makes bit-identical moves,
+//! measurements and final states; a whole `sample` run alone and beside busy threads gives
+//! the same report.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use latflow::action::Phi4;
+use latflow::flow::{FlowConfig, FlowModel};
+use latflow::kernel::{BlockSize, Chain, KernelExpr, MoveRows, RunPlan};
+use latflow::observable::Measurements;
+use latflow::run::{ActionSpec, KernelSpec, SampleSpec, sample};
+use latflow::train::{TrainConfig, Trainer};
+use latflow::{Action, Lattice, MoveInfo, Proposal, SimRng, State, StopToken};
+
+const EXPRESSIONS: [&str; 10] = [
+    "local",
+    "hmc",
+    "flow",
+    "flow+local",
+    "flow+hmc",
+    "flow+local*2+hmc",
+    "mix(0.3: flow, 0.7: hmc)",
+    "(flow+local)*2+hmc",
+    "local+local",
+    "mix(1: local, 1: hmc)+flow",
+];
+
+fn action() -> Arc<Phi4> {
+    Arc::new(Phi4::hopping(Lattice::new(&[4, 4]).unwrap(), 0.5, 0.5).unwrap())
+}
+
+/// A small seed-recipe flow, trained briefly (its acceptance is well inside (0, 1), so
+/// both outcomes of every flow proposal occur).
+fn model() -> Arc<FlowModel> {
+    static MODEL: OnceLock<Arc<FlowModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let flow = FlowModel::new(&FlowConfig::seed(16, 1, 4).unwrap(), action().lattice(), 3)
+                .unwrap();
+            let mut trainer = Trainer::new(flow, action(), TrainConfig::new(64, 30, 0.01)).unwrap();
+            trainer.train(&mut (), &StopToken::never()).unwrap();
+            Arc::new(trainer.into_model())
+        })
+        .clone()
+}
+
+/// A kernel that sleeps before every step of the kernel it wraps: the same moves, slower.
+struct Slow(Box<dyn Proposal>);
+
+impl Proposal for Slow {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+
+    fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {
+        std::thread::sleep(Duration::from_micros(300));
+        self.0.step(state, rng, moves)
+    }
+
+    fn set_adapting(&mut self, on: bool) {
+        self.0.set_adapting(on)
+    }
+}
+
+/// Everything a run produced, as bits.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    moves: Vec<[u64; 5]>,
+    labels: Vec<String>,
+    per_step: Vec<u32>,
+    series: Vec<Vec<u64>>,
+    state: Vec<u64>,
+    action: u64,
+}
+
+fn run(expression: &str, block: BlockSize, slow: bool) -> Outcome {
+    let action = action();
+    let spec = KernelSpec {
+        kind: KernelExpr::parse(expression).unwrap(),
+        flow_batch: 37,
+        md_steps: 4,
+        ..KernelSpec::default()
+    };
+    let model = model();
+    let kernel = spec.build(&action, Some(&model)).unwrap();
+    let kernel: Box<dyn Proposal> = if slow { Box::new(Slow(kernel)) } else { kernel };
+    let mut chain = Chain::new(kernel, State::zero(&*action), 11);
+    let mut measurements = Measurements::new(action.lattice());
+    let plan = RunPlan::new(300).therm(120).thin(2).block(block);
+    let record = chain
+        .run(&plan, &mut measurements, &mut (), &StopToken::never())
+        .unwrap();
+    assert_eq!(record.steps, 300);
+    assert_eq!(measurements.len(), 150);
+    let rows = MoveRows::from_moves(&record.moves);
+    Outcome {
+        moves: rows.rows.iter().map(|r| r.map(f64::to_bits)).collect(),
+        labels: rows
+            .labels
+            .iter()
+            .map(|(l, k)| format!("{l}:{k}"))
+            .collect(),
+        per_step: record.moves_per_step,
+        series: measurements
+            .names()
+            .iter()
+            .map(|n| {
+                measurements
+                    .series(n)
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            })
+            .collect(),
+        state: chain.state().phi().iter().map(|x| x.to_bits()).collect(),
+        action: chain.state().action().to_bits(),
+    }
+}
+
+#[test]
+fn blocks_never_change_a_run() {
+    for expression in EXPRESSIONS {
+        let reference = run(expression, BlockSize::Steps(1), false);
+        assert!(!reference.moves.is_empty());
+        for (block, slow) in [
+            (BlockSize::Steps(13), false),
+            (BlockSize::Steps(1000), false),
+            (BlockSize::Auto, false),
+            (BlockSize::Auto, true),
+        ] {
+            assert!(
+                run(expression, block, slow) == reference,
+                "{expression}: blocks {block:?} (slowed: {slow}) changed the run"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_busy_machine_does_not_change_a_report() {
+    let dir = std::env::temp_dir().join(format!("latflow-determinism-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.json");
+    let target = ActionSpec::Phi4 {
+        beta: 0.5,
+        lambda: 0.5,
+    };
+    let mut flow = (*model()).clone();
+    flow.metadata_mut()
+        .insert("action".into(), serde_json::to_value(target).unwrap());
+    flow.save(&path).unwrap();
+    let action = action();
+    let spec = SampleSpec {
+        lattice: action.lattice().clone(),
+        action: target,
+        kernel: KernelSpec {
+            kind: KernelExpr::parse("flow+local+hmc").unwrap(),
+            ..KernelSpec::default()
+        },
+        n: 4000,
+        therm: 2000,
+        thin: 1,
+        seed: 3,
+        model: Some(path),
+    };
+    let strip = |r: &latflow::run::SampleReport| {
+        let mut v = serde_json::to_value(r).unwrap();
+        v["seconds"] = serde_json::Value::Null;
+        v
+    };
+    let alone = strip(&sample(&spec, &mut (), &StopToken::never()).unwrap());
+    let busy = AtomicBool::new(true);
+    let beside = std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| {
+                let mut x = 0u64;
+                while busy.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            });
+        }
+        let report = sample(&spec, &mut (), &StopToken::never()).unwrap();
+        busy.store(false, Ordering::Relaxed);
+        report
+    });
+    assert_eq!(strip(&beside), alone);
+}
