@@ -153,7 +153,7 @@ fn a_busy_machine_does_not_change_a_report() {
     };
     let mut flow = (*model()).clone();
     flow.metadata_mut()
-        .insert("action".into(), serde_json::to_value(target).unwrap());
+        .insert("action".into(), serde_json::to_value(&target).unwrap());
     flow.save(&path).unwrap();
     let action = action();
     let spec = SampleSpec {

@@ -529,7 +529,14 @@ fn a_stored_run_replays_to_the_same_report() {
         seed: 3,
         model: None,
     };
-    let data = sample_data(&spec, &mut (), &latflow::StopToken::never(), 10).unwrap();
+    let data = sample_data(
+        &spec,
+        latflow::run::Registry::builtin(),
+        &mut (),
+        &latflow::StopToken::never(),
+        10,
+    )
+    .unwrap();
     assert_eq!(data.configs.len(), 10);
     assert_eq!(data.config_indices[1], 200);
     save_run(&dir, &spec, &data, None).unwrap();
@@ -828,7 +835,7 @@ fn a_flow_chain_starts_from_a_flow_sample() {
     for seed in 0..5 {
         let spec = SampleSpec {
             lattice: lattice.clone(),
-            action,
+            action: action.clone(),
             kernel: KernelSpec {
                 kind: KernelExpr::parse("flow").unwrap(),
                 ..KernelSpec::default()
@@ -839,7 +846,14 @@ fn a_flow_chain_starts_from_a_flow_sample() {
             seed,
             model: Some(model.clone()),
         };
-        let data = sample_data(&spec, &mut (), &latflow::StopToken::never(), 200).unwrap();
+        let data = sample_data(
+            &spec,
+            latflow::run::Registry::builtin(),
+            &mut (),
+            &latflow::StopToken::never(),
+            200,
+        )
+        .unwrap();
         assert_eq!(data.config_indices[0], 0);
         let first = &data.configs[0];
         assert!(

@@ -140,3 +140,45 @@ pub trait Action: Send + Sync {
         }
     }
 }
+
+/// An action behind a shared pointer is the action itself: `Arc<dyn Action>` (an action
+/// chosen at run time, e.g. from a runcard) works with every kernel and with training.
+///
+/// Every method forwards to the pointee, except [`Action::metropolis_sweep`], which cannot
+/// reach a pointee's specialised sweep through `dyn` and uses the reference sweep over
+/// [`Action::delta_local`]; build local Metropolis on the concrete action where its sweep is
+/// specialised.
+impl<A: Action + ?Sized> Action for std::sync::Arc<A> {
+    fn lattice(&self) -> &Lattice {
+        (**self).lattice()
+    }
+
+    fn action(&self, phi: &[f64]) -> f64 {
+        (**self).action(phi)
+    }
+
+    fn force(&self, phi: &[f64], out: &mut [f64]) {
+        (**self).force(phi, out)
+    }
+
+    fn delta_local(&self, phi: &[f64], site: usize, new: f64) -> f64 {
+        (**self).delta_local(phi, site, new)
+    }
+
+    fn action_and_force(&self, phi: &[f64], out: &mut [f64]) -> f64 {
+        (**self).action_and_force(phi, out)
+    }
+
+    fn action_batch(&self, phis: ArrayView2<f64>, out: ArrayViewMut1<f64>) {
+        (**self).action_batch(phis, out)
+    }
+
+    fn action_and_force_batch(
+        &self,
+        phis: ArrayView2<f64>,
+        actions: ArrayViewMut1<f64>,
+        forces: ArrayViewMut2<f64>,
+    ) {
+        (**self).action_and_force_batch(phis, actions, forces)
+    }
+}

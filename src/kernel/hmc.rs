@@ -34,7 +34,7 @@ pub enum Integrator {
 /// uniformly from {⌈n/2⌉, …, ⌊3n/2⌋} (at least 1) at the fixed step size ε = τ/n, so its
 /// length is spread uniformly over [τ/2, 3τ/2]. This avoids the non-ergodicity of modes
 /// with ωτ near a multiple of π.
-pub struct Hmc<A: Action> {
+pub struct Hmc<A: Action + ?Sized> {
     action: Arc<A>,
     tau: f64,
     n_steps: usize,
@@ -46,7 +46,7 @@ pub struct Hmc<A: Action> {
     momentum: Vec<f64>,
 }
 
-impl<A: Action> Hmc<A> {
+impl<A: Action + ?Sized> Hmc<A> {
     /// Leapfrog HMC with trajectory length `tau` (> 0) and `n_steps` (≥ 1) steps per unit
     /// trajectory, length randomised per trajectory.
     pub fn new(action: Arc<A>, tau: f64, n_steps: usize) -> Result<Self> {
@@ -231,7 +231,7 @@ fn drift(phi: &mut [f64], momentum: &[f64], dt: f64) {
     }
 }
 
-impl<A: Action> Proposal for Hmc<A> {
+impl<A: Action + ?Sized> Proposal for Hmc<A> {
     fn name(&self) -> String {
         format!(
             "hmc({:?}, tau={}, n={}, {})",

@@ -116,7 +116,7 @@ impl CurriculumSpec {
         let stage = &self.stages[k];
         TrainSpec {
             lattice: stage.lattice.clone(),
-            action: stage.action,
+            action: stage.action.clone(),
             recipe: self.recipe.clone(),
             train: stage.train.clone(),
             anneal: stage.anneal,

@@ -11,16 +11,20 @@ use crate::error::{Error, Result};
 use crate::lattice::Lattice;
 
 mod curriculum;
+mod kernel_spec;
+mod registry;
+mod replicas;
+mod report;
 mod sample;
 mod train;
 
 pub use curriculum::{CurriculumOutcome, CurriculumReport, CurriculumSpec, StageSpec, curriculum};
-pub use sample::{
-    Estimate, KERNEL_NAMES, KernelSpec, ReplicaChain, SampleData, SampleReport, SampleSpec,
-    combine_replicas, parse_kernel, replica_seed, report_from, sample, sample_data,
-    sample_replicas,
-};
-pub(crate) use sample::{kernel_list, kernel_table_or_expression};
+pub use kernel_spec::{KernelSpec, parse_kernel};
+pub(crate) use kernel_spec::{kernel_list, kernel_table_or_expression};
+pub use registry::{KERNEL_NAMES, KernelContext, Registry, TargetAction, Typed};
+pub use replicas::{ReplicaChain, combine_replicas, replica_seed, sample_replicas};
+pub use report::{Estimate, SampleReport, report_from};
+pub use sample::{SampleData, SampleSpec, sample, sample_data, sample_with};
 pub use train::{
     AnnealSpec, DEFAULT_METHOD_CHECK_SAMPLES, RecipeKind, RecipeSpec, TRAIN_LOG_HEADER,
     TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec, default_method, init_from,
@@ -34,8 +38,9 @@ fn read_runcard<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Resul
         .map_err(|e| Error::format(format!("runcard {}", path.display()), e.to_string()))
 }
 
-/// The action to sample, in the convention the user chose (observables are reported in it).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// The action to sample, in the convention the user chose (observables are reported in it),
+/// or a user's action registered in a [`Registry`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "form", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ActionSpec {
     /// Hopping form (docs/actions.md#hopping-form).
@@ -64,10 +69,21 @@ pub enum ActionSpec {
         /// The mass m0 > 0.
         mass: f64,
     },
+    /// A user's action, built by the constructor registered under `name` in the run's
+    /// [`Registry`] from `config` (runcard: `[action] form = "custom"`, `name = "..."`,
+    /// `config = { ... }`).
+    Custom {
+        /// The name it is registered under.
+        name: String,
+        /// Its configuration, handed to the constructor.
+        #[serde(default)]
+        config: serde_json::Value,
+    },
 }
 
 impl ActionSpec {
-    /// Builds the action on `lattice`.
+    /// Builds a built-in action on `lattice`; a custom action is built by a [`Registry`]
+    /// ([`Registry::action`]) and is an error here.
     pub fn build(&self, lattice: &Lattice) -> Result<Phi4> {
         let l = lattice.clone();
         match *self {
@@ -75,6 +91,34 @@ impl ActionSpec {
             ActionSpec::Phi4Standard { m0sq, g0 } => Phi4::standard(l, m0sq, g0),
             ActionSpec::Phi4Quartic { m2, lambda } => Phi4::quartic(l, m2, lambda),
             ActionSpec::Free { mass } => Ok(self.free_field(lattice, mass)?.as_phi4().clone()),
+            ActionSpec::Custom { ref name, .. } => Err(Error::param(
+                "action",
+                format!("the custom action `{name}` is built by the registry it is registered in"),
+            )),
+        }
+    }
+
+    /// A short description: the form and its couplings, or the custom action's name and
+    /// configuration.
+    pub fn describe(&self) -> String {
+        match self {
+            ActionSpec::Phi4 { beta, lambda } => {
+                format!("φ⁴ (hopping form) β = {beta}, λ = {lambda}")
+            }
+            ActionSpec::Phi4Standard { m0sq, g0 } => {
+                format!("φ⁴ (standard form) m0² = {m0sq}, g0 = {g0}")
+            }
+            ActionSpec::Phi4Quartic { m2, lambda } => {
+                format!("φ⁴ (quartic form) m² = {m2}, λ = {lambda}")
+            }
+            ActionSpec::Free { mass } => format!("free field, m0 = {mass}"),
+            ActionSpec::Custom { name, config } => {
+                if config.is_null() {
+                    format!("{name} (custom)")
+                } else {
+                    format!("{name} (custom) {config}")
+                }
+            }
         }
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::ActionSpec;
-use crate::action::Phi4;
+use super::{ActionSpec, Registry};
+use crate::action::Action;
 use crate::control::{Observer, StopToken};
 use crate::error::{Error, Result};
 use crate::flow::transform::MAX_BINS;
@@ -442,7 +442,8 @@ fn one_rank() -> usize {
 }
 
 /// How a training run is driven beyond its spec: where checkpoints and the training log go,
-/// a flag that asks the run to stop, and the processes the run is spread over.
+/// a flag that asks the run to stop, the processes the run is spread over, and the registry
+/// of the user's pieces.
 #[derive(Clone, Copy)]
 pub struct TrainControl<'a> {
     /// Where checkpoints are written (atomically); `None`: no checkpoints, and a stop request
@@ -460,6 +461,8 @@ pub struct TrainControl<'a> {
     /// process alone. Every rank runs the same call; rank 0 alone writes the model,
     /// checkpoints and log.
     pub ranks: Option<&'a Arc<dyn Collective>>,
+    /// The user's actions and flow layers the run may name (see [`Registry`]).
+    pub registry: &'a Registry,
 }
 
 impl Default for TrainControl<'_> {
@@ -470,9 +473,13 @@ impl Default for TrainControl<'_> {
             log: None,
             stop: &crate::control::NEVER_STOP,
             ranks: None,
+            registry: Registry::builtin(),
         }
     }
 }
+
+/// The trainer of a run: any flow model, the action chosen at run time.
+type RunTrainer = Trainer<FlowModel, Arc<dyn Action>>;
 
 impl TrainControl<'_> {
     fn is_root(&self) -> bool {
@@ -520,9 +527,19 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     spec.validate()?;
     check_outputs(&spec.out, control)?;
-    let action = Arc::new(spec.action.build(&spec.lattice)?);
+    let action = Arc::new(
+        control
+            .registry
+            .action(&spec.action, &spec.lattice)?
+            .action(),
+    );
     let config = spec.recipe.build(&spec.lattice)?;
-    let mut model = FlowModel::new(&config, &spec.lattice, spec.train.seed)?;
+    let mut model = FlowModel::new_with(
+        &config,
+        &spec.lattice,
+        spec.train.seed,
+        control.registry.layers(),
+    )?;
     if let Some(path) = &spec.init {
         init_from(&mut model, path)?;
     }
@@ -533,7 +550,7 @@ pub fn train(
         control,
     )?;
     let log = TrainLog::create(control.log.filter(|_| control.is_root()), 0)?;
-    drive(spec, with_annealing(trainer, spec), log, control, observer)
+    drive(spec, with_annealing(trainer, spec)?, log, control, observer)
 }
 
 /// Replaces the parameters of `model` by those of the flow saved at `path`, trained on any
@@ -585,8 +602,16 @@ pub fn resume(
     }
     spec.validate()?;
     check_outputs(&spec.out, control)?;
-    let action = Arc::new(spec.action.build(&spec.lattice)?);
-    let trainer = spread(Trainer::resume(path, action)?, control)?;
+    let action = Arc::new(
+        control
+            .registry
+            .action(&spec.action, &spec.lattice)?
+            .action(),
+    );
+    let trainer = spread(
+        Trainer::resume_with(path, action, control.registry.layers())?,
+        control,
+    )?;
     if trainer.config() != &spec.train {
         return Err(Error::format(
             format!("checkpoint {}", path.display()),
@@ -599,7 +624,7 @@ pub fn resume(
     )?;
     drive(
         &spec,
-        with_annealing(trainer, &spec),
+        with_annealing(trainer, &spec)?,
         log,
         control,
         observer,
@@ -696,33 +721,38 @@ fn check_outputs(out: &Path, control: &TrainControl<'_>) -> Result<()> {
 }
 
 /// The trainer spread over the control's ranks, if any.
-fn spread(
-    trainer: Trainer<FlowModel, Phi4>,
-    control: &TrainControl<'_>,
-) -> Result<Trainer<FlowModel, Phi4>> {
+fn spread(trainer: RunTrainer, control: &TrainControl<'_>) -> Result<RunTrainer> {
     match control.ranks {
         Some(ranks) => trainer.with_ranks(ranks.clone()),
         None => Ok(trainer),
     }
 }
 
-fn with_annealing(trainer: Trainer<FlowModel, Phi4>, spec: &TrainSpec) -> Trainer<FlowModel, Phi4> {
-    match spec.anneal {
-        Some(anneal) => {
-            let target = trainer.action().clone();
-            trainer.with_annealing(Box::new(move |t| {
-                target.with_scaled_hopping(anneal.factor(t))
-            }))
-        }
-        None => trainer,
-    }
+/// The trainer with the spec's coupling annealing, if any: φ⁴ with its hopping coupling
+/// scaled by the annealing factor (annealing needs a φ⁴ action).
+fn with_annealing(trainer: RunTrainer, spec: &TrainSpec) -> Result<RunTrainer> {
+    let Some(anneal) = spec.anneal else {
+        return Ok(trainer);
+    };
+    let target = spec.action.build(&spec.lattice).map_err(|_| {
+        Error::param(
+            "anneal",
+            format!(
+                "annealing scales the hopping coupling of φ⁴; the action is {}",
+                spec.action.describe()
+            ),
+        )
+    })?;
+    Ok(trainer.with_annealing(Box::new(move |t| {
+        Ok(Arc::new(target.with_scaled_hopping(anneal.factor(t))?) as Arc<dyn Action>)
+    })))
 }
 
 /// Runs the remaining iterations with checkpoints, log and stop requests, then evaluates,
 /// writes the model and reports.
 fn drive(
     spec: &TrainSpec,
-    mut trainer: Trainer<FlowModel, Phi4>,
+    mut trainer: RunTrainer,
     mut log: Option<TrainLog>,
     control: &TrainControl<'_>,
     observer: &mut dyn Observer,
@@ -790,7 +820,7 @@ fn drive(
     }
     let mut model = trainer.into_model();
     let action_json =
-        serde_json::to_value(spec.action).map_err(|e| Error::format("action", e.to_string()))?;
+        serde_json::to_value(&spec.action).map_err(|e| Error::format("action", e.to_string()))?;
     model.metadata_mut().insert("action".into(), action_json);
     let ranks = control.ranks.map_or(1, |r| r.size());
     model
@@ -817,7 +847,7 @@ fn report_of_run(
     let e = summary.eval;
     TrainReport {
         lattice: spec.lattice.extents().to_vec(),
-        action: spec.action,
+        action: spec.action.clone(),
         recipe: spec.recipe.clone(),
         n_params,
         iterations: summary.iterations,
@@ -939,24 +969,23 @@ impl TrainLog {
 /// The lattice and action a model file was trained for (from its metadata).
 pub fn model_target(path: &std::path::Path) -> Result<(Lattice, ActionSpec)> {
     let model = FlowModel::load(path)?;
-    let action = model
-        .metadata()
-        .get("action")
-        .ok_or_else(|| {
-            Error::Incompatible(format!(
-                "model file {} does not record the action it was trained for",
-                path.display()
-            ))
-        })
-        .and_then(|v| {
-            serde_json::from_value::<ActionSpec>(v.clone()).map_err(|e| {
-                Error::format(
-                    format!("action in model file {}", path.display()),
-                    e.to_string(),
-                )
-            })
-        })?;
-    Ok((model.lattice().clone(), action))
+    Ok((model.lattice().clone(), recorded_action(&model, path)?))
+}
+
+/// The action a loaded model (read from `path`) records it was trained for.
+pub(crate) fn recorded_action(model: &FlowModel, path: &std::path::Path) -> Result<ActionSpec> {
+    let action = model.metadata().get("action").ok_or_else(|| {
+        Error::Incompatible(format!(
+            "model file {} does not record the action it was trained for",
+            path.display()
+        ))
+    })?;
+    serde_json::from_value::<ActionSpec>(action.clone()).map_err(|e| {
+        Error::format(
+            format!("action in model file {}", path.display()),
+            e.to_string(),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -99,7 +99,8 @@ pub fn run_study(
 ) -> Result<StudyOutcome> {
     let start = std::time::Instant::now();
     let spec = &study.spec;
-    spec.validate()?;
+    let registry = &study.registry;
+    spec.validate_with(registry)?;
     let folder = spec.folder();
     prepare_folder(&folder, &study.runcard)?;
     let mut reused = Vec::new();
@@ -129,6 +130,7 @@ pub fn run_study(
                     log: Some(&log),
                     stop,
                     ranks: None,
+                    registry,
                 };
                 let outcome = if checkpoint.is_file() {
                     reused.push("training checkpoint".to_string());
@@ -163,6 +165,7 @@ pub fn run_study(
             let stage = format!("tune {}", sampler.name);
             let tuned = tune_hmc(
                 &run_spec,
+                registry,
                 &spec.analysis.cost_observables,
                 &mut Prefixed::new(observer, &stage),
                 stop,
@@ -180,6 +183,7 @@ pub fn run_study(
         let stage = format!("sample {}", sampler.name);
         let data = sample_data(
             &run_spec,
+            registry,
             &mut Prefixed::new(observer, &stage),
             stop,
             spec.measure.saved_configs,
@@ -257,6 +261,16 @@ pub fn analyse_folder(
     overrides: &[Override],
     observer: &mut dyn Observer,
 ) -> Result<StudyResult> {
+    analyse_folder_with(folder, overrides, crate::run::Registry::new(), observer)
+}
+
+/// [`analyse_folder`] for a study that names the user's pieces of `registry`.
+pub fn analyse_folder_with(
+    folder: &Path,
+    overrides: &[Override],
+    registry: crate::run::Registry,
+    observer: &mut dyn Observer,
+) -> Result<StudyResult> {
     let start = std::time::Instant::now();
     if let Some(o) = overrides.iter().find(|o| !o.key.starts_with("analysis.")) {
         return Err(Error::param(
@@ -274,7 +288,7 @@ pub fn analyse_folder(
             format!("{} holds no study (no runcard.toml)", folder.display()),
         ));
     }
-    let mut spec = StudySpec::load(&runcard, overrides)?.spec;
+    let mut spec = StudySpec::load_with(&runcard, overrides, registry)?.spec;
     // The folder may have moved since the study ran.
     if let (Some(parent), Some(name)) = (folder.parent(), folder.file_name()) {
         spec.out = parent.to_path_buf();

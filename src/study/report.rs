@@ -1190,11 +1190,5 @@ fn display_name(name: &str) -> String {
 }
 
 fn action_text(action: &crate::run::ActionSpec) -> String {
-    use crate::run::ActionSpec::*;
-    match *action {
-        Phi4 { beta, lambda } => format!("φ⁴ (hopping form) β = {beta}, λ = {lambda}"),
-        Phi4Standard { m0sq, g0 } => format!("φ⁴ (standard form) m0² = {m0sq}, g0 = {g0}"),
-        Phi4Quartic { m2, lambda } => format!("φ⁴ (quartic form) m² = {m2}, λ = {lambda}"),
-        Free { mass } => format!("free field, m0 = {mass}"),
-    }
+    action.describe()
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::lattice::Lattice;
 use crate::run::{
-    ActionSpec, AnnealSpec, KernelSpec, RecipeSpec, SampleSpec, TrainSpec,
+    ActionSpec, AnnealSpec, KernelSpec, RecipeSpec, Registry, SampleSpec, TrainSpec,
     kernel_table_or_expression,
 };
 use crate::train::TrainConfig;
@@ -251,7 +251,8 @@ impl Override {
     }
 }
 
-/// A parsed study runcard with the text of the runcard as used.
+/// A parsed study runcard with the text of the runcard as used and the registry of the
+/// user's pieces it may name.
 #[derive(Clone, Debug)]
 pub struct LoadedStudy {
     /// The study.
@@ -259,23 +260,54 @@ pub struct LoadedStudy {
     /// The runcard as used: every override applied and every seed written out, with a header
     /// naming the latflow version and the overrides.
     pub runcard: String,
+    /// The user's actions, kernels and flow layers the study may name.
+    pub registry: Registry,
 }
 
 impl StudySpec {
     /// Reads a study runcard from `path` and applies `overrides`.
     pub fn load(path: &Path, overrides: &[Override]) -> Result<LoadedStudy> {
+        Self::load_with(path, overrides, Registry::new())
+    }
+
+    /// [`StudySpec::load`] for a study that may name the user's actions, kernels and flow
+    /// layers of `registry`.
+    pub fn load_with(
+        path: &Path,
+        overrides: &[Override],
+        registry: Registry,
+    ) -> Result<LoadedStudy> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, &format!("runcard {}", path.display()), overrides)
+        Self::parse_with(
+            &text,
+            &format!("runcard {}", path.display()),
+            overrides,
+            registry,
+        )
     }
 
     /// Parses a runcard's text (`origin` names it in errors: unknown keys and wrong types
     /// are reported with their line) and applies `overrides`.
     pub fn parse(text: &str, origin: &str, overrides: &[Override]) -> Result<LoadedStudy> {
+        Self::parse_with(text, origin, overrides, Registry::new())
+    }
+
+    /// [`StudySpec::parse`] with the user's pieces of `registry`.
+    pub fn parse_with(
+        text: &str,
+        origin: &str,
+        overrides: &[Override],
+        registry: Registry,
+    ) -> Result<LoadedStudy> {
         let (spec, table): (StudySpec, _) = parse_with_overrides(text, origin, overrides)?;
         let spec = spec.with_seeds(&table);
-        spec.validate()?;
+        spec.validate_with(&registry)?;
         let runcard = runcard_text(&spec, "study", overrides)?;
-        Ok(LoadedStudy { spec, runcard })
+        Ok(LoadedStudy {
+            spec,
+            runcard,
+            registry,
+        })
     }
 
     /// The built-in default study with `overrides`.
@@ -309,8 +341,14 @@ impl StudySpec {
     }
 
     /// Checks the name, the samplers (unique names, kernels that exist, a flow section when
-    /// a kernel needs one, tuning only for `hmc`), every sampler's run and the training run.
+    /// a kernel needs one, tuning only for `hmc`), every sampler's run and the training run,
+    /// with the built-in pieces only.
     pub fn validate(&self) -> Result<()> {
+        self.validate_with(Registry::builtin())
+    }
+
+    /// [`StudySpec::validate`] with the user's pieces of `registry`.
+    pub fn validate_with(&self, registry: &Registry) -> Result<()> {
         let name_ok = !self.name.is_empty()
             && self.name != "."
             && self.name != ".."
@@ -364,7 +402,7 @@ impl StudySpec {
                 ));
             }
             self.sample_spec(i, Path::new("model.json"))
-                .validate()
+                .validate_with(registry)
                 .map_err(|e| in_sampler(&s.name, e))?;
         }
         if let Some(spec) = self.train_spec(Path::new("model.json")) {
@@ -418,7 +456,7 @@ impl StudySpec {
         let s = &self.samplers[i];
         SampleSpec {
             lattice: self.lattice.clone(),
-            action: self.action,
+            action: self.action.clone(),
             kernel: s.kernel.clone(),
             n: s.n.unwrap_or(self.measure.n),
             therm: s.therm.unwrap_or(self.measure.therm),
@@ -437,7 +475,7 @@ impl StudySpec {
         }
         Some(TrainSpec {
             lattice: self.lattice.clone(),
-            action: self.action,
+            action: self.action.clone(),
             recipe: flow.recipe.clone(),
             train: flow.train.clone(),
             anneal: flow.anneal,

@@ -20,8 +20,8 @@ use crate::lattice::Lattice;
 use crate::parallel::Collective;
 use crate::plot::{Chart, Series, Style, draw_chart};
 use crate::run::{
-    ActionSpec, KernelSpec, RecipeSpec, SampleReport, SampleSpec, TrainControl, TrainOutcome,
-    TrainSpec, sample,
+    ActionSpec, KernelSpec, RecipeSpec, Registry, SampleReport, SampleSpec, TrainControl,
+    TrainOutcome, TrainSpec, sample_with,
 };
 use crate::stats::{PowerLawFit, Verdict, nan_if_null, power_law_fit};
 use crate::train::{GradientEstimator, TrainConfig};
@@ -58,12 +58,17 @@ pub struct SweepSpec {
     pub out: PathBuf,
     /// Linear sizes L of the L × L lattices.
     pub lattices: Vec<usize>,
-    /// The quartic coupling λ of the hopping form.
-    #[serde(default = "half")]
-    pub lambda: f64,
+    /// The quartic coupling λ of the hopping form (default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<f64>,
     /// β per L as `[[L, β], ...]`; sizes not listed take the ξ ≈ L/4 line at λ = 0.5.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub beta: Vec<(usize, f64)>,
+    /// The action on every lattice of the grid instead of φ⁴ in the hopping form with `beta`
+    /// and `lambda` (any form, a user's registered action included); its points have β
+    /// and λ NaN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionSpec>,
     /// Training seeds (each point is trained once per seed; its chain seed is the same).
     pub seeds: Vec<u64>,
     /// The flow recipe (`hidden = 0`: |Λ|).
@@ -216,10 +221,6 @@ fn nan() -> f64 {
     f64::NAN
 }
 
-fn half() -> f64 {
-    0.5
-}
-
 /// The flow chain of each point, and the other kernels run with its flow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -257,9 +258,11 @@ impl Default for SweepSampling {
 pub struct SweepPoint {
     /// L.
     pub l: usize,
-    /// β.
+    /// β (NaN when the sweep gives its own `action`).
+    #[serde(deserialize_with = "nan_if_null")]
     pub beta: f64,
-    /// λ.
+    /// λ (NaN when the sweep gives its own `action`).
+    #[serde(deserialize_with = "nan_if_null")]
     pub lambda: f64,
     /// Batch size.
     pub batch: usize,
@@ -381,25 +384,46 @@ pub const SWEEP_HEADER: &str = "L,beta,lambda,batch,iterations,lr,seed,n_params,
 train_seconds,acceptance,ess,tau_rej,tau_rej_err,tau_int_abs_m,tau_int_abs_m_err,\
 longest_rejection_run,verdict,method";
 
-/// A parsed sweep runcard with its text as used.
+/// A parsed sweep runcard with its text as used and the registry of the user's pieces it
+/// may name.
 #[derive(Clone, Debug)]
 pub struct LoadedSweep {
     /// The sweep.
     pub spec: SweepSpec,
     /// The runcard as used, with a header naming the version and overrides.
     pub runcard: String,
+    /// The user's actions, kernels and flow layers the sweep may name.
+    pub registry: Registry,
 }
 
 impl SweepSpec {
     /// Reads a sweep runcard and applies `overrides` (see [`Override`]).
     pub fn load(path: &Path, overrides: &[Override]) -> Result<LoadedSweep> {
+        Self::load_with(path, overrides, Registry::new())
+    }
+
+    /// [`SweepSpec::load`] for a sweep that may name the user's pieces of `registry`.
+    pub fn load_with(
+        path: &Path,
+        overrides: &[Override],
+        registry: Registry,
+    ) -> Result<LoadedSweep> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let origin = format!("sweep runcard {}", path.display());
         let (spec, _): (SweepSpec, _) =
             super::spec::parse_with_overrides(&text, &origin, overrides)?;
-        spec.validate()?;
+        spec.validate_with(&registry)?;
         let runcard = super::spec::runcard_text(&spec, "sweep", overrides)?;
-        Ok(LoadedSweep { spec, runcard })
+        Ok(LoadedSweep {
+            spec,
+            runcard,
+            registry,
+        })
+    }
+
+    /// λ of the hopping form (0.5 unless given).
+    pub fn hopping_lambda(&self) -> f64 {
+        self.lambda.unwrap_or(0.5)
     }
 
     /// The names of the training methods: one empty name for a sweep without
@@ -417,9 +441,10 @@ impl SweepSpec {
         let mut points = Vec::new();
         for &l in &self.lattices {
             let beta = match self.beta.iter().find(|(size, _)| *size == l) {
+                _ if self.action.is_some() => f64::NAN,
                 Some(&(_, b)) => b,
                 None => reference_beta(l)
-                    .filter(|_| self.lambda == 0.5)
+                    .filter(|_| self.hopping_lambda() == 0.5)
                     .ok_or_else(|| {
                         Error::param(
                             "beta",
@@ -438,7 +463,11 @@ impl SweepSpec {
                                 points.push(SweepPoint {
                                     l,
                                     beta,
-                                    lambda: self.lambda,
+                                    lambda: if self.action.is_some() {
+                                        f64::NAN
+                                    } else {
+                                        self.hopping_lambda()
+                                    },
                                     batch,
                                     iterations,
                                     lr,
@@ -454,8 +483,24 @@ impl SweepSpec {
         Ok(points)
     }
 
-    /// Checks the name, the grid (non-empty) and every point's training and sampling run.
+    /// Checks the name, the grid (non-empty) and every point's training and sampling run,
+    /// with the built-in pieces only.
     pub fn validate(&self) -> Result<()> {
+        self.validate_with(Registry::builtin())
+    }
+
+    /// [`SweepSpec::validate`] with the user's pieces of `registry`.
+    pub fn validate_with(&self, registry: &Registry) -> Result<()> {
+        if self.action.is_some() && (self.lambda.is_some() || !self.beta.is_empty()) {
+            return Err(Error::param(
+                if self.beta.is_empty() {
+                    "lambda"
+                } else {
+                    "beta"
+                },
+                "has no effect: the sweep gives its own [action]",
+            ));
+        }
         if self.name.is_empty() || self.name.contains(['/', '\\', '\0']) || self.name == ".." {
             return Err(Error::param(
                 "name",
@@ -520,7 +565,7 @@ impl SweepSpec {
                 .validate()?;
             for k in 0..=self.sample.kernels.len() {
                 self.chain_spec(&point, k, Path::new("model.json"))?
-                    .validate()
+                    .validate_with(registry)
                     .map_err(|e| match e {
                         Error::InvalidParameter { name, reason } if k > 0 => Error::param(
                             "sample.kernels",
@@ -534,13 +579,14 @@ impl SweepSpec {
     }
 
     fn target(&self, point: &SweepPoint) -> Result<(Lattice, ActionSpec)> {
-        Ok((
-            Lattice::new(&[point.l, point.l])?,
-            ActionSpec::Phi4 {
+        let action = match &self.action {
+            Some(action) => action.clone(),
+            None => ActionSpec::Phi4 {
                 beta: point.beta,
                 lambda: point.lambda,
             },
-        ))
+        };
+        Ok((Lattice::new(&[point.l, point.l])?, action))
     }
 
     /// The training run of a point.
@@ -651,7 +697,8 @@ pub fn run_sweep(
     observer: &mut dyn Observer,
 ) -> Result<SweepOutcome> {
     let spec = &sweep.spec;
-    spec.validate()?;
+    let registry = &sweep.registry;
+    spec.validate_with(registry)?;
     let folder = spec.out.join(&spec.name);
     if ranks.is_root() {
         super::prepare_folder(&folder, &sweep.runcard)?;
@@ -681,6 +728,7 @@ pub fn run_sweep(
             log: Some(&dir.join("training.csv")),
             stop,
             ranks: None,
+            registry,
         };
         // Where the point stands in the grid, for the progress display.
         let place = format!("[{}/{}] {}", i + 1, points.len(), point.key());
@@ -702,8 +750,9 @@ pub fn run_sweep(
             }
         };
         let sample_spec = spec.sample_spec(point, &model)?;
-        let chain = sample(
+        let chain = sample_with(
             &sample_spec,
+            registry,
             &mut Prefixed::new(&mut point_observer, "flow"),
             stop,
         )?;
@@ -715,8 +764,9 @@ pub fn run_sweep(
         for k in 1..=spec.sample.kernels.len() {
             let kernel_spec = spec.chain_spec(point, k, &model)?;
             let name = kernel_spec.kernel.kind.to_string();
-            let r = sample(
+            let r = sample_with(
                 &kernel_spec,
+                registry,
                 &mut Prefixed::new(&mut point_observer, &name),
                 stop,
             )?;
@@ -762,7 +812,7 @@ pub fn run_sweep(
     }
     let hmc = match &spec.hmc {
         None => None,
-        Some(baseline) => match run_baseline(spec, baseline, &folder, ranks, stop, observer)? {
+        Some(baseline) => match run_baseline(sweep, baseline, &folder, ranks, stop, observer)? {
             Some(result) => Some(result),
             None => {
                 return Ok(SweepOutcome::Stopped {
@@ -823,7 +873,7 @@ pub fn run_sweep(
 /// Runs the HMC baseline (reusing finished rows) and writes `hmc.csv` and `hmc.json`;
 /// `None` when stopped.
 fn run_baseline(
-    spec: &SweepSpec,
+    sweep: &LoadedSweep,
     baseline: &HmcBaseline,
     folder: &Path,
     ranks: &dyn Collective,
@@ -832,6 +882,7 @@ fn run_baseline(
 ) -> Result<Option<HmcBaselineResult>> {
     // One chain per (size, seed); the sizes are dealt to the ranks in turn, so that every
     // seed of a size runs on the rank that tuned its trajectory.
+    let spec = &sweep.spec;
     let mut units: Vec<SweepPoint> = Vec::new();
     for point in spec.points()? {
         if !units.iter().any(|u| (u.l, u.seed) == (point.l, point.seed)) {
@@ -877,7 +928,13 @@ fn run_baseline(
             Some(&(_, tau, md_steps)) => (tau, md_steps),
             None => {
                 let ranked = ["abs_m", "m2", "phi2", "energy"].map(String::from);
-                let tuned = match super::tune_hmc(&chain, &ranked, &mut unit_observer, stop) {
+                let tuned = match super::tune_hmc(
+                    &chain,
+                    &sweep.registry,
+                    &ranked,
+                    &mut unit_observer,
+                    stop,
+                ) {
                     Err(Error::Interrupted(_)) => {
                         stopped = true;
                         break;
@@ -890,7 +947,7 @@ fn run_baseline(
         };
         chain.kernel.tau = tau;
         chain.kernel.md_steps = md_steps;
-        let report = sample(&chain, &mut unit_observer, stop)?;
+        let report = sample_with(&chain, &sweep.registry, &mut unit_observer, stop)?;
         if report.interrupted {
             stopped = true;
             break;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::{Observer, Part, StopToken};
 use crate::error::{Error, Result};
-use crate::run::{SampleSpec, sample};
+use crate::run::{Registry, SampleSpec, sample_with};
 use crate::stats::{Verdict, nan_if_null};
 
 /// The trajectory lengths τ of the scan.
@@ -61,6 +61,7 @@ pub struct HmcTuning {
 /// trajectories; a stop ends the scan with [`Error::Interrupted`].
 pub fn tune_hmc(
     base: &SampleSpec,
+    registry: &Registry,
     observables: &[String],
     observer: &mut dyn Observer,
     stop: &StopToken,
@@ -78,7 +79,7 @@ pub fn tune_hmc(
             spec.therm = PILOT_THERM;
             spec.thin = 1;
             let offset = (pilots.len() * per_pilot) as u64;
-            let report = sample(&spec, &mut Part::new(observer, offset), stop)?;
+            let report = sample_with(&spec, registry, &mut Part::new(observer, offset), stop)?;
             if report.interrupted {
                 observer.end("stopped");
                 return Err(Error::Interrupted(

@@ -208,18 +208,7 @@ pub(crate) fn print_hmc_baseline(hmc: Option<&latflow::study::HmcBaselineResult>
 }
 
 pub(crate) fn action_summary(action: &ActionSpec) -> String {
-    match *action {
-        ActionSpec::Phi4 { beta, lambda } => {
-            format!("phi4 (hopping) beta = {beta}, lambda = {lambda}")
-        }
-        ActionSpec::Phi4Standard { m0sq, g0 } => {
-            format!("phi4 (standard) m0sq = {m0sq}, g0 = {g0}")
-        }
-        ActionSpec::Phi4Quartic { m2, lambda } => {
-            format!("phi4 (quartic) m2 = {m2}, lambda = {lambda}")
-        }
-        ActionSpec::Free { mass } => format!("free field, mass = {mass}"),
-    }
+    action.describe()
 }
 
 pub(crate) fn print_study(result: &latflow::study::StudyResult, output: &OutputArgs) -> Result<()> {

@@ -133,6 +133,7 @@ impl SampleArgs {
             },
             fixed_length: self.fixed_length,
             flow_batch: self.flow_batch,
+            ..KernelSpec::default()
         };
         let spec = SampleSpec {
             lattice,
@@ -166,6 +167,7 @@ pub(crate) fn run_sample(
     }
     let report = latflow::run::sample_replicas(
         &spec,
+        latflow::run::Registry::builtin(),
         ranks.shared.as_ref(),
         &mut Prefixed::new(&mut StageProgress::new(&args.output), "sample"),
         &signals.stop,

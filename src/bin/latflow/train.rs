@@ -413,6 +413,7 @@ pub(crate) fn run_train(
         log: Some(&log),
         stop: &signals.stop,
         ranks: Some(&ranks.shared),
+        ..TrainControl::default()
     };
     let mut observer = StageProgress::new(&args.output);
     let outcome = match &resuming {

@@ -1,0 +1,302 @@
+//! The kernel of a run: a [`KernelSpec`] (a kernel expression and the settings of its
+//! kernels, as a runcard or the command line gives them), its checks, its cost per step, and
+//! how it is built into a `Box<dyn Proposal>` from the built-in kernels and a [`Registry`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::registry::{KERNEL_NAMES, KernelContext, Registry, TargetAction, Typed};
+use crate::action::Action;
+use crate::error::{Error, Result};
+use crate::flow::FlowModel;
+use crate::kernel::{FlowProposal, Hmc, Integrator, KernelExpr, Proposal};
+
+/// Parses a kernel expression and checks that it names only built-in kernels
+/// ([`KERNEL_NAMES`]).
+pub fn parse_kernel(text: &str) -> Result<KernelExpr> {
+    let expr = KernelExpr::parse(text)?;
+    check_kernel_names(&expr, Registry::builtin())?;
+    Ok(expr)
+}
+
+/// Refuses a kernel expression that names a kernel neither built in nor in `registry`.
+pub(crate) fn check_kernel_names(expr: &KernelExpr, registry: &Registry) -> Result<()> {
+    match expr.names().into_iter().find(|n| !registry.has_kernel(n)) {
+        Some(unknown) => {
+            let mut known: Vec<&str> = KERNEL_NAMES.to_vec();
+            known.extend(registry.kernel_names());
+            Err(Error::param(
+                "kernel",
+                format!(
+                    "unknown kernel `{unknown}` in `{expr}`: the kernels are {}",
+                    known.join(", ")
+                ),
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The kernel: an expression over `local`, `hmc`, `flow` and the kernels of the run's
+/// [`Registry`] (see [`KernelExpr`]), and the settings of those kernels. Every occurrence of
+/// a name is a kernel of its own with these settings (a local step size adapts separately
+/// for each).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KernelSpec {
+    /// The kernel expression, e.g. `hmc`, `flow+local*2+hmc` or `mix(0.3: flow, 0.7: hmc)`.
+    pub kind: KernelExpr,
+    /// Initial local step size δ (tuned during thermalisation).
+    pub step_size: f64,
+    /// HMC trajectory length τ.
+    pub tau: f64,
+    /// HMC molecular-dynamics steps per trajectory.
+    pub md_steps: usize,
+    /// HMC integrator.
+    pub integrator: Integrator,
+    /// Keep the HMC trajectory length fixed instead of randomising it (not recommended).
+    pub fixed_length: bool,
+    /// Flow proposals generated per batch.
+    pub flow_batch: usize,
+    /// Settings of registered kernels, by kernel name (`[kernel.settings.NAME]`), handed
+    /// to their constructors.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for KernelSpec {
+    fn default() -> Self {
+        KernelSpec {
+            kind: KernelExpr::Kernel("hmc".to_string()),
+            step_size: 1.0,
+            tau: 1.0,
+            md_steps: 10,
+            integrator: Integrator::Leapfrog,
+            fixed_length: false,
+            flow_batch: 1000,
+            settings: BTreeMap::new(),
+        }
+    }
+}
+
+impl KernelSpec {
+    /// True when the expression needs a trained flow.
+    pub fn uses_flow(&self) -> bool {
+        self.kind.contains("flow")
+    }
+
+    /// Checks the settings of the kernels the expression uses: `tau` positive and finite
+    /// and `md_steps` between 1 and 2³² − 1 for `hmc`, `step_size` positive and finite for
+    /// `local`, `flow_batch` at least 1 for `flow`.
+    pub fn validate_settings(&self) -> Result<()> {
+        if self.kind.contains("hmc") {
+            if !(self.tau.is_finite() && self.tau > 0.0) {
+                return Err(Error::param(
+                    "tau",
+                    format!("must be positive and finite, got {}", self.tau),
+                ));
+            }
+            if self.md_steps == 0 || self.md_steps > u32::MAX as usize {
+                return Err(Error::param(
+                    "md_steps",
+                    format!("must be between 1 and {}, got {}", u32::MAX, self.md_steps),
+                ));
+            }
+        }
+        if self.kind.contains("local") && !(self.step_size.is_finite() && self.step_size > 0.0) {
+            return Err(Error::param(
+                "step_size",
+                format!("must be positive and finite, got {}", self.step_size),
+            ));
+        }
+        if self.uses_flow() && self.flow_batch == 0 {
+            return Err(Error::param("flow_batch", "must be at least 1"));
+        }
+        if let Some(name) = self
+            .settings
+            .keys()
+            .find(|n| KERNEL_NAMES.contains(&n.as_str()))
+        {
+            return Err(Error::param(
+                format!("settings.{name}"),
+                format!(
+                    "the built-in kernel `{name}` takes its settings as keys of the kernel table \
+                     (step_size, tau, md_steps, integrator, fixed_length, flow_batch)"
+                ),
+            ));
+        }
+        if let Some(name) = self.settings.keys().find(|n| !self.kind.contains(n)) {
+            return Err(Error::param(
+                format!("settings.{name}"),
+                format!(
+                    "has no effect: the kernel `{}` does not use `{name}`",
+                    self.kind
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Move records and site updates of one step of the expression on `volume` sites (a
+    /// mixture counted as its most expensive part, an HMC trajectory at its longest).
+    pub(crate) fn step_cost(&self, volume: usize) -> StepCost {
+        let volume = volume as u128;
+        let md_steps = self.md_steps as u128;
+        let hmc_steps = if self.fixed_length {
+            md_steps
+        } else {
+            (3 * md_steps / 2).max(1)
+        };
+        fn walk(expr: &KernelExpr, sites: &dyn Fn(&str) -> u128) -> StepCost {
+            match expr {
+                KernelExpr::Kernel(name) => StepCost {
+                    moves: 1,
+                    site_updates: sites(name),
+                },
+                KernelExpr::Cycle(parts) => parts.iter().fold(
+                    StepCost {
+                        moves: 0,
+                        site_updates: 0,
+                    },
+                    |acc, part| {
+                        let c = walk(part, sites);
+                        StepCost {
+                            moves: acc.moves.saturating_add(c.moves),
+                            site_updates: acc.site_updates.saturating_add(c.site_updates),
+                        }
+                    },
+                ),
+                KernelExpr::Repeat(inner, times) => {
+                    let c = walk(inner, sites);
+                    StepCost {
+                        moves: c.moves.saturating_mul(*times as u128),
+                        site_updates: c.site_updates.saturating_mul(*times as u128),
+                    }
+                }
+                KernelExpr::Mixture(parts) => parts.iter().fold(
+                    StepCost {
+                        moves: 0,
+                        site_updates: 0,
+                    },
+                    |acc, (_, part)| {
+                        let c = walk(part, sites);
+                        StepCost {
+                            moves: acc.moves.max(c.moves),
+                            site_updates: acc.site_updates.max(c.site_updates),
+                        }
+                    },
+                ),
+            }
+        }
+        walk(&self.kind, &|name| match name {
+            "hmc" => volume.saturating_mul(hmc_steps.saturating_add(1)),
+            _ => volume,
+        })
+    }
+
+    /// Builds the expression's kernel for `action` with the built-in kernels; `model` is the
+    /// flow behind every `flow` in it (an error when the expression names `flow` and `model`
+    /// is `None`).
+    pub fn build<A: Action + 'static>(
+        &self,
+        action: &Arc<A>,
+        model: Option<&Arc<FlowModel>>,
+    ) -> Result<Box<dyn Proposal>> {
+        self.build_with(&Typed(action.clone()), model, Registry::builtin())
+    }
+
+    /// Builds the expression's kernel for `target`: the built-in kernels from this spec's
+    /// settings, every other name by its constructor in `registry` (with
+    /// `settings[name]`); `model` is the flow behind every `flow`.
+    pub fn build_with(
+        &self,
+        target: &dyn TargetAction,
+        model: Option<&Arc<FlowModel>>,
+        registry: &Registry,
+    ) -> Result<Box<dyn Proposal>> {
+        check_kernel_names(&self.kind, registry)?;
+        let action = target.action();
+        self.kind
+            .build(&mut |name, label| -> Result<Box<dyn Proposal>> {
+                Ok(match name {
+                    "local" => target.local_metropolis(self.step_size, label)?,
+                    "hmc" => Box::new(
+                        Hmc::new(action.clone(), self.tau, self.md_steps)?
+                            .with_integrator(self.integrator)
+                            .with_randomised_length(!self.fixed_length)
+                            .with_label(label),
+                    ),
+                    "flow" => {
+                        let model = model.ok_or_else(|| {
+                            Error::param("model", "the `flow` kernel needs a trained model")
+                        })?;
+                        Box::new(
+                            FlowProposal::new(model.clone(), action.clone(), self.flow_batch)?
+                                .with_label(label),
+                        )
+                    }
+                    other => {
+                        let settings = self.settings.get(other).unwrap_or(&serde_json::Value::Null);
+                        let context = KernelContext::new(other, label, target, model);
+                        registry.kernel(other, settings, &context).ok_or_else(|| {
+                            Error::param("kernel", format!("unknown kernel `{other}`"))
+                        })??
+                    }
+                })
+            })
+    }
+}
+
+/// A list of kernels, each an expression or a table of settings (see
+/// [`kernel_table_or_expression`]).
+pub(crate) fn kernel_list<'de, D>(deserializer: D) -> std::result::Result<Vec<KernelSpec>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Entry(#[serde(deserialize_with = "kernel_table_or_expression")] KernelSpec);
+    Ok(Vec::<Entry>::deserialize(deserializer)?
+        .into_iter()
+        .map(|e| e.0)
+        .collect())
+}
+/// Reads the `kernel` entry of a runcard: either a table of [`KernelSpec`] fields or, as a
+/// shorthand, just the expression (`kernel = "flow+local"`, default settings).
+pub(crate) fn kernel_table_or_expression<'de, D>(
+    deserializer: D,
+) -> std::result::Result<KernelSpec, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = KernelSpec;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a kernel expression or a table of kernel settings")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<KernelSpec, E> {
+            Ok(KernelSpec {
+                kind: KernelExpr::parse(text).map_err(E::custom)?,
+                ..KernelSpec::default()
+            })
+        }
+
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            map: M,
+        ) -> std::result::Result<KernelSpec, M::Error> {
+            KernelSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_any(Visitor)
+}
+
+/// What one step of a kernel expression costs: move records and site updates.
+pub(crate) struct StepCost {
+    pub(crate) moves: u128,
+    pub(crate) site_updates: u128,
+}
