@@ -207,6 +207,55 @@ fn a_stopped_sample_run_leaves_a_partial_report() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A stop during thermalisation ends the run like any other stop: the documented exit
+/// status, a report that says how far thermalisation got and that nothing was measured.
+#[test]
+fn a_sample_run_stopped_during_thermalisation_says_so() {
+    let dir = temp_dir("sample-therm");
+    let report = dir.join("report.json");
+    let child = latflow()
+        .args([
+            "sample",
+            "--lattice",
+            "8x8",
+            "--beta",
+            "0.5",
+            "--lambda",
+            "0.5",
+            "--n",
+            "1000",
+            "--therm",
+            "1000000000",
+            "--quiet",
+        ])
+        .args(["--out", report.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, "TERM");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("SIGTERM") && err.contains("stopped during thermalisation"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(v["interrupted"], true);
+    assert_eq!(v["n"], 0);
+    assert_eq!(v["verdict"], "unreliable");
+    let codes: Vec<&str> = v["diagnostics"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"stopped_before_measuring"), "{codes:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn unwritable_outputs_are_refused_before_the_run() {
     let dir = temp_dir("paths");

@@ -190,12 +190,16 @@ pub(crate) fn run_sample(
             Some(path) => format!("; the partial report is in {}", path.display()),
             None => String::new(),
         };
-        eprintln!(
-            "latflow: {} received: stopped after {} of {} measured steps{saved}",
-            signals.name(),
-            report.n,
-            spec.n
-        );
+        let how_far = match report
+            .diagnostics
+            .findings
+            .iter()
+            .find(|f| f.code == "stopped_before_measuring")
+        {
+            Some(finding) => finding.message.clone(),
+            None => format!("stopped after {} of {} measured steps", report.n, spec.n),
+        };
+        eprintln!("latflow: {} received: {how_far}{saved}", signals.name());
         return Ok(signals.exit_code());
     }
     match report.verdict() {
