@@ -59,6 +59,7 @@ fn base_sample() -> SampleSpec {
         thin: 1,
         seed: 1,
         model: None,
+        chains: 1,
     }
 }
 

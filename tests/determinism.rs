@@ -168,6 +168,7 @@ fn a_busy_machine_does_not_change_a_report() {
         thin: 1,
         seed: 3,
         model: Some(path),
+        chains: 1,
     };
     let strip = |r: &latflow::run::SampleReport| {
         let mut v = serde_json::to_value(r).unwrap();
@@ -190,4 +191,54 @@ fn a_busy_machine_does_not_change_a_report() {
         report
     });
     assert_eq!(strip(&beside), alone);
+}
+
+/// An ensemble of chains gives the same report whatever the thread count: the batched
+/// flow passes split rows over threads, never change them.
+#[test]
+fn an_ensemble_does_not_depend_on_the_thread_count() {
+    let dir = std::env::temp_dir().join(format!("latflow-ensemble-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.json");
+    let target = ActionSpec::Phi4 {
+        beta: 0.5,
+        lambda: 0.5,
+    };
+    let mut flow = (*model()).clone();
+    flow.metadata_mut()
+        .insert("action".into(), serde_json::to_value(&target).unwrap());
+    flow.save(&path).unwrap();
+    let spec = SampleSpec {
+        lattice: action().lattice().clone(),
+        action: target,
+        kernel: KernelSpec {
+            kind: KernelExpr::parse("flow+local+mix(1: flow, 1: hmc)").unwrap(),
+            flow_batch: 50,
+            md_steps: 4,
+            ..KernelSpec::default()
+        },
+        n: 1500,
+        therm: 300,
+        thin: 1,
+        seed: 9,
+        model: Some(path),
+        chains: 7,
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let report = pool
+            .install(|| sample(&spec, &mut (), &StopToken::never()))
+            .unwrap();
+        let mut v = serde_json::to_value(&report).unwrap();
+        v["seconds"] = serde_json::Value::Null;
+        v
+    };
+    let one = run(1);
+    assert_eq!(one["replicas"], 7);
+    assert_eq!(run(2), one);
+    assert_eq!(run(3), one);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -70,6 +70,7 @@ fn hmc_spec(beta: f64, tau: f64, md_steps: usize) -> SampleSpec {
         thin: 1,
         seed: 3,
         model: None,
+        chains: 1,
     }
 }
 

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use latflow::run::{ActionSpec, KernelSpec, SampleSpec, report_from, sample_data};
+use latflow::run::{ActionSpec, KernelSpec, SampleSpec, combine_replicas, sample_data};
 use latflow::study::{Override, StudySpec, load_run, run_study, save_run};
 use latflow::{Lattice, kernel::KernelExpr};
 
@@ -512,56 +512,61 @@ fn runcard_errors_name_the_key_and_the_line() {
 
 #[test]
 fn a_stored_run_replays_to_the_same_report() {
-    let dir = scratch("replay");
-    let spec = SampleSpec {
-        lattice: Lattice::new(&[6, 6]).unwrap(),
-        action: ActionSpec::Phi4 {
-            beta: 0.537,
-            lambda: 0.5,
-        },
-        kernel: KernelSpec {
-            kind: KernelExpr::parse("hmc+local").unwrap(),
-            ..KernelSpec::default()
-        },
-        n: 4000,
-        therm: 200,
-        thin: 2,
-        seed: 3,
-        model: None,
-    };
-    let data = sample_data(
-        &spec,
-        latflow::run::Registry::builtin(),
-        &mut (),
-        &latflow::StopToken::never(),
-        10,
-    )
-    .unwrap();
-    assert_eq!(data.configs.len(), 10);
-    assert_eq!(data.config_indices[1], 200);
-    save_run(&dir, &spec, &data, None).unwrap();
-    let stored = load_run(&dir).unwrap();
-    assert_eq!(stored.record.moves, data.record.moves);
-    assert_eq!(stored.record.moves_per_step, data.record.moves_per_step);
-    let summary = stored.measurements.summary().unwrap();
-    let replayed = report_from(
-        &stored.info.spec,
-        &stored.record,
-        &summary,
-        data.report.seconds,
-    )
-    .unwrap();
-    assert_eq!(replayed.observables, data.report.observables);
-    assert_eq!(replayed.diagnostics, data.report.diagnostics);
-    assert_eq!(replayed.acceptance_by_move, data.report.acceptance_by_move);
-    // The saved configurations are the measured ones: their m is the stored series' m.
-    let m = stored.measurements.series("m").unwrap();
-    for (k, &index) in stored.config_index.iter().enumerate() {
-        let config = &stored.configs.as_slice().unwrap()[k * 36..(k + 1) * 36];
-        let mean = config.iter().sum::<f64>() / 36.0;
-        assert!((mean - m[index as usize]).abs() < 1e-12);
+    for chains in [1, 3] {
+        let dir = scratch(&format!("replay-{chains}"));
+        let spec = SampleSpec {
+            lattice: Lattice::new(&[6, 6]).unwrap(),
+            action: ActionSpec::Phi4 {
+                beta: 0.537,
+                lambda: 0.5,
+            },
+            kernel: KernelSpec {
+                kind: KernelExpr::parse("hmc+local").unwrap(),
+                ..KernelSpec::default()
+            },
+            n: 4000,
+            therm: 200,
+            thin: 2,
+            seed: 3,
+            model: None,
+            chains,
+        };
+        let data = sample_data(
+            &spec,
+            latflow::run::Registry::builtin(),
+            &mut (),
+            &latflow::StopToken::never(),
+            10,
+        )
+        .unwrap();
+        assert_eq!(data.chains.len(), chains);
+        assert_eq!(data.configs.len(), 10);
+        assert_eq!(data.config_indices[1], 200);
+        save_run(&dir, &spec, &data, None).unwrap();
+        let stored = load_run(&dir).unwrap();
+        assert_eq!(stored.chains.len(), chains);
+        for (s, d) in stored.chains.iter().zip(&data.chains) {
+            assert_eq!(s.record.moves, d.record.moves);
+            assert_eq!(s.record.moves_per_step, d.record.moves_per_step);
+            assert_eq!(
+                s.measurements.series("abs_m"),
+                d.measurements.series("abs_m")
+            );
+        }
+        let replayed = combine_replicas(&stored.info.spec, &stored.chains).unwrap();
+        assert_eq!(replayed.observables, data.report.observables);
+        assert_eq!(replayed.diagnostics, data.report.diagnostics);
+        assert_eq!(replayed.acceptance_by_move, data.report.acceptance_by_move);
+        // The saved configurations are the first chain's measured ones: their m is its
+        // stored series' m.
+        let m = stored.chains[0].measurements.series("m").unwrap();
+        for (k, &index) in stored.config_index.iter().enumerate() {
+            let config = &stored.configs.as_slice().unwrap()[k * 36..(k + 1) * 36];
+            let mean = config.iter().sum::<f64>() / 36.0;
+            assert!((mean - m[index as usize]).abs() < 1e-12);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -845,6 +850,7 @@ fn a_flow_chain_starts_from_a_flow_sample() {
             thin: 1,
             seed,
             model: Some(model.clone()),
+            chains: 1,
         };
         let data = sample_data(
             &spec,

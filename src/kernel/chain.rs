@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::control::{Metric, Observer, StopToken};
 use crate::error::{Error, Result};
-use crate::kernel::{MoveDetail, MoveInfo, MoveLabel, Proposal, State};
+use crate::kernel::{EnsembleKernel, Member, MoveDetail, MoveInfo, MoveLabel, Proposal, State};
 use crate::observable::{Measurements, Observable};
 use crate::rng::{SimRng, rng_from_seed};
 
@@ -43,9 +43,7 @@ use crate::rng::{SimRng, rng_from_seed};
 /// ```
 pub struct Chain<K: Proposal> {
     kernel: K,
-    state: State,
-    rng: SimRng,
-    scratch_moves: Vec<MoveInfo>,
+    member: Member,
 }
 
 /// How long a run is: `therm` thermalisation steps (adapting step sizes, not recorded),
@@ -426,9 +424,7 @@ impl<K: Proposal> Chain<K> {
     pub fn with_rng(kernel: K, state: State, rng: SimRng) -> Self {
         Chain {
             kernel,
-            state,
-            rng,
-            scratch_moves: Vec::new(),
+            member: Member { state, rng },
         }
     }
 
@@ -449,76 +445,16 @@ impl<K: Proposal> Chain<K> {
         observer: &mut dyn Observer,
         stop: &StopToken,
     ) -> Result<ChainRecord> {
-        if plan.thin == 0 {
-            return Err(Error::param("thin", "must be at least 1"));
-        }
-        let mut record = ChainRecord::default();
-        let mut blocks = Blocks::new(plan.block);
-        if plan.therm > 0 {
-            observer.begin("thermalise", plan.therm as u64, "steps");
-            self.kernel.set_adapting(true);
-            while record.thermalised < plan.therm && !stop.is_stopped() {
-                let k = blocks.size.min(plan.therm - record.thermalised);
-                let start = Instant::now();
-                for _ in 0..k {
-                    self.scratch_moves.clear();
-                    self.kernel
-                        .step(&mut self.state, &mut self.rng, &mut self.scratch_moves);
-                }
-                blocks.adapt(k, start.elapsed());
-                record.thermalised += k;
-                observer.progress(record.thermalised as u64, &[]);
-            }
-            self.kernel.set_adapting(false);
-            self.scratch_moves.clear();
-            if record.thermalised < plan.therm {
-                record.interrupted = true;
-                observer.end("stopped");
-                return Ok(record);
-            }
-            observer.end("done");
-        }
-        if plan.n == 0 {
-            return Ok(record);
-        }
-        observer.begin("measure", plan.n as u64, "steps");
-        record.moves.reserve(plan.n.min(1 << 24));
-        record.moves_per_step.reserve(plan.n.min(1 << 24));
-        let mut tallies = Tallies::default();
-        let mut seconds = Duration::ZERO;
-        while record.steps < plan.n {
-            if stop.is_stopped() {
-                record.interrupted = true;
-                break;
-            }
-            let k = blocks.size.min(plan.n - record.steps);
-            let start = Instant::now();
-            let first_move = record.moves.len();
-            for _ in 0..k {
-                let before = record.moves.len();
-                self.kernel
-                    .step(&mut self.state, &mut self.rng, &mut record.moves);
-                record
-                    .moves_per_step
-                    .push(u32::try_from(record.moves.len() - before).unwrap_or(u32::MAX));
-                record.steps += 1;
-                if record.steps % plan.thin == 0 {
-                    measure.measure(&self.state)?;
-                }
-            }
-            let elapsed = start.elapsed();
-            seconds += elapsed;
-            blocks.adapt(k, elapsed);
-            tallies.add(&record.moves[first_move..]);
-            observer.progress(record.steps as u64, &tallies.metrics());
-        }
-        record.wall_seconds = seconds.as_secs_f64();
-        observer.end(if record.interrupted {
-            "stopped"
-        } else {
-            "done"
-        });
-        Ok(record)
+        let mut one = Single(&mut self.kernel);
+        let mut records = run_members(
+            &mut one,
+            std::slice::from_mut(&mut self.member),
+            plan,
+            &mut |_, state| measure.measure(state),
+            observer,
+            stop,
+        )?;
+        Ok(records.pop().unwrap_or_default())
     }
 
     /// Makes `n` steps with adaptation on, then switches adaptation off; the moves are
@@ -579,7 +515,7 @@ impl<K: Proposal> Chain<K> {
 
     /// The current state.
     pub fn state(&self) -> &State {
-        &self.state
+        &self.member.state
     }
 
     /// The kernel.
@@ -594,6 +530,174 @@ impl<K: Proposal> Chain<K> {
 
     /// Takes the chain apart into kernel, state and generator.
     pub fn into_parts(self) -> (K, State, SimRng) {
-        (self.kernel, self.state, self.rng)
+        (self.kernel, self.member.state, self.member.rng)
     }
+}
+
+/// One chain's kernel as the kernel of an ensemble of one.
+struct Single<'a, K: Proposal>(&'a mut K);
+
+impl<K: Proposal> EnsembleKernel for Single<'_, K> {
+    fn step(&mut self, active: &[usize], members: &mut [Member], moves: &mut [Vec<MoveInfo>]) {
+        for &i in active {
+            let member = &mut members[i];
+            self.0
+                .step(&mut member.state, &mut member.rng, &mut moves[i]);
+        }
+    }
+
+    fn set_adapting(&mut self, on: bool) {
+        self.0.set_adapting(on);
+    }
+}
+
+/// Chains advanced in lockstep by one [`EnsembleKernel`]: M independent chains, each with its
+/// own state and random stream, whose flow passes are batched over the chains.
+pub struct Ensemble<K: EnsembleKernel> {
+    kernel: K,
+    members: Vec<Member>,
+}
+
+impl<K: EnsembleKernel> Ensemble<K> {
+    /// The ensemble of `members` (at least one) moved by `kernel`.
+    pub fn new(kernel: K, members: Vec<Member>) -> Result<Self> {
+        if members.is_empty() {
+            return Err(Error::param(
+                "chains",
+                "an ensemble needs at least one chain",
+            ));
+        }
+        Ok(Ensemble { kernel, members })
+    }
+
+    /// Runs every chain as [`Chain::run`] runs one, in lockstep (a step is one step of every
+    /// chain); `measure(i, state)` is called for chain i after every `plan.thin`-th step.
+    /// Returns one record per chain; their wall seconds are the ensemble's.
+    pub fn run(
+        &mut self,
+        plan: &RunPlan,
+        measure: &mut dyn FnMut(usize, &State) -> Result<()>,
+        observer: &mut dyn Observer,
+        stop: &StopToken,
+    ) -> Result<Vec<ChainRecord>> {
+        run_members(
+            &mut self.kernel,
+            &mut self.members,
+            plan,
+            measure,
+            observer,
+            stop,
+        )
+    }
+
+    /// The chains.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The kernel.
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+}
+
+/// The one run loop: thermalisation, then measured steps, of every member in lockstep.
+fn run_members(
+    kernel: &mut dyn EnsembleKernel,
+    members: &mut [Member],
+    plan: &RunPlan,
+    measure: &mut dyn FnMut(usize, &State) -> Result<()>,
+    observer: &mut dyn Observer,
+    stop: &StopToken,
+) -> Result<Vec<ChainRecord>> {
+    if plan.thin == 0 {
+        return Err(Error::param("thin", "must be at least 1"));
+    }
+    let m = members.len();
+    let all: Vec<usize> = (0..m).collect();
+    let mut moves: Vec<Vec<MoveInfo>> = vec![Vec::new(); m];
+    let mut records: Vec<ChainRecord> = vec![ChainRecord::default(); m];
+    let mut blocks = Blocks::new(plan.block);
+    let mut thermalised = 0;
+    if plan.therm > 0 {
+        observer.begin("thermalise", plan.therm as u64, "steps");
+        kernel.set_adapting(true);
+        while thermalised < plan.therm && !stop.is_stopped() {
+            let k = blocks.size.min(plan.therm - thermalised);
+            let start = Instant::now();
+            for _ in 0..k {
+                moves.iter_mut().for_each(Vec::clear);
+                kernel.step(&all, members, &mut moves);
+            }
+            blocks.adapt(k, start.elapsed());
+            thermalised += k;
+            observer.progress(thermalised as u64, &[]);
+        }
+        kernel.set_adapting(false);
+        moves.iter_mut().for_each(Vec::clear);
+        for r in &mut records {
+            r.thermalised = thermalised;
+        }
+        if thermalised < plan.therm {
+            for r in &mut records {
+                r.interrupted = true;
+            }
+            observer.end("stopped");
+            return Ok(records);
+        }
+        observer.end("done");
+    }
+    if plan.n == 0 {
+        return Ok(records);
+    }
+    observer.begin("measure", plan.n as u64, "steps");
+    for (r, mv) in records.iter_mut().zip(&mut moves) {
+        r.moves_per_step.reserve(plan.n.min(1 << 24));
+        mv.reserve(plan.n.min(1 << 24));
+    }
+    let mut tallies = Tallies::default();
+    let mut seconds = Duration::ZERO;
+    let mut steps = 0;
+    let mut before = vec![0usize; m];
+    let mut interrupted = false;
+    while steps < plan.n {
+        if stop.is_stopped() {
+            interrupted = true;
+            break;
+        }
+        let k = blocks.size.min(plan.n - steps);
+        let start = Instant::now();
+        let first: Vec<usize> = moves.iter().map(Vec::len).collect();
+        for _ in 0..k {
+            for (b, mv) in before.iter_mut().zip(&moves) {
+                *b = mv.len();
+            }
+            kernel.step(&all, members, &mut moves);
+            steps += 1;
+            for ((r, mv), &b) in records.iter_mut().zip(&moves).zip(&before) {
+                r.moves_per_step
+                    .push(u32::try_from(mv.len() - b).unwrap_or(u32::MAX));
+            }
+            if steps % plan.thin == 0 {
+                for (i, member) in members.iter().enumerate() {
+                    measure(i, &member.state)?;
+                }
+            }
+        }
+        let elapsed = start.elapsed();
+        seconds += elapsed;
+        blocks.adapt(k, elapsed);
+        for (mv, &f) in moves.iter().zip(&first) {
+            tallies.add(&mv[f..]);
+        }
+        observer.progress(steps as u64, &tallies.metrics());
+    }
+    for (r, mv) in records.iter_mut().zip(moves) {
+        r.moves = mv;
+        r.steps = steps;
+        r.interrupted = interrupted;
+        r.wall_seconds = seconds.as_secs_f64();
+    }
+    observer.end(if interrupted { "stopped" } else { "done" });
+    Ok(records)
 }

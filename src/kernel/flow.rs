@@ -135,6 +135,19 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowProposal<F, A> {
         )
     }
 
+    /// Whether log w of `state` must be computed before the next step (the state changed
+    /// since this proposal last saw it).
+    pub(crate) fn is_stale(&self, state: &State) -> bool {
+        self.cached_generation != state.generation()
+    }
+
+    /// Takes `log_w` as the log-weight of `state`, computed elsewhere (an ensemble's batched
+    /// pass), so that the next step does not compute it again.
+    pub(crate) fn set_current_log_weight(&mut self, state: &State, log_w: f64) {
+        self.cached_generation = state.generation();
+        self.cached_log_w = log_w;
+    }
+
     /// log w of `state`, from the cache when the state has not changed since it was filled.
     fn current_log_w(&mut self, state: &State) -> f64 {
         if self.cached_generation != state.generation() {

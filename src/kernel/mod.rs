@@ -7,6 +7,7 @@ use crate::rng::SimRng;
 
 mod chain;
 mod combine;
+mod ensemble;
 mod expr;
 mod flow;
 mod hmc;
@@ -14,8 +15,12 @@ mod local;
 mod moves;
 mod state;
 
-pub use chain::{BlockSize, Chain, ChainRecord, Measure, RunPlan};
+pub use chain::{BlockSize, Chain, ChainRecord, Ensemble, Measure, RunPlan};
 pub use combine::{Cycle, Mixture, Repeat};
+pub use ensemble::{
+    EnsembleCycle, EnsembleKernel, EnsembleLeafMaker, EnsembleMixture, EnsembleRepeat, FlowLeaf,
+    Member, PerChain,
+};
 pub use expr::{KernelExpr, KernelMaker};
 pub use flow::{FlowProposal, Reweighted, reweight};
 pub use hmc::{Hmc, Integrator, OMELYAN_LAMBDA};

@@ -11,7 +11,10 @@ use super::registry::{KERNEL_NAMES, KernelContext, Registry, TargetAction, Typed
 use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::flow::FlowModel;
-use crate::kernel::{FlowProposal, Hmc, Integrator, KernelExpr, Proposal};
+use crate::kernel::{
+    EnsembleKernel, FlowLeaf, FlowProposal, Hmc, Integrator, KernelExpr, MoveLabel, PerChain,
+    Proposal,
+};
 
 /// Parses a kernel expression and checks that it names only built-in kernels
 /// ([`KERNEL_NAMES`]).
@@ -81,7 +84,27 @@ impl Default for KernelSpec {
     }
 }
 
+/// The settings of the built-in kernels: each key of [`KernelSpec`] with the kernel that
+/// reads it.
+pub const KERNEL_SETTINGS: [(&str, &str); 6] = [
+    ("step_size", "local"),
+    ("tau", "hmc"),
+    ("md_steps", "hmc"),
+    ("integrator", "hmc"),
+    ("fixed_length", "hmc"),
+    ("flow_batch", "flow"),
+];
+
 impl KernelSpec {
+    /// The built-in kernel that reads the setting `key` (see [`KERNEL_SETTINGS`]), if it is
+    /// one.
+    pub fn kernel_of_setting(key: &str) -> Option<&'static str> {
+        KERNEL_SETTINGS
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, kernel)| *kernel)
+    }
+
     /// True when the expression needs a trained flow.
     pub fn uses_flow(&self) -> bool {
         self.kind.contains("flow")
@@ -217,35 +240,44 @@ impl KernelSpec {
         registry: &Registry,
     ) -> Result<Box<dyn Proposal>> {
         check_kernel_names(&self.kind, registry)?;
-        let action = target.action();
         self.kind
-            .build(&mut |name, label| -> Result<Box<dyn Proposal>> {
-                Ok(match name {
-                    "local" => target.local_metropolis(self.step_size, label)?,
-                    "hmc" => Box::new(
-                        Hmc::new(action.clone(), self.tau, self.md_steps)?
-                            .with_integrator(self.integrator)
-                            .with_randomised_length(!self.fixed_length)
-                            .with_label(label),
-                    ),
-                    "flow" => {
-                        let model = model.ok_or_else(|| {
-                            Error::param("model", "the `flow` kernel needs a trained model")
-                        })?;
-                        Box::new(
-                            FlowProposal::new(model.clone(), action.clone(), self.flow_batch)?
-                                .with_label(label),
-                        )
-                    }
-                    other => {
-                        let settings = self.settings.get(other).unwrap_or(&serde_json::Value::Null);
-                        let context = KernelContext::new(other, label, target, model);
-                        registry.kernel(other, settings, &context).ok_or_else(|| {
-                            Error::param("kernel", format!("unknown kernel `{other}`"))
-                        })??
-                    }
-                })
-            })
+            .build(&mut |name, label| self.build_leaf(name, label, target, model, registry))
+    }
+
+    /// One kernel of the expression: `name` with move label `label`.
+    fn build_leaf(
+        &self,
+        name: &str,
+        label: MoveLabel,
+        target: &dyn TargetAction,
+        model: Option<&Arc<FlowModel>>,
+        registry: &Registry,
+    ) -> Result<Box<dyn Proposal>> {
+        Ok(match name {
+            "local" => target.local_metropolis(self.step_size, label)?,
+            "hmc" => Box::new(
+                Hmc::new(target.action(), self.tau, self.md_steps)?
+                    .with_integrator(self.integrator)
+                    .with_randomised_length(!self.fixed_length)
+                    .with_label(label),
+            ),
+            "flow" => {
+                let model = model.ok_or_else(|| {
+                    Error::param("model", "the `flow` kernel needs a trained model")
+                })?;
+                Box::new(
+                    FlowProposal::new(model.clone(), target.action(), self.flow_batch)?
+                        .with_label(label),
+                )
+            }
+            other => {
+                let settings = self.settings.get(other).unwrap_or(&serde_json::Value::Null);
+                let context = KernelContext::new(other, label, target, model);
+                registry
+                    .kernel(other, settings, &context)
+                    .ok_or_else(|| Error::param("kernel", format!("unknown kernel `{other}`")))??
+            }
+        })
     }
 }
 
@@ -262,6 +294,49 @@ where
         .map(|e| e.0)
         .collect())
 }
+
+impl KernelSpec {
+    /// Builds the expression's kernel for an ensemble of `chains` chains advanced in
+    /// lockstep (see [`crate::kernel::Ensemble`]): every `flow` occurrence becomes one
+    /// [`FlowLeaf`] whose chains' log-densities are evaluated in one batched pass, every
+    /// other kernel one kernel per chain, built as [`KernelSpec::build_with`] builds it.
+    pub fn build_ensemble(
+        &self,
+        target: &dyn TargetAction,
+        model: Option<&Arc<FlowModel>>,
+        registry: &Registry,
+        chains: usize,
+    ) -> Result<Box<dyn EnsembleKernel>> {
+        if chains == 0 {
+            return Err(Error::param("chains", "must be at least 1"));
+        }
+        check_kernel_names(&self.kind, registry)?;
+        let action = target.action();
+        self.kind.build_ensemble(&mut |name, label| {
+            if name == "flow" {
+                let model = model.ok_or_else(|| {
+                    Error::param("model", "the `flow` kernel needs a trained model")
+                })?;
+                let proposals = (0..chains)
+                    .map(|_| {
+                        Ok(
+                            FlowProposal::new(model.clone(), action.clone(), self.flow_batch)?
+                                .with_label(label.clone()),
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                return Ok(
+                    Box::new(FlowLeaf::new(model.clone(), proposals)?) as Box<dyn EnsembleKernel>
+                );
+            }
+            let kernels = (0..chains)
+                .map(|_| self.build_leaf(name, label.clone(), target, model, registry))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Box::new(PerChain { kernels }) as Box<dyn EnsembleKernel>)
+        })
+    }
+}
+
 /// Reads the `kernel` entry of a runcard: either a table of [`KernelSpec`] fields or, as a
 /// shorthand, just the expression (`kernel = "flow+local"`, default settings).
 pub(crate) fn kernel_table_or_expression<'de, D>(

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::report::report_from;
-use super::{Registry, SampleData, SampleReport, SampleSpec, sample_data};
+use super::{Registry, SampleReport, SampleSpec, sample_data};
 use crate::control::{Observer, StopToken};
 use crate::diagnostics::{Verdict, diagnose};
 use crate::error::{Error, Result};
@@ -27,8 +27,8 @@ pub fn replica_seed(seed: u64, replica: usize) -> u64 {
     }
 }
 
-/// Runs `spec` as one independent chain per rank of `ranks` and combines them: rank r runs
-/// the chain with seed [`replica_seed`]`(spec.seed, r)` (the same thermalisation and
+/// Runs `spec` on every rank of `ranks` and combines all chains: rank r runs the run of
+/// seed [`replica_seed`]`(spec.seed, r)` (its `chains` chains, the same thermalisation and
 /// length), rank 0 gathers every chain's series and move history and returns the report of
 /// all of them ([`combine_replicas`]); the other ranks return `None`. Every rank must make
 /// the call. With one rank it is [`sample_with`](super::sample_with).
@@ -47,19 +47,60 @@ pub fn sample_replicas(
     if ranks.size() == 1 {
         return Ok(Some(data.report));
     }
-    let gathered = ranks.gather_bytes(&encode_replica(&data))?;
+    let gathered = ranks.gather_bytes(&encode_chains(&data.chains))?;
     if !ranks.is_root() {
         return Ok(None);
     }
-    let parts = gathered
-        .iter()
-        .enumerate()
-        .map(|(r, bytes)| {
-            decode_replica(bytes, &spec.lattice)
-                .map_err(|e| Error::Communication(format!("the chain of rank {r}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    combine_replicas(spec, &parts).map(Some)
+    let mut parts = Vec::new();
+    for (r, bytes) in gathered.iter().enumerate() {
+        parts.extend(
+            decode_chains(bytes, &spec.lattice)
+                .map_err(|e| Error::Communication(format!("the chains of rank {r}: {e}")))?,
+        );
+    }
+    let mut report = combine_replicas(spec, &parts)?;
+    report.chains = data.report.chains;
+    Ok(Some(report))
+}
+
+/// Several chains as bytes: a u64 count, then each chain as a u64 length and
+/// [`encode_replica`]'s bytes.
+fn encode_chains(chains: &[ReplicaChain]) -> Vec<u8> {
+    let mut bytes = (chains.len() as u64).to_le_bytes().to_vec();
+    for chain in chains {
+        let encoded = encode_replica(chain);
+        bytes.extend_from_slice(&(encoded.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&encoded);
+    }
+    bytes
+}
+
+/// Reads what [`encode_chains`] wrote.
+fn decode_chains(bytes: &[u8], lattice: &Lattice) -> Result<Vec<ReplicaChain>> {
+    let bad = |why: &str| Error::format("replica chains", why.to_string());
+    let mut at = 0usize;
+    let take_u64 = |at: &mut usize| -> Result<u64> {
+        let word = bytes
+            .get(*at..*at + 8)
+            .ok_or_else(|| bad("the data ends early"))?;
+        *at += 8;
+        Ok(u64::from_le_bytes(word.try_into().unwrap_or_default()))
+    };
+    let count = take_u64(&mut at)?;
+    let mut chains = Vec::new();
+    for _ in 0..count {
+        let len = usize::try_from(take_u64(&mut at)?).map_err(|_| bad("bad chain length"))?;
+        let end = at
+            .checked_add(len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| bad("the data ends early"))?;
+        chains.push(decode_replica(&bytes[at..end], lattice)?);
+        at = end;
+    }
+    if at != bytes.len() {
+        return Err(bad("trailing bytes after the chains"));
+    }
+    Ok(chains)
 }
 
 /// One chain's share of a replica run: its move history, its measured series, its wall
@@ -73,17 +114,6 @@ pub struct ReplicaChain {
     pub seconds: f64,
     /// True when the chain stopped before `spec.n` measured steps.
     pub interrupted: bool,
-}
-
-impl From<SampleData> for ReplicaChain {
-    fn from(data: SampleData) -> Self {
-        ReplicaChain {
-            seconds: data.report.seconds,
-            interrupted: data.report.interrupted,
-            record: data.record,
-            measurements: data.measurements,
-        }
-    }
 }
 
 /// The report of independent chains of `spec` analysed together: every observable by the
@@ -145,9 +175,10 @@ struct ReplicaHeader {
 /// A chain's series and move history as bytes: a u64 header length, the JSON header, the
 /// series column by column (f64), the moves ([`MoveRows`], f64) and the moves per step
 /// (u32).
-fn encode_replica(data: &SampleData) -> Vec<u8> {
-    let m = &data.measurements;
-    let moves = MoveRows::from_moves(&data.record.moves);
+fn encode_replica(chain: &ReplicaChain) -> Vec<u8> {
+    let m = &chain.measurements;
+    let record = &chain.record;
+    let moves = MoveRows::from_moves(&record.moves);
     let header = ReplicaHeader {
         names: m.names().to_vec(),
         labels: moves
@@ -156,17 +187,17 @@ fn encode_replica(data: &SampleData) -> Vec<u8> {
             .map(|(l, k)| (l.to_string(), k.clone()))
             .collect(),
         rows: m.len(),
-        moves: data.record.moves.len(),
-        steps: data.record.steps,
-        wall_seconds: data.record.wall_seconds,
-        seconds: data.report.seconds,
-        interrupted: data.report.interrupted,
+        moves: record.moves.len(),
+        steps: record.steps,
+        wall_seconds: record.wall_seconds,
+        seconds: chain.seconds,
+        interrupted: chain.interrupted,
     };
     let header = serde_json::to_vec(&header).unwrap_or_default();
     let mut bytes = Vec::with_capacity(
         8 + header.len()
-            + 8 * header_values(m.names().len(), m.len(), data.record.moves.len())
-            + 4 * data.record.moves_per_step.len(),
+            + 8 * header_values(m.names().len(), m.len(), record.moves.len())
+            + 4 * record.moves_per_step.len(),
     );
     bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&header);
@@ -180,7 +211,7 @@ fn encode_replica(data: &SampleData) -> Vec<u8> {
             bytes.extend_from_slice(&x.to_le_bytes());
         }
     }
-    for k in &data.record.moves_per_step {
+    for k in &record.moves_per_step {
         bytes.extend_from_slice(&k.to_le_bytes());
     }
     bytes
@@ -267,34 +298,40 @@ mod tests {
             thin: 1,
             seed,
             model: None,
+            chains: 1,
         }
     }
 
     #[test]
-    fn an_encoded_chain_decodes_to_the_same_series_and_moves() {
-        let spec = hmc_spec(4);
+    fn encoded_chains_decode_to_the_same_series_and_moves() {
+        let spec = SampleSpec {
+            chains: 2,
+            ..hmc_spec(4)
+        };
         let data = sample_data(&spec, Registry::builtin(), &mut (), &StopToken::new(), 0).unwrap();
-        let bytes = encode_replica(&data);
-        let chain = decode_replica(&bytes, &spec.lattice).unwrap();
-        assert_eq!(chain.measurements.names(), data.measurements.names());
-        for name in data.measurements.names() {
-            assert_eq!(
-                chain.measurements.series(name),
-                data.measurements.series(name)
-            );
+        assert_eq!(data.chains.len(), 2);
+        let bytes = encode_chains(&data.chains);
+        let chains = decode_chains(&bytes, &spec.lattice).unwrap();
+        assert_eq!(chains.len(), 2);
+        for (chain, original) in chains.iter().zip(&data.chains) {
+            let (m, o) = (&chain.measurements, &original.measurements);
+            assert_eq!(m.names(), o.names());
+            for name in o.names() {
+                assert_eq!(m.series(name), o.series(name));
+            }
+            assert_eq!(chain.record.moves.len(), original.record.moves.len());
+            for (a, b) in chain.record.moves.iter().zip(&original.record.moves) {
+                assert_eq!(a.to_row(0).map(f64::to_bits), b.to_row(0).map(f64::to_bits));
+                assert_eq!(a.kernel, b.kernel);
+            }
+            assert_eq!(chain.record.moves_per_step, original.record.moves_per_step);
+            assert_eq!(chain.seconds, original.seconds);
         }
-        assert_eq!(chain.record.moves.len(), data.record.moves.len());
-        for (a, b) in chain.record.moves.iter().zip(&data.record.moves) {
-            assert_eq!(a.to_row(0).map(f64::to_bits), b.to_row(0).map(f64::to_bits));
-            assert_eq!(a.kernel, b.kernel);
-        }
-        assert_eq!(chain.record.moves_per_step, data.record.moves_per_step);
-        assert_eq!(chain.seconds, data.report.seconds);
         // Cut or padded data is refused.
-        assert!(decode_replica(&bytes[..bytes.len() - 1], &spec.lattice).is_err());
+        assert!(decode_chains(&bytes[..bytes.len() - 1], &spec.lattice).is_err());
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode_replica(&longer, &spec.lattice).is_err());
+        assert!(decode_chains(&longer, &spec.lattice).is_err());
     }
 
     #[test]
@@ -324,7 +361,8 @@ mod tests {
                 };
                 sample_data(&own, Registry::builtin(), &mut (), &StopToken::new(), 0)
                     .unwrap()
-                    .into()
+                    .chains
+                    .remove(0)
             })
             .collect();
         let combined = combine_replicas(&spec, &chains).unwrap();
@@ -341,5 +379,17 @@ mod tests {
         assert_eq!(combined.diagnostics.steps, steps);
         assert!(combined.observables["abs_m"].err < plain.observables["abs_m"].err);
         assert!(combine_replicas(&spec, &[]).is_err());
+        // The same two chains as an ensemble in one process: the same report.
+        let ensemble = sample(
+            &SampleSpec {
+                chains: 2,
+                ..spec.clone()
+            },
+            &mut (),
+            &StopToken::new(),
+        )
+        .unwrap();
+        assert_eq!(ensemble.observables, combined.observables);
+        assert_eq!((ensemble.replicas, ensemble.chains), (2, 2));
     }
 }

@@ -100,10 +100,15 @@ pub struct SampleReport {
     pub diagnostics: ChainDiagnostics,
     /// True when the run was stopped early: `n` is then the number of measured steps made.
     pub interrupted: bool,
-    /// Independent chains combined in this report (see [`sample_replicas`]); `n` and
-    /// `therm` are per chain.
+    /// Independent chains combined in this report (over processes, see
+    /// [`sample_replicas`](super::sample_replicas), and in lockstep within each, see
+    /// `chains`); `n` and `therm` are per chain.
     #[serde(default = "one_replica")]
     pub replicas: usize,
+    /// Chains advanced together in one process: `seconds` is their common wall time, so a
+    /// step of one chain cost `seconds / (chains × steps)`.
+    #[serde(default = "one_replica")]
+    pub chains: usize,
 }
 
 fn one_replica() -> usize {
@@ -214,6 +219,7 @@ pub(crate) fn build_report(
         diagnostics,
         interrupted: false,
         replicas: 1,
+        chains: 1,
     }
 }
 

@@ -7,16 +7,18 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::kernel_spec::{check_kernel_names, kernel_table_or_expression};
-use super::report::{report_from, stopped_report};
+use super::replicas::{ReplicaChain, combine_replicas, replica_seed};
+use super::report::stopped_report;
 use super::train::recorded_action;
 use super::{ActionSpec, KernelSpec, Registry, SampleReport};
 use crate::action::Action;
 use crate::control::{Observer, StopToken};
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowModel};
-use crate::kernel::{Chain, ChainRecord, RunPlan, State};
+use crate::kernel::{Ensemble, Member, RunPlan, State};
 use crate::lattice::Lattice;
 use crate::observable::{ActionDensity, Measurements};
+use crate::rng::rng_from_seed;
 
 /// A complete sampling run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,6 +46,11 @@ pub struct SampleSpec {
     /// and action.
     #[serde(default)]
     pub model: Option<PathBuf>,
+    /// Independent chains advanced in lockstep (chain j from seed
+    /// [`replica_seed`]`(seed, j)`), analysed together as replicas; their flow passes are
+    /// batched over the chains.
+    #[serde(default = "one")]
+    pub chains: usize,
 }
 
 fn one() -> usize {
@@ -75,6 +82,12 @@ impl SampleSpec {
         }
         if self.thin == 0 {
             return Err(Error::param("thin", "must be at least 1"));
+        }
+        if self.chains == 0 {
+            return Err(Error::param(
+                "chains",
+                "must be at least 1 (the number of chains advanced together)",
+            ));
         }
         check_kernel_names(&self.kernel.kind, registry)?;
         if let ActionSpec::Custom { name, .. } = &self.action
@@ -110,14 +123,18 @@ impl SampleSpec {
         // f64, and the Γ-method's transforms of one series at a time (≈ 64 bytes per value).
         let extent = self.lattice.extents().iter().copied().max().unwrap_or(1) as u128;
         let per_measurement = 8 * (6 + self.lattice.dim() as u128 + extent + 1) + 64;
-        let measurements = (self.n / self.thin) as u128;
+        let chains = self.chains as u128;
+        let measurements = ((self.n / self.thin) as u128).saturating_mul(chains);
         let move_bytes = std::mem::size_of::<crate::MoveInfo>() as u128;
         // A flow batch: latent, generated and proposed fields in f32, f64 log-densities.
         let flow_bytes = if self.kernel.uses_flow() {
-            self.kernel.flow_batch as u128 * (3 * 4 * volume + 4 * 8)
+            (self.kernel.flow_batch as u128)
+                .saturating_mul(3 * 4 * volume + 4 * 8)
+                .saturating_mul(chains)
         } else {
             0
         };
+        let many_chains = chains > 1 && chains >= self.n as u128 / 10_000;
         crate::limits::check_memory_parts(&[
             (
                 "n",
@@ -125,7 +142,9 @@ impl SampleSpec {
                 measurements.saturating_mul(per_measurement),
             ),
             (
-                if cost.moves > self.n as u128 {
+                if many_chains {
+                    "chains"
+                } else if cost.moves > self.n as u128 {
                     "kernel"
                 } else {
                     "n"
@@ -133,9 +152,14 @@ impl SampleSpec {
                 "the move records",
                 (self.n as u128)
                     .saturating_mul(cost.moves)
-                    .saturating_mul(move_bytes),
+                    .saturating_mul(move_bytes)
+                    .saturating_mul(chains),
             ),
-            ("flow_batch", "the flow proposal batch", flow_bytes),
+            (
+                if many_chains { "chains" } else { "flow_batch" },
+                "the flow proposal batches",
+                flow_bytes,
+            ),
         ])?;
         let steps = self.therm.checked_add(self.n).ok_or_else(|| {
             Error::param(
@@ -148,13 +172,16 @@ impl SampleSpec {
                 ),
             )
         })?;
-        let site_updates = (steps as u128).saturating_mul(cost.site_updates);
+        let site_updates = (steps as u128)
+            .saturating_mul(cost.site_updates)
+            .saturating_mul(chains);
         // The parameter named is the one furthest above its usual size.
         let mut suspects = vec![
             ("n", self.n as f64 / 10_000.0),
             ("therm", self.therm as f64 / 1_000.0),
             ("kernel", cost.moves as f64),
             ("lattice", volume as f64 / 4096.0),
+            ("chains", self.chains as f64 / 8.0),
         ];
         if self.kernel.kind.contains("hmc") {
             suspects.push(("md_steps", self.kernel.md_steps as f64 / 10.0));
@@ -193,26 +220,24 @@ pub fn sample_with(
 }
 
 /// Everything a sampling run produced, for callers that store and re-analyse it: the report,
-/// the move history, every measured series and a thinned set of configurations.
+/// each chain's move history and measured series, and a thinned set of configurations.
 pub struct SampleData {
     /// The report, as [`sample`] returns it.
     pub report: SampleReport,
-    /// The move history of the measured steps (its `measurements` are empty: the series are
-    /// in `measurements`).
-    pub record: ChainRecord,
-    /// Every measured series (the set of [`Measurements`] plus `action_density`).
-    pub measurements: Measurements,
-    /// Saved configurations, evenly spaced over the measurements.
+    /// Each chain's move history and measured series (the set of [`Measurements`] plus
+    /// `action_density`): one entry, or `chains` of them.
+    pub chains: Vec<ReplicaChain>,
+    /// Saved configurations of the first chain, evenly spaced over its measurements.
     pub configs: Vec<Vec<f64>>,
     /// The measurement index of each saved configuration.
     pub config_indices: Vec<usize>,
-    /// Wall seconds of the measured steps alone (thermalisation excluded).
+    /// Wall seconds of the measured steps alone (thermalisation excluded), of all chains.
     pub sampling_seconds: f64,
 }
 
 /// Runs `spec` like [`sample`] and keeps the raw output: the series, the move records and
-/// about `saved_configs` configurations evenly spaced over the measurements (every
-/// ⌈(n/thin)/saved_configs⌉-th; none when 0).
+/// about `saved_configs` configurations evenly spaced over the measurements of the first
+/// chain (every ⌈(n/thin)/saved_configs⌉-th; none when 0).
 pub fn sample_data(
     spec: &SampleSpec,
     registry: &Registry,
@@ -228,45 +253,70 @@ pub fn sample_data(
     } else {
         None
     };
-    let kernel = spec.kernel.build_with(&*target, model.as_ref(), registry)?;
-    let initial = initial_state(&*action, model.as_deref(), spec.seed)?;
+    let kernel = spec
+        .kernel
+        .build_ensemble(&*target, model.as_ref(), registry, spec.chains)?;
+    let members = (0..spec.chains)
+        .map(|j| {
+            let seed = replica_seed(spec.seed, j);
+            Ok(Member {
+                state: initial_state(&*action, model.as_deref(), seed)?,
+                rng: rng_from_seed(seed),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let start = std::time::Instant::now();
-    let mut chain = Chain::new(kernel, initial, spec.seed);
-    let mut measurements = Measurements::new(&spec.lattice);
-    measurements.add(Box::new(ActionDensity::new(action.clone())))?;
+    let mut ensemble = Ensemble::new(kernel, members)?;
+    let mut measurements = (0..spec.chains)
+        .map(|_| {
+            let mut m = Measurements::new(&spec.lattice);
+            m.add(Box::new(ActionDensity::new(action.clone())))?;
+            Ok(m)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let stride = match saved_configs {
         0 => usize::MAX,
         k => (spec.n / spec.thin).div_ceil(k).max(1),
     };
     let mut saved: Vec<(usize, Vec<f64>)> = Vec::new();
     let plan = RunPlan::new(spec.n).therm(spec.therm).thin(spec.thin);
-    let record = chain.run(
+    let records = ensemble.run(
         &plan,
-        &mut |state: &State| {
-            let index = measurements.len();
-            if index.is_multiple_of(stride) {
-                saved.push((index, state.phi().to_vec()));
+        &mut |i, state: &State| {
+            let series = &mut measurements[i];
+            if i == 0 && series.len().is_multiple_of(stride) {
+                saved.push((series.len(), state.phi().to_vec()));
             }
-            measurements.record(state.phi())
+            series.record(state.phi())
         },
         observer,
         stop,
     )?;
     let seconds = start.elapsed().as_secs_f64();
-    let mut report = if measurements.len() < 2 {
-        stopped_report(spec, &record, seconds)
+    let sampling_seconds = records.first().map_or(0.0, |r| r.wall_seconds);
+    let chains: Vec<ReplicaChain> = records
+        .into_iter()
+        .zip(measurements)
+        .map(|(record, measurements)| ReplicaChain {
+            interrupted: record.interrupted,
+            record,
+            measurements,
+            seconds,
+        })
+        .collect();
+    let mut report = if chains[0].measurements.len() < 2 {
+        stopped_report(spec, &chains[0].record, seconds)
     } else {
-        let summary = measurements.summary()?;
-        report_from(spec, &record, &summary, seconds)?
+        combine_replicas(spec, &chains)?
     };
-    report.n = record.steps;
-    report.interrupted = record.interrupted;
+    report.n = chains[0].record.steps;
+    report.interrupted = chains[0].record.interrupted;
+    report.chains = spec.chains;
     let (config_indices, configs) = saved.into_iter().unzip();
     Ok(SampleData {
-        sampling_seconds: record.wall_seconds,
+        sampling_seconds,
         report,
-        record,
-        measurements,
+        chains,
         configs,
         config_indices,
     })

@@ -32,6 +32,24 @@ pub enum RecipeKind {
     Conv,
 }
 
+impl RecipeKind {
+    /// Whether the setting `key` of a [`RecipeSpec`] (`hidden`, `depth`, `segments`,
+    /// `channels`, `kernel`, ...) has an effect on a flow of this kind; keys that are not
+    /// recipe settings are taken to.
+    pub fn uses(self, key: &str) -> bool {
+        match key {
+            "segments" => self == RecipeKind::Seed,
+            "channels" | "kernel" => self == RecipeKind::Conv,
+            "hidden" => self != RecipeKind::Conv,
+            "depth" => matches!(
+                self,
+                RecipeKind::RealNvp | RecipeKind::Additive | RecipeKind::Conv
+            ),
+            _ => true,
+        }
+    }
+}
+
 /// A flow recipe and its sizes; only the fields the kind uses are read.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

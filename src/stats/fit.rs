@@ -70,35 +70,61 @@ pub fn binned_covariance(series: &[&[f64]], bin: usize) -> Result<MeanCovariance
 /// Γ_ij(t) = Σ_s (x_i(s) − x̄_i)(x_j(s+t) − x̄_j) / (N − t). Its diagonal is the Γ-method
 /// variance of each mean at that window (without the bias correction).
 pub fn gamma_covariance(series: &[&[f64]], window: usize) -> Result<(Vec<f64>, DMatrix<f64>)> {
-    let k = series.len();
-    let n = series.first().map_or(0, |s| s.len());
-    if k == 0 || series.iter().any(|s| s.len() != n) {
+    gamma_covariance_replicas(&[series.to_vec()], window)
+}
+
+/// [`gamma_covariance`] over independent replicas (`replicas[r][i]` is series i of replica r;
+/// within a replica the series have equal lengths): the means over all replicas, and
+/// Γ_ij(t) summed over the replicas of the products of fluctuations about those means,
+/// normalised by N − R t (N values in all, R replicas).
+pub fn gamma_covariance_replicas(
+    replicas: &[Vec<&[f64]>],
+    window: usize,
+) -> Result<(Vec<f64>, DMatrix<f64>)> {
+    let k = replicas.first().map_or(0, Vec::len);
+    let shape_ok = k > 0
+        && replicas
+            .iter()
+            .all(|r| r.len() == k && r.iter().all(|s| s.len() == r[0].len()) && !r[0].is_empty());
+    if !shape_ok {
         return Err(Error::Shape(
-            "gamma_covariance needs one or more series of equal length".into(),
+            "gamma_covariance needs one or more series of equal length per replica".into(),
         ));
     }
-    if window >= n {
+    let shortest = replicas.iter().map(|r| r[0].len()).min().unwrap_or(0);
+    if window >= shortest {
         return Err(Error::param(
             "window",
-            format!("the window {window} must be below the series length {n}"),
+            format!("the window {window} must be below the series length {shortest}"),
         ));
     }
-    let means: Vec<f64> = series
-        .iter()
-        .map(|s| s.iter().sum::<f64>() / n as f64)
+    let n: usize = replicas.iter().map(|r| r[0].len()).sum();
+    let means: Vec<f64> = (0..k)
+        .map(|i| replicas.iter().flat_map(|r| r[i].iter()).sum::<f64>() / n as f64)
         .collect();
-    let centred: Vec<Vec<f64>> = series
+    let centred: Vec<Vec<Vec<f64>>> = replicas
         .iter()
-        .zip(&means)
-        .map(|(s, m)| s.iter().map(|x| x - m).collect())
+        .map(|r| {
+            r.iter()
+                .zip(&means)
+                .map(|(s, m)| s.iter().map(|x| x - m).collect())
+                .collect()
+        })
         .collect();
+    let count = replicas.len();
     let cross = |i: usize, j: usize, t: usize| {
-        centred[i][..n - t]
+        let sum: f64 = centred
             .iter()
-            .zip(&centred[j][t..])
-            .map(|(a, b)| a * b)
-            .sum::<f64>()
-            / (n - t) as f64
+            .map(|c| {
+                let len = c[i].len();
+                c[i][..len - t]
+                    .iter()
+                    .zip(&c[j][t..])
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+            })
+            .sum();
+        sum / (n - count * t) as f64
     };
     let mut covariance = DMatrix::zeros(k, k);
     for i in 0..k {

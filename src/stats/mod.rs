@@ -27,7 +27,7 @@ pub use bootstrap::{BootstrapEstimate, blocked_bootstrap};
 pub(crate) use fit::minimise_over_mass;
 pub use fit::{
     CorrelatedCoshFit, MeanCovariance, PowerLawFit, binned_covariance, correlated_cosh_fit,
-    gamma_covariance, power_law_fit,
+    gamma_covariance, gamma_covariance_replicas, power_law_fit,
 };
 pub(crate) use gamma::nan_if_null;
 pub use gamma::{

@@ -11,11 +11,12 @@ use super::spec::{StudySpec, slug};
 use super::store::StoredRun;
 use super::tune::HmcTuning;
 use crate::error::Result;
+use crate::observable::Measurements;
 use crate::observable::Summary;
-use crate::run::{KernelSpec, SampleReport, TrainReport, report_from};
+use crate::run::{KernelSpec, SampleReport, TrainReport, combine_replicas};
 use crate::stats::{
-    CorrelatedCoshFit, Histogram, Verdict, autocorrelation, correlated_cosh_fit, gamma_covariance,
-    gamma_method, nan_if_null,
+    CorrelatedCoshFit, Histogram, Verdict, autocorrelation, correlated_cosh_fit,
+    gamma_covariance_replicas, gamma_method_replicas, nan_if_null,
 };
 
 /// A value at one t (or lag) with its error.
@@ -288,16 +289,22 @@ pub fn analyse_runs(
     for (sampler, mut run) in spec.samplers.iter().zip(runs) {
         let cut = spec.analysis.therm_cut;
         if cut > 0 {
-            run.measurements.skip(cut);
-            run.record
-                .skip_steps(cut.saturating_mul(run.info.spec.thin))?;
+            for chain in &mut run.chains {
+                chain.measurements.skip(cut);
+                chain
+                    .record
+                    .skip_steps(cut.saturating_mul(run.info.spec.thin))?;
+            }
         }
-        let summary = run.measurements.summary()?;
-        let mut report = report_from(&run.info.spec, &run.record, &summary, run.info.seconds)?;
+        let views: Vec<&Measurements> = run.chains.iter().map(|c| &c.measurements).collect();
+        let summary = Measurements::summarise(&views)?;
+        let mut report = combine_replicas(&run.info.spec, &run.chains)?;
+        let steps = run.chains.first().map_or(0, |c| c.record.steps);
         // The cut moves measured steps into the thermalisation.
-        report.n = run.record.steps;
-        report.therm = run.info.spec.therm + (run.info.steps - run.record.steps);
+        report.n = steps;
+        report.therm = run.info.spec.therm + (run.info.steps - steps);
         report.interrupted = run.info.interrupted;
+        report.chains = run.info.chains;
         samplers.push(analyse_one(
             spec,
             sampler.name.clone(),
@@ -354,9 +361,15 @@ fn analyse_one(
     report: SampleReport,
     (t_min, t_max): (usize, usize),
 ) -> Result<SamplerAnalysis> {
-    let m = &run.measurements;
-    let steps = run.record.steps;
-    let seconds_per_step = run.record.wall_seconds / steps.max(1) as f64;
+    let chains = &run.chains;
+    let first = chains
+        .first()
+        .ok_or_else(|| crate::Error::param("chains", "a stored run without chains"))?;
+    let steps = first.record.steps;
+    // The chains of a run advanced together: a step of one cost the common wall time
+    // divided by the number of chains.
+    let seconds_per_step =
+        first.record.wall_seconds / (steps.max(1) * run.info.chains.max(1)) as f64;
     let (slowest, tau_max, tau_max_err) =
         slowest_observable(&report, &spec.analysis.cost_observables);
     // τ_int counts measurements; one measurement is `thin` steps.
@@ -366,11 +379,21 @@ fn analyse_one(
 
     let extent = spec.lattice.extents()[0];
     let g_names: Vec<String> = (0..extent).map(|t| format!("G_hat[{t}]")).collect();
-    let g_series: Vec<&[f64]> = g_names.iter().filter_map(|n| m.series(n)).collect();
+    // Per chain, the series Ĝ(t) for every t.
+    let g_series: Vec<Vec<&[f64]>> = chains
+        .iter()
+        .map(|c| {
+            g_names
+                .iter()
+                .filter_map(|n| c.measurements.series(n))
+                .collect()
+        })
+        .collect();
     let mut correlator = Vec::new();
     let mut window = 1;
-    for (t, s) in g_series.iter().enumerate() {
-        let g = gamma_method(s)?;
+    for t in 0..g_series.first().map_or(0, Vec::len) {
+        let replicas: Vec<&[f64]> = g_series.iter().map(|c| c[t]).collect();
+        let g = gamma_method_replicas(&replicas)?;
         let (g, _) = report.diagnostics.qualify(&g);
         if (t_min..=t_max).contains(&t) {
             window = window.max(g.window);
@@ -402,8 +425,13 @@ fn analyse_one(
         })
         .collect();
 
+    // The autocorrelation figure shows the first chain's Γ(t); τ_int and the window are
+    // those of all chains.
     let observable = &spec.analysis.autocorrelation_observable;
-    let autocorrelation = match (m.series(observable), summary.get(observable)) {
+    let autocorrelation = match (
+        first.measurements.series(observable),
+        summary.get(observable),
+    ) {
         (Some(series), Some(g)) => {
             let max_lag = (3 * g.window).max(20).min(series.len().saturating_sub(1));
             let rho = autocorrelation(series, max_lag)?;
@@ -432,21 +460,23 @@ fn analyse_one(
 
     let rejection_runs = run.info.spec.kernel.uses_flow().then(|| {
         let mut runs = BTreeMap::new();
-        let mut current = 0usize;
-        let label = run.record.first_label_of_kind("flow");
-        let label = label.as_deref().unwrap_or("flow");
-        for accepted in run.record.accept_history(label) {
-            if accepted {
-                if current > 0 {
-                    *runs.entry(current).or_insert(0) += 1;
+        for chain in chains {
+            let label = chain.record.first_label_of_kind("flow");
+            let label = label.as_deref().unwrap_or("flow");
+            let mut current = 0usize;
+            for accepted in chain.record.accept_history(label) {
+                if accepted {
+                    if current > 0 {
+                        *runs.entry(current).or_insert(0) += 1;
+                    }
+                    current = 0;
+                } else {
+                    current += 1;
                 }
-                current = 0;
-            } else {
-                current += 1;
             }
-        }
-        if current > 0 {
-            *runs.entry(current).or_insert(0) += 1;
+            if current > 0 {
+                *runs.entry(current).or_insert(0) += 1;
+            }
         }
         runs
     });
@@ -474,7 +504,7 @@ fn analyse_one(
 }
 
 fn fit_correlator(
-    g_series: &[&[f64]],
+    g_series: &[Vec<&[f64]>],
     window: usize,
     (t_min, t_max): (usize, usize),
     errors_undefined: bool,
@@ -488,7 +518,7 @@ fn fit_correlator(
     if errors_undefined {
         return failed("the chain is unreliable: its errors, and so the fit, are undefined".into());
     }
-    let (means, covariance) = match gamma_covariance(g_series, window) {
+    let (means, covariance) = match gamma_covariance_replicas(g_series, window) {
         Ok(c) => c,
         Err(e) => return failed(e.to_string()),
     };
@@ -524,10 +554,9 @@ fn histograms(spec: &StudySpec, runs: &[StoredRun]) -> Result<Histograms> {
     let m: Vec<Vec<f64>> = runs
         .iter()
         .map(|r| {
-            r.measurements
-                .series("m")
-                .unwrap_or(&[])
+            r.chains
                 .iter()
+                .flat_map(|c| c.measurements.series("m").unwrap_or(&[]).iter())
                 .map(|x| x * volume)
                 .collect()
         })

@@ -190,7 +190,7 @@ pub fn run_study(
         )?;
         // A run stopped after it measured is kept (marked interrupted, so that it runs
         // again next time).
-        if data.measurements.len() >= 2 {
+        if data.chains.iter().all(|c| c.measurements.len() >= 2) {
             save_run(&dir, &run_spec, &data, tuning)?;
         }
         if data.report.interrupted {

@@ -101,6 +101,8 @@ pub struct MeasureSpec {
     pub thin: usize,
     /// Configurations saved per sampler, evenly spaced over the measurements.
     pub saved_configs: usize,
+    /// Independent chains per sampler, advanced in lockstep and analysed as replicas.
+    pub chains: usize,
 }
 
 impl Default for MeasureSpec {
@@ -110,6 +112,7 @@ impl Default for MeasureSpec {
             therm: 2_000,
             thin: 1,
             saved_configs: 1_000,
+            chains: 1,
         }
     }
 }
@@ -140,6 +143,9 @@ pub struct SamplerSpec {
     /// The chain's seed (default: the study seed + 1 + the sampler's position).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Independent chains in lockstep (default `[measure] chains`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chains: Option<usize>,
 }
 
 /// How the stored series are analysed; `latflow analyse` can change it without re-running.
@@ -463,6 +469,7 @@ impl StudySpec {
             thin: s.thin.unwrap_or(self.measure.thin),
             seed: s.seed.unwrap_or(self.seed.wrapping_add(1 + i as u64)),
             model: s.kernel.uses_flow().then(|| model.to_path_buf()),
+            chains: s.chains.unwrap_or(self.measure.chains),
         }
     }
 

@@ -2,7 +2,9 @@
 //! (`series.npy`, one column per name in `series_columns.json`), the move history
 //! (`moves.npy`, `moves_per_step.npy`), saved configurations (`configs.npy`,
 //! `configs_index.npy`) and `run.json` (the run's settings and timing), written last, so
-//! that its presence marks a finished run.
+//! that its presence marks a finished run. A run of several chains (`chains` in
+//! `run.json`) stores them one after the other: the series rows, the moves and the steps of
+//! chain 0, then chain 1, and so on, every chain with as many rows and steps.
 
 use std::path::Path;
 
@@ -12,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use super::tune::HmcTuning;
 use crate::error::{Error, Result};
 use crate::io::{read_json, read_npy, write_json, write_npy};
-use crate::kernel::{ChainRecord, MoveLabel, MoveRows};
+use crate::kernel::{ChainRecord, MoveInfo, MoveLabel, MoveRows};
 use crate::observable::Measurements;
-use crate::run::{SampleData, SampleSpec};
+use crate::run::{ReplicaChain, SampleData, SampleSpec};
 
 /// `run.json`: how a sampler ran.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +33,9 @@ pub struct RunInfo {
     pub steps: usize,
     /// True when the run was stopped before `spec.n` steps.
     pub interrupted: bool,
+    /// Chains stored one after the other (1 for older folders).
+    #[serde(default = "one")]
+    pub chains: usize,
     /// The columns of `moves.npy`.
     pub move_columns: [String; 5],
     /// The move labels the first column of `moves.npy` indexes (e.g. `flow`, `local`,
@@ -42,14 +47,16 @@ pub struct RunInfo {
     pub move_kinds: Vec<String>,
 }
 
+fn one() -> usize {
+    1
+}
+
 /// A stored run read back.
 pub struct StoredRun {
     /// `run.json`.
     pub info: RunInfo,
-    /// The move history.
-    pub record: ChainRecord,
-    /// The series.
-    pub measurements: Measurements,
+    /// Each chain's move history and series.
+    pub chains: Vec<ReplicaChain>,
     /// Saved configurations, `(count, extents...)`.
     pub configs: ArrayD<f64>,
     /// The measurement index of each saved configuration.
@@ -64,28 +71,53 @@ pub fn save_run(
     tuning: Option<HmcTuning>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let m = &data.measurements;
-    let names = m.names().to_vec();
-    let rows = m.len();
-    let mut series = Array2::<f64>::zeros((rows, names.len()));
-    for (k, name) in names.iter().enumerate() {
-        let column = m.series(name).unwrap_or(&[]);
-        series
-            .column_mut(k)
-            .iter_mut()
-            .zip(column)
-            .for_each(|(d, &s)| *d = s);
+    let first = data
+        .chains
+        .first()
+        .ok_or_else(|| Error::param("chains", "a run without chains cannot be stored"))?;
+    let names = first.measurements.names().to_vec();
+    let rows = first.measurements.len();
+    if data
+        .chains
+        .iter()
+        .any(|c| c.measurements.len() != rows || c.record.steps != first.record.steps)
+    {
+        return Err(Error::Shape(
+            "the chains of a stored run must have as many measurements and steps".into(),
+        ));
+    }
+    let mut series = Array2::<f64>::zeros((rows * data.chains.len(), names.len()));
+    for (c, chain) in data.chains.iter().enumerate() {
+        for (k, name) in names.iter().enumerate() {
+            let column = chain.measurements.series(name).unwrap_or(&[]);
+            series
+                .column_mut(k)
+                .iter_mut()
+                .skip(c * rows)
+                .zip(column)
+                .for_each(|(d, &s)| *d = s);
+        }
     }
     write_npy(&dir.join("series.npy"), &series)?;
     write_json(&dir.join("series_columns.json"), &names)?;
 
-    let moves = MoveRows::from_moves(&data.record.moves);
+    let all_moves: Vec<MoveInfo> = data
+        .chains
+        .iter()
+        .flat_map(|c| c.record.moves.iter().cloned())
+        .collect();
+    let moves = MoveRows::from_moves(&all_moves);
     let mut table = Array2::<f64>::zeros((moves.rows.len(), 5));
     for (mut row, values) in table.rows_mut().into_iter().zip(&moves.rows) {
         row.assign(&ndarray::ArrayView1::from(values));
     }
     write_npy(&dir.join("moves.npy"), &table)?;
-    let per_step = Array1::from(data.record.moves_per_step.clone());
+    let per_step = Array1::from(
+        data.chains
+            .iter()
+            .flat_map(|c| c.record.moves_per_step.iter().copied())
+            .collect::<Vec<u32>>(),
+    );
     write_npy(&dir.join("moves_per_step.npy"), &per_step)?;
 
     let extents = spec.lattice.extents();
@@ -116,8 +148,9 @@ pub fn save_run(
         tuning,
         seconds: data.report.seconds,
         sampling_seconds: data.sampling_seconds,
-        steps: data.record.steps,
+        steps: first.record.steps,
         interrupted: data.report.interrupted,
+        chains: data.chains.len(),
         move_columns: ["kernel", "proposed", "accepted", "detail_a", "detail_b"].map(String::from),
         move_kernels: moves.labels.iter().map(|(l, _)| l.to_string()).collect(),
         move_kinds: moves.labels.iter().map(|(_, k)| k.clone()).collect(),
@@ -146,10 +179,14 @@ pub fn load_run(dir: &Path) -> Result<StoredRun> {
             ),
         ));
     }
-    let series: Vec<Vec<f64>> = table.columns().into_iter().map(|c| c.to_vec()).collect();
-    let measurements = Measurements::from_series(&info.spec.lattice, names, series)
-        .map_err(|e| e.in_file("stored series", &series_path))?;
-
+    let chains = info.chains.max(1);
+    if !table.nrows().is_multiple_of(chains) {
+        return Err(Error::format(
+            format!("npy file {}", series_path.display()),
+            format!("{} rows do not split into {chains} chains", table.nrows()),
+        ));
+    }
+    let rows = table.nrows() / chains;
     let moves_path = dir.join("moves.npy");
     let moves: Array2<f64> = read_npy(&moves_path)?;
     let per_step: Array1<u32> = read_npy(&dir.join("moves_per_step.npy"))?;
@@ -169,7 +206,7 @@ pub fn load_run(dir: &Path) -> Result<StoredRun> {
             kinds.len()
         )));
     }
-    let rows = MoveRows {
+    let rows_of_moves = MoveRows {
         labels: info
             .move_kernels
             .iter()
@@ -182,21 +219,59 @@ pub fn load_run(dir: &Path) -> Result<StoredRun> {
             .map(|r| [r[0], r[1], r[2], r[3], r[4]])
             .collect(),
     };
-    let infos = rows.to_moves().map_err(bad)?;
+    let mut infos = rows_of_moves.to_moves().map_err(bad)?.into_iter();
     let moves_per_step = per_step.to_vec();
     let total: u64 = moves_per_step.iter().map(|&k| k as u64).sum();
-    if total != infos.len() as u64 || moves_per_step.len() != info.steps {
+    if total != moves.nrows() as u64 || moves_per_step.len() != info.steps * chains {
         return Err(bad(format!(
-            "{} steps of {total} moves in moves_per_step.npy, run.json says {} steps and \
-             moves.npy holds {} moves",
+            "{} steps of {total} moves in moves_per_step.npy, run.json says {} steps of \
+             {chains} chains and moves.npy holds {} moves",
             moves_per_step.len(),
             info.steps,
-            infos.len()
+            moves.nrows()
         )));
     }
-    let mut record =
-        ChainRecord::from_moves(infos, moves_per_step, info.steps, info.sampling_seconds);
-    record.interrupted = info.interrupted;
+    let mut chain_runs = Vec::with_capacity(chains);
+    for (c, steps) in moves_per_step
+        .chunks(info.steps.max(1))
+        .enumerate()
+        .take(chains)
+    {
+        let n_moves: usize = steps.iter().map(|&k| k as usize).sum();
+        let chain_moves: Vec<MoveInfo> = infos.by_ref().take(n_moves).collect();
+        let series: Vec<Vec<f64>> = table
+            .columns()
+            .into_iter()
+            .map(|col| col.iter().skip(c * rows).take(rows).copied().collect())
+            .collect();
+        let measurements = Measurements::from_series(&info.spec.lattice, names.clone(), series)
+            .map_err(|e| e.in_file("stored series", &series_path))?;
+        let mut record = ChainRecord::from_moves(
+            chain_moves,
+            steps.to_vec(),
+            info.steps,
+            info.sampling_seconds,
+        );
+        record.interrupted = info.interrupted;
+        chain_runs.push(ReplicaChain {
+            record,
+            measurements,
+            seconds: info.seconds,
+            interrupted: info.interrupted,
+        });
+    }
+    if info.steps == 0 {
+        // No steps: every chain has an empty history.
+        while chain_runs.len() < chains {
+            let series = vec![Vec::new(); names.len()];
+            chain_runs.push(ReplicaChain {
+                record: ChainRecord::from_moves(Vec::new(), Vec::new(), 0, info.sampling_seconds),
+                measurements: Measurements::from_series(&info.spec.lattice, names.clone(), series)?,
+                seconds: info.seconds,
+                interrupted: info.interrupted,
+            });
+        }
+    }
     let configs_path = dir.join("configs.npy");
     let configs: ArrayD<f64> = read_npy(&configs_path)?;
     let config_index: Array1<u64> = read_npy(&dir.join("configs_index.npy"))?;
@@ -213,8 +288,7 @@ pub fn load_run(dir: &Path) -> Result<StoredRun> {
     }
     Ok(StoredRun {
         info,
-        record,
-        measurements,
+        chains: chain_runs,
         configs: configs.as_standard_layout().into_owned(),
         config_index: config_index.to_vec(),
     })

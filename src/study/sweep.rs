@@ -239,6 +239,9 @@ pub struct SweepSampling {
     /// The independent configurations over which the sampler comparison spreads each
     /// flow's training time (the amortised cost c + T/N).
     pub amortise_over: f64,
+    /// Independent chains per kernel, advanced in lockstep (their flow passes batched) and
+    /// analysed as replicas.
+    pub chains: usize,
 }
 
 impl Default for SweepSampling {
@@ -249,6 +252,7 @@ impl Default for SweepSampling {
             flow_batch: 1000,
             kernels: Vec::new(),
             amortise_over: 1e5,
+            chains: 1,
         }
     }
 }
@@ -362,7 +366,9 @@ pub struct ChainCost {
 impl ChainCost {
     /// The cost of the chain `spec` that produced `report`.
     pub fn of(spec: &SampleSpec, report: &SampleReport) -> ChainCost {
-        let seconds_per_step = report.seconds / (spec.therm + spec.n * spec.thin).max(1) as f64;
+        // Chains advanced together share the wall time: a step of one cost its share.
+        let chain_steps = (spec.therm + spec.n * spec.thin).max(1) * report.chains.max(1);
+        let seconds_per_step = report.seconds / chain_steps as f64;
         let seconds_per_measurement = seconds_per_step * spec.thin as f64;
         let (_, tau_max, tau_max_err) =
             super::analysis::slowest_observable(report, &["abs_m", "chi", "xi_2nd"]);
@@ -650,6 +656,7 @@ impl SweepSpec {
             thin: 1,
             seed: point.seed,
             model: Some(model.to_path_buf()),
+            chains: self.sample.chains,
         })
     }
 }
@@ -918,6 +925,7 @@ fn run_baseline(
             thin: 1,
             seed: point.seed,
             model: None,
+            chains: 1,
         };
         let key = format!("L{} seed {}", point.l, point.seed);
         // One trajectory per size (tuned with its first seed), so that the seeds of a size

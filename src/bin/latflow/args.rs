@@ -69,11 +69,6 @@ pub(crate) struct OutputArgs {
     pub(crate) progress_interval: f64,
 }
 
-/// Flags that give the lattice and the action.
-pub(crate) const TARGET_FLAGS: [&str; 8] = [
-    "lattice", "action", "beta", "lambda", "m0sq", "g0", "m2", "mass",
-];
-
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum ActionForm {
     /// Hopping form: --beta --lambda.
@@ -212,9 +207,18 @@ pub(crate) fn given(m: &ArgMatches, id: &str) -> bool {
         && m.value_source(id) == Some(ValueSource::CommandLine)
 }
 
+/// The ids of the flags a group of arguments defines (as clap derives them from its fields),
+/// so that lists of flags follow the argument structs instead of being kept by hand.
+pub(crate) fn arg_ids<A: Args>() -> Vec<String> {
+    A::augment_args(clap::Command::new("flags"))
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect()
+}
+
 /// Refuses any of `ids` given on the command line, saying why.
-pub(crate) fn refuse_given(m: &ArgMatches, ids: &[&str], why: &str) -> Result<()> {
-    match ids.iter().find(|id| given(m, id)) {
+pub(crate) fn refuse_given<S: AsRef<str>>(m: &ArgMatches, ids: &[S], why: &str) -> Result<()> {
+    match ids.iter().map(AsRef::as_ref).find(|id| given(m, id)) {
         Some(id) => bail!("{} cannot be combined with {why}", flag_name(id)),
         None => Ok(()),
     }

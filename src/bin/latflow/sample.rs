@@ -11,7 +11,7 @@ use latflow::run::{KernelSpec, SampleReport, SampleSpec, parse_kernel};
 use latflow::stats::Verdict;
 
 use crate::args::{
-    IntegratorName, OutputArgs, TARGET_FLAGS, TargetArgs, flag_name, given, refuse_given,
+    IntegratorName, OutputArgs, TargetArgs, arg_ids, flag_name, given, refuse_given,
 };
 use crate::output::print_table;
 use crate::progress::StageProgress;
@@ -26,6 +26,22 @@ pub(crate) struct SampleArgs {
     pub(crate) config: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) target: TargetArgs,
+    #[command(flatten)]
+    pub(crate) run: SampleRunArgs,
+    /// Report and exit 0 even when the diagnostics find the chain unreliable.
+    #[arg(long)]
+    pub(crate) allow_unreliable: bool,
+    /// Also write the JSON report to this file (checked before the run starts).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// The flags of `sample` that describe the run itself (refused with --config, which
+/// describes the whole run).
+#[derive(Args)]
+pub(crate) struct SampleRunArgs {
     /// Trained model file (for kernel expressions with `flow`); the lattice and action come
     /// from it, and any given on the command line must match.
     #[arg(long)]
@@ -39,7 +55,7 @@ pub(crate) struct SampleArgs {
     /// random, by weight).
     #[arg(long, default_value = "hmc", value_parser = kernel_expression)]
     pub(crate) kernel: KernelExpr,
-    /// Measured steps, each one step of the whole kernel expression.
+    /// Measured steps, each one step of the whole kernel expression (per chain).
     #[arg(long, default_value_t = 10_000)]
     pub(crate) n: usize,
     /// Thermalisation steps.
@@ -48,9 +64,13 @@ pub(crate) struct SampleArgs {
     /// Measure every `thin`-th step.
     #[arg(long, default_value_t = 1)]
     pub(crate) thin: usize,
-    /// Seed of the random stream.
+    /// Seed of the random stream (of the first chain; the others derive theirs from it).
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
+    /// Independent chains advanced in lockstep, the flow's passes batched over them, and
+    /// analysed together as replicas.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) chains: usize,
     /// HMC molecular-dynamics steps per trajectory (kernels with `hmc`).
     #[arg(long, default_value_t = 10)]
     pub(crate) md_steps: usize,
@@ -68,82 +88,61 @@ pub(crate) struct SampleArgs {
     /// `local`).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) step_size: f64,
-    /// Report and exit 0 even when the diagnostics find the chain unreliable.
-    #[arg(long)]
-    pub(crate) allow_unreliable: bool,
-    /// Also write the JSON report to this file (checked before the run starts).
-    #[arg(long)]
-    pub(crate) out: Option<PathBuf>,
-    #[command(flatten)]
-    pub(crate) output: OutputArgs,
 }
-
-/// Flags of `sample` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
-/// --config).
-pub(crate) const SAMPLE_RUN_FLAGS: [&str; 12] = [
-    "model",
-    "flow_batch",
-    "kernel",
-    "n",
-    "therm",
-    "thin",
-    "seed",
-    "md_steps",
-    "tau",
-    "integrator",
-    "fixed_length",
-    "step_size",
-];
 
 impl SampleArgs {
     pub(crate) fn spec(&self, m: &ArgMatches) -> Result<SampleSpec> {
+        let run = &self.run;
         if let Some(path) = &self.config {
-            refuse_given(m, &TARGET_FLAGS, "--config: set it in the runcard")?;
-            refuse_given(m, &SAMPLE_RUN_FLAGS, "--config: set it in the runcard")?;
+            refuse_given(
+                m,
+                &arg_ids::<TargetArgs>(),
+                "--config: set it in the runcard",
+            )?;
+            refuse_given(
+                m,
+                &arg_ids::<SampleRunArgs>(),
+                "--config: set it in the runcard",
+            )?;
             return Ok(SampleSpec::from_toml_file(path)?);
         }
         self.target.refuse_foreign_couplings(m)?;
-        let names = self.kernel.names();
-        let needs = [
-            ("md_steps", "hmc"),
-            ("tau", "hmc"),
-            ("integrator", "hmc"),
-            ("fixed_length", "hmc"),
-            ("step_size", "local"),
-            ("flow_batch", "flow"),
-        ];
-        for (flag, kernel) in needs {
-            if given(m, flag) && !names.contains(&kernel) {
+        for id in arg_ids::<SampleRunArgs>() {
+            if let Some(kernel) = KernelSpec::kernel_of_setting(&id)
+                && given(m, &id)
+                && !run.kernel.contains(kernel)
+            {
                 bail!(
                     "{} has no effect: --kernel {} has no `{kernel}`",
-                    flag_name(flag),
-                    self.kernel
+                    flag_name(&id),
+                    run.kernel
                 );
             }
         }
-        let (lattice, action) = self.target.resolve(self.model.as_deref())?;
+        let (lattice, action) = self.target.resolve(run.model.as_deref())?;
         let kernel = KernelSpec {
-            kind: self.kernel.clone(),
-            step_size: self.step_size,
-            tau: self.tau,
-            md_steps: self.md_steps,
-            integrator: match self.integrator {
+            kind: run.kernel.clone(),
+            step_size: run.step_size,
+            tau: run.tau,
+            md_steps: run.md_steps,
+            integrator: match run.integrator {
                 IntegratorName::Leapfrog => Integrator::Leapfrog,
                 IntegratorName::Omelyan => Integrator::Omelyan,
             },
-            fixed_length: self.fixed_length,
-            flow_batch: self.flow_batch,
+            fixed_length: run.fixed_length,
+            flow_batch: run.flow_batch,
             ..KernelSpec::default()
         };
         let spec = SampleSpec {
             lattice,
             action,
             kernel,
-            n: self.n,
-            therm: self.therm,
-            thin: self.thin,
-            seed: self.seed,
-            model: self.model.clone(),
+            n: run.n,
+            therm: run.therm,
+            thin: run.thin,
+            seed: run.seed,
+            model: run.model.clone(),
+            chains: run.chains,
         };
         spec.validate()?;
         Ok(spec)

@@ -11,7 +11,7 @@ use latflow::run::{
 };
 use latflow::train::{GradientEstimator, OptimizerKind, Schedule, TrainConfig};
 
-use crate::args::{OutputArgs, TARGET_FLAGS, TargetArgs, flag_name, given, refuse_given};
+use crate::args::{OutputArgs, TargetArgs, arg_ids, flag_name, given, refuse_given};
 use crate::progress::StageProgress;
 use crate::ranks::Ranks;
 use crate::signals::Signals;
@@ -76,6 +76,29 @@ pub(crate) struct TrainArgs {
     pub(crate) resume: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) target: TargetArgs,
+    #[command(flatten)]
+    pub(crate) method: MethodArgs,
+    #[command(flatten)]
+    pub(crate) settings: RunSettingsArgs,
+    /// Where to keep the checkpoint (default: next to the model, NAME.checkpoint.json,
+    /// removed when the run finishes).
+    #[arg(long)]
+    pub(crate) checkpoint: Option<PathBuf>,
+    /// Write the checkpoint every this many steps (0: only when interrupted).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) checkpoint_every: usize,
+    /// The training log, one CSV row per step (default: next to the model, NAME.train.csv).
+    #[arg(long)]
+    pub(crate) log: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// The flags of `train` that choose the flow and how it is trained: a run with
+/// --until-acceptance that gives none of them uses latflow's default method.
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+pub(crate) struct MethodArgs {
     /// Flow recipe.
     #[arg(long, value_enum, default_value = "seed")]
     pub(crate) recipe: RecipeName,
@@ -118,6 +141,18 @@ pub(crate) struct TrainArgs {
     /// Anneal the hopping coupling from this fraction of its target (hopping form).
     #[arg(long)]
     pub(crate) anneal_start: Option<f64>,
+    /// Gradient estimator of the reverse KL: total (the derivative of the batch loss) or
+    /// path (drops the score term, whose variance does not vanish at the optimum; about
+    /// one more input-gradient pass per step).
+    #[arg(long, value_enum, default_value = "total")]
+    pub(crate) gradient: GradientName,
+}
+
+/// The flags of `train` that describe the run without choosing its method: seeds, checks,
+/// limits, where it starts and where the model goes.
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+pub(crate) struct RunSettingsArgs {
     /// Fraction of training over which the coupling reaches its target (with --anneal-start).
     #[arg(long, default_value_t = 0.5)]
     pub(crate) anneal_over: f64,
@@ -140,11 +175,6 @@ pub(crate) struct TrainArgs {
     /// precisely (default: --eval-samples).
     #[arg(long)]
     pub(crate) check_samples: Option<usize>,
-    /// Gradient estimator of the reverse KL: total (the derivative of the batch loss) or
-    /// path (drops the score term, whose variance does not vanish at the optimum; about
-    /// one more input-gradient pass per step).
-    #[arg(long, value_enum, default_value = "total")]
-    pub(crate) gradient: GradientName,
     /// Stop at the first evaluation whose acceptance reaches this target (0 < A < 1);
     /// --iterations is then the budget. Evaluations every --eval-every steps (25 if 0).
     /// Without any flag that sets the recipe or its training, the run uses latflow's
@@ -165,81 +195,34 @@ pub(crate) struct TrainArgs {
     /// Where to write the trained model.
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
-    /// Where to keep the checkpoint (default: next to the model, NAME.checkpoint.json,
-    /// removed when the run finishes).
-    #[arg(long)]
-    pub(crate) checkpoint: Option<PathBuf>,
-    /// Write the checkpoint every this many steps (0: only when interrupted).
-    #[arg(long, default_value_t = 100)]
-    pub(crate) checkpoint_every: usize,
-    /// The training log, one CSV row per step (default: next to the model, NAME.train.csv).
-    #[arg(long)]
-    pub(crate) log: Option<PathBuf>,
-    #[command(flatten)]
-    pub(crate) output: OutputArgs,
 }
-
-/// Flags of `train` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
-/// --config or --resume).
-pub(crate) const TRAIN_RUN_FLAGS: [&str; 25] = [
-    "recipe",
-    "hidden",
-    "depth",
-    "affine_blocks",
-    "segments",
-    "channels",
-    "batch",
-    "iterations",
-    "lr",
-    "schedule",
-    "restart_period",
-    "restart_growth",
-    "weight_decay",
-    "anneal_start",
-    "anneal_over",
-    "seed",
-    "chunks",
-    "eval_every",
-    "eval_samples",
-    "check_samples",
-    "gradient",
-    "until_acceptance",
-    "time_limit",
-    "init",
-    "out",
-];
-
-/// Flags of [`TRAIN_RUN_FLAGS`] that do not choose the flow or how it is trained.
-pub(crate) const NOT_METHOD_FLAGS: [&str; 10] = [
-    "anneal_over",
-    "seed",
-    "chunks",
-    "eval_every",
-    "eval_samples",
-    "check_samples",
-    "until_acceptance",
-    "time_limit",
-    "init",
-    "out",
-];
 
 /// Whether a flag that chooses the flow or how it is trained was given: a run with
 /// --until-acceptance and none of them uses latflow's default method.
 pub(crate) fn sets_method(m: &ArgMatches) -> bool {
-    TRAIN_RUN_FLAGS
-        .iter()
-        .any(|f| !NOT_METHOD_FLAGS.contains(f) && given(m, f))
+    arg_ids::<MethodArgs>().iter().any(|id| given(m, id))
+}
+
+/// The flags of `train` that describe the run (refused with --config and --resume).
+fn run_flags() -> Vec<String> {
+    let mut ids = arg_ids::<MethodArgs>();
+    ids.extend(arg_ids::<RunSettingsArgs>());
+    ids
 }
 
 impl TrainArgs {
     pub(crate) fn spec(&self, m: &ArgMatches) -> Result<TrainSpec> {
         if let Some(path) = &self.config {
-            refuse_given(m, &TARGET_FLAGS, "--config: set it in the runcard")?;
-            refuse_given(m, &TRAIN_RUN_FLAGS, "--config: set it in the runcard")?;
+            refuse_given(
+                m,
+                &arg_ids::<TargetArgs>(),
+                "--config: set it in the runcard",
+            )?;
+            refuse_given(m, &run_flags(), "--config: set it in the runcard")?;
             return Ok(TrainSpec::from_toml_file(path)?);
         }
         self.target.refuse_foreign_couplings(m)?;
-        let recipe_kind = match self.recipe {
+        let recipe_kind = match self.method.recipe {
             RecipeName::Seed => RecipeKind::Seed,
             RecipeName::RealNvp => RecipeKind::RealNvp,
             RecipeName::Additive => RecipeKind::Additive,
@@ -247,111 +230,103 @@ impl TrainArgs {
             RecipeName::Conv => RecipeKind::Conv,
         };
         let recipe_name = self
+            .method
             .recipe
             .to_possible_value()
             .map(|v| v.get_name().to_string());
         let recipe_name = recipe_name.unwrap_or_default();
-        let uses = |flag: &str| match flag {
-            "segments" => recipe_kind == RecipeKind::Seed,
-            "channels" => recipe_kind == RecipeKind::Conv,
-            "hidden" => recipe_kind != RecipeKind::Conv,
-            "depth" => matches!(
-                recipe_kind,
-                RecipeKind::RealNvp | RecipeKind::Additive | RecipeKind::Conv
-            ),
-            _ => true,
-        };
-        for flag in ["segments", "channels", "hidden", "depth"] {
-            if given(m, flag) && !uses(flag) {
+        for flag in arg_ids::<MethodArgs>() {
+            if given(m, &flag) && !recipe_kind.uses(&flag) {
                 bail!(
                     "{} has no effect with --recipe {recipe_name}",
-                    flag_name(flag)
+                    flag_name(&flag)
                 );
             }
         }
         for flag in ["restart_period", "restart_growth"] {
-            if given(m, flag) && !matches!(self.schedule, ScheduleName::WarmRestarts) {
+            if given(m, flag) && !matches!(self.method.schedule, ScheduleName::WarmRestarts) {
                 bail!(
                     "{} has no effect without --schedule warm-restarts",
                     flag_name(flag)
                 );
             }
         }
-        if given(m, "anneal_over") && self.anneal_start.is_none() {
+        if given(m, "anneal_over") && self.method.anneal_start.is_none() {
             bail!("--anneal-over has no effect without --anneal-start");
         }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+        if !(self.method.weight_decay.is_finite() && self.method.weight_decay >= 0.0) {
             bail!(
                 "invalid value for --weight-decay: must be a finite number ≥ 0, got {}",
-                self.weight_decay
+                self.method.weight_decay
             );
         }
         let out = self
+            .settings
             .out
             .clone()
             .context("--out is required: where to write the trained model")?;
         let (lattice, action) = self.target.resolve(None)?;
-        if self.until_acceptance.is_some() && !sets_method(m) {
+        if self.settings.until_acceptance.is_some() && !sets_method(m) {
             let (recipe, mut train) = latflow::run::default_method(&lattice);
-            train.seed = self.seed;
-            train.chunks = self.chunks;
+            train.seed = self.settings.seed;
+            train.chunks = self.settings.chunks;
             if given(m, "eval_every") {
-                train.eval_every = self.eval_every;
+                train.eval_every = self.settings.eval_every;
             }
-            train.eval_samples = self.eval_samples;
-            if self.check_samples.is_some() {
-                train.check_samples = self.check_samples;
+            train.eval_samples = self.settings.eval_samples;
+            if self.settings.check_samples.is_some() {
+                train.check_samples = self.settings.check_samples;
             }
-            train.until_acceptance = self.until_acceptance;
-            train.time_limit = self.time_limit;
+            train.until_acceptance = self.settings.until_acceptance;
+            train.time_limit = self.settings.time_limit;
             return Ok(TrainSpec {
                 lattice,
                 action,
                 recipe,
                 train,
                 anneal: None,
-                init: self.init.clone(),
+                init: self.settings.init.clone(),
                 out,
             });
         }
-        if self.anneal_start.is_some() && !matches!(action, ActionSpec::Phi4 { .. }) {
+        if self.method.anneal_start.is_some() && !matches!(action, ActionSpec::Phi4 { .. }) {
             bail!("--anneal-start anneals the hopping coupling: it needs --action phi4");
         }
         let recipe = RecipeSpec {
             kind: recipe_kind,
-            hidden: self.hidden,
-            depth: self.depth,
-            affine_blocks: self.affine_blocks,
-            segments: self.segments,
-            channels: self.channels,
+            hidden: self.method.hidden,
+            depth: self.method.depth,
+            affine_blocks: self.method.affine_blocks,
+            segments: self.method.segments,
+            channels: self.method.channels,
             ..RecipeSpec::default()
         };
-        let mut train = TrainConfig::new(self.batch, self.iterations, self.lr);
-        train.schedule = match self.schedule {
+        let mut train = TrainConfig::new(self.method.batch, self.method.iterations, self.method.lr);
+        train.schedule = match self.method.schedule {
             ScheduleName::Constant => Schedule::Constant,
             ScheduleName::Cosine => Schedule::Cosine,
             ScheduleName::WarmRestarts => Schedule::WarmRestarts {
-                period: self.restart_period,
-                growth: self.restart_growth,
+                period: self.method.restart_period,
+                growth: self.method.restart_growth,
             },
         };
-        if self.weight_decay > 0.0 {
-            train.optimizer = OptimizerKind::adamw(self.weight_decay);
+        if self.method.weight_decay > 0.0 {
+            train.optimizer = OptimizerKind::adamw(self.method.weight_decay);
         }
-        train.seed = self.seed;
-        train.chunks = self.chunks;
-        train.eval_every = self.eval_every;
-        train.eval_samples = self.eval_samples;
-        train.check_samples = self.check_samples;
-        train.until_acceptance = self.until_acceptance;
-        train.time_limit = self.time_limit;
-        train.gradient = match self.gradient {
+        train.seed = self.settings.seed;
+        train.chunks = self.settings.chunks;
+        train.eval_every = self.settings.eval_every;
+        train.eval_samples = self.settings.eval_samples;
+        train.check_samples = self.settings.check_samples;
+        train.until_acceptance = self.settings.until_acceptance;
+        train.time_limit = self.settings.time_limit;
+        train.gradient = match self.method.gradient {
             GradientName::Total => GradientEstimator::Total,
             GradientName::Path => GradientEstimator::Path,
         };
-        let anneal = self.anneal_start.map(|start| AnnealSpec {
+        let anneal = self.method.anneal_start.map(|start| AnnealSpec {
             start,
-            over: self.anneal_over,
+            over: self.settings.anneal_over,
         });
         Ok(TrainSpec {
             lattice,
@@ -359,7 +334,7 @@ impl TrainArgs {
             recipe,
             train,
             anneal,
-            init: self.init.clone(),
+            init: self.settings.init.clone(),
             out,
         })
     }
@@ -382,15 +357,14 @@ pub(crate) fn run_train(
 ) -> Result<ExitCode> {
     let (spec, resuming) = match &args.resume {
         Some(path) => {
-            let allowed_out = TRAIN_RUN_FLAGS.iter().filter(|&&f| f != "out");
-            let refused: Vec<&str> = allowed_out.copied().collect();
+            let refused: Vec<String> = run_flags().into_iter().filter(|f| f != "out").collect();
             refuse_given(
                 m,
                 &refused,
                 "--resume: the run's settings come from the checkpoint",
             )?;
             let mut spec = latflow::run::checkpoint_spec(path)?;
-            if let Some(out) = &args.out {
+            if let Some(out) = &args.settings.out {
                 spec.out = out.clone();
             }
             (spec, Some(path.clone()))
@@ -417,7 +391,9 @@ pub(crate) fn run_train(
     };
     let mut observer = StageProgress::new(&args.output);
     let outcome = match &resuming {
-        Some(path) => latflow::run::resume(path, args.out.as_deref(), &control, &mut observer)?,
+        Some(path) => {
+            latflow::run::resume(path, args.settings.out.as_deref(), &control, &mut observer)?
+        }
         None => latflow::run::train(&spec, &control, &mut observer)?,
     };
     if !ranks.shared.is_root() {
@@ -478,7 +454,7 @@ pub(crate) fn run_train(
         );
         if args.resume.is_none()
             && args.config.is_none()
-            && args.until_acceptance.is_some()
+            && args.settings.until_acceptance.is_some()
             && !sets_method(m)
         {
             let (r, t) = (&spec.recipe, &spec.train);
