@@ -52,7 +52,10 @@ pub use sweep::{
     REFERENCE_BETA, SAMPLER_COST_HEADER, SWEEP_HEADER, SweepOutcome, SweepPoint, SweepRow,
     SweepSampling, SweepSpec, TRAINING_COST_HEADER, reference_beta, run_sweep,
 };
-pub use tune::{HmcTuning, PILOT_N, PILOT_THERM, PilotRun, TUNE_MD_STEPS, TUNE_TAUS, tune_hmc};
+pub use tune::{
+    ACCEPTANCE_WINDOW, HmcTuning, MAX_WIDENINGS, PILOT_N, PILOT_THERM, PROBE_N, PROBE_THERM,
+    PilotRun, SHORTEST_TAU, StepProbe, tune_hmc,
+};
 
 use crate::control::{Observer, Prefixed, StopToken};
 use crate::error::{Error, Result};
