@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::analysis::{Payback, PointEstimate, SamplerAnalysis, StudySummary};
+use super::plot::{Bar, BarChart, Chart, Marker, Series, Style, draw_bars, draw_chart};
 use crate::control::Observer;
 use crate::error::{Error, Result};
 use crate::io::{write_atomic, write_json};
-use crate::plot::{Bar, BarChart, Chart, Marker, Series, Style, draw_bars, draw_chart};
 
 /// The number of progress steps [`write_report`] reports (one per file group).
 pub const REPORT_FILES: usize = 14;
