@@ -24,8 +24,6 @@ pub mod lattice;
 pub mod limits;
 pub mod observable;
 pub mod parallel;
-#[cfg(feature = "cli")]
-pub mod plot;
 pub mod rng;
 #[cfg(feature = "cli")]
 pub mod run;

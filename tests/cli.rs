@@ -1,18 +1,13 @@
 //! End-to-end checks of the `latflow` binary: the JSON report's stable keys, runcards, and
 //! clear errors with a non-zero exit code on bad input.
 
-use std::process::Command;
+mod common;
 
-fn latflow(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_latflow"))
-        .args(args)
-        .output()
-        .expect("the latflow binary runs")
-}
+use common::{assert_success, run_latflow, scratch};
 
 #[test]
 fn sample_json_has_the_stable_keys() {
-    let out = latflow(&[
+    let out = run_latflow(&[
         "sample",
         "--lattice",
         "6x6",
@@ -30,11 +25,7 @@ fn sample_json_has_the_stable_keys() {
         "3",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(v["lattice"], serde_json::json!([6, 6]));
     assert_eq!(v["kernel"], "hmc");
@@ -73,16 +64,15 @@ fn same_seed_same_report_numbers() {
         "9",
         "--json",
     ];
-    let a: serde_json::Value = serde_json::from_slice(&latflow(&args).stdout).unwrap();
-    let b: serde_json::Value = serde_json::from_slice(&latflow(&args).stdout).unwrap();
+    let a: serde_json::Value = serde_json::from_slice(&run_latflow(&args).stdout).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&run_latflow(&args).stdout).unwrap();
     assert_eq!(a["observables"], b["observables"]);
     assert_eq!(a["acceptance"], b["acceptance"]);
 }
 
 #[test]
 fn runcard_runs_and_malformed_runcard_is_refused() {
-    let dir = std::env::temp_dir().join(format!("latflow-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("runcard");
     let good = dir.join("good.toml");
     std::fs::write(
         &good,
@@ -90,12 +80,8 @@ fn runcard_runs_and_malformed_runcard_is_refused() {
          [kernel]\nkind = \"local\"\n",
     )
     .unwrap();
-    let out = latflow(&["sample", "--config", good.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_latflow(&["sample", "--config", good.to_str().unwrap(), "--json"]);
+    assert_success(&out);
     // The kernel as an expression: in the table with its settings, or as a shorthand.
     for kernel in [
         "[kernel]\nkind = \"local*2 + hmc\"\nmd_steps = 4\n",
@@ -112,7 +98,7 @@ fn runcard_runs_and_malformed_runcard_is_refused() {
             ),
         )
         .unwrap();
-        let out = latflow(&["sample", "--config", card.to_str().unwrap(), "--json"]);
+        let out = run_latflow(&["sample", "--config", card.to_str().unwrap(), "--json"]);
         assert!(
             out.status.success(),
             "{kernel}: {}",
@@ -133,7 +119,7 @@ fn runcard_runs_and_malformed_runcard_is_refused() {
         "lattice = [4, 4]\nn = 100\n[action]\nform = \"phi5\"\n",
     )
     .unwrap();
-    let out = latflow(&["sample", "--config", bad.to_str().unwrap()]);
+    let out = run_latflow(&["sample", "--config", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("runcard"), "{err}");
@@ -194,7 +180,7 @@ fn bad_input_gives_clear_errors_and_nonzero_exit() {
         (&["sample", "--action", "free", "--mass", "-1"], "mass"),
     ];
     for (args, needle) in cases {
-        let out = latflow(args);
+        let out = run_latflow(args);
         assert!(!out.status.success(), "{args:?} succeeded");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -204,10 +190,9 @@ fn bad_input_gives_clear_errors_and_nonzero_exit() {
 
 #[test]
 fn train_then_sample_with_the_model() {
-    let dir = std::env::temp_dir().join(format!("latflow-cli-train-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("train");
     let model = dir.join("model.json");
-    let out = latflow(&[
+    let out = run_latflow(&[
         "train",
         "--lattice",
         "4x4",
@@ -235,11 +220,7 @@ fn train_then_sample_with_the_model() {
         model.to_str().unwrap(),
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     for key in ["seconds", "acceptance", "ess", "configs_seen", "n_params"] {
         assert!(v[key].as_f64().is_some(), "{key} missing: {v}");
@@ -247,7 +228,7 @@ fn train_then_sample_with_the_model() {
     assert_eq!(v["configs_seen"], 64 * 20);
 
     for kernel in ["flow", "flow+local", "flow+hmc", "flow+local*2+hmc"] {
-        let out = latflow(&[
+        let out = run_latflow(&[
             "sample",
             "--model",
             model.to_str().unwrap(),
@@ -295,18 +276,18 @@ fn train_then_sample_with_the_model() {
         if extra[0] == "--beta" {
             args.extend(["--lambda", "0.5"]);
         }
-        let out = latflow(&args);
+        let out = run_latflow(&args);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(String::from_utf8_lossy(&out.stderr).contains("model"));
     }
     // A flow kernel without a model, and a corrupt model file, give clear errors.
-    let out = latflow(&[
+    let out = run_latflow(&[
         "sample", "--beta", "0.5", "--lambda", "0.5", "--kernel", "flow",
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("model"));
     std::fs::write(&model, b"{ not a model").unwrap();
-    let out = latflow(&[
+    let out = run_latflow(&[
         "sample",
         "--model",
         model.to_str().unwrap(),
@@ -321,8 +302,7 @@ fn train_then_sample_with_the_model() {
 
 #[test]
 fn every_flag_takes_effect_or_is_refused() {
-    let dir = std::env::temp_dir().join(format!("latflow-cli-flags-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("flags");
     let card = dir.join("card.toml");
     std::fs::write(
         &card,
@@ -456,7 +436,7 @@ fn every_flag_takes_effect_or_is_refused() {
         ),
     ];
     for (args, needle) in cases {
-        let out = latflow(&args);
+        let out = run_latflow(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -466,7 +446,7 @@ fn every_flag_takes_effect_or_is_refused() {
 
 #[test]
 fn operating_system_errors_are_printed_once() {
-    let out = latflow(&["sample", "--config", "/no/such/runcard.toml"]);
+    let out = run_latflow(&["sample", "--config", "/no/such/runcard.toml"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
@@ -475,8 +455,7 @@ fn operating_system_errors_are_printed_once() {
 
 #[test]
 fn train_runcard_runs_and_refuses_flags_alongside() {
-    let dir = std::env::temp_dir().join(format!("latflow-cli-traincard-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("traincard");
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/train.toml"))
         .unwrap()
         .replace("[8, 8]", "[4, 4]")
@@ -488,20 +467,16 @@ fn train_runcard_runs_and_refuses_flags_alongside() {
     let card = dir.join("train.toml");
     std::fs::write(&card, text).unwrap();
     let card = card.to_str().unwrap();
-    let out = latflow(&["train", "--config", card, "--json", "--quiet"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_latflow(&["train", "--config", card, "--json", "--quiet"]);
+    assert_success(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["configs_seen"], 32 * 5);
     assert!(dir.join("model.json").exists());
-    let out = latflow(&["train", "--config", card, "--lr", "0.1"]);
+    let out = run_latflow(&["train", "--config", card, "--lr", "0.1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--lr cannot be combined with --config"));
     std::fs::write(dir.join("bad.toml"), "lattice = [4, 4]\nout = \"m.json\"\n[action]\nform = \"phi4\"\nbeta = 0.5\nlambda = 0.5\n[train]\nbatchsize = 10\n").unwrap();
-    let out = latflow(&["train", "--config", dir.join("bad.toml").to_str().unwrap()]);
+    let out = run_latflow(&["train", "--config", dir.join("bad.toml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("batchsize"), "{err}");
@@ -510,12 +485,11 @@ fn train_runcard_runs_and_refuses_flags_alongside() {
 
 #[test]
 fn train_until_acceptance_reports_the_target_and_the_checks_cost() {
-    let dir = std::env::temp_dir().join(format!("latflow-cli-until-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("until");
     let model = dir.join("m.json");
     let model = model.to_str().unwrap();
     let run = |target: &str, iterations: &str| {
-        latflow(&[
+        run_latflow(&[
             "train",
             "--lattice",
             "4x4",
@@ -574,21 +548,21 @@ fn train_until_acceptance_reports_the_target_and_the_checks_cost() {
     )
     .unwrap();
     let card = card.to_str().unwrap();
-    let out = latflow(&["train", "--config", card, "--until-acceptance", "0.5"]);
+    let out = run_latflow(&["train", "--config", card, "--until-acceptance", "0.5"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("--until-acceptance cannot be combined with --config"),
         "{err}"
     );
-    let out = latflow(&["train", "--resume", card, "--until-acceptance", "0.5"]);
+    let out = run_latflow(&["train", "--resume", card, "--until-acceptance", "0.5"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("--until-acceptance cannot be combined with --resume"),
         "{err}"
     );
-    let out = latflow(&[
+    let out = run_latflow(&[
         "train",
         "--lattice",
         "4x4",
@@ -630,7 +604,7 @@ fn an_unreliable_run_says_so_in_its_exit_status() {
         "100",
         "--json",
     ];
-    let out = latflow(&frozen);
+    let out = run_latflow(&frozen);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
@@ -643,7 +617,7 @@ fn an_unreliable_run_says_so_in_its_exit_status() {
         assert!(o["err"].is_null(), "{name}: {o}");
         assert!(o["caveat"].as_str().is_some(), "{name}: {o}");
     }
-    let out = latflow(&[&frozen[..], &["--allow-unreliable"]].concat());
+    let out = run_latflow(&[&frozen[..], &["--allow-unreliable"]].concat());
     assert_eq!(out.status.code(), Some(0));
     // A healthy chain exits 0 with a reliable verdict.
     let healthy = [
@@ -660,7 +634,7 @@ fn an_unreliable_run_says_so_in_its_exit_status() {
         "200",
         "--json",
     ];
-    let out = latflow(&healthy);
+    let out = run_latflow(&healthy);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -673,8 +647,7 @@ fn an_unreliable_run_says_so_in_its_exit_status() {
 
 #[test]
 fn until_acceptance_alone_trains_with_the_default_method() {
-    let dir = std::env::temp_dir().join(format!("latflow-cli-default-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("default");
     let model = dir.join("m.json");
     let model = model.to_str().unwrap();
     let base = [
@@ -695,13 +668,9 @@ fn until_acceptance_alone_trains_with_the_default_method() {
     ];
     // |Λ| = 16: the spline block alone at width 16, the L = 6 reference budget (batch 300,
     // 350 iterations, η = 0.02), path gradients, checks every 25 iterations.
-    let out = latflow(&base);
+    let out = run_latflow(&base);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(
         stdout.contains(
             "default method for this lattice: seed recipe with hidden width 16, no affine \
@@ -714,22 +683,16 @@ fn until_acceptance_alone_trains_with_the_default_method() {
     let expected = latflow::flow::FlowConfig::seed(16, 0, 8).unwrap();
     assert_eq!(flow.config(), &expected);
     // Any flag that sets the method turns the default off.
-    let out = latflow(&[&base[..], &["--gradient", "total"]].concat());
+    let out = run_latflow(&[&base[..], &["--gradient", "total"]].concat());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(!stdout.contains("default method"), "{stdout}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn the_curriculum_example_runs_reports_and_resumes() {
-    let dir = std::env::temp_dir().join(format!("latflow-cli-curriculum-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("curriculum");
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/curriculum.toml"
@@ -753,12 +716,8 @@ fn the_curriculum_example_runs_reports_and_resumes() {
         out_dir.to_str().unwrap(),
         "--quiet",
     ];
-    let out = latflow(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_latflow(&args);
+    assert_success(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("total: 384 configurations"), "{text}");
     assert!(text.contains("stage-2.json"), "{text}");
@@ -771,12 +730,8 @@ fn the_curriculum_example_runs_reports_and_resumes() {
     // Run again: both stages are kept, the same report comes out as JSON.
     let mut again = args.to_vec();
     again.push("--json");
-    let out = latflow(&again);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_latflow(&again);
+    assert_success(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v, report["report"]);
     // A dense recipe cannot grow the lattice: refused naming the stages, exit code 1.
@@ -787,7 +742,7 @@ fn the_curriculum_example_runs_reports_and_resumes() {
         .replace("depth = 1\n", "")
         .replace("kernel = 3\n", "");
     std::fs::write(dir.join("dense.toml"), dense).unwrap();
-    let out = latflow(&[
+    let out = run_latflow(&[
         "curriculum",
         dir.join("dense.toml").to_str().unwrap(),
         "--out",

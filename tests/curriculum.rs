@@ -8,7 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Recorder, on_progress};
+use common::{Recorder, conv_recipe, on_progress, scratch};
 
 use latflow::flow::FlowModel;
 use latflow::run::{
@@ -17,24 +17,6 @@ use latflow::run::{
 };
 use latflow::train::TrainConfig;
 use latflow::{Error, Lattice, StopToken};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("latflow-curriculum-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn conv() -> RecipeSpec {
-    RecipeSpec {
-        kind: RecipeKind::Conv,
-        affine_blocks: 2,
-        channels: 4,
-        depth: 1,
-        ..RecipeSpec::default()
-    }
-}
 
 fn stage(l: usize, beta: f64, iterations: usize, lr: f64, seed: u64) -> StageSpec {
     let mut train = TrainConfig::new(64, iterations, lr);
@@ -52,7 +34,7 @@ fn stage(l: usize, beta: f64, iterations: usize, lr: f64, seed: u64) -> StageSpe
 /// L = 4 at β = 0.45, then L = 6 at β = 0.537 with a smaller rate.
 fn two_stages(out: PathBuf) -> CurriculumSpec {
     CurriculumSpec {
-        recipe: conv(),
+        recipe: conv_recipe(4),
         init: None,
         out,
         stages: vec![stage(4, 0.45, 40, 0.01, 1), stage(6, 0.537, 30, 0.003, 2)],
@@ -68,7 +50,7 @@ fn finished(outcome: CurriculumOutcome) -> latflow::run::CurriculumReport {
 
 #[test]
 fn a_curriculum_is_the_chain_of_its_stages() {
-    let dir = temp_dir("chain");
+    let dir = scratch("chain");
     let spec = two_stages(dir.join("c"));
     let mut seen = Recorder::default();
     let report = finished(curriculum(&spec, &TrainControl::default(), &mut seen).unwrap());
@@ -138,7 +120,7 @@ fn a_curriculum_is_the_chain_of_its_stages() {
 
 #[test]
 fn a_stopped_curriculum_continues_to_the_same_model() {
-    let dir = temp_dir("resume");
+    let dir = scratch("resume");
     let whole = two_stages(dir.join("whole"));
     finished(curriculum(&whole, &TrainControl::default(), &mut ()).unwrap());
 
@@ -211,7 +193,7 @@ fn a_stopped_curriculum_continues_to_the_same_model() {
 
 #[test]
 fn curricula_that_cannot_run_are_refused_before_training() {
-    let dir = temp_dir("refused");
+    let dir = scratch("refused");
     // Dense nets depend on |Λ|: the seed recipe cannot go from L = 4 to L = 6.
     let dense = CurriculumSpec {
         recipe: RecipeSpec {
@@ -265,7 +247,7 @@ fn curricula_that_cannot_run_are_refused_before_training() {
 
 #[test]
 fn a_curriculum_runcard_reads_and_names_its_errors() {
-    let dir = temp_dir("card");
+    let dir = scratch("card");
     let path = dir.join("c.toml");
     let card = |extra: &str| {
         std::fs::write(

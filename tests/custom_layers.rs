@@ -2,8 +2,11 @@
 //! block saves and loads back bit for bit, trains next to built-in blocks, and every way of
 //! getting the registry wrong is a typed error naming the entry.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::scratch_file;
 use latflow::action::Phi4;
 use latflow::flow::transform::{Affine, Z2Affine};
 use latflow::flow::{
@@ -130,10 +133,6 @@ fn lattice() -> Lattice {
     Lattice::hypercubic(2, 4).unwrap()
 }
 
-fn temp_path(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("latflow-{name}-{}.json", std::process::id()))
-}
-
 #[test]
 fn model_with_custom_layers_round_trips_bit_for_bit() {
     let registry = registry();
@@ -142,7 +141,7 @@ fn model_with_custom_layers_round_trips_bit_for_bit() {
     for (i, p) in model.params_mut().iter_mut().enumerate() {
         *p += 0.01 * ((i % 7) as f32 - 3.0);
     }
-    let path = temp_path("round-trip");
+    let path = scratch_file("round-trip.json");
     model.save(&path).unwrap();
     let loaded = FlowModel::load_with(&path, &registry);
     std::fs::remove_file(&path).unwrap();
@@ -196,7 +195,7 @@ fn checkpoint_of_a_flow_with_custom_layers_resumes_through_the_registry() {
     train.chunks = 1;
     let mut trainer = Trainer::new(model, action.clone(), train).unwrap();
     trainer.step().unwrap();
-    let path = temp_path("checkpoint");
+    let path = scratch_file("checkpoint.json");
     trainer.save_checkpoint(&path).unwrap();
     let without = Trainer::resume(&path, action.clone());
     let resumed = Trainer::resume_with(&path, action, &registry);
@@ -215,7 +214,7 @@ fn checkpoint_of_a_flow_with_custom_layers_resumes_through_the_registry() {
 #[test]
 fn loading_without_the_registry_names_the_missing_entry() {
     let model = FlowModel::new_with(&mixed_config(), &lattice(), 4, &registry()).unwrap();
-    let path = temp_path("no-registry");
+    let path = scratch_file("no-registry.json");
     model.save(&path).unwrap();
     let plain = FlowModel::load(&path);
     let nets_only = FlowModel::load_with(

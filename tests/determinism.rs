@@ -5,6 +5,8 @@
 //! measurements and final states; a whole `sample` run alone and beside busy threads gives
 //! the same report.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -144,8 +146,7 @@ fn blocks_never_change_a_run() {
 
 #[test]
 fn a_busy_machine_does_not_change_a_report() {
-    let dir = std::env::temp_dir().join(format!("latflow-determinism-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("busy");
     let path = dir.join("model.json");
     let target = ActionSpec::Phi4 {
         beta: 0.5,

@@ -4,17 +4,20 @@
 //! Reliable; the Γ-method flags constant series and chains short against τ_int; the Pareto
 //! k̂ recovers known tail shapes; chain records of consecutive runs concatenate.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::run_from_zero;
 use latflow::action::Phi4;
 use latflow::diagnostics::{ChainDiagnostics, Verdict, diagnose};
 use latflow::flow::{Flow, FlowConfig, FlowModel, LatentPrior, Prior};
 use latflow::kernel::{Chain, ChainRecord, FlowProposal, Hmc, KernelExpr, LocalMetropolis};
-use latflow::observable::{FieldSquared, Measurements, Observable, Summary};
+use latflow::observable::{FieldSquared, Observable, Summary};
 use latflow::run::{ActionSpec, KernelSpec, SampleReport, SampleSpec, sample};
 use latflow::stats::{GammaCaveat, gamma_method, pareto_k_hat, pareto_k_threshold};
 use latflow::train::{TrainConfig, Trainer};
-use latflow::{Action, Error, Lattice, Proposal, Result, State, rng_from_seed};
+use latflow::{Action, Error, Lattice, Result, State, rng_from_seed};
 use ndarray::{Array1, Array2, ArrayView2};
 use rand::RngExt;
 
@@ -27,16 +30,6 @@ fn lattice() -> Lattice {
 
 fn action() -> Arc<Phi4> {
     Arc::new(Phi4::hopping(lattice(), BETA, LAMBDA).unwrap())
-}
-
-/// Runs `kernel` from the cold start: `therm` steps, then `n` measured steps.
-fn run<K: Proposal>(kernel: K, seed: u64, therm: usize, n: usize) -> (ChainRecord, Summary) {
-    let action = action();
-    let mut chain = Chain::new(kernel, State::zero(&*action), seed);
-    chain.thermalise(therm);
-    let mut m = Measurements::new(action.lattice());
-    let record = chain.run_with(n, 1, |s| m.record(s.phi())).unwrap();
-    (record, m.summary().unwrap())
 }
 
 /// The diagnostics of a chain with its estimates checked, as a report makes them.
@@ -193,7 +186,7 @@ fn frozen_flow_chain_is_unreliable() {
         b: 4.0,
     });
     let proposal = FlowProposal::new(flow, action(), 100).unwrap();
-    let (record, summary) = run(proposal, 1, 0, 1_000);
+    let (record, summary) = run_from_zero(proposal, &*action(), 1, 0, 1_000);
     let d = diagnostics_of(&record, &summary);
     assert_eq!(d.verdict, Verdict::Unreliable, "{d:#?}");
     assert!(d.has("chain_frozen") && d.has("low_acceptance"));
@@ -235,7 +228,7 @@ fn poor_flow_alone_is_flagged_and_well_trained_flow_is_not() {
     // both assertions below can fail.
     let poor = seed_flow(5, 100, 20);
     let proposal = FlowProposal::new(poor.clone(), action(), 1000).unwrap();
-    let (record, summary) = run(proposal, 21, 200, 10_000);
+    let (record, summary) = run_from_zero(proposal, &*action(), 21, 200, 10_000);
     let d = diagnostics_of(&record, &summary);
     assert_eq!(d.verdict, Verdict::Unreliable, "{d:#?}");
     assert!(
@@ -247,7 +240,13 @@ fn poor_flow_alone_is_flagged_and_well_trained_flow_is_not() {
     // The same poor flow inside flow+local is only a warning (the chain is exact).
     let local = LocalMetropolis::new(action(), 1.0).unwrap();
     let proposal = FlowProposal::new(poor, action(), 1000).unwrap();
-    let (record, summary) = run(latflow::kernel::Cycle::new(proposal, local), 22, 200, 5_000);
+    let (record, summary) = run_from_zero(
+        latflow::kernel::Cycle::new(proposal, local),
+        &*action(),
+        22,
+        200,
+        5_000,
+    );
     let d = diagnostics_of(&record, &summary);
     assert_eq!(d.verdict, Verdict::Warning, "{d:#?}");
     assert!(
@@ -257,7 +256,7 @@ fn poor_flow_alone_is_flagged_and_well_trained_flow_is_not() {
 
     let trained = seed_flow(300, 200, 30);
     let proposal = FlowProposal::new(trained, action(), 1000).unwrap();
-    let (record, summary) = run(proposal, 31, 200, 10_000);
+    let (record, summary) = run_from_zero(proposal, &*action(), 31, 200, 10_000);
     let d = diagnostics_of(&record, &summary);
     assert_eq!(d.verdict, Verdict::Reliable, "{d:#?}");
     let flow = &d.flows[0];

@@ -4,18 +4,19 @@
 //! agree; a kernel expression composing all three kernels agrees and records its moves in
 //! the expression's order. Errors are Γ-method errors; tolerances are 4σ of the combined error.
 
+mod common;
+
 use std::sync::{Arc, OnceLock};
 
+use common::run_from_zero;
 use latflow::action::Phi4;
 use latflow::flow::{FlowConfig, FlowModel};
-use latflow::kernel::{
-    Chain, ChainRecord, Cycle, FlowProposal, Hmc, KernelExpr, LocalMetropolis, MoveDetail,
-};
-use latflow::observable::{Measurements, Summary};
+use latflow::kernel::{Cycle, FlowProposal, Hmc, KernelExpr, LocalMetropolis, MoveDetail};
+use latflow::observable::Summary;
 use latflow::run::KernelSpec;
 use latflow::stats::{GammaEstimate, rejection_autocorrelation};
 use latflow::train::{TrainConfig, Trainer};
-use latflow::{Action, Lattice, Proposal, State};
+use latflow::{Action, Lattice};
 
 const BETA: f64 = 0.537;
 const LAMBDA: f64 = 0.5;
@@ -55,20 +56,11 @@ fn trained() -> Arc<FlowModel> {
         .clone()
 }
 
-fn run<K: Proposal>(kernel: K, seed: u64, therm: usize, n: usize) -> (ChainRecord, Summary) {
-    let action = action();
-    let mut chain = Chain::new(kernel, State::zero(&*action), seed);
-    chain.thermalise(therm);
-    let mut m = Measurements::new(action.lattice());
-    let record = chain.run_with(n, 1, |s| m.record(s.phi())).unwrap();
-    (record, m.summary().unwrap())
-}
-
 fn hmc_reference() -> &'static Summary {
     static HMC: OnceLock<Summary> = OnceLock::new();
     HMC.get_or_init(|| {
         let hmc = Hmc::new(action(), 1.0, 8).unwrap();
-        run(hmc, 101, 500, 20_000).1
+        run_from_zero(hmc, &*action(), 101, 500, 20_000).1
     })
 }
 
@@ -107,18 +99,18 @@ fn trained_flow_chain_and_mixed_kernels_agree_with_hmc() {
     let action = action();
     let flow = |b| FlowProposal::new(model.clone(), action.clone(), b).unwrap();
 
-    let (record, summary) = run(flow(500), 1, 100, 20_000);
+    let (record, summary) = run_from_zero(flow(500), &*action, 1, 100, 20_000);
     let acceptance = record.acceptance_of("flow");
     assert!(acceptance > 0.5, "flow acceptance {acceptance}");
     agree_with_hmc(&summary, "flow");
 
     let local = LocalMetropolis::new(action.clone(), 1.0).unwrap();
-    let (record, summary) = run(Cycle::new(flow(256), local), 2, 200, 10_000);
+    let (record, summary) = run_from_zero(Cycle::new(flow(256), local), &*action, 2, 200, 10_000);
     assert!(record.acceptance_of("flow") > 0.4);
     agree_with_hmc(&summary, "flow+local");
 
     let hmc = Hmc::new(action.clone(), 1.0, 8).unwrap();
-    let (record, summary) = run(Cycle::new(flow(256), hmc), 3, 200, 10_000);
+    let (record, summary) = run_from_zero(Cycle::new(flow(256), hmc), &*action, 3, 200, 10_000);
     assert!(record.acceptance_of("flow") > 0.4);
     agree_with_hmc(&summary, "flow+hmc");
 }
@@ -133,7 +125,7 @@ fn kernel_expression_of_flow_local_and_hmc_agrees_with_hmc() {
     };
     let kernel = spec.build(&action(), Some(&trained())).unwrap();
     let steps = 8_000;
-    let (record, summary) = run(kernel, 4, 200, steps);
+    let (record, summary) = run_from_zero(kernel, &*action(), 4, 200, steps);
     agree_with_hmc(&summary, "flow+local*2+hmc");
 
     // Per step: one flow proposal, two local sweeps of 36 sites, one HMC trajectory.
@@ -186,7 +178,7 @@ fn poor_flow_chain_is_exact_but_slow() {
         .train(&mut (), &latflow::StopToken::never())
         .unwrap();
     let flow = FlowProposal::new(Arc::new(trainer.into_model()), action.clone(), 1000).unwrap();
-    let (record, summary) = run(flow, 7, 500, 120_000);
+    let (record, summary) = run_from_zero(flow, &*action, 7, 500, 120_000);
     let acceptance = record.acceptance_of("flow");
     let rejection = rejection_autocorrelation(&record.accept_history("flow")).unwrap();
     eprintln!(
@@ -201,8 +193,8 @@ fn poor_flow_chain_is_exact_but_slow() {
 fn rejection_and_magnetisation_autocorrelation_times_agree() {
     let model = trained();
     let action = action();
-    let flow = FlowProposal::new(model, action, 1000).unwrap();
-    let (record, summary) = run(flow, 9, 100, 40_000);
+    let flow = FlowProposal::new(model, action.clone(), 1000).unwrap();
+    let (record, summary) = run_from_zero(flow, &*action, 9, 100, 40_000);
     let rejection = rejection_autocorrelation(&record.accept_history("flow")).unwrap();
     let abs_m = summary.get("abs_m").unwrap();
     let sigma = (rejection.tau_rej_err.powi(2) + abs_m.tau_int_err.powi(2)).sqrt();

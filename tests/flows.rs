@@ -2,6 +2,9 @@
 //! Z2 equivariance, identity at zero network output, finiteness for large inputs, model files,
 //! and the training gradient of `forward_backward` against finite differences.
 
+mod common;
+
+use common::{random_model, scratch};
 use latflow::flow::transform::Rqs;
 use latflow::flow::{
     BlockConfig, ChunkSeed, Flow, FlowConfig, FlowModel, LayerConfig, NetConfig, Partition,
@@ -69,16 +72,6 @@ fn mixed_config() -> FlowConfig {
         partition: Partition::Checkerboard,
     }));
     config
-}
-
-/// A model with parameters uniform in (−scale, scale): far from the identity.
-fn random_model(config: &FlowConfig, l: usize, scale: f32, seed: u64) -> FlowModel {
-    let mut model = FlowModel::new(config, &lattice(l), seed).unwrap();
-    let mut rng = rng_from_seed(seed + 1000);
-    for p in model.params_mut() {
-        *p = rng.random_range(-scale..scale);
-    }
-    model
 }
 
 fn normal_batch(n: usize, v: usize, seed: u64) -> Array2<f32> {
@@ -234,8 +227,7 @@ fn the_identity_flow_has_the_standard_normal_density() {
 
 #[test]
 fn model_files_round_trip_exactly_and_refuse_mismatches() {
-    let dir = std::env::temp_dir().join(format!("latflow-flows-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("model-files");
     let path = dir.join("model.json");
     let mut model = random_model(&mixed_config(), 4, 0.7, 15);
     model

@@ -2,6 +2,9 @@
 //! Jacobians against finite differences, log-dets against the exact Jacobian's LU, and the
 //! action checks of `latflow::testing`, each shown to catch a deliberate error.
 
+mod common;
+
+use common::random_model;
 use latflow::action::{Action, FreeField, Phi4};
 use latflow::flow::transform::Rqs;
 use latflow::flow::{
@@ -55,16 +58,6 @@ fn configs() -> Vec<(&'static str, FlowConfig)> {
     ]
 }
 
-/// A model with parameters uniform in (−scale, scale): far from the identity.
-fn random_model(config: &FlowConfig, scale: f32, seed: u64) -> FlowModel {
-    let mut model = FlowModel::new(config, &lattice(4), seed).unwrap();
-    let mut rng = rng_from_seed(seed + 1000);
-    for p in model.params_mut() {
-        *p = rng.random_range(-scale..scale);
-    }
-    model
-}
-
 fn latent(rows: usize, seed: u64) -> Array2<f32> {
     let mut rng = rng_from_seed(seed);
     Array2::from_shape_fn((rows, 16), |_| rng.random_range(-2.0..2.0f32))
@@ -77,7 +70,7 @@ fn f64_params(model: &FlowModel) -> Vec<f64> {
 #[test]
 fn exact_jacobian_agrees_with_finite_differences_in_f64() {
     for (name, config) in configs() {
-        let model = random_model(&config, 0.4, 3);
+        let model = random_model(&config, 4, 0.4, 3);
         let params = f64_params(&model);
         let z: Vec<f64> = latent(1, 4).iter().map(|&x| x.into()).collect();
         let exact = flow_jacobian(&model, &z).unwrap();
@@ -120,7 +113,7 @@ fn exact_jacobian_agrees_with_finite_differences_in_f64() {
 fn log_dets_agree_with_the_exact_jacobian() {
     let z = latent(3, 5);
     for (name, config) in configs() {
-        let model = random_model(&config, 0.4, 6);
+        let model = random_model(&config, 4, 0.4, 6);
         let r = check_flow_log_det_exact::<f64>(&model, z.view(), LOG_DET_RTOL_F64);
         assert!(r.is_ok(), "{name} in f64: {}", r.unwrap_err());
         let r = check_flow_log_det_exact::<f32>(&model, z.view(), LOG_DET_RTOL_F32);
@@ -134,7 +127,7 @@ fn log_dets_agree_with_the_exact_jacobian() {
 fn a_flow_with_a_wrong_log_det_is_caught() {
     // The flow's map followed by φ_5 → 1.01 φ_5, with the flow's log-det unchanged: off by
     // log 1.01 ≈ 0.01, far above the f64 tolerance.
-    let model = random_model(&FlowConfig::seed(16, 1, 4).unwrap(), 0.4, 7);
+    let model = random_model(&FlowConfig::seed(16, 1, 4).unwrap(), 4, 0.4, 7);
     let params: Vec<Dual> = f64_params(&model).into_iter().map(Dual::constant).collect();
     let z: Vec<f64> = latent(1, 8).iter().map(|&x| x.into()).collect();
     let stretched = |z: ndarray::ArrayView2<Dual>| {
@@ -153,7 +146,7 @@ fn a_flow_with_a_wrong_log_det_is_caught() {
 #[test]
 fn inverse_tangents_invert_the_forward_jacobian() {
     for (name, config) in configs() {
-        let model = random_model(&config, 0.4, 9);
+        let model = random_model(&config, 4, 0.4, 9);
         let z: Vec<f64> = latent(1, 10).iter().map(|&x| x.into()).collect();
         let forward = flow_jacobian(&model, &z).unwrap();
         let params: Vec<Dual> = f64_params(&model).into_iter().map(Dual::constant).collect();
@@ -173,7 +166,7 @@ fn inverse_tangents_invert_the_forward_jacobian() {
 fn the_log_det_on_a_dual_tape_carries_its_gradient() {
     // ∂ log|det J| / ∂z_j from the tape's dual log-det against central differences of the
     // f64 log-det (h = 1e-5: error ~1e-9).
-    let model = random_model(&FlowConfig::seed(16, 1, 4).unwrap(), 0.4, 11);
+    let model = random_model(&FlowConfig::seed(16, 1, 4).unwrap(), 4, 0.4, 11);
     let params = f64_params(&model);
     let dual_params: Vec<Dual> = params.iter().map(|&p| Dual::constant(p)).collect();
     let z: Vec<f64> = latent(1, 12).iter().map(|&x| x.into()).collect();

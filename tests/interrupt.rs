@@ -4,35 +4,13 @@
 //! before a run starts; progress goes to a log as plain lines; a study stopped by SIGINT keeps
 //! its finished stages and a rerun reuses them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn latflow() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_latflow"))
-}
-
-fn run(args: &[&str]) -> Output {
-    latflow()
-        .args(args)
-        .output()
-        .expect("the latflow binary runs")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("latflow-interrupt-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{name}"), child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
+use common::{assert_success, latflow, model_params, run_latflow, scratch, send_signal};
 
 /// Waits (at most 60 s) until `path` exists.
 fn wait_for(path: &Path) {
@@ -45,13 +23,6 @@ fn wait_for(path: &Path) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// The flow parameters of a model file.
-fn params(path: &Path) -> serde_json::Value {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(path).unwrap()).expect("a model file");
-    v["params"].clone()
 }
 
 const TRAIN: [&str; 14] = [
@@ -73,18 +44,14 @@ const TRAIN: [&str; 14] = [
 
 #[test]
 fn sigterm_during_train_then_resume_gives_the_uninterrupted_model() {
-    let dir = temp_dir("train");
+    let dir = scratch("train");
     let full = dir.join("full.json");
     let out = latflow()
         .args(TRAIN)
         .args(["--out", full.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 
     let part = dir.join("part.json");
     let checkpoint = dir.join("part.ckpt");
@@ -98,7 +65,7 @@ fn sigterm_during_train_then_resume_gives_the_uninterrupted_model() {
         .unwrap();
     // The first checkpoint is written at step 50 of 1000: the run is then under way.
     wait_for(&checkpoint);
-    signal(&child, "TERM");
+    send_signal(&child, "TERM");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{err}");
@@ -112,13 +79,13 @@ fn sigterm_during_train_then_resume_gives_the_uninterrupted_model() {
         .expect("the message says where the run stopped");
     assert!((50..1000).contains(&stopped_at), "{err}");
 
-    let out = run(&["train", "--resume", checkpoint.to_str().unwrap(), "--quiet"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_latflow(&["train", "--resume", checkpoint.to_str().unwrap(), "--quiet"]);
+    assert_success(&out);
+    assert_eq!(
+        model_params(&part),
+        model_params(&full),
+        "resumed model differs"
     );
-    assert_eq!(params(&part), params(&full), "resumed model differs");
 
     // The training log continues across the interruption: every step once, same losses.
     let rows = |p: &Path| -> Vec<String> {
@@ -142,7 +109,7 @@ fn sigterm_during_train_then_resume_gives_the_uninterrupted_model() {
     assert!(acceptance > 0.0 && acceptance <= 1.0);
 
     // A resumed run takes its settings from the checkpoint: run flags are refused.
-    let out = run(&[
+    let out = run_latflow(&[
         "train",
         "--resume",
         checkpoint.to_str().unwrap(),
@@ -160,7 +127,7 @@ fn sigterm_during_train_then_resume_gives_the_uninterrupted_model() {
 
 #[test]
 fn a_stopped_sample_run_leaves_a_partial_report() {
-    let dir = temp_dir("sample");
+    let dir = scratch("sample");
     let report = dir.join("report.json");
     let child = latflow()
         .args([
@@ -184,7 +151,7 @@ fn a_stopped_sample_run_leaves_a_partial_report() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    signal(&child, "INT");
+    send_signal(&child, "INT");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
@@ -211,7 +178,7 @@ fn a_stopped_sample_run_leaves_a_partial_report() {
 /// status, a report that says how far thermalisation got and that nothing was measured.
 #[test]
 fn a_sample_run_stopped_during_thermalisation_says_so() {
-    let dir = temp_dir("sample-therm");
+    let dir = scratch("sample-therm");
     let report = dir.join("report.json");
     let child = latflow()
         .args([
@@ -234,7 +201,7 @@ fn a_sample_run_stopped_during_thermalisation_says_so() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    signal(&child, "TERM");
+    send_signal(&child, "TERM");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{err}");
@@ -258,7 +225,7 @@ fn a_sample_run_stopped_during_thermalisation_says_so() {
 
 #[test]
 fn unwritable_outputs_are_refused_before_the_run() {
-    let dir = temp_dir("paths");
+    let dir = scratch("paths");
     let missing = dir.join("no-such-dir").join("m.json");
     let long_sample = |out: &'static str| -> Vec<String> {
         "sample --beta 0.5 --lambda 0.5 --n 10000000 --out"
@@ -285,7 +252,7 @@ fn unwritable_outputs_are_refused_before_the_run() {
     for (args, needle) in cases {
         let start = Instant::now();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = run(&args);
+        let out = run_latflow(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -297,7 +264,7 @@ fn unwritable_outputs_are_refused_before_the_run() {
 
 #[test]
 fn progress_is_plain_lines_on_a_pipe_and_silent_with_quiet() {
-    let dir = temp_dir("progress");
+    let dir = scratch("progress");
     let model = dir.join("m.json");
     let args = [
         "train",
@@ -318,7 +285,7 @@ fn progress_is_plain_lines_on_a_pipe_and_silent_with_quiet() {
         "--out",
         model.to_str().unwrap(),
     ];
-    let out = run(&args);
+    let out = run_latflow(&args);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err
@@ -332,7 +299,7 @@ fn progress_is_plain_lines_on_a_pipe_and_silent_with_quiet() {
     );
     // The stage ends with a line of its own.
     assert!(err.contains("train: done"), "{err}");
-    let out = run(&[&args[..], &["--quiet"]].concat());
+    let out = run_latflow(&[&args[..], &["--quiet"]].concat());
     assert!(out.status.success());
     assert!(
         out.stderr.is_empty(),
@@ -344,10 +311,10 @@ fn progress_is_plain_lines_on_a_pipe_and_silent_with_quiet() {
 
 #[test]
 fn a_training_run_that_diverges_points_to_its_last_checkpoint() {
-    let dir = temp_dir("nan");
+    let dir = scratch("nan");
     let model = dir.join("m.json");
     // A learning rate of 1000 sends the loss to NaN within ten steps (at every seed tried).
-    let out = run(&[
+    let out = run_latflow(&[
         "train",
         "--lattice",
         "4x4",
@@ -418,7 +385,7 @@ n = 10000000
 
 #[test]
 fn sigint_during_a_study_keeps_finished_stages_and_a_rerun_reuses_them() {
-    let dir = temp_dir("study");
+    let dir = scratch("study");
     let runcard = dir.join("long.toml");
     std::fs::write(&runcard, LONG_STUDY).unwrap();
     let folder = dir.join("long");
@@ -441,7 +408,7 @@ fn sigint_during_a_study_keeps_finished_stages_and_a_rerun_reuses_them() {
     let child = start(&dir);
     wait_for(&folder.join("data/flow/run.json"));
     std::thread::sleep(Duration::from_millis(300));
-    signal(&child, "INT");
+    send_signal(&child, "INT");
     let out = child.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),
@@ -464,7 +431,7 @@ fn sigint_during_a_study_keeps_finished_stages_and_a_rerun_reuses_them() {
     let log = folder.join("data/local/run.json");
     let before = std::fs::metadata(&log).unwrap().modified().unwrap();
     std::thread::sleep(Duration::from_millis(800));
-    signal(&child, "INT");
+    send_signal(&child, "INT");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");

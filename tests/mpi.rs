@@ -3,11 +3,16 @@
 //! run, replica chains against one chain, and a sweep spread over ranks.
 #![cfg(feature = "mpi")]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn latflow() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_latflow"));
+use common::{assert_success, latflow, model_params, scratch, send_signal};
+
+/// `latflow` as one process with two threads: the cores of two ranks with one thread each.
+fn one_process() -> Command {
+    let mut command = latflow();
     command.env("RAYON_NUM_THREADS", "2");
     command
 }
@@ -25,34 +30,11 @@ fn mpirun(ranks: usize) -> Command {
     command
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("latflow-mpi-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Runs `command` to its end and checks that it succeeded.
 fn run_ok(command: &mut Command) -> Output {
     let output = command.output().unwrap();
-    succeeded(&output);
+    assert_success(&output);
     output
-}
-
-fn succeeded(output: &Output) -> &Output {
-    assert!(
-        output.status.success(),
-        "status {}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn params(model: &Path) -> Vec<f32> {
-    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(model).unwrap()).unwrap();
-    serde_json::from_value(file["params"].clone()).unwrap()
 }
 
 /// A short L = 6 training run (batch 65: the ranks hold 33 and 32 rows).
@@ -77,7 +59,7 @@ fn two_ranks_train_bit_for_bit_the_parameters_of_one_process_with_two_chunks() {
     let single = dir.join("single.json");
     let ranks = dir.join("ranks.json");
     run_ok(
-        latflow()
+        one_process()
             .args(TRAIN)
             .args(["--iterations", "40", "--chunks", "2"])
             .args(["--out", single.to_str().unwrap()]),
@@ -88,13 +70,14 @@ fn two_ranks_train_bit_for_bit_the_parameters_of_one_process_with_two_chunks() {
         .args(["--out", ranks.to_str().unwrap()])
         .output()
         .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&succeeded(&output).stdout).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&assert_success(&output).stdout).unwrap();
     assert_eq!(
         report["ranks"], 2,
         "one report, from rank 0, with the ranks"
     );
     assert_eq!(report["configs_seen"], 65 * 40);
-    let (a, b) = (params(&single), params(&ranks));
+    let (a, b) = (model_params(&single), model_params(&ranks));
     assert_eq!(a.len(), b.len());
     let differing = a
         .iter()
@@ -104,12 +87,13 @@ fn two_ranks_train_bit_for_bit_the_parameters_of_one_process_with_two_chunks() {
     assert_eq!(differing, 0, "{differing} of {} parameters differ", a.len());
     // Training moved the parameters away from their initial values.
     let initial = dir.join("initial.json");
-    run_ok(
-        latflow()
-            .args(TRAIN)
-            .args(["--iterations", "1", "--out", initial.to_str().unwrap()]),
-    );
-    assert_ne!(params(&initial), a);
+    run_ok(one_process().args(TRAIN).args([
+        "--iterations",
+        "1",
+        "--out",
+        initial.to_str().unwrap(),
+    ]));
+    assert_ne!(model_params(&initial), a);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -136,7 +120,7 @@ fn a_multi_rank_run_resumes_from_its_checkpoint_bit_for_bit() {
             .args(["train", "--quiet", "--resume", checkpoint.to_str().unwrap()])
             .args(["--out", resumed.to_str().unwrap()]),
     );
-    assert_eq!(params(&full), params(&resumed));
+    assert_eq!(model_params(&full), model_params(&resumed));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -156,11 +140,7 @@ fn a_terminated_multi_rank_run_stops_on_every_rank_and_resumes() {
     let child = run.spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2500));
     // mpirun passes SIGTERM on to the ranks, which agree to stop after the same step.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(&child, "TERM");
     let output = child.wait_with_output().unwrap();
     assert!(!output.status.success(), "the run finished before the stop");
     let saved: serde_json::Value =
@@ -187,11 +167,11 @@ fn a_terminated_multi_rank_run_stops_on_every_rank_and_resumes() {
     two_chunks["metadata"]["run"]["train"]["chunks"] = serde_json::json!(2);
     std::fs::write(&short, serde_json::to_vec(&two_chunks).unwrap()).unwrap();
     run_ok(
-        latflow()
+        one_process()
             .args(["train", "--quiet", "--resume", short.to_str().unwrap()])
             .args(["--out", from_single.to_str().unwrap()]),
     );
-    assert_eq!(params(&from_ranks), params(&from_single));
+    assert_eq!(model_params(&from_ranks), model_params(&from_single));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -224,10 +204,10 @@ fn hmc_args(seed: u64, n: usize) -> Vec<String> {
 #[test]
 fn two_replica_chains_agree_with_one_chain_and_shrink_its_error_by_root_two() {
     let n = 60_000;
-    let single = latflow().args(hmc_args(11, n)).output().unwrap();
-    let one: serde_json::Value = serde_json::from_slice(&succeeded(&single).stdout).unwrap();
+    let single = one_process().args(hmc_args(11, n)).output().unwrap();
+    let one: serde_json::Value = serde_json::from_slice(&assert_success(&single).stdout).unwrap();
     let output = mpirun(2).args(hmc_args(12, n)).output().unwrap();
-    let stdout = &succeeded(&output).stdout;
+    let stdout = &assert_success(&output).stdout;
     // One report, printed by rank 0 alone.
     assert_eq!(String::from_utf8_lossy(stdout).lines().count(), 1);
     let two: serde_json::Value = serde_json::from_slice(stdout).unwrap();
@@ -292,9 +272,9 @@ therm = 100
             .env("RAYON_NUM_THREADS", "1")
             .output()
             .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&succeeded(&output).stdout).unwrap()
+        serde_json::from_slice::<serde_json::Value>(&assert_success(&output).stdout).unwrap()
     };
-    let one = run(&mut latflow(), &dir.join("one"));
+    let one = run(&mut one_process(), &dir.join("one"));
     let two = run(&mut mpirun(2), &dir.join("two"));
     // Everything but the timings is the same, row by row (and chain by chain).
     let chain_timings = [

@@ -7,8 +7,12 @@
 //! fixed case budget and seed; failing cases are kept in
 //! `proptest-regressions/parse_fuzz.txt`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use common::scratch_file;
 
 use latflow::action::FreeField;
 use latflow::flow::{FlowConfig, FlowModel, TransformKind};
@@ -33,12 +37,6 @@ fn fixed_limits() {
         max_site_updates: limits::MAX_SITE_UPDATES,
         max_multiply_adds: limits::MAX_MULTIPLY_ADDS,
     }));
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("latflow-fuzz-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -394,7 +392,7 @@ proptest! {
         check_sample_runcard(&lossy);
         check_train_runcard(&lossy);
         // The file reader agrees with parsing and validating the text.
-        let path = temp_path("arbitrary.toml");
+        let path = scratch_file("arbitrary.toml");
         std::fs::write(&path, &bytes).unwrap();
         let from_file = SampleSpec::from_toml_file(&path);
         let direct = std::str::from_utf8(&bytes)
@@ -465,7 +463,7 @@ fn model_texts() -> &'static [String] {
                 model
                     .metadata_mut()
                     .insert("note".into(), serde_json::json!({ "index": i }));
-                let path = temp_path(&format!("base-model-{i}.json"));
+                let path = scratch_file(&format!("base-model-{i}.json"));
                 model.save(&path).unwrap();
                 std::fs::read_to_string(&path).unwrap()
             })
@@ -489,7 +487,7 @@ fn checkpoint_text() -> &'static str {
         let mut trainer = Trainer::new(model, free_field(), config).unwrap();
         trainer.step().unwrap();
         trainer.step().unwrap();
-        let path = temp_path("base-checkpoint.json");
+        let path = scratch_file("base-checkpoint.json");
         trainer.save_checkpoint(&path).unwrap();
         std::fs::read_to_string(&path).unwrap()
     })
@@ -545,15 +543,15 @@ fn mutate_json(text: &str, edits: &[Edit]) -> String {
 fn the_base_files_load_and_round_trip() {
     fixed_limits();
     for (i, text) in model_texts().iter().enumerate() {
-        let path = temp_path(&format!("model-base-check-{i}.json"));
+        let path = scratch_file(&format!("model-base-check-{i}.json"));
         std::fs::write(&path, text).unwrap();
         FlowModel::load(&path).unwrap();
-        check_model_file(&path, &temp_path(&format!("model-base-copy-{i}.json")));
+        check_model_file(&path, &scratch_file(&format!("model-base-copy-{i}.json")));
     }
-    let path = temp_path("checkpoint-base-check.json");
+    let path = scratch_file("checkpoint-base-check.json");
     std::fs::write(&path, checkpoint_text()).unwrap();
     Trainer::resume(&path, free_field()).unwrap();
-    check_checkpoint(&path, &temp_path("checkpoint-base-copy.json"));
+    check_checkpoint(&path, &scratch_file("checkpoint-base-copy.json"));
 }
 
 /// Widths of 10⁹ in a model file are refused by the size check, not by an abort.
@@ -561,7 +559,7 @@ fn the_base_files_load_and_round_trip() {
 fn model_files_claiming_huge_widths_are_refused() {
     fixed_limits();
     for (i, text) in model_texts().iter().enumerate() {
-        let path = temp_path(&format!("model-huge-{i}.json"));
+        let path = scratch_file(&format!("model-huge-{i}.json"));
         std::fs::write(&path, mutate_json(text, &[Edit::HugeWidths])).unwrap();
         match FlowModel::load(&path) {
             // A fault of the file, naming the file and the entry.
@@ -592,9 +590,9 @@ proptest! {
     ) {
         fixed_limits();
         let text = &model_texts()[which];
-        let path = temp_path("model-damaged.json");
+        let path = scratch_file("model-damaged.json");
         std::fs::write(&path, damage(text, truncate, at, byte)).unwrap();
-        check_model_file(&path, &temp_path("model-damaged-copy.json"));
+        check_model_file(&path, &scratch_file("model-damaged-copy.json"));
     }
 
     #[test]
@@ -603,9 +601,9 @@ proptest! {
         edits in proptest::collection::vec(arb_edit(), 1..4),
     ) {
         fixed_limits();
-        let path = temp_path("model-mutated.json");
+        let path = scratch_file("model-mutated.json");
         std::fs::write(&path, mutate_json(&model_texts()[which], &edits)).unwrap();
-        check_model_file(&path, &temp_path("model-mutated-copy.json"));
+        check_model_file(&path, &scratch_file("model-mutated-copy.json"));
     }
 
     #[test]
@@ -615,9 +613,9 @@ proptest! {
         byte in any::<u8>(),
     ) {
         fixed_limits();
-        let path = temp_path("checkpoint-damaged.json");
+        let path = scratch_file("checkpoint-damaged.json");
         std::fs::write(&path, damage(checkpoint_text(), truncate, at, byte)).unwrap();
-        check_checkpoint(&path, &temp_path("checkpoint-damaged-copy.json"));
+        check_checkpoint(&path, &scratch_file("checkpoint-damaged-copy.json"));
     }
 
     #[test]
@@ -625,8 +623,8 @@ proptest! {
         edits in proptest::collection::vec(arb_edit(), 1..4),
     ) {
         fixed_limits();
-        let path = temp_path("checkpoint-mutated.json");
+        let path = scratch_file("checkpoint-mutated.json");
         std::fs::write(&path, mutate_json(checkpoint_text(), &edits)).unwrap();
-        check_checkpoint(&path, &temp_path("checkpoint-mutated-copy.json"));
+        check_checkpoint(&path, &scratch_file("checkpoint-mutated-copy.json"));
     }
 }

@@ -5,31 +5,14 @@
 //! key and the line; stored runs replay to the same report; and the study's correlated fit
 //! recovers the free field's exact correlation length.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::{assert_success, latflow, scratch};
 use latflow::run::{ActionSpec, KernelSpec, SampleSpec, combine_replicas, sample_data};
 use latflow::study::{Override, StudySpec, load_run, run_study, save_run};
 use latflow::{Lattice, kernel::KernelExpr};
-
-fn latflow() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_latflow"))
-}
-
-fn assert_success(output: &std::process::Output) {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("latflow-study-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 const TINY: &str = r#"
 name = "tiny"
@@ -414,21 +397,13 @@ fn a_tiny_study_leaves_every_promised_file_and_analyse_recomputes_it() {
 fn a_study_run_again_reuses_its_work_and_another_runcard_is_refused() {
     let dir = scratch("reuse");
     let first = run_tiny(&dir, &["--json"]);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    assert_success(&first);
     let folder = dir.join("out").join("tiny");
     let series = std::fs::read(folder.join("data/local/series.npy")).unwrap();
     // A sampler whose run was lost is run again; the others are kept.
     std::fs::remove_dir_all(folder.join("data/hmc")).unwrap();
     let again = run_tiny(&dir, &["--json"]);
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    assert_success(&again);
     let printed: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     let reused: Vec<&str> = printed["reused"]
         .as_array()
@@ -654,11 +629,7 @@ therm = 200
             .unwrap()
     };
     let first = run();
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    assert_success(&first);
     let printed: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     assert_eq!(printed["reused"], 0);
     let rows = printed["rows"].as_array().unwrap();

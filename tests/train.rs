@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use latflow::action::{FreeField, Phi4};
@@ -24,12 +23,6 @@ fn lattice() -> Lattice {
 
 fn free_field() -> Arc<FreeField> {
     Arc::new(FreeField::new(lattice(), M0SQ).unwrap())
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("latflow-train-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
 }
 
 /// A trained flow and the (loss, loss variance) of every training step.
@@ -214,7 +207,7 @@ fn resumed_checkpoint_continues_bit_for_bit() {
     for _ in 0..6 {
         steps.push(first.step().unwrap().loss);
     }
-    let path = temp_path("resume.json");
+    let path = common::scratch_file("resume.json");
     first.save_checkpoint(&path).unwrap();
     let action = first.action().clone();
     drop(first);
@@ -235,21 +228,21 @@ fn resumed_checkpoint_continues_bit_for_bit() {
 #[test]
 fn corrupt_or_mismatched_checkpoints_are_refused() {
     let trainer = small_trainer(1, 3);
-    let path = temp_path("mismatch.json");
+    let path = common::scratch_file("mismatch.json");
     trainer.save_checkpoint(&path).unwrap();
     let other = Arc::new(Phi4::hopping(lattice(), 0.5, 0.5).unwrap());
     let err = Trainer::resume(&path, other).err().unwrap();
     assert!(matches!(err, Error::Incompatible(_)), "{err}");
 
     let text = std::fs::read_to_string(&path).unwrap();
-    let corrupt = temp_path("corrupt.json");
+    let corrupt = common::scratch_file("corrupt.json");
     std::fs::write(&corrupt, &text[..text.len() / 2]).unwrap();
     let err = Trainer::resume(&corrupt, trainer.action().clone())
         .err()
         .unwrap();
     assert!(matches!(err, Error::Format { .. }), "{err}");
 
-    let wrong_version = temp_path("version.json");
+    let wrong_version = common::scratch_file("version.json");
     std::fs::write(
         &wrong_version,
         text.replacen(

@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::{Steps, on_progress};
+use common::{Steps, on_progress, scratch, train_to_the_end};
 
 use latflow::flow::FlowModel;
 use latflow::run::{
@@ -26,12 +26,6 @@ const BATCH: usize = 64;
 /// Reached after about 50 iterations with this recipe and seed (the acceptance climbs to
 /// about 0.7 by iteration 300), so the run must stop well before the budget.
 const REACHABLE: f64 = 0.4;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("latflow-until-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// 4x4, β = 0.5, λ = 0.5, a small seed recipe (hidden 16, one affine block), batch 64.
 fn spec(target: Option<f64>, iterations: usize, eval_every: usize, out: PathBuf) -> TrainSpec {
@@ -64,11 +58,8 @@ fn spec(target: Option<f64>, iterations: usize, eval_every: usize, out: PathBuf)
 /// Runs `spec` to the end, keeping every step's metrics.
 fn run(spec: &TrainSpec) -> (TrainReport, Vec<StepMetrics>) {
     let mut steps = Steps::default();
-    let outcome = latflow::run::train(spec, &TrainControl::default(), &mut steps).unwrap();
-    match outcome {
-        TrainOutcome::Finished(report) => (report, steps.0),
-        other => panic!("unexpected outcome {other:?}"),
-    }
+    let report = train_to_the_end(spec, &mut steps);
+    (report, steps.0)
 }
 
 /// The acceptances of the evaluations made during a run, with the iterations they follow.
@@ -89,7 +80,7 @@ fn deterministic(m: &StepMetrics) -> StepMetrics {
 
 #[test]
 fn a_reachable_target_stops_at_the_first_evaluation_that_reaches_it() {
-    let dir = temp_dir("reach");
+    let dir = scratch("reach");
     let (report, steps) = run(&spec(
         Some(REACHABLE),
         BUDGET,
@@ -140,7 +131,7 @@ fn a_reachable_target_stops_at_the_first_evaluation_that_reaches_it() {
 /// the same iteration.
 #[test]
 fn stopping_early_changes_nothing_before_the_stop_and_is_reproducible() {
-    let dir = temp_dir("same");
+    let dir = scratch("same");
     let target = spec(Some(REACHABLE), BUDGET, EVAL_EVERY, dir.join("a.json"));
     let (first, _) = run(&target);
     let (again, _) = run(&TrainSpec {
@@ -168,7 +159,7 @@ fn stopping_early_changes_nothing_before_the_stop_and_is_reproducible() {
 
 #[test]
 fn an_unreachable_target_runs_the_whole_budget() {
-    let dir = temp_dir("unreachable");
+    let dir = scratch("unreachable");
     // eval_every = 0: the checks come every DEFAULT_CHECK_INTERVAL iterations.
     let budget = 2 * DEFAULT_CHECK_INTERVAL;
     let (report, steps) = run(&spec(Some(0.99), budget, 0, dir.join("m.json")));
@@ -193,7 +184,7 @@ fn an_unreachable_target_runs_the_whole_budget() {
 /// stops at the same iteration with the same parameters as an uninterrupted run.
 #[test]
 fn a_resumed_run_stops_where_the_uninterrupted_one_does() {
-    let dir = temp_dir("resume");
+    let dir = scratch("resume");
     let full_spec = spec(Some(REACHABLE), BUDGET, EVAL_EVERY, dir.join("full.json"));
     let (full, full_steps) = run(&full_spec);
     assert_eq!(full.reached_target, Some(true));
@@ -251,7 +242,8 @@ fn a_resumed_run_stops_where_the_uninterrupted_one_does() {
 /// they existed) still resumes, bit for bit.
 #[test]
 fn checkpoints_without_the_new_fields_still_resume() {
-    let plain = spec(None, 8, 4, temp_dir("old").join("m.json"));
+    let dir = scratch("old");
+    let plain = spec(None, 8, 4, dir.join("m.json"));
     let action = Arc::new(plain.action.build(&plain.lattice).unwrap());
     let flow = plain.recipe.build(&plain.lattice).unwrap();
     let fresh = || {
@@ -265,7 +257,7 @@ fn checkpoints_without_the_new_fields_still_resume() {
     for _ in 0..5 {
         first.step().unwrap();
     }
-    let path = temp_dir("old").join("ckpt.json");
+    let path = dir.join("ckpt.json");
     first.save_checkpoint(&path).unwrap();
     let mut json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -302,7 +294,7 @@ fn bad_targets_are_refused_by_name() {
             other => panic!("target {target}: {other:?}"),
         }
     }
-    let dir = temp_dir("card");
+    let dir = scratch("card");
     let card = |value: &str| {
         let path = dir.join("train.toml");
         std::fs::write(
@@ -342,7 +334,7 @@ fn bad_targets_are_refused_by_name() {
 /// without a limit.
 #[test]
 fn a_time_limit_ends_training_with_a_written_model() {
-    let dir = temp_dir("time");
+    let dir = scratch("time");
     // A limit far below one step's time: the run stops after its first step.
     let mut limited = spec(None, BUDGET, 0, dir.join("limited.json"));
     limited.train.time_limit = Some(1e-9);
@@ -389,7 +381,7 @@ fn a_time_limit_ends_training_with_a_written_model() {
 #[test]
 fn a_smaller_check_sample_sizes_the_checks_alone() {
     const CHECK: usize = 200;
-    let dir = temp_dir("check");
+    let dir = scratch("check");
     let iterations = 3 * EVAL_EVERY;
     let mut small = spec(None, iterations, EVAL_EVERY, dir.join("small.json"));
     small.train.check_samples = Some(CHECK);

@@ -2,35 +2,21 @@
 //! training on a larger one (`TrainSpec::init`, `latflow train --init`), and carries what it
 //! learnt; flows whose nets depend on the lattice size are refused with a reason.
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::{conv_recipe, scratch_file, train_to_the_end};
 
 use latflow::Lattice;
 use latflow::flow::FlowModel;
-use latflow::run::{
-    ActionSpec, RecipeKind, RecipeSpec, TrainControl, TrainOutcome, TrainSpec, init_from, train,
-};
+use latflow::run::{ActionSpec, RecipeKind, RecipeSpec, TrainSpec, init_from};
 use latflow::train::{TrainConfig, evaluate_flow};
-
-fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("latflow-transfer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 const PHI4: ActionSpec = ActionSpec::Phi4 {
     beta: 0.537,
     lambda: 0.5,
 };
-
-fn conv() -> RecipeSpec {
-    RecipeSpec {
-        kind: RecipeKind::Conv,
-        affine_blocks: 2,
-        channels: 8,
-        depth: 1,
-        ..RecipeSpec::default()
-    }
-}
 
 fn spec(l: usize, recipe: RecipeSpec, iterations: usize, out: PathBuf) -> TrainSpec {
     let mut train = TrainConfig::new(128, iterations, 0.01);
@@ -48,13 +34,6 @@ fn spec(l: usize, recipe: RecipeSpec, iterations: usize, out: PathBuf) -> TrainS
     }
 }
 
-fn run(spec: &TrainSpec) -> latflow::run::TrainReport {
-    match train(spec, &TrainControl::default(), &mut ()).unwrap() {
-        TrainOutcome::Finished(report) => report,
-        TrainOutcome::Stopped { .. } => unreachable!("nothing asks the run to stop"),
-    }
-}
-
 /// Acceptance of `flow` against φ⁴ on an L × L lattice, from `n` fresh samples.
 fn acceptance(flow: &FlowModel, l: usize, n: usize) -> f64 {
     let lattice = Lattice::hypercubic(2, l).unwrap();
@@ -67,13 +46,13 @@ fn acceptance(flow: &FlowModel, l: usize, n: usize) -> f64 {
 
 #[test]
 fn a_convolutional_flow_trained_at_l6_starts_l10_ahead_of_a_fresh_one() {
-    let small = temp_path("conv6.json");
-    let trained = run(&spec(6, conv(), 300, small.clone()));
+    let small = scratch_file("conv6.json");
+    let trained = train_to_the_end(&spec(6, conv_recipe(8), 300, small.clone()), &mut ());
     assert!(trained.acceptance > 0.3, "L = 6: {}", trained.acceptance);
 
     // The same recipe on L = 10, from the L = 6 parameters and from scratch, untrained.
     let lattice = Lattice::hypercubic(2, 10).unwrap();
-    let config = conv().build(&lattice).unwrap();
+    let config = conv_recipe(8).build(&lattice).unwrap();
     let fresh = FlowModel::new(&config, &lattice, 3).unwrap();
     let mut carried = FlowModel::new(&config, &lattice, 3).unwrap();
     init_from(&mut carried, &small).unwrap();
@@ -90,10 +69,10 @@ fn a_convolutional_flow_trained_at_l6_starts_l10_ahead_of_a_fresh_one() {
     // Through the run spec: training at L = 10 starts from the L = 6 flow. (A learning
     // rate that small keeps the one step from moving it: Adam's first steps move every
     // parameter by about the rate, which at 0.01 undoes most of what was carried.)
-    let mut larger = spec(10, conv(), 1, temp_path("conv10.json"));
+    let mut larger = spec(10, conv_recipe(8), 1, scratch_file("conv10.json"));
     larger.train.lr = 1e-5;
     larger.init = Some(small.clone());
-    let report = run(&larger);
+    let report = train_to_the_end(&larger, &mut ());
     assert!(report.acceptance > a_fresh + 0.1, "{}", report.acceptance);
 }
 
@@ -105,15 +84,17 @@ fn flows_whose_nets_depend_on_the_size_are_refused() {
         affine_blocks: 1,
         ..RecipeSpec::default()
     };
-    let small = temp_path("seed4.json");
-    run(&spec(4, seed.clone(), 2, small.clone()));
+    let small = scratch_file("seed4.json");
+    train_to_the_end(&spec(4, seed.clone(), 2, small.clone()), &mut ());
     let lattice = Lattice::hypercubic(2, 6).unwrap();
     let mut model = FlowModel::new(&seed.build(&lattice).unwrap(), &lattice, 1).unwrap();
     let e = init_from(&mut model, &small).unwrap_err().to_string();
     assert!(e.contains("convolutional"), "{e}");
     // Another recipe on the same lattice: another configuration.
     let mut conv4 = FlowModel::new(
-        &conv().build(&Lattice::hypercubic(2, 4).unwrap()).unwrap(),
+        &conv_recipe(8)
+            .build(&Lattice::hypercubic(2, 4).unwrap())
+            .unwrap(),
         &Lattice::hypercubic(2, 4).unwrap(),
         1,
     )
@@ -121,7 +102,7 @@ fn flows_whose_nets_depend_on_the_size_are_refused() {
     let e = init_from(&mut conv4, &small).unwrap_err().to_string();
     assert!(e.contains("another configuration"), "{e}");
     // A missing file is an error naming it.
-    let e = init_from(&mut conv4, &temp_path("missing.json"))
+    let e = init_from(&mut conv4, &scratch_file("missing.json"))
         .unwrap_err()
         .to_string();
     assert!(e.contains("missing.json"), "{e}");

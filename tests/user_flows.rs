@@ -5,16 +5,19 @@
 //! checkpoint, and every entry point refuses a flow for another lattice with the one typed
 //! error.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{run_from_zero, scratch};
 use latflow::action::FreeField;
 use latflow::flow::{
     BatchOutput, ChunkSeed, Flow, FlowConfig, FlowModel, LatentPrior, Prior, TrainableFlow,
 };
-use latflow::kernel::{Chain, Cycle, FlowProposal, LocalMetropolis, reweight};
-use latflow::observable::{Measurements, Summary};
+use latflow::kernel::{Cycle, FlowProposal, LocalMetropolis, reweight};
+use latflow::observable::Summary;
 use latflow::train::{TrainConfig, Trainer, evaluate_flow};
-use latflow::{Action, Error, Lattice, Proposal, Result, State, rng_from_seed};
+use latflow::{Action, Error, Lattice, Result, rng_from_seed};
 use ndarray::{Array1, Array2, ArrayView2, s};
 
 const M0SQ: f64 = 4.0;
@@ -174,15 +177,6 @@ impl TrainableFlow for GlobalAffine {
     }
 }
 
-fn run<K: Proposal>(kernel: K, seed: u64, therm: usize, n: usize) -> Summary {
-    let action = free_field();
-    let mut chain = Chain::new(kernel, State::zero(&*action), seed);
-    chain.thermalise(therm);
-    let mut m = Measurements::new(action.lattice());
-    chain.run_with(n, 1, |s| m.record(s.phi())).unwrap();
-    m.summary().unwrap()
-}
-
 /// χ = 1/m0² and ⟨φ²⟩ = G(0) exactly, within 4σ; the errors are small enough (5 % of the
 /// values) for a biased chain to fail.
 fn agrees_with_the_free_field(summary: &Summary, label: &str) {
@@ -218,7 +212,10 @@ fn a_user_flow_drives_flow_proposal_chains_to_the_exact_free_field() {
     let flow = Arc::new(GlobalAffine::new(optimal_log_scale() as f32, 0.0));
 
     let proposal = FlowProposal::new(flow.clone(), action.clone(), 500).unwrap();
-    agrees_with_the_free_field(&run(proposal, 1, 200, 40_000), "flow");
+    agrees_with_the_free_field(
+        &run_from_zero(proposal, &*free_field(), 1, 200, 40_000).1,
+        "flow",
+    );
 
     // Behind `dyn Flow`, mixed with local sweeps: every flow step after a sweep evaluates
     // the moved state's density through the provided `log_density_into`.
@@ -226,7 +223,7 @@ fn a_user_flow_drives_flow_proposal_chains_to_the_exact_free_field() {
     let proposal = FlowProposal::new(dyn_flow, action.clone(), 256).unwrap();
     let local = LocalMetropolis::new(action.clone(), 1.0).unwrap();
     agrees_with_the_free_field(
-        &run(Cycle::new(proposal, local), 2, 200, 20_000),
+        &run_from_zero(Cycle::new(proposal, local), &*free_field(), 2, 200, 20_000).1,
         "flow+local",
     );
 }
@@ -259,8 +256,7 @@ fn a_user_trainable_flow_is_trained_to_its_known_optimum_and_resumes() {
     for _ in 0..150 {
         trainer.step().unwrap();
     }
-    let dir = std::env::temp_dir().join(format!("latflow-user-flows-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("checkpoint");
     let path = dir.join("affine.ckpt.json");
     trainer.save_checkpoint(&path).unwrap();
     let summary = trainer

@@ -230,7 +230,7 @@ pub fn reference_budget(volume: usize) -> (usize, usize, f64) {
 
 /// latflow's default training method for a run that sets a target acceptance and nothing
 /// else about the flow or its training (`latflow train --until-acceptance A`): the best
-/// method measured so far (BENCHMARKS.md, "Training methods"). It is the seed recipe's
+/// method measured so far (docs/benchmarks-history.md, "Training methods"). It is the seed recipe's
 /// architecture with fewer or narrower nets, ending in one spline block of 8 segments:
 /// up to |Λ| = 64 that spline block alone at the full width H = |Λ|, up to |Λ| = 100 one
 /// Z2-equivariant affine block before it and beyond three, both at half width H = |Λ|/2;

@@ -24,6 +24,7 @@
 //! from its checkpoint. A folder that holds another study's runcard is refused.
 
 mod analysis;
+pub mod plot;
 mod report;
 mod scaling;
 mod spec;

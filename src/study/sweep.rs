@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::plot::{Chart, Series, Style, draw_chart};
 use super::report::num;
 use super::spec::Override;
 use super::{SamplerAtSize, SamplerComparison, TrainingCost};
@@ -18,7 +19,6 @@ use crate::io::{read_json, write_atomic, write_json};
 use crate::kernel::KernelExpr;
 use crate::lattice::Lattice;
 use crate::parallel::Collective;
-use crate::plot::{Chart, Series, Style, draw_chart};
 use crate::run::{
     ActionSpec, KernelSpec, RecipeSpec, Registry, SampleReport, SampleSpec, TrainControl,
     TrainOutcome, TrainSpec, sample_with,

@@ -1,8 +1,21 @@
-//! Helpers shared by the integration tests: an observer that records what the library
-//! reports, scratch folders, and the `latflow` binary with its output.
+//! Helpers shared by the integration tests: observers that record what the library reports,
+//! the `latflow` binary with its output, scratch folders, model files, and the small runs
+//! several test files make (a chain from the zero field, a training run to its end, a flow
+//! with random parameters, a convolutional recipe).
+//!
+//! Each test file that uses them starts with `mod common;`; a helper a file does not use
+//! costs it nothing (dead code is allowed here).
 #![allow(dead_code)]
 
-use latflow::{Metric, Observer};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+use latflow::flow::{FlowConfig, FlowModel};
+use latflow::kernel::{Chain, ChainRecord};
+use latflow::observable::{Measurements, Summary};
+use latflow::run::{RecipeKind, RecipeSpec, TrainControl, TrainOutcome, TrainReport, TrainSpec};
+use latflow::{Action, Lattice, Metric, Observer, Proposal, State, rng_from_seed};
+use rand::RngExt;
 
 /// One stage an observer saw: its name, size and unit, every progress report with its
 /// metrics, and how it ended.
@@ -100,5 +113,141 @@ impl Observer for Steps {
         if let Some(step) = latflow::train::StepMetrics::from_metrics(done, metrics) {
             self.0.push(step);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The `latflow` binary.
+
+/// The `latflow` binary of this build, ready for its arguments.
+pub fn latflow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_latflow"))
+}
+
+/// Runs `latflow ARGS` to its end and returns what it printed and its exit status.
+pub fn run_latflow(args: &[&str]) -> Output {
+    latflow()
+        .args(args)
+        .output()
+        .expect("the latflow binary runs")
+}
+
+/// Checks that a finished run succeeded; otherwise fails showing its status, stdout and
+/// stderr.
+pub fn assert_success(output: &Output) -> &Output {
+    assert!(
+        output.status.success(),
+        "status {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Sends the signal `name` (`TERM`, `INT`, …) to a running child process.
+pub fn send_signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// The flow parameters stored in a model or checkpoint file.
+pub fn model_params(path: &Path) -> Vec<f32> {
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).expect("a model file");
+    serde_json::from_value(file["params"].clone()).expect("the parameters of a model file")
+}
+
+// ---------------------------------------------------------------------------------------
+// Scratch folders, unique to the test binary, the process and the test.
+
+/// The name of the running test binary (`study` for tests/study.rs; cargo builds it as
+/// `study-HASH`).
+fn test_binary_name() -> String {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let stem = exe.file_stem().and_then(|s| s.to_str()).unwrap_or("tests");
+    stem.rsplit_once('-')
+        .map_or(stem, |(name, _hash)| name)
+        .to_string()
+}
+
+/// A fresh empty folder for one test: `latflow-<test binary>-<tag>-<process id>` under the
+/// system's temporary folder (whatever an earlier run left there is removed first). Tags are
+/// unique within a test file.
+pub fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "latflow-{}-{tag}-{}",
+        test_binary_name(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The path of file `name` in this process's shared folder `latflow-<test binary>-<process
+/// id>` (created when missing and never emptied: tests running side by side keep their files
+/// there, each under its own name).
+pub fn scratch_file(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "latflow-{}-{}",
+        test_binary_name(),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+// ---------------------------------------------------------------------------------------
+// Runs several test files make.
+
+/// Runs `kernel` on `action` from the zero field: `therm` steps, then `n` measured steps;
+/// the chain's record and the summary of the φ⁴ observables.
+pub fn run_from_zero<K: Proposal, A: Action + ?Sized>(
+    kernel: K,
+    action: &A,
+    seed: u64,
+    therm: usize,
+    n: usize,
+) -> (ChainRecord, Summary) {
+    let mut chain = Chain::new(kernel, State::zero(action), seed);
+    chain.thermalise(therm);
+    let mut m = Measurements::new(action.lattice());
+    let record = chain.run_with(n, 1, |s| m.record(s.phi())).unwrap();
+    (record, m.summary().unwrap())
+}
+
+/// Trains as `spec` says, reporting to `observer`, and returns the report of the finished
+/// run (nothing asks it to stop).
+pub fn train_to_the_end(spec: &TrainSpec, observer: &mut dyn Observer) -> TrainReport {
+    match latflow::run::train(spec, &TrainControl::default(), observer).unwrap() {
+        TrainOutcome::Finished(report) => report,
+        other => panic!("unexpected outcome {other:?}"),
+    }
+}
+
+/// A model of `config` on the L × L lattice with parameters uniform in (−scale, scale): far
+/// from the identity.
+pub fn random_model(config: &FlowConfig, l: usize, scale: f32, seed: u64) -> FlowModel {
+    let mut model = FlowModel::new(config, &Lattice::new(&[l, l]).unwrap(), seed).unwrap();
+    let mut rng = rng_from_seed(seed + 1000);
+    for p in model.params_mut() {
+        *p = rng.random_range(-scale..scale);
+    }
+    model
+}
+
+/// The convolutional recipe (two affine blocks of depth 1) with `channels` channels: a flow
+/// whose size does not grow with L.
+pub fn conv_recipe(channels: usize) -> RecipeSpec {
+    RecipeSpec {
+        kind: RecipeKind::Conv,
+        affine_blocks: 2,
+        channels,
+        depth: 1,
+        ..RecipeSpec::default()
     }
 }
