@@ -8,9 +8,9 @@ use std::sync::Arc;
 use ndarray::{Array1, Array2};
 
 use crate::error::{Error, Result};
+use crate::flow::conv::ConvNet;
 use crate::flow::net::{
-    AnyFloatConditioner, ConditionerOnTape, ConvNet, DenseNet, Net, NetContext, NetInput,
-    ParamBuilder,
+    AnyFloatConditioner, ConditionerOnTape, DenseNet, Net, NetContext, NetInput, ParamBuilder,
 };
 use crate::flow::recipe::{BlockConfig, NetConfig, TransformKind};
 use crate::flow::registry::LayerRegistry;

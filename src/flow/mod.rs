@@ -16,6 +16,7 @@
 //! # Ok::<(), latflow::Error>(())
 //! ```
 
+mod conv;
 mod layers;
 mod model;
 mod net;
@@ -25,11 +26,12 @@ mod registry;
 mod traits;
 pub mod transform;
 
+pub use conv::{ConvNet, coarse_lattice, conv_taps, strided_conv_taps, upsampling_conv_taps};
 pub use layers::{Coupling, FlowFloat, Layer, TransformPair};
 pub use model::{BatchOutput, ChunkSeed, FlowModel, MODEL_FORMAT_VERSION, Workspace};
 pub use net::{
-    AnyFloatConditioner, ConditionerNet, ConditionerOnTape, ConvNet, CustomNet, DenseNet, Net,
-    NetContext, NetInput, ParamBuilder, conv_taps,
+    AnyFloatConditioner, ConditionerNet, ConditionerOnTape, CustomNet, DenseNet, Net, NetContext,
+    NetInput, ParamBuilder,
 };
 pub use prior::{LatentPrior, Prior};
 pub use recipe::{

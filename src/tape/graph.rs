@@ -93,7 +93,8 @@ struct Node<T: Real> {
     needs_grad: bool,
     value: Array2<T>,
     grad: Array2<T>,
-    /// Op-specific forward scratch (per-site log-derivatives, a transform of the input).
+    /// Op-specific scratch (a pointwise node's per-site log-derivatives, the gradient
+    /// before a fused activation).
     aux: Array2<T>,
     /// Op-specific backward scratch (gradient of per-site log-derivatives, rearranged
     /// weights).
@@ -133,7 +134,7 @@ struct Backward<'a, T: Real> {
     /// ∂L/∂(the node's value).
     grad: &'a Array2<T>,
     /// The node's forward scratch.
-    aux: &'a Array2<T>,
+    aux: &'a mut Array2<T>,
     /// The node's backward scratch.
     aux_grad: &'a mut Array2<T>,
     /// The state a pointwise transform saved.

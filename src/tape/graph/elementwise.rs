@@ -1,7 +1,9 @@
 //! Elementwise maps: tanh, exp, |x|, softplus, sums, differences and products of two nodes,
 //! constant scaling, and the scalar-parameter maps x·e^θ and x + c·θ.
 
-use super::{Backward, Op, Real, Tape, Var, add_into, two_mut};
+use crate::tape::fastmath::tanh_into;
+
+use super::{Backward, Op, Real, Tape, Var, add_into, contiguous, contiguous_mut, two_mut};
 
 /// An elementwise node.
 pub(super) enum ElementwiseOp<T: Real> {
@@ -32,7 +34,10 @@ impl<T: Real> Tape<T> {
         let ng = self.needs(x.0);
         let i = self.push(Op::Elementwise(op), shape, ng);
         let (prev, node) = self.split(i);
-        node.value.zip_mut_with(&prev[x.0].value, |y, &x| *y = f(x));
+        let xs = contiguous(&prev[x.0].value);
+        for (y, &x) in contiguous_mut(&mut node.value).iter_mut().zip(xs) {
+            *y = f(x);
+        }
         Var(i)
     }
 
@@ -52,7 +57,15 @@ impl<T: Real> Tape<T> {
     /// tanh elementwise (in f32 a branch-free rational approximation accurate to a few
     /// ulp, which vectorises; the backward pass uses 1 − y² of the value computed).
     pub fn tanh(&mut self, x: Var) -> Var {
-        self.unary(x, ElementwiseOp::Tanh(x.0), T::tanh_map)
+        let shape = self.shape(x);
+        let ng = self.needs(x.0);
+        let i = self.push(Op::Elementwise(ElementwiseOp::Tanh(x.0)), shape, ng);
+        let (prev, node) = self.split(i);
+        tanh_into(
+            contiguous(&prev[x.0].value),
+            contiguous_mut(&mut node.value),
+        );
+        Var(i)
     }
 
     /// exp elementwise.
@@ -121,10 +134,10 @@ impl<T: Real> ElementwiseOp<T> {
         let prev = &mut *ctx.prev;
         match *self {
             ElementwiseOp::Tanh(x) => {
-                ndarray::Zip::from(&mut prev[x].grad)
-                    .and(g)
-                    .and(y)
-                    .for_each(|gx, &g, &y| *gx = *gx + g * (T::one() - y * y));
+                let gx = contiguous_mut(&mut prev[x].grad);
+                for ((gx, &g), &y) in gx.iter_mut().zip(contiguous(g)).zip(contiguous(y)) {
+                    *gx = *gx + g * (T::one() - y * y);
+                }
             }
             ElementwiseOp::Exp(x) => {
                 ndarray::Zip::from(&mut prev[x].grad)
