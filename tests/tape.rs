@@ -6,7 +6,7 @@ use std::sync::Arc;
 use latflow::Lattice;
 use latflow::flow::PointwiseTransform;
 use latflow::rng_from_seed;
-use latflow::tape::{ConvTaps, ParamSlice, Tape, Var};
+use latflow::tape::{ConvTaps, FourierPlan, ParamSlice, Tape, Var};
 use latflow::testing::{assert_gradients_close, finite_difference_gradient};
 use ndarray::Array2;
 use rand::RngExt;
@@ -410,6 +410,63 @@ fn f32_convolutions_agree_with_f64() {
             }
         }
     }
+}
+
+/// The Fourier scaling y = F⁻¹ diag(e^s) F x on a 3 × 4 lattice (even and odd extents)
+/// and a 2 × 2 × 3 one, with factors that need not be even (the map stays real and
+/// symmetric), its log-det output, the parameter row it is fed from, and ln: gradients
+/// against central differences.
+#[test]
+fn fourier_scaling_parameter_rows_and_ln() {
+    for (k, extents) in [vec![3usize, 4], vec![2, 2, 3]].into_iter().enumerate() {
+        let plan = Arc::new(FourierPlan::new(&extents).unwrap());
+        let v = plan.volume();
+        let inputs = [
+            random_array(2, v, 100 + k as u64),
+            random_array(1, v, 110 + k as u64),
+        ];
+        gradcheck(&inputs, &[], &|t, _, x| {
+            t.fourier_scale(x[0], x[1], &plan).0
+        });
+        gradcheck(&inputs, &[], &|t, _, x| {
+            t.fourier_scale(x[0], x[1], &plan).1
+        });
+        // Parameters picked into the factor row: one per class of momenta.
+        let index: Arc<[u32]> = (0..v as u32).map(|p| p % 3).collect();
+        let params = random_vec(3, 120 + k as u64);
+        gradcheck(&inputs[..1], &params, &|t, p, x| {
+            let s = t.param_gather(p, 0, &index);
+            let (y, ld) = t.fourier_scale(x[0], s, &plan);
+            let ys = t.sum_rows(y);
+            t.add(ys, ld)
+        });
+        // With all factors zero the map is the identity.
+        let mut tape = Tape::<f64>::new();
+        let x = tape.input(inputs[0].view());
+        let s = tape.zeros(1, v);
+        let (y, ld) = tape.fourier_scale(x, s, &plan);
+        for (a, b) in tape.value(y).iter().zip(inputs[0].iter()) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        assert_eq!(tape.value(ld)[[1, 0]], 0.0);
+        // The f32 path (rustfft in f32) agrees with f64 to f32 rounding.
+        let mut t32 = Tape::<f32>::new();
+        let x32 = t32.input(inputs[0].mapv(|v| v as f32).view());
+        let s32 = t32.input(inputs[1].mapv(|v| v as f32).view());
+        let y32 = t32.fourier_scale(x32, s32, &plan).0;
+        let mut t64 = Tape::<f64>::new();
+        let x64 = t64.input(inputs[0].mapv(|v| v as f32 as f64).view());
+        let s64 = t64.input(inputs[1].mapv(|v| v as f32 as f64).view());
+        let y64 = t64.fourier_scale(x64, s64, &plan).0;
+        for (a, b) in t32.value(y32).iter().zip(t64.value(y64).iter()) {
+            assert!(
+                (f64::from(*a) - b).abs() < 1e-5 * (1.0 + b.abs()),
+                "{a} vs {b}"
+            );
+        }
+    }
+    let x = random_array(2, 3, 130).mapv(|v| v.abs() + 0.1);
+    gradcheck(&[x], &[], &|t, _, v| t.ln(v[0]));
 }
 
 /// One convolution with its backward pass, in a float type.

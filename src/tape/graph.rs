@@ -7,12 +7,14 @@
 //! family of operations lives in a submodule with its forward builders (methods of
 //! [`Tape`]) and its backward rule: matrix products (`products`), elementwise maps
 //! (`elementwise`), per-group maps (`groups`), gathers and scatters (`indexing`),
-//! convolutions (`conv`), reductions (`reduce`) and pointwise transforms (`transform`).
+//! convolutions (`conv`), maps diagonal in momentum space (`fourier`), reductions
+//! (`reduce`) and pointwise transforms (`transform`).
 //! A new operation is a variant of its family's op type, a builder and a backward arm in
 //! that one file.
 
 mod conv;
 mod elementwise;
+mod fourier;
 mod groups;
 mod indexing;
 mod products;
@@ -25,6 +27,7 @@ use super::Real;
 
 pub use conv::ConvTaps;
 pub use elementwise::{sigmoid, softplus};
+pub use fourier::FourierPlan;
 
 /// A handle to a node of a [`Tape`]: valid until the next [`Tape::reset`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +87,7 @@ enum Op<T: Real> {
     Group(groups::GroupOp),
     Index(indexing::IndexOp),
     Conv(conv::ConvOp),
+    Fourier(fourier::FourierOp),
     Reduce(reduce::ReduceOp),
     Transform(transform::TransformOp<T>),
 }
@@ -286,6 +290,21 @@ impl<T: Real> Tape<T> {
         Var(i)
     }
 
+    /// A constant `rows × cols` block given in f64 (row-major), converted to `T` (a table
+    /// such as p̂² per momentum, in whatever float type the tape runs).
+    pub fn constant(&mut self, rows: usize, cols: usize, values: &[f64]) -> Var {
+        assert_eq!(
+            values.len(),
+            rows * cols,
+            "constant: {rows} × {cols} values"
+        );
+        let i = self.push(Op::Input, (rows, cols), false);
+        for (y, &v) in self.nodes[i].value.iter_mut().zip(values) {
+            *y = T::from_f64(v).unwrap_or_else(T::nan);
+        }
+        Var(i)
+    }
+
     /// A constant `rows × cols` block of zeros.
     pub fn zeros(&mut self, rows: usize, cols: usize) -> Var {
         let i = self.push(Op::Input, (rows, cols), false);
@@ -381,6 +400,7 @@ impl<T: Real> Tape<T> {
                 Op::Group(op) => op.backward(&mut ctx),
                 Op::Index(op) => op.backward(&mut ctx),
                 Op::Conv(op) => op.backward(&mut ctx),
+                Op::Fourier(op) => op.backward(&mut ctx),
                 Op::Reduce(op) => op.backward(&mut ctx),
                 Op::Transform(op) => op.backward(&mut ctx),
             }

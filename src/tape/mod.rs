@@ -37,6 +37,6 @@ mod real;
 pub use dual::Dual;
 pub use fastmath::{exp_f32, ln_f32, tanh_f32};
 pub(crate) use graph::ensure_shape;
-pub use graph::{ConvTaps, ParamSlice, Tape, Var, sigmoid, softplus};
+pub use graph::{ConvTaps, FourierPlan, ParamSlice, Tape, Var, sigmoid, softplus};
 pub use pointwise::PointwiseTransform;
 pub use real::Real;

@@ -1,4 +1,4 @@
-//! Elementwise maps: tanh, exp, |x|, softplus, sums, differences and products of two nodes,
+//! Elementwise maps: tanh, exp, ln, |x|, softplus, sums, differences and products of two nodes,
 //! constant scaling, and the scalar-parameter maps x·e^θ and x + c·θ.
 
 use crate::tape::fastmath::tanh_into;
@@ -9,6 +9,7 @@ use super::{Backward, Op, Real, Tape, Var, add_into, contiguous, contiguous_mut,
 pub(super) enum ElementwiseOp<T: Real> {
     Tanh(usize),
     Exp(usize),
+    Ln(usize),
     Abs(usize),
     Softplus(usize),
     Add(usize, usize),
@@ -71,6 +72,11 @@ impl<T: Real> Tape<T> {
     /// exp elementwise.
     pub fn exp(&mut self, x: Var) -> Var {
         self.unary(x, ElementwiseOp::Exp(x.0), |x| x.exp())
+    }
+
+    /// ln x elementwise (x > 0; the backward pass divides by x).
+    pub fn ln(&mut self, x: Var) -> Var {
+        self.unary(x, ElementwiseOp::Ln(x.0), |x| x.ln())
     }
 
     /// |x| elementwise (the derivative at 0 is taken as 0).
@@ -144,6 +150,13 @@ impl<T: Real> ElementwiseOp<T> {
                     .and(g)
                     .and(y)
                     .for_each(|gx, &g, &y| *gx = *gx + g * y);
+            }
+            ElementwiseOp::Ln(x) => {
+                let xn = &mut prev[x];
+                ndarray::Zip::from(&mut xn.grad)
+                    .and(g)
+                    .and(&xn.value)
+                    .for_each(|gx, &g, &x| *gx = *gx + g / x);
             }
             ElementwiseOp::Abs(x) => {
                 let xn = &mut prev[x];

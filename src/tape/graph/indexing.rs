@@ -1,5 +1,6 @@
-//! Gathers and scatters of column groups (a coupling layer's partition of the sites) and
-//! the per-site interleaving of several nodes' columns.
+//! Gathers and scatters of column groups (a coupling layer's partition of the sites), the
+//! per-site interleaving of several nodes' columns, and rows of parameters picked by an
+//! index table.
 
 use std::sync::Arc;
 
@@ -18,6 +19,8 @@ pub(super) enum IndexOp {
         cols: Arc<[usize]>,
         group: usize,
     },
+    /// A row of parameters picked by an index table.
+    Params { offset: usize, index: Arc<[u32]> },
     /// The inputs are `group_ids[first..first + count]`.
     Interleave {
         first: usize,
@@ -132,6 +135,23 @@ impl<T: Real> Tape<T> {
     }
 }
 
+impl<T: Real> Tape<T> {
+    /// A `[1, m]` row of parameters picked by an index table:
+    /// `out[0, j] = params[offset + index[j]]` (a parameter may be picked many times; its
+    /// gradient is the sum over its places).
+    pub fn param_gather(&mut self, params: &[T], offset: usize, index: &Arc<[u32]>) -> Var {
+        let op = Op::Index(IndexOp::Params {
+            offset,
+            index: index.clone(),
+        });
+        let i = self.push(op, (1, index.len()), true);
+        for (y, &k) in self.nodes[i].value.iter_mut().zip(index.iter()) {
+            *y = params[offset + k as usize];
+        }
+        Var(i)
+    }
+}
+
 impl IndexOp {
     pub(super) fn backward<T: Real>(&self, ctx: &mut Backward<'_, T>) {
         let g = ctx.grad;
@@ -181,6 +201,14 @@ impl IndexOp {
                                 *gb = *gb + g;
                             }
                         }
+                    }
+                }
+            }
+            IndexOp::Params { offset, index } => {
+                if let Some(param_grad) = ctx.param_grad.as_deref_mut() {
+                    for (&g, &k) in g.iter().zip(index.iter()) {
+                        let p = &mut param_grad[offset + k as usize];
+                        *p = *p + g;
                     }
                 }
             }
