@@ -17,8 +17,10 @@
 //! ```
 
 mod conv;
+mod free_field;
 mod layers;
 mod model;
+mod multiscale;
 mod net;
 mod prior;
 mod recipe;
@@ -27,8 +29,12 @@ mod traits;
 pub mod transform;
 
 pub use conv::{ConvNet, coarse_lattice, conv_taps, strided_conv_taps, upsampling_conv_taps};
+pub use free_field::{FreeFieldConfig, FreeFieldLayer, Spectrum, momentum_classes};
 pub use layers::{Coupling, FlowFloat, Layer, TransformPair};
-pub use model::{BatchOutput, ChunkSeed, FlowModel, MODEL_FORMAT_VERSION, Workspace};
+pub use model::{
+    BatchOutput, ChunkSeed, FlowModel, MODEL_FORMAT_VERSION, OLDEST_MODEL_FORMAT_VERSION, Workspace,
+};
+pub use multiscale::CoarseLayer;
 pub use net::{
     AnyFloatConditioner, ConditionerNet, ConditionerOnTape, CustomNet, DenseNet, Net, NetContext,
     NetInput, ParamBuilder,

@@ -12,8 +12,10 @@ use std::collections::BTreeMap;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
 use crate::error::{Error, Result};
+use crate::flow::free_field::FreeFieldLayer;
 use crate::flow::layers::{Coupling, FlowFloat, Layer};
-use crate::flow::net::{Net, ParamBuilder};
+use crate::flow::multiscale::{CoarseLayer, refine_partition};
+use crate::flow::net::ParamBuilder;
 use crate::flow::prior::{LatentPrior, Prior};
 use crate::flow::recipe::{FlowConfig, LayerConfig, NetConfig, Partition};
 use crate::flow::registry::LayerRegistry;
@@ -22,7 +24,7 @@ use crate::lattice::Lattice;
 use crate::rng::rng_from_seed;
 use crate::tape::{Tape, Var};
 
-pub use file::MODEL_FORMAT_VERSION;
+pub use file::{MODEL_FORMAT_VERSION, OLDEST_MODEL_FORMAT_VERSION};
 use passes::scratch_workspace;
 pub use workspace::{BatchOutput, ChunkSeed, Workspace};
 
@@ -86,38 +88,27 @@ impl FlowModel {
         seed: u64,
         registry: &LayerRegistry,
     ) -> Result<Self> {
-        let mut builder = ParamBuilder::new(rng_from_seed(seed));
-        let mut layers = Vec::new();
-        // The size key of the first block whose parameters went past the builder's capacity.
-        let mut too_large: Option<&str> = None;
-        for layer in &config.layers {
-            match layer {
-                LayerConfig::Scale => layers.push(Layer::Scale(builder.zeros(1, 1).offset)),
-                LayerConfig::Block(block) => {
-                    let first = match &block.partition {
-                        Partition::Checkerboard => lattice.sites_of_parity(0),
-                        Partition::Sites { first } => first.clone(),
-                    };
-                    let mut is_first = vec![false; lattice.volume()];
-                    for &site in first.iter().filter(|&&s| s < lattice.volume()) {
-                        is_first[site] = true;
-                    }
-                    let second = (0..lattice.volume()).filter(|&s| !is_first[s]).collect();
-                    for active in [first, second] {
-                        let c =
-                            Coupling::from_config(lattice, active, block, registry, &mut builder)?;
-                        layers.push(Layer::Coupling(c));
-                    }
-                    if too_large.is_none() && builder.is_over_capacity() {
-                        too_large = Some(match &block.net {
-                            NetConfig::Dense { .. } => "hidden",
-                            NetConfig::Conv { .. } => "channels",
-                            NetConfig::Custom { name, .. } => name,
-                        });
-                    }
-                }
+        let levels = config.levels();
+        if levels > 0 {
+            let factor = 1usize.checked_shl(levels as u32).unwrap_or(0);
+            if factor == 0 || lattice.extents().iter().any(|l| !l.is_multiple_of(factor)) {
+                return Err(Error::InvalidLattice(format!(
+                    "a multiscale flow of {levels} levels needs extents divisible by 2^{levels} \
+                     = {factor}; the {lattice} lattice has extents {:?}",
+                    lattice.extents()
+                )));
             }
         }
+        let mut builder = ParamBuilder::new(rng_from_seed(seed));
+        // The size key of the first block whose parameters went past the builder's capacity.
+        let mut too_large: Option<&str> = None;
+        let layers = build_layers(
+            &config.layers,
+            lattice,
+            registry,
+            &mut builder,
+            &mut too_large,
+        )?;
         if let Some(name) = too_large {
             let f32_bytes = std::mem::size_of::<f32>() as u128;
             return Err(crate::limits::memory_error(
@@ -147,24 +138,7 @@ impl FlowModel {
     pub fn tape_values_per_row(&self) -> usize {
         let volume = self.lattice.volume();
         self.layers.iter().fold(0usize, |acc, layer| {
-            let values = match layer {
-                Layer::Scale(_) => volume,
-                Layer::Coupling(c) => {
-                    let active = c.active().len();
-                    let k = c.transform().params_per_site();
-                    let nets = c.nets().iter().fold(0usize, |acc, net| {
-                        acc.saturating_add(match net {
-                            Net::Dense(dense) => dense.tape_values_per_row(),
-                            Net::Conv(conv) => conv.tape_values_per_row().saturating_add(volume),
-                            Net::Custom(_) => 0,
-                        })
-                    });
-                    // Passive gather, θ, active gather, transform output and the scatter.
-                    let own = c.passive().len() + active.saturating_mul(k) + 2 * active + volume;
-                    nets.saturating_add(own)
-                }
-            };
-            acc.saturating_add(values)
+            acc.saturating_add(layer.tape_values_per_row(volume))
         })
     }
 
@@ -173,17 +147,7 @@ impl FlowModel {
     pub fn multiply_adds_per_row(&self) -> usize {
         let volume = self.lattice.volume();
         self.layers.iter().fold(0usize, |acc, layer| {
-            let work = match layer {
-                Layer::Scale(_) => volume,
-                Layer::Coupling(c) => c.nets().iter().fold(volume, |acc, net| {
-                    acc.saturating_add(match net {
-                        Net::Dense(dense) => dense.multiply_adds_per_row(),
-                        Net::Conv(conv) => conv.multiply_adds_per_row(),
-                        Net::Custom(_) => 0,
-                    })
-                }),
-            };
-            acc.saturating_add(work)
+            acc.saturating_add(layer.multiply_adds_per_row(volume))
         })
     }
 
@@ -255,6 +219,62 @@ impl FlowModel {
         }
         (x, logdet)
     }
+}
+
+/// The layers `configs` describe on `lattice`, in order, their parameters allocated in
+/// `builder`; a coarse layer's are built recursively for its coarse lattice. `too_large`
+/// receives the size key of the first block whose parameters went past the builder's
+/// capacity.
+fn build_layers<'c>(
+    configs: &'c [LayerConfig],
+    lattice: &Lattice,
+    registry: &LayerRegistry,
+    builder: &mut ParamBuilder,
+    too_large: &mut Option<&'c str>,
+) -> Result<Vec<Layer>> {
+    let mut layers = Vec::new();
+    for layer in configs {
+        match layer {
+            LayerConfig::Scale => layers.push(Layer::Scale(builder.zeros(1, 1).offset)),
+            LayerConfig::FreeField(config) => layers.push(Layer::FreeField(FreeFieldLayer::new(
+                config, lattice, builder,
+            )?)),
+            LayerConfig::Coarse { layers: inner } => {
+                let coarse = CoarseLayer::new(lattice, |coarse| {
+                    build_layers(inner, coarse, registry, builder, too_large)
+                })?;
+                layers.push(Layer::Coarse(coarse));
+            }
+            LayerConfig::Block(block) => {
+                let (first, second) = match &block.partition {
+                    Partition::Checkerboard => {
+                        (lattice.sites_of_parity(0), lattice.sites_of_parity(1))
+                    }
+                    Partition::Sites { first } => {
+                        let mut is_first = vec![false; lattice.volume()];
+                        for &site in first.iter().filter(|&&s| s < lattice.volume()) {
+                            is_first[site] = true;
+                        }
+                        let second = (0..lattice.volume()).filter(|&s| !is_first[s]).collect();
+                        (first.clone(), second)
+                    }
+                    Partition::Refine => refine_partition(lattice)?,
+                };
+                for active in [first, second] {
+                    let c = Coupling::from_config(lattice, active, block, registry, builder)?;
+                    layers.push(Layer::Coupling(c));
+                }
+                if too_large.is_none() && builder.is_over_capacity() {
+                    *too_large = Some(match &block.net {
+                        NetConfig::Dense { .. } => "hidden",
+                        NetConfig::Conv { .. } => "channels",
+                        NetConfig::Custom { name, .. } => name,
+                    });
+                }
+            }
+        }
+    }
+    Ok(layers)
 }
 
 impl Flow for FlowModel {

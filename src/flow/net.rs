@@ -102,6 +102,23 @@ impl ParamBuilder {
         ParamSlice { offset, rows, cols }
     }
 
+    /// Overwrites the initial values of an allocated block (initial values other than the
+    /// builder's draws, e.g. a spectrum). Refused unless `values` fills `block` and the
+    /// block lies in what was allocated.
+    pub fn set(&mut self, block: ParamSlice, values: &[f32]) -> Result<()> {
+        if values.len() != block.len() || block.end() > self.values.len() {
+            return Err(Error::Shape(format!(
+                "{} initial values for a block of {} parameters at {} of {}",
+                values.len(),
+                block.len(),
+                block.offset,
+                self.values.len()
+            )));
+        }
+        self.values[block.offset..block.end()].copy_from_slice(values);
+        Ok(())
+    }
+
     /// The most parameters the builder allocates.
     pub fn capacity(&self) -> u128 {
         self.capacity

@@ -12,8 +12,13 @@ use crate::flow::recipe::FlowConfig;
 use crate::flow::registry::LayerRegistry;
 use crate::lattice::Lattice;
 
-/// Version of the model-file format written by [`FlowModel::save`].
-pub const MODEL_FORMAT_VERSION: u32 = 1;
+/// Version of the model-file format written by [`FlowModel::save`]. Version 2 added
+/// free-field layers, coarse (multiscale) layers and the refinement partition; files of
+/// version 1 (which hold none of them) read unchanged.
+pub const MODEL_FORMAT_VERSION: u32 = 2;
+
+/// The oldest model-file format version [`FlowModel::load`] reads.
+pub const OLDEST_MODEL_FORMAT_VERSION: u32 = 1;
 
 impl FlowModel {
     /// Writes the model (format version, config, lattice, parameters, metadata) as JSON,
@@ -47,12 +52,12 @@ impl FlowModel {
         let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let file: ModelFile = serde_json::from_slice(&text)
             .map_err(|e| Error::format(format!("model file {}", path.display()), e.to_string()))?;
-        if file.format_version != MODEL_FORMAT_VERSION {
+        if !(OLDEST_MODEL_FORMAT_VERSION..=MODEL_FORMAT_VERSION).contains(&file.format_version) {
             return Err(Error::Incompatible(format!(
-                "{} has model format version {}, this library reads version {}",
+                "{} has model format version {}, this library reads versions \
+                 {OLDEST_MODEL_FORMAT_VERSION} to {MODEL_FORMAT_VERSION}",
                 path.display(),
                 file.format_version,
-                MODEL_FORMAT_VERSION
             )));
         }
         let mut model = FlowModel::new_with(&file.config, &file.lattice, 0, registry)
