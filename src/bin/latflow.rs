@@ -13,6 +13,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 use indicatif::{ProgressBar, ProgressStyle};
 
 use latflow::Lattice;
+use latflow::flow::FreeFieldKind;
 use latflow::kernel::{Integrator, KernelExpr};
 use latflow::run::{
     ActionSpec, AnnealSpec, KernelSpec, RecipeKind, RecipeSpec, SampleReport, SampleSpec,
@@ -168,6 +169,17 @@ enum RecipeName {
     Z2Affine,
     /// Z2-equivariant affine blocks with convolutional nets.
     Conv,
+    /// Convolutional Z2-affine blocks on a coarse lattice, refined level by level.
+    Multiscale,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FreeFieldName {
+    None,
+    /// One σ per class of momenta.
+    Classes,
+    /// A learnable mass and normalisation.
+    Mass,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -213,9 +225,18 @@ struct TrainArgs {
     /// Spline segments K (--recipe seed).
     #[arg(long, default_value_t = 8)]
     segments: usize,
-    /// Channels of the convolutional nets (--recipe conv).
+    /// Channels of the convolutional nets (--recipe conv, multiscale).
     #[arg(long, default_value_t = 8)]
     channels: usize,
+    /// Coarse levels (--recipe multiscale): the extents must be divisible by 2^levels.
+    #[arg(long, default_value_t = 2)]
+    levels: usize,
+    /// A spline block of --segments segments on top (--recipe conv, multiscale).
+    #[arg(long)]
+    spline: bool,
+    /// A free-field layer in front (--recipe conv, multiscale).
+    #[arg(long, value_enum, default_value = "none")]
+    free_field: FreeFieldName,
     /// Configurations per training step.
     #[arg(long, default_value_t = 500)]
     batch: usize,
@@ -270,8 +291,10 @@ struct TrainArgs {
     /// Stop at the first evaluation whose acceptance reaches this target (0 < A < 1);
     /// --iterations is then the budget. Evaluations every --eval-every steps (25 if 0).
     /// Without any flag that sets the recipe or its training, the run uses latflow's
-    /// default method for the lattice (the seed recipe with fewer or narrower nets, path
-    /// gradients and a size-dependent budget: see `latflow::run::default_method`).
+    /// default method for the lattice (up to |Λ| = 100 the seed recipe with fewer or
+    /// narrower nets, beyond a free-field layer, convolutional Z2-affine blocks and a
+    /// convolutional spline block; path gradients and a size-dependent budget: see
+    /// `latflow::run::default_method`). The summary says which it picked.
     #[arg(long)]
     until_acceptance: Option<f64>,
     /// End training after this many seconds of training steps (checked after every step),
@@ -322,13 +345,16 @@ const TARGET_FLAGS: [&str; 8] = [
 
 /// Flags of `train` that describe the run itself, besides [`TARGET_FLAGS`] (refused with
 /// --config or --resume).
-const TRAIN_RUN_FLAGS: [&str; 25] = [
+const TRAIN_RUN_FLAGS: [&str; 28] = [
     "recipe",
     "hidden",
     "depth",
     "affine_blocks",
     "segments",
     "channels",
+    "levels",
+    "spline",
+    "free_field",
     "batch",
     "iterations",
     "lr",
@@ -386,23 +412,31 @@ impl TrainArgs {
             RecipeName::Additive => RecipeKind::Additive,
             RecipeName::Z2Affine => RecipeKind::Z2Affine,
             RecipeName::Conv => RecipeKind::Conv,
+            RecipeName::Multiscale => RecipeKind::Multiscale,
         };
         let recipe_name = self
             .recipe
             .to_possible_value()
             .map(|v| v.get_name().to_string());
         let recipe_name = recipe_name.unwrap_or_default();
+        let conv = matches!(recipe_kind, RecipeKind::Conv | RecipeKind::Multiscale);
         let uses = |flag: &str| match flag {
-            "segments" => recipe_kind == RecipeKind::Seed,
-            "channels" => recipe_kind == RecipeKind::Conv,
-            "hidden" => recipe_kind != RecipeKind::Conv,
-            "depth" => matches!(
-                recipe_kind,
-                RecipeKind::RealNvp | RecipeKind::Additive | RecipeKind::Conv
-            ),
+            "segments" => recipe_kind == RecipeKind::Seed || conv && self.spline,
+            "channels" | "spline" | "free_field" => conv,
+            "levels" => recipe_kind == RecipeKind::Multiscale,
+            "hidden" => !conv,
+            "depth" => conv || matches!(recipe_kind, RecipeKind::RealNvp | RecipeKind::Additive),
             _ => true,
         };
-        for flag in ["segments", "channels", "hidden", "depth"] {
+        for flag in [
+            "segments",
+            "channels",
+            "hidden",
+            "depth",
+            "levels",
+            "spline",
+            "free_field",
+        ] {
             if given(m, flag) && !uses(flag) {
                 bail!(
                     "{} has no effect with --recipe {recipe_name}",
@@ -465,6 +499,13 @@ impl TrainArgs {
             affine_blocks: self.affine_blocks,
             segments: self.segments,
             channels: self.channels,
+            levels: self.levels,
+            spline: self.spline,
+            free_field: match self.free_field {
+                FreeFieldName::None => FreeFieldKind::None,
+                FreeFieldName::Classes => FreeFieldKind::Classes,
+                FreeFieldName::Mass => FreeFieldKind::Mass,
+            },
             ..RecipeSpec::default()
         };
         let mut train = TrainConfig::new(self.batch, self.iterations, self.lr);
@@ -646,11 +687,19 @@ fn run_train(
                 1 => "1 affine block".to_string(),
                 n => format!("{n} affine blocks"),
             };
+            let flow = match r.kind {
+                RecipeKind::Seed => format!("seed recipe with hidden width {}, {affine}", r.hidden),
+                _ => format!(
+                    "scalable family: a free-field layer with one σ per class of momenta, \
+                     {affine} with convolutional nets of {} × {} channels ({}×{} kernels), a \
+                     convolutional spline block",
+                    r.depth, r.channels, r.kernel, r.kernel
+                ),
+            };
             println!(
-                "default method for this lattice: seed recipe with hidden width {}, {affine}, \
-                 {} spline segments; {} gradient, batch {}, budget {} iterations, lr {} \
-                 ({schedule}); checks every {} iterations on {} samples",
-                r.hidden,
+                "default method for this lattice: {flow}, {} spline segments; {} gradient, \
+                 batch {}, budget {} iterations, lr {} ({schedule}); checks every {} \
+                 iterations on {} samples",
                 r.segments,
                 t.gradient,
                 t.batch,

@@ -68,6 +68,31 @@ impl FreeFieldConfig {
     }
 }
 
+/// Which free-field layer a recipe puts in front, with the recipes' initial values: one σ
+/// per class starting at the identity, or the mass form starting at σ(p)² = 1/(p̂² + 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FreeFieldKind {
+    /// No free-field layer.
+    #[default]
+    None,
+    /// One σ per class of momenta (the parameter count depends on the lattice).
+    Classes,
+    /// A learnable mass and normalisation (two parameters on any lattice).
+    Mass,
+}
+
+impl FreeFieldKind {
+    /// The layer's configuration, if any.
+    pub fn config(self) -> Option<FreeFieldConfig> {
+        match self {
+            FreeFieldKind::None => None,
+            FreeFieldKind::Classes => Some(FreeFieldConfig::classes(None)),
+            FreeFieldKind::Mass => Some(FreeFieldConfig::mass(1.0, 1.0)),
+        }
+    }
+}
+
 /// The class of every momentum mode (numbered like sites: mode n has coordinates n_μ), and
 /// the number of classes: two modes share a class when one is the other up to reflections
 /// n_μ → −n_μ and permutations of axes of equal extent. Classes are numbered in the order

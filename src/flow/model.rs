@@ -8,13 +8,14 @@ mod passes;
 mod workspace;
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
 use crate::error::{Error, Result};
 use crate::flow::free_field::FreeFieldLayer;
 use crate::flow::layers::{Coupling, FlowFloat, Layer};
-use crate::flow::multiscale::{CoarseLayer, refine_partition};
+use crate::flow::multiscale::{CoarseLayer, check_levels, refine_partition};
 use crate::flow::net::ParamBuilder;
 use crate::flow::prior::{LatentPrior, Prior};
 use crate::flow::recipe::{FlowConfig, LayerConfig, NetConfig, Partition};
@@ -56,6 +57,8 @@ pub struct FlowModel {
     lattice: Lattice,
     prior: Prior,
     layers: Vec<Layer>,
+    /// The parameters of each element of `config.layers`.
+    layer_params: Vec<Range<usize>>,
     params: Vec<f32>,
     metadata: BTreeMap<String, serde_json::Value>,
 }
@@ -88,27 +91,23 @@ impl FlowModel {
         seed: u64,
         registry: &LayerRegistry,
     ) -> Result<Self> {
-        let levels = config.levels();
-        if levels > 0 {
-            let factor = 1usize.checked_shl(levels as u32).unwrap_or(0);
-            if factor == 0 || lattice.extents().iter().any(|l| !l.is_multiple_of(factor)) {
-                return Err(Error::InvalidLattice(format!(
-                    "a multiscale flow of {levels} levels needs extents divisible by 2^{levels} \
-                     = {factor}; the {lattice} lattice has extents {:?}",
-                    lattice.extents()
-                )));
-            }
-        }
+        check_levels(lattice, config.levels())?;
         let mut builder = ParamBuilder::new(rng_from_seed(seed));
         // The size key of the first block whose parameters went past the builder's capacity.
         let mut too_large: Option<&str> = None;
-        let layers = build_layers(
-            &config.layers,
-            lattice,
-            registry,
-            &mut builder,
-            &mut too_large,
-        )?;
+        let mut layers = Vec::new();
+        let mut layer_params = Vec::new();
+        for layer in &config.layers {
+            let start = builder.len();
+            layers.extend(build_layers(
+                std::slice::from_ref(layer),
+                lattice,
+                registry,
+                &mut builder,
+                &mut too_large,
+            )?);
+            layer_params.push(start..builder.len());
+        }
         if let Some(name) = too_large {
             let f32_bytes = std::mem::size_of::<f32>() as u128;
             return Err(crate::limits::memory_error(
@@ -126,6 +125,7 @@ impl FlowModel {
             lattice: lattice.clone(),
             prior: Prior::new(&config.prior, lattice)?,
             layers,
+            layer_params,
             params: builder.finish(),
             metadata: BTreeMap::new(),
         })
@@ -154,6 +154,13 @@ impl FlowModel {
     /// The configuration the flow was built from.
     pub fn config(&self) -> &FlowConfig {
         &self.config
+    }
+
+    /// The positions in [`FlowModel::params`] of the parameters of each element of the
+    /// configuration's `layers` (a block's two coupling layers together, a coarse layer's
+    /// whole inner flow).
+    pub fn layer_params(&self) -> &[Range<usize>] {
+        &self.layer_params
     }
 
     /// Number of trainable parameters.

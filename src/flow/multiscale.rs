@@ -93,3 +93,24 @@ pub(crate) fn refine_partition(lattice: &Lattice) -> Result<(Vec<usize>, Vec<usi
     }
     Ok((first, lattice.sites_of_parity(1)))
 }
+
+/// Checks that a multiscale flow of `levels` levels fits `lattice`: every extent divisible
+/// by 2^levels, else an [`Error::InvalidLattice`](crate::Error::InvalidLattice) naming the
+/// lattice and the levels.
+pub fn check_levels(lattice: &Lattice, levels: usize) -> Result<()> {
+    if levels == 0 {
+        return Ok(());
+    }
+    let factor = u32::try_from(levels)
+        .ok()
+        .and_then(|l| 1usize.checked_shl(l))
+        .unwrap_or(0);
+    if factor == 0 || lattice.extents().iter().any(|l| !l.is_multiple_of(factor)) {
+        return Err(crate::Error::InvalidLattice(format!(
+            "a multiscale flow of {levels} levels needs extents divisible by 2^{levels}; the \
+             {lattice} lattice has extents {:?}",
+            lattice.extents()
+        )));
+    }
+    Ok(())
+}

@@ -153,6 +153,65 @@ pub struct FlowConfig {
     pub layers: Vec<LayerConfig>,
 }
 
+/// The family of flows whose size does not grow with the lattice (docs/flows.md#recipes):
+/// Z2-affine coupling blocks with periodic convolutional nets (bias-free, one net for s
+/// and one for t), optionally arranged in coarse levels, with an optional spline block on
+/// top and an optional free-field layer in front.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvFamily {
+    /// Coarse levels (0: every block acts on the whole lattice).
+    pub levels: usize,
+    /// Z2-affine blocks on the coarsest lattice (the whole lattice without levels).
+    pub blocks: usize,
+    /// Z2-affine refinement blocks at every finer level.
+    pub refine_blocks: usize,
+    /// Hidden channels of every net (one entry per hidden layer).
+    pub channels: Vec<usize>,
+    /// Kernel extent (odd).
+    pub kernel: usize,
+    /// Segments of a spline block on top (convolutional nets with biases, between two
+    /// learnable scales, on [−5, 5]); `None`: none, and the flow is exactly
+    /// Z2-equivariant.
+    pub spline: Option<usize>,
+    /// A free-field layer in front.
+    pub free_field: Option<FreeFieldConfig>,
+}
+
+impl ConvFamily {
+    /// The flow configuration. Without levels, spline or free-field layer it is
+    /// [`FlowConfig::convolutional`] with Z2-affine blocks.
+    pub fn config(&self) -> Result<FlowConfig> {
+        let block = |bias| NetConfig::Conv {
+            channels: self.channels.clone(),
+            kernel: self.kernel,
+            bias,
+        };
+        let z2 = BlockConfig {
+            transform: TransformKind::Z2Affine,
+            net: block(false),
+            separate_nets: true,
+            partition: Partition::Checkerboard,
+        };
+        let coarsest = vec![LayerConfig::Block(z2.clone()); self.blocks];
+        let refine = vec![z2; self.refine_blocks];
+        let mut config = FlowConfig::multiscale(self.levels, &coarsest, &refine);
+        if let Some(segments) = self.spline {
+            config.layers.push(LayerConfig::Scale);
+            config.layers.push(LayerConfig::Block(BlockConfig {
+                transform: TransformKind::Rqs(Rqs::new(segments, 5.0)?),
+                net: block(true),
+                separate_nets: false,
+                partition: Partition::Checkerboard,
+            }));
+            config.layers.push(LayerConfig::Scale);
+        }
+        if let Some(free_field) = &self.free_field {
+            config = config.with_free_field(free_field.clone());
+        }
+        Ok(config)
+    }
+}
+
 impl FlowConfig {
     /// `affine_blocks` Z2-equivariant affine blocks with separate bias-free s and t nets of
     /// one hidden layer of width `hidden`, then a learnable output scale: a flow that

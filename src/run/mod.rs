@@ -22,9 +22,10 @@ pub use sample::{
 };
 pub(crate) use sample::{kernel_list, kernel_table_or_expression};
 pub use train::{
-    AnnealSpec, DEFAULT_METHOD_CHECK_SAMPLES, RecipeKind, RecipeSpec, TRAIN_LOG_HEADER,
-    TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec, default_method, init_from,
-    model_target, reference_budget, resume, train, trained_model_report,
+    AnnealSpec, DEFAULT_METHOD_CHECK_SAMPLES, DENSE_DEFAULT_UP_TO, RecipeKind, RecipeSpec,
+    TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec,
+    default_method, dense_method, init_from, model_target, reference_budget, resume,
+    scalable_method, train, trained_model_report,
 };
 
 /// Reads and parses a TOML runcard (errors name the file and the key).
