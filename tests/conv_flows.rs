@@ -58,6 +58,69 @@ fn the_steady_state_training_step_of_a_convolutional_flow_does_not_allocate() {
     assert_eq!(per_step, 0);
 }
 
+/// The scalable family in full (free-field layer, convolutional Z2-affine blocks in one
+/// coarse level, a convolutional spline block): the training step with the total and with
+/// the path gradient, and the density of given configurations, allocate nothing in their
+/// steady state (no dense layer, so no matrix product of the `gemm` crate either).
+#[test]
+fn the_steady_state_passes_of_the_scalable_family_do_not_allocate() {
+    let lattice = Lattice::new(&[8, 8]).unwrap();
+    let config = latflow::flow::ConvFamily {
+        levels: 1,
+        blocks: 1,
+        refine_blocks: 1,
+        channels: vec![4, 4],
+        kernel: 3,
+        spline: Some(4),
+        free_field: Some(latflow::flow::FreeFieldConfig::classes(None)),
+    }
+    .config()
+    .unwrap();
+    let model = FlowModel::new(&config, &lattice, 3).unwrap();
+    let z = normal_batch(16, 64, 4);
+    let seed = |mut c: ChunkSeed<f32>| {
+        c.grad_phi.zip_mut_with(&c.phi, |g, &p| *g = p / 16.0);
+        if let Some(score) = c.score {
+            c.grad_phi.zip_mut_with(&score, |g, &w| *g += w / 16.0);
+        } else {
+            c.grad_logdet.fill(-1.0 / 16.0);
+        }
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let counts = pool.install(|| {
+        let mut ws = Workspace::<f32>::new(1);
+        let mut grad = vec![0.0f32; model.n_params()];
+        let mut density = ndarray::Array1::zeros(16);
+        let count = |f: &mut dyn FnMut()| {
+            f();
+            let before = allocations_on_this_thread();
+            f();
+            f();
+            allocations_on_this_thread() - before
+        };
+        let total = count(&mut || {
+            model
+                .forward_backward(z.view(), &mut ws, seed, &mut grad)
+                .unwrap();
+        });
+        let path = count(&mut || {
+            model
+                .forward_backward_scored(z.view(), &mut ws, seed, &mut grad)
+                .unwrap();
+        });
+        let inverse = count(&mut || {
+            model
+                .log_density_in(z.view(), &mut ws, density.view_mut())
+                .unwrap();
+        });
+        (total, path, inverse)
+    });
+    assert_eq!(counts, (0, 0, 0));
+}
+
 /// f32 sampling with the direct kernels against the same flow evaluated in f64 (the
 /// portable kernels): φ to 1e-5 relative and log-dets to 1e-5 of the volume, on an
 /// 8 × 8 lattice with parameters far from the identity.

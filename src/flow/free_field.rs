@@ -222,17 +222,14 @@ impl FreeFieldLayer {
 
     /// log|det| = Σ_p log σ(p), summed in f64 from the parameters.
     pub fn log_det(&self, params: &[impl Real]) -> f64 {
-        let p: Vec<f64> = params[self.offset..self.offset + self.n_params]
-            .iter()
-            .map(|v| v.to_f64().unwrap_or(f64::NAN))
-            .collect();
+        let p = |i: usize| params[self.offset + i].to_f64().unwrap_or(f64::NAN);
         match self.spectrum {
-            Spectrum::Classes { .. } => self.index.iter().map(|&c| p[c as usize]).sum(),
+            Spectrum::Classes { .. } => self.index.iter().map(|&c| p(c as usize)).sum(),
             Spectrum::Mass { .. } => {
-                let mass = p[0].exp();
+                let (mass, log_z) = (p(0).exp(), p(1));
                 self.phat2
                     .iter()
-                    .map(|p2| 0.5 * (p[1] - (p2 + mass).ln()))
+                    .map(|p2| 0.5 * (log_z - (p2 + mass).ln()))
                     .sum()
             }
         }
