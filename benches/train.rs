@@ -3,7 +3,8 @@
 //! at L = 6, 8, 10 on φ⁴ at the study's β: latent draw, forward + backward with the
 //! action's force, loss statistics and the Adam update; once with the total gradient
 //! (`train_step`) and once with the path gradient (`train_step_path`, which also carries
-//! the score through every layer).
+//! the score through every layer); and one step of the scalable default method at L = 12,
+//! 16 and 32 (`train_step_scalable`).
 
 use std::sync::Arc;
 
@@ -27,6 +28,31 @@ fn bench_train_step(c: &mut Criterion) {
     ] {
         bench_steps(c, name, gradient);
     }
+    bench_scalable_steps(c);
+}
+
+/// One training step of the scalable default method (`run::scalable_method`: free-field
+/// layer, convolutional Z2-affine and spline blocks, path gradient, batch 256) at L = 12, 16
+/// and 32 on the ξ ≈ L/4 line (β at L = 32 from the L = 20 value, a placeholder until the
+/// line is measured there: the step's cost does not depend on β).
+fn bench_scalable_steps(c: &mut Criterion) {
+    let mut group = c.benchmark_group("train_step_scalable");
+    for (l, beta) in [(12, 0.616), (16, 0.634), (32, 0.645)] {
+        let lattice = Lattice::hypercubic(2, l).unwrap();
+        let (recipe, mut train) = latflow::run::scalable_method(&lattice);
+        let model = FlowModel::new(&recipe.build(&lattice).unwrap(), &lattice, 0).unwrap();
+        let action = Arc::new(Phi4::hopping(lattice, beta, 0.5).unwrap());
+        train.iterations = 1_000_000;
+        train.until_acceptance = None;
+        let batch = train.batch;
+        let mut trainer = Trainer::new(model, action, train).unwrap();
+        trainer.step().unwrap();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("L{l}_batch{batch}"), |b| {
+            b.iter_batched(|| (), |()| trainer.step().unwrap(), BatchSize::SmallInput)
+        });
+    }
+    group.finish();
 }
 
 fn bench_steps(c: &mut Criterion, name: &str, gradient: GradientEstimator) {

@@ -7,8 +7,8 @@ mod common;
 use common::{random_model, scratch};
 use latflow::flow::transform::Rqs;
 use latflow::flow::{
-    BlockConfig, ChunkSeed, Flow, FlowConfig, FlowModel, LayerConfig, NetConfig, Partition,
-    TransformKind, Workspace,
+    BlockConfig, ChunkSeed, Flow, FlowConfig, FlowModel, FreeFieldConfig, LayerConfig, NetConfig,
+    Partition, TransformKind, Workspace,
 };
 use latflow::testing::{
     LOG_DET_RTOL_F32, LOG_DET_RTOL_F64, assert_gradients_close, check_flow_invertible,
@@ -43,7 +43,42 @@ fn configs() -> Vec<(&'static str, FlowConfig)> {
             "conv_rqs",
             FlowConfig::convolutional(TransformKind::Rqs(Rqs::new(6, 3.0).unwrap()), 1, &[2], 3),
         ),
+        (
+            "free_field_classes",
+            FlowConfig::convolutional(TransformKind::Z2Affine, 1, &[2], 3)
+                .with_free_field(FreeFieldConfig::classes(None)),
+        ),
+        (
+            "free_field_mass",
+            FlowConfig::additive(1, &[4]).with_free_field(FreeFieldConfig::mass(0.5, 1.0)),
+        ),
+        ("multiscale", multiscale_config(false)),
+        ("multiscale_free_field", multiscale_config(true)),
     ]
+}
+
+/// One coarse level: a convolutional Z2-affine block on the coarse lattice (after a
+/// free-field layer there, if asked), then a refinement block of spline couplings.
+fn multiscale_config(free_field: bool) -> FlowConfig {
+    let conv = FlowConfig::convolutional(TransformKind::Z2Affine, 1, &[2], 3);
+    let mut coarsest = conv.layers.clone();
+    if free_field {
+        coarsest.insert(
+            0,
+            LayerConfig::FreeField(FreeFieldConfig::classes(Some(0.8))),
+        );
+    }
+    let refine = BlockConfig {
+        transform: TransformKind::Rqs(Rqs::new(4, 3.0).unwrap()),
+        net: NetConfig::Conv {
+            channels: vec![3],
+            kernel: 3,
+            bias: true,
+        },
+        separate_nets: false,
+        partition: Partition::Checkerboard,
+    };
+    FlowConfig::multiscale(1, &coarsest, &[refine])
 }
 
 /// One of each layer kind, with a custom partition.

@@ -1,5 +1,6 @@
 //! The layers a flow is made of: coupling layers (a pointwise transform of the active sites
-//! with parameters from a network of the passive sites) and global rescalings. Each layer
+//! with parameters from a network of the passive sites), global rescalings and free-field
+//! layers (diagonal in momentum space). Each layer
 //! records its forward map on a [`Tape`] and inverts itself without one. Transforms and
 //! networks may be the built-in ones or a user's ([`TransformPair::new`], [`Net::custom`]).
 
@@ -8,9 +9,11 @@ use std::sync::Arc;
 use ndarray::{Array1, Array2};
 
 use crate::error::{Error, Result};
+use crate::flow::conv::ConvNet;
+use crate::flow::free_field::{FreeFieldLayer, FreeFieldScratch};
+use crate::flow::multiscale::CoarseLayer;
 use crate::flow::net::{
-    AnyFloatConditioner, ConditionerOnTape, ConvNet, DenseNet, Net, NetContext, NetInput,
-    ParamBuilder,
+    AnyFloatConditioner, ConditionerOnTape, DenseNet, Net, NetContext, NetInput, ParamBuilder,
 };
 use crate::flow::recipe::{BlockConfig, NetConfig, TransformKind};
 use crate::flow::registry::LayerRegistry;
@@ -491,6 +494,9 @@ pub(crate) struct ScoreScratch<T> {
     grad_theta: Vec<T>,
     zeros: Vec<T>,
     ones: Vec<T>,
+    free_field: FreeFieldScratch<T>,
+    /// The coarse sites' scores of the coarse layers being recorded (one per level).
+    coarse: Vec<Array2<T>>,
 }
 
 impl<T: FlowFloat> Default for ScoreScratch<T> {
@@ -501,6 +507,8 @@ impl<T: FlowFloat> Default for ScoreScratch<T> {
             grad_theta: Vec::new(),
             zeros: Vec::new(),
             ones: Vec::new(),
+            free_field: FreeFieldScratch::default(),
+            coarse: Vec::new(),
         }
     }
 }
@@ -546,10 +554,13 @@ fn check_net_fits(net: &Net, context: &NetContext<'_>, params: &ParamBuilder) ->
     }
 }
 
-/// Buffers a coupling layer's inversion reuses from call to call.
+/// Buffers a layer's inversion reuses from call to call.
 pub(crate) struct InvertScratch<T> {
     v: Array2<T>,
     ld: Array2<T>,
+    free_field: FreeFieldScratch<T>,
+    /// The coarse sites of the coarse layers being inverted (one per level).
+    coarse: Vec<Array2<T>>,
 }
 
 impl<T: FlowFloat> Default for InvertScratch<T> {
@@ -557,6 +568,8 @@ impl<T: FlowFloat> Default for InvertScratch<T> {
         InvertScratch {
             v: Array2::zeros((0, 0)),
             ld: Array2::zeros((0, 0)),
+            free_field: FreeFieldScratch::default(),
+            coarse: Vec::new(),
         }
     }
 }
@@ -568,6 +581,10 @@ pub enum Layer {
     Coupling(Coupling),
     /// φ → e^c φ with the scalar parameter at this position; log-det |Λ| c.
     Scale(usize),
+    /// φ → F⁻¹ diag(σ) F φ, a learnable Gaussian map diagonal in momentum space.
+    FreeField(FreeFieldLayer),
+    /// Layers acting on the coarse sublattice (the sites with all coordinates even).
+    Coarse(CoarseLayer),
 }
 
 impl Layer {
@@ -617,6 +634,22 @@ impl Layer {
                 }
                 (y, tape.add(logdet, ld))
             }
+            Layer::Coarse(c) => {
+                let mut exact = exact;
+                let (mut xc, mut ld) = (tape.gather(x, c.sites(), 1), logdet);
+                for layer in c.layers() {
+                    (xc, ld) = layer.record(tape, params, xc, ld, exact.as_deref_mut());
+                }
+                (tape.scatter(x, xc, c.sites(), 1), ld)
+            }
+            Layer::FreeField(f) => {
+                let (y, ld) = f.build(tape, params, x);
+                if let Some(exact) = exact {
+                    let total = f.log_det(params);
+                    exact.mapv_inplace(|e| e + total);
+                }
+                (y, tape.add(logdet, ld))
+            }
             Layer::Scale(c) => {
                 let sites = tape.shape(x).1;
                 if let Some(exact) = exact {
@@ -656,6 +689,27 @@ impl Layer {
                 score.mapv_inplace(|w| w / factor);
                 self.build(tape, params, x, logdet)
             }
+            Layer::FreeField(f) => {
+                // φ = M z with M symmetric and the log-det constant: the score is M⁻¹ w.
+                f.apply(params, score, true, &mut scratch.free_field);
+                self.build(tape, params, x, logdet)
+            }
+            Layer::Coarse(c) => {
+                // The Jacobian is block-diagonal: the coarse sites' score is carried
+                // through the inner layers, the others' stays.
+                let mut coarse_score = scratch
+                    .coarse
+                    .pop()
+                    .unwrap_or_else(|| Array2::zeros((0, 0)));
+                gather_columns(score, c.sites(), &mut coarse_score);
+                let (mut xc, mut ld) = (tape.gather(x, c.sites(), 1), logdet);
+                for layer in c.layers() {
+                    (xc, ld) = layer.build_scored(tape, params, xc, ld, &mut coarse_score, scratch);
+                }
+                scatter_columns(&coarse_score, c.sites(), score);
+                scratch.coarse.push(coarse_score);
+                (tape.scatter(x, xc, c.sites(), 1), ld)
+            }
         }
     }
 
@@ -682,12 +736,100 @@ impl Layer {
     ) {
         match self {
             Layer::Coupling(c) => c.invert(tape, params, x, logdet, scratch),
+            Layer::FreeField(f) => f.invert(params, x, logdet, &mut scratch.free_field),
+            Layer::Coarse(c) => {
+                let mut xc = scratch
+                    .coarse
+                    .pop()
+                    .unwrap_or_else(|| Array2::zeros((0, 0)));
+                gather_columns(x, c.sites(), &mut xc);
+                for layer in c.layers().iter().rev() {
+                    layer.invert_reusing(tape, params, &mut xc, logdet, scratch);
+                }
+                scatter_columns(&xc, c.sites(), x);
+                scratch.coarse.push(xc);
+            }
             Layer::Scale(c) => {
                 let factor = (-params[*c]).exp();
                 x.mapv_inplace(|v| v * factor);
                 let shift = x.ncols() as f64 * params[*c].to_f64().unwrap_or(f64::NAN);
                 logdet.mapv_inplace(|l| l - shift);
             }
+        }
+    }
+}
+
+/// `out` ← the columns `sites` of `x` (resized to `[rows, sites]`).
+fn gather_columns<T: FlowFloat>(x: &Array2<T>, sites: &[usize], out: &mut Array2<T>) {
+    ensure_shape(out, (x.nrows(), sites.len()));
+    for (xr, mut or) in x.outer_iter().zip(out.outer_iter_mut()) {
+        for (o, &s) in or.iter_mut().zip(sites) {
+            *o = xr[s];
+        }
+    }
+}
+
+/// The columns `sites` of `x` ← `src`.
+fn scatter_columns<T: FlowFloat>(src: &Array2<T>, sites: &[usize], x: &mut Array2<T>) {
+    for (sr, mut xr) in src.outer_iter().zip(x.outer_iter_mut()) {
+        for (&v, &s) in sr.iter().zip(sites) {
+            xr[s] = v;
+        }
+    }
+}
+
+impl Layer {
+    /// Values one configuration's forward pass records on the tape for this layer on a
+    /// lattice of `volume` sites (see [`crate::flow::FlowModel::tape_values_per_row`]).
+    pub(crate) fn tape_values_per_row(&self, volume: usize) -> usize {
+        match self {
+            Layer::Scale(_) => volume,
+            Layer::FreeField(_) => 4 * volume,
+            Layer::Coarse(c) => {
+                let inner = c.lattice().volume();
+                c.layers().iter().fold(2 * volume + inner, |acc, l| {
+                    acc.saturating_add(l.tape_values_per_row(inner))
+                })
+            }
+            Layer::Coupling(c) => {
+                let active = c.active().len();
+                let k = c.transform().params_per_site();
+                let nets = c.nets().iter().fold(0usize, |acc, net| {
+                    acc.saturating_add(match net {
+                        Net::Dense(dense) => dense.tape_values_per_row(),
+                        Net::Conv(conv) => conv.tape_values_per_row().saturating_add(volume),
+                        Net::Custom(_) => 0,
+                    })
+                });
+                // Passive gather, θ, active gather, transform output and the scatter.
+                let own = c.passive().len() + active.saturating_mul(k) + 2 * active + volume;
+                nets.saturating_add(own)
+            }
+        }
+    }
+
+    /// Multiply-adds of the layer in one configuration's forward pass on a lattice of
+    /// `volume` sites (custom nets counted as nothing; a Fourier transform as 5 V log₂ V).
+    pub(crate) fn multiply_adds_per_row(&self, volume: usize) -> usize {
+        match self {
+            Layer::Scale(_) => volume,
+            Layer::FreeField(_) => {
+                let log = (usize::BITS - volume.leading_zeros()) as usize;
+                10 * volume * log
+            }
+            Layer::Coarse(c) => {
+                let inner = c.lattice().volume();
+                c.layers().iter().fold(0usize, |acc, l| {
+                    acc.saturating_add(l.multiply_adds_per_row(inner))
+                })
+            }
+            Layer::Coupling(c) => c.nets().iter().fold(volume, |acc, net| {
+                acc.saturating_add(match net {
+                    Net::Dense(dense) => dense.multiply_adds_per_row(),
+                    Net::Conv(conv) => conv.multiply_adds_per_row(),
+                    Net::Custom(_) => 0,
+                })
+            }),
         }
     }
 }

@@ -16,25 +16,36 @@
 //! # Ok::<(), latflow::Error>(())
 //! ```
 
+mod conv;
+mod free_field;
 mod layers;
 mod model;
+mod multiscale;
 mod net;
 mod prior;
 mod recipe;
 mod registry;
 mod traits;
+mod transfer;
 pub mod transform;
 
+pub use conv::{ConvNet, coarse_lattice, conv_taps, strided_conv_taps, upsampling_conv_taps};
+pub use free_field::{FreeFieldConfig, FreeFieldKind, FreeFieldLayer, Spectrum, momentum_classes};
 pub use layers::{Coupling, FlowFloat, Layer, TransformPair};
-pub use model::{BatchOutput, ChunkSeed, FlowModel, MODEL_FORMAT_VERSION, Workspace};
+pub use model::{
+    BatchOutput, ChunkSeed, FlowModel, MODEL_FORMAT_VERSION, OLDEST_MODEL_FORMAT_VERSION, Workspace,
+};
+pub use multiscale::{CoarseLayer, check_levels};
 pub use net::{
-    AnyFloatConditioner, ConditionerNet, ConditionerOnTape, ConvNet, CustomNet, DenseNet, Net,
-    NetContext, NetInput, ParamBuilder, conv_taps,
+    AnyFloatConditioner, ConditionerNet, ConditionerOnTape, CustomNet, DenseNet, Net, NetContext,
+    NetInput, ParamBuilder,
 };
 pub use prior::{LatentPrior, Prior};
 pub use recipe::{
-    BlockConfig, FlowConfig, LayerConfig, NetConfig, Partition, PriorConfig, TransformKind,
+    BlockConfig, ConvFamily, FlowConfig, LayerConfig, NetConfig, Partition, PriorConfig,
+    TransformKind,
 };
 pub use registry::LayerRegistry;
 pub use traits::{Flow, FlowScratch, TrainableFlow, ensure_same_lattice};
+pub use transfer::{TransferRule, transfer, transfer_rule};
 pub use transform::{PointwiseTransform, Real};

@@ -10,10 +10,11 @@ use rand::RngExt;
 
 use crate::error::{Error, Result};
 use crate::flow::Real;
+use crate::flow::conv::ConvNet;
 use crate::flow::layers::FlowFloat;
 use crate::lattice::Lattice;
 use crate::rng::SimRng;
-use crate::tape::{ConvTaps, Dual, ParamSlice, Tape, Var};
+use crate::tape::{Dual, ParamSlice, Tape, Var};
 
 /// Lays out a flow's parameter blocks in one flat `Vec<f32>` and initialises them.
 ///
@@ -101,6 +102,23 @@ impl ParamBuilder {
         ParamSlice { offset, rows, cols }
     }
 
+    /// Overwrites the initial values of an allocated block (initial values other than the
+    /// builder's draws, e.g. a spectrum). Refused unless `values` fills `block` and the
+    /// block lies in what was allocated.
+    pub fn set(&mut self, block: ParamSlice, values: &[f32]) -> Result<()> {
+        if values.len() != block.len() || block.end() > self.values.len() {
+            return Err(Error::Shape(format!(
+                "{} initial values for a block of {} parameters at {} of {}",
+                values.len(),
+                block.len(),
+                block.offset,
+                self.values.len()
+            )));
+        }
+        self.values[block.offset..block.end()].copy_from_slice(values);
+        Ok(())
+    }
+
     /// The most parameters the builder allocates.
     pub fn capacity(&self) -> u128 {
         self.capacity
@@ -139,7 +157,7 @@ impl ParamBuilder {
 
 /// Scale of the last layer's initial weights relative to Glorot, so that a fresh flow is
 /// close to the identity.
-const OUTPUT_GAIN: f32 = 0.1;
+pub(crate) const OUTPUT_GAIN: f32 = 0.1;
 
 /// Glorot-uniform limit √(6 / (fan_in + fan_out)).
 fn glorot(fan_in: usize, fan_out: usize) -> f32 {
@@ -214,143 +232,6 @@ impl DenseNet {
         self.layers.iter().fold(0usize, |acc, (w, _)| {
             acc.saturating_add(w.cols.saturating_mul(2))
         })
-    }
-}
-
-/// A periodic convolutional net over the whole lattice (one input channel), tanh between
-/// layers, `outputs` channels per site at the end.
-#[derive(Clone, Debug)]
-pub struct ConvNet {
-    taps: ConvTaps,
-    layers: Vec<(ParamSlice, Option<ParamSlice>, usize)>,
-}
-
-impl ConvNet {
-    /// Kernel `kernel^d` (odd), hidden `channels`, `outputs` channels at the end.
-    pub(crate) fn new(
-        lattice: &Lattice,
-        kernel: usize,
-        channels: &[usize],
-        outputs: usize,
-        bias: bool,
-        params: &mut ParamBuilder,
-    ) -> Result<Self> {
-        if kernel.is_multiple_of(2) {
-            return Err(Error::param(
-                "kernel",
-                format!("must be odd and positive, got {kernel}"),
-            ));
-        }
-        if channels.contains(&0) {
-            return Err(Error::param("channels", "every layer needs a channel"));
-        }
-        let n_taps = u32::try_from(lattice.dim())
-            .ok()
-            .and_then(|d| kernel.checked_pow(d))
-            .ok_or_else(|| {
-                Error::param(
-                    "kernel",
-                    format!(
-                        "{kernel}^{} taps per site do not fit in a {}-bit integer",
-                        lattice.dim(),
-                        usize::BITS
-                    ),
-                )
-            })?;
-        crate::limits::check_memory(
-            "kernel",
-            &format!("the tap table of a {kernel}^{} convolution", lattice.dim()),
-            lattice.volume() as u128 * n_taps as u128 * std::mem::size_of::<u32>() as u128,
-        )?;
-        for &c_in in channels {
-            crate::limits::checked_product("channels", "convolution weights", &[n_taps, c_in])?;
-        }
-        let taps = conv_taps(lattice, kernel);
-        let mut widths = vec![1];
-        widths.extend_from_slice(channels);
-        widths.push(outputs);
-        let n = widths.len() - 1;
-        let layers = (0..n)
-            .map(|l| {
-                let (c_in, c_out) = (widths[l], widths[l + 1]);
-                let rows = taps.n_taps * c_in;
-                let gain = if l + 1 == n { OUTPUT_GAIN } else { 1.0 };
-                let w = params.glorot_uniform(rows, c_out, gain);
-                let b = bias.then(|| params.zeros(1, c_out));
-                (w, b, c_in)
-            })
-            .collect();
-        Ok(ConvNet { taps, layers })
-    }
-
-    /// Output channels per site.
-    pub fn outputs(&self) -> usize {
-        self.layers.last().map_or(0, |(w, _, _)| w.cols)
-    }
-
-    /// Multiply-adds per configuration of one forward pass (every weight at every site).
-    pub fn multiply_adds_per_row(&self) -> usize {
-        self.layers.iter().fold(0usize, |acc, (w, _, _)| {
-            acc.saturating_add(
-                w.rows
-                    .saturating_mul(w.cols)
-                    .saturating_mul(self.taps.volume),
-            )
-        })
-    }
-
-    /// Values the net's forward pass records per configuration (each layer's output
-    /// channels at every site, and their tanh).
-    pub(crate) fn tape_values_per_row(&self) -> usize {
-        self.layers.iter().fold(0usize, |acc, (w, _, _)| {
-            acc.saturating_add(w.cols.saturating_mul(2).saturating_mul(self.taps.volume))
-        })
-    }
-
-    /// Number of sites of the lattice the net convolves over.
-    pub fn volume(&self) -> usize {
-        self.taps.volume
-    }
-
-    /// Records the net on the tape; `x` is `[n, volume]`, the output `[n, volume * outputs]`.
-    pub fn build<T: Real>(&self, tape: &mut Tape<T>, params: &[T], x: Var) -> Var {
-        let mut h = x;
-        for (l, &(w, b, c_in)) in self.layers.iter().enumerate() {
-            h = tape.conv(params, h, &self.taps, c_in, w, b);
-            if l + 1 < self.layers.len() {
-                h = tape.tanh(h);
-            }
-        }
-        h
-    }
-}
-
-/// The periodic `kernel^d` neighbourhood of every site, offsets −r..=r per axis (first axis
-/// slowest), r = kernel / 2.
-pub fn conv_taps(lattice: &Lattice, kernel: usize) -> ConvTaps {
-    let d = lattice.dim();
-    let ext = lattice.extents();
-    let r = kernel / 2;
-    let n_taps = kernel.pow(d as u32);
-    let mut taps = Vec::with_capacity(lattice.volume() * n_taps);
-    let mut x = vec![0usize; d];
-    let mut y = vec![0usize; d];
-    for s in 0..lattice.volume() {
-        lattice.coords(s, &mut x);
-        for t in 0..n_taps {
-            let mut rem = t;
-            for mu in (0..d).rev() {
-                let offset = rem % kernel;
-                rem /= kernel;
-                y[mu] = (x[mu] + ext[mu] * (r + 1) + offset - r) % ext[mu];
-            }
-            taps.push(lattice.site(&y) as u32);
-        }
-    }
-    ConvTaps {
-        volume: lattice.volume(),
-        n_taps,
-        taps: taps.into(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Flow configurations: a serde-able [`FlowConfig`] that describes a flow completely (prior,
 //! layers, transforms, networks), and the recipes (docs/flows.md#recipes) that build one (`seed`,
-//! `real_nvp`, `additive`, and convolutional variants). A user's transform or net appears
+//! `real_nvp`, `additive`, convolutional and multiscale variants, and a free-field layer in
+//! front of any of them). A user's transform or net appears
 //! as a `custom` entry: a name and a free-form JSON configuration, turned into the object by
 //! the constructor registered under that name in a
 //! [`LayerRegistry`](crate::flow::LayerRegistry).
@@ -8,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::flow::free_field::FreeFieldConfig;
 use crate::flow::transform::Rqs;
 use crate::lattice::Lattice;
 
@@ -102,6 +104,10 @@ pub enum Partition {
         /// The sites updated by the first layer of the block.
         first: Vec<usize>,
     },
+    /// The checkerboard without the sites whose coordinates are all even: those stay
+    /// passive in both layers, so that the block refines a field given on the coarse
+    /// sublattice (multiscale flows). Every extent must be even.
+    Refine,
 }
 
 /// Two coupling layers: the first updates one half of the partition, the second the other.
@@ -127,6 +133,15 @@ pub enum LayerConfig {
     Block(BlockConfig),
     /// Global rescaling φ → e^c φ with a learnable c (initially 0).
     Scale,
+    /// A learnable Gaussian map diagonal in momentum space, φ → F⁻¹ diag(σ) F φ.
+    FreeField(FreeFieldConfig),
+    /// The layers `layers` applied to the sites whose coordinates are all even, as a flow
+    /// on the coarse lattice of half the extents; the other sites are left as they are.
+    /// Every extent must be even.
+    Coarse {
+        /// The coarse flow's layers (built for the coarse lattice).
+        layers: Vec<LayerConfig>,
+    },
 }
 
 /// A complete description of a flow: enough to rebuild it (given a lattice and parameters).
@@ -136,6 +151,65 @@ pub struct FlowConfig {
     pub prior: PriorConfig,
     /// The layers, applied in order from latent to field.
     pub layers: Vec<LayerConfig>,
+}
+
+/// The family of flows whose size does not grow with the lattice (docs/flows.md#recipes):
+/// Z2-affine coupling blocks with periodic convolutional nets (bias-free, one net for s
+/// and one for t), optionally arranged in coarse levels, with an optional spline block on
+/// top and an optional free-field layer in front.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvFamily {
+    /// Coarse levels (0: every block acts on the whole lattice).
+    pub levels: usize,
+    /// Z2-affine blocks on the coarsest lattice (the whole lattice without levels).
+    pub blocks: usize,
+    /// Z2-affine refinement blocks at every finer level.
+    pub refine_blocks: usize,
+    /// Hidden channels of every net (one entry per hidden layer).
+    pub channels: Vec<usize>,
+    /// Kernel extent (odd).
+    pub kernel: usize,
+    /// Segments of a spline block on top (convolutional nets with biases, between two
+    /// learnable scales, on [−5, 5]); `None`: none, and the flow is exactly
+    /// Z2-equivariant.
+    pub spline: Option<usize>,
+    /// A free-field layer in front.
+    pub free_field: Option<FreeFieldConfig>,
+}
+
+impl ConvFamily {
+    /// The flow configuration. Without levels, spline or free-field layer it is
+    /// [`FlowConfig::convolutional`] with Z2-affine blocks.
+    pub fn config(&self) -> Result<FlowConfig> {
+        let block = |bias| NetConfig::Conv {
+            channels: self.channels.clone(),
+            kernel: self.kernel,
+            bias,
+        };
+        let z2 = BlockConfig {
+            transform: TransformKind::Z2Affine,
+            net: block(false),
+            separate_nets: true,
+            partition: Partition::Checkerboard,
+        };
+        let coarsest = vec![LayerConfig::Block(z2.clone()); self.blocks];
+        let refine = vec![z2; self.refine_blocks];
+        let mut config = FlowConfig::multiscale(self.levels, &coarsest, &refine);
+        if let Some(segments) = self.spline {
+            config.layers.push(LayerConfig::Scale);
+            config.layers.push(LayerConfig::Block(BlockConfig {
+                transform: TransformKind::Rqs(Rqs::new(segments, 5.0)?),
+                net: block(true),
+                separate_nets: false,
+                partition: Partition::Checkerboard,
+            }));
+            config.layers.push(LayerConfig::Scale);
+        }
+        if let Some(free_field) = &self.free_field {
+            config = config.with_free_field(free_field.clone());
+        }
+        Ok(config)
+    }
 }
 
 impl FlowConfig {
@@ -230,6 +304,50 @@ impl FlowConfig {
             prior: PriorConfig::StandardNormal,
             layers: vec![LayerConfig::Block(block); blocks],
         }
+    }
+
+    /// A multiscale flow of `levels` levels (docs/flows.md#multiscale-flows): the layers
+    /// `coarsest` on the lattice of extents L/2^levels, then at every finer level the
+    /// blocks `refine`, whose partition is replaced by [`Partition::Refine`], so that each
+    /// level adds the sites between those of the level below. With `levels = 0` it is
+    /// `coarsest` alone. Its lattices need extents divisible by 2^levels.
+    pub fn multiscale(levels: usize, coarsest: &[LayerConfig], refine: &[BlockConfig]) -> Self {
+        let mut layers = coarsest.to_vec();
+        for _ in 0..levels {
+            let inner = std::mem::take(&mut layers);
+            layers.push(LayerConfig::Coarse { layers: inner });
+            layers.extend(refine.iter().map(|block| {
+                LayerConfig::Block(BlockConfig {
+                    partition: Partition::Refine,
+                    ..block.clone()
+                })
+            }));
+        }
+        FlowConfig {
+            prior: PriorConfig::StandardNormal,
+            layers,
+        }
+    }
+
+    /// The same flow with a free-field layer in front (acting on the latent first).
+    pub fn with_free_field(mut self, free_field: FreeFieldConfig) -> Self {
+        self.layers.insert(0, LayerConfig::FreeField(free_field));
+        self
+    }
+
+    /// Number of coarse levels: the deepest nesting of [`LayerConfig::Coarse`] layers.
+    pub fn levels(&self) -> usize {
+        fn depth(layers: &[LayerConfig]) -> usize {
+            layers
+                .iter()
+                .map(|l| match l {
+                    LayerConfig::Coarse { layers } => 1 + depth(layers),
+                    _ => 0,
+                })
+                .max()
+                .unwrap_or(0)
+        }
+        depth(&self.layers)
     }
 
     /// Hidden width |Λ| of the seed recipe for a lattice.

@@ -83,21 +83,16 @@ impl CurriculumSpec {
                 .build(&spec.lattice)
                 .map_err(|e| in_stage(k, e))?;
             let model = FlowModel::new(&config, &spec.lattice, 0).map_err(|e| in_stage(k, e))?;
-            if let Some((j, before)) = &previous
-                && (before.config() != model.config() || before.n_params() != model.n_params())
-            {
-                return Err(Error::Incompatible(format!(
-                    "stage {} ({} lattice) cannot start from stage {} ({} lattice): the \
-                     recipe's flow has {} parameters there and {} here; only a flow whose \
-                     parameters do not depend on the lattice size (a convolutional recipe) \
-                     carries across sizes",
-                    k + 1,
-                    spec.lattice,
-                    j + 1,
-                    before.lattice(),
-                    before.n_params(),
-                    model.n_params()
-                )));
+            if let Some((j, before)) = &previous {
+                crate::flow::transfer_rule(before, &model).map_err(|e| {
+                    Error::Incompatible(format!(
+                        "stage {} ({} lattice) cannot start from stage {} ({} lattice): {e}",
+                        k + 1,
+                        spec.lattice,
+                        j + 1,
+                        before.lattice(),
+                    ))
+                })?;
             }
             previous = Some((k, model));
         }

@@ -26,9 +26,10 @@ pub use replicas::{ReplicaChain, combine_replicas, replica_seed, sample_replicas
 pub use report::{Estimate, SampleReport, report_from};
 pub use sample::{SampleData, SampleSpec, sample, sample_data, sample_with};
 pub use train::{
-    AnnealSpec, DEFAULT_METHOD_CHECK_SAMPLES, RecipeKind, RecipeSpec, TRAIN_LOG_HEADER,
-    TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec, default_method, init_from,
-    model_target, reference_budget, resume, train, trained_model_report,
+    AnnealSpec, DEFAULT_METHOD_CHECK_SAMPLES, DENSE_DEFAULT_UP_TO, RecipeKind, RecipeSpec,
+    TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec,
+    default_method, dense_method, init_from, model_target, reference_budget, resume,
+    scalable_method, train, trained_model_report,
 };
 
 /// Reads and parses a TOML runcard (errors name the file and the key).

@@ -11,7 +11,7 @@ use crate::action::Action;
 use crate::control::{Observer, StopToken};
 use crate::error::{Error, Result};
 use crate::flow::transform::MAX_BINS;
-use crate::flow::{Flow, FlowConfig, FlowModel, TransformKind};
+use crate::flow::{ConvFamily, Flow, FlowConfig, FlowModel, FreeFieldKind};
 use crate::lattice::Lattice;
 use crate::parallel::Collective;
 use crate::train::{StepMetrics, TrainConfig, TrainSummary, Trainer};
@@ -30,21 +30,32 @@ pub enum RecipeKind {
     Z2Affine,
     /// Z2-equivariant affine blocks with convolutional nets.
     Conv,
+    /// Convolutional Z2-affine blocks on a coarse lattice, refined level by level.
+    Multiscale,
 }
 
 impl RecipeKind {
+    /// Whether the flow's nets are convolutional (`conv`, `multiscale`).
+    pub fn is_convolutional(self) -> bool {
+        matches!(self, RecipeKind::Conv | RecipeKind::Multiscale)
+    }
+
     /// Whether the setting `key` of a [`RecipeSpec`] (`hidden`, `depth`, `segments`,
     /// `channels`, `kernel`, ...) has an effect on a flow of this kind; keys that are not
     /// recipe settings are taken to.
     pub fn uses(self, key: &str) -> bool {
         match key {
-            "segments" => self == RecipeKind::Seed,
-            "channels" | "kernel" => self == RecipeKind::Conv,
-            "hidden" => self != RecipeKind::Conv,
-            "depth" => matches!(
+            "segments" => matches!(
                 self,
-                RecipeKind::RealNvp | RecipeKind::Additive | RecipeKind::Conv
+                RecipeKind::Seed | RecipeKind::Conv | RecipeKind::Multiscale
             ),
+            "channels" | "kernel" | "spline" | "free_field" => self.is_convolutional(),
+            "levels" => self == RecipeKind::Multiscale,
+            "hidden" => !self.is_convolutional(),
+            "depth" => {
+                self.is_convolutional()
+                    || matches!(self, RecipeKind::RealNvp | RecipeKind::Additive)
+            }
             _ => true,
         }
     }
@@ -68,6 +79,12 @@ pub struct RecipeSpec {
     pub channels: usize,
     /// Convolution kernel size.
     pub kernel: usize,
+    /// Coarse levels of the multiscale recipe.
+    pub levels: usize,
+    /// A spline block (of `segments` segments) on top of the conv or multiscale recipe.
+    pub spline: bool,
+    /// A free-field layer in front of the conv or multiscale recipe.
+    pub free_field: FreeFieldKind,
 }
 
 impl Default for RecipeSpec {
@@ -80,6 +97,9 @@ impl Default for RecipeSpec {
             segments: 8,
             channels: 8,
             kernel: 3,
+            levels: 2,
+            spline: false,
+            free_field: FreeFieldKind::None,
         }
     }
 }
@@ -89,14 +109,21 @@ impl RecipeSpec {
     /// 1..=[`MAX_BINS`], `kernel` odd, and the parameters (with gradient and optimiser
     /// state) against the memory available, naming the size furthest above its default.
     pub fn validate(&self, lattice: &Lattice) -> Result<()> {
-        let conv = self.kind == RecipeKind::Conv;
+        let conv = matches!(self.kind, RecipeKind::Conv | RecipeKind::Multiscale);
+        if self.kind == RecipeKind::Multiscale {
+            if self.levels == 0 {
+                return Err(Error::param("levels", "must be at least 1"));
+            }
+            crate::flow::check_levels(lattice, self.levels)?;
+        }
         if self.affine_blocks == 0 && self.kind != RecipeKind::Seed {
             return Err(Error::param("affine_blocks", "must be at least 1"));
         }
         if self.depth == 0 {
             return Err(Error::param("depth", "must be at least 1"));
         }
-        if self.kind == RecipeKind::Seed && !(1..=MAX_BINS).contains(&self.segments) {
+        let splines = self.kind == RecipeKind::Seed || conv && self.spline;
+        if splines && !(1..=MAX_BINS).contains(&self.segments) {
             return Err(Error::param(
                 "segments",
                 format!("must be between 1 and {MAX_BINS}, got {}", self.segments),
@@ -152,40 +179,45 @@ impl RecipeSpec {
                 .saturating_add((depth - 1).saturating_mul(hidden.saturating_mul(hidden)))
                 .saturating_add(hidden.saturating_mul(half).saturating_mul(outputs_per_site))
         };
-        let per_layer =
-            match self.kind {
-                RecipeKind::Seed => {
-                    suspects.push(("segments", self.segments as f64 / 8.0));
-                    let rqs = dense(1, 3 * self.segments as u128 + 1);
-                    // The RQS block's two layers on top of the affine blocks'.
-                    return (
-                        blocks
-                            .saturating_mul(2)
-                            .saturating_mul(dense(1, 2))
-                            .saturating_add(rqs.saturating_mul(2)),
-                        suspects,
-                    );
-                }
-                RecipeKind::RealNvp | RecipeKind::Additive => {
-                    suspects.push(("depth", self.depth as f64));
-                    dense(depth, 1)
-                }
-                RecipeKind::Z2Affine => dense(1, 2),
-                RecipeKind::Conv => {
-                    suspects.retain(|s| s.0 != "hidden");
-                    suspects.push(("depth", self.depth as f64));
-                    suspects.push(("channels", self.channels as f64 / 8.0));
-                    suspects.push(("kernel", self.kernel as f64 / 3.0));
-                    let taps = u32::try_from(lattice.dim())
-                        .ok()
-                        .and_then(|d| (self.kernel as u128).checked_pow(d))
-                        .unwrap_or(u128::MAX);
-                    let channels = self.channels as u128;
-                    taps.saturating_mul(channels.saturating_mul(2).saturating_add(
+        let per_layer = match self.kind {
+            RecipeKind::Seed => {
+                suspects.push(("segments", self.segments as f64 / 8.0));
+                let rqs = dense(1, 3 * self.segments as u128 + 1);
+                // The RQS block's two layers on top of the affine blocks'.
+                return (
+                    blocks
+                        .saturating_mul(2)
+                        .saturating_mul(dense(1, 2))
+                        .saturating_add(rqs.saturating_mul(2)),
+                    suspects,
+                );
+            }
+            RecipeKind::RealNvp | RecipeKind::Additive => {
+                suspects.push(("depth", self.depth as f64));
+                dense(depth, 1)
+            }
+            RecipeKind::Z2Affine => dense(1, 2),
+            RecipeKind::Conv | RecipeKind::Multiscale => {
+                suspects.retain(|s| s.0 != "hidden");
+                suspects.push(("depth", self.depth as f64));
+                suspects.push(("channels", self.channels as f64 / 8.0));
+                suspects.push(("kernel", self.kernel as f64 / 3.0));
+                let taps = u32::try_from(lattice.dim())
+                    .ok()
+                    .and_then(|d| (self.kernel as u128).checked_pow(d))
+                    .unwrap_or(u128::MAX);
+                let channels = self.channels as u128;
+                let levels = match self.kind {
+                    RecipeKind::Multiscale => self.levels as u128 + 1,
+                    _ => 1,
+                };
+                levels.saturating_mul(taps).saturating_mul(
+                    channels.saturating_mul(2).saturating_add(
                         (depth - 1).saturating_mul(channels.saturating_mul(channels)),
-                    ))
-                }
-            };
+                    ),
+                )
+            }
+        };
         (blocks.saturating_mul(2).saturating_mul(per_layer), suspects)
     }
 
@@ -204,12 +236,20 @@ impl RecipeSpec {
             RecipeKind::RealNvp => FlowConfig::real_nvp(self.affine_blocks, &widths),
             RecipeKind::Additive => FlowConfig::additive(self.affine_blocks, &widths),
             RecipeKind::Z2Affine => FlowConfig::z2_affine(self.affine_blocks, hidden),
-            RecipeKind::Conv => FlowConfig::convolutional(
-                TransformKind::Z2Affine,
-                self.affine_blocks,
-                &vec![self.channels; self.depth],
-                self.kernel,
-            ),
+            RecipeKind::Conv | RecipeKind::Multiscale => ConvFamily {
+                levels: if self.kind == RecipeKind::Conv {
+                    0
+                } else {
+                    self.levels
+                },
+                blocks: self.affine_blocks,
+                refine_blocks: self.affine_blocks,
+                channels: vec![self.channels; self.depth],
+                kernel: self.kernel,
+                spline: self.spline.then_some(self.segments),
+                free_field: self.free_field.config(),
+            }
+            .config()?,
         })
     }
 }
@@ -230,7 +270,20 @@ pub fn reference_budget(volume: usize) -> (usize, usize, f64) {
 
 /// latflow's default training method for a run that sets a target acceptance and nothing
 /// else about the flow or its training (`latflow train --until-acceptance A`): the best
-/// method measured so far (docs/benchmarks-history.md, "Training methods"). It is the seed recipe's
+/// method measured so far (docs/benchmarks-history.md, "Training
+/// methods"). Up to
+/// |Λ| = [`DENSE_DEFAULT_UP_TO`] it is the dense family's [`dense_method`], beyond the
+/// scalable family's [`scalable_method`], measured cheaper there.
+pub fn default_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
+    if lattice.volume() > DENSE_DEFAULT_UP_TO {
+        scalable_method(lattice)
+    } else {
+        dense_method(lattice)
+    }
+}
+
+/// The dense family's best method measured (the default up to |Λ| = 100). It is the seed
+/// recipe's
 /// architecture with fewer or narrower nets, ending in one spline block of 8 segments:
 /// up to |Λ| = 64 that spline block alone at the full width H = |Λ|, up to |Λ| = 100 one
 /// Z2-equivariant affine block before it and beyond three, both at half width H = |Λ|/2;
@@ -254,7 +307,7 @@ pub fn reference_budget(volume: usize) -> (usize, usize, f64) {
 /// [`DEFAULT_CHECK_INTERVAL`]: crate::train::DEFAULT_CHECK_INTERVAL
 /// [`Schedule::WarmRestarts`]: crate::train::Schedule::WarmRestarts
 /// [`GradientEstimator::Path`]: crate::train::GradientEstimator::Path
-pub fn default_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
+pub fn dense_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
     use crate::train::Schedule;
     let volume = lattice.volume();
     let (reference_batch, reference_iterations, reference_lr) = reference_budget(volume);
@@ -299,6 +352,40 @@ pub fn default_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
     train.schedule = schedule;
     train.gradient = crate::train::GradientEstimator::Path;
     train.eval_every = eval_every.max(crate::train::DEFAULT_CHECK_INTERVAL);
+    train.check_samples = Some(DEFAULT_METHOD_CHECK_SAMPLES);
+    (recipe, train)
+}
+
+/// The largest volume for which [`default_method`] trains the dense seed-recipe family: at
+/// L = 10 (|Λ| = 100) both families reached acceptance 0.65 in the same wall time (82 and
+/// 87 s, one after the other on a loaded two-core machine: about 1,000,000 configurations
+/// against 100,000), at L = 12 the scalable family needs about 120,000 configurations
+/// where the dense one needs millions.
+pub const DENSE_DEFAULT_UP_TO: usize = 100;
+
+/// The scalable family's default method ([`default_method`] beyond |Λ| = 100): a free-field
+/// layer with one σ per class of momenta, two Z2-affine blocks with convolutional nets of
+/// two hidden layers of 16 channels (3 × 3 kernels), and a spline block of 8 segments with
+/// the same nets between two learnable scales; trained with path gradients on batches of
+/// 256 at η = 0.003 on a cosine schedule over 40|Λ| iterations (about 10|Λ|² / 1000
+/// thousand configurations, a budget the target usually ends long before), checked every
+/// 50 iterations on [`DEFAULT_METHOD_CHECK_SAMPLES`] samples.
+pub fn scalable_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
+    let recipe = RecipeSpec {
+        kind: RecipeKind::Conv,
+        affine_blocks: 2,
+        channels: 16,
+        depth: 2,
+        kernel: 3,
+        spline: true,
+        segments: 8,
+        free_field: FreeFieldKind::Classes,
+        ..RecipeSpec::default()
+    };
+    let mut train = TrainConfig::new(256, 40 * lattice.volume(), 0.003);
+    train.schedule = crate::train::Schedule::Cosine;
+    train.gradient = crate::train::GradientEstimator::Path;
+    train.eval_every = 50;
     train.check_samples = Some(DEFAULT_METHOD_CHECK_SAMPLES);
     (recipe, train)
 }
@@ -572,35 +659,19 @@ pub fn train(
 }
 
 /// Replaces the parameters of `model` by those of the flow saved at `path`, trained on any
-/// lattice and action: transfer across volumes and couplings. The saved flow must have the
-/// configuration of `model` and as many parameters, which holds across lattice sizes for
-/// convolutional flows (their nets act on every site alike, so their parameters do not
-/// depend on L) and for any flow on the same lattice; anything else is an
-/// [`Error::Incompatible`] saying why.
+/// lattice and action: transfer across volumes and couplings, by the rules of
+/// [`crate::flow::transfer`] (the same configuration with as many parameters: convolutional
+/// and multiscale flows on any size their levels divide, any flow on the same lattice; or
+/// a multiscale flow with one more level). Anything else is an [`Error::Incompatible`]
+/// naming the file, both lattices and why.
 pub fn init_from(model: &mut FlowModel, path: &Path) -> Result<()> {
     let source = FlowModel::load(path)?;
-    if source.config() != model.config() {
-        return Err(Error::Incompatible(format!(
-            "the flow in {} has another configuration than the recipe builds for a {} \
-             lattice; a flow initialises another only with the same recipe and sizes",
-            path.display(),
-            model.lattice()
-        )));
-    }
-    if source.n_params() != model.n_params() {
-        return Err(Error::Incompatible(format!(
-            "the flow in {} has {} parameters on its {} lattice, the same recipe has {} on a \
-             {} lattice: its nets depend on the lattice size (dense nets do; use a \
-             convolutional recipe to carry a flow across sizes)",
-            path.display(),
-            source.n_params(),
-            source.lattice(),
-            model.n_params(),
-            model.lattice()
-        )));
-    }
-    model.params_mut().copy_from_slice(source.params());
-    Ok(())
+    crate::flow::transfer(&source, model)
+        .map(|_| ())
+        .map_err(|e| match e {
+            Error::Incompatible(why) => Error::Incompatible(format!("{}: {why}", path.display())),
+            e => e,
+        })
 }
 
 /// Continues the run saved in the checkpoint at `path` (written by [`train`]): the spec
@@ -1010,9 +1081,9 @@ pub(crate) fn recorded_action(model: &FlowModel, path: &std::path::Path) -> Resu
 mod tests {
     use super::*;
 
-    /// (batch, iterations, lr, eval_every, hidden, affine blocks) of the default method.
+    /// (batch, iterations, lr, eval_every, hidden, affine blocks) of the dense method.
     fn method(l: usize) -> (usize, usize, f64, usize, usize, usize) {
-        let (recipe, train) = default_method(&Lattice::new(&[l, l]).unwrap());
+        let (recipe, train) = dense_method(&Lattice::new(&[l, l]).unwrap());
         assert_eq!(train.gradient, crate::train::GradientEstimator::Path);
         assert_eq!(train.check_samples, Some(DEFAULT_METHOD_CHECK_SAMPLES));
         (
@@ -1041,7 +1112,7 @@ mod tests {
         assert_eq!(method(20), (1000, 98_000, 0.003, 1851, 200, 3));
         // The rate falls over the whole budget up to |Λ| = 100; beyond, the first cosine
         // period spans 125|Λ|/3 steps.
-        let schedule = |l: usize| default_method(&Lattice::new(&[l, l]).unwrap()).1.schedule;
+        let schedule = |l: usize| dense_method(&Lattice::new(&[l, l]).unwrap()).1.schedule;
         for l in [6, 8, 10] {
             assert_eq!(schedule(l), crate::train::Schedule::Cosine, "L = {l}");
         }
@@ -1054,6 +1125,24 @@ mod tests {
                 },
                 "L = {l}"
             );
+        }
+    }
+
+    #[test]
+    fn the_default_method_is_dense_up_to_l10_and_scalable_beyond() {
+        for l in [6, 8, 10] {
+            let lattice = Lattice::new(&[l, l]).unwrap();
+            assert_eq!(default_method(&lattice), dense_method(&lattice));
+        }
+        for l in [12, 16, 32, 64] {
+            let lattice = Lattice::new(&[l, l]).unwrap();
+            let (recipe, train) = default_method(&lattice);
+            assert_eq!((recipe.kind, recipe.spline), (RecipeKind::Conv, true));
+            assert_eq!(recipe.free_field, FreeFieldKind::Classes);
+            assert_eq!((train.batch, train.iterations), (256, 40 * l * l));
+            assert_eq!(train.gradient, crate::train::GradientEstimator::Path);
+            let config = recipe.build(&lattice).unwrap();
+            FlowModel::new(&config, &lattice, 1).unwrap();
         }
     }
 }

@@ -2,6 +2,10 @@
 //! so that loops over them vectorise. f32 network math and the f32 spline use them; f64
 //! uses the standard library.
 
+use std::any::TypeId;
+
+use super::Real;
+
 /// exp(x) in f32 without library calls or branches (so loops over it vectorise): range
 /// reduction x = n ln 2 + r with |r| ≤ ln 2 / 2 and a degree-6 polynomial for eʳ (Cephes
 /// `expf`). Relative error below 2.5e-7 (about 2 ulp) for x ∈ [−87, 88]; the input is
@@ -87,6 +91,60 @@ pub fn tanh_f32(x: f32) -> f32 {
     let q = x2 * q + B2;
     let q = x2 * q + B0;
     (p / q).clamp(-1.0, 1.0)
+}
+
+/// y = tanh(x) elementwise as [`Real::tanh_map`] computes it; in f32 on processors with
+/// AVX-512 the loop runs 16 lanes wide.
+pub(crate) fn tanh_into<T: Real>(xs: &[T], ys: &mut [T]) {
+    assert_eq!(xs.len(), ys.len(), "tanh: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if TypeId::of::<T>() == TypeId::of::<f32>() && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: T is f32 (checked through its TypeId); the processor has AVX-512F.
+        unsafe {
+            tanh_avx512(
+                std::slice::from_raw_parts(xs.as_ptr().cast::<f32>(), xs.len()),
+                std::slice::from_raw_parts_mut(ys.as_mut_ptr().cast::<f32>(), ys.len()),
+            )
+        };
+        return;
+    }
+    for (y, &x) in ys.iter_mut().zip(xs) {
+        *y = x.tanh_map();
+    }
+}
+
+/// y = tanh(y) in place (see [`tanh_into`]).
+pub(crate) fn tanh_in_place<T: Real>(ys: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if TypeId::of::<T>() == TypeId::of::<f32>() && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: as in `tanh_into`.
+        unsafe {
+            tanh_in_place_avx512(std::slice::from_raw_parts_mut(
+                ys.as_mut_ptr().cast::<f32>(),
+                ys.len(),
+            ))
+        };
+        return;
+    }
+    for y in ys.iter_mut() {
+        *y = y.tanh_map();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn tanh_avx512(xs: &[f32], ys: &mut [f32]) {
+    for (y, &x) in ys.iter_mut().zip(xs) {
+        *y = tanh_f32(x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn tanh_in_place_avx512(ys: &mut [f32]) {
+    for y in ys.iter_mut() {
+        *y = tanh_f32(*y);
+    }
 }
 
 #[cfg(test)]

@@ -2,13 +2,32 @@
 //! gradient, evaluated eagerly on the way forward and differentiated by hand-derived rules on
 //! the way back. Buffers are kept by node position across [`Tape::reset`], so a training step
 //! that rebuilds the same graph allocates nothing.
+//!
+//! This module holds the tape itself (nodes, inputs, gradients, the backward sweep); each
+//! family of operations lives in a submodule with its forward builders (methods of
+//! [`Tape`]) and its backward rule: matrix products (`products`), elementwise maps
+//! (`elementwise`), per-group maps (`groups`), gathers and scatters (`indexing`),
+//! convolutions (`conv`), maps diagonal in momentum space (`fourier`), reductions
+//! (`reduce`) and pointwise transforms (`transform`).
+//! A new operation is a variant of its family's op type, a builder and a backward arm in
+//! that one file.
 
-use std::sync::Arc;
+mod conv;
+mod elementwise;
+mod fourier;
+mod groups;
+mod indexing;
+mod products;
+mod reduce;
+mod transform;
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
-use super::matmul::mat_mul;
-use super::{PointwiseTransform, Real};
+use super::Real;
+
+pub use conv::ConvTaps;
+pub use elementwise::{sigmoid, softplus};
+pub use fourier::FourierPlan;
 
 /// A handle to a node of a [`Tape`]: valid until the next [`Tape::reset`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,89 +79,17 @@ impl ParamSlice {
     }
 }
 
-/// Neighbourhood table of a periodic convolution: `taps[site * n_taps + t]` is the site read
-/// by kernel tap `t` when the output sits at `site`.
-#[derive(Clone, Debug)]
-pub struct ConvTaps {
-    /// Number of sites.
-    pub volume: usize,
-    /// Kernel taps per site (k^d).
-    pub n_taps: usize,
-    /// The table, `volume * n_taps` long.
-    pub taps: Arc<[u32]>,
-}
-
+/// What a node computes: an input, or an operation of one of the families.
 enum Op<T: Real> {
     Input,
-    Linear {
-        x: usize,
-        w: ParamSlice,
-        b: Option<ParamSlice>,
-    },
-    MatMul {
-        a: usize,
-        b: usize,
-    },
-    BiasAdd {
-        x: usize,
-        b: ParamSlice,
-    },
-    Tanh(usize),
-    Exp(usize),
-    Abs(usize),
-    Softplus(usize),
-    Softmax {
-        x: usize,
-        group: usize,
-    },
-    CumSum {
-        x: usize,
-        group: usize,
-    },
-    Gather {
-        x: usize,
-        cols: Arc<[usize]>,
-        group: usize,
-    },
-    Scatter {
-        base: usize,
-        src: usize,
-        cols: Arc<[usize]>,
-        group: usize,
-    },
-    Interleave {
-        first: usize,
-        count: usize,
-        sites: usize,
-    },
-    Conv {
-        x: usize,
-        taps: ConvTaps,
-        c_in: usize,
-        w: ParamSlice,
-        b: Option<ParamSlice>,
-    },
-    SumRows(usize),
-    SumAll(usize),
-    Add(usize, usize),
-    Sub(usize, usize),
-    Mul(usize, usize),
-    Scale(usize, T),
-    ScaleByExpParam {
-        x: usize,
-        c: usize,
-    },
-    AddParam {
-        x: usize,
-        c: usize,
-        factor: T,
-    },
-    Pointwise {
-        v: usize,
-        theta: usize,
-        transform: Arc<dyn PointwiseTransform<T>>,
-    },
-    PointwiseLogDet(usize),
+    Product(products::ProductOp),
+    Elementwise(elementwise::ElementwiseOp<T>),
+    Group(groups::GroupOp),
+    Index(indexing::IndexOp),
+    Conv(conv::ConvOp),
+    Fourier(fourier::FourierOp),
+    Reduce(reduce::ReduceOp),
+    Transform(transform::TransformOp<T>),
 }
 
 struct Node<T: Real> {
@@ -150,9 +97,11 @@ struct Node<T: Real> {
     needs_grad: bool,
     value: Array2<T>,
     grad: Array2<T>,
-    /// Op-specific forward scratch (per-site log-derivatives, im2col matrix).
+    /// Op-specific scratch (a pointwise node's per-site log-derivatives, the gradient
+    /// before a fused activation).
     aux: Array2<T>,
-    /// Op-specific backward scratch (gradient of per-site log-derivatives, im2col gradient).
+    /// Op-specific backward scratch (gradient of per-site log-derivatives, rearranged
+    /// weights).
     aux_grad: Array2<T>,
     /// State a pointwise transform saved for its backward pass (empty: none saved).
     saved: Vec<T>,
@@ -168,7 +117,9 @@ impl<T: Real> Node<T> {
         } else {
             ensure_shape(&mut self.grad, shape);
         }
-        if let Op::Pointwise { .. } = self.op {
+        if let Op::Transform(op) = &self.op
+            && op.keeps_log_derivative_gradient()
+        {
             if self.aux_grad.dim() == shape {
                 self.aux_grad.fill(T::zero());
             } else {
@@ -176,6 +127,29 @@ impl<T: Real> Node<T> {
             }
         }
     }
+}
+
+/// What a backward rule sees of the node it differentiates and of the graph before it.
+struct Backward<'a, T: Real> {
+    /// The nodes recorded before this one (its operands among them).
+    prev: &'a mut [Node<T>],
+    /// The node's value.
+    value: &'a Array2<T>,
+    /// ∂L/∂(the node's value).
+    grad: &'a Array2<T>,
+    /// The node's forward scratch.
+    aux: &'a mut Array2<T>,
+    /// The node's backward scratch.
+    aux_grad: &'a mut Array2<T>,
+    /// The state a pointwise transform saved.
+    saved: &'a [T],
+    params: &'a [T],
+    /// Where parameter gradients are added (`None`: only node gradients are wanted).
+    param_grad: Option<&'a mut [T]>,
+    /// The operand lists of multi-input operations.
+    group_ids: &'a [usize],
+    /// A reusable mask buffer.
+    mask: &'a mut Vec<bool>,
 }
 
 /// Gives `buf` the shape `shape` (zero-filled if it changes), reusing its allocation when
@@ -316,6 +290,21 @@ impl<T: Real> Tape<T> {
         Var(i)
     }
 
+    /// A constant `rows × cols` block given in f64 (row-major), converted to `T` (a table
+    /// such as p̂² per momentum, in whatever float type the tape runs).
+    pub fn constant(&mut self, rows: usize, cols: usize, values: &[f64]) -> Var {
+        assert_eq!(
+            values.len(),
+            rows * cols,
+            "constant: {rows} × {cols} values"
+        );
+        let i = self.push(Op::Input, (rows, cols), false);
+        for (y, &v) in self.nodes[i].value.iter_mut().zip(values) {
+            *y = T::from_f64(v).unwrap_or_else(T::nan);
+        }
+        Var(i)
+    }
+
     /// A constant `rows × cols` block of zeros.
     pub fn zeros(&mut self, rows: usize, cols: usize) -> Var {
         let i = self.push(Op::Input, (rows, cols), false);
@@ -328,438 +317,6 @@ impl<T: Real> Tape<T> {
         let v = self.input(x);
         self.nodes[v.0].needs_grad = true;
         v
-    }
-
-    /// x·W (+ b): a dense layer with weights `[in, out]` and an optional bias `[1, out]`.
-    pub fn linear(&mut self, params: &[T], x: Var, w: ParamSlice, b: Option<ParamSlice>) -> Var {
-        let (n, k) = self.shape(x);
-        assert_eq!(
-            k, w.rows,
-            "linear: input width {k} vs weight rows {}",
-            w.rows
-        );
-        if let Some(b) = b {
-            assert_eq!((b.rows, b.cols), (1, w.cols), "linear: bias shape");
-        }
-        let i = self.push(Op::Linear { x: x.0, w, b }, (n, w.cols), true);
-        let (prev, node) = self.split(i);
-        let beta = match b {
-            Some(b) => {
-                node.value.assign(&b.view(params));
-                T::one()
-            }
-            None => T::zero(),
-        };
-        mat_mul(
-            &prev[x.0].value.view(),
-            &w.view(params),
-            beta,
-            &mut node.value.view_mut(),
-        );
-        Var(i)
-    }
-
-    /// a·b of two nodes.
-    pub fn matmul(&mut self, a: Var, b: Var) -> Var {
-        let (n, k) = self.shape(a);
-        let (k2, m) = self.shape(b);
-        assert_eq!(k, k2, "matmul: inner dimensions {k} vs {k2}");
-        let ng = self.needs(a.0) || self.needs(b.0);
-        let i = self.push(Op::MatMul { a: a.0, b: b.0 }, (n, m), ng);
-        let (prev, node) = self.split(i);
-        mat_mul(
-            &prev[a.0].value.view(),
-            &prev[b.0].value.view(),
-            T::zero(),
-            &mut node.value.view_mut(),
-        );
-        Var(i)
-    }
-
-    /// x + b with a bias row `[1, cols]` from the parameters.
-    pub fn bias_add(&mut self, params: &[T], x: Var, b: ParamSlice) -> Var {
-        let shape = self.shape(x);
-        assert_eq!((b.rows, b.cols), (1, shape.1), "bias_add: bias shape");
-        let i = self.push(Op::BiasAdd { x: x.0, b }, shape, true);
-        let (prev, node) = self.split(i);
-        node.value.assign(&prev[x.0].value);
-        add_into(&mut node.value, &b.view(params));
-        Var(i)
-    }
-
-    fn unary(&mut self, x: Var, op: Op<T>, f: impl Fn(T) -> T) -> Var {
-        let shape = self.shape(x);
-        let ng = self.needs(x.0);
-        let i = self.push(op, shape, ng);
-        let (prev, node) = self.split(i);
-        node.value.zip_mut_with(&prev[x.0].value, |y, &x| *y = f(x));
-        Var(i)
-    }
-
-    /// tanh elementwise (in f32 a branch-free rational approximation accurate to a few
-    /// ulp, which vectorises; the backward pass uses 1 − y² of the value computed).
-    pub fn tanh(&mut self, x: Var) -> Var {
-        self.unary(x, Op::Tanh(x.0), T::tanh_map)
-    }
-
-    /// exp elementwise.
-    pub fn exp(&mut self, x: Var) -> Var {
-        self.unary(x, Op::Exp(x.0), |x| x.exp())
-    }
-
-    /// |x| elementwise (the derivative at 0 is taken as 0).
-    pub fn abs(&mut self, x: Var) -> Var {
-        self.unary(x, Op::Abs(x.0), |x| x.abs())
-    }
-
-    /// softplus(x) = log(1 + e^x), evaluated stably.
-    pub fn softplus(&mut self, x: Var) -> Var {
-        self.unary(x, Op::Softplus(x.0), softplus)
-    }
-
-    /// Softmax over each run of `group` consecutive columns (the last axis of a
-    /// `[rows, cols / group, group]` view).
-    pub fn softmax(&mut self, x: Var, group: usize) -> Var {
-        let shape = self.shape(x);
-        assert!(
-            group > 0 && shape.1.is_multiple_of(group),
-            "softmax: group {group}"
-        );
-        let ng = self.needs(x.0);
-        let i = self.push(Op::Softmax { x: x.0, group }, shape, ng);
-        let (prev, node) = self.split(i);
-        let xs = contiguous(&prev[x.0].value);
-        let ys = contiguous_mut(&mut node.value);
-        for (xg, yg) in xs.chunks_exact(group).zip(ys.chunks_exact_mut(group)) {
-            let m = xg.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
-            let mut sum = T::zero();
-            for (y, &x) in yg.iter_mut().zip(xg) {
-                *y = (x - m).exp();
-                sum = sum + *y;
-            }
-            let inv = T::one() / sum;
-            yg.iter_mut().for_each(|y| *y = *y * inv);
-        }
-        Var(i)
-    }
-
-    /// Cumulative sum over each run of `group` consecutive columns.
-    pub fn cumsum(&mut self, x: Var, group: usize) -> Var {
-        let shape = self.shape(x);
-        assert!(
-            group > 0 && shape.1.is_multiple_of(group),
-            "cumsum: group {group}"
-        );
-        let ng = self.needs(x.0);
-        let i = self.push(Op::CumSum { x: x.0, group }, shape, ng);
-        let (prev, node) = self.split(i);
-        let xs = contiguous(&prev[x.0].value);
-        let ys = contiguous_mut(&mut node.value);
-        for (xg, yg) in xs.chunks_exact(group).zip(ys.chunks_exact_mut(group)) {
-            let mut acc = T::zero();
-            for (y, &x) in yg.iter_mut().zip(xg) {
-                acc = acc + x;
-                *y = acc;
-            }
-        }
-        Var(i)
-    }
-
-    /// Picks column groups: `out[:, j*group + c] = x[:, cols[j]*group + c]`.
-    pub fn gather(&mut self, x: Var, cols: &Arc<[usize]>, group: usize) -> Var {
-        let (n, m) = self.shape(x);
-        assert!(
-            cols.iter().all(|&c| (c + 1) * group <= m),
-            "gather: column out of range"
-        );
-        let ng = self.needs(x.0);
-        let op = Op::Gather {
-            x: x.0,
-            cols: cols.clone(),
-            group,
-        };
-        let i = self.push(op, (n, cols.len() * group), ng);
-        let (prev, node) = self.split(i);
-        for (xr, mut yr) in prev[x.0]
-            .value
-            .outer_iter()
-            .zip(node.value.outer_iter_mut())
-        {
-            let xr = xr.as_slice().expect("standard layout");
-            let yr = yr.as_slice_mut().expect("standard layout");
-            for (yg, &c) in yr.chunks_exact_mut(group).zip(cols.iter()) {
-                yg.copy_from_slice(&xr[c * group..(c + 1) * group]);
-            }
-        }
-        Var(i)
-    }
-
-    /// `base` with column groups replaced: `out[:, cols[j]*group + c] = src[:, j*group + c]`
-    /// (the columns in `cols` must be distinct).
-    pub fn scatter(&mut self, base: Var, src: Var, cols: &Arc<[usize]>, group: usize) -> Var {
-        let (n, m) = self.shape(base);
-        assert_eq!(
-            self.shape(src),
-            (n, cols.len() * group),
-            "scatter: source shape"
-        );
-        assert!(
-            cols.iter().all(|&c| (c + 1) * group <= m),
-            "scatter: column out of range"
-        );
-        let ng = self.needs(base.0) || self.needs(src.0);
-        let op = Op::Scatter {
-            base: base.0,
-            src: src.0,
-            cols: cols.clone(),
-            group,
-        };
-        let i = self.push(op, (n, m), ng);
-        let (prev, node) = self.split(i);
-        node.value.assign(&prev[base.0].value);
-        for (sr, mut yr) in prev[src.0]
-            .value
-            .outer_iter()
-            .zip(node.value.outer_iter_mut())
-        {
-            let sr = sr.as_slice().expect("standard layout");
-            let yr = yr.as_slice_mut().expect("standard layout");
-            for (sg, &c) in sr.chunks_exact(group).zip(cols.iter()) {
-                yr[c * group..(c + 1) * group].copy_from_slice(sg);
-            }
-        }
-        Var(i)
-    }
-
-    /// Per-site concatenation: inputs `[n, sites * k_i]` give `[n, sites * Σk_i]` with the
-    /// `k_i` numbers of input i for site s at `s * Σk + Σ_{j<i} k_j`.
-    pub fn interleave(&mut self, inputs: &[Var], sites: usize) -> Var {
-        assert!(!inputs.is_empty() && sites > 0, "interleave: no input");
-        let n = self.shape(inputs[0]).0;
-        let mut total = 0;
-        for &v in inputs {
-            let (r, c) = self.shape(v);
-            assert!(r == n && c.is_multiple_of(sites), "interleave: input shape");
-            total += c / sites;
-        }
-        let ng = inputs.iter().any(|v| self.needs(v.0));
-        let first = self.group_ids.len();
-        self.group_ids.extend(inputs.iter().map(|v| v.0));
-        let op = Op::Interleave {
-            first,
-            count: inputs.len(),
-            sites,
-        };
-        let i = self.push(op, (n, sites * total), ng);
-        let (prev, rest) = self.nodes.split_at_mut(i);
-        let node = &mut rest[0];
-        let mut offset = 0;
-        for &id in &self.group_ids[first..first + inputs.len()] {
-            let k = prev[id].value.ncols() / sites;
-            for (xr, mut yr) in prev[id].value.outer_iter().zip(node.value.outer_iter_mut()) {
-                let xr = xr.as_slice().expect("standard layout");
-                let yr = yr.as_slice_mut().expect("standard layout");
-                for (s, xg) in xr.chunks_exact(k).enumerate() {
-                    let at = s * total + offset;
-                    yr[at..at + k].copy_from_slice(xg);
-                }
-            }
-            offset += k;
-        }
-        Var(i)
-    }
-
-    /// Periodic convolution. `x` is `[n, volume * c_in]` (channels last), the kernel is a
-    /// `[n_taps * c_in, c_out]` parameter block, the optional bias `[1, c_out]`; the output is
-    /// `[n, volume * c_out]`.
-    pub fn conv(
-        &mut self,
-        params: &[T],
-        x: Var,
-        taps: &ConvTaps,
-        c_in: usize,
-        w: ParamSlice,
-        b: Option<ParamSlice>,
-    ) -> Var {
-        let (n, m) = self.shape(x);
-        let vol = taps.volume;
-        assert_eq!(m, vol * c_in, "conv: input width");
-        assert_eq!(w.rows, taps.n_taps * c_in, "conv: kernel rows");
-        let c_out = w.cols;
-        let op = Op::Conv {
-            x: x.0,
-            taps: taps.clone(),
-            c_in,
-            w,
-            b,
-        };
-        let i = self.push(op, (n, vol * c_out), true);
-        let (prev, node) = self.split(i);
-        let width = taps.n_taps * c_in;
-        ensure_shape(&mut node.aux, (n * vol, width));
-        im2col(&prev[x.0].value, &mut node.aux, taps, c_in);
-        let mut out = node
-            .value
-            .view_mut()
-            .into_shape_with_order((n * vol, c_out))
-            .expect("standard layout");
-        let beta = match b {
-            Some(b) => {
-                out.assign(&b.view(params));
-                T::one()
-            }
-            None => T::zero(),
-        };
-        mat_mul(&node.aux.view(), &w.view(params), beta, &mut out);
-        Var(i)
-    }
-
-    /// Row sums: `[n, m]` → `[n, 1]`.
-    pub fn sum_rows(&mut self, x: Var) -> Var {
-        let n = self.shape(x).0;
-        let ng = self.needs(x.0);
-        let i = self.push(Op::SumRows(x.0), (n, 1), ng);
-        let (prev, node) = self.split(i);
-        for (xr, y) in prev[x.0].value.outer_iter().zip(node.value.iter_mut()) {
-            *y = xr.sum();
-        }
-        Var(i)
-    }
-
-    /// Sum of all elements: `[n, m]` → `[1, 1]`.
-    pub fn sum_all(&mut self, x: Var) -> Var {
-        let ng = self.needs(x.0);
-        let i = self.push(Op::SumAll(x.0), (1, 1), ng);
-        let (prev, node) = self.split(i);
-        node.value[[0, 0]] = prev[x.0].value.sum();
-        Var(i)
-    }
-
-    fn binary(&mut self, a: Var, b: Var, op: Op<T>, f: impl Fn(T, T) -> T) -> Var {
-        let shape = self.shape(a);
-        assert_eq!(shape, self.shape(b), "elementwise op: shapes differ");
-        let ng = self.needs(a.0) || self.needs(b.0);
-        let i = self.push(op, shape, ng);
-        let (prev, node) = self.split(i);
-        ndarray::Zip::from(&mut node.value)
-            .and(&prev[a.0].value)
-            .and(&prev[b.0].value)
-            .for_each(|y, &a, &b| *y = f(a, b));
-        Var(i)
-    }
-
-    /// a + b elementwise.
-    pub fn add(&mut self, a: Var, b: Var) -> Var {
-        self.binary(a, b, Op::Add(a.0, b.0), |a, b| a + b)
-    }
-
-    /// a − b elementwise.
-    pub fn sub(&mut self, a: Var, b: Var) -> Var {
-        self.binary(a, b, Op::Sub(a.0, b.0), |a, b| a - b)
-    }
-
-    /// a ⊙ b elementwise.
-    pub fn mul(&mut self, a: Var, b: Var) -> Var {
-        self.binary(a, b, Op::Mul(a.0, b.0), |a, b| a * b)
-    }
-
-    /// c·x for a constant c.
-    pub fn scale(&mut self, x: Var, c: T) -> Var {
-        self.unary(x, Op::Scale(x.0, c), |x| c * x)
-    }
-
-    /// x · e^θ with the scalar parameter θ = `params[c]`.
-    pub fn scale_by_exp_param(&mut self, params: &[T], x: Var, c: usize) -> Var {
-        let factor = params[c].exp();
-        let shape = self.shape(x);
-        let i = self.push(Op::ScaleByExpParam { x: x.0, c }, shape, true);
-        let (prev, node) = self.split(i);
-        node.value
-            .zip_mut_with(&prev[x.0].value, |y, &x| *y = x * factor);
-        Var(i)
-    }
-
-    /// x + factor·θ with the scalar parameter θ = `params[c]`.
-    pub fn add_param(&mut self, params: &[T], x: Var, c: usize, factor: T) -> Var {
-        let shift = factor * params[c];
-        let shape = self.shape(x);
-        let i = self.push(Op::AddParam { x: x.0, c, factor }, shape, true);
-        let (prev, node) = self.split(i);
-        node.value
-            .zip_mut_with(&prev[x.0].value, |y, &x| *y = x + shift);
-        Var(i)
-    }
-
-    /// Applies a pointwise transform: `v` is `[n, m]`, `theta` is `[n, m·k]`. Returns y
-    /// (`[n, m]`) and the per-row sum of log|∂C/∂v| (`[n, 1]`).
-    pub fn pointwise(
-        &mut self,
-        v: Var,
-        theta: Var,
-        transform: &Arc<dyn PointwiseTransform<T>>,
-    ) -> (Var, Var) {
-        let (n, m) = self.shape(v);
-        let k = transform.params_per_site();
-        assert_eq!(self.shape(theta), (n, m * k), "pointwise: parameter shape");
-        let ng = self.needs(v.0) || self.needs(theta.0);
-        let op = Op::Pointwise {
-            v: v.0,
-            theta: theta.0,
-            transform: transform.clone(),
-        };
-        let i = self.push(op, (n, m), ng);
-        let save = ng && self.save_for_backward;
-        let (prev, node) = self.split(i);
-        ensure_shape(&mut node.aux, (n, m));
-        let saved_len = if save { transform.saved_len(n * m) } else { 0 };
-        // Resized only when the length changes, so steady-state passes allocate nothing.
-        if node.saved.len() != saved_len {
-            node.saved.resize(saved_len, T::zero());
-        }
-        transform.forward_saving(
-            contiguous(&prev[v.0].value),
-            contiguous(&prev[theta.0].value),
-            contiguous_mut(&mut node.value),
-            contiguous_mut(&mut node.aux),
-            &mut node.saved,
-        );
-        let j = self.push(Op::PointwiseLogDet(i), (n, 1), ng);
-        let (prev, node) = self.split(j);
-        for (lr, y) in prev[i].aux.outer_iter().zip(node.value.iter_mut()) {
-            *y = lr.sum();
-        }
-        (Var(i), Var(j))
-    }
-
-    /// Per-site log-derivatives of a pointwise node (from [`Tape::pointwise`]).
-    pub fn pointwise_log_derivatives(&self, y: Var) -> ArrayView2<'_, T> {
-        assert!(matches!(self.nodes[y.0].op, Op::Pointwise { .. }));
-        self.nodes[y.0].aux.view()
-    }
-
-    /// The vector–Jacobian product of a pointwise node (from [`Tape::pointwise`]) on its
-    /// own: given ∂L/∂y (`gy`) and ∂L/∂ld per site (`gld`), *adds* ∂L/∂v into `gv` and ∂L/∂θ
-    /// into `gtheta` (flat, laid out like the node's operands), from the state the
-    /// transform saved in the forward pass when there is one.
-    pub fn pointwise_backward(&self, y: Var, gy: &[T], gld: &[T], gv: &mut [T], gtheta: &mut [T]) {
-        let node = &self.nodes[y.0];
-        let Op::Pointwise {
-            v,
-            theta,
-            transform,
-        } = &node.op
-        else {
-            panic!("pointwise_backward: not a pointwise node");
-        };
-        let (v, theta) = (
-            contiguous(&self.nodes[*v].value),
-            contiguous(&self.nodes[*theta].value),
-        );
-        if node.saved.len() == transform.saved_len(v.len()) {
-            transform.backward_saved(v, theta, &node.saved, gy, gld, gv, gtheta);
-        } else {
-            transform.backward(v, theta, gy, gld, gv, gtheta);
-        }
     }
 
     /// Sets every gradient of the current graph to zero (allocating only on shape change).
@@ -815,303 +372,48 @@ impl<T: Real> Tape<T> {
                 continue;
             }
             let (prev, rest) = self.nodes.split_at_mut(i);
-            let node = &mut rest[0];
-            let g = &node.grad;
-            match &node.op {
+            let Node {
+                op,
+                value,
+                grad,
+                aux,
+                aux_grad,
+                saved,
+                ..
+            } = &mut rest[0];
+            let mut ctx = Backward {
+                prev,
+                value,
+                grad,
+                aux,
+                aux_grad,
+                saved,
+                params,
+                param_grad: param_grad.as_deref_mut(),
+                group_ids: &self.group_ids,
+                mask: &mut self.mask,
+            };
+            match op {
                 Op::Input => {}
-                Op::Linear { x, w, b } => {
-                    let xn = &mut prev[*x];
-                    if let Some(param_grad) = param_grad.as_deref_mut() {
-                        let mut gw = w.view_mut(param_grad);
-                        mat_mul(&xn.value.t(), &g.view(), T::one(), &mut gw);
-                        if let Some(b) = b {
-                            add_column_sums(&g.view(), &mut b.view_mut(param_grad));
-                        }
-                    }
-                    if xn.needs_grad {
-                        mat_mul(
-                            &g.view(),
-                            &w.view(params).t(),
-                            T::one(),
-                            &mut xn.grad.view_mut(),
-                        );
-                    }
-                }
-                Op::MatMul { a, b } => {
-                    let (a, b) = (*a, *b);
-                    if a == b {
-                        let xv = prev[a].value.clone();
-                        let xn = &mut prev[a];
-                        mat_mul(&g.view(), &xv.t(), T::one(), &mut xn.grad.view_mut());
-                        mat_mul(&xv.t(), &g.view(), T::one(), &mut xn.grad.view_mut());
-                    } else {
-                        let (na, nb) = two_mut(prev, a, b);
-                        if na.needs_grad {
-                            mat_mul(&g.view(), &nb.value.t(), T::one(), &mut na.grad.view_mut());
-                        }
-                        if nb.needs_grad {
-                            mat_mul(&na.value.t(), &g.view(), T::one(), &mut nb.grad.view_mut());
-                        }
-                    }
-                }
-                Op::BiasAdd { x, b } => {
-                    if let Some(param_grad) = param_grad.as_deref_mut() {
-                        add_column_sums(&g.view(), &mut b.view_mut(param_grad));
-                    }
-                    if prev[*x].needs_grad {
-                        add_into(&mut prev[*x].grad, &g.view());
-                    }
-                }
-                Op::Tanh(x) => {
-                    ndarray::Zip::from(&mut prev[*x].grad)
-                        .and(g)
-                        .and(&node.value)
-                        .for_each(|gx, &g, &y| *gx = *gx + g * (T::one() - y * y));
-                }
-                Op::Exp(x) => {
-                    ndarray::Zip::from(&mut prev[*x].grad)
-                        .and(g)
-                        .and(&node.value)
-                        .for_each(|gx, &g, &y| *gx = *gx + g * y);
-                }
-                Op::Abs(x) => {
-                    let xn = &mut prev[*x];
-                    ndarray::Zip::from(&mut xn.grad)
-                        .and(g)
-                        .and(&xn.value)
-                        .for_each(|gx, &g, &x| *gx = *gx + g * sign(x));
-                }
-                Op::Softplus(x) => {
-                    let xn = &mut prev[*x];
-                    ndarray::Zip::from(&mut xn.grad)
-                        .and(g)
-                        .and(&xn.value)
-                        .for_each(|gx, &g, &x| *gx = *gx + g * sigmoid(x));
-                }
-                Op::Softmax { x, group } => {
-                    let gs = contiguous(g);
-                    let ys = contiguous(&node.value);
-                    let gxs = contiguous_mut(&mut prev[*x].grad);
-                    for ((gg, yg), gxg) in gs
-                        .chunks_exact(*group)
-                        .zip(ys.chunks_exact(*group))
-                        .zip(gxs.chunks_exact_mut(*group))
-                    {
-                        let dot = gg.iter().zip(yg).fold(T::zero(), |a, (&g, &y)| a + g * y);
-                        for ((gx, &g), &y) in gxg.iter_mut().zip(gg).zip(yg) {
-                            *gx = *gx + y * (g - dot);
-                        }
-                    }
-                }
-                Op::CumSum { x, group } => {
-                    let gs = contiguous(g);
-                    let gxs = contiguous_mut(&mut prev[*x].grad);
-                    for (gg, gxg) in gs.chunks_exact(*group).zip(gxs.chunks_exact_mut(*group)) {
-                        let mut acc = T::zero();
-                        for (gx, &g) in gxg.iter_mut().zip(gg).rev() {
-                            acc = acc + g;
-                            *gx = *gx + acc;
-                        }
-                    }
-                }
-                Op::Gather { x, cols, group } => {
-                    let group = *group;
-                    for (gr, mut gxr) in g.outer_iter().zip(prev[*x].grad.outer_iter_mut()) {
-                        let gr = gr.as_slice().expect("standard layout");
-                        let gxr = gxr.as_slice_mut().expect("standard layout");
-                        for (gg, &c) in gr.chunks_exact(group).zip(cols.iter()) {
-                            for (gx, &g) in gxr[c * group..(c + 1) * group].iter_mut().zip(gg) {
-                                *gx = *gx + g;
-                            }
-                        }
-                    }
-                }
-                Op::Scatter {
-                    base,
-                    src,
-                    cols,
-                    group,
-                } => {
-                    let group = *group;
-                    if prev[*src].needs_grad {
-                        for (gr, mut gsr) in g.outer_iter().zip(prev[*src].grad.outer_iter_mut()) {
-                            let gr = gr.as_slice().expect("standard layout");
-                            let gsr = gsr.as_slice_mut().expect("standard layout");
-                            for (gs, &c) in gsr.chunks_exact_mut(group).zip(cols.iter()) {
-                                for (s, &g) in gs.iter_mut().zip(&gr[c * group..(c + 1) * group]) {
-                                    *s = *s + g;
-                                }
-                            }
-                        }
-                    }
-                    if prev[*base].needs_grad {
-                        let m = g.ncols();
-                        self.mask.clear();
-                        self.mask.resize(m, true);
-                        for &c in cols.iter() {
-                            self.mask[c * group..(c + 1) * group].fill(false);
-                        }
-                        for (gr, mut gbr) in g.outer_iter().zip(prev[*base].grad.outer_iter_mut()) {
-                            for ((gb, &g), &keep) in gbr.iter_mut().zip(gr.iter()).zip(&self.mask) {
-                                if keep {
-                                    *gb = *gb + g;
-                                }
-                            }
-                        }
-                    }
-                }
-                Op::Interleave {
-                    first,
-                    count,
-                    sites,
-                } => {
-                    let ids = &self.group_ids[*first..*first + *count];
-                    let sum_k = g.ncols() / *sites;
-                    let mut offset = 0;
-                    for &id in ids {
-                        let k = prev[id].value.ncols() / *sites;
-                        if prev[id].needs_grad {
-                            for (gr, mut gxr) in g.outer_iter().zip(prev[id].grad.outer_iter_mut())
-                            {
-                                let gr = gr.as_slice().expect("standard layout");
-                                let gxr = gxr.as_slice_mut().expect("standard layout");
-                                for (s, gxg) in gxr.chunks_exact_mut(k).enumerate() {
-                                    let at = s * sum_k + offset;
-                                    for (gx, &g) in gxg.iter_mut().zip(&gr[at..at + k]) {
-                                        *gx = *gx + g;
-                                    }
-                                }
-                            }
-                        }
-                        offset += k;
-                    }
-                }
-                Op::Conv {
-                    x,
-                    taps,
-                    c_in,
-                    w,
-                    b,
-                } => {
-                    let n = g.nrows();
-                    let c_out = w.cols;
-                    let g2 = g
-                        .view()
-                        .into_shape_with_order((n * taps.volume, c_out))
-                        .expect("standard layout");
-                    if let Some(param_grad) = param_grad.as_deref_mut() {
-                        let mut gw = w.view_mut(param_grad);
-                        mat_mul(&node.aux.t(), &g2.view(), T::one(), &mut gw);
-                        if let Some(b) = b {
-                            add_column_sums(&g2, &mut b.view_mut(param_grad));
-                        }
-                    }
-                    if prev[*x].needs_grad {
-                        ensure_shape(&mut node.aux_grad, node.aux.dim());
-                        mat_mul(
-                            &g2.view(),
-                            &w.view(params).t(),
-                            T::zero(),
-                            &mut node.aux_grad.view_mut(),
-                        );
-                        col2im_add(&node.aux_grad, &mut prev[*x].grad, taps, *c_in);
-                    }
-                }
-                Op::SumRows(x) => {
-                    for (mut gxr, &g) in prev[*x].grad.outer_iter_mut().zip(g.iter()) {
-                        gxr.iter_mut().for_each(|gx| *gx = *gx + g);
-                    }
-                }
-                Op::SumAll(x) => {
-                    let g = g[[0, 0]];
-                    prev[*x].grad.iter_mut().for_each(|gx| *gx = *gx + g);
-                }
-                Op::Add(a, b) => {
-                    add_into(&mut prev[*a].grad, &g.view());
-                    add_into(&mut prev[*b].grad, &g.view());
-                }
-                Op::Sub(a, b) => {
-                    add_into(&mut prev[*a].grad, &g.view());
-                    prev[*b].grad.zip_mut_with(g, |a, &g| *a = *a - g);
-                }
-                Op::Mul(a, b) => {
-                    let (a, b) = (*a, *b);
-                    if a == b {
-                        let xn = &mut prev[a];
-                        ndarray::Zip::from(&mut xn.grad)
-                            .and(g)
-                            .and(&xn.value)
-                            .for_each(|gx, &g, &x| *gx = *gx + (g + g) * x);
-                    } else {
-                        let (na, nb) = two_mut(prev, a, b);
-                        ndarray::Zip::from(&mut na.grad)
-                            .and(g)
-                            .and(&nb.value)
-                            .for_each(|gx, &g, &y| *gx = *gx + g * y);
-                        ndarray::Zip::from(&mut nb.grad)
-                            .and(g)
-                            .and(&na.value)
-                            .for_each(|gx, &g, &y| *gx = *gx + g * y);
-                    }
-                }
-                Op::Scale(x, c) => {
-                    let c = *c;
-                    prev[*x].grad.zip_mut_with(g, |gx, &g| *gx = *gx + c * g);
-                }
-                Op::ScaleByExpParam { x, c } => {
-                    let factor = params[*c].exp();
-                    if let Some(param_grad) = param_grad.as_deref_mut() {
-                        let dot = g
-                            .iter()
-                            .zip(node.value.iter())
-                            .fold(T::zero(), |a, (&g, &y)| a + g * y);
-                        param_grad[*c] = param_grad[*c] + dot;
-                    }
-                    if prev[*x].needs_grad {
-                        prev[*x]
-                            .grad
-                            .zip_mut_with(g, |gx, &g| *gx = *gx + factor * g);
-                    }
-                }
-                Op::AddParam { x, c, factor } => {
-                    if let Some(param_grad) = param_grad.as_deref_mut() {
-                        param_grad[*c] = param_grad[*c] + *factor * g.sum();
-                    }
-                    if prev[*x].needs_grad {
-                        add_into(&mut prev[*x].grad, &g.view());
-                    }
-                }
-                Op::Pointwise {
-                    v,
-                    theta,
-                    transform,
-                } => {
-                    let (nv, nt) = two_mut(prev, *v, *theta);
-                    transform.backward_saved(
-                        contiguous(&nv.value),
-                        contiguous(&nt.value),
-                        &node.saved,
-                        contiguous(g),
-                        contiguous(&node.aux_grad),
-                        contiguous_mut(&mut nv.grad),
-                        contiguous_mut(&mut nt.grad),
-                    );
-                }
-                Op::PointwiseLogDet(pw) => {
-                    let pwn = &mut prev[*pw];
-                    for (mut gl, &g) in pwn.aux_grad.outer_iter_mut().zip(g.iter()) {
-                        gl.iter_mut().for_each(|x| *x = *x + g);
-                    }
-                }
+                Op::Product(op) => op.backward(&mut ctx),
+                Op::Elementwise(op) => op.backward(&mut ctx),
+                Op::Group(op) => op.backward(&mut ctx),
+                Op::Index(op) => op.backward(&mut ctx),
+                Op::Conv(op) => op.backward(&mut ctx),
+                Op::Fourier(op) => op.backward(&mut ctx),
+                Op::Reduce(op) => op.backward(&mut ctx),
+                Op::Transform(op) => op.backward(&mut ctx),
             }
         }
     }
 }
 
+/// dst += src elementwise.
 fn add_into<T: Real>(dst: &mut Array2<T>, src: &ArrayView2<T>) {
     dst.zip_mut_with(src, |a, &b| *a = *a + b);
 }
 
+/// Two distinct nodes, both mutable.
 fn two_mut<T: Real>(nodes: &mut [Node<T>], a: usize, b: usize) -> (&mut Node<T>, &mut Node<T>) {
     assert_ne!(a, b, "an operation's two operands must be distinct nodes");
     if a < b {
@@ -1123,70 +425,9 @@ fn two_mut<T: Real>(nodes: &mut [Node<T>], a: usize, b: usize) -> (&mut Node<T>,
     }
 }
 
+/// out[0, :] += Σ_rows g[row, :].
 fn add_column_sums<T: Real>(g: &ArrayView2<T>, out: &mut ArrayViewMut2<T>) {
     for gr in g.outer_iter() {
         out.row_mut(0).zip_mut_with(&gr, |o, &g| *o = *o + g);
-    }
-}
-
-fn im2col<T: Real>(x: &Array2<T>, col: &mut Array2<T>, taps: &ConvTaps, c_in: usize) {
-    let vol = taps.volume;
-    let nt = taps.n_taps;
-    let cs = contiguous_mut(col);
-    for (r, xr) in x.outer_iter().enumerate() {
-        let xr = xr.as_slice().expect("standard layout");
-        for s in 0..vol {
-            let row = &mut cs[(r * vol + s) * nt * c_in..(r * vol + s + 1) * nt * c_in];
-            for t in 0..nt {
-                let src = taps.taps[s * nt + t] as usize * c_in;
-                row[t * c_in..(t + 1) * c_in].copy_from_slice(&xr[src..src + c_in]);
-            }
-        }
-    }
-}
-
-fn col2im_add<T: Real>(gcol: &Array2<T>, gx: &mut Array2<T>, taps: &ConvTaps, c_in: usize) {
-    let vol = taps.volume;
-    let nt = taps.n_taps;
-    let cs = contiguous(gcol);
-    for (r, mut gxr) in gx.outer_iter_mut().enumerate() {
-        let gxr = gxr.as_slice_mut().expect("standard layout");
-        for s in 0..vol {
-            let row = &cs[(r * vol + s) * nt * c_in..(r * vol + s + 1) * nt * c_in];
-            for t in 0..nt {
-                let dst = taps.taps[s * nt + t] as usize * c_in;
-                for (o, &g) in gxr[dst..dst + c_in]
-                    .iter_mut()
-                    .zip(&row[t * c_in..(t + 1) * c_in])
-                {
-                    *o = *o + g;
-                }
-            }
-        }
-    }
-}
-
-/// log(1 + e^x) without overflow.
-pub fn softplus<T: Real>(x: T) -> T {
-    x.max(T::zero()) + (-x.abs()).exp().ln_1p()
-}
-
-/// 1 / (1 + e^{−x}) without overflow.
-pub fn sigmoid<T: Real>(x: T) -> T {
-    if x >= T::zero() {
-        T::one() / (T::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (T::one() + e)
-    }
-}
-
-fn sign<T: Real>(x: T) -> T {
-    if x > T::zero() {
-        T::one()
-    } else if x < T::zero() {
-        -T::one()
-    } else {
-        T::zero()
     }
 }

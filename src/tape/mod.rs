@@ -1,7 +1,7 @@
 //! Automatic differentiation for the flows: a reverse-mode [`Tape`] over ndarray tensors with
-//! hand-derived backward passes (dense and convolutional layers, elementwise maps, softmax,
-//! cumulative sums, partition gather/scatter, reductions, and a fused op that applies any
-//! [`PointwiseTransform`]), and [`Dual`] numbers on which the tape and whole flows also run,
+//! hand-derived backward passes (dense layers, convolutions by direct kernels, elementwise
+//! maps, softmax, cumulative sums, partition gather/scatter, reductions, and a fused op that
+//! applies any [`PointwiseTransform`]), and [`Dual`] numbers on which the tape and whole flows also run,
 //! for exact Jacobian-vector products by forward mode. The float trait [`Real`] and the
 //! [`PointwiseTransform`] interface live here, so that the tape depends on nothing from the
 //! flows.
@@ -26,6 +26,7 @@
 //! assert!((grad[0] - slope * 1.0).abs() < 1e-12 && (grad[1] - slope * 2.0).abs() < 1e-12);
 //! ```
 
+mod conv_kernel;
 mod dual;
 mod fastmath;
 mod graph;
@@ -36,6 +37,6 @@ mod real;
 pub use dual::Dual;
 pub use fastmath::{exp_f32, ln_f32, tanh_f32};
 pub(crate) use graph::ensure_shape;
-pub use graph::{ConvTaps, ParamSlice, Tape, Var, sigmoid, softplus};
+pub use graph::{ConvTaps, FourierPlan, ParamSlice, Tape, Var, sigmoid, softplus};
 pub use pointwise::PointwiseTransform;
 pub use real::Real;

@@ -4,7 +4,7 @@
 //! gradient checks against finite differences and forward mode, invertibility,
 //! log-derivative and finiteness checks for pointwise transforms, flow-level checks
 //! (invertibility, log-determinant against the exact forward-mode Jacobian or a
-//! finite-difference one, Z2 equivariance) and proptest strategies.
+//! finite-difference one, Z2 and translation equivariance) and proptest strategies.
 //!
 //! Checks return `Result<(), String>` (or, for actions, a typed failure) naming the
 //! offending site or component, so they can be used with `prop_assert!`, `?` or
@@ -25,9 +25,9 @@ pub use action::{
 };
 pub use flow::{
     FlowJacobian, LOG_DET_RTOL_F32, LOG_DET_RTOL_F64, check_flow_invertible,
-    check_flow_log_det_bruteforce, check_flow_log_det_exact, check_flow_z2_equivariant,
-    check_log_det_against_jacobian, flow_jacobian, forward_mode_jacobian, jacobian_log_abs_det,
-    log_abs_det,
+    check_flow_log_det_bruteforce, check_flow_log_det_exact, check_flow_translation_equivariant,
+    check_flow_z2_equivariant, check_log_det_against_jacobian, flow_jacobian,
+    forward_mode_jacobian, jacobian_log_abs_det, log_abs_det, translate,
 };
 pub use gradcheck::{
     GradCheck, assert_gradients_close, check_transform_gradients, finite_difference_gradient,

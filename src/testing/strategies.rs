@@ -48,6 +48,37 @@ pub fn arb_latent_batch(
     })
 }
 
+/// Translations of a lattice with `extents` that a flow's partitions allow: components
+/// that are multiples of `step` (2^levels for a multiscale flow, 1 otherwise), and with
+/// `even_sum` an even sum of the components divided by `step` (a checkerboard at the
+/// coarsest level). For [`check_flow_translation_equivariant`](crate::testing::check_flow_translation_equivariant).
+pub fn arb_shift(
+    extents: &[usize],
+    step: usize,
+    even_sum: bool,
+) -> impl Strategy<Value = Vec<usize>> {
+    let extents = extents.to_vec();
+    let step = step.max(1);
+    let counts: Vec<usize> = extents.iter().map(|&l| (l / step).max(1)).collect();
+    counts
+        .iter()
+        .map(|&n| 0..n)
+        .collect::<Vec<_>>()
+        .prop_map(move |mut a| {
+            if even_sum && !a.iter().sum::<usize>().is_multiple_of(2) {
+                // Move the first axis on by one step (wrapping): the parity flips when
+                // that axis has an even number of steps, else move the next one.
+                if let Some(mu) = (0..a.len()).find(|&mu| counts[mu].is_multiple_of(2)) {
+                    a[mu] = (a[mu] + 1) % counts[mu];
+                }
+            }
+            a.iter()
+                .zip(&extents)
+                .map(|(&k, &l)| (k * step) % l)
+                .collect()
+        })
+}
+
 /// The proptest seed used unless `PROPTEST_RNG_SEED` is set: runs are reproducible by default.
 pub const FIXED_SEED: u64 = 20_261_123;
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgMatches, Args, ValueEnum};
+use latflow::flow::FreeFieldKind;
 use latflow::run::{
     ActionSpec, AnnealSpec, RecipeKind, RecipeSpec, TrainControl, TrainOutcome, TrainSpec,
 };
@@ -46,6 +47,17 @@ pub(crate) enum RecipeName {
     Z2Affine,
     /// Z2-equivariant affine blocks with convolutional nets.
     Conv,
+    /// Convolutional Z2-affine blocks on a coarse lattice, refined level by level.
+    Multiscale,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum FreeFieldName {
+    None,
+    /// One σ per class of momenta.
+    Classes,
+    /// A learnable mass and normalisation.
+    Mass,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -111,12 +123,21 @@ pub(crate) struct MethodArgs {
     /// Affine (or additive, or convolutional) coupling blocks.
     #[arg(long, default_value_t = 2)]
     pub(crate) affine_blocks: usize,
-    /// Spline segments K (--recipe seed).
+    /// Spline segments K (--recipe seed; conv and multiscale with --spline).
     #[arg(long, default_value_t = 8)]
     pub(crate) segments: usize,
-    /// Channels of the convolutional nets (--recipe conv).
+    /// Channels of the convolutional nets (--recipe conv, multiscale).
     #[arg(long, default_value_t = 8)]
     pub(crate) channels: usize,
+    /// Coarse levels (--recipe multiscale): the extents must be divisible by 2^levels.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) levels: usize,
+    /// A spline block of --segments segments on top (--recipe conv, multiscale).
+    #[arg(long)]
+    pub(crate) spline: bool,
+    /// A free-field layer in front (--recipe conv, multiscale).
+    #[arg(long, value_enum, default_value = "none")]
+    pub(crate) free_field: FreeFieldName,
     /// Configurations per training step.
     #[arg(long, default_value_t = 500)]
     pub(crate) batch: usize,
@@ -228,6 +249,7 @@ impl TrainArgs {
             RecipeName::Additive => RecipeKind::Additive,
             RecipeName::Z2Affine => RecipeKind::Z2Affine,
             RecipeName::Conv => RecipeKind::Conv,
+            RecipeName::Multiscale => RecipeKind::Multiscale,
         };
         let recipe_name = self
             .method
@@ -242,6 +264,9 @@ impl TrainArgs {
                     flag_name(&flag)
                 );
             }
+        }
+        if recipe_kind.is_convolutional() && given(m, "segments") && !self.method.spline {
+            bail!("--segments has no effect with --recipe {recipe_name} without --spline");
         }
         for flag in ["restart_period", "restart_growth"] {
             if given(m, flag) && !matches!(self.method.schedule, ScheduleName::WarmRestarts) {
@@ -299,6 +324,13 @@ impl TrainArgs {
             affine_blocks: self.method.affine_blocks,
             segments: self.method.segments,
             channels: self.method.channels,
+            levels: self.method.levels,
+            spline: self.method.spline,
+            free_field: match self.method.free_field {
+                FreeFieldName::None => FreeFieldKind::None,
+                FreeFieldName::Classes => FreeFieldKind::Classes,
+                FreeFieldName::Mass => FreeFieldKind::Mass,
+            },
             ..RecipeSpec::default()
         };
         let mut train = TrainConfig::new(self.method.batch, self.method.iterations, self.method.lr);
@@ -471,11 +503,19 @@ pub(crate) fn run_train(
                 1 => "1 affine block".to_string(),
                 n => format!("{n} affine blocks"),
             };
+            let flow = match r.kind {
+                RecipeKind::Seed => format!("seed recipe with hidden width {}, {affine}", r.hidden),
+                _ => format!(
+                    "scalable family: a free-field layer with one σ per class of momenta, \
+                     {affine} with convolutional nets of {} × {} channels ({}×{} kernels), a \
+                     convolutional spline block",
+                    r.depth, r.channels, r.kernel, r.kernel
+                ),
+            };
             println!(
-                "default method for this lattice: seed recipe with hidden width {}, {affine}, \
-                 {} spline segments; {} gradient, batch {}, budget {} iterations, lr {} \
-                 ({schedule}); checks every {} iterations on {} samples",
-                r.hidden,
+                "default method for this lattice: {flow}, {} spline segments; {} gradient, \
+                 batch {}, budget {} iterations, lr {} ({schedule}); checks every {} \
+                 iterations on {} samples",
                 r.segments,
                 t.gradient,
                 t.batch,
