@@ -435,3 +435,34 @@ fn the_steady_state_step_allocates_only_in_forward_backward() {
     assert!(allocations_on_this_thread() > before, "{}", probe.len());
     assert_eq!(step, bare);
 }
+
+/// The scalable default method at L = 32 with the command line's default evaluation of
+/// 10,000 samples passes the memory check: an evaluation draws and weighs its samples in
+/// chunks of `EVAL_CHUNK`, so its memory is that of one chunk's forward pass, not of the
+/// whole sample's (about 30 GiB for this flow).
+#[test]
+fn a_large_evaluation_sample_is_weighed_in_chunks() {
+    let lattice = Lattice::hypercubic(2, 32).unwrap();
+    let (recipe, mut train) = latflow::run::default_method(&lattice);
+    train.eval_samples = 10_000;
+    let model = FlowModel::new(&recipe.build(&lattice).unwrap(), &lattice, 0).unwrap();
+    let action = Arc::new(Phi4::hopping(lattice.clone(), 0.66, 0.5).unwrap());
+    assert!(Trainer::new(model.clone(), action.clone(), train).is_ok());
+    // The chunked evaluation draws the same latent stream as one pass over the sample.
+    let small = Lattice::hypercubic(2, 4).unwrap();
+    let flow = FlowModel::new(&FlowConfig::seed(16, 1, 4).unwrap(), &small, 1).unwrap();
+    let phi4 = Phi4::hopping(small, 0.5, 0.5).unwrap();
+    let n = latflow::train::EVAL_CHUNK + 100;
+    let eval = evaluate_flow(&flow, &phi4, n, &mut latflow::rng_from_seed(3)).unwrap();
+    let mut rng = latflow::rng_from_seed(3);
+    let (phi, log_p) = latflow::flow::Flow::sample(&flow, n, &mut rng).unwrap();
+    let positive = phi.outer_iter().filter(|r| r.sum() > 0.0).count();
+    assert_eq!(eval.fraction_positive_m, positive as f64 / n as f64);
+    let w: Vec<f64> = phi
+        .outer_iter()
+        .zip(log_p.iter())
+        .map(|(r, lp)| -phi4.action(&r.iter().map(|&v| f64::from(v)).collect::<Vec<_>>()) - lp)
+        .collect();
+    let mean = w.iter().sum::<f64>() / n as f64;
+    assert!((eval.mean_log_w - mean).abs() < 1e-9 * mean.abs().max(1.0));
+}

@@ -11,6 +11,6 @@ pub use checkpoint::CHECKPOINT_FORMAT_VERSION;
 pub use optim::{Optimizer, OptimizerKind};
 pub use schedule::Schedule;
 pub use trainer::{
-    AnnealFn, DEFAULT_CHECK_INTERVAL, EvalMetrics, GradientEstimator, StepMetrics, TrainConfig,
-    TrainSummary, Trainer, evaluate_flow,
+    AnnealFn, DEFAULT_CHECK_INTERVAL, EVAL_CHUNK, EvalMetrics, GradientEstimator, StepMetrics,
+    TrainConfig, TrainSummary, Trainer, evaluate_flow,
 };

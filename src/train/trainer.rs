@@ -868,9 +868,13 @@ fn check_training_size<F: TrainableFlow>(
     let per_row = model.training_bytes_per_row() as u128;
     // Latent batch and workspace φ in f32, log-det and loss in f64, the pass's own values.
     let batch_row = 2 * f32_bytes * volume + 16 + per_row;
-    // Fields, log-densities and log-weights of a sample, and the forward pass (half the
-    // training pass: no gradients).
-    let eval_row = 2 * f32_bytes * volume + 8 * volume + 16 + per_row / 2;
+    // Log-weights of a sample, and for one chunk of it the fields, log-densities and the
+    // forward pass (half the training pass: no gradients).
+    let eval_rows = config.eval_samples.max(config.check_sample_size()) as u128;
+    let chunk_row = 2 * f32_bytes * volume + 8 * volume + 16 + per_row / 2;
+    let eval_bytes = eval_rows
+        .saturating_mul(16)
+        .saturating_add(eval_rows.min(EVAL_CHUNK as u128).saturating_mul(chunk_row));
     crate::limits::check_memory_parts(&[
         (
             "batch",
@@ -889,7 +893,7 @@ fn check_training_size<F: TrainableFlow>(
                 "eval_samples"
             },
             "an evaluation sample",
-            (config.eval_samples.max(config.check_sample_size()) as u128).saturating_mul(eval_row),
+            eval_bytes,
         ),
         // Parameters, gradient and two optimiser moments.
         (
@@ -924,7 +928,11 @@ fn check_training_size<F: TrainableFlow>(
     crate::limits::check_multiply_adds(name, multiply_adds)
 }
 
-/// Tests `flow` against `action` with `n` fresh samples: log w = −S − log p̃ in f64, an
+/// Configurations an evaluation draws and weighs at a time (its memory is that of this many
+/// rows of the flow's forward pass, whatever the sample size).
+pub const EVAL_CHUNK: usize = 1024;
+
+/// Tests `flow` against `action` with `n` fresh samples, drawn [`EVAL_CHUNK`] at a time: log w = −S − log p̃ in f64, an
 /// independence Metropolis chain over the samples in order (acceptance, τ_rej), the ESS
 /// fraction, mean and variance of log w and the fraction of samples with M > 0.
 pub fn evaluate_flow<F: Flow + ?Sized, A: Action + ?Sized>(
@@ -940,8 +948,17 @@ pub fn evaluate_flow<F: Flow + ?Sized, A: Action + ?Sized>(
         ));
     }
     ensure_same_lattice(flow, action)?;
-    let (phi, log_p) = flow.sample(n, rng)?;
-    let (log_w, positive) = log_weights(action, phi.view(), log_p.view());
+    let mut log_w = Vec::with_capacity(n);
+    let mut positive = 0;
+    let mut done = 0;
+    while done < n {
+        let rows = EVAL_CHUNK.min(n - done);
+        let (phi, log_p) = flow.sample(rows, rng)?;
+        let (chunk, chunk_positive) = log_weights(action, phi.view(), log_p.view());
+        log_w.extend(chunk);
+        positive += chunk_positive;
+        done += rows;
+    }
     let mean = log_w.iter().sum::<f64>() / n as f64;
     let var = log_w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
     let ess = ess_fraction(&log_w)?;
