@@ -14,7 +14,7 @@
 # TIME_LIMIT=7200 (seconds of training per run), DENSE_UP_TO=20 (largest L of the dense
 # default: beyond, it does not fit in memory or time), MULTISCALE=0 (1: also the multiscale
 # arrangement with LEVELS_L levels, default log2(L/4)), BETA_L (β at size L; the table below
-# holds the measured ξ ≈ L/4 couplings up to L = 20, larger sizes need BETA_L set).
+# holds the measured ξ ≈ L/4 couplings of docs/reference.md; other sizes need BETA_L set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-1}
@@ -35,6 +35,7 @@ beta() {
   case "$1" in
     6) echo 0.537 ;; 8) echo 0.576 ;; 10) echo 0.601 ;; 12) echo 0.616 ;; 14) echo 0.626 ;;
     16) echo 0.634 ;; 18) echo 0.641 ;; 20) echo 0.645 ;;
+    24) echo 0.6524 ;; 32) echo 0.6614 ;; 48) echo 0.6704 ;; 64) echo 0.6745 ;;
     *) echo "set BETA_$1 (the ξ ≈ L/4 coupling at L = $1)" >&2; exit 1 ;;
   esac
 }

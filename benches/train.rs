@@ -33,11 +33,10 @@ fn bench_train_step(c: &mut Criterion) {
 
 /// One training step of the scalable default method (`run::scalable_method`: free-field
 /// layer, convolutional Z2-affine and spline blocks, path gradient, batch 256) at L = 12, 16
-/// and 32 on the ξ ≈ L/4 line (β at L = 32 from the L = 20 value, a placeholder until the
-/// line is measured there: the step's cost does not depend on β).
+/// and 32 on the ξ ≈ L/4 line (docs/reference.md).
 fn bench_scalable_steps(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step_scalable");
-    for (l, beta) in [(12, 0.616), (16, 0.634), (32, 0.645)] {
+    for (l, beta) in [(12, 0.616), (16, 0.634), (32, 0.6614)] {
         let lattice = Lattice::hypercubic(2, l).unwrap();
         let (recipe, mut train) = latflow::run::scalable_method(&lattice);
         let model = FlowModel::new(&recipe.build(&lattice).unwrap(), &lattice, 0).unwrap();

@@ -55,7 +55,7 @@ pub use sweep::{
 };
 pub use tune::{
     ACCEPTANCE_WINDOW, HmcTuning, MAX_WIDENINGS, PILOT_N, PILOT_THERM, PROBE_N, PROBE_THERM,
-    PilotRun, SHORTEST_TAU, StepProbe, tune_hmc,
+    PilotRun, SHORTEST_TAU, StepProbe, TARGET_ACCEPTANCE, tune_hmc,
 };
 
 use crate::control::{Observer, Prefixed, StopToken};

@@ -22,6 +22,8 @@ pub const PROBE_N: usize = 300;
 pub const PROBE_THERM: usize = 100;
 /// The acceptance window the step size is chosen for.
 pub const ACCEPTANCE_WINDOW: (f64, f64) = (0.6, 0.9);
+/// The step-size probes look for the largest step whose acceptance reaches this value.
+pub const TARGET_ACCEPTANCE: f64 = 0.7;
 /// The shortest trajectory of the scan.
 pub const SHORTEST_TAU: f64 = 0.5;
 /// How many times the trajectory grid may be widened past an edge.
@@ -94,13 +96,14 @@ fn nan() -> f64 {
 /// trajectory with the fewest force evaluations per effectively independent configuration,
 /// md_steps · 2 max τ_int over `observables`:
 ///
-/// 1. the step size: short probes ([`PROBE_N`] trajectories of length 1) halve or double ε
-///    from ¼ until the acceptance lies in [`ACCEPTANCE_WINDOW`] (at most 12 probes; the
-///    last ε below the window's upper end is kept);
+/// 1. the step size: short probes ([`PROBE_N`] trajectories of length 1, ε = 1/MD steps)
+///    halve or double ε from ¼ until they bracket [`TARGET_ACCEPTANCE`], then bisect the
+///    bracket geometrically down to 20 % (at most 12 probes); the largest ε whose
+///    acceptance reaches the target is kept (inside [`ACCEPTANCE_WINDOW`]);
 /// 2. the trajectory: a pilot chain of [`PILOT_N`] trajectories (after [`PILOT_THERM`]) for
 ///    every τ = ½, 1, 2, … up to about half the largest extent (at least 2), with
 ///    round(τ/ε) MD steps; when the cheapest usable chain (not unreliable, acceptance at
-///    least half the window's lower end) has the longest (or shortest) τ of the grid, the
+///    least 0.3; a reliable one if any is) has the longest (or shortest) τ of the grid, the
 ///    grid grows by one τ beyond that edge, up to [`MAX_WIDENINGS`] times.
 ///
 /// Deterministic for a seed (no timing enters the choice). `observer` sees the stages
@@ -221,12 +224,21 @@ pub fn tune_hmc(
     })
 }
 
-/// The cheapest usable pilot chain: not unreliable, accepting at least 0.3, with a cost.
+/// The cheapest usable pilot chain: not unreliable, accepting at least 0.3, with a cost;
+/// among them the reliable ones first (a pilot with a warning is usually too short for its
+/// τ_int, which it then underestimates).
 fn cheapest(pilots: &[PilotRun]) -> Option<&PilotRun> {
-    pilots
-        .iter()
-        .filter(|p| p.verdict != Verdict::Unreliable && p.acceptance >= 0.3 && p.cost.is_finite())
-        .min_by(|a, b| a.cost.total_cmp(&b.cost).then(a.tau.total_cmp(&b.tau)))
+    let usable = || {
+        pilots.iter().filter(|p| {
+            p.verdict != Verdict::Unreliable && p.acceptance >= 0.3 && p.cost.is_finite()
+        })
+    };
+    let by_cost =
+        |a: &&PilotRun, b: &&PilotRun| a.cost.total_cmp(&b.cost).then(a.tau.total_cmp(&b.tau));
+    usable()
+        .filter(|p| p.verdict == Verdict::Reliable)
+        .min_by(by_cost)
+        .or_else(|| usable().min_by(by_cost))
 }
 
 /// Probes step sizes with trajectories of length 1 until the acceptance lies in the window.
@@ -239,10 +251,8 @@ fn tune_step_size(
     const MAX_PROBES: usize = 12;
     let per_probe = (PROBE_N + PROBE_THERM) as u64;
     observer.begin("step size", per_probe * MAX_PROBES as u64, "trajectories");
-    let (low, high) = ACCEPTANCE_WINDOW;
     let mut probes: Vec<StepProbe> = Vec::new();
-    let mut md_steps = 4usize;
-    let chosen = loop {
+    let mut probe = |md_steps: usize, probes: &mut Vec<StepProbe>| -> Result<bool> {
         let mut spec = base.clone();
         spec.kernel.tau = 1.0;
         spec.kernel.md_steps = md_steps;
@@ -254,50 +264,72 @@ fn tune_step_size(
         let offset = probes.len() as u64 * per_probe;
         let report = sample_with(&spec, registry, &mut Part::new(observer, offset), stop)?;
         if report.interrupted {
-            observer.end("stopped");
             return Err(Error::Interrupted(
                 "stopped during the HMC step-size probes".into(),
             ));
         }
-        let acceptance = report.acceptance;
         probes.push(StepProbe {
             step_size: 1.0 / md_steps as f64,
             md_steps,
-            acceptance,
+            acceptance: report.acceptance,
         });
-        let in_window = (low..=high).contains(&acceptance);
-        let tried = |m: usize| probes.iter().any(|p| p.md_steps == m);
-        if in_window || probes.len() >= MAX_PROBES {
-            break md_steps;
-        }
-        if acceptance > high {
-            // Larger steps, unless that was tried and fell below the window.
-            let next = (md_steps / 2).max(1);
-            if next == md_steps || tried(next) {
-                break md_steps;
-            }
-            md_steps = next;
-        } else {
-            let next = md_steps.saturating_mul(2);
-            if tried(next) {
-                break next;
-            }
-            md_steps = next;
-        }
+        Ok(report.acceptance >= TARGET_ACCEPTANCE)
     };
-    // The step of the chosen probe (or, after the limit, the smallest step tried whose
-    // acceptance is not below the window).
-    let step = probes
-        .iter()
-        .filter(|p| p.md_steps == chosen)
-        .map(|p| p.step_size)
-        .next()
-        .unwrap_or(1.0 / chosen as f64);
+    // Bracket: `good` accepts at least the target, `bad` (fewer steps) does not.
+    let (mut good, mut bad): (Option<usize>, Option<usize>) = (None, None);
+    let mut md_steps = 4usize;
+    let outcome = (|| -> Result<()> {
+        loop {
+            if probe(md_steps, &mut probes)? {
+                good = Some(md_steps);
+                if md_steps == 1 || bad.is_some() {
+                    break;
+                }
+                md_steps /= 2;
+            } else {
+                bad = Some(md_steps);
+                if good.is_some() {
+                    break;
+                }
+                md_steps = md_steps.saturating_mul(2);
+            }
+            if probes.len() >= MAX_PROBES {
+                return Ok(());
+            }
+        }
+        // Geometric bisection between the bracket's ends.
+        while let (Some(g), Some(b)) = (good, bad) {
+            if probes.len() >= MAX_PROBES || g <= b + 1 || g as f64 <= 1.2 * b as f64 {
+                break;
+            }
+            let mid = ((g * b) as f64).sqrt().round() as usize;
+            let mid = mid.clamp(b + 1, g - 1);
+            if probe(mid, &mut probes)? {
+                good = Some(mid);
+            } else {
+                bad = Some(mid);
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        observer.end("stopped");
+        return Err(e);
+    }
+    // The largest step reaching the target, or else the smallest step tried.
+    let chosen = good.unwrap_or_else(|| probes.iter().map(|p| p.md_steps).max().unwrap_or(1));
     let accepted = probes
         .iter()
         .find(|p| p.md_steps == chosen)
         .map_or(f64::NAN, |p| p.acceptance);
-    observer.end(&format!("ε = {step:.4}, acceptance {accepted:.3}"));
+    let step = 1.0 / chosen as f64;
+    let (low, high) = ACCEPTANCE_WINDOW;
+    let note = if (low..=high).contains(&accepted) {
+        ""
+    } else {
+        " (outside the window)"
+    };
+    observer.end(&format!("ε = {step:.4}, acceptance {accepted:.3}{note}"));
     Ok((step, probes))
 }
 
