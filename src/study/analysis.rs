@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::compare::{Conclusion, ObservableComparison, compare_observables, conclude};
+use super::report::TimeUnit;
 use super::spec::{StudySpec, slug};
 use super::store::StoredRun;
 use super::tune::HmcTuning;
 use crate::error::Result;
 use crate::observable::Measurements;
 use crate::observable::Summary;
-use crate::run::{KernelSpec, SampleReport, TrainReport, combine_replicas};
+use crate::run::{Estimate, KernelSpec, SampleReport, TrainReport, combine_replicas};
 use crate::stats::{
     CorrelatedCoshFit, Histogram, Verdict, autocorrelation, correlated_cosh_fit,
     gamma_covariance_replicas, gamma_method_replicas, nan_if_null,
@@ -145,6 +147,16 @@ pub struct StudySummary {
     /// cheapest sampler without one.
     #[serde(default)]
     pub payback: Vec<Payback>,
+    /// Every reported observable across the samplers, against exact or reference values.
+    #[serde(default)]
+    pub comparison: Vec<ObservableComparison>,
+    /// The conclusion: the cheapest sampler, the payback, agreement and reliability.
+    #[serde(default)]
+    pub conclusion: Conclusion,
+    /// The file in the folder the analysis settings came from: `analysis.toml` when
+    /// `latflow analyse` set them, else `runcard.toml`.
+    #[serde(default)]
+    pub analysis_file: String,
 }
 
 /// When a flow sampler's training has paid for itself. With training time T, and c_flow and
@@ -229,7 +241,7 @@ pub fn payback(samplers: &[SamplerAnalysis], training: Option<&TrainReport>) -> 
                     None,
                     None,
                     Some(format!(
-                        "undefined: the chain of `{name}` cannot be trusted (verdict unreliable)"
+                        "undefined: the chain of {name} cannot be trusted (verdict unreliable)"
                     )),
                 )
             } else if !c.is_finite() {
@@ -239,22 +251,18 @@ pub fn payback(samplers: &[SamplerAnalysis], training: Option<&TrainReport>) -> 
                     Some("undefined: the cost per independent configuration is undefined".into()),
                 )
             } else if c >= b {
-                let sigma = (c_err.powi(2) + b_err.powi(2)).sqrt();
+                let unit = TimeUnit::for_values([c, b]);
                 (
                     None,
                     None,
                     Some(format!(
-                        "never: an independent configuration costs {} s with `{}` against {} s \
-                         with `{}` ({:.1}σ more), so training never pays",
-                        super::report::sig(c, 3),
+                        "never: an independent configuration costs {} with {} against {} \
+                         with {} ({:.1}σ more), so training never pays",
+                        unit.text(c),
                         s.name,
-                        super::report::sig(b, 3),
+                        unit.text(b),
                         base.name,
-                        if sigma > 0.0 {
-                            (c - b) / sigma
-                        } else {
-                            f64::NAN
-                        }
+                        super::compare::pull((c, c_err), (b, b_err))
                     )),
                 )
             } else {
@@ -322,6 +330,8 @@ pub fn analyse_runs(
         .max()
         .unwrap_or_default();
     let payback = payback(&samplers, training.as_ref());
+    let comparison = compare_observables(spec, &samplers);
+    let conclusion = conclude(&samplers, &comparison, &payback);
     Ok(StudySummary {
         latflow_version: env!("CARGO_PKG_VERSION").to_string(),
         name: spec.name.clone(),
@@ -332,6 +342,9 @@ pub fn analyse_runs(
         verdict,
         histograms,
         payback,
+        comparison,
+        conclusion,
+        analysis_file: "runcard.toml".to_string(),
     })
 }
 
@@ -358,7 +371,7 @@ fn analyse_one(
     name: String,
     run: &StoredRun,
     summary: &Summary,
-    report: SampleReport,
+    mut report: SampleReport,
     (t_min, t_max): (usize, usize),
 ) -> Result<SamplerAnalysis> {
     let chains = &run.chains;
@@ -410,6 +423,11 @@ fn analyse_one(
         (t_min, t_max),
         report.diagnostics.errors_undefined(),
     );
+    // One ξ on the page: the correlated fit on the study's range replaces the sampling
+    // report's uncorrelated fit on the default range.
+    report
+        .observables
+        .insert("xi_fit".to_string(), fit_estimate(&fit));
 
     let xi_eff = (1..extent.div_ceil(2))
         .map(|t| {
@@ -501,6 +519,29 @@ fn analyse_one(
         autocorrelation,
         rejection_runs,
     })
+}
+
+/// The correlated fit's ξ as an estimate (τ_int undefined: it is not a mean of a series).
+fn fit_estimate(fit: &FitSummary) -> Estimate {
+    match &fit.fit {
+        Some(f) => Estimate {
+            mean: f.xi,
+            err: f.xi_err,
+            tau_int: f64::NAN,
+            tau_int_err: f64::NAN,
+            caveat: None,
+        },
+        None => Estimate {
+            mean: f64::NAN,
+            err: f64::NAN,
+            tau_int: f64::NAN,
+            tau_int_err: f64::NAN,
+            caveat: Some(format!(
+                "the correlated cosh fit failed: {}",
+                fit.failure.as_deref().unwrap_or("no reason given")
+            )),
+        },
+    }
 }
 
 fn fit_correlator(

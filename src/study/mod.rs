@@ -6,24 +6,29 @@
 //!
 //! The folder `out/name/` holds:
 //! - `runcard.toml`: the runcard as used (every override applied, every seed written out,
-//!   with the latflow version);
-//! - `model.json`, `checkpoint.json`, `training.csv`, `training.json`: the trained flow, its
-//!   last checkpoint, the training log and the training report (when a sampler uses a flow;
-//!   a flow trained before, `flow.model`, is copied in with the report from its metadata);
+//!   with the latflow version), and `analysis.toml` when `latflow analyse` set the
+//!   analysis settings;
+//! - `model.json`, `training.csv`, `training.json`: the trained flow, the training log and
+//!   the training report (when a sampler uses a flow; a flow trained before, `flow.model`,
+//!   is copied in with the report from its metadata), and `checkpoint.json` while a
+//!   training is unfinished;
 //! - `data/<sampler>/`: the stored run of each sampler (see the `store` layout:
 //!   `series.npy` with `series_columns.json`, `moves.npy`, `moves_per_step.npy`,
-//!   `configs.npy`, `configs_index.npy`, `run.json`) and its `correlator.csv`,
-//!   `xi_eff.csv`, `autocorrelation.csv`, `rejection_runs.csv`;
-//! - `summary.json`, `samplers.csv`, `observables.csv`, `histograms.csv`, `hmc_tuning.csv`,
-//!   and `payback.csv` (after how many independent configurations each flow sampler's
-//!   training has paid for itself against the cheapest sampler without a flow);
-//! - `plots/*.png` and `plots/*.svg`, and `index.html`.
+//!   `configs.npy`, `configs_index.npy`, `run.json`), its `correlator.csv`, `xi_eff.csv`,
+//!   `autocorrelation.csv`, `rejection_runs.csv` and `schema.json`;
+//! - `summary.json`, `samplers.csv`, `diagnostics.csv`, `observables.csv`,
+//!   `histograms.csv`, `hmc_tuning.csv`, `hmc_step_size.csv`, `payback.csv` (after how
+//!   many independent configurations each flow sampler's training has paid for itself
+//!   against the cheapest sampler without a flow) and `schema.json` (every column);
+//! - `plots/*.png` and `plots/*.svg`, and `index.html`, which opens with the conclusion
+//!   ([`Conclusion`]).
 //!
 //! A study run again with the same runcard in the same folder keeps what is finished: a
-//! trained model, and every sampler whose `run.json` exists; an interrupted training resumes
-//! from its checkpoint. A folder that holds another study's runcard is refused.
+//! trained model, every sampler whose `run.json` exists and the analysis settings of
+//! `analysis.toml`; an interrupted training resumes from its checkpoint. A folder that holds another study's runcard is refused.
 
 mod analysis;
+mod compare;
 pub mod plot;
 mod report;
 mod scaling;
@@ -38,14 +43,17 @@ pub use analysis::{
     AutocorrelationSummary, FitSummary, Histograms, PointEstimate, SamplerAnalysis, StudySummary,
     analyse_runs,
 };
+pub use compare::{
+    AGREEMENT_SIGMAS, Conclusion, ObservableComparison, Pull, compare_observables, conclude, pull,
+};
 pub use report::{REPORT_FILES, acceptance_text, write_report};
 pub use scaling::{
     BudgetPoint, CostToTarget, Crossover, DEFAULT_TARGET_TAU_REJ, SamplerAtSize, SamplerComparison,
     TrainingCost, sampler_comparison, training_cost,
 };
 pub use spec::{
-    AnalysisSpec, DEFAULT_STUDY, FlowSection, LoadedStudy, MeasureSpec, Override, SamplerSpec,
-    StudySpec, slug,
+    AnalysisSpec, DEFAULT_STUDY, FlowSection, LoadedStudy, MeasureSpec, OBSERVABLE_ORDER, Override,
+    ReferenceValue, SamplerSpec, StudySpec, slug,
 };
 pub use store::{RunInfo, StoredRun, is_finished, load_run, save_run};
 pub use sweep::{
@@ -145,6 +153,11 @@ pub fn run_study(
                 match outcome {
                     TrainOutcome::Finished(report) => {
                         write_json(&report_path, &report)?;
+                        // The checkpoint only serves an interrupted training.
+                        if checkpoint.is_file() {
+                            std::fs::remove_file(&checkpoint)
+                                .map_err(|e| Error::io(&checkpoint, e))?;
+                        }
                         Some(report)
                     }
                     TrainOutcome::Stopped { .. } => {
@@ -202,7 +215,17 @@ pub fn run_study(
         }
     }
 
-    let summary = analyse_stored(spec, &folder, training)?;
+    // An analysis made with `latflow analyse` is kept.
+    let mut spec = spec.clone();
+    if let Some(analysis) = recorded_analysis(&folder)? {
+        spec.analysis = analysis;
+        spec.validate_with(registry)?;
+        reused.push(format!("analysis settings ({ANALYSIS_FILE})"));
+    }
+    let mut summary = analyse_stored(&spec, &folder, training)?;
+    if folder.join(ANALYSIS_FILE).is_file() {
+        summary.analysis_file = ANALYSIS_FILE.to_string();
+    }
     write_report(&folder, &summary, observer)?;
     Ok(StudyOutcome::Finished(Box::new(StudyResult {
         folder,
@@ -255,11 +278,37 @@ fn load_run_info(dir: &Path) -> Result<RunInfo> {
     read_json(&dir.join("run.json"), "stored run")
 }
 
-/// Re-analyses a study folder from its stored series with the folder's runcard and the
+/// The file in a study folder that records the analysis settings `latflow analyse` used.
+pub const ANALYSIS_FILE: &str = "analysis.toml";
+
+/// The analysis settings recorded in `folder` by an earlier [`analyse_folder`], if any.
+pub fn recorded_analysis(folder: &Path) -> Result<Option<AnalysisSpec>> {
+    let path = folder.join(ANALYSIS_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        analysis: AnalysisSpec,
+    }
+    let file: File = toml::from_str(&text).map_err(|e| {
+        Error::format(
+            format!("analysis settings {}", path.display()),
+            e.to_string(),
+        )
+    })?;
+    Ok(Some(file.analysis))
+}
+
+/// Re-analyses a study folder from its stored series with the folder's analysis settings
+/// (those of its runcard, or of an earlier re-analysis recorded in `analysis.toml`) and the
 /// `overrides` of its `analysis.*` keys (e.g. `analysis.therm_cut=1000`,
 /// `analysis.fit_range=[1,4]`), and rewrites `summary.json`, the tables, the plots and
-/// `index.html`. The runcard in the folder is left as it was run; `summary.json` records
-/// the analysis settings used.
+/// `index.html`. The runcard in the folder is left as it was run; the settings used are
+/// recorded in `analysis.toml` (when they differ from the runcard's or were recorded
+/// before), which a later `latflow run` of the study keeps, and in `summary.json`.
 pub fn analyse_folder(
     folder: &Path,
     overrides: &[Override],
@@ -276,15 +325,6 @@ pub fn analyse_folder_with(
     observer: &mut dyn Observer,
 ) -> Result<StudyResult> {
     let start = std::time::Instant::now();
-    if let Some(o) = overrides.iter().find(|o| !o.key.starts_with("analysis.")) {
-        return Err(Error::param(
-            "set",
-            format!(
-                "`{}`: only analysis.* settings can change without re-running the study",
-                o.key
-            ),
-        ));
-    }
     let runcard = folder.join("runcard.toml");
     if !runcard.is_file() {
         return Err(Error::param(
@@ -292,7 +332,29 @@ pub fn analyse_folder_with(
             format!("{} holds no study (no runcard.toml)", folder.display()),
         ));
     }
-    let mut spec = StudySpec::load_with(&runcard, overrides, registry)?.spec;
+    let mut spec = StudySpec::load_with(&runcard, &[], registry.clone())?.spec;
+    let recorded = recorded_analysis(folder)?;
+    let base = recorded.clone().unwrap_or_else(|| spec.analysis.clone());
+    spec.analysis = base.with_overrides(overrides)?;
+    spec.validate_with(&registry)?;
+    let record = recorded.is_some() || !overrides.is_empty();
+    if record {
+        let text = toml::to_string(&toml::Table::from_iter([(
+            "analysis".to_string(),
+            toml::Value::try_from(&spec.analysis)
+                .map_err(|e| Error::format("analysis settings", e.to_string()))?,
+        )]))
+        .map_err(|e| Error::format("analysis settings", e.to_string()))?;
+        write_atomic(
+            &folder.join(ANALYSIS_FILE),
+            format!(
+                "# The analysis settings of this folder's report, written by `latflow analyse`;\n\
+                 # `latflow run` of the study keeps them. Delete this file to return to the\n\
+                 # runcard's [analysis].\n{text}"
+            )
+            .as_bytes(),
+        )?;
+    }
     // The folder may have moved since the study ran.
     if let (Some(parent), Some(name)) = (folder.parent(), folder.file_name()) {
         spec.out = parent.to_path_buf();
@@ -304,7 +366,10 @@ pub fn analyse_folder_with(
     } else {
         None
     };
-    let summary = analyse_stored(&spec, folder, training)?;
+    let mut summary = analyse_stored(&spec, folder, training)?;
+    if record {
+        summary.analysis_file = ANALYSIS_FILE.to_string();
+    }
     write_report(folder, &summary, observer)?;
     Ok(StudyResult {
         folder: folder.to_path_buf(),

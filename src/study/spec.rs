@@ -1,5 +1,6 @@
 //! The study runcard: its fields, `--set` overrides, the seeds it derives and its checks.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -49,7 +50,48 @@ pub struct StudySpec {
     /// How stored series are analysed.
     #[serde(default)]
     pub analysis: AnalysisSpec,
+    /// Reference values of observables (e.g. from the literature or a long run), drawn in
+    /// the report's comparison with the samplers: `phi2 = 1.23` or `phi2 = [1.23, 0.01]`
+    /// (value and error).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reference: BTreeMap<String, ReferenceValue>,
 }
+
+/// A reference value of an observable: the value alone, or `[value, error]`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReferenceValue {
+    /// A value taken as exact.
+    Exact(f64),
+    /// A value with its standard error.
+    WithError([f64; 2]),
+}
+
+impl ReferenceValue {
+    /// The value and its error (0 for an exact value).
+    pub fn value_and_error(&self) -> (f64, f64) {
+        match *self {
+            ReferenceValue::Exact(v) => (v, 0.0),
+            ReferenceValue::WithError([v, e]) => (v, e),
+        }
+    }
+}
+
+/// The observables a study reports, in the order a physicist reads them: field moments,
+/// magnetisation, susceptibility and Binder cumulant, energies, correlation lengths.
+pub const OBSERVABLE_ORDER: [&str; 11] = [
+    "phi2",
+    "m",
+    "abs_m",
+    "m2",
+    "chi",
+    "binder",
+    "energy",
+    "action_density",
+    "xi_2nd",
+    "xi_eff",
+    "xi_fit",
+];
 
 fn default_out() -> PathBuf {
     PathBuf::from("latflow-out")
@@ -174,6 +216,43 @@ impl Default for AnalysisSpec {
             cost_observables: ["abs_m", "m2", "phi2", "energy"].map(String::from).to_vec(),
             autocorrelation_observable: "abs_m".to_string(),
         }
+    }
+}
+
+impl AnalysisSpec {
+    /// These settings with `overrides` applied (keys `analysis.KEY`; any other key is
+    /// refused, naming it).
+    pub fn with_overrides(&self, overrides: &[Override]) -> Result<AnalysisSpec> {
+        let table = toml::Value::try_from(self)
+            .map_err(|e| Error::format("analysis settings", e.to_string()))?;
+        let mut root = toml::Value::Table(toml::Table::from_iter([("analysis".into(), table)]));
+        for o in overrides {
+            if !o.key.starts_with("analysis.") {
+                return Err(Error::param(
+                    "set",
+                    format!(
+                        "`{}`: only analysis.* settings can change without re-running the study",
+                        o.key
+                    ),
+                ));
+            }
+            o.apply(&mut root)?;
+        }
+        let what = || {
+            format!(
+                "analysis settings with {}",
+                overrides
+                    .iter()
+                    .map(|o| format!("{}={}", o.key, o.value))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        };
+        root.get("analysis")
+            .cloned()
+            .ok_or_else(|| Error::format(what(), "no [analysis] table"))?
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::format(what(), e.to_string()))
     }
 }
 
@@ -438,6 +517,24 @@ impl StudySpec {
             ));
         }
         self.fit_range()?;
+        for (name, value) in &self.reference {
+            if !OBSERVABLE_ORDER.contains(&name.as_str()) {
+                return Err(Error::param(
+                    format!("reference.{name}"),
+                    format!(
+                        "not a reported observable (one of {})",
+                        OBSERVABLE_ORDER.join(", ")
+                    ),
+                ));
+            }
+            let (v, e) = value.value_and_error();
+            if !(v.is_finite() && e.is_finite() && e >= 0.0) {
+                return Err(Error::param(
+                    format!("reference.{name}"),
+                    "needs a finite value and a non-negative error",
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -242,6 +242,7 @@ pub(crate) fn print_study(result: &latflow::study::StudyResult, output: &OutputA
                 "lattice": spec.lattice.extents(), "action": spec.action, "seed": spec.seed,
                 "seconds": result.seconds, "reused": result.reused,
                 "training": summary.training, "verdict": summary.verdict, "samplers": samplers,
+                "conclusion": summary.conclusion, "analysis_file": summary.analysis_file,
             })
         );
         return Ok(());
@@ -255,8 +256,14 @@ pub(crate) fn print_study(result: &latflow::study::StudyResult, output: &OutputA
     );
     if let Some(t) = &summary.training {
         println!(
-            "training: {} parameters, {} configurations in {:.1} s, acceptance {:.3}",
-            t.n_params, t.configs_seen, t.seconds, t.acceptance
+            "training: {} parameters, {} configurations, T = {:.1} s ({:.1} s optimisation + \
+             {:.1} s acceptance checks), acceptance {:.3}",
+            t.n_params,
+            t.configs_seen,
+            t.seconds + t.eval_seconds,
+            t.seconds,
+            t.eval_seconds,
+            t.acceptance
         );
     }
     println!(
@@ -295,6 +302,16 @@ pub(crate) fn print_study(result: &latflow::study::StudyResult, output: &OutputA
     if !result.reused.is_empty() {
         println!("reused from an earlier run: {}", result.reused.join(", "));
     }
+    let c = &summary.conclusion;
+    if summary.analysis_file != "runcard.toml" {
+        println!(
+            "analysis settings from {} (set by latflow analyse)",
+            summary.analysis_file
+        );
+    }
+    println!();
+    println!("summary: {} {}", c.verdict, c.agreement);
+    println!("reliability: {}", c.reliability);
     println!("report: {}  ({:.1} s)", index.display(), result.seconds);
     Ok(())
 }

@@ -12,7 +12,7 @@ use super::chart::draw_error_bar;
 use super::layout::{
     AXIS_LABEL_SIZE, SMALL_SIZE, TICK_SIZE, colour, draw_no_data, under_title, widest,
 };
-use super::scale::{Extent, MAX_TICKS, Scale, format_significant, usable};
+use super::scale::{Extent, MAX_TICKS, Scale, format_fixed, usable};
 
 impl Render for BarChart {
     fn render<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
@@ -66,6 +66,7 @@ impl Render for BarChart {
             lo: 0.0,
             hi: n.max(1) as f64,
             log: false,
+            integer: false,
         };
 
         let tick_style = font(TICK_SIZE);
@@ -193,7 +194,13 @@ impl Render for BarChart {
                     RGBColor(0, 0, 0),
                 )?;
             }
-            let text = format_significant(bar.value, 2);
+            let text = format_fixed(
+                bar.value,
+                match self.value_digits {
+                    0 => 2,
+                    d => d,
+                },
+            );
             if bar.value >= 0.0 {
                 let (bx, by) = chart.backend_coord(&(centre, ys.clamp(bar.value + e)));
                 root.draw(&Text::new(

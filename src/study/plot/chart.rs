@@ -1,6 +1,6 @@
-//! Drawing a [`Chart`]: its axes from the data, lines and dashed lines clipped to the frame,
-//! markers, histograms, error bars and dashed reference lines, with the legend placed where
-//! it hides the least.
+//! Drawing a [`Chart`]: its axes from the data (or named categories along x), lines and
+//! dashed lines clipped to the frame, markers, bands, histograms, error bars and dashed
+//! reference lines, with the legend beside the plot.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use super::backend::{DrawResult, Render, font};
 use super::layout::{
     AXIS_LABEL_SIZE, LegendEntry, Swatch, TICK_SIZE, colour, draw_legend, draw_no_data,
-    under_title, widest,
+    legend_width, under_title, widest,
 };
 use super::scale::{Extent, MAX_TICKS, Scale, usable};
 use super::{Chart, Series, Style};
@@ -179,10 +179,77 @@ impl Chart {
     }
 }
 
+impl Chart {
+    /// The colour of each reference line, vertical ones first: each labelled line takes the
+    /// next free colour, an unlabelled one continues the one before it (the other end of a
+    /// window, say); a marker's own colour wins.
+    fn reference_colours(&self) -> Vec<RGBColor> {
+        let mut next = self.series.len();
+        self.vertical
+            .iter()
+            .chain(&self.horizontal)
+            .enumerate()
+            .map(|(k, marker)| {
+                if k > 0 && !marker.label.trim().is_empty() {
+                    next += 1;
+                }
+                colour(marker.colour.unwrap_or(next))
+            })
+            .collect()
+    }
+
+    /// The legend: every labelled series with a point the axes show, and every labelled
+    /// reference line inside the range.
+    fn legend(&self, xs: &Scale, ys: &Scale) -> Vec<LegendEntry<'_>> {
+        let mut legend = Vec::new();
+        for (index, series) in self.series.iter().enumerate() {
+            let visible = points_with_errors(series).any(|(x, y, _)| xs.usable(x) && ys.usable(y));
+            if visible && !series.label.trim().is_empty() {
+                legend.push(LegendEntry {
+                    label: series.label.as_str(),
+                    colour: colour(series.colour.unwrap_or(index)),
+                    swatch: match series.style {
+                        Style::Line => Swatch::Line,
+                        Style::Dashed => Swatch::Dashed,
+                        Style::Markers => Swatch::Marker,
+                        Style::Steps | Style::Band => Swatch::Filled,
+                    },
+                });
+            }
+        }
+        let colours = self.reference_colours();
+        let references = self
+            .vertical
+            .iter()
+            .map(|m| (m, xs))
+            .chain(self.horizontal.iter().map(|m| (m, ys)));
+        for ((marker, scale), colour) in references.zip(colours) {
+            if scale.contains(marker.value) && !marker.label.trim().is_empty() {
+                legend.push(LegendEntry {
+                    label: marker.label.as_str(),
+                    colour,
+                    swatch: Swatch::Dashed,
+                });
+            }
+        }
+        legend
+    }
+}
+
 impl Render for Chart {
     fn render<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         root.fill(&WHITE)?;
-        let (xs, ys) = self.scales();
+        let (mut xs, ys) = self.scales();
+        let categories = &self.x_categories;
+        if !categories.is_empty() {
+            xs = Scale {
+                lo: -0.5,
+                hi: categories.len() as f64 - 0.5,
+                log: false,
+                integer: true,
+            };
+        }
+        xs.integer |= self.x_integer && !xs.log;
         let area = under_title(root, &self.title)?;
 
         let tick_style = font(TICK_SIZE);
@@ -201,19 +268,42 @@ impl Render for Chart {
         } else {
             AXIS_LABEL_SIZE as u32 + 12
         };
+        let legend = self.legend(&xs, &ys);
+        // The legend sits to the right of the plot, clear of the data.
+        let legend_w = if legend.is_empty() {
+            0
+        } else {
+            legend_width(&area, &legend)?
+        };
+        let x_ticks = if categories.is_empty() {
+            MAX_TICKS
+        } else {
+            categories.len() + 1
+        };
 
         let mut chart = ChartBuilder::on(&area)
             .margin_left(12)
-            .margin_right(30)
+            .margin_right(if legend.is_empty() { 30 } else { legend_w + 24 })
             .margin_bottom(10)
             .margin_top(6)
             .x_label_area_size(TICK_SIZE as u32 + 18 + x_desc)
             .y_label_area_size(y_tick_width + 16 + y_desc)
             .build_cartesian_2d(xs, ys)?;
-        let x_format = |v: &f64| xs.label(*v);
+        let x_format = |v: &f64| {
+            if categories.is_empty() {
+                xs.label(*v)
+            } else {
+                let i = v.round();
+                if (v - i).abs() < 1e-6 && i >= 0.0 {
+                    categories.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            }
+        };
         let y_format = |v: &f64| ys.label(*v);
         let mut mesh = chart.configure_mesh();
-        mesh.x_labels(MAX_TICKS)
+        mesh.x_labels(x_ticks)
             .y_labels(MAX_TICKS)
             .x_label_formatter(&x_format)
             .y_label_formatter(&y_format)
@@ -230,18 +320,7 @@ impl Render for Chart {
         }
         mesh.draw()?;
 
-        let plot = chart.plotting_area().strip_coord_spec();
-        let (plot_w, plot_h) = plot.dim_in_pixel();
-        let to_pixel = |(x, y): (f64, f64)| -> (i32, i32) {
-            (
-                (xs.fraction(x) * plot_w as f64).round() as i32,
-                ((1.0 - ys.fraction(y)) * plot_h as f64).round() as i32,
-            )
-        };
-        let mut occupied: Vec<(i32, i32)> = Vec::new();
-        let mut legend: Vec<LegendEntry<'_>> = Vec::new();
         let mut drew_any = false;
-
         let histograms = self
             .series
             .iter()
@@ -257,21 +336,11 @@ impl Render for Chart {
             if points.is_empty() {
                 continue;
             }
-            let swatch = match series.style {
-                Style::Line => Swatch::Line,
-                Style::Dashed => Swatch::Dashed,
-                Style::Markers => Swatch::Marker,
-                Style::Steps => Swatch::Filled,
-            };
-            if !series.label.trim().is_empty() {
-                legend.push(LegendEntry {
-                    label: series.label.as_str(),
-                    colour,
-                    swatch,
-                });
-            }
             match series.style {
-                Style::Line | Style::Dashed => {
+                Style::Line | Style::Dashed | Style::Band => {
+                    if series.style == Style::Band {
+                        drew_any |= draw_band(&mut chart, &xs, &ys, &points, colour)?;
+                    }
                     let mut ordered: Vec<(f64, f64)> = Vec::with_capacity(series.points.len());
                     // Points the axes cannot show break the line.
                     for &(x, y) in &series.points {
@@ -283,16 +352,15 @@ impl Render for Chart {
                     }
                     for run in clip_polyline(&xs, &ys, &ordered) {
                         drew_any = true;
-                        sample_run(&run, &to_pixel, &mut occupied);
-                        if series.style == Style::Line {
-                            chart.draw_series(LineSeries::new(run, colour.stroke_width(2)))?;
-                        } else {
+                        if series.style == Style::Dashed {
                             chart.draw_series(DashedLineSeries::new(
                                 run,
                                 10,
                                 6,
                                 colour.stroke_width(2),
                             ))?;
+                        } else {
+                            chart.draw_series(LineSeries::new(run, colour.stroke_width(2)))?;
                         }
                     }
                 }
@@ -300,7 +368,6 @@ impl Render for Chart {
                     for &(x, y, _) in &points {
                         if xs.contains(x) && ys.contains(y) {
                             drew_any = true;
-                            occupied.push(to_pixel((x, y)));
                             chart.draw_series(std::iter::once(Circle::new(
                                 (x, y),
                                 5,
@@ -311,44 +378,28 @@ impl Render for Chart {
                 }
                 Style::Steps => {
                     let width = bin_width(&points.iter().map(|p| p.0).collect::<Vec<_>>());
-                    drew_any |= draw_steps(
-                        &mut chart,
-                        &xs,
-                        &ys,
-                        &points,
-                        width,
-                        colour,
-                        fill,
-                        &to_pixel,
-                        &mut occupied,
-                    )?;
+                    drew_any |= draw_steps(&mut chart, &xs, &ys, &points, width, colour, fill)?;
                 }
             }
+            if series.style == Style::Band {
+                continue;
+            }
             for &(x, y, e) in &points {
-                if e > 0.0 && xs.contains(x) {
-                    let (lo, hi) = (y - e, y + e);
-                    if draw_error_bar(&mut chart, &ys, x, lo, hi, colour)? {
-                        drew_any = true;
-                        occupied.push(to_pixel((x, ys.clamp(lo))));
-                        occupied.push(to_pixel((x, ys.clamp(hi))));
-                    }
+                if e > 0.0
+                    && xs.contains(x)
+                    && draw_error_bar(&mut chart, &ys, x, y - e, y + e, colour)?
+                {
+                    drew_any = true;
                 }
             }
         }
 
-        // Each labelled reference line takes the next colour; an unlabelled one continues the
-        // one before it (the other end of a window, say).
-        let mut reference_colour = self.series.len();
         let references = self
             .vertical
             .iter()
             .map(|m| (m, true))
             .chain(self.horizontal.iter().map(|m| (m, false)));
-        for (k, (marker, vertical)) in references.enumerate() {
-            if k == 0 || !marker.label.trim().is_empty() {
-                reference_colour += usize::from(k > 0);
-            }
-            let colour = colour(marker.colour.unwrap_or(reference_colour));
+        for ((marker, vertical), colour) in references.zip(self.reference_colours()) {
             let (scale, ends) = if vertical {
                 (&xs, [(marker.value, ys.lo), (marker.value, ys.hi)])
             } else {
@@ -358,51 +409,52 @@ impl Render for Chart {
                 continue;
             }
             drew_any = true;
-            sample_run(&ends, &to_pixel, &mut occupied);
             chart.draw_series(DashedLineSeries::new(ends, 9, 6, colour.stroke_width(2)))?;
-            if !marker.label.trim().is_empty() {
-                legend.push(LegendEntry {
-                    label: marker.label.as_str(),
-                    colour,
-                    swatch: Swatch::Dashed,
-                });
-            }
         }
 
+        let plot = chart.plotting_area().strip_coord_spec();
         if !drew_any {
             return draw_no_data(&plot);
         }
-        draw_legend(&plot, &legend, &occupied)
+        let (plot_x, plot_y) = plot.get_base_pixel();
+        let (area_x, area_y) = area.get_base_pixel();
+        let (plot_w, _) = plot.dim_in_pixel();
+        let left = plot_x - area_x + plot_w as i32 + 16;
+        draw_legend(&area, &legend, (left, plot_y - area_y))
     }
 }
 
-/// Records pixels along a drawn line (about every 6 px) for placing the legend.
-fn sample_run(
-    run: &[(f64, f64)],
-    to_pixel: &impl Fn((f64, f64)) -> (i32, i32),
-    occupied: &mut Vec<(i32, i32)>,
-) {
-    for pair in run.windows(2) {
-        let (a, b) = (to_pixel(pair[0]), to_pixel(pair[1]));
-        let length = ((b.0 - a.0) as f64).hypot((b.1 - a.1) as f64);
-        let steps = ((length / 6.0).ceil() as usize).clamp(1, 400);
-        for k in 0..=steps {
-            let t = k as f64 / steps as f64;
-            occupied.push((
-                a.0 + ((b.0 - a.0) as f64 * t).round() as i32,
-                a.1 + ((b.1 - a.1) as f64 * t).round() as i32,
-            ));
-        }
+/// Draws a band from y − e to y + e through the points (sorted by x), translucent; whether
+/// any of it was visible.
+fn draw_band<DB: DrawingBackend>(
+    chart: &mut Cartesian<'_, DB>,
+    xs: &Scale,
+    ys: &Scale,
+    points: &[(f64, f64, f64)],
+    colour: RGBColor,
+) -> std::result::Result<bool, DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut sorted: Vec<(f64, f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|p| xs.contains(p.0))
+        .collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if sorted.len() < 2 {
+        return Ok(false);
     }
-    if run.len() == 1 {
-        occupied.push(to_pixel(run[0]));
-    }
+    let upper = sorted.iter().map(|&(x, y, e)| (x, ys.clamp(y + e)));
+    let lower = sorted.iter().rev().map(|&(x, y, e)| (x, ys.clamp(y - e)));
+    let outline: Vec<(f64, f64)> = upper.chain(lower).collect();
+    chart.draw_series(std::iter::once(Polygon::new(
+        outline,
+        colour.mix(0.18).filled(),
+    )))?;
+    Ok(true)
 }
 
 pub(super) type Cartesian<'a, DB> = ChartContext<'a, DB, Cartesian2d<Scale, Scale>>;
 
 /// Draws a histogram (filled bins and their outline); whether anything was visible.
-#[allow(clippy::too_many_arguments)]
 fn draw_steps<DB: DrawingBackend>(
     chart: &mut Cartesian<'_, DB>,
     xs: &Scale,
@@ -411,8 +463,6 @@ fn draw_steps<DB: DrawingBackend>(
     width: f64,
     colour: RGBColor,
     fill: f64,
-    to_pixel: &impl Fn((f64, f64)) -> (i32, i32),
-    occupied: &mut Vec<(i32, i32)>,
 ) -> std::result::Result<bool, DrawingAreaErrorKind<DB::ErrorType>> {
     let base = if ys.log { ys.lo } else { ys.clamp(0.0) };
     let mut bins: Vec<(f64, f64, f64)> = points
@@ -451,7 +501,6 @@ fn draw_steps<DB: DrawingBackend>(
         outlines.push(outline);
     }
     for run in outlines {
-        sample_run(&run, to_pixel, occupied);
         chart.draw_series(LineSeries::new(run, colour.stroke_width(2)))?;
     }
     Ok(drew)

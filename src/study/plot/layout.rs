@@ -1,6 +1,5 @@
 //! The look and the geometry of a figure: text sizes, the colour palette, the title above the
-//! plot, the "no data" notice, text widths, and the legend placed in the corner of the
-//! plotting area that covers the fewest drawn pixels.
+//! plot, the "no data" notice, text widths, and the legend (drawn beside the plot).
 
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
@@ -13,7 +12,7 @@ use super::backend::{DrawResult, font};
 const TITLE_SIZE: f64 = 28.0;
 pub(super) const AXIS_LABEL_SIZE: f64 = 22.0;
 pub(super) const TICK_SIZE: f64 = 18.0;
-const LEGEND_SIZE: f64 = 18.0;
+const LEGEND_SIZE: f64 = 16.0;
 pub(super) const SMALL_SIZE: f64 = 15.0;
 
 /// The Okabe–Ito colours (told apart with the common colour-vision deficiencies), yellow last
@@ -56,51 +55,33 @@ const LEGEND_PAD: i32 = 10;
 const SWATCH_LEN: i32 = 36;
 const LEGEND_GAP: i32 = 10;
 const LEGEND_ROW: i32 = 26;
-const LEGEND_INSET: i32 = 12;
 
-/// Draws the legend into `area` (the plotting area, in pixels) in the corner that covers the
-/// fewest of `occupied` pixels.
-pub(super) fn draw_legend<DB: DrawingBackend>(
+/// The width in pixels of the legend of `entries`.
+pub(super) fn legend_width<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     entries: &[LegendEntry<'_>],
-    occupied: &[(i32, i32)],
-) -> DrawResult<DB> {
-    if entries.is_empty() {
-        return Ok(());
-    }
+) -> std::result::Result<i32, DrawingAreaErrorKind<DB::ErrorType>> {
     let style = font(LEGEND_SIZE);
     let mut text_width = 0;
     for entry in entries {
         text_width = text_width.max(area.estimate_text_size(entry.label, &style)?.0 as i32);
     }
-    let width = 2 * LEGEND_PAD + SWATCH_LEN + LEGEND_GAP + text_width;
-    let height = 2 * LEGEND_PAD + LEGEND_ROW * entries.len() as i32 - 6;
-    let (area_w, area_h) = area.dim_in_pixel();
-    let (area_w, area_h) = (area_w as i32, area_h as i32);
-    let left = LEGEND_INSET;
-    let right = (area_w - width - LEGEND_INSET).max(left);
-    let top = LEGEND_INSET;
-    let bottom = (area_h - height - LEGEND_INSET).max(top);
-    let corners = [(right, top), (left, top), (right, bottom), (left, bottom)];
-    let covered = |&(x, y): &(i32, i32)| {
-        occupied
-            .iter()
-            .filter(|&&(px, py)| {
-                px >= x - 4 && px <= x + width + 4 && py >= y - 4 && py <= y + height + 4
-            })
-            .count()
-    };
-    let (x, y) = corners
-        .iter()
-        .copied()
-        .enumerate()
-        .min_by_key(|(i, c)| (covered(c), *i))
-        .map_or((right, top), |(_, c)| c);
+    Ok(2 * LEGEND_PAD + SWATCH_LEN + LEGEND_GAP + text_width)
+}
 
-    area.draw(&Rectangle::new(
-        [(x, y), (x + width, y + height)],
-        WHITE.mix(0.85).filled(),
-    ))?;
+/// Draws the legend into `area` with its top left corner at (`x`, `y`): outside the plot,
+/// so that it hides no data.
+pub(super) fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[LegendEntry<'_>],
+    (x, y): (i32, i32),
+) -> DrawResult<DB> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let style = font(LEGEND_SIZE);
+    let width = legend_width(area, entries)?;
+    let height = 2 * LEGEND_PAD + LEGEND_ROW * entries.len() as i32 - 6;
     area.draw(&Rectangle::new(
         [(x, y), (x + width, y + height)],
         RGBColor(120, 120, 120).stroke_width(1),

@@ -1,7 +1,8 @@
 //! Charts for study reports, written as a PNG (1000×640 px) and an SVG side by side.
 //!
-//! [`draw_chart`] draws lines, dashed lines, markers with error bars and histograms on linear
-//! or logarithmic axes, with dashed reference lines; [`draw_bars`] draws named values as bars
+//! [`draw_chart`] draws lines, dashed lines, markers with error bars, bands and histograms on
+//! linear or logarithmic axes (or named categories along x), with dashed reference lines and
+//! the legend to the right of the plot, clear of the data; [`draw_bars`] draws named values as bars
 //! with error bars. Text uses the DejaVu Sans font shipped with the crate (registered once as
 //! `sans-serif`), so the pictures do not depend on the fonts of the machine. Input is never
 //! refused: non-finite points, and non-positive values on a logarithmic axis, are left out,
@@ -9,7 +10,7 @@
 //!
 //! Split by what it holds: `scale` the axes (linear and logarithmic ranges, ticks and their
 //! labels), `layout` the look and the geometry of a figure (text sizes, palette, title,
-//! legend placement), `chart` and `bars` the drawing of the two kinds of chart, and
+//! legend), `chart` and `bars` the drawing of the two kinds of chart, and
 //! `backend` the PNG and SVG files with the bundled font.
 
 mod backend;
@@ -35,6 +36,9 @@ pub enum Style {
     /// A histogram: the points are (bin centre, height) of bins of equal width, drawn as
     /// filled bars with their outline.
     Steps,
+    /// A band: the points with their errors, drawn as a translucent area from y − error to
+    /// y + error with a line through the points (a fitted value with its error, say).
+    Band,
 }
 
 /// One series of a [`Chart`].
@@ -90,6 +94,10 @@ pub struct Chart {
     /// The y range shown; `None` (or an unusable range) takes it from the data, error bars and
     /// reference lines, with margins.
     pub y_range: Option<(f64, f64)>,
+    /// Ticks of the (linear) x axis at whole numbers only: lattice distances, counts.
+    pub x_integer: bool,
+    /// Names written under x = 0, 1, 2, … instead of numbers (a chart of categories).
+    pub x_categories: Vec<String>,
 }
 
 /// One bar of a [`BarChart`].
@@ -116,6 +124,9 @@ pub struct BarChart {
     pub y_log: bool,
     /// One line of small text under the plot.
     pub note: Option<String>,
+    /// Significant digits of the values printed above the bars (trailing zeros kept, so
+    /// that every bar reads alike; 0 means 2).
+    pub value_digits: usize,
 }
 
 /// Draws `chart` to `stem` + ".png" (1000×640 px) and `stem` + ".svg", each written
@@ -327,6 +338,7 @@ mod tests {
                 .collect(),
             y_log: false,
             note: Some("L = 16, λ = 0.5; errors from the Γ-method".into()),
+            value_digits: 2,
         }
     }
 

@@ -16,6 +16,8 @@ pub(super) struct Scale {
     pub(super) hi: f64,
     /// A logarithmic axis.
     pub(super) log: bool,
+    /// Ticks at whole numbers only (a linear axis of counts or lattice distances).
+    pub(super) integer: bool,
 }
 
 impl Scale {
@@ -71,18 +73,30 @@ impl Scale {
                     .map(|d| 10f64.powf(d))
                     .collect();
             }
+            // At least three labels: a log axis with two tells little.
             for mantissas in [
                 &[1.0, 2.0, 5.0][..],
-                &[1.0],
+                &[1.0, 3.0],
+                &[1.0, 2.0, 3.0, 5.0],
                 &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
             ] {
                 let ticks = self.log_subdivisions(mantissas);
-                if ticks.len() >= 2 && ticks.len() <= max.max(3) {
+                if ticks.len() >= 3 && ticks.len() <= max.max(3) {
                     return ticks;
                 }
             }
         }
-        linear_ticks(self.lo, self.hi, max).0
+        linear_ticks(self.lo, self.hi, max, self.min_step()).0
+    }
+
+    /// The smallest step between linear ticks: 1 on an integer axis.
+    fn min_step(&self) -> f64 {
+        if self.integer { 1.0 } else { 0.0 }
+    }
+
+    /// The linear ticks and their step (a whole step on an integer axis).
+    fn linear(&self) -> (Vec<f64>, f64) {
+        linear_ticks(self.lo, self.hi, MAX_TICKS, self.min_step())
     }
 
     /// Ticks for grid lines only.
@@ -94,7 +108,10 @@ impl Scale {
             }
             return self.major_ticks(max);
         }
-        let (_, step) = linear_ticks(self.lo, self.hi, max);
+        let (_, step) = linear_ticks(self.lo, self.hi, max, self.min_step());
+        if self.integer && step <= 1.0 {
+            return Vec::new();
+        }
         let leading = step / 10f64.powf(step.log10().floor());
         let minor = if (leading - 2.0).abs() < 0.1 {
             step / 4.0
@@ -147,7 +164,7 @@ impl Scale {
                 format!("{}×{power}", format_significant(mantissa, 2))
             };
         }
-        let (_, step) = linear_ticks(self.lo, self.hi, MAX_TICKS);
+        let (_, step) = self.linear();
         format_tick(v, step, self.lo.abs().max(self.hi.abs()))
     }
 }
@@ -184,8 +201,9 @@ pub(super) fn usable(v: f64, log: bool) -> bool {
     v.is_finite() && (!log || v > 0.0)
 }
 
-/// Evenly spaced ticks at a 1, 2 or 5 × 10ᵏ step, at most `max` of them, and the step.
-fn linear_ticks(lo: f64, hi: f64, max: usize) -> (Vec<f64>, f64) {
+/// Evenly spaced ticks at a 1, 2 or 5 × 10ᵏ step of at least `min_step`, at most `max` of
+/// them, and the step.
+fn linear_ticks(lo: f64, hi: f64, max: usize, min_step: f64) -> (Vec<f64>, f64) {
     let span = hi - lo;
     if !span.is_finite() || span <= 0.0 || max == 0 {
         return (Vec::new(), 1.0);
@@ -199,6 +217,9 @@ fn linear_ticks(lo: f64, hi: f64, max: usize) -> (Vec<f64>, f64) {
             step = candidate;
             break;
         }
+    }
+    if step < min_step {
+        step = min_step;
     }
     let first = (lo / step - 1e-9).ceil();
     let last = (hi / step + 1e-9).floor();
@@ -245,6 +266,21 @@ pub(super) fn format_significant(v: f64, significant: usize) -> String {
     } else {
         text
     }
+}
+
+/// `v` with exactly `significant` digits, trailing zeros kept (`1.0`, `76`, `0.050`), in
+/// scientific notation when very small or large, so that the values of one chart read
+/// alike.
+pub(crate) fn format_fixed(v: f64, significant: usize) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let exponent = v.abs().log10().floor();
+    if !(-3.0..5.0).contains(&exponent) {
+        return format!("{v:.*e}", significant.saturating_sub(1));
+    }
+    let decimals = (significant as f64 - 1.0 - exponent).max(0.0) as usize;
+    format!("{v:.decimals$}")
 }
 
 /// `v` in scientific notation with `digits` decimals of mantissa (`5.3e-5`).
@@ -327,16 +363,27 @@ impl Extent {
             && usable(hi, log)
             && lo < hi
         {
-            return Scale { lo, hi, log };
+            return Scale {
+                lo,
+                hi,
+                log,
+                integer: false,
+            };
         }
         if self.is_empty() {
             let (lo, hi) = if log { (1.0, 10.0) } else { (0.0, 1.0) };
-            return Scale { lo, hi, log };
+            return Scale {
+                lo,
+                hi,
+                log,
+                integer: false,
+            };
         }
         let probe = Scale {
             lo: self.lo,
             hi: self.hi,
             log,
+            integer: false,
         };
         let (a, b) = (probe.transform(self.lo), probe.transform(self.hi));
         let span = b - a;
@@ -359,10 +406,20 @@ impl Extent {
         };
         let (lo, hi) = (probe.inverse(a), probe.inverse(b));
         if usable(lo, log) && usable(hi, log) && lo < hi {
-            Scale { lo, hi, log }
+            Scale {
+                lo,
+                hi,
+                log,
+                integer: false,
+            }
         } else {
             let (lo, hi) = if log { (1.0, 10.0) } else { (0.0, 1.0) };
-            Scale { lo, hi, log }
+            Scale {
+                lo,
+                hi,
+                log,
+                integer: false,
+            }
         }
     }
 }
@@ -380,6 +437,7 @@ mod tests {
             lo: 0.0,
             hi: 30.0,
             log: false,
+            integer: false,
         };
         assert_eq!(
             scale.major_ticks(8),
@@ -389,6 +447,7 @@ mod tests {
             lo: 0.01,
             hi: 1.2,
             log: true,
+            integer: false,
         };
         assert_eq!(log.major_ticks(8), vec![0.01, 0.1, 1.0]);
         assert_eq!(log.label(0.01), "0.01");
@@ -396,6 +455,7 @@ mod tests {
             lo: 1e-9,
             hi: 1.0,
             log: true,
+            integer: false,
         };
         assert_eq!(deep.label(1e-6), "10⁻⁶");
     }

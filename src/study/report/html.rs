@@ -1,15 +1,20 @@
-//! The report's page `index.html`: the study's settings, the training, a table of samplers
-//! and of observables, the flow's payback, diagnostics, every figure with its caption, and
-//! links to every file.
+//! The report's page `index.html`: the conclusion first (cost, payback, agreement, and the
+//! chains' reliability on its own line), the analysis settings, the samplers, the training,
+//! the payback, the diagnostics and the HMC scan, the observables with their comparison and
+//! glossary, every figure with its caption, and links to every file with the schema of
+//! their columns. The sections' tables are in `sections`.
 
 use std::fmt::Write as _;
 
 use super::figures::Figure;
-use super::text::{acceptance_text, pm, pm_scaled, seconds_pm, seconds_text, sig};
-use crate::study::analysis::{Payback, StudySummary};
+use super::sections::{
+    diagnostics_html, glossary_html, observables_html, payback_html, pulls_html, samplers_html,
+    settings_html, training_html, tuning_html,
+};
+use crate::study::analysis::StudySummary;
 
 /// `text` safe inside HTML text and attribute values.
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -27,165 +32,48 @@ pub(super) fn html(summary: &StudySummary, figures: &[Figure], has_training: boo
          body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}\
          table{{border-collapse:collapse;margin:1em 0;font-size:14px}}\
          th,td{{border:1px solid #bbb;padding:4px 8px;text-align:right}}\
-         th{{background:#eee}} td.l,th.l{{text-align:left}}\
+         th{{background:#eee}} td.l,th.l{{text-align:left}} tr.chosen td{{background:#e8f4ea}}\
          figure{{margin:2em 0}} figure img{{width:100%;border:1px solid #ddd}}\
          figcaption{{font-size:14px;color:#333;margin-top:.4em}}\
+         .summary{{border:2px solid #444;padding:.6em 1em;margin:1em 0;background:#fafafa}}\
+         .summary p{{margin:.4em 0}} dt{{font-weight:bold}} dd{{margin:0 0 .5em 1.5em}}\
          .reliable{{color:#1a7f37}} .warning{{color:#b35900}} .unreliable{{color:#c00;font-weight:bold}}\
          code{{background:#f4f4f4;padding:1px 3px}}</style></head><body>\n",
         name = escape(&summary.name)
     );
     let _ = writeln!(
         h,
-        "<h1>{}</h1>\n<p>latflow {} · lattice {} · action {} · seed {} · overall verdict \
-         <span class=\"{v}\">{v}</span></p>",
+        "<h1>{}</h1>\n<p>latflow {} · lattice {} · action {} · seed {}</p>",
         escape(&summary.name),
         escape(&summary.latflow_version),
         escape(&spec.lattice.to_string()),
-        escape(&action_text(&spec.action)),
+        escape(&spec.action.describe()),
         spec.seed,
+    );
+    let c = &summary.conclusion;
+    let _ = writeln!(
+        h,
+        "<div class=\"summary\" id=\"summary\"><p><b>Summary.</b> <span id=\"verdict\">{}</span> \
+         <span id=\"agreement\">{}</span></p>\n<p id=\"reliability\"><b>Reliability of the \
+         chains</b> (<span class=\"{v}\">{v}</span>): {}</p></div>",
+        escape(&c.verdict),
+        escape(&c.agreement),
+        escape(c.reliability.trim_start_matches("Chains: ")),
         v = summary.verdict
     );
-    let _ = writeln!(
-        h,
-        "<p>Files: <a href=\"runcard.toml\">runcard.toml</a> (the study as run) · \
-         <a href=\"summary.json\">summary.json</a> · <a href=\"samplers.csv\">samplers.csv</a> · \
-         <a href=\"observables.csv\">observables.csv</a> · \
-         <a href=\"histograms.csv\">histograms.csv</a>{}{}</p>",
-        if has_training {
-            " · <a href=\"training.csv\">training.csv</a> · <a href=\"model.json\">model.json</a>"
-        } else {
-            ""
-        },
-        if summary.samplers.iter().any(|s| s.tuning.is_some()) {
-            " · <a href=\"hmc_tuning.csv\">hmc_tuning.csv</a>"
-        } else {
-            ""
-        }
-    );
+    h.push_str(&settings_html(summary));
+    h.push_str(&samplers_html(summary));
     if let Some(t) = &summary.training {
-        let _ = writeln!(
-            h,
-            "<h2>Training</h2><p>{} parameters trained on {} configurations in {:.1} s \
-             ({:.0} configurations/s); final acceptance {:.3}, ESS/N {:.3}, τ_rej {:.2}.</p>",
-            t.n_params,
-            t.configs_seen,
-            t.seconds,
-            t.configs_per_second,
-            t.acceptance,
-            t.ess,
-            t.tau_rej
-        );
+        h.push_str(&training_html(t));
     }
-    h.push_str("<h2>Samplers</h2>\n<table><tr><th class=\"l\">sampler</th><th class=\"l\">kernel</th>\
-        <th>steps</th><th>acceptance</th><th>steps/s</th><th>τ_max (observable)</th>\
-        <th>s per independent config</th><th>ξ (cosh fit)</th><th>χ²/dof</th><th>verdict</th></tr>\n");
-    for s in &summary.samplers {
-        let settings = if s.kernel.contains("hmc") {
-            format!(
-                " (τ = {}, {} MD steps)",
-                s.settings.tau, s.settings.md_steps
-            )
-        } else {
-            String::new()
-        };
-        let (xi, chi) = match &s.fit.fit {
-            Some(f) => (pm(f.xi, f.xi_err), sig(f.chi2_per_dof, 3)),
-            None => ("—".into(), "—".into()),
-        };
-        let _ = writeln!(
-            h,
-            "<tr><td class=\"l\">{}</td><td class=\"l\"><code>{}</code>{}</td><td>{}</td>\
-             <td>{}</td><td>{:.0}</td><td>{} ({})</td><td>{}</td><td>{xi}</td><td>{chi}</td>\
-             <td class=\"{v}\">{v}</td></tr>",
-            escape(&s.name),
-            escape(&s.kernel),
-            escape(&settings),
-            s.steps,
-            escape(&acceptance_text(s)),
-            1.0 / s.seconds_per_step,
-            pm(s.tau_max, s.tau_max_err),
-            escape(&s.slowest),
-            seconds_pm(s.cost_per_independent, s.cost_per_independent_err),
-            v = s.report.verdict
-        );
-    }
-    h.push_str("</table>\n");
-    h.push_str(
-        "<p>τ_int in measurements (one every <code>thin</code> steps of the kernel \
-         expression); the cost is 2 τ_max × seconds per step. The fit range is ",
-    );
-    let _ = writeln!(
-        h,
-        "t = {}…{}.</p>",
-        summary.fit_range[0], summary.fit_range[1]
-    );
-
     if !summary.payback.is_empty() {
-        h.push_str(&payback_html(&summary.payback));
+        h.push_str(&payback_html(summary));
     }
-
-    h.push_str("<h2>Observables</h2>\n<table><tr><th class=\"l\">observable</th>");
-    for s in &summary.samplers {
-        let _ = write!(h, "<th>{}</th>", escape(&s.name));
-    }
-    let exact = summary
-        .samplers
-        .first()
-        .and_then(|s| s.report.exact.clone());
-    if exact.is_some() {
-        h.push_str("<th>exact</th>");
-    }
-    h.push_str("</tr>\n");
-    let names: Vec<String> = summary
-        .samplers
-        .first()
-        .map(|s| s.report.observables.keys().cloned().collect())
-        .unwrap_or_default();
-    for name in &names {
-        let _ = write!(h, "<tr><td class=\"l\">{}</td>", escape(name));
-        for s in &summary.samplers {
-            let cell = s.report.observables.get(name).map_or("—".to_string(), |e| {
-                format!(
-                    "{} <small>(τ {})</small>",
-                    pm(e.mean, e.err),
-                    sig(e.tau_int, 3)
-                )
-            });
-            let _ = write!(h, "<td>{cell}</td>");
-        }
-        if let Some(x) = &exact {
-            let _ = write!(
-                h,
-                "<td>{}</td>",
-                x.get(name).map_or("".into(), |v| sig(*v, 6))
-            );
-        }
-        h.push_str("</tr>\n");
-    }
-    h.push_str(
-        "</table>\n<p>Means with Γ-method errors and, in brackets, τ_int. m = M/|Λ|, \
-        χ = |Λ|(⟨m²⟩ − ⟨m⟩²), ξ_2nd the second-moment correlation length, ξ_eff at t = L/4.</p>\n",
-    );
-
-    let findings: Vec<String> = summary
-        .samplers
-        .iter()
-        .flat_map(|s| {
-            s.report.diagnostics.findings.iter().map(move |f| {
-                format!(
-                    "<li><b>{}</b> <span class=\"{}\">{}</span> <code>{}</code>: {}</li>",
-                    escape(&s.name),
-                    f.severity,
-                    f.severity,
-                    escape(&f.code),
-                    escape(&f.message)
-                )
-            })
-        })
-        .collect();
-    if !findings.is_empty() {
-        let _ = writeln!(h, "<h2>Diagnostics</h2><ul>{}</ul>", findings.join("\n"));
-    }
+    h.push_str(&diagnostics_html(summary));
+    h.push_str(&tuning_html(summary));
+    h.push_str(&observables_html(summary));
+    h.push_str(&pulls_html(summary));
+    h.push_str(&glossary_html());
 
     h.push_str("<h2>Figures</h2>\n");
     for f in figures {
@@ -199,88 +87,92 @@ pub(super) fn html(summary: &StudySummary, figures: &[Figure], has_training: boo
             caption = escape(&f.caption)
         );
     }
-    h.push_str("<h2>Data per sampler</h2>\n<ul>\n");
+    h.push_str(&files_html(summary, has_training));
+    h.push_str("</body></html>\n");
+    h
+}
+
+/// Links to every file of the folder, each with a word on what it holds.
+fn files_html(summary: &StudySummary, has_training: bool) -> String {
+    let link = |path: &str, what: &str| format!("<li><a href=\"{path}\">{path}</a>: {what}</li>");
+    let mut h = String::from(
+        "<h2>Files</h2>\n<p>The columns of every data file — name, meaning, normalisation and \
+         units — are described in <a href=\"schema.json\">schema.json</a> (and, for each \
+         sampler's files, in <code>data/SAMPLER/schema.json</code>).</p>\n<ul>\n",
+    );
+    let mut files = vec![
+        (
+            "runcard.toml",
+            "the study as run (every override and seed written out)",
+        ),
+        ("summary.json", "every number of this page"),
+        (
+            "samplers.csv",
+            "one row per sampler: acceptance, speed, cost, ξ",
+        ),
+        (
+            "diagnostics.csv",
+            "one row per sampler: the chain diagnostics",
+        ),
+        (
+            "observables.csv",
+            "every observable of every sampler with error, τ_int, reference and pull",
+        ),
+        ("histograms.csv", "the φ and M histograms on common bins"),
+    ];
+    if summary.analysis_file != "runcard.toml" && !summary.analysis_file.is_empty() {
+        files.push((
+            "analysis.toml",
+            "the analysis settings set by latflow analyse, kept by a new run",
+        ));
+    }
+    if !summary.payback.is_empty() {
+        files.push(("payback.csv", "when the flow's training pays back"));
+    }
+    if summary.samplers.iter().any(|s| s.tuning.is_some()) {
+        files.push(("hmc_tuning.csv", "the HMC pilot scan"));
+        files.push(("hmc_step_size.csv", "the HMC step-size probes"));
+    }
+    if has_training {
+        files.push(("training.csv", "the training log, one row per step"));
+        files.push(("training.json", "the training report"));
+        files.push(("model.json", "the trained flow"));
+    }
+    files.push(("schema.json", "the columns of every file above"));
+    for (path, what) in files {
+        h.push_str(&link(path, what));
+        h.push('\n');
+    }
+    h.push_str("</ul>\n<p>Per sampler, under <code>data/SAMPLER/</code>:</p>\n<ul>\n");
     for s in &summary.samplers {
         let d = format!("data/{}", s.slug);
-        let _ = write!(
-            h,
-            "<li>{}: <a href=\"{d}/series.npy\">series.npy</a> (columns in \
-             <a href=\"{d}/series_columns.json\">series_columns.json</a>), \
-             <a href=\"{d}/configs.npy\">configs.npy</a>, <a href=\"{d}/moves.npy\">moves.npy</a>, \
-             <a href=\"{d}/correlator.csv\">correlator.csv</a>, \
-             <a href=\"{d}/xi_eff.csv\">xi_eff.csv</a>, \
-             <a href=\"{d}/autocorrelation.csv\">autocorrelation.csv</a>, \
-             <a href=\"{d}/run.json\">run.json</a>",
-            escape(&s.name)
-        );
+        let mut names = vec![
+            "series.npy",
+            "series_columns.json",
+            "moves.npy",
+            "moves_per_step.npy",
+            "configs.npy",
+            "configs_index.npy",
+            "run.json",
+            "correlator.csv",
+            "xi_eff.csv",
+            "autocorrelation.csv",
+        ];
         if s.rejection_runs.is_some() {
-            let _ = write!(
-                h,
-                ", <a href=\"{d}/rejection_runs.csv\">rejection_runs.csv</a>"
-            );
+            names.push("rejection_runs.csv");
         }
-        h.push_str("</li>\n");
+        names.push("schema.json");
+        let links: Vec<String> = names
+            .iter()
+            .map(|n| format!("<a href=\"{d}/{n}\">{n}</a>"))
+            .collect();
+        let _ = writeln!(h, "<li>{}: {}</li>", escape(&s.name), links.join(", "));
     }
     h.push_str(
         "</ul>\n<p>Recompute everything from the stored series with \
         <code>latflow analyse FOLDER</code> (e.g. <code>--therm-cut 1000</code>, \
-        <code>--fit-range 1:4</code>).</p>\n</body></html>\n",
+        <code>--fit-range 1:4</code>); the settings are recorded in \
+        <code>analysis.toml</code> and kept when the study is run again.</p>\n",
     );
     h
-}
-
-/// The "Does the flow pay for its training?" section: one row per flow sampler.
-fn payback_html(payback: &[Payback]) -> String {
-    let mut h = String::from(
-        "<h2>Does the flow pay for its training?</h2>\n<table><tr><th class=\"l\">sampler</th>\
-         <th class=\"l\">against</th><th>s per independent config</th><th>against</th>\
-         <th>training s</th><th>paid after N independent configs</th>\
-         <th>s per config, amortised over 10⁴ / 10⁶</th></tr>\n",
-    );
-    for p in payback {
-        let paid = match (p.break_even, p.break_even_err) {
-            (Some(n), Some(err)) => pm_scaled(n, err),
-            _ => "—".into(),
-        };
-        let _ = writeln!(
-            h,
-            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td>\
-             <td>{:.1}</td><td>{paid}</td><td>{} / {}</td></tr>",
-            escape(&p.sampler),
-            escape(&p.baseline),
-            seconds_pm(p.cost, p.cost_err),
-            seconds_pm(p.baseline_cost, p.baseline_cost_err),
-            p.training_seconds,
-            seconds_text(p.amortised_cost(1e4)),
-            seconds_text(p.amortised_cost(1e6))
-        );
-    }
-    h.push_str("</table>\n<ul>\n");
-    for p in payback {
-        let text = match (&p.reason, p.break_even) {
-            (Some(reason), _) => format!("{}: {reason}.", p.sampler),
-            (None, Some(n)) => format!(
-                "{}: the training has paid for itself after {} independent configurations \
-                 (about {} s of sampling with {}).",
-                p.sampler,
-                sig(n, 2),
-                sig(n * p.baseline_cost, 2),
-                p.baseline
-            ),
-            (None, None) => format!("{}: undefined.", p.sampler),
-        };
-        let _ = writeln!(h, "<li>{}</li>", escape(&text));
-    }
-    h.push_str(
-        "</ul>\n<p>N independent configurations cost T + c_flow·N with the flow (T its \
-         training, steps and acceptance checks) against c·N with the cheapest sampler without \
-         one; the flow is cheaper beyond N* = T/(c − c_flow). The error of N* comes from \
-         those of the two costs.</p>\n",
-    );
-    h
-}
-
-/// The action and its couplings, as written on the page.
-fn action_text(action: &crate::run::ActionSpec) -> String {
-    action.describe()
 }

@@ -3,11 +3,16 @@
 //!
 //! [`write_report`] runs the steps in order; each kind of output has its own file: `tables`
 //! (the CSV tables and per-sampler data files), `training_log` (reading `training.csv` back),
-//! `figures` (every chart with its title and caption), `html` (the `index.html` page) and
-//! `text` (numbers with their errors as text, shared by all of them).
+//! `figures` (every chart with its title and caption), `html` and `sections` (the
+//! `index.html` page), `schema` (the columns of every data file, `schema.json`),
+//! `glossary` (the observables' symbols and definitions) and `text` (numbers with their
+//! errors as text, shared by all of them).
 
 mod figures;
+mod glossary;
 mod html;
+mod schema;
+mod sections;
 mod tables;
 mod text;
 mod training_log;
@@ -19,15 +24,16 @@ use crate::control::Observer;
 use crate::error::{Error, Result};
 use crate::io::{write_atomic, write_json};
 use figures::{
-    autocorrelation_figures, correlator_figure, cost_figure, histogram_figure, payback_figure,
-    rejection_figure, training_figures, xi_eff_figure,
+    autocorrelation_figures, comparison_figure, correlator_figure, cost_figure, histogram_figure,
+    payback_figure, rejection_figure, training_figures, xi_eff_figure,
 };
 use html::html;
+use schema::write_schemas;
 use tables::{write_sampler_files, write_tables};
 use training_log::read_training_log;
 
 pub use text::acceptance_text;
-pub(crate) use text::{num, sig};
+pub(crate) use text::{TimeUnit, num, sig};
 
 /// The number of progress steps [`write_report`] reports (one per file group).
 pub const REPORT_FILES: usize = 14;
@@ -54,6 +60,7 @@ pub fn write_report(
     for s in &summary.samplers {
         write_sampler_files(folder, s)?;
     }
+    write_schemas(folder, summary)?;
     tick();
     let training = read_training_log(&folder.join("training.csv"))?;
     let mut figures = Vec::new();
@@ -61,6 +68,7 @@ pub fn write_report(
         figures.extend(training_figures(&plots, log)?);
     }
     tick();
+    figures.push(comparison_figure(&plots, summary)?);
     tick();
     figures.push(histogram_figure(&plots, summary, true)?);
     tick();

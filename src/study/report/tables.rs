@@ -1,5 +1,6 @@
 //! The report's CSV files: `samplers.csv`, `payback.csv`, `observables.csv`,
-//! `histograms.csv` and `hmc_tuning.csv` in the study folder, and per sampler under
+//! `diagnostics.csv`, `histograms.csv`, `hmc_tuning.csv` and `hmc_step_size.csv` in the
+//! study folder, and per sampler under
 //! `data/<sampler>/` its correlator with the fit, ξ_eff(t), autocorrelation and runs of
 //! rejections.
 
@@ -7,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::cosh_model;
+use super::glossary::symbol;
 use super::text::num;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
@@ -17,6 +19,19 @@ pub(crate) const SAMPLERS_HEADER: &str = "sampler,kernel,tau,md_steps,steps,acce
 acceptance_by_kernel,\
 steps_per_second,seconds_per_step,slowest,tau_max,tau_max_err,cost_per_independent,\
 cost_per_independent_err,xi_fit,xi_fit_err,chi2_per_dof,fit_t_min,fit_t_max,verdict";
+
+/// The observables table's columns.
+pub(crate) const OBSERVABLES_HEADER: &str = "sampler,observable,symbol,mean,err,tau_int,\
+tau_int_err,reference,reference_err,reference_source,pull,caveat";
+
+/// The diagnostics table's columns.
+pub(crate) const DIAGNOSTICS_HEADER: &str = "sampler,acceptance_by_kernel,exp_minus_delta_h,\
+exp_minus_delta_h_err,tau_rej,tau_rej_err,ess_per_sample,pareto_k,pareto_k_limit,\
+longest_rejection_run,longest_stuck_run,local_step_size,hmc_step_size,findings,verdict";
+
+/// The HMC pilot scan's columns.
+pub(crate) const HMC_TUNING_HEADER: &str = "sampler,tau,md_steps,step_size,acceptance,\
+tau_max,slowest,force_evaluations_per_independent,verdict,chosen";
 
 /// Writes the study-wide tables into `folder` (`payback.csv` when a flow sampler has a
 /// payback, `hmc_tuning.csv` when a sampler was tuned).
@@ -91,29 +106,77 @@ pub(super) fn write_tables(folder: &Path, summary: &StudySummary) -> Result<()> 
         write_atomic(&folder.join("payback.csv"), payback.as_bytes())?;
     }
 
-    let mut observables =
-        String::from("sampler,observable,mean,err,tau_int,tau_int_err,exact,caveat\n");
-    for s in &summary.samplers {
-        for (name, e) in &s.report.observables {
-            let exact = s
-                .report
-                .exact
-                .as_ref()
-                .and_then(|x| x.get(name))
-                .map_or(String::new(), |v| num(*v));
+    let mut observables = format!("{OBSERVABLES_HEADER}\n");
+    for c in &summary.comparison {
+        for (s, pull) in summary.samplers.iter().zip(&c.pulls) {
+            let Some(e) = s.report.observables.get(&c.observable) else {
+                continue;
+            };
+            let (reference, reference_err) = c
+                .reference
+                .map_or((String::new(), String::new()), |[v, e]| (num(v), num(e)));
             let _ = writeln!(
                 observables,
-                "{},{name},{},{},{},{},{exact},{}",
+                "{},{},{},{},{},{},{},{reference},{reference_err},{},{},{}",
                 csv_field(&s.name),
+                c.observable,
+                csv_field(symbol(&c.observable)),
                 num(e.mean),
                 num(e.err),
                 num(e.tau_int),
                 num(e.tau_int_err),
+                c.reference_source.as_deref().unwrap_or(""),
+                num(*pull),
                 csv_field(e.caveat.as_deref().unwrap_or(""))
             );
         }
     }
     write_atomic(&folder.join("observables.csv"), observables.as_bytes())?;
+
+    let mut diagnostics = format!("{DIAGNOSTICS_HEADER}\n");
+    for s in &summary.samplers {
+        let r = &s.report;
+        let d = &r.diagnostics;
+        let flow = d.flows.first();
+        let hmc = r.exp_minus_delta_h.as_ref();
+        let row = [
+            csv_field(&s.name),
+            csv_field(
+                &r.acceptance_by_move
+                    .iter()
+                    .map(|(k, a)| format!("{k}:{a}"))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+            ),
+            hmc.map_or(String::new(), |e| num(e.mean)),
+            hmc.map_or(String::new(), |e| num(e.err)),
+            r.tau_rej.map_or(String::new(), num),
+            r.tau_rej_err.map_or(String::new(), num),
+            flow.map_or(String::new(), |f| num(f.ess_per_sample)),
+            flow.map_or(String::new(), |f| num(f.pareto_k)),
+            flow.map_or(String::new(), |f| num(f.pareto_k_threshold)),
+            r.longest_rejection_run
+                .map_or(String::new(), |n| n.to_string()),
+            d.longest_stuck_run.to_string(),
+            r.local_step_size.map_or(String::new(), num),
+            if s.kernel.contains("hmc") && s.settings.md_steps > 0 {
+                num(s.settings.tau / s.settings.md_steps as f64)
+            } else {
+                String::new()
+            },
+            csv_field(
+                &d.findings
+                    .iter()
+                    .map(|f| f.code.as_str())
+                    .collect::<Vec<_>>()
+                    .join(";"),
+            ),
+            r.verdict.to_string(),
+        ];
+        diagnostics.push_str(&row.join(","));
+        diagnostics.push('\n');
+    }
+    write_atomic(&folder.join("diagnostics.csv"), diagnostics.as_bytes())?;
 
     let h = &summary.histograms;
     let mut histograms = String::from("quantity,bin_low,bin_high");
@@ -146,18 +209,19 @@ pub(super) fn write_tables(folder: &Path, summary: &StudySummary) -> Result<()> 
     write_atomic(&folder.join("histograms.csv"), histograms.as_bytes())?;
 
     if summary.samplers.iter().any(|s| s.tuning.is_some()) {
-        let mut tuning =
-            String::from("sampler,tau,md_steps,acceptance,tau_max,slowest,cost,verdict,chosen\n");
+        let mut tuning = format!("{HMC_TUNING_HEADER}\n");
+        let mut probes = String::from("sampler,step_size,md_steps,acceptance,chosen\n");
         for s in &summary.samplers {
             let Some(t) = &s.tuning else { continue };
             for p in &t.pilots {
                 let chosen = p.tau == t.tau && p.md_steps == t.md_steps;
                 let _ = writeln!(
                     tuning,
-                    "{},{},{},{},{},{},{},{},{chosen}",
+                    "{},{},{},{},{},{},{},{},{},{chosen}",
                     csv_field(&s.name),
                     num(p.tau),
                     p.md_steps,
+                    num(p.tau / p.md_steps.max(1) as f64),
                     num(p.acceptance),
                     num(p.tau_max),
                     p.slowest,
@@ -165,8 +229,20 @@ pub(super) fn write_tables(folder: &Path, summary: &StudySummary) -> Result<()> 
                     p.verdict
                 );
             }
+            for p in &t.probes {
+                let _ = writeln!(
+                    probes,
+                    "{},{},{},{},{}",
+                    csv_field(&s.name),
+                    num(p.step_size),
+                    p.md_steps,
+                    num(p.acceptance),
+                    p.step_size == t.step_size
+                );
+            }
         }
         write_atomic(&folder.join("hmc_tuning.csv"), tuning.as_bytes())?;
+        write_atomic(&folder.join("hmc_step_size.csv"), probes.as_bytes())?;
     }
     Ok(())
 }
@@ -210,7 +286,7 @@ pub(super) fn write_sampler_files(folder: &Path, s: &SamplerAnalysis) -> Result<
 
 /// `text` as one CSV field: quoted (with doubled quotes) when it holds a comma, a quote or a
 /// line break.
-fn csv_field(text: &str) -> String {
+pub(super) fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {

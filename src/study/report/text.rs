@@ -13,7 +13,7 @@ pub(crate) fn num(x: f64) -> String {
 }
 
 /// `mean ± err` with the error rounded to two significant digits and the mean to match.
-pub(super) fn pm(mean: f64, err: f64) -> String {
+pub(crate) fn pm(mean: f64, err: f64) -> String {
     if !mean.is_finite() {
         return "—".into();
     }
@@ -39,14 +39,45 @@ pub fn acceptance_text(s: &SamplerAnalysis) -> String {
     }
 }
 
-/// A duration with its error in the unit that suits it (µs, ms or s).
-pub(super) fn seconds_pm(seconds: f64, err: f64) -> String {
-    let (scale, unit) = match seconds.abs() {
-        x if x < 1e-3 => (1e6, "µs"),
-        x if x < 1.0 => (1e3, "ms"),
-        _ => (1.0, "s"),
-    };
-    format!("{} {unit}", pm(seconds * scale, err * scale))
+/// One unit of time (µs, ms or s) for a whole table or figure, so that its numbers compare
+/// at a glance.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct TimeUnit {
+    /// Seconds are multiplied by this.
+    pub(crate) scale: f64,
+    /// The unit's symbol.
+    pub(crate) name: &'static str,
+}
+
+impl TimeUnit {
+    /// The unit that suits the median of the finite positive `seconds` (s without any).
+    pub(crate) fn for_values(seconds: impl IntoIterator<Item = f64>) -> Self {
+        let mut v: Vec<f64> = seconds
+            .into_iter()
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let (scale, name) = match v.get(v.len() / 2) {
+            Some(&x) if x < 1e-3 => (1e6, "µs"),
+            Some(&x) if x < 1.0 => (1e3, "ms"),
+            _ => (1.0, "s"),
+        };
+        TimeUnit { scale, name }
+    }
+
+    /// `seconds ± err` in this unit, with the unit.
+    pub(crate) fn pm(&self, seconds: f64, err: f64) -> String {
+        format!(
+            "{} {}",
+            pm(seconds * self.scale, err * self.scale),
+            self.name
+        )
+    }
+
+    /// `seconds` to three significant digits in this unit, with the unit.
+    pub(crate) fn text(&self, seconds: f64) -> String {
+        format!("{} {}", sig(seconds * self.scale, 3), self.name)
+    }
 }
 
 /// `mean ± err` as [`pm`], written as `(m ± e)·10^k` when the mean is 10⁵ or more.
@@ -59,14 +90,9 @@ pub(super) fn pm_scaled(mean: f64, err: f64) -> String {
     format!("({})·10^{k}", pm(mean / scale, err / scale))
 }
 
-/// Seconds to three significant digits in s, ms or µs.
+/// Seconds to three significant digits in s, ms or µs, whichever suits them.
 pub(super) fn seconds_text(seconds: f64) -> String {
-    let (scale, unit) = match seconds.abs() {
-        x if x < 1e-3 => (1e6, "µs"),
-        x if x < 1.0 => (1e3, "ms"),
-        _ => (1.0, "s"),
-    };
-    format!("{} {unit}", sig(seconds * scale, 3))
+    TimeUnit::for_values([seconds]).text(seconds)
 }
 
 /// `x` to `n` significant digits.
