@@ -503,11 +503,23 @@ fn weight_findings(flow: &FlowDiagnostics, pure_flow: bool, findings: &mut Vec<F
     } else {
         Verdict::Warning
     };
-    let advice = if pure_flow {
-        "The independence sampler cannot be trusted at this length: use `flow+local` or \
-         `flow+hmc`, retrain the flow, or run a much longer chain."
-    } else {
-        "The flow proposals contribute little; retrain the flow."
+    // Non-equilibrium evolutions record their moves like flow proposals.
+    let evolutions = flow.label.starts_with("noneq");
+    let advice = match (pure_flow, evolutions) {
+        (true, false) => {
+            "The independence sampler cannot be trusted at this length: use `flow+local` or \
+             `flow+hmc`, retrain the flow, or run a much longer chain."
+        }
+        (false, false) => "The flow proposals contribute little; retrain the flow.",
+        (true, true) => {
+            "The independence sampler cannot be trusted at this length: use more protocol \
+             steps (noneq_steps), a start closer to the target, `noneq+local`, or a much \
+             longer chain."
+        }
+        (false, true) => {
+            "The evolutions contribute little; use more protocol steps or a start closer to \
+             the target."
+        }
     };
     if flow.pareto_k > flow.pareto_k_threshold {
         findings.push(finding(

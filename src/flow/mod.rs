@@ -33,7 +33,8 @@ pub use conv::{ConvNet, coarse_lattice, conv_taps, strided_conv_taps, upsampling
 pub use free_field::{FreeFieldConfig, FreeFieldKind, FreeFieldLayer, Spectrum, momentum_classes};
 pub use layers::{Coupling, FlowFloat, Layer, TransformPair};
 pub use model::{
-    BatchOutput, ChunkSeed, FlowModel, MODEL_FORMAT_VERSION, OLDEST_MODEL_FORMAT_VERSION, Workspace,
+    BatchOutput, ChunkSeed, FlowModel, MODEL_FORMAT_VERSION, OLDEST_MODEL_FORMAT_VERSION, PullBack,
+    Workspace,
 };
 pub use multiscale::{CoarseLayer, check_levels};
 pub use net::{
@@ -46,6 +47,6 @@ pub use recipe::{
     TransformKind,
 };
 pub use registry::LayerRegistry;
-pub use traits::{Flow, FlowScratch, TrainableFlow, ensure_same_lattice};
+pub use traits::{Flow, FlowScratch, LatentPoint, TrainableFlow, ensure_same_lattice};
 pub use transfer::{TransferRule, transfer, transfer_rule};
 pub use transform::{PointwiseTransform, Real};

@@ -4,6 +4,7 @@
 //! (`file`: JSON of config, lattice, parameters and metadata, written atomically).
 
 mod file;
+mod latent;
 mod passes;
 mod workspace;
 
@@ -20,12 +21,13 @@ use crate::flow::net::ParamBuilder;
 use crate::flow::prior::{LatentPrior, Prior};
 use crate::flow::recipe::{FlowConfig, LayerConfig, NetConfig, Partition};
 use crate::flow::registry::LayerRegistry;
-use crate::flow::traits::{Flow, FlowScratch, TrainableFlow, check_output};
+use crate::flow::traits::{Flow, FlowScratch, LatentPoint, TrainableFlow, check_output};
 use crate::lattice::Lattice;
 use crate::rng::rng_from_seed;
 use crate::tape::{Tape, Var};
 
 pub use file::{MODEL_FORMAT_VERSION, OLDEST_MODEL_FORMAT_VERSION};
+pub use latent::PullBack;
 use passes::scratch_workspace;
 pub use workspace::{BatchOutput, ChunkSeed, Workspace};
 
@@ -331,6 +333,23 @@ impl Flow for FlowModel {
         scratch: &mut FlowScratch,
     ) -> Result<()> {
         self.log_density_in(phi, scratch_workspace(scratch, phi.nrows()), out)
+    }
+
+    /// In f64 through the tape's backward pass to the input, with the parameters converted
+    /// to f64; U = S − log|det| uses the tape's own log-det sum.
+    fn pull_back(
+        &self,
+        z: &[f64],
+        phi: &mut [f64],
+        action: &mut dyn FnMut(&[f64], &mut [f64]) -> f64,
+        grad_z: &mut [f64],
+        scratch: &mut FlowScratch,
+    ) -> Result<LatentPoint> {
+        self.pull_back_f64(z, phi, action, grad_z, scratch)
+    }
+
+    fn inverse_f64(&self, phi: &[f64], z: &mut [f64], scratch: &mut FlowScratch) -> Result<f64> {
+        self.inverse_f64_in(phi, z, scratch)
     }
 }
 

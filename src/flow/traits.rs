@@ -182,6 +182,64 @@ pub trait Flow: Send + Sync {
         out += &log_det;
         Ok(())
     }
+
+    /// One configuration pulled back through the flow, in f64 (what flow HMC integrates):
+    /// φ = f(z) into `phi`, then `action(φ, g)`, which returns S(φ) and writes ∂S/∂φ into
+    /// `g`, then the gradient of the pulled-back potential
+    ///
+    /// ∇_z U(z) = J_f(z)ᵀ ∂S/∂φ − ∇_z log|det J_f(z)|,  U(z) = S(f(z)) − log|det J_f(z)|,
+    ///
+    /// into `grad_z` by reverse mode through the flow. All slices have one value per site.
+    /// U must be a deterministic function of z (the same z gives the same bits), so that a
+    /// Metropolis test on it is exact. The provided version refuses with an
+    /// [`Error::Incompatible`]: a flow that can differentiate itself with respect to its
+    /// input overrides it, and [`Flow::inverse_f64`] with it.
+    fn pull_back(
+        &self,
+        z: &[f64],
+        phi: &mut [f64],
+        action: &mut dyn FnMut(&[f64], &mut [f64]) -> f64,
+        grad_z: &mut [f64],
+        scratch: &mut FlowScratch,
+    ) -> Result<LatentPoint> {
+        let _ = (z, phi, action, grad_z, scratch);
+        Err(Error::Incompatible(
+            "flow HMC needs the flow's gradient with respect to its input in f64, which \
+             this flow does not compute (it does not override Flow::pull_back)"
+                .into(),
+        ))
+    }
+
+    /// One configuration's z = f⁻¹(φ) in f64 into `z`; returns log|det ∂f⁻¹/∂φ|. Pairs with
+    /// [`Flow::pull_back`] (flow HMC takes over a field another kernel changed through it);
+    /// the provided version refuses like it.
+    fn inverse_f64(&self, phi: &[f64], z: &mut [f64], scratch: &mut FlowScratch) -> Result<f64> {
+        let _ = (phi, z, scratch);
+        Err(Error::Incompatible(
+            "flow HMC needs the flow's inverse in f64, which this flow does not compute \
+             (it does not override Flow::inverse_f64)"
+                .into(),
+        ))
+    }
+}
+
+/// What [`Flow::pull_back`] returns besides φ and the gradient: S(f(z)) and
+/// log|det ∂f/∂z| of the configuration, both f64. The pulled-back potential of flow HMC is
+/// U(z) = `action` − `log_det`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LatentPoint {
+    /// S(φ) at φ = f(z), as the caller's action function returned it.
+    pub action: f64,
+    /// log|det ∂f/∂z| at z.
+    pub log_det: f64,
+}
+
+impl LatentPoint {
+    /// U(z) = S(f(z)) − log|det ∂f/∂z|: minus the log-density, up to a constant, of the
+    /// latent field whose image under f is distributed as e^{−S}.
+    pub fn potential(&self) -> f64 {
+        self.action - self.log_det
+    }
 }
 
 /// Checks that a flow's batch output (`dim` and `rows` log-dets) fits its input `want`.

@@ -121,12 +121,7 @@ impl<A: Action + ?Sized> Hmc<A> {
     /// The range of step counts a trajectory may use: {n} when fixed,
     /// {⌈n/2⌉, …, ⌊3n/2⌋} when randomised.
     pub fn step_count_range(&self) -> std::ops::RangeInclusive<usize> {
-        if self.randomise_length {
-            let n = self.n_steps;
-            n.div_ceil(2).max(1)..=(3 * n / 2).max(1)
-        } else {
-            self.n_steps..=self.n_steps
-        }
+        step_count_range(self.n_steps, self.randomise_length)
     }
 
     /// H(φ, π) = ½ Σ π² + S(φ).
@@ -203,13 +198,23 @@ impl<A: Action + ?Sized> Hmc<A> {
     }
 }
 
+/// The step counts of a trajectory of nominal length `n` steps: {⌈n/2⌉, …, ⌊3n/2⌋} (at
+/// least 1) when `randomise`, else {n}.
+pub(super) fn step_count_range(n: usize, randomise: bool) -> std::ops::RangeInclusive<usize> {
+    if randomise {
+        n.div_ceil(2).max(1)..=(3 * n / 2).max(1)
+    } else {
+        n..=n
+    }
+}
+
 #[inline]
-fn kinetic(momentum: &[f64]) -> f64 {
+pub(super) fn kinetic(momentum: &[f64]) -> f64 {
     0.5 * momentum.iter().map(|p| p * p).sum::<f64>()
 }
 
 #[inline]
-fn kick(momentum: &mut [f64], force: &[f64], dt: f64) {
+pub(super) fn kick(momentum: &mut [f64], force: &[f64], dt: f64) {
     for (p, f) in momentum.iter_mut().zip(force) {
         *p -= dt * f;
     }
@@ -225,7 +230,7 @@ fn kick_drift(phi: &mut [f64], momentum: &mut [f64], force: &[f64], dt: f64) {
 }
 
 #[inline]
-fn drift(phi: &mut [f64], momentum: &[f64], dt: f64) {
+pub(super) fn drift(phi: &mut [f64], momentum: &[f64], dt: f64) {
     for (x, p) in phi.iter_mut().zip(momentum) {
         *x += dt * p;
     }

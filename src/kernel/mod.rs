@@ -10,9 +10,11 @@ mod combine;
 mod ensemble;
 mod expr;
 mod flow;
+mod flowhmc;
 mod hmc;
 mod local;
 mod moves;
+mod noneq;
 mod state;
 
 pub use chain::{BlockSize, Chain, ChainRecord, Ensemble, Measure, RunPlan};
@@ -23,9 +25,14 @@ pub use ensemble::{
 };
 pub use expr::{KernelExpr, KernelMaker};
 pub use flow::{FlowProposal, Reweighted, reweight};
+pub use flowhmc::FlowHmc;
 pub use hmc::{Hmc, Integrator, OMELYAN_LAMBDA};
 pub use local::{ACTION_REFRESH_INTERVAL, LocalMetropolis, SweepOrder};
 pub use moves::{MOVE_DETAIL_COLUMNS, MOVE_KINDS, MoveDetail, MoveInfo, MoveLabel, MoveRows};
+pub use noneq::{
+    FieldFunction, MIN_EFFECTIVE_EVOLUTIONS, NoneqEstimate, NoneqEvolution, NoneqProposal,
+    NoneqProtocol, NoneqUpdate, noneq_estimate,
+};
 pub use state::State;
 
 /// A Markov chain kernel that leaves e^{−S} invariant.

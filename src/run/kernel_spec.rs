@@ -12,8 +12,8 @@ use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::flow::FlowModel;
 use crate::kernel::{
-    EnsembleKernel, FlowLeaf, FlowProposal, Hmc, Integrator, KernelExpr, MoveLabel, PerChain,
-    Proposal,
+    EnsembleKernel, FlowHmc, FlowLeaf, FlowProposal, Hmc, Integrator, KernelExpr, MoveLabel,
+    NoneqEvolution, NoneqProposal, NoneqProtocol, NoneqUpdate, PerChain, Proposal,
 };
 
 /// Parses a kernel expression and checks that it names only built-in kernels
@@ -42,7 +42,7 @@ pub(crate) fn check_kernel_names(expr: &KernelExpr, registry: &Registry) -> Resu
     }
 }
 
-/// The kernel: an expression over `local`, `hmc`, `flow` and the kernels of the run's
+/// The kernel: an expression over `local`, `hmc`, `flow`, `flowhmc`, `noneq` and the kernels of the run's
 /// [`Registry`] (see [`KernelExpr`]), and the settings of those kernels. Every occurrence of
 /// a name is a kernel of its own with these settings (a local step size adapts separately
 /// for each).
@@ -57,10 +57,24 @@ pub struct KernelSpec {
     pub tau: f64,
     /// HMC molecular-dynamics steps per trajectory.
     pub md_steps: usize,
-    /// HMC integrator.
+    /// HMC and flow-HMC integrator.
     pub integrator: Integrator,
-    /// Keep the HMC trajectory length fixed instead of randomising it (not recommended).
+    /// Keep the HMC and flow-HMC trajectory lengths fixed instead of randomising them (not
+    /// recommended).
     pub fixed_length: bool,
+    /// Flow-HMC trajectory length τ in the latent space.
+    pub flowhmc_tau: f64,
+    /// Flow-HMC molecular-dynamics steps per trajectory.
+    pub flowhmc_md_steps: usize,
+    /// Non-equilibrium protocol steps (intermediate actions, the last the target).
+    pub noneq_steps: usize,
+    /// The update at each protocol step: a local sweep or an HMC trajectory (of `tau` in
+    /// `md_steps` leapfrog steps).
+    pub noneq_update: NoneqUpdateKind,
+    /// Proposal half-width of the protocol's local sweeps.
+    pub noneq_step_size: f64,
+    /// Mass² of the free field the protocol starts from.
+    pub noneq_start_m0sq: f64,
     /// Flow proposals generated per batch.
     pub flow_batch: usize,
     /// Settings of registered kernels, by kernel name (`[kernel.settings.NAME]`), handed
@@ -78,55 +92,77 @@ impl Default for KernelSpec {
             md_steps: 10,
             integrator: Integrator::Leapfrog,
             fixed_length: false,
+            flowhmc_tau: 1.0,
+            flowhmc_md_steps: 10,
+            noneq_steps: 10,
+            noneq_update: NoneqUpdateKind::Local,
+            noneq_step_size: 0.5,
+            noneq_start_m0sq: 1.0,
             flow_batch: 1000,
             settings: BTreeMap::new(),
         }
     }
 }
 
-/// The settings of the built-in kernels: each key of [`KernelSpec`] with the kernel that
-/// reads it.
-pub const KERNEL_SETTINGS: [(&str, &str); 6] = [
-    ("step_size", "local"),
-    ("tau", "hmc"),
-    ("md_steps", "hmc"),
-    ("integrator", "hmc"),
-    ("fixed_length", "hmc"),
-    ("flow_batch", "flow"),
+/// The settings of the built-in kernels: each key of [`KernelSpec`] with the kernels that
+/// read it.
+pub const KERNEL_SETTINGS: [(&str, &[&str]); 12] = [
+    ("step_size", &["local"]),
+    ("tau", &["hmc", "noneq"]),
+    ("md_steps", &["hmc", "noneq"]),
+    ("integrator", &["hmc", "flowhmc"]),
+    ("fixed_length", &["hmc", "flowhmc"]),
+    ("flowhmc_tau", &["flowhmc"]),
+    ("flowhmc_md_steps", &["flowhmc"]),
+    ("flow_batch", &["flow"]),
+    ("noneq_steps", &["noneq"]),
+    ("noneq_update", &["noneq"]),
+    ("noneq_step_size", &["noneq"]),
+    ("noneq_start_m0sq", &["noneq"]),
 ];
 
+/// The update of a non-equilibrium protocol step, as runcards and the command line name it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoneqUpdateKind {
+    /// One local Metropolis sweep.
+    #[default]
+    Local,
+    /// One HMC trajectory.
+    Hmc,
+}
+
 impl KernelSpec {
-    /// The built-in kernel that reads the setting `key` (see [`KERNEL_SETTINGS`]), if it is
+    /// The built-in kernels that read the setting `key` (see [`KERNEL_SETTINGS`]), if it is
     /// one.
-    pub fn kernel_of_setting(key: &str) -> Option<&'static str> {
+    pub fn kernels_of_setting(key: &str) -> Option<&'static [&'static str]> {
         KERNEL_SETTINGS
             .iter()
             .find(|(k, _)| *k == key)
-            .map(|(_, kernel)| *kernel)
+            .map(|(_, kernels)| *kernels)
     }
 
-    /// True when the expression needs a trained flow.
+    /// True when the expression needs a trained flow (`flow` or `flowhmc`).
     pub fn uses_flow(&self) -> bool {
-        self.kind.contains("flow")
+        self.kind.contains("flow") || self.kind.contains("flowhmc")
     }
 
     /// Checks the settings of the kernels the expression uses: `tau` positive and finite
-    /// and `md_steps` between 1 and 2³² − 1 for `hmc`, `step_size` positive and finite for
-    /// `local`, `flow_batch` at least 1 for `flow`.
+    /// and `md_steps` between 1 and 2³² − 1 for `hmc` (`flowhmc_tau`, `flowhmc_md_steps`
+    /// likewise for `flowhmc`), `step_size` positive and finite for `local`, `flow_batch` at
+    /// least 1 for `flow`.
     pub fn validate_settings(&self) -> Result<()> {
+        if self.kind.contains("flowhmc") {
+            check_trajectory(
+                ("flowhmc_tau", self.flowhmc_tau),
+                ("flowhmc_md_steps", self.flowhmc_md_steps),
+            )?;
+        }
         if self.kind.contains("hmc") {
-            if !(self.tau.is_finite() && self.tau > 0.0) {
-                return Err(Error::param(
-                    "tau",
-                    format!("must be positive and finite, got {}", self.tau),
-                ));
-            }
-            if self.md_steps == 0 || self.md_steps > u32::MAX as usize {
-                return Err(Error::param(
-                    "md_steps",
-                    format!("must be between 1 and {}, got {}", u32::MAX, self.md_steps),
-                ));
-            }
+            check_trajectory(("tau", self.tau), ("md_steps", self.md_steps))?;
+        }
+        if self.kind.contains("noneq") {
+            self.noneq_protocol().validate()?;
         }
         if self.kind.contains("local") && !(self.step_size.is_finite() && self.step_size > 0.0) {
             return Err(Error::param(
@@ -134,7 +170,7 @@ impl KernelSpec {
                 format!("must be positive and finite, got {}", self.step_size),
             ));
         }
-        if self.uses_flow() && self.flow_batch == 0 {
+        if self.kind.contains("flow") && self.flow_batch == 0 {
             return Err(Error::param("flow_batch", "must be at least 1"));
         }
         if let Some(name) = self
@@ -146,7 +182,8 @@ impl KernelSpec {
                 format!("settings.{name}"),
                 format!(
                     "the built-in kernel `{name}` takes its settings as keys of the kernel table \
-                     (step_size, tau, md_steps, integrator, fixed_length, flow_batch)"
+                     ({})",
+                    KERNEL_SETTINGS.map(|(key, _)| key).join(", ")
                 ),
             ));
         }
@@ -167,11 +204,22 @@ impl KernelSpec {
     pub(crate) fn step_cost(&self, volume: usize) -> StepCost {
         let volume = volume as u128;
         let md_steps = self.md_steps as u128;
-        let hmc_steps = if self.fixed_length {
-            md_steps
-        } else {
-            (3 * md_steps / 2).max(1)
+        let longest = |md_steps: u128| {
+            if self.fixed_length {
+                md_steps
+            } else {
+                (3 * md_steps / 2).max(1)
+            }
         };
+        let hmc_steps = longest(md_steps);
+        let flowhmc_steps = longest(self.flowhmc_md_steps as u128);
+        // A forward evolution, and a backward one when another kernel moved the state.
+        let noneq_updates = 2
+            * (self.noneq_steps as u128)
+            * match self.noneq_update {
+                NoneqUpdateKind::Local => 1,
+                NoneqUpdateKind::Hmc => md_steps.saturating_add(1),
+            };
         fn walk(expr: &KernelExpr, sites: &dyn Fn(&str) -> u128) -> StepCost {
             match expr {
                 KernelExpr::Kernel(name) => StepCost {
@@ -215,13 +263,31 @@ impl KernelSpec {
         }
         walk(&self.kind, &|name| match name {
             "hmc" => volume.saturating_mul(hmc_steps.saturating_add(1)),
+            "flowhmc" => volume.saturating_mul(flowhmc_steps.saturating_add(1)),
+            "noneq" => volume.saturating_mul(noneq_updates),
             _ => volume,
         })
     }
 
+    /// The protocol of the `noneq` kernel.
+    pub fn noneq_protocol(&self) -> NoneqProtocol {
+        NoneqProtocol {
+            steps: self.noneq_steps,
+            update: match self.noneq_update {
+                NoneqUpdateKind::Local => NoneqUpdate::Local {
+                    step_size: self.noneq_step_size,
+                },
+                NoneqUpdateKind::Hmc => NoneqUpdate::Hmc {
+                    tau: self.tau,
+                    md_steps: self.md_steps,
+                },
+            },
+        }
+    }
+
     /// Builds the expression's kernel for `action` with the built-in kernels; `model` is the
-    /// flow behind every `flow` in it (an error when the expression names `flow` and `model`
-    /// is `None`).
+    /// flow behind every `flow` and `flowhmc` in it (an error when the expression names one
+    /// and `model` is `None`).
     pub fn build<A: Action + 'static>(
         &self,
         action: &Arc<A>,
@@ -261,15 +327,29 @@ impl KernelSpec {
                     .with_randomised_length(!self.fixed_length)
                     .with_label(label),
             ),
-            "flow" => {
-                let model = model.ok_or_else(|| {
-                    Error::param("model", "the `flow` kernel needs a trained model")
-                })?;
-                Box::new(
-                    FlowProposal::new(model.clone(), target.action(), self.flow_batch)?
-                        .with_label(label),
-                )
-            }
+            "flow" => Box::new(
+                FlowProposal::new(needs_model(model, name)?, target.action(), self.flow_batch)?
+                    .with_label(label),
+            ),
+            "flowhmc" => Box::new(
+                FlowHmc::new(
+                    needs_model(model, name)?,
+                    target.action(),
+                    self.flowhmc_tau,
+                    self.flowhmc_md_steps,
+                )?
+                .with_integrator(self.integrator)
+                .with_randomised_length(!self.fixed_length)
+                .with_label(label),
+            ),
+            "noneq" => Box::new(
+                NoneqProposal::new(NoneqEvolution::new(
+                    target.action(),
+                    self.noneq_start_m0sq,
+                    self.noneq_protocol(),
+                )?)
+                .with_label(label),
+            ),
             other => {
                 let settings = self.settings.get(other).unwrap_or(&serde_json::Value::Null);
                 let context = KernelContext::new(other, label, target, model);
@@ -279,6 +359,35 @@ impl KernelSpec {
             }
         })
     }
+}
+
+/// The run's flow, which the kernel `name` needs: an error naming `model` when there is
+/// none.
+fn needs_model(model: Option<&Arc<FlowModel>>, name: &str) -> Result<Arc<FlowModel>> {
+    model.cloned().ok_or_else(|| {
+        Error::param(
+            "model",
+            format!("the `{name}` kernel needs a trained model"),
+        )
+    })
+}
+
+/// Checks an HMC trajectory's settings: length positive and finite, steps between 1 and
+/// 2³² − 1; the errors name the keys.
+fn check_trajectory((tau_key, tau): (&str, f64), (steps_key, steps): (&str, usize)) -> Result<()> {
+    if !(tau.is_finite() && tau > 0.0) {
+        return Err(Error::param(
+            tau_key,
+            format!("must be positive and finite, got {tau}"),
+        ));
+    }
+    if steps == 0 || steps > u32::MAX as usize {
+        return Err(Error::param(
+            steps_key,
+            format!("must be between 1 and {}, got {steps}", u32::MAX),
+        ));
+    }
+    Ok(())
 }
 
 /// A list of kernels, each an expression or a table of settings (see
@@ -314,9 +423,7 @@ impl KernelSpec {
         let action = target.action();
         self.kind.build_ensemble(&mut |name, label| {
             if name == "flow" {
-                let model = model.ok_or_else(|| {
-                    Error::param("model", "the `flow` kernel needs a trained model")
-                })?;
+                let model = needs_model(model, name)?;
                 let proposals = (0..chains)
                     .map(|_| {
                         Ok(

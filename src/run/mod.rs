@@ -19,7 +19,7 @@ mod sample;
 mod train;
 
 pub use curriculum::{CurriculumOutcome, CurriculumReport, CurriculumSpec, StageSpec, curriculum};
-pub use kernel_spec::{KERNEL_SETTINGS, KernelSpec, parse_kernel};
+pub use kernel_spec::{KERNEL_SETTINGS, KernelSpec, NoneqUpdateKind, parse_kernel};
 pub(crate) use kernel_spec::{kernel_list, kernel_table_or_expression};
 pub use registry::{KERNEL_NAMES, KernelContext, Registry, TargetAction, Typed};
 pub use replicas::{ReplicaChain, combine_replicas, replica_seed, sample_replicas};

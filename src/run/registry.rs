@@ -17,8 +17,9 @@ use crate::kernel::{LocalMetropolis, MoveLabel, Proposal};
 use crate::lattice::Lattice;
 
 /// The kernel names every run knows: one local Metropolis sweep, one HMC trajectory, one
-/// proposal of the run's trained flow.
-pub const KERNEL_NAMES: [&str; 3] = ["local", "hmc", "flow"];
+/// proposal of the run's trained flow, one HMC trajectory in the flow's latent space, one
+/// non-equilibrium evolution from a Gaussian as an independence proposal.
+pub const KERNEL_NAMES: [&str; 5] = ["local", "hmc", "flow", "flowhmc", "noneq"];
 
 mod sealed {
     pub trait Sealed {}

@@ -476,7 +476,7 @@ fn analyse_one(
         }
     };
 
-    let rejection_runs = run.info.spec.kernel.uses_flow().then(|| {
+    let rejection_runs = run.info.spec.kernel.kind.contains("flow").then(|| {
         let mut runs = BTreeMap::new();
         for chain in chains {
             let label = chain.record.first_label_of_kind("flow");

@@ -9,11 +9,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
+use std::sync::Arc;
 
 use latflow::flow::{FlowConfig, FlowModel};
 use latflow::kernel::{Chain, ChainRecord};
-use latflow::observable::{Measurements, Summary};
+use latflow::observable::{
+    ActionDensity, FieldSquared, Magnetisation, MagnetisationSquared, Measurements, Observable,
+    Summary,
+};
 use latflow::run::{RecipeKind, RecipeSpec, TrainControl, TrainOutcome, TrainReport, TrainSpec};
+use latflow::stats::{GammaEstimate, gamma_method, gamma_method_derived};
 use latflow::{Action, Lattice, Metric, Observer, Proposal, State, rng_from_seed};
 use rand::RngExt;
 
@@ -376,4 +381,47 @@ pub fn check_npy(path: &Path) -> Vec<usize> {
         path.display()
     );
     shape
+}
+
+// ---------------------------------------------------------------------------------------
+// Exactness checks of chains.
+
+/// m, m², φ² and S/|Λ|: the series [`field_estimates`] reads.
+pub fn field_observables<A: Action + 'static>(action: &Arc<A>) -> Vec<Box<dyn Observable>> {
+    vec![
+        Box::new(Magnetisation),
+        Box::new(MagnetisationSquared),
+        Box::new(FieldSquared),
+        Box::new(ActionDensity::new(action.clone())),
+    ]
+}
+
+/// ⟨φ²⟩, χ = |Λ|(⟨m²⟩ − ⟨m⟩²) and S/|Λ| of a chain measured with [`field_observables`],
+/// with their Γ-method errors.
+pub fn field_estimates(record: &ChainRecord, volume: usize) -> [GammaEstimate; 3] {
+    let series = |name: &str| record.series(name, 0).unwrap();
+    let (m, m2) = (series("m"), series("m2"));
+    let v = volume as f64;
+    [
+        gamma_method(&series("phi2")).unwrap(),
+        gamma_method_derived(&[&m, &m2], |a| v * (a[1] - a[0] * a[0])).unwrap(),
+        gamma_method(&series("action_density")).unwrap(),
+    ]
+}
+
+/// Fails unless two estimates agree within 4σ of their combined error.
+pub fn assert_agree(a: &GammaEstimate, b: &GammaEstimate, what: &str) {
+    let sigma = (a.err * a.err + b.err * b.err).sqrt();
+    assert!(
+        (a.mean - b.mean).abs() < 4.0 * sigma,
+        "{what}: {a} vs {b} (combined σ {sigma})"
+    );
+}
+
+/// Fails unless an estimate is within 4σ of its exact value.
+pub fn assert_within(est: &GammaEstimate, exact: f64, what: &str) {
+    assert!(
+        (est.mean - exact).abs() < 4.0 * est.err,
+        "{what}: {est} vs exact {exact}"
+    );
 }

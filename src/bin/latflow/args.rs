@@ -89,6 +89,12 @@ pub(crate) enum IntegratorName {
     Omelyan,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum NoneqUpdateName {
+    Local,
+    Hmc,
+}
+
 /// The lattice and the action, in the convention the user chose.
 #[derive(Args)]
 pub(crate) struct TargetArgs {

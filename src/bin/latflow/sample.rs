@@ -7,11 +7,12 @@ use anyhow::{Result, bail};
 use clap::{ArgMatches, Args};
 use latflow::control::Prefixed;
 use latflow::kernel::{Integrator, KernelExpr};
-use latflow::run::{KernelSpec, SampleReport, SampleSpec, parse_kernel};
+use latflow::run::{KernelSpec, NoneqUpdateKind, SampleReport, SampleSpec, parse_kernel};
 use latflow::stats::Verdict;
 
 use crate::args::{
-    IntegratorName, OutputArgs, TargetArgs, arg_ids, flag_name, given, refuse_given,
+    IntegratorName, NoneqUpdateName, OutputArgs, TargetArgs, arg_ids, flag_name, given,
+    refuse_given,
 };
 use crate::output::print_table;
 use crate::progress::StageProgress;
@@ -42,17 +43,20 @@ pub(crate) struct SampleArgs {
 /// describes the whole run).
 #[derive(Args)]
 pub(crate) struct SampleRunArgs {
-    /// Trained model file (for kernel expressions with `flow`); the lattice and action come
+    /// Trained model file (for kernel expressions with `flow` or `flowhmc`); the lattice and action come
     /// from it, and any given on the command line must match.
     #[arg(long)]
     pub(crate) model: Option<PathBuf>,
     /// Flow proposals generated per batch (kernels with `flow`).
     #[arg(long, default_value_t = 1000)]
     pub(crate) flow_batch: usize,
-    /// Markov chain kernel: an expression over local, hmc and flow, e.g. `hmc`,
+    /// Markov chain kernel: an expression over local, hmc, flow, flowhmc (HMC on the flow's
+    /// latent field with the pulled-back action S(f(z)) − log|det ∂f/∂z|) and noneq (a
+    /// non-equilibrium evolution from a Gaussian to the target, accepted by its Jarzynski
+    /// work), e.g. `hmc`,
     /// `flow+local*2+hmc` (a cycle: one flow proposal, two local sweeps, one HMC
-    /// trajectory), `(flow+local)*4+hmc` or `mix(0.3: flow, 0.7: hmc)` (one of them at
-    /// random, by weight).
+    /// trajectory), `flowhmc+local`, `(flow+local)*4+hmc` or `mix(0.3: flow, 0.7: hmc)` (one
+    /// of them at random, by weight).
     #[arg(long, default_value = "hmc", value_parser = kernel_expression)]
     pub(crate) kernel: KernelExpr,
     /// Measured steps, each one step of the whole kernel expression (per chain).
@@ -71,19 +75,41 @@ pub(crate) struct SampleRunArgs {
     /// analysed together as replicas.
     #[arg(long, default_value_t = 1)]
     pub(crate) chains: usize,
-    /// HMC molecular-dynamics steps per trajectory (kernels with `hmc`).
+    /// HMC molecular-dynamics steps per trajectory (kernels with `hmc`, and `noneq` with
+    /// --noneq-update hmc).
     #[arg(long, default_value_t = 10)]
     pub(crate) md_steps: usize,
     /// HMC trajectory length τ, randomised in [τ/2, 3τ/2] unless --fixed-length (kernels
-    /// with `hmc`).
+    /// with `hmc`; fixed in `noneq` with --noneq-update hmc).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) tau: f64,
-    /// HMC integrator (kernels with `hmc`).
+    /// HMC integrator (kernels with `hmc` or `flowhmc`).
     #[arg(long, value_enum, default_value = "leapfrog")]
     pub(crate) integrator: IntegratorName,
-    /// Keep the HMC trajectory length fixed (kernels with `hmc`).
+    /// Keep the HMC trajectory length fixed (kernels with `hmc` or `flowhmc`).
     #[arg(long)]
     pub(crate) fixed_length: bool,
+    /// Flow-HMC trajectory length τ in the latent space, randomised in [τ/2, 3τ/2] unless
+    /// --fixed-length (kernels with `flowhmc`).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) flowhmc_tau: f64,
+    /// Flow-HMC molecular-dynamics steps per trajectory (kernels with `flowhmc`).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) flowhmc_md_steps: usize,
+    /// Non-equilibrium protocol steps: intermediate actions (1 − t/n) S₀ + (t/n) S,
+    /// t = 1 … n, from the Gaussian start S₀ to the target (kernels with `noneq`).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) noneq_steps: usize,
+    /// The update at each protocol step: one local sweep, or one HMC trajectory of --tau in
+    /// --md-steps leapfrog steps (kernels with `noneq`).
+    #[arg(long, value_enum, default_value = "local")]
+    pub(crate) noneq_update: NoneqUpdateName,
+    /// Proposal half-width of the protocol's local sweeps (kernels with `noneq`).
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) noneq_step_size: f64,
+    /// Mass² of the free field the protocol starts from (kernels with `noneq`).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) noneq_start_m0sq: f64,
     /// Initial local Metropolis step size, tuned during thermalisation (kernels with
     /// `local`).
     #[arg(long, default_value_t = 1.0)]
@@ -108,14 +134,15 @@ impl SampleArgs {
         }
         self.target.refuse_foreign_couplings(m)?;
         for id in arg_ids::<SampleRunArgs>() {
-            if let Some(kernel) = KernelSpec::kernel_of_setting(&id)
+            if let Some(kernels) = KernelSpec::kernels_of_setting(&id)
                 && given(m, &id)
-                && !run.kernel.contains(kernel)
+                && !kernels.iter().any(|k| run.kernel.contains(k))
             {
                 bail!(
-                    "{} has no effect: --kernel {} has no `{kernel}`",
+                    "{} has no effect: --kernel {} has no `{}`",
                     flag_name(&id),
-                    run.kernel
+                    run.kernel,
+                    kernels.join("` or `")
                 );
             }
         }
@@ -130,6 +157,15 @@ impl SampleArgs {
                 IntegratorName::Omelyan => Integrator::Omelyan,
             },
             fixed_length: run.fixed_length,
+            flowhmc_tau: run.flowhmc_tau,
+            flowhmc_md_steps: run.flowhmc_md_steps,
+            noneq_steps: run.noneq_steps,
+            noneq_update: match run.noneq_update {
+                NoneqUpdateName::Local => NoneqUpdateKind::Local,
+                NoneqUpdateName::Hmc => NoneqUpdateKind::Hmc,
+            },
+            noneq_step_size: run.noneq_step_size,
+            noneq_start_m0sq: run.noneq_start_m0sq,
             flow_batch: run.flow_batch,
             ..KernelSpec::default()
         };
