@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::train::{
-    AnnealSpec, RecipeSpec, TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec,
-    resume, train, trained_model_run,
+    AnnealSpec, TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec, resume, train,
+    trained_model_run,
 };
-use super::{ActionSpec, init_from};
+use super::{ActionSpec, RecipeSpec, init_from};
 use crate::control::{Observer, Prefixed};
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowModel};

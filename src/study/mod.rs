@@ -50,8 +50,8 @@ pub use spec::{
 pub use store::{RunInfo, StoredRun, is_finished, load_run, save_run};
 pub use sweep::{
     BUDGETS_HEADER, ChainCost, HMC_HEADER, HmcBaseline, HmcBaselineResult, HmcRow, LoadedSweep,
-    REFERENCE_BETA, SAMPLER_COST_HEADER, SWEEP_HEADER, SweepOutcome, SweepPoint, SweepRow,
-    SweepSampling, SweepSpec, TRAINING_COST_HEADER, reference_beta, run_sweep,
+    REFERENCE_BETA, SAMPLER_COST_HEADER, SWEEP_HEADER, SweepMethod, SweepOutcome, SweepPoint,
+    SweepRow, SweepSampling, SweepSpec, TRAINING_COST_HEADER, reference_beta, run_sweep,
 };
 pub use tune::{
     ACCEPTANCE_WINDOW, HmcTuning, MAX_WIDENINGS, PILOT_N, PILOT_THERM, PROBE_N, PROBE_THERM,

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: observers that record what the library reports,
 //! the `latflow` binary with its output, scratch folders, model files, and the small runs
 //! several test files make (a chain from the zero field, a training run to its end, a flow
-//! with random parameters, a convolutional recipe).
+//! with random parameters, a convolutional recipe), and a checked CSV reader.
 //!
 //! Each test file that uses them starts with `mod common;`; a helper a file does not use
 //! costs it nothing (dead code is allowed here).
@@ -250,4 +250,38 @@ pub fn conv_recipe(channels: usize) -> RecipeSpec {
         depth: 1,
         ..RecipeSpec::default()
     }
+}
+
+/// Splits one CSV line into fields, honouring double quotes.
+pub fn csv_fields(line: &str) -> Vec<String> {
+    let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    assert!(!quoted, "unterminated quote in {line}");
+    fields.push(field);
+    fields
+}
+
+/// A CSV file with a header and rows of the same width whose non-empty fields after the
+/// text columns are numbers; returns the header and the rows.
+pub fn check_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header = csv_fields(lines.next().expect("a header"));
+    let rows: Vec<Vec<String>> = lines.map(csv_fields).collect();
+    assert!(!rows.is_empty(), "{} has no rows", path.display());
+    for row in &rows {
+        assert_eq!(row.len(), header.len(), "{}: row {row:?}", path.display());
+    }
+    (header, rows)
 }
