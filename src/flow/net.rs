@@ -373,11 +373,13 @@ pub trait ConditionerNet: Send + Sync + 'static {
 }
 
 /// [`ConditionerNet::build`] for one float type, in object-safe form; implemented for
-/// every [`ConditionerNet`].
-pub trait ConditionerOnTape<T: FlowFloat>: Send + Sync {
+/// every [`ConditionerNet`] (sealed: implement [`ConditionerNet`] instead).
+pub trait ConditionerOnTape<T: FlowFloat>: Send + Sync + crate::sealed::Conditioner {
     /// Records the net on the tape.
     fn build_on(&self, tape: &mut Tape<T>, params: &[T], input: Var) -> Var;
 }
+
+impl<N: ConditionerNet> crate::sealed::Conditioner for N {}
 
 impl<T: FlowFloat, N: ConditionerNet> ConditionerOnTape<T> for N {
     fn build_on(&self, tape: &mut Tape<T>, params: &[T], input: Var) -> Var {
@@ -387,7 +389,7 @@ impl<T: FlowFloat, N: ConditionerNet> ConditionerOnTape<T> for N {
 
 /// A [`ConditionerNet`] as a trait object that records itself in every flow float type
 /// (each one reached through [`FlowFloat::conditioner`]); implemented for every
-/// [`ConditionerNet`].
+/// [`ConditionerNet`] (sealed, as [`ConditionerOnTape`] is).
 pub trait AnyFloatConditioner:
     ConditionerOnTape<f32> + ConditionerOnTape<f64> + ConditionerOnTape<Dual>
 {
