@@ -252,7 +252,7 @@ pub fn train(
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
     spec.validate()?;
-    check_outputs(&spec.out, control)?;
+    check_outputs(spec, control)?;
     let action = Arc::new(
         control
             .registry
@@ -311,7 +311,11 @@ pub fn resume(
         spec.out = out.to_path_buf();
     }
     spec.validate()?;
-    check_outputs(&spec.out, control)?;
+    check_outputs(&spec, control)?;
+    // The checkpoint is read and rewritten; the model and the log must not overwrite it.
+    let mut outputs = vec![("out", spec.out.as_path())];
+    outputs.extend(control.log.map(|log| ("log", log)));
+    crate::io::check_distinct_files(&outputs, &[("resume", path)])?;
     let action = Arc::new(
         control
             .registry
@@ -413,21 +417,19 @@ pub(crate) fn trained_model_run(path: &Path) -> Result<(TrainSpec, TrainReport)>
     Ok((recorded, report))
 }
 
-fn check_outputs(out: &Path, control: &TrainControl<'_>) -> Result<()> {
-    crate::io::check_output_path(out, "out")?;
+fn check_outputs(spec: &TrainSpec, control: &TrainControl<'_>) -> Result<()> {
+    crate::io::check_output_path(&spec.out, "out")?;
+    let mut outputs = vec![("out", spec.out.as_path())];
     if let Some(path) = control.checkpoint {
         crate::io::check_output_path(path, "checkpoint")?;
-        if path == out {
-            return Err(Error::param(
-                "checkpoint",
-                "must differ from the model's path (`out`)",
-            ));
-        }
+        outputs.push(("checkpoint", path));
     }
     if let Some(path) = control.log {
         crate::io::check_output_path(path, "log")?;
+        outputs.push(("log", path));
     }
-    Ok(())
+    let inputs: Vec<(&str, &Path)> = spec.init.iter().map(|p| ("init", p.as_path())).collect();
+    crate::io::check_distinct_files(&outputs, &inputs)
 }
 
 /// The trainer spread over the control's ranks, if any.

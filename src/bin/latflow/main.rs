@@ -166,7 +166,14 @@ fn main() -> ExitCode {
         command: definition.find_subcommand(sub),
         file,
     };
-    let signals = match Signals::install() {
+    // `sample` keeps its measurements in memory until the report is written: a second
+    // signal (as `timeout` sends) still lets it write them; a third ends it at once.
+    let fatal_signal = if matches!(command, Command::Sample(_)) {
+        3
+    } else {
+        2
+    };
+    let signals = match Signals::install(fatal_signal) {
         Ok(s) => s,
         Err(e) => {
             print_error(&e, &source);
