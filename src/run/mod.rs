@@ -28,7 +28,7 @@ pub use recipe::{
 };
 pub use registry::{KERNEL_NAMES, KernelContext, Registry, TargetAction, Typed};
 pub use replicas::{ReplicaChain, combine_replicas, replica_seed, sample_replicas};
-pub use report::{Estimate, SampleReport, report_from};
+pub use report::{Estimate, REPORTED_OBSERVABLES, SampleReport, report_from};
 pub use sample::{SampleData, SampleSpec, sample, sample_data, sample_with};
 pub use train::{
     AnnealSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport, TrainSpec,
@@ -100,6 +100,12 @@ impl ActionSpec {
                 format!("the custom action `{name}` is built by the registry it is registered in"),
             )),
         }
+    }
+
+    /// Whether the action is symmetric under φ → −φ: every built-in form (no odd terms);
+    /// a custom action is not assumed to be.
+    pub fn is_z2_symmetric(&self) -> bool {
+        !matches!(self, ActionSpec::Custom { .. })
     }
 
     /// A short description: the form and its couplings, or the custom action's name and

@@ -62,10 +62,16 @@ enum Command {
 fn print_error(e: &anyhow::Error, source: &ParameterSource) {
     let mut text = match e.downcast_ref::<latflow::Error>() {
         Some(latflow::Error::InvalidParameter { name, reason }) => {
-            let id = name.replace('.', "_");
+            // `analyse` sets analysis keys by their own flags.
+            let flag = match name.strip_prefix("analysis.") {
+                Some("histogram_bins") => "bins",
+                Some(key) => key,
+                None => name,
+            };
+            let id = flag.replace('.', "_");
             let typed = source.matches.is_some_and(|m| given(m, &id));
             if typed || (source.file.is_none() && source.has_flag(&id)) {
-                format!("invalid value for {}: {reason}", flag_name(name))
+                format!("invalid value for {}: {reason}", flag_name(flag))
             } else if let Some(file) = source.file {
                 format!("invalid value of `{name}` in the {file}: {reason}")
             } else {

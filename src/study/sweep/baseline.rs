@@ -9,7 +9,7 @@ use crate::control::{Observer, Prefixed, StopToken};
 use crate::error::{Error, Result};
 use crate::io::{read_json, write_json};
 use crate::parallel::Collective;
-use crate::run::{KernelSpec, SampleSpec, sample_with};
+use crate::run::sample_with;
 use crate::stats::power_law_fit;
 
 /// Runs the HMC baseline (reusing finished rows) and writes `hmc.csv` and `hmc.json`;
@@ -50,18 +50,7 @@ pub(super) fn run_baseline(
         }
         let dir = done.parent().map(Path::to_path_buf).unwrap_or_default();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let (lattice, action) = spec.target(point)?;
-        let mut chain = SampleSpec {
-            lattice,
-            action,
-            kernel: KernelSpec::default(),
-            n: baseline.n,
-            therm: baseline.therm,
-            thin: 1,
-            seed: point.seed,
-            model: None,
-            chains: 1,
-        };
+        let mut chain = spec.baseline_spec(point, baseline)?;
         let key = format!("L{} seed {}", point.l, point.seed);
         // One trajectory per size (tuned with its first seed), so that the seeds of a size
         // are replicas of one algorithm.

@@ -94,13 +94,16 @@ pub fn run_sweep(
     let registry = &sweep.registry;
     spec.validate_with(registry)?;
     let folder = spec.out.join(&spec.name);
-    if ranks.is_root() {
-        super::prepare_folder(&folder, &sweep.runcard)?;
-    }
+    // Rank 0 holds the folder's lock for the whole sweep.
+    let _lock = if ranks.is_root() {
+        super::prepare_folder(&folder, &sweep.runcard, true)?
+    } else {
+        None
+    };
     // The other ranks start once the folder is ready (or refused: then rank 0 has failed).
     ranks.barrier()?;
     if !ranks.is_root() {
-        super::prepare_folder(&folder, &sweep.runcard)?;
+        super::prepare_folder(&folder, &sweep.runcard, false)?;
     }
     let points = spec.points()?;
     let point_file =

@@ -310,15 +310,48 @@ impl SweepSpec {
                 format!("`{}` cannot name a folder", self.name),
             ));
         }
-        for (key, empty) in [
-            ("lattices", self.lattices.is_empty()),
-            ("seeds", self.seeds.is_empty()),
-            ("batch", self.batch.is_empty()),
-            ("iterations", self.iterations.is_empty()),
-            ("lr", self.lr.is_empty()),
+        for (key, values) in [
+            ("lattices", grid_values(&self.lattices)),
+            ("seeds", grid_values(&self.seeds)),
+            ("batch", grid_values(&self.batch)),
+            ("iterations", grid_values(&self.iterations)),
+            ("lr", grid_values(&self.lr)),
         ] {
-            if empty {
+            if values.is_empty() {
                 return Err(Error::param(key, "the grid needs at least one value"));
+            }
+            if let Some((i, value)) = values
+                .iter()
+                .enumerate()
+                .find(|(i, v)| values[..*i].contains(v))
+            {
+                return Err(Error::param(
+                    key,
+                    format!(
+                        "{value} is given twice (entries {} and {i}): every point would be run \
+                         and counted twice, and the spread over seeds understated",
+                        values.iter().position(|v| v == value).unwrap_or(0)
+                    ),
+                ));
+            }
+        }
+        // A size without its β is named first; then β entries that match no size.
+        let points = self.points()?;
+        for (i, &(l, _)) in self.beta.iter().enumerate() {
+            if self.beta[..i].iter().any(|b| b.0 == l) {
+                return Err(Error::param(
+                    "beta",
+                    format!("β is given twice for L = {l}"),
+                ));
+            }
+            if !self.lattices.contains(&l) {
+                return Err(Error::param(
+                    "beta",
+                    format!(
+                        "β is given for L = {l}, which is not in `lattices` ({:?})",
+                        self.lattices
+                    ),
+                ));
             }
         }
         for (i, method) in self.methods.iter().enumerate() {
@@ -363,7 +396,17 @@ impl SweepSpec {
                 ),
             ));
         }
-        for point in self.points()? {
+        for point in points {
+            if let Some(baseline) = &self.hmc {
+                self.baseline_spec(&point, baseline)?
+                    .validate_with(registry)
+                    .map_err(|e| match e {
+                        Error::InvalidParameter { name, reason } => {
+                            Error::param(format!("hmc.{name}"), reason)
+                        }
+                        other => other,
+                    })?;
+            }
             self.train_spec(&point, Path::new("model.json"))?
                 .validate()?;
             for k in 0..=self.sample.kernels.len() {
@@ -437,6 +480,23 @@ impl SweepSpec {
         Ok(spec)
     }
 
+    /// The HMC baseline's chain at a point (its size and seed), before its trajectory is
+    /// tuned.
+    pub fn baseline_spec(&self, point: &SweepPoint, baseline: &HmcBaseline) -> Result<SampleSpec> {
+        let (lattice, action) = self.target(point)?;
+        Ok(SampleSpec {
+            lattice,
+            action,
+            kernel: KernelSpec::default(),
+            n: baseline.n,
+            therm: baseline.therm,
+            thin: 1,
+            seed: point.seed,
+            model: None,
+            chains: 1,
+        })
+    }
+
     /// The flow chain of a point.
     pub fn sample_spec(&self, point: &SweepPoint, model: &Path) -> Result<SampleSpec> {
         let (lattice, action) = self.target(point)?;
@@ -456,4 +516,10 @@ impl SweepSpec {
             chains: self.sample.chains,
         })
     }
+}
+
+/// The values of a grid axis as text, to find repeated ones (learning rates compare by
+/// their decimal form).
+fn grid_values<T: std::fmt::Display>(values: &[T]) -> Vec<String> {
+    values.iter().map(|v| v.to_string()).collect()
 }
