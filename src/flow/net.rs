@@ -52,8 +52,12 @@ impl ParamBuilder {
     /// An empty parameter vector whose random initial values are drawn from `rng`, with a
     /// capacity of the memory available (in f32 values).
     pub fn new(rng: SimRng) -> Self {
-        let capacity =
-            crate::limits::Limits::current().memory_bytes / std::mem::size_of::<f32>() as u128;
+        // A malformed limit variable is reported by the setup's own memory checks.
+        let memory = crate::limits::Limits::current().map_or_else(
+            |_| u128::from(crate::limits::available_memory()),
+            |l| l.memory_bytes,
+        );
+        let capacity = memory / std::mem::size_of::<f32>() as u128;
         Self::with_capacity(rng, capacity)
     }
 

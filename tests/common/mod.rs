@@ -145,6 +145,33 @@ pub fn assert_success(output: &Output) -> &Output {
     output
 }
 
+/// Starts `latflow sample` on a chain of 10⁷ steps at L = 8 (minutes of work) that writes
+/// its report to `report`, with progress lines on its piped stderr: for tests that stop it.
+pub fn spawn_long_sample(report: &Path) -> Child {
+    latflow()
+        .args([
+            "sample",
+            "--lattice",
+            "8x8",
+            "--beta",
+            "0.5",
+            "--lambda",
+            "0.5",
+            "--n",
+            "10000000",
+            "--therm",
+            "100",
+            "--progress-interval",
+            "0",
+        ])
+        .arg("--out")
+        .arg(report)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the latflow binary starts")
+}
+
 /// Sends the signal `name` (`TERM`, `INT`, …) to a running child process.
 pub fn send_signal(child: &Child, name: &str) {
     let status = Command::new("kill")

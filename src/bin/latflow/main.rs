@@ -118,6 +118,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // The limit variables are read wherever a size is checked: refuse a malformed one first.
+    if let Err(e) = latflow::limits::Limits::current() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let ranks = match Ranks::init() {
         Ok(r) => r,
         Err(e) => {
