@@ -376,6 +376,26 @@ impl ChainDiagnostics {
         }
     }
 
+    /// Adds the [`Verdict::Warning`] finding `sign_never_changes` for a chain of a
+    /// Z2-symmetric action whose magnetisation kept one sign (`positive`: m > 0 throughout)
+    /// over every measurement: it stayed in one of the two vacua, so ⟨m⟩ is that vacuum's
+    /// value rather than the symmetric ensemble's 0, and the errors of m and |m| miss the
+    /// tunnelling between the vacua.
+    pub fn check_sign_changes(&mut self, positive: bool) {
+        self.push(finding(
+            "sign_never_changes",
+            Verdict::Warning,
+            format!(
+                "m stayed {} in every measurement although the action is symmetric under \
+                 φ → −φ: the chain sampled one of the two vacua, so ⟨m⟩ is that vacuum's value \
+                 (the symmetric ensemble's is 0) and the errors of m, |m| and χ miss the \
+                 tunnelling between them. Run much longer, or add a kernel that moves between \
+                 the vacua (a flow proposal).",
+                if positive { "positive" } else { "negative" }
+            ),
+        ));
+    }
+
     /// Adds a finding and updates the verdict.
     pub fn push(&mut self, finding: Finding) {
         self.verdict = self.verdict.max(finding.severity);

@@ -57,17 +57,18 @@ static OVERRIDE: Mutex<Option<Limits>> = Mutex::new(None);
 impl Limits {
     /// The limits in force: those set by [`set_limits`], otherwise the environment
     /// variables' values where set and the system's available memory and the default work
-    /// bounds otherwise.
-    pub fn current() -> Limits {
+    /// bounds otherwise. A variable that is set but not a positive whole number is an
+    /// error naming it.
+    pub fn current() -> Result<Limits> {
         if let Some(limits) = *OVERRIDE.lock().unwrap_or_else(|e| e.into_inner()) {
-            return limits;
+            return Ok(limits);
         }
-        Limits {
-            memory_bytes: env_value(MEMORY_BUDGET_ENV)
+        Ok(Limits {
+            memory_bytes: env_value(MEMORY_BUDGET_ENV)?
                 .unwrap_or_else(|| u128::from(available_memory())),
-            max_site_updates: env_value(MAX_SITE_UPDATES_ENV).unwrap_or(MAX_SITE_UPDATES),
-            max_multiply_adds: env_value(MAX_MULTIPLY_ADDS_ENV).unwrap_or(MAX_MULTIPLY_ADDS),
-        }
+            max_site_updates: env_value(MAX_SITE_UPDATES_ENV)?.unwrap_or(MAX_SITE_UPDATES),
+            max_multiply_adds: env_value(MAX_MULTIPLY_ADDS_ENV)?.unwrap_or(MAX_MULTIPLY_ADDS),
+        })
     }
 }
 
@@ -77,8 +78,31 @@ pub fn set_limits(limits: Option<Limits>) {
     *OVERRIDE.lock().unwrap_or_else(|e| e.into_inner()) = limits;
 }
 
-fn env_value(name: &str) -> Option<u128> {
-    std::env::var(name).ok()?.trim().parse().ok()
+/// The value of the environment variable `name`: `None` when unset, an error naming it
+/// when set to anything but a positive whole number (digits only, e.g. `8000000000`).
+fn env_value(name: &str) -> Result<Option<u128>> {
+    let text = match std::env::var(name) {
+        Ok(text) => text,
+        Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(Error::param(
+                name,
+                "the environment variable is not valid text",
+            ));
+        }
+    };
+    let trimmed = text.trim();
+    match trimmed.parse::<u128>() {
+        Ok(value) if value > 0 && trimmed.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(value)),
+        _ => Err(Error::param(
+            name,
+            format!(
+                "the environment variable must be a positive whole number (digits only), got \
+                 `{}`",
+                trimmed.chars().take(40).collect::<String>()
+            ),
+        )),
+    }
 }
 
 /// Bytes of memory available to this process: `MemAvailable` of `/proc/meminfo`, lowered
@@ -161,7 +185,7 @@ pub fn checked_product(name: &str, what: &str, factors: &[usize]) -> Result<usiz
 /// Refuses `bytes` of memory for `what` when they exceed the memory available, naming the
 /// parameter `name` that sets the size and both amounts.
 pub fn check_memory(name: &str, what: &str, bytes: u128) -> Result<()> {
-    let available = Limits::current().memory_bytes;
+    let available = Limits::current()?.memory_bytes;
     if bytes <= available {
         return Ok(());
     }
@@ -175,7 +199,7 @@ pub type MemoryPart<'a> = (&'a str, &'a str, u128);
 /// parameter of the largest part, what that part is, and the total.
 pub fn check_memory_parts(parts: &[MemoryPart<'_>]) -> Result<()> {
     let total = parts.iter().fold(0u128, |acc, p| acc.saturating_add(p.2));
-    let available = Limits::current().memory_bytes;
+    let available = Limits::current()?.memory_bytes;
     match parts.iter().max_by_key(|p| p.2) {
         Some(&(name, what, bytes)) if total > available => {
             let what = if parts.len() > 1 {
@@ -208,7 +232,7 @@ pub fn memory_error(name: &str, what: &str, bytes: u128, available: u128) -> Err
 /// Refuses a Markov chain run of `site_updates` (see [`MAX_SITE_UPDATES`]) when it exceeds
 /// the bound, naming the parameter `name` that makes it long.
 pub fn check_site_updates(name: &str, site_updates: u128) -> Result<()> {
-    let bound = Limits::current().max_site_updates;
+    let bound = Limits::current()?.max_site_updates;
     if site_updates <= bound {
         return Ok(());
     }
@@ -226,7 +250,7 @@ pub fn check_site_updates(name: &str, site_updates: u128) -> Result<()> {
 /// Refuses a training run of `multiply_adds` (see [`MAX_MULTIPLY_ADDS`]) when it exceeds
 /// the bound, naming the parameter `name` that makes it long.
 pub fn check_multiply_adds(name: &str, multiply_adds: u128) -> Result<()> {
-    let bound = Limits::current().max_multiply_adds;
+    let bound = Limits::current()?.max_multiply_adds;
     if multiply_adds <= bound {
         return Ok(());
     }

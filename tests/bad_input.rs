@@ -3,9 +3,20 @@
 //! the amount needed — before anything large is allocated. Every test runs under the same
 //! fixed limits (1 GiB, the default work bounds), so the results do not depend on the
 //! machine.
+//!
+//! Hostile command lines, one per kind of mistake (outputs over inputs, settings found bad
+//! only after work, locked folders, malformed environment variables, fits over mirrored
+//! points, an MPI launcher without MPI, a chain stuck in one vacuum): each gets its exit
+//! status and message, no folder is made for a refused run, and no input file changes. A
+//! `sample` stopped by two signals in a row (as `timeout` sends) still writes its report.
 
-use std::path::PathBuf;
+mod common;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use latflow::action::FreeField;
 use latflow::flow::{FlowConfig, FlowModel, TransformKind};
@@ -416,7 +427,7 @@ fn the_memory_budget_is_what_the_limits_say() {
     spec.n = 10_000_000;
     spec.kernel.md_steps = 1;
     assert_refused(spec.validate(), "n", &["measurement series", "1.0 GiB"]);
-    assert_eq!(limits::Limits::current().memory_bytes, 1 << 30);
+    assert_eq!(limits::Limits::current().unwrap().memory_bytes, 1 << 30);
 }
 
 #[test]
@@ -445,4 +456,453 @@ fn library_kernels_and_schedules_take_extreme_counts() {
         growth: 1.0,
     };
     assert_eq!(equal.position(1 << 60, usize::MAX), (1 << 60, 0, 1));
+}
+
+// ---------------------------------------------------------------------------------------
+// The command line.
+
+/// What a file of a case starts as.
+#[derive(Clone, Copy)]
+enum Content {
+    /// This text.
+    Text(&'static str),
+    /// A trained model (4 × 4, β = 0.5, λ = 0.5).
+    Model,
+    /// A lock holding the id of a running process (this test's).
+    LiveLock,
+    /// A lock holding the id of a process that has ended.
+    DeadLock,
+}
+
+/// One hostile command line, run in a folder of its own holding `files`.
+struct Case {
+    what: &'static str,
+    files: &'static [(&'static str, Content)],
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    status: i32,
+    /// Words stderr must contain.
+    stderr: &'static [&'static str],
+    /// Paths that must not exist afterwards (folders of refused runs, released locks).
+    absent: &'static [&'static str],
+}
+
+const SAMPLE_RUNCARD: &str = "lattice = [4, 4]\nn = 100\ntherm = 10\nseed = 1\n\
+[action]\nform = \"phi4\"\nbeta = 0.5\nlambda = 0.5\n[kernel]\nkind = \"hmc\"\n";
+
+const CURRICULUM_NAN: &str = r#"
+out = "cur"
+[recipe]
+kind = "conv"
+[[stage]]
+lattice = [4, 4]
+action = { form = "phi4", beta = 0.5, lambda = 0.5 }
+train = { batch = 16, iterations = 3, lr = 0.01 }
+[[stage]]
+lattice = [4, 4]
+action = { form = "phi4", beta = nan, lambda = 0.5 }
+train = { batch = 16, iterations = 3, lr = 0.01 }
+"#;
+
+/// A sweep of one point on 4 × 4 (`out/s`), with `$extra` appended.
+macro_rules! sweep {
+    ($extra:literal) => {
+        concat!(
+            "name = \"s\"\nout = \"out\"\nlattices = [4]\nbeta = [[4, 0.5]]\nbatch = [16]\n",
+            "iterations = [2]\nlr = [0.01]\n",
+            $extra
+        )
+    };
+}
+
+/// A study of one local Metropolis chain on 4 × 4 (`out/x`), with `$extra` appended.
+macro_rules! study {
+    ($extra:literal) => {
+        concat!(
+            "name = \"x\"\nout = \"out\"\nlattice = [4, 4]\n",
+            "[action]\nform = \"phi4\"\nbeta = 0.5\nlambda = 0.5\n",
+            "[measure]\nn = 400\ntherm = 20\n",
+            "[[sampler]]\nname = \"local\"\nkernel = \"local\"\n",
+            $extra
+        )
+    };
+}
+
+const STUDY: &str = study!("");
+
+/// The runcard of a study on 6 × 6 (its folder, for `analyse`).
+const STUDY_L6: &str = r#"
+name = "six"
+lattice = [6, 6]
+[action]
+form = "phi4"
+beta = 0.5
+lambda = 0.5
+[[sampler]]
+name = "local"
+kernel = "local"
+"#;
+
+const TRAIN_SMALL: [&str; 16] = [
+    "train",
+    "--lattice",
+    "4x4",
+    "--beta",
+    "0.5",
+    "--lambda",
+    "0.5",
+    "--hidden",
+    "4",
+    "--affine-blocks",
+    "1",
+    "--segments",
+    "2",
+    "--batch",
+    "16",
+    "--quiet",
+];
+
+fn cases() -> Vec<Case> {
+    let mut cases = vec![
+        Case {
+            what: "the report of sample over the model it reads",
+            files: &[("m.json", Content::Model)],
+            args: &[
+                "sample", "--model", "m.json", "--kernel", "flow", "--n", "100", "--therm", "10",
+                "--out", "m.json",
+            ],
+            env: &[],
+            status: 1,
+            stderr: &["--out", "`--model`", "m.json", "destroy"],
+            absent: &[],
+        },
+        Case {
+            what: "the report of sample over its runcard",
+            files: &[("run.toml", Content::Text(SAMPLE_RUNCARD))],
+            args: &["sample", "--config", "run.toml", "--out", "run.toml"],
+            env: &[],
+            status: 1,
+            stderr: &["--out", "`--config`"],
+            absent: &[],
+        },
+        Case {
+            what: "the training log and the model in one file",
+            files: &[],
+            args: &["--iterations", "2", "--out", "x.json", "--log", "x.json"],
+            env: &[],
+            status: 1,
+            stderr: &["--log", "`--out`", "two outputs"],
+            absent: &["x.json"],
+        },
+        Case {
+            what: "the training log and the checkpoint in one file",
+            files: &[],
+            args: &[
+                "--iterations",
+                "2",
+                "--out",
+                "y.json",
+                "--log",
+                "c.json",
+                "--checkpoint",
+                "c.json",
+            ],
+            env: &[],
+            status: 1,
+            stderr: &["--log", "`--checkpoint`"],
+            absent: &["y.json", "c.json"],
+        },
+        Case {
+            what: "a curriculum whose second stage has β = nan",
+            files: &[("cur.toml", Content::Text(CURRICULUM_NAN))],
+            args: &["curriculum", "cur.toml", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &["stage.2.action.beta", "finite"],
+            absent: &["cur"],
+        },
+        Case {
+            what: "a sweep whose HMC baseline has no measurements",
+            files: &[(
+                "sweep.toml",
+                Content::Text(sweep!("seeds = [1]\n[hmc]\nn = 0\n")),
+            )],
+            args: &["sweep", "sweep.toml", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &["hmc.n", "at least 1"],
+            absent: &["out/s"],
+        },
+        Case {
+            what: "a sweep with a seed given twice",
+            files: &[("sweep.toml", Content::Text(sweep!("seeds = [1, 1]\n")))],
+            args: &["sweep", "sweep.toml", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &["seeds", "given twice"],
+            absent: &["out/s"],
+        },
+        Case {
+            what: "a study plotting the autocorrelation of no observable",
+            files: &[(
+                "study.toml",
+                Content::Text(study!(
+                    "[analysis]\nautocorrelation_observable = \"bogus\"\n"
+                )),
+            )],
+            args: &["run", "study.toml", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &["analysis.autocorrelation_observable", "bogus", "abs_m"],
+            absent: &["out/x"],
+        },
+        Case {
+            what: "a study costing chains by no observable",
+            files: &[(
+                "study.toml",
+                Content::Text(study!(
+                    "[analysis]\ncost_observables = [\"abs_m\", \"bogus\"]\n"
+                )),
+            )],
+            args: &["run", "study.toml", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &["analysis.cost_observables", "bogus"],
+            absent: &["out/x"],
+        },
+        Case {
+            what: "a study folder another live run holds",
+            files: &[
+                ("study.toml", Content::Text(STUDY)),
+                ("out/x/.latflow.lock", Content::LiveLock),
+            ],
+            args: &["run", "study.toml", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &[".latflow.lock", "in use by process"],
+            absent: &["out/x/runcard.toml"],
+        },
+        Case {
+            what: "a study folder whose lock a dead run left",
+            files: &[
+                ("study.toml", Content::Text(STUDY)),
+                ("out/x/.latflow.lock", Content::DeadLock),
+            ],
+            args: &["run", "study.toml", "--quiet"],
+            env: &[],
+            status: 0,
+            stderr: &[],
+            absent: &["out/x/.latflow.lock"],
+        },
+        Case {
+            what: "a negative memory budget",
+            files: &[],
+            args: &[
+                "sample",
+                "--lattice",
+                "4x4",
+                "--beta",
+                "0.5",
+                "--lambda",
+                "0.5",
+            ],
+            env: &[("LATFLOW_MEMORY_BUDGET", "-5")],
+            status: 1,
+            stderr: &["LATFLOW_MEMORY_BUDGET", "positive whole number", "-5"],
+            absent: &[],
+        },
+        Case {
+            what: "an unparsable work bound",
+            files: &[],
+            args: &[
+                "sample",
+                "--lattice",
+                "4x4",
+                "--beta",
+                "0.5",
+                "--lambda",
+                "0.5",
+            ],
+            env: &[("LATFLOW_MAX_SITE_UPDATES", "1e9")],
+            status: 1,
+            stderr: &["LATFLOW_MAX_SITE_UPDATES"],
+            absent: &[],
+        },
+        Case {
+            what: "a fit range over mirrored points",
+            files: &[("six/runcard.toml", Content::Text(STUDY_L6))],
+            args: &["analyse", "six", "--fit-range", "1:5", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &["--fit-range", "L/2 = 3", "mirror"],
+            absent: &["six/summary.json"],
+        },
+        Case {
+            what: "histogram bins beyond any use",
+            files: &[("six/runcard.toml", Content::Text(STUDY_L6))],
+            args: &["analyse", "six", "--bins", "1000000000000", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &["--bins", "10000"],
+            absent: &["six/summary.json"],
+        },
+        Case {
+            what: "a chain stuck in one of two vacua",
+            files: &[],
+            args: &[
+                "sample",
+                "--lattice",
+                "4x4",
+                "--beta",
+                "1.5",
+                "--lambda",
+                "0.5",
+                "--kernel",
+                "local",
+                "--n",
+                "2000",
+                "--therm",
+                "200",
+                "--quiet",
+            ],
+            env: &[],
+            status: 0,
+            stderr: &["sign_never_changes"],
+            absent: &[],
+        },
+    ];
+    cases.extend(launcher_case());
+    cases
+}
+
+/// A build without MPI under an MPI launcher of two ranks (a build with MPI would join
+/// the ranks instead).
+fn launcher_case() -> Option<Case> {
+    (!cfg!(feature = "mpi")).then_some(Case {
+        what: "a build without MPI under a launcher of two ranks",
+        files: &[],
+        args: &[
+            "sample",
+            "--lattice",
+            "4x4",
+            "--beta",
+            "0.5",
+            "--lambda",
+            "0.5",
+        ],
+        env: &[("OMPI_COMM_WORLD_SIZE", "2")],
+        status: 1,
+        stderr: &["built without MPI", "--features mpi"],
+        absent: &[],
+    })
+}
+
+fn file_hash(path: &Path) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    std::fs::read(path).unwrap().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A process id that no process has any more.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn hostile_command_lines_are_refused_before_any_work_and_harm_no_file() {
+    let root = common::scratch("hostile");
+    // One trained model for the cases that read one.
+    let model = root.join("model.json");
+    let mut train = common::latflow();
+    train
+        .args(TRAIN_SMALL)
+        .args(["--iterations", "2", "--out"])
+        .arg(&model);
+    common::assert_success(&train.output().unwrap());
+    for (k, case) in cases().iter().enumerate() {
+        let dir = root.join(format!("case-{k}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut inputs = Vec::new();
+        for &(name, content) in case.files {
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            match content {
+                Content::Text(text) => std::fs::write(&path, text).unwrap(),
+                Content::Model => {
+                    std::fs::copy(&model, &path).unwrap();
+                }
+                Content::LiveLock => {
+                    std::fs::write(&path, format!("{}\n", std::process::id())).unwrap()
+                }
+                Content::DeadLock => std::fs::write(&path, format!("{}\n", dead_pid())).unwrap(),
+            }
+            if !matches!(content, Content::DeadLock) {
+                inputs.push((path.clone(), file_hash(&path)));
+            }
+        }
+        let mut command = common::latflow();
+        if case.args[0].starts_with("--") {
+            command.args(TRAIN_SMALL);
+        }
+        command.args(case.args).current_dir(&dir);
+        for &(name, value) in case.env {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(case.status),
+            "{}: {stderr}",
+            case.what
+        );
+        for word in case.stderr {
+            assert!(
+                stderr.contains(word),
+                "{}: `{word}` missing from: {stderr}",
+                case.what
+            );
+        }
+        assert!(!stderr.contains("panicked"), "{}: {stderr}", case.what);
+        for (path, hash) in &inputs {
+            assert_eq!(
+                file_hash(path),
+                *hash,
+                "{}: {} changed",
+                case.what,
+                path.display()
+            );
+        }
+        for name in case.absent {
+            assert!(!dir.join(name).exists(), "{}: {name} exists", case.what);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `timeout` sends SIGTERM to the process and then to its group, and an impatient user
+/// presses Ctrl-C twice: `sample` still writes the report of what it measured.
+#[test]
+fn a_sample_stopped_by_two_signals_still_writes_its_report() {
+    let dir = common::scratch("two-signals");
+    let report = dir.join("report.json");
+    let child = common::spawn_long_sample(&report);
+    std::thread::sleep(Duration::from_millis(1500));
+    common::send_signal(&child, "TERM");
+    common::send_signal(&child, "TERM");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("SIGTERM") && err.contains("partial report"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(v["interrupted"], true);
+    let n = v["n"].as_u64().unwrap();
+    assert!(n > 0 && n < 10_000_000, "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{assert_success, latflow, model_params, run_latflow, scratch, send_signal};
+use common::{
+    assert_success, latflow, model_params, run_latflow, scratch, send_signal, spawn_long_sample,
+};
 
 /// Waits (at most 60 s) until `path` exists.
 fn wait_for(path: &Path) {
@@ -129,27 +131,7 @@ fn sigterm_during_train_then_resume_gives_the_uninterrupted_model() {
 fn a_stopped_sample_run_leaves_a_partial_report() {
     let dir = scratch("sample");
     let report = dir.join("report.json");
-    let child = latflow()
-        .args([
-            "sample",
-            "--lattice",
-            "8x8",
-            "--beta",
-            "0.5",
-            "--lambda",
-            "0.5",
-            "--n",
-            "10000000",
-            "--therm",
-            "100",
-            "--progress-interval",
-            "0",
-        ])
-        .args(["--out", report.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_long_sample(&report);
     std::thread::sleep(Duration::from_millis(1500));
     send_signal(&child, "INT");
     let out = child.wait_with_output().unwrap();

@@ -25,7 +25,8 @@ use crate::tape::{Dual, Tape, Var, ensure_shape};
 /// Most networks one coupling layer may use (one per transform parameter at most).
 const MAX_NETS: usize = 4;
 
-/// A float type flows can run in: picks the transform and conditioner objects built for it.
+/// A float type flows can run in: picks the transform and conditioner objects built for it
+/// (f32, f64 and [`Dual`]; sealed through [`Real`]).
 pub trait FlowFloat: Real {
     /// The transform of a layer in this float type.
     fn transform(pair: &TransformPair) -> &Arc<dyn PointwiseTransform<Self>>;

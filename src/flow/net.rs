@@ -52,8 +52,12 @@ impl ParamBuilder {
     /// An empty parameter vector whose random initial values are drawn from `rng`, with a
     /// capacity of the memory available (in f32 values).
     pub fn new(rng: SimRng) -> Self {
-        let capacity =
-            crate::limits::Limits::current().memory_bytes / std::mem::size_of::<f32>() as u128;
+        // A malformed limit variable is reported by the setup's own memory checks.
+        let memory = crate::limits::Limits::current().map_or_else(
+            |_| u128::from(crate::limits::available_memory()),
+            |l| l.memory_bytes,
+        );
+        let capacity = memory / std::mem::size_of::<f32>() as u128;
         Self::with_capacity(rng, capacity)
     }
 
@@ -373,11 +377,13 @@ pub trait ConditionerNet: Send + Sync + 'static {
 }
 
 /// [`ConditionerNet::build`] for one float type, in object-safe form; implemented for
-/// every [`ConditionerNet`].
-pub trait ConditionerOnTape<T: FlowFloat>: Send + Sync {
+/// every [`ConditionerNet`] (sealed: implement [`ConditionerNet`] instead).
+pub trait ConditionerOnTape<T: FlowFloat>: Send + Sync + crate::sealed::Conditioner {
     /// Records the net on the tape.
     fn build_on(&self, tape: &mut Tape<T>, params: &[T], input: Var) -> Var;
 }
+
+impl<N: ConditionerNet> crate::sealed::Conditioner for N {}
 
 impl<T: FlowFloat, N: ConditionerNet> ConditionerOnTape<T> for N {
     fn build_on(&self, tape: &mut Tape<T>, params: &[T], input: Var) -> Var {
@@ -387,7 +393,7 @@ impl<T: FlowFloat, N: ConditionerNet> ConditionerOnTape<T> for N {
 
 /// A [`ConditionerNet`] as a trait object that records itself in every flow float type
 /// (each one reached through [`FlowFloat::conditioner`]); implemented for every
-/// [`ConditionerNet`].
+/// [`ConditionerNet`] (sealed, as [`ConditionerOnTape`] is).
 pub trait AnyFloatConditioner:
     ConditionerOnTape<f32> + ConditionerOnTape<f64> + ConditionerOnTape<Dual>
 {

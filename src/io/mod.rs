@@ -43,6 +43,51 @@ fn split_output_path(path: &Path) -> Result<(PathBuf, String)> {
     Ok((dir, name.to_string_lossy().into_owned()))
 }
 
+/// Refuses a run whose `outputs` name the same file twice, or name a file among its
+/// `inputs` (which writing would destroy). Each entry is the name the user gave it under (a
+/// runcard key like `out`, or a flag like `--out`) and the path; paths are compared after
+/// resolving the existing part (so `m.json` and `./m.json` are one file). The error names
+/// the output (as a runcard key) and, in its message, the other name.
+pub fn check_distinct_files(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<()> {
+    let key = |name: &str| name.trim_start_matches('-').replace('-', "_");
+    for (i, &(name, path)) in outputs.iter().enumerate() {
+        let file = resolved(path);
+        if let Some(&(other, _)) = outputs[..i].iter().find(|o| resolved(o.1) == file) {
+            return Err(Error::param(
+                key(name),
+                format!(
+                    "{} is also given as `{other}`: two outputs of one run cannot share a file",
+                    path.display()
+                ),
+            ));
+        }
+        if let Some(&(input, _)) = inputs.iter().find(|i| resolved(i.1) == file) {
+            return Err(Error::param(
+                key(name),
+                format!(
+                    "{} is also `{input}`, which this run reads: writing it would destroy it",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute, through the existing directory it lies in when there is one.
+fn resolved(path: &Path) -> PathBuf {
+    if let Ok(file) = fs::canonicalize(path) {
+        return file;
+    }
+    match (split_output_path(path), std::path::absolute(path)) {
+        (Ok((dir, name)), fallback) => fs::canonicalize(&dir)
+            .map(|d| d.join(name))
+            .or(fallback)
+            .unwrap_or_else(|_| path.to_path_buf()),
+        (Err(_), fallback) => fallback.unwrap_or_else(|_| path.to_path_buf()),
+    }
+}
+
 /// The name of the temporary files of `name`, before the writer's process id.
 fn temporary_prefix(name: &str) -> String {
     format!(".{name}.tmp-")

@@ -537,6 +537,8 @@ impl<K: Proposal> Chain<K> {
 /// One chain's kernel as the kernel of an ensemble of one.
 struct Single<'a, K: Proposal>(&'a mut K);
 
+impl<K: Proposal> crate::sealed::EnsembleKernel for Single<'_, K> {}
+
 impl<K: Proposal> EnsembleKernel for Single<'_, K> {
     fn step(&mut self, active: &[usize], members: &mut [Member], moves: &mut [Vec<MoveInfo>]) {
         for &i in active {

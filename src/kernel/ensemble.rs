@@ -32,14 +32,18 @@ pub struct Member {
 /// A kernel that advances chains of an ensemble in lockstep.
 ///
 /// `step` advances the chains whose indices are in `active` (ascending) by one step each,
-/// appending each chain's move records to its own list in `moves`.
-pub trait EnsembleKernel: Send {
+/// appending each chain's move records to its own list in `moves`. Sealed: ensembles are
+/// built from [`Proposal`]s (through [`PerChain`] or a kernel expression), which users
+/// implement.
+pub trait EnsembleKernel: Send + crate::sealed::EnsembleKernel {
     /// One step of every active chain.
     fn step(&mut self, active: &[usize], members: &mut [Member], moves: &mut [Vec<MoveInfo>]);
 
     /// Switches step-size adaptation on (thermalisation) or off (measurement).
     fn set_adapting(&mut self, _on: bool) {}
 }
+
+impl<K: EnsembleKernel + ?Sized> crate::sealed::EnsembleKernel for Box<K> {}
 
 impl<K: EnsembleKernel + ?Sized> EnsembleKernel for Box<K> {
     fn step(&mut self, active: &[usize], members: &mut [Member], moves: &mut [Vec<MoveInfo>]) {
@@ -56,6 +60,8 @@ pub struct PerChain<K: Proposal> {
     /// The kernels, one per chain.
     pub kernels: Vec<K>,
 }
+
+impl<K: Proposal> crate::sealed::EnsembleKernel for PerChain<K> {}
 
 impl<K: Proposal> EnsembleKernel for PerChain<K> {
     fn step(&mut self, active: &[usize], members: &mut [Member], moves: &mut [Vec<MoveInfo>]) {
@@ -147,6 +153,8 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowLeaf<F, A> {
     }
 }
 
+impl<F: Flow + ?Sized, A: Action + ?Sized> crate::sealed::EnsembleKernel for FlowLeaf<F, A> {}
+
 impl<F: Flow + ?Sized, A: Action + ?Sized> EnsembleKernel for FlowLeaf<F, A> {
     fn step(&mut self, active: &[usize], members: &mut [Member], moves: &mut [Vec<MoveInfo>]) {
         self.refresh(active, members);
@@ -162,6 +170,8 @@ pub struct EnsembleCycle {
     /// The parts, in order.
     pub parts: Vec<Box<dyn EnsembleKernel>>,
 }
+
+impl crate::sealed::EnsembleKernel for EnsembleCycle {}
 
 impl EnsembleKernel for EnsembleCycle {
     fn step(&mut self, active: &[usize], members: &mut [Member], moves: &mut [Vec<MoveInfo>]) {
@@ -184,6 +194,8 @@ pub struct EnsembleRepeat {
     /// Steps per step (at least 1).
     pub times: usize,
 }
+
+impl crate::sealed::EnsembleKernel for EnsembleRepeat {}
 
 impl EnsembleKernel for EnsembleRepeat {
     fn step(&mut self, active: &[usize], members: &mut [Member], moves: &mut [Vec<MoveInfo>]) {
@@ -229,6 +241,8 @@ impl EnsembleMixture {
         })
     }
 }
+
+impl crate::sealed::EnsembleKernel for EnsembleMixture {}
 
 impl EnsembleKernel for EnsembleMixture {
     fn step(&mut self, active: &[usize], members: &mut [Member], moves: &mut [Vec<MoveInfo>]) {

@@ -16,6 +16,16 @@ pub mod mpi;
 
 use crate::error::Result;
 
+/// The number of processes an MPI launcher says it started (`OMPI_COMM_WORLD_SIZE` of
+/// Open MPI, `PMI_SIZE` of MPICH's Hydra and Slurm's PMI-2, `MV2_COMM_WORLD_SIZE` of
+/// MVAPICH), in builds with or without the `mpi` feature; `None` when started directly.
+pub fn launcher_world_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok()?.trim().parse::<usize>().ok())
+        .max()
+}
+
 /// The processes of one run and their collective operations. Every rank must call the
 /// collective operations in the same order with buffers of the same length (as MPI
 /// requires); a rank that skips one leaves the others waiting.

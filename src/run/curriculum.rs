@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::train::{
-    AnnealSpec, RecipeSpec, TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec,
-    resume, train, trained_model_run,
+    AnnealSpec, TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec, resume, train,
+    trained_model_run,
 };
-use super::{ActionSpec, init_from};
+use super::{ActionSpec, RecipeSpec, init_from};
 use crate::control::{Observer, Prefixed};
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowModel};
@@ -64,10 +64,20 @@ impl CurriculumSpec {
         Ok(spec)
     }
 
-    /// Checks every stage ([`TrainSpec::validate`]) and that the flow carries from each
-    /// stage to the next: the same flow configuration with as many parameters (errors name
-    /// the stages).
+    /// Checks every stage ([`TrainSpec::validate`] and the couplings of its built-in
+    /// action) and that the flow carries from each stage to the next: the same flow
+    /// configuration with as many parameters (errors name the stages).
     pub fn validate(&self) -> Result<()> {
+        self.check(None)
+    }
+
+    /// [`CurriculumSpec::validate`] with the actions of `registry` (a user's registered
+    /// actions built too): every stage is checked before the first one runs.
+    pub fn validate_with(&self, registry: &super::Registry) -> Result<()> {
+        self.check(Some(registry))
+    }
+
+    fn check(&self, registry: Option<&super::Registry>) -> Result<()> {
         if self.stages.is_empty() {
             return Err(Error::param(
                 "stage",
@@ -78,6 +88,12 @@ impl CurriculumSpec {
         for k in 0..self.stages.len() {
             let spec = self.stage_spec(k);
             spec.validate().map_err(|e| in_stage(k, e))?;
+            let custom = matches!(spec.action, ActionSpec::Custom { .. });
+            if let Some(registry) = registry.or((!custom).then(super::Registry::builtin)) {
+                registry
+                    .action(&spec.action, &spec.lattice)
+                    .map_err(|e| in_stage(k, in_table("action", e)))?;
+            }
             let config = spec
                 .recipe
                 .build(&spec.lattice)
@@ -121,6 +137,17 @@ impl CurriculumSpec {
             },
             out: self.stage_model(k),
         }
+    }
+}
+
+/// An invalid parameter of the runcard table `table` (e.g. `beta` → `action.beta`).
+fn in_table(table: &str, error: Error) -> Error {
+    match error {
+        Error::InvalidParameter { name, reason } if name != table => Error::InvalidParameter {
+            name: format!("{table}.{name}"),
+            reason,
+        },
+        other => other,
     }
 }
 
@@ -217,10 +244,7 @@ pub fn curriculum(
                 .into(),
         ));
     }
-    spec.validate()?;
-    std::fs::create_dir_all(&spec.out).map_err(|e| Error::io(&spec.out, e))?;
-    let summary = spec.out.join("curriculum.json");
-    crate::io::check_output_path(&summary, "out")?;
+    spec.validate_with(control.registry)?;
     if let Some(init) = &spec.init {
         // Refuse a missing or unfitting start before any stage runs.
         let first = spec.stage_spec(0);
@@ -228,6 +252,10 @@ pub fn curriculum(
         let mut model = FlowModel::new(&config, &first.lattice, 0)?;
         init_from(&mut model, init)?;
     }
+    // The folder is made once everything is checked.
+    std::fs::create_dir_all(&spec.out).map_err(|e| Error::io(&spec.out, e))?;
+    let summary = spec.out.join("curriculum.json");
+    crate::io::check_output_path(&summary, "out")?;
     let mut reports = Vec::with_capacity(spec.stages.len());
     for k in 0..spec.stages.len() {
         let stage = spec.stage_spec(k);

@@ -12,6 +12,7 @@ use crate::lattice::Lattice;
 
 mod curriculum;
 mod kernel_spec;
+mod recipe;
 mod registry;
 mod replicas;
 mod report;
@@ -21,15 +22,17 @@ mod train;
 pub use curriculum::{CurriculumOutcome, CurriculumReport, CurriculumSpec, StageSpec, curriculum};
 pub use kernel_spec::{KERNEL_SETTINGS, KernelSpec, NoneqUpdateKind, parse_kernel};
 pub(crate) use kernel_spec::{kernel_list, kernel_table_or_expression};
+pub use recipe::{
+    DEFAULT_METHOD_CHECK_SAMPLES, DENSE_DEFAULT_UP_TO, RecipeKind, RecipeSpec, default_method,
+    dense_method, reference_budget, scalable_method,
+};
 pub use registry::{KERNEL_NAMES, KernelContext, Registry, TargetAction, Typed};
 pub use replicas::{ReplicaChain, combine_replicas, replica_seed, sample_replicas};
-pub use report::{Estimate, SampleReport, report_from};
+pub use report::{Estimate, REPORTED_OBSERVABLES, SampleReport, report_from};
 pub use sample::{SampleData, SampleSpec, sample, sample_data, sample_with};
 pub use train::{
-    AnnealSpec, DEFAULT_METHOD_CHECK_SAMPLES, DENSE_DEFAULT_UP_TO, RecipeKind, RecipeSpec,
-    TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport, TrainSpec, checkpoint_spec,
-    default_method, dense_method, init_from, model_target, reference_budget, resume,
-    scalable_method, train, trained_model_report,
+    AnnealSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport, TrainSpec,
+    checkpoint_spec, init_from, model_target, resume, train, trained_model_report,
 };
 
 /// Reads and parses a TOML runcard (errors name the file and the key).
@@ -97,6 +100,12 @@ impl ActionSpec {
                 format!("the custom action `{name}` is built by the registry it is registered in"),
             )),
         }
+    }
+
+    /// Whether the action is symmetric under φ → −φ: every built-in form (no odd terms);
+    /// a custom action is not assumed to be.
+    pub fn is_z2_symmetric(&self) -> bool {
+        !matches!(self, ActionSpec::Custom { .. })
     }
 
     /// A short description: the form and its couplings, or the custom action's name and

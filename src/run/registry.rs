@@ -21,16 +21,12 @@ use crate::lattice::Lattice;
 /// non-equilibrium evolution from a Gaussian as an independence proposal.
 pub const KERNEL_NAMES: [&str; 5] = ["local", "hmc", "flow", "flowhmc", "noneq"];
 
-mod sealed {
-    pub trait Sealed {}
-}
-
 /// An action as a run holds it: the action itself, and the local Metropolis kernel built on
 /// its concrete type (so that an action's specialised sweep is used).
 ///
 /// Made by the [`Registry`] from an [`ActionSpec`](super::ActionSpec); it cannot be
 /// implemented outside the crate.
-pub trait TargetAction: Send + Sync + sealed::Sealed {
+pub trait TargetAction: Send + Sync + crate::sealed::TargetAction {
     /// The action.
     fn action(&self) -> Arc<dyn Action>;
 
@@ -44,7 +40,7 @@ pub trait TargetAction: Send + Sync + sealed::Sealed {
 /// A [`TargetAction`] of the concrete action type `A`.
 pub struct Typed<A: Action>(pub Arc<A>);
 
-impl<A: Action + 'static> sealed::Sealed for Typed<A> {}
+impl<A: Action + 'static> crate::sealed::TargetAction for Typed<A> {}
 
 impl<A: Action + 'static> TargetAction for Typed<A> {
     fn action(&self) -> Arc<dyn Action> {

@@ -124,8 +124,17 @@ impl SampleReport {
     }
 }
 
-/// Reported quantities; the per-t `xi_eff[t]` values stay in the library's [`Summary`].
-const REPORTED: [&str; 11] = [
+/// The estimates a chain stuck in one of two Z2 vacua gets wrong: those of m and of |m|
+/// (and χ through ⟨m⟩²).
+const Z2_ODD_OBSERVABLES: [&str; 3] = ["m", "abs_m", "chi"];
+
+/// Their caveat when the magnetisation never changed sign.
+const SIGN_FROZEN_CAVEAT: &str = "error not reliable: m never changed sign, so the chain \
+    stayed in one of the two vacua of a Z2-symmetric action (finding `sign_never_changes`).";
+
+/// The quantities a report estimates (the keys of [`SampleReport::observables`]); the
+/// per-t `xi_eff[t]` values stay in the library's [`Summary`].
+pub const REPORTED_OBSERVABLES: [&str; 11] = [
     "phi2",
     "m",
     "abs_m",
@@ -159,24 +168,38 @@ pub(crate) fn build_report(
     exact: Option<BTreeMap<String, f64>>,
 ) -> SampleReport {
     let mut diagnostics = diagnose(record);
-    let reported: Vec<(&str, &GammaEstimate)> = REPORTED
+    let reported: Vec<(&str, &GammaEstimate)> = REPORTED_OBSERVABLES
         .iter()
         .filter_map(|&name| summary.get(name).map(|g| (name, g)))
         .collect();
     if !diagnostics.errors_undefined() {
         diagnostics.check_estimates(reported.iter().copied());
     }
+    // A Z2-symmetric action whose chain stayed in one vacuum: m and |m| describe that
+    // vacuum, and their errors miss the tunnelling between the two.
+    let sign_frozen = spec.action.is_z2_symmetric()
+        && !diagnostics.errors_undefined()
+        && summary
+            .get("m_positive")
+            .is_some_and(|p| p.mean == 0.0 || p.mean == 1.0);
+    if sign_frozen {
+        let positive = summary.get("m_positive").is_some_and(|p| p.mean == 1.0);
+        diagnostics.check_sign_changes(positive);
+    }
     let observables = reported
         .iter()
         .map(|&(name, g)| {
-            let (g, caveat) = diagnostics.qualify(g);
+            let (g, mut caveat) = diagnostics.qualify(g);
+            if sign_frozen && Z2_ODD_OBSERVABLES.contains(&name) && caveat.is_none() {
+                caveat = Some(SIGN_FROZEN_CAVEAT.to_string());
+            }
             (name.to_string(), Estimate::new(&g, caveat))
         })
         .collect();
     let failures = summary
         .failures
         .iter()
-        .filter(|f| REPORTED.contains(&f.name.as_str()))
+        .filter(|f| REPORTED_OBSERVABLES.contains(&f.name.as_str()))
         .map(|f| (f.name.clone(), f.reason.clone()))
         .collect();
     let acceptance_by_move = diagnostics

@@ -195,7 +195,7 @@ impl SampleSpec {
 }
 
 /// Runs `spec`, reporting progress to `observer` (the stages `thermalise` and `measure`,
-/// see [`Chain::run`]) and checking `stop` between blocks of steps.
+/// see [`Chain::run`](crate::kernel::Chain::run)) and checking `stop` between blocks of steps.
 ///
 /// A stop ends the run early with what it did kept: the report then has `interrupted` set
 /// and `n` the measured steps made; stopped before two measurements were made, it has no

@@ -52,14 +52,15 @@ pub use scaling::{
     TrainingCost, sampler_comparison, training_cost,
 };
 pub use spec::{
-    AnalysisSpec, DEFAULT_STUDY, FlowSection, LoadedStudy, MeasureSpec, OBSERVABLE_ORDER, Override,
-    ReferenceValue, SamplerSpec, StudySpec, slug,
+    AUTOCORRELATION_OBSERVABLES, AnalysisSpec, DEFAULT_STUDY, FlowSection, LoadedStudy,
+    MAX_HISTOGRAM_BINS, MeasureSpec, OBSERVABLE_ORDER, Override, ReferenceValue, SamplerSpec,
+    StudySpec, slug,
 };
 pub use store::{RunInfo, StoredRun, is_finished, load_run, save_run};
 pub use sweep::{
     BUDGETS_HEADER, ChainCost, HMC_HEADER, HmcBaseline, HmcBaselineResult, HmcRow, LoadedSweep,
-    REFERENCE_BETA, SAMPLER_COST_HEADER, SWEEP_HEADER, SweepOutcome, SweepPoint, SweepRow,
-    SweepSampling, SweepSpec, TRAINING_COST_HEADER, reference_beta, run_sweep,
+    REFERENCE_BETA, SAMPLER_COST_HEADER, SWEEP_HEADER, SweepMethod, SweepOutcome, SweepPoint,
+    SweepRow, SweepSampling, SweepSpec, TRAINING_COST_HEADER, reference_beta, run_sweep,
 };
 pub use tune::{
     ACCEPTANCE_WINDOW, HmcTuning, MAX_WIDENINGS, PILOT_N, PILOT_THERM, PROBE_N, PROBE_THERM,
@@ -114,7 +115,7 @@ pub fn run_study(
     let registry = &study.registry;
     spec.validate_with(registry)?;
     let folder = spec.folder();
-    prepare_folder(&folder, &study.runcard)?;
+    let _lock = prepare_folder(&folder, &study.runcard, true)?;
     let mut reused = Vec::new();
     let model = folder.join("model.json");
 
@@ -402,9 +403,82 @@ fn analyse_stored(
     analyse_runs(spec, runs, training)
 }
 
-/// Creates the study folder and writes its runcard; a folder holding a different runcard
-/// (comments aside), or files but no runcard, is refused.
-pub(crate) fn prepare_folder(folder: &Path, runcard: &str) -> Result<()> {
+/// The lock file a running study or sweep keeps in its folder, holding its process id.
+pub const LOCK_FILE: &str = ".latflow.lock";
+
+/// The lock of a study or sweep folder ([`LOCK_FILE`]), removed when dropped.
+pub(crate) struct FolderLock {
+    path: PathBuf,
+}
+
+impl FolderLock {
+    /// Takes the lock of `folder`: refused while another live process holds it; a lock
+    /// left by a process that no longer runs (killed, or a machine that went down) is
+    /// taken over.
+    fn take(folder: &Path) -> Result<FolderLock> {
+        use std::io::Write;
+        let path = folder.join(LOCK_FILE);
+        for _ in 0..3 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut file) => {
+                    writeln!(file, "{}", std::process::id()).map_err(|e| Error::io(&path, e))?;
+                    return Ok(FolderLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u32>().ok());
+                    if let Some(pid) = holder.filter(|&pid| process_runs(pid)) {
+                        return Err(Error::Incompatible(format!(
+                            "{} is in use by process {pid}, which holds its lock {}: wait for \
+                             that run to end (or remove the lock if no latflow runs there)",
+                            folder.display(),
+                            path.display()
+                        )));
+                    }
+                    // A stale lock: its process is gone.
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(&path, e)),
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Err(Error::Incompatible(format!(
+            "{}: another run keeps taking the lock {}",
+            folder.display(),
+            path.display()
+        )))
+    }
+}
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether process `pid` is running (this process included); without `/proc`, every
+/// process is assumed to run.
+fn process_runs(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
+}
+
+/// Creates the study (or sweep) folder, takes its lock when `lock` is set (see
+/// [`LOCK_FILE`]) and writes its runcard; a folder holding a different runcard (comments
+/// aside), or files but no runcard, is refused.
+pub(crate) fn prepare_folder(
+    folder: &Path,
+    runcard: &str,
+    lock: bool,
+) -> Result<Option<FolderLock>> {
     let path = folder.join("runcard.toml");
     if path.is_file() {
         let old = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
@@ -424,8 +498,7 @@ pub(crate) fn prepare_folder(folder: &Path, runcard: &str) -> Result<()> {
     } else if folder.is_dir()
         && std::fs::read_dir(folder)
             .map_err(|e| Error::io(folder, e))?
-            .next()
-            .is_some()
+            .any(|entry| entry.is_ok_and(|e| e.file_name() != LOCK_FILE))
     {
         return Err(Error::Incompatible(format!(
             "{} exists and is not a study folder (no runcard.toml): choose another name or \
@@ -434,5 +507,11 @@ pub(crate) fn prepare_folder(folder: &Path, runcard: &str) -> Result<()> {
         )));
     }
     std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
-    write_atomic(&path, runcard.as_bytes())
+    let guard = if lock {
+        Some(FolderLock::take(folder)?)
+    } else {
+        None
+    };
+    write_atomic(&path, runcard.as_bytes())?;
+    Ok(guard)
 }

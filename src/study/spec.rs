@@ -207,6 +207,65 @@ pub struct AnalysisSpec {
     pub autocorrelation_observable: String,
 }
 
+/// Most histogram bins `analysis.histogram_bins` may ask for.
+pub const MAX_HISTOGRAM_BINS: usize = 10_000;
+
+/// The series whose autocorrelation function a study can plot
+/// (`analysis.autocorrelation_observable`): the measured, not derived, quantities.
+pub const AUTOCORRELATION_OBSERVABLES: [&str; 6] =
+    ["phi2", "m", "abs_m", "m2", "energy", "action_density"];
+
+impl AnalysisSpec {
+    /// Checks the settings that do not depend on the lattice: the bins (1 to
+    /// [`MAX_HISTOGRAM_BINS`]), the cost observables (among
+    /// [`REPORTED_OBSERVABLES`](crate::run::REPORTED_OBSERVABLES)) and the autocorrelation
+    /// observable (among [`AUTOCORRELATION_OBSERVABLES`]).
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_HISTOGRAM_BINS).contains(&self.histogram_bins) {
+            return Err(Error::param(
+                "analysis.histogram_bins",
+                format!(
+                    "must be 1 to {MAX_HISTOGRAM_BINS}, got {}",
+                    self.histogram_bins
+                ),
+            ));
+        }
+        if self.cost_observables.is_empty() {
+            return Err(Error::param(
+                "analysis.cost_observables",
+                "name at least one observable",
+            ));
+        }
+        let reported = crate::run::REPORTED_OBSERVABLES;
+        if let Some(bad) = self
+            .cost_observables
+            .iter()
+            .find(|o| !reported.contains(&o.as_str()))
+        {
+            return Err(Error::param(
+                "analysis.cost_observables",
+                format!(
+                    "`{}` is not a reported observable (one of {})",
+                    bad,
+                    reported.join(", ")
+                ),
+            ));
+        }
+        let observable = self.autocorrelation_observable.as_str();
+        if !AUTOCORRELATION_OBSERVABLES.contains(&observable) {
+            return Err(Error::param(
+                "analysis.autocorrelation_observable",
+                format!(
+                    "`{}` is not a measured series (one of {})",
+                    observable,
+                    AUTOCORRELATION_OBSERVABLES.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for AnalysisSpec {
     fn default() -> Self {
         AnalysisSpec {
@@ -504,18 +563,7 @@ impl StudySpec {
                 "the flow is already trained: leave out flow.recipe, flow.train and flow.anneal",
             ));
         }
-        if self.analysis.histogram_bins == 0 {
-            return Err(Error::param(
-                "analysis.histogram_bins",
-                "must be at least 1",
-            ));
-        }
-        if self.analysis.cost_observables.is_empty() {
-            return Err(Error::param(
-                "analysis.cost_observables",
-                "name at least one observable",
-            ));
-        }
+        self.analysis.validate()?;
         self.fit_range()?;
         for (name, value) in &self.reference {
             if !OBSERVABLE_ORDER.contains(&name.as_str()) {
@@ -545,10 +593,14 @@ impl StudySpec {
             Some([a, b]) => (a, b),
             None => ((extent / 4).max(1), extent / 2),
         };
-        if t_min >= t_max || t_max >= extent {
+        if t_min >= t_max || t_max > extent / 2 {
             return Err(Error::param(
                 "analysis.fit_range",
-                format!("need t_min < t_max < L = {extent}, got [{t_min}, {t_max}]"),
+                format!(
+                    "need t_min < t_max ≤ L/2 = {} (Ĝ(t) = Ĝ(L − t): points beyond L/2 mirror \
+                     those below and would be counted twice), got [{t_min}, {t_max}]",
+                    extent / 2
+                ),
             ));
         }
         Ok((t_min, t_max))

@@ -363,6 +363,8 @@ impl Float for Dual {
 
 impl ndarray::ScalarOperand for Dual {}
 
+impl crate::sealed::Float for Dual {}
+
 impl Real for Dual {
     #[inline]
     fn exp_map(self) -> Self {

@@ -2,9 +2,12 @@
 
 use super::exp_f32;
 
-/// The float types network math runs in (f32 in production, f64 for gradient checks).
+/// The float types network math runs in (f32 in production, f64 for gradient checks, and
+/// [`Dual`](crate::tape::Dual) numbers for exact Jacobians). Sealed: implemented for these
+/// three types only.
 pub trait Real:
-    num_traits::Float
+    crate::sealed::Float
+    + num_traits::Float
     + num_traits::FromPrimitive
     + ndarray::LinalgScalar
     + ndarray::ScalarOperand
@@ -22,6 +25,9 @@ pub trait Real:
     /// [`tanh_f32`](crate::tape::tanh_f32) in f32, the standard library's in f64.
     fn tanh_map(self) -> Self;
 }
+
+impl crate::sealed::Float for f32 {}
+impl crate::sealed::Float for f64 {}
 
 impl Real for f32 {
     #[inline]

@@ -13,8 +13,9 @@ use crate::error::{Error, Result};
 use crate::flow::{FlowConfig, FlowModel, LayerRegistry, TrainableFlow};
 use crate::io::{read_json, write_json};
 use crate::lattice::Lattice;
+use crate::train::TrainConfig;
 use crate::train::optim::Optimizer;
-use crate::train::trainer::{Counters, TrainConfig, Trainer};
+use crate::train::trainer::{Counters, Trainer};
 
 /// Version of the checkpoint format written by [`Trainer::save_checkpoint`].
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;

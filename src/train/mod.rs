@@ -3,14 +3,15 @@
 //! metrics stream and checkpoints.
 
 mod checkpoint;
+mod config;
+mod metrics;
 pub mod optim;
 pub mod schedule;
 mod trainer;
 
 pub use checkpoint::CHECKPOINT_FORMAT_VERSION;
+pub use config::{DEFAULT_CHECK_INTERVAL, GradientEstimator, TrainConfig};
+pub use metrics::{EvalMetrics, StepMetrics, TrainSummary};
 pub use optim::{Optimizer, OptimizerKind};
 pub use schedule::Schedule;
-pub use trainer::{
-    AnnealFn, DEFAULT_CHECK_INTERVAL, EVAL_CHUNK, EvalMetrics, GradientEstimator, StepMetrics,
-    TrainConfig, TrainSummary, Trainer, evaluate_flow,
-};
+pub use trainer::{AnnealFn, EVAL_CHUNK, Trainer, evaluate_flow};

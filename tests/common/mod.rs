@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: observers that record what the library reports,
 //! the `latflow` binary with its output, scratch folders, model files, and the small runs
 //! several test files make (a chain from the zero field, a training run to its end, a flow
-//! with random parameters, a convolutional recipe).
+//! with random parameters, a convolutional recipe), and a checked CSV reader.
 //!
 //! Each test file that uses them starts with `mod common;`; a helper a file does not use
 //! costs it nothing (dead code is allowed here).
@@ -148,6 +148,33 @@ pub fn assert_success(output: &Output) -> &Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// Starts `latflow sample` on a chain of 10⁷ steps at L = 8 (minutes of work) that writes
+/// its report to `report`, with progress lines on its piped stderr: for tests that stop it.
+pub fn spawn_long_sample(report: &Path) -> Child {
+    latflow()
+        .args([
+            "sample",
+            "--lattice",
+            "8x8",
+            "--beta",
+            "0.5",
+            "--lambda",
+            "0.5",
+            "--n",
+            "10000000",
+            "--therm",
+            "100",
+            "--progress-interval",
+            "0",
+        ])
+        .arg("--out")
+        .arg(report)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the latflow binary starts")
 }
 
 /// Sends the signal `name` (`TERM`, `INT`, …) to a running child process.
@@ -424,4 +451,18 @@ pub fn assert_within(est: &GammaEstimate, exact: f64, what: &str) {
         (est.mean - exact).abs() < 4.0 * est.err,
         "{what}: {est} vs exact {exact}"
     );
+}
+
+/// A CSV file with a header and rows of the same width whose non-empty fields after the
+/// text columns are numbers; returns the header and the rows.
+pub fn check_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header = csv_fields(lines.next().expect("a header"));
+    let rows: Vec<Vec<String>> = lines.map(csv_fields).collect();
+    assert!(!rows.is_empty(), "{} has no rows", path.display());
+    for row in &rows {
+        assert_eq!(row.len(), header.len(), "{}: row {row:?}", path.display());
+    }
+    (header, rows)
 }

@@ -62,10 +62,16 @@ enum Command {
 fn print_error(e: &anyhow::Error, source: &ParameterSource) {
     let mut text = match e.downcast_ref::<latflow::Error>() {
         Some(latflow::Error::InvalidParameter { name, reason }) => {
-            let id = name.replace('.', "_");
+            // `analyse` sets analysis keys by their own flags.
+            let flag = match name.strip_prefix("analysis.") {
+                Some("histogram_bins") => "bins",
+                Some(key) => key,
+                None => name,
+            };
+            let id = flag.replace('.', "_");
             let typed = source.matches.is_some_and(|m| given(m, &id));
             if typed || (source.file.is_none() && source.has_flag(&id)) {
-                format!("invalid value for {}: {reason}", flag_name(name))
+                format!("invalid value for {}: {reason}", flag_name(flag))
             } else if let Some(file) = source.file {
                 format!("invalid value of `{name}` in the {file}: {reason}")
             } else {
@@ -112,6 +118,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // The limit variables are read wherever a size is checked: refuse a malformed one first.
+    if let Err(e) = latflow::limits::Limits::current() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let ranks = match Ranks::init() {
         Ok(r) => r,
         Err(e) => {
@@ -166,7 +177,14 @@ fn main() -> ExitCode {
         command: definition.find_subcommand(sub),
         file,
     };
-    let signals = match Signals::install() {
+    // `sample` keeps its measurements in memory until the report is written: a second
+    // signal (as `timeout` sends) still lets it write them; a third ends it at once.
+    let fatal_signal = if matches!(command, Command::Sample(_)) {
+        3
+    } else {
+        2
+    };
+    let signals = match Signals::install(fatal_signal) {
         Ok(s) => s,
         Err(e) => {
             print_error(&e, &source);

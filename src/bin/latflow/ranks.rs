@@ -26,9 +26,19 @@ impl Ranks {
         })
     }
 
+    /// This process alone; a build without MPI started by an MPI launcher as one of
+    /// several processes is refused (each would run the whole job into the same files).
     #[cfg(not(feature = "mpi"))]
     pub(crate) fn init() -> latflow::Result<Ranks> {
-        Ok(Ranks::single())
+        match latflow::parallel::launcher_world_size() {
+            Some(size) if size > 1 => Err(latflow::Error::Incompatible(format!(
+                "this latflow was built without MPI, and an MPI launcher started it as one of \
+                 {size} processes: each would run the whole job into the same files. Build it \
+                 with MPI (`cargo build --release --features mpi`, see docs/parallel.md), or \
+                 start it once without mpirun/srun"
+            ))),
+            _ => Ok(Ranks::single()),
+        }
     }
 
     pub(crate) fn single() -> Ranks {

@@ -199,6 +199,19 @@ pub(crate) fn run_sample(
     let spec = args.spec(m)?;
     if let Some(path) = &args.out {
         latflow::io::check_output_path(path, "out")?;
+        let mut inputs = Vec::new();
+        if let Some(model) = &spec.model {
+            let name = if args.config.is_some() {
+                "model"
+            } else {
+                "--model"
+            };
+            inputs.push((name, model.as_path()));
+        }
+        if let Some(config) = &args.config {
+            inputs.push(("--config", config.as_path()));
+        }
+        latflow::io::check_distinct_files(&[("--out", path)], &inputs)?;
     }
     let report = latflow::run::sample_replicas(
         &spec,

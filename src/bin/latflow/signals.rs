@@ -1,6 +1,9 @@
 //! SIGINT and SIGTERM: the first asks the run to stop (it finishes its block of work, keeps
-//! what it did and exits with 128 + the signal number); a second one ends the process at
-//! once.
+//! what it did and exits with 128 + the signal number); a later one ends the process at
+//! once — the second for runs whose work is saved as they go (checkpoints, finished
+//! stages), the third for `sample`, whose measurements exist only in memory until its
+//! report is written (`timeout` sends SIGTERM to the process and then to its group, and a
+//! repeated Ctrl-C is common).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,21 +13,34 @@ use anyhow::{Context, Result};
 use latflow::StopToken;
 
 /// SIGINT and SIGTERM: the first sets `stop` (the run finishes its step, saves and exits);
-/// a second one ends the process at once.
+/// the `fatal`-th one ends the process at once.
 pub(crate) struct Signals {
     pub(crate) stop: StopToken,
     pub(crate) last: Arc<AtomicUsize>,
 }
 
 impl Signals {
-    pub(crate) fn install() -> Result<Self> {
+    /// Installs the handlers: the first signal requests a stop, the `fatal`-th (at least
+    /// the second) ends the process with 128 + its number.
+    pub(crate) fn install(fatal: usize) -> Result<Self> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         use signal_hook::flag;
         let stop = Arc::new(AtomicBool::new(false));
         let last = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(AtomicUsize::new(0));
+        let fatal = fatal.max(2);
         for signal in [SIGINT, SIGTERM] {
-            flag::register_conditional_shutdown(signal, 128 + signal, stop.clone())
-                .context("installing the signal handlers")?;
+            let count = received.clone();
+            // SAFETY: the action only touches an atomic counter and calls `_exit`, both
+            // async-signal-safe.
+            unsafe {
+                signal_hook::low_level::register(signal, move || {
+                    if count.fetch_add(1, Ordering::SeqCst) + 1 >= fatal {
+                        signal_hook::low_level::exit(128 + signal);
+                    }
+                })
+            }
+            .context("installing the signal handlers")?;
             flag::register(signal, stop.clone()).context("installing the signal handlers")?;
             flag::register_usize(signal, last.clone(), signal as usize)
                 .context("installing the signal handlers")?;

@@ -413,6 +413,29 @@ pub(crate) fn run_train(
         .log
         .clone()
         .unwrap_or_else(|| beside(&spec.out, "train.csv"));
+    // The files written, against each other and the files read (named as the user gave
+    // them; the library checks the same for its callers).
+    let from_file = args.config.is_some() || resuming.is_some();
+    let out_name = if from_file && args.settings.out.is_none() {
+        "out"
+    } else {
+        "--out"
+    };
+    let mut inputs: Vec<(&str, &std::path::Path)> = Vec::new();
+    if let Some(config) = &args.config {
+        inputs.push(("--config", config));
+    }
+    if let Some(init) = &spec.init {
+        inputs.push((if from_file { "init" } else { "--init" }, init));
+    }
+    latflow::io::check_distinct_files(
+        &[
+            (out_name, &spec.out),
+            ("--checkpoint", &checkpoint),
+            ("--log", &log),
+        ],
+        &inputs,
+    )?;
     let control = TrainControl {
         checkpoint: Some(&checkpoint),
         checkpoint_every: args.checkpoint_every,

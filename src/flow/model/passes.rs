@@ -123,7 +123,7 @@ impl FlowModel {
         Ok((ws.phi.view(), ws.logdet.view()))
     }
 
-    /// [`Flow::log_density`] of every row into `out`, reusing the workspace's buffers
+    /// [`Flow::log_density`](crate::flow::Flow::log_density) of every row into `out`, reusing the workspace's buffers
     /// (with the standard-normal prior, repeated calls allocate nothing but the matrix
     /// products' small flag vectors).
     pub fn log_density_in(

@@ -150,7 +150,7 @@ impl<T: Real> Tape<T> {
     /// Convolution by a neighbourhood table: `x` is `[n, in_sites * c_in]` (channels last),
     /// the kernel a `[n_taps * c_in, c_out]` parameter block (tap-major), the optional bias
     /// `[1, c_out]`; the output is `[n, out_sites * c_out]` with
-    /// y[s, co] = b[co] + Σ_t Σ_ci x[table[s, t], ci] · W[t · c_in + ci, co].
+    /// `y[s, co] = b[co] + Σ_t Σ_ci x[table[s, t], ci] · W[t · c_in + ci, co]`.
     pub fn conv(
         &mut self,
         params: &[T],
