@@ -1,7 +1,7 @@
 //! The same seed gives the same numbers however a run is grouped into blocks and however
-//! busy the machine is: for every kernel the command line offers (local, hmc, flow) and
-//! their compositions, a chain run in blocks of 1 step, of 13 steps, in automatic blocks,
-//! and in automatic blocks with every step slowed down, makes bit-identical moves,
+//! busy the machine is: for every kernel the command line offers (local, hmc, flow, flowhmc,
+//! noneq) and their compositions, a chain run in blocks of 1 step, of 13 steps, in automatic
+//! blocks, and in automatic blocks with every step slowed down, makes bit-identical moves,
 //! measurements and final states; a whole `sample` run alone and beside busy threads gives
 //! the same report.
 
@@ -19,7 +19,7 @@ use latflow::run::{ActionSpec, KernelSpec, SampleSpec, sample};
 use latflow::train::{TrainConfig, Trainer};
 use latflow::{Action, Lattice, MoveInfo, Proposal, SimRng, State, StopToken};
 
-const EXPRESSIONS: [&str; 10] = [
+const EXPRESSIONS: [&str; 14] = [
     "local",
     "hmc",
     "flow",
@@ -30,6 +30,10 @@ const EXPRESSIONS: [&str; 10] = [
     "(flow+local)*2+hmc",
     "local+local",
     "mix(1: local, 1: hmc)+flow",
+    "flowhmc",
+    "flowhmc+local",
+    "noneq",
+    "noneq+local",
 ];
 
 fn action() -> Arc<Phi4> {
