@@ -14,7 +14,9 @@
 //!
 //! Memory estimates count the large buffers only (fields, batches, parameters and their
 //! optimiser state, stored series, network activations), so they are lower bounds: a
-//! refused setup surely does not fit, an accepted one may still be tight.
+//! refused setup surely does not fit. They are compared with a margin, [`MEMORY_MARGIN`]
+//! of the smallest room the system leaves (free memory, a cgroup limit, `ulimit -v`), so
+//! that an accepted setup does not run out of memory for what the estimates leave out.
 
 use std::sync::Mutex;
 
@@ -44,7 +46,7 @@ pub const MAX_MULTIPLY_ADDS_ENV: &str = "LATFLOW_MAX_MULTIPLY_ADDS";
 /// The bounds every size and work check compares against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Bytes of memory a setup may use.
+    /// Bytes of memory a setup may use ([`available_memory`] unless set).
     pub memory_bytes: u128,
     /// Site updates a Markov chain run may make.
     pub max_site_updates: u128,
@@ -105,34 +107,87 @@ fn env_value(name: &str) -> Result<Option<u128>> {
     }
 }
 
-/// Bytes of memory available to this process: `MemAvailable` of `/proc/meminfo`, lowered
-/// to the room left under a cgroup (v2) memory limit; [`FALLBACK_MEMORY`] where neither can
-/// be read.
+/// The share of the room left by the system that a setup may plan to fill: the estimates
+/// count the large buffers only (see the module's notes), so four fifths of the room is
+/// used, one fifth left for what they do not count. An explicit [`MEMORY_BUDGET_ENV`] is
+/// taken as given.
+pub const MEMORY_MARGIN: (u64, u64) = (4, 5);
+
+/// Bytes of memory a setup of this process may plan to use: the smallest room the system
+/// leaves — `MemAvailable` of `/proc/meminfo`, the room under a cgroup memory limit (v2
+/// `memory.max` − `memory.current`, or v1 `memory.limit_in_bytes` − `memory.usage_in_bytes`)
+/// and the room under the address-space limit (`ulimit -v`, `RLIMIT_AS`, less the address
+/// space the process maps already) — times [`MEMORY_MARGIN`]; [`FALLBACK_MEMORY`] where
+/// none can be read.
 pub fn available_memory() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("MemAvailable:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-                .map(|kib| kib.saturating_mul(1024))
-        });
-    let read =
-        |path: &str| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
-    let cgroup = read("/sys/fs/cgroup/memory.max")
-        .map(|max| max.saturating_sub(read("/sys/fs/cgroup/memory.current").unwrap_or(0)));
-    match (meminfo, cgroup) {
-        (Some(a), Some(b)) => a.min(b),
-        (Some(a), None) => a,
-        (None, Some(b)) => b,
-        (None, None) => FALLBACK_MEMORY,
+    let room = [meminfo_available(), cgroup_room(), address_space_room()]
+        .into_iter()
+        .flatten()
+        .min();
+    match room {
+        Some(bytes) => bytes / MEMORY_MARGIN.1 * MEMORY_MARGIN.0,
+        None => FALLBACK_MEMORY,
     }
+}
+
+/// A number in the file at `path` (`None` when missing or not a number, e.g. `max`).
+fn read_number(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value in kB of the line `key` of a `/proc` status file, in bytes.
+fn proc_kib(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let rest = text.lines().find_map(|line| line.strip_prefix(key))?;
+    let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// `MemAvailable` of `/proc/meminfo`.
+fn meminfo_available() -> Option<u64> {
+    proc_kib("/proc/meminfo", "MemAvailable:")
+}
+
+/// The room under the process's cgroup memory limit (v2, else v1).
+fn cgroup_room() -> Option<u64> {
+    let room = |limit: &str, usage: &str| {
+        read_number(limit).map(|max| max.saturating_sub(read_number(usage).unwrap_or(0)))
+    };
+    room("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current").or_else(|| {
+        room(
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        )
+    })
+}
+
+/// The room under the address-space limit (`ulimit -v`): the soft `RLIMIT_AS` less the
+/// address space mapped already (`VmSize` of `/proc/self/status`); `None` when unlimited.
+#[cfg(unix)]
+fn address_space_room() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let mapped = proc_kib("/proc/self/status", "VmSize:").unwrap_or(0);
+    // `rlim_t` is u64 on the usual systems, another width on some.
+    #[allow(clippy::useless_conversion)]
+    Some(
+        u64::try_from(limit.rlim_cur)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(mapped),
+    )
+}
+
+#[cfg(not(unix))]
+fn address_space_room() -> Option<u64> {
+    None
 }
 
 /// `bytes` in the largest binary unit that keeps the number at least 1 (e.g. `"1.5 GiB"`).
@@ -287,5 +342,9 @@ mod tests {
     #[test]
     fn the_system_reports_some_memory() {
         assert!(available_memory() > 0);
+        // The margin: at most four fifths of the free memory.
+        if let Some(free) = meminfo_available() {
+            assert!(available_memory() <= free / 5 * 4, "{}", available_memory());
+        }
     }
 }
