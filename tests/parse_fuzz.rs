@@ -483,7 +483,7 @@ fn checkpoint_text() -> &'static str {
         let model = FlowModel::new(&FlowConfig::real_nvp(1, &[4]), &lattice, 5).unwrap();
         let mut config = TrainConfig::new(8, 6, 0.01);
         config.chunks = 2;
-        config.eval_samples = 8;
+        config.eval_samples = 100;
         let mut trainer = Trainer::new(model, free_field(), config).unwrap();
         trainer.step().unwrap();
         trainer.step().unwrap();

@@ -309,7 +309,7 @@ fn bad_targets_are_refused_by_name() {
     };
     assert_eq!(card("0.5").unwrap().train.until_acceptance, Some(0.5));
     match card("1.0") {
-        Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, "until_acceptance"),
+        Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, "train.until_acceptance"),
         other => panic!("{other:?}"),
     }
     // A runcard without the key has no target.

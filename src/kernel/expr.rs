@@ -17,6 +17,23 @@ pub type KernelMaker<'a> = dyn FnMut(&str, MoveLabel) -> Result<Box<dyn Proposal
 /// Deepest nesting of parentheses and `mix(...)` a parser accepts.
 const MAX_DEPTH: usize = 64;
 
+/// Longest kernel expression a parser reads, in characters.
+const MAX_EXPRESSION_CHARS: usize = 10_000;
+
+/// Characters of a kernel expression that errors quote.
+const QUOTED_CHARS: usize = 200;
+
+/// `text` as an error quotes it: whole up to [`QUOTED_CHARS`] characters, else its start,
+/// `…` and its length.
+pub(crate) fn shortened(text: &str) -> String {
+    let length = text.chars().count();
+    if length <= QUOTED_CHARS {
+        return text.to_string();
+    }
+    let start: String = text.chars().take(QUOTED_CHARS).collect();
+    format!("{start}… ({length} characters)")
+}
+
 /// A parsed kernel expression. The grammar:
 ///
 /// ```text
@@ -54,8 +71,16 @@ pub enum KernelExpr {
 
 impl KernelExpr {
     /// Parses `text`; a malformed expression gives an [`Error::Format`] naming the column
-    /// and what was expected there.
+    /// and what was expected there (quoting at most the first 200 characters), and so does
+    /// one longer than 10 000 characters.
     pub fn parse(text: &str) -> Result<Self> {
+        let length = text.chars().count();
+        if length > MAX_EXPRESSION_CHARS {
+            return Err(Error::format(
+                format!("kernel expression `{}`", shortened(text)),
+                format!("{length} characters, at most {MAX_EXPRESSION_CHARS} are read"),
+            ));
+        }
         let mut parser = Parser {
             text,
             chars: text.char_indices().collect(),
@@ -68,6 +93,12 @@ impl KernelExpr {
             return Err(parser.error("`+`, `*` or the end of the expression"));
         }
         Ok(expr)
+    }
+
+    /// The expression as errors quote it: whole up to 200 characters, else its start, `…`
+    /// and its length.
+    pub fn abbreviated(&self) -> String {
+        shortened(&self.to_string())
     }
 
     /// Whether the kernel called `name` appears anywhere in the expression.
@@ -290,7 +321,7 @@ impl Parser<'_> {
             None => "found the end of the expression".to_string(),
         };
         Error::format(
-            format!("kernel expression `{}`", self.text),
+            format!("kernel expression `{}`", shortened(self.text)),
             format!("at column {}: {message}, {found}", at + 1),
         )
     }

@@ -33,7 +33,8 @@ pub(crate) fn check_kernel_names(expr: &KernelExpr, registry: &Registry) -> Resu
             Err(Error::param(
                 "kernel",
                 format!(
-                    "unknown kernel `{unknown}` in `{expr}`: the kernels are {}",
+                    "unknown kernel `{unknown}` in `{}`: the kernels are {}",
+                    expr.abbreviated(),
                     known.join(", ")
                 ),
             ))
@@ -150,8 +151,10 @@ impl KernelSpec {
     /// Checks the settings of the kernels the expression uses: `tau` positive and finite
     /// and `md_steps` between 1 and 2³² − 1 for `hmc` (`flowhmc_tau`, `flowhmc_md_steps`
     /// likewise for `flowhmc`), `step_size` positive and finite for `local`, `flow_batch` at
-    /// least 1 for `flow`.
+    /// least 1 for `flow`; a setting changed from its default for kernels the expression
+    /// does not use is refused (it would have no effect).
     pub fn validate_settings(&self) -> Result<()> {
+        self.refuse_unused_settings()?;
         if self.kind.contains("flowhmc") {
             check_trajectory(
                 ("flowhmc_tau", self.flowhmc_tau),
@@ -195,6 +198,31 @@ impl KernelSpec {
                     self.kind
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a setting of [`KERNEL_SETTINGS`] changed from its default when none of the
+    /// kernels that read it is in the expression (e.g. `step_size` with `kind = "hmc"`).
+    fn refuse_unused_settings(&self) -> Result<()> {
+        let (Ok(serde_json::Value::Object(given)), Ok(serde_json::Value::Object(default))) = (
+            serde_json::to_value(self),
+            serde_json::to_value(KernelSpec::default()),
+        ) else {
+            return Ok(());
+        };
+        for (key, kernels) in KERNEL_SETTINGS {
+            if given.get(key) != default.get(key) && !kernels.iter().any(|k| self.kind.contains(k))
+            {
+                return Err(Error::param(
+                    key,
+                    format!(
+                        "has no effect: the kernel `{}` has no `{}`",
+                        self.kind.abbreviated(),
+                        kernels.join("` or `")
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -35,6 +35,16 @@ pub use train::{
     checkpoint_spec, init_from, model_target, resume, train, trained_model_report,
 };
 
+/// The largest seed a runcard holds, 2⁶³ − 1 (TOML integers are signed 64-bit); the
+/// command line's `--seed` flags take 0 to this.
+pub const MAX_SEED: u64 = i64::MAX as u64;
+
+/// Seed number `k` derived from `seed` (a study's sampler i has k = 1 + i): `seed + k`,
+/// wrapped to stay within 0 to [`MAX_SEED`] so that it can be written into a runcard.
+pub fn derived_seed(seed: u64, k: u64) -> u64 {
+    seed.wrapping_add(k) & MAX_SEED
+}
+
 /// Reads and parses a TOML runcard (errors name the file and the key).
 fn read_runcard<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -58,11 +58,11 @@ fn one() -> usize {
 }
 
 impl SampleSpec {
-    /// Reads a TOML runcard.
+    /// Reads a TOML runcard and validates it; a refused key is reported with its line.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let spec: SampleSpec = super::read_runcard(path)?;
-        spec.validate()?;
-        Ok(spec)
+        crate::study::runcard::read_checked(path, SampleSpec::validate, |name| {
+            vec![name.to_string(), format!("kernel.{name}")]
+        })
     }
 
     /// Checks counts and parameters that do not depend on the action: counts at least 1,
@@ -98,7 +98,19 @@ impl SampleSpec {
         if self.kernel.uses_flow() && self.model.is_none() {
             return Err(Error::param(
                 "model",
-                format!("kernel {} needs a trained model file", self.kernel.kind),
+                format!(
+                    "kernel {} needs a trained model file",
+                    self.kernel.kind.abbreviated()
+                ),
+            ));
+        }
+        if self.model.is_some() && !self.kernel.uses_flow() {
+            return Err(Error::param(
+                "model",
+                format!(
+                    "has no effect: the kernel `{}` has no `flow` or `flowhmc`",
+                    self.kernel.kind.abbreviated()
+                ),
             ));
         }
         if self.n / self.thin < 2 {
@@ -260,7 +272,7 @@ pub fn sample_data(
         .map(|j| {
             let seed = replica_seed(spec.seed, j);
             Ok(Member {
-                state: initial_state(&*action, model.as_deref(), seed)?,
+                state: initial_state(&*action, model.as_deref().zip(spec.model.as_deref()), seed)?,
                 rng: rng_from_seed(seed),
             })
         })
@@ -369,11 +381,22 @@ const INITIAL_STATE_STREAM: u64 = 1 << 40;
 /// started where the flow puts almost no mass — φ = 0 is such a place for a poorly trained
 /// flow of a double-well action — has an enormous weight w = e^{−S}/p̃ there and may reject
 /// every proposal; a flow sample is a typical state of the proposal instead.
-fn initial_state(action: &dyn Action, model: Option<&FlowModel>, seed: u64) -> Result<State> {
-    let Some(model) = model else {
+fn initial_state(
+    action: &dyn Action,
+    model: Option<(&FlowModel, &Path)>,
+    seed: u64,
+) -> Result<State> {
+    let Some((model, path)) = model else {
         return Ok(State::zero(action));
     };
     let mut rng = crate::rng::stream(seed, INITIAL_STATE_STREAM);
     let (phi, _) = crate::flow::Flow::sample(model, 1, &mut rng)?;
-    State::new(action, phi.iter().map(|&x| x as f64).collect())
+    State::new(action, phi.iter().map(|&x| x as f64).collect()).map_err(|e| match e {
+        Error::NonFinite(what) => Error::NonFinite(format!(
+            "a sample of the flow model {} ({what}): its parameters map the latent field to \
+             non-finite values; retrain the model or check the file",
+            path.display()
+        )),
+        other => other,
+    })
 }

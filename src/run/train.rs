@@ -80,11 +80,17 @@ pub struct TrainSpec {
 
 impl TrainSpec {
     /// Reads a TOML runcard (the fields of [`TrainSpec`]; unknown keys are errors) and
-    /// validates it.
+    /// validates it; a refused key is named as the runcard writes it (`train.lr`,
+    /// `recipe.hidden`) with its line.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let spec: TrainSpec = super::read_runcard(path)?;
-        spec.validate()?;
-        Ok(spec)
+        crate::study::runcard::read_checked(
+            path,
+            |spec: &TrainSpec| {
+                spec.validate()
+                    .map_err(|e| crate::study::spec::training_key(e, "", &[]))
+            },
+            |name| vec![name.to_string()],
+        )
     }
 
     /// Checks the recipe's sizes on the lattice ([`RecipeSpec::validate`]), the training
@@ -161,6 +167,12 @@ pub struct TrainReport {
     pub fraction_positive_m: f64,
     /// The model file written.
     pub model: PathBuf,
+    /// For a run resumed from a checkpoint written with another number of batch chunks
+    /// (one per thread unless `chunks` is set): `[chunks before, chunks after]`. The
+    /// gradient was then summed in another order, so the parameters differ in their last
+    /// bits from those of an uninterrupted run. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks_changed_on_resume: Option<[usize; 2]>,
 }
 
 fn one_rank() -> usize {
@@ -336,13 +348,18 @@ pub fn resume(
         control.log.filter(|_| control.is_root()),
         trainer.iteration(),
     )?;
-    drive(
+    let chunk_change = crate::train::checkpoint_chunk_change(path)?;
+    let mut outcome = drive(
         &spec,
         with_annealing(trainer, &spec)?,
         log,
         control,
         observer,
-    )
+    )?;
+    if let TrainOutcome::Finished(report) = &mut outcome {
+        report.chunks_changed_on_resume = chunk_change;
+    }
+    Ok(outcome)
 }
 
 /// The spec of the run a checkpoint written by [`train`] belongs to.
@@ -581,6 +598,7 @@ fn report_of_run(
         var_log_w: e.var_log_w,
         fraction_positive_m: e.fraction_positive_m,
         model: spec.out.clone(),
+        chunks_changed_on_resume: None,
     }
 }
 

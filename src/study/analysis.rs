@@ -12,7 +12,7 @@ use super::report::TimeUnit;
 use super::spec::{StudySpec, slug};
 use super::store::StoredRun;
 use super::tune::HmcTuning;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::observable::Measurements;
 use crate::observable::Summary;
 use crate::run::{Estimate, KernelSpec, SampleReport, TrainReport, combine_replicas};
@@ -285,6 +285,18 @@ pub fn payback(samplers: &[SamplerAnalysis], training: Option<&TrainReport>) -> 
         .collect()
 }
 
+/// The error of an `analysis.therm_cut` that leaves sampler `name`, with `stored`
+/// measurements per chain, fewer than two.
+pub(crate) fn too_deep_cut(cut: usize, name: &str, stored: usize) -> Error {
+    Error::param(
+        "analysis.therm_cut",
+        format!(
+            "drops {cut} measurements from the start of each series, but sampler `{name}` has \
+             {stored}: at least 2 must remain"
+        ),
+    )
+}
+
 /// Analyses stored runs (in the order of `spec.samplers`), applying `spec.analysis`.
 pub fn analyse_runs(
     spec: &StudySpec,
@@ -296,6 +308,10 @@ pub fn analyse_runs(
     let mut kept = Vec::new();
     for (sampler, mut run) in spec.samplers.iter().zip(runs) {
         let cut = spec.analysis.therm_cut;
+        let stored = run.chains.iter().map(|c| c.measurements.len()).min();
+        if let Some(len) = stored.filter(|&len| cut > 0 && cut.saturating_add(2) > len) {
+            return Err(too_deep_cut(cut, &sampler.name, len));
+        }
         if cut > 0 {
             for chain in &mut run.chains {
                 chain.measurements.skip(cut);

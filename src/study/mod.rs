@@ -31,8 +31,9 @@ mod analysis;
 mod compare;
 pub mod plot;
 mod report;
+pub(crate) mod runcard;
 mod scaling;
-mod spec;
+pub(crate) mod spec;
 mod store;
 mod sweep;
 mod tune;
@@ -59,8 +60,9 @@ pub use spec::{
 pub use store::{RunInfo, StoredRun, is_finished, load_run, save_run};
 pub use sweep::{
     BUDGETS_HEADER, ChainCost, HMC_HEADER, HmcBaseline, HmcBaselineResult, HmcRow, LoadedSweep,
-    REFERENCE_BETA, SAMPLER_COST_HEADER, SWEEP_HEADER, SweepMethod, SweepOutcome, SweepPoint,
-    SweepRow, SweepSampling, SweepSpec, TRAINING_COST_HEADER, reference_beta, run_sweep,
+    MAX_SWEEP_POINTS, REFERENCE_BETA, SAMPLER_COST_HEADER, SWEEP_HEADER, SweepMethod, SweepOutcome,
+    SweepPoint, SweepRow, SweepSampling, SweepSpec, TRAINING_COST_HEADER, reference_beta,
+    run_sweep,
 };
 pub use tune::{
     ACCEPTANCE_WINDOW, HmcTuning, MAX_WIDENINGS, PILOT_N, PILOT_THERM, PROBE_N, PROBE_THERM,
@@ -115,18 +117,24 @@ pub fn run_study(
     let registry = &study.registry;
     spec.validate_with(registry)?;
     let folder = spec.folder();
-    let _lock = prepare_folder(&folder, &study.runcard, true)?;
-    let mut reused = Vec::new();
     let model = folder.join("model.json");
-
     let trained = spec
         .flow
         .as_ref()
         .and_then(|f| f.model.as_ref())
         .filter(|_| spec.samplers.iter().any(|s| s.kernel.uses_flow()));
+    // A flow trained before is read and checked before the folder is made.
+    let adopted = match trained {
+        Some(source) if !(folder.join("training.json").is_file() && model.is_file()) => {
+            Some(adoptable_report(spec, source)?)
+        }
+        _ => None,
+    };
+    let _lock = prepare_folder(&folder, &study.runcard, true)?;
+    let mut reused = Vec::new();
     let training = match spec.train_spec(&model) {
         None => match trained {
-            Some(source) => Some(adopt_model(spec, source, &folder, &mut reused)?),
+            Some(source) => Some(adopt_model(source, adopted, &folder, &mut reused)?),
             None => None,
         },
         Some(train_spec) => {
@@ -236,21 +244,10 @@ pub fn run_study(
     })))
 }
 
-/// Takes the flow trained before (`flow.model`) into the study folder as `model.json`, with
-/// its training report as `training.json`; a folder that holds them already keeps them.
-fn adopt_model(
-    spec: &StudySpec,
-    source: &Path,
-    folder: &Path,
-    reused: &mut Vec<String>,
-) -> Result<TrainReport> {
-    let model = folder.join("model.json");
-    let report_path = folder.join("training.json");
-    if report_path.is_file() && model.is_file() {
-        reused.push("training".to_string());
-        return read_json::<TrainReport>(&report_path, "training report");
-    }
-    let mut report = crate::run::trained_model_report(source)?;
+/// The training report of the flow trained before (`flow.model`), refused when it was
+/// trained for another lattice or action than the study's.
+fn adoptable_report(spec: &StudySpec, source: &Path) -> Result<TrainReport> {
+    let report = crate::run::trained_model_report(source)?;
     if report.lattice != spec.lattice.extents() || report.action != spec.action {
         return Err(Error::Incompatible(format!(
             "flow.model {} was trained for lattice {:?} and {:?}, the study is on {:?} with {:?}",
@@ -261,6 +258,24 @@ fn adopt_model(
             spec.action
         )));
     }
+    Ok(report)
+}
+
+/// Takes the flow trained before (`source`, whose report [`adoptable_report`] gave) into
+/// the study folder as `model.json`, with its training report as `training.json`; a folder
+/// that holds them already keeps them.
+fn adopt_model(
+    source: &Path,
+    report: Option<TrainReport>,
+    folder: &Path,
+    reused: &mut Vec<String>,
+) -> Result<TrainReport> {
+    let model = folder.join("model.json");
+    let report_path = folder.join("training.json");
+    let Some(mut report) = report else {
+        reused.push("training".to_string());
+        return read_json::<TrainReport>(&report_path, "training report");
+    };
     let bytes = std::fs::read(source).map_err(|e| Error::io(source, e))?;
     write_atomic(&model, &bytes)?;
     report.model = model;
@@ -339,7 +354,21 @@ pub fn analyse_folder_with(
     spec.analysis = base.with_overrides(overrides)?;
     spec.validate_with(&registry)?;
     let record = recorded.is_some() || !overrides.is_empty();
+    // The folder may have moved since the study ran.
+    if let (Some(parent), Some(name)) = (folder.parent(), folder.file_name()) {
+        spec.out = parent.to_path_buf();
+        spec.name = name.to_string_lossy().into_owned();
+    }
+    let report_path = folder.join("training.json");
+    let training = if report_path.is_file() {
+        Some(read_json::<TrainReport>(&report_path, "training report")?)
+    } else {
+        None
+    };
+    // Settings the stored series refuse are not recorded.
+    let mut summary = analyse_stored(&spec, folder, training)?;
     if record {
+        summary.analysis_file = ANALYSIS_FILE.to_string();
         let text = toml::to_string(&toml::Table::from_iter([(
             "analysis".to_string(),
             toml::Value::try_from(&spec.analysis)
@@ -355,21 +384,6 @@ pub fn analyse_folder_with(
             )
             .as_bytes(),
         )?;
-    }
-    // The folder may have moved since the study ran.
-    if let (Some(parent), Some(name)) = (folder.parent(), folder.file_name()) {
-        spec.out = parent.to_path_buf();
-        spec.name = name.to_string_lossy().into_owned();
-    }
-    let report_path = folder.join("training.json");
-    let training = if report_path.is_file() {
-        Some(read_json::<TrainReport>(&report_path, "training report")?)
-    } else {
-        None
-    };
-    let mut summary = analyse_stored(&spec, folder, training)?;
-    if record {
-        summary.analysis_file = ANALYSIS_FILE.to_string();
     }
     write_report(folder, &summary, observer)?;
     Ok(StudyResult {
@@ -406,49 +420,58 @@ fn analyse_stored(
 /// The lock file a running study or sweep keeps in its folder, holding its process id.
 pub const LOCK_FILE: &str = ".latflow.lock";
 
-/// The lock of a study or sweep folder ([`LOCK_FILE`]), removed when dropped.
+/// The lock of a study or sweep folder ([`LOCK_FILE`]): the file holds the process id of
+/// its holder and an advisory lock (`flock`) on it, which the system releases when the
+/// holder ends however it ends; the file is removed when the lock is dropped.
 pub(crate) struct FolderLock {
     path: PathBuf,
+    _file: std::fs::File,
 }
 
 impl FolderLock {
-    /// Takes the lock of `folder`: refused while another live process holds it; a lock
-    /// left by a process that no longer runs (killed, or a machine that went down) is
-    /// taken over.
+    /// Takes the lock of `folder`: refused while another process holds it; a lock file
+    /// left by a process that ended without removing it (killed, or a machine that went
+    /// down) holds no lock any more and is taken over.
     fn take(folder: &Path) -> Result<FolderLock> {
         use std::io::Write;
         let path = folder.join(LOCK_FILE);
         for _ in 0..3 {
-            match std::fs::OpenOptions::new()
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(false)
                 .open(&path)
-            {
-                Ok(mut file) => {
-                    writeln!(file, "{}", std::process::id()).map_err(|e| Error::io(&path, e))?;
-                    return Ok(FolderLock { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                .map_err(|e| Error::io(&path, e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
                     let holder = std::fs::read_to_string(&path)
                         .ok()
-                        .and_then(|t| t.trim().parse::<u32>().ok());
-                    if let Some(pid) = holder.filter(|&pid| process_runs(pid)) {
-                        return Err(Error::Incompatible(format!(
-                            "{} is in use by process {pid}, which holds its lock {}: wait for \
-                             that run to end (or remove the lock if no latflow runs there)",
-                            folder.display(),
-                            path.display()
-                        )));
-                    }
-                    // A stale lock: its process is gone.
-                    match std::fs::remove_file(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(Error::io(&path, e)),
-                    }
+                        .and_then(|t| t.trim().parse::<u32>().ok())
+                        .map_or("another process".to_string(), |pid| {
+                            format!("process {pid}")
+                        });
+                    return Err(Error::Incompatible(format!(
+                        "{} is in use by {holder}, which holds its lock {}: wait for that run \
+                         to end",
+                        folder.display(),
+                        path.display()
+                    )));
                 }
-                Err(e) => return Err(Error::io(&path, e)),
+                // A file system without advisory locks: the file alone marks the folder.
+                Err(std::fs::TryLockError::Error(e))
+                    if e.kind() == std::io::ErrorKind::Unsupported => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
             }
+            // The holder before may have removed the file between our opening and locking
+            // it: then the lock taken is on a file no longer in the folder.
+            if !is_same_file(&file, &path) {
+                continue;
+            }
+            file.set_len(0).map_err(|e| Error::io(&path, e))?;
+            writeln!(file, "{}", std::process::id()).map_err(|e| Error::io(&path, e))?;
+            return Ok(FolderLock { path, _file: file });
         }
         Err(Error::Incompatible(format!(
             "{}: another run keeps taking the lock {}",
@@ -459,26 +482,42 @@ impl FolderLock {
 }
 
 impl Drop for FolderLock {
+    /// Removes the file while still holding its lock (the lock goes with the file handle).
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// Whether process `pid` is running (this process included); without `/proc`, every
-/// process is assumed to run.
-fn process_runs(pid: u32) -> bool {
-    let proc = Path::new("/proc");
-    !proc.is_dir() || proc.join(pid.to_string()).exists()
+/// Whether the open `file` is the file at `path` (same device and inode).
+#[cfg(unix)]
+fn is_same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn is_same_file(_file: &std::fs::File, path: &Path) -> bool {
+    path.is_file()
 }
 
 /// Creates the study (or sweep) folder, takes its lock when `lock` is set (see
 /// [`LOCK_FILE`]) and writes its runcard; a folder holding a different runcard (comments
-/// aside), or files but no runcard, is refused.
+/// aside), or files but no runcard, is refused (the lock is taken before these checks, so
+/// that a run in progress is not judged by files it is writing).
 pub(crate) fn prepare_folder(
     folder: &Path,
     runcard: &str,
     lock: bool,
 ) -> Result<Option<FolderLock>> {
+    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+    let guard = if lock {
+        Some(FolderLock::take(folder)?)
+    } else {
+        None
+    };
     let path = folder.join("runcard.toml");
     if path.is_file() {
         let old = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
@@ -495,10 +534,9 @@ pub(crate) fn prepare_folder(
                 folder.display()
             )));
         }
-    } else if folder.is_dir()
-        && std::fs::read_dir(folder)
-            .map_err(|e| Error::io(folder, e))?
-            .any(|entry| entry.is_ok_and(|e| e.file_name() != LOCK_FILE))
+    } else if std::fs::read_dir(folder)
+        .map_err(|e| Error::io(folder, e))?
+        .any(|entry| entry.is_ok_and(|e| e.file_name() != LOCK_FILE))
     {
         return Err(Error::Incompatible(format!(
             "{} exists and is not a study folder (no runcard.toml): choose another name or \
@@ -506,12 +544,6 @@ pub(crate) fn prepare_folder(
             folder.display()
         )));
     }
-    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
-    let guard = if lock {
-        Some(FolderLock::take(folder)?)
-    } else {
-        None
-    };
     write_atomic(&path, runcard.as_bytes())?;
     Ok(guard)
 }

@@ -11,6 +11,7 @@ use crate::run::{
     ActionSpec, AnnealSpec, KernelSpec, RecipeSpec, Registry, SampleSpec, TrainSpec,
     kernel_table_or_expression,
 };
+use crate::study::runcard::{located, parse_with_overrides, runcard_text};
 use crate::train::TrainConfig;
 
 /// The built-in study: L = 8, β = 0.576, λ = 0.5; the seed recipe trained, then flow,
@@ -21,7 +22,8 @@ pub const DEFAULT_STUDY: &str = include_str!("../../examples/study.toml");
 /// how long they run, and how the stored series are analysed.
 ///
 /// Seeds: `seed` drives everything not seeded explicitly — the training seed
-/// (`[flow.train] seed`) defaults to `seed`, and sampler i (from 0) to `seed + 1 + i`.
+/// (`[flow.train] seed`) defaults to `seed`, and sampler i (from 0) to `seed + 1 + i`
+/// (modulo 2⁶³, see [`crate::run::derived_seed`]).
 /// The runcard written into the study folder lists every seed used.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,7 +358,7 @@ impl Override {
     }
 
     /// Sets the value at the key path inside `root`, creating missing tables.
-    fn apply(&self, root: &mut toml::Value) -> Result<()> {
+    pub(crate) fn apply(&self, root: &mut toml::Value) -> Result<()> {
         let parts: Vec<&str> = self.key.split('.').map(str::trim).collect();
         let mut node = root;
         for (depth, part) in parts.iter().enumerate() {
@@ -445,7 +447,10 @@ impl StudySpec {
     ) -> Result<LoadedStudy> {
         let (spec, table): (StudySpec, _) = parse_with_overrides(text, origin, overrides)?;
         let spec = spec.with_seeds(&table);
-        spec.validate_with(&registry)?;
+        spec.validate_with(&registry).map_err(|e| {
+            let paths = spec.runcard_paths(&e);
+            located(e, text, origin, overrides, &paths)
+        })?;
         let runcard = runcard_text(&spec, "study", overrides)?;
         Ok(LoadedStudy {
             spec,
@@ -474,9 +479,34 @@ impl StudySpec {
             flow.train.seed = self.seed;
         }
         for (i, s) in self.samplers.iter_mut().enumerate() {
-            s.seed.get_or_insert(self.seed.wrapping_add(1 + i as u64));
+            s.seed
+                .get_or_insert(crate::run::derived_seed(self.seed, 1 + i as u64));
         }
         self
+    }
+
+    /// The runcard keys that may have set the parameter `error` names: a sampler's key in
+    /// its `[[sampler]]` table, its kernel table or `[measure]`; any other key as named.
+    fn runcard_paths(&self, error: &Error) -> Vec<String> {
+        let Error::InvalidParameter { name, .. } = error else {
+            return Vec::new();
+        };
+        let sampler = name
+            .strip_prefix("sampler `")
+            .and_then(|rest| rest.split_once("`: "))
+            .and_then(|(sampler, key)| {
+                let i = self.samplers.iter().position(|s| s.name == sampler)?;
+                Some((i, key))
+            });
+        match sampler {
+            Some((i, key)) => vec![
+                format!("sampler.{i}.kernel.{key}"),
+                format!("sampler.{i}.{key}"),
+                format!("measure.{key}"),
+                format!("sampler.{i}.kernel"),
+            ],
+            None => vec![name.clone()],
+        }
     }
 
     /// The study's folder, `out/name`.
@@ -545,12 +575,27 @@ impl StudySpec {
                     ),
                 ));
             }
-            self.sample_spec(i, Path::new("model.json"))
-                .validate_with(registry)
+            let run = self.sample_spec(i, Path::new("model.json"));
+            run.validate_with(registry)
                 .map_err(|e| in_sampler(&s.name, e))?;
+            let measured = run.n / run.thin;
+            if self.analysis.therm_cut > 0 && self.analysis.therm_cut.saturating_add(2) > measured {
+                return Err(crate::study::analysis::too_deep_cut(
+                    self.analysis.therm_cut,
+                    &s.name,
+                    measured,
+                ));
+            }
+        }
+        if self.flow.is_some() && !self.samplers.iter().any(|s| s.kernel.uses_flow()) {
+            return Err(Error::param(
+                "flow",
+                "has no effect: no sampler's kernel uses a flow (`flow` or `flowhmc`); remove \
+                 the [flow] table or add a flow sampler",
+            ));
         }
         if let Some(spec) = self.train_spec(Path::new("model.json")) {
-            spec.validate()?;
+            spec.validate().map_err(|e| training_key(e, "flow", &[]))?;
         }
         if let Some(flow) = &self.flow
             && flow.model.is_some()
@@ -616,7 +661,9 @@ impl StudySpec {
             n: s.n.unwrap_or(self.measure.n),
             therm: s.therm.unwrap_or(self.measure.therm),
             thin: s.thin.unwrap_or(self.measure.thin),
-            seed: s.seed.unwrap_or(self.seed.wrapping_add(1 + i as u64)),
+            seed: s
+                .seed
+                .unwrap_or(crate::run::derived_seed(self.seed, 1 + i as u64)),
             model: s.kernel.uses_flow().then(|| model.to_path_buf()),
             chains: s.chains.unwrap_or(self.measure.chains),
         }
@@ -641,62 +688,28 @@ impl StudySpec {
     }
 }
 
-/// Parses a runcard (errors name the key and line of `text`), applies `overrides` and
-/// deserialises the result; returns it with the table it came from.
-pub(crate) fn parse_with_overrides<T: serde::de::DeserializeOwned>(
-    text: &str,
-    origin: &str,
-    overrides: &[Override],
-) -> Result<(T, toml::Table)> {
-    // Parsed once as written, so that errors point at the user's lines.
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| Error::format(origin, e.to_string()))?;
-    if overrides.is_empty() {
-        toml::from_str::<T>(text).map_err(|e| Error::format(origin, e.to_string()))?;
-    }
-    let mut root = toml::Value::Table(table);
-    for o in overrides {
-        o.apply(&mut root)?;
-    }
-    let toml::Value::Table(table) = root else {
-        return Err(Error::param(
-            "set",
-            "an override replaced the whole runcard",
-        ));
-    };
-    let spec: T = toml::Value::Table(table.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| {
-            let what = if overrides.is_empty() {
-                origin.to_string()
+/// An error of a training run named by its runcard key: a recipe setting as
+/// `{table}.recipe.KEY`, an annealing one as `{table}.anneal.KEY`, any other as
+/// `{table}.train.KEY` (`table` empty for keys at the top), except the keys in `top`.
+pub(crate) fn training_key(e: Error, table: &str, top: &[&str]) -> Error {
+    match e {
+        Error::InvalidParameter { name, reason } if !top.contains(&name.as_str()) => {
+            let recipe = toml::Value::try_from(RecipeSpec::default()).ok();
+            let key = if name.starts_with("anneal.") {
+                name
+            } else if recipe.as_ref().and_then(|r| r.get(&name)).is_some() {
+                format!("recipe.{name}")
             } else {
-                format!("{origin} with the --set overrides")
+                format!("train.{name}")
             };
-            Error::format(what, e.to_string())
-        })?;
-    Ok((spec, table))
-}
-
-/// The runcard as used: a header with the latflow version and the overrides, then `spec`.
-pub(crate) fn runcard_text<T: Serialize>(
-    spec: &T,
-    kind: &str,
-    overrides: &[Override],
-) -> Result<String> {
-    let mut header = format!(
-        "# latflow {} {kind} runcard, as used (every seed written out)\n",
-        env!("CARGO_PKG_VERSION")
-    );
-    if !overrides.is_empty() {
-        header.push_str("# overrides:");
-        for o in overrides {
-            header.push_str(&format!(" --set {}={}", o.key, o.value));
+            let key = match table {
+                "" => key,
+                table => format!("{table}.{key}"),
+            };
+            Error::param(key, reason)
         }
-        header.push('\n');
+        other => other,
     }
-    let body = toml::to_string(spec).map_err(|e| Error::format("runcard output", e.to_string()))?;
-    Ok(format!("{header}{body}"))
 }
 
 fn in_sampler(name: &str, e: Error) -> Error {

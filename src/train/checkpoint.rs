@@ -17,6 +17,16 @@ use crate::train::TrainConfig;
 use crate::train::optim::Optimizer;
 use crate::train::trainer::{Counters, Trainer};
 
+/// The batch chunks of the run that wrote the checkpoint at `path` and those a run resumed
+/// from it in this process would use, `[before, now]`, when they differ: with `chunks` = 0
+/// there is one chunk per thread, so resuming with another thread count sums the gradient
+/// in another order, and the parameters then differ in their last bits from those of an
+/// uninterrupted run (bit-identity holds for the same chunk count). `None` when they agree
+/// or the checkpoint does not record its chunks.
+pub fn checkpoint_chunk_change(path: &Path) -> Result<Option<[usize; 2]>> {
+    Ok(Checkpoint::read(path)?.chunk_change())
+}
+
 /// Version of the checkpoint format written by [`Trainer::save_checkpoint`].
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
 
@@ -53,6 +63,10 @@ pub(crate) struct Checkpoint {
     out_of_time: bool,
     last_loss: Option<f64>,
     config: TrainConfig,
+    /// The batch chunks of the run that wrote it (one per thread when `config.chunks` is
+    /// 0); absent in checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunks_used: Option<usize>,
 }
 
 impl Checkpoint {
@@ -81,6 +95,7 @@ impl Checkpoint {
                 .is_finite()
                 .then_some(trainer.counters.last_loss),
             config: trainer.config.clone(),
+            chunks_used: Some(crate::train::trainer::chunk_count(&trainer.config)),
         }
     }
 
@@ -101,6 +116,15 @@ impl Checkpoint {
             )));
         }
         Ok(checkpoint)
+    }
+
+    /// The batch chunks of the run that wrote the checkpoint and those a run resumed from it
+    /// in this process would use, when they differ.
+    pub(crate) fn chunk_change(&self) -> Option<[usize; 2]> {
+        let now = crate::train::trainer::chunk_count(&self.config);
+        self.chunks_used
+            .filter(|&before| before != now)
+            .map(|before| [before, now])
     }
 
     /// A fresh [`FlowModel`] built from the saved description and lattice, to restore into;

@@ -94,6 +94,16 @@ pub struct TrainConfig {
     pub time_limit: Option<f64>,
 }
 
+/// The fewest samples an evaluation may have (`eval_samples`, `check_samples`): below it the
+/// acceptance is read to no better than about ±0.1 and τ_rej is infinite whenever no
+/// proposal happens to be accepted.
+pub const MIN_EVAL_SAMPLES: usize = 100;
+
+/// Why evaluations need [`MIN_EVAL_SAMPLES`].
+const TOO_FEW_SAMPLES: &str = "an evaluation of fewer samples reads the acceptance to no \
+                               better than about ±0.1, and τ_rej is infinite whenever none of \
+                               its proposals happens to be accepted";
+
 impl Default for TrainConfig {
     /// `TrainConfig::new(500, 750, 0.01)`: the seed recipe's batch, iterations and learning
     /// rate at L = 8.
@@ -152,19 +162,30 @@ impl TrainConfig {
                 format!("must be positive and finite, got {}", self.lr),
             ));
         }
-        if self.eval_samples < 2 {
+        if self.eval_samples < MIN_EVAL_SAMPLES {
             return Err(Error::param(
                 "eval_samples",
-                format!("must be at least 2, got {}", self.eval_samples),
+                format!(
+                    "must be at least {MIN_EVAL_SAMPLES}, got {}: {}",
+                    self.eval_samples, TOO_FEW_SAMPLES
+                ),
             ));
         }
-        if let Some(n) = self.check_samples
-            && n < 2
-        {
-            return Err(Error::param(
-                "check_samples",
-                format!("must be at least 2, got {n}"),
-            ));
+        if let Some(n) = self.check_samples {
+            if n < MIN_EVAL_SAMPLES {
+                return Err(Error::param(
+                    "check_samples",
+                    format!("must be at least {MIN_EVAL_SAMPLES}, got {n}: {TOO_FEW_SAMPLES}"),
+                ));
+            }
+            if self.eval_interval() == 0 {
+                return Err(Error::param(
+                    "check_samples",
+                    "has no effect: it sizes the evaluations during training, and there are \
+                     none (eval_every = 0 and no until_acceptance); the final evaluation takes \
+                     eval_samples",
+                ));
+            }
         }
         if self.chunks > self.batch {
             return Err(Error::param(

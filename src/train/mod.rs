@@ -9,8 +9,8 @@ pub mod optim;
 pub mod schedule;
 mod trainer;
 
-pub use checkpoint::CHECKPOINT_FORMAT_VERSION;
-pub use config::{DEFAULT_CHECK_INTERVAL, GradientEstimator, TrainConfig};
+pub use checkpoint::{CHECKPOINT_FORMAT_VERSION, checkpoint_chunk_change};
+pub use config::{DEFAULT_CHECK_INTERVAL, GradientEstimator, MIN_EVAL_SAMPLES, TrainConfig};
 pub use metrics::{EvalMetrics, StepMetrics, TrainSummary};
 pub use optim::{Optimizer, OptimizerKind};
 pub use schedule::Schedule;

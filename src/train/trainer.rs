@@ -511,7 +511,7 @@ impl Default for Counters {
 }
 
 /// The batch chunks of a run: `chunks`, or one per rayon thread when it is 0.
-fn chunk_count(config: &TrainConfig) -> usize {
+pub(crate) fn chunk_count(config: &TrainConfig) -> usize {
     if config.chunks == 0 {
         rayon::current_num_threads()
     } else {
@@ -521,7 +521,8 @@ fn chunk_count(config: &TrainConfig) -> usize {
 
 /// Refuses a training setup that cannot fit in memory or would run for months: the batch
 /// buffers and workspace (`batch`), the per-chunk gradients (`chunks`), an evaluation
-/// sample (`eval_samples`), and the multiply-adds of all iterations and evaluations
+/// sample (`eval_samples`), the networks' values (blamed on `hidden` or `channels` when a
+/// row's are far above a usual flow's), and the multiply-adds of all iterations and evaluations
 /// (`iterations`, see [`crate::limits::MAX_MULTIPLY_ADDS`]).
 fn check_training_size<F: TrainableFlow>(
     model: &F,
@@ -532,20 +533,39 @@ fn check_training_size<F: TrainableFlow>(
     let (f32_bytes, volume) = (std::mem::size_of::<f32>() as u128, volume as u128);
     let n_params = model.n_params() as u128;
     let per_row = model.training_bytes_per_row() as u128;
-    // Latent batch and workspace φ in f32, log-det and loss in f64, the pass's own values.
-    let batch_row = 2 * f32_bytes * volume + 16 + per_row;
-    // Log-weights of a sample, and for one chunk of it the fields, log-densities and the
-    // forward pass (half the training pass: no gradients).
+    // Per batch row: latent batch and workspace φ in f32, log-det and loss in f64, and the
+    // pass's own values. Per evaluation: the log-weights of the sample, and for one chunk
+    // of it the fields, log-densities and the forward pass (half the training pass: no
+    // gradients).
     let eval_rows = config.eval_samples.max(config.check_sample_size()) as u128;
-    let chunk_row = 2 * f32_bytes * volume + 8 * volume + 16 + per_row / 2;
-    let eval_bytes = eval_rows
-        .saturating_mul(16)
-        .saturating_add(eval_rows.min(EVAL_CHUNK as u128).saturating_mul(chunk_row));
+    let eval_chunk = eval_rows.min(EVAL_CHUNK as u128);
+    let field_row = 2 * f32_bytes * volume + 8 * volume + 16;
+    let eval_name = if config.check_sample_size() > config.eval_samples {
+        "check_samples"
+    } else {
+        "eval_samples"
+    };
+    // The networks' values per row are blamed on the networks' width when they are far
+    // above a usual flow's (about 100 values per site), else on the batch or sample size.
+    let width = if model.description().to_string().contains("\"channels\"") {
+        "channels"
+    } else {
+        "hidden"
+    };
+    let wide = per_row / (4 * f32_bytes * volume * 100).max(1);
+    let blame = |count: u128, usual: u128, name: &'static str| {
+        if wide > count / usual { width } else { name }
+    };
     crate::limits::check_memory_parts(&[
         (
             "batch",
-            "the training batch and its workspace",
-            (config.batch as u128).saturating_mul(batch_row),
+            "the training batch",
+            (config.batch as u128).saturating_mul(2 * f32_bytes * volume + 16),
+        ),
+        (
+            blame(config.batch as u128, 500, "batch"),
+            "the networks' values for the training batch",
+            (config.batch as u128).saturating_mul(per_row),
         ),
         (
             "chunks",
@@ -553,17 +573,20 @@ fn check_training_size<F: TrainableFlow>(
             (chunks as u128).saturating_mul(n_params * f32_bytes),
         ),
         (
-            if config.check_sample_size() > config.eval_samples {
-                "check_samples"
-            } else {
-                "eval_samples"
-            },
+            eval_name,
             "an evaluation sample",
-            eval_bytes,
+            eval_rows
+                .saturating_mul(16)
+                .saturating_add(eval_chunk.saturating_mul(field_row)),
+        ),
+        (
+            blame(eval_chunk, EVAL_CHUNK as u128, eval_name),
+            "the networks' values for an evaluation chunk",
+            eval_chunk.saturating_mul(per_row / 2),
         ),
         // Parameters, gradient and two optimiser moments.
         (
-            "hidden",
+            width,
             "the parameters and optimiser state",
             4 * n_params * f32_bytes,
         ),

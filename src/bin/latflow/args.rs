@@ -51,7 +51,45 @@ impl RuncardArgs {
             });
         }
         set.extend(overrides(&self.set)?);
+        refuse_conflicts(&set)?;
         Ok((self.runcard.as_ref().or(self.config.as_ref()), set))
+    }
+}
+
+/// Refuses two overrides of one key (`--name X` with `--set name=Y`, `analyse --therm-cut`
+/// with `--set analysis.therm_cut=…`, or one `--set` key twice): which should win is the
+/// user's to say.
+pub(crate) fn refuse_conflicts(set: &[latflow::study::Override]) -> Result<()> {
+    for (i, o) in set.iter().enumerate() {
+        if let Some(first) = set[..i].iter().find(|p| p.key == o.key) {
+            let flag = match o.key.as_str() {
+                key @ ("name" | "out" | "seed") => format!(" by --{key} and by --set {key}=..."),
+                "analysis.therm_cut" | "analysis.fit_range" | "analysis.histogram_bins" => {
+                    " (by its flag, the --config file or --set)".to_string()
+                }
+                _ => String::new(),
+            };
+            bail!(
+                "`{}` is set twice{flag}: {} and {}; give it once",
+                o.key,
+                first.value,
+                o.value
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Parses a `--seed`: a whole number from 0 to 2⁶³ − 1 = 9223372036854775807, the
+/// integers a TOML runcard holds (studies write theirs into their folder's runcard).
+pub(crate) fn seed_value(text: &str) -> std::result::Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(seed) if seed <= latflow::run::MAX_SEED => Ok(seed),
+        _ => Err(format!(
+            "a seed is a whole number from 0 to {} (2⁶³ − 1, the largest integer of a TOML \
+             runcard)",
+            latflow::run::MAX_SEED
+        )),
     }
 }
 

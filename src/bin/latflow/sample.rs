@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{ArgMatches, Args};
 use latflow::control::Prefixed;
-use latflow::kernel::{Integrator, KernelExpr};
+use latflow::kernel::Integrator;
 use latflow::run::{KernelSpec, NoneqUpdateKind, SampleReport, SampleSpec, parse_kernel};
 use latflow::stats::Verdict;
 
 use crate::args::{
     IntegratorName, NoneqUpdateName, OutputArgs, TargetArgs, arg_ids, flag_name, given,
-    refuse_given,
+    refuse_given, seed_value,
 };
 use crate::output::print_table;
 use crate::progress::StageProgress;
@@ -57,8 +57,8 @@ pub(crate) struct SampleRunArgs {
     /// `flow+local*2+hmc` (a cycle: one flow proposal, two local sweeps, one HMC
     /// trajectory), `flowhmc+local`, `(flow+local)*4+hmc` or `mix(0.3: flow, 0.7: hmc)` (one
     /// of them at random, by weight).
-    #[arg(long, default_value = "hmc", value_parser = kernel_expression)]
-    pub(crate) kernel: KernelExpr,
+    #[arg(long, default_value = "hmc")]
+    pub(crate) kernel: String,
     /// Measured steps, each one step of the whole kernel expression (per chain).
     #[arg(long, default_value_t = 10_000)]
     pub(crate) n: usize,
@@ -68,8 +68,9 @@ pub(crate) struct SampleRunArgs {
     /// Measure every `thin`-th step.
     #[arg(long, default_value_t = 1)]
     pub(crate) thin: usize,
-    /// Seed of the random stream (of the first chain; the others derive theirs from it).
-    #[arg(long, default_value_t = 1)]
+    /// Seed of the random stream (of the first chain; the others derive theirs from it),
+    /// 0 to 2⁶³ − 1.
+    #[arg(long, default_value_t = 1, value_parser = seed_value)]
     pub(crate) seed: u64,
     /// Independent chains advanced in lockstep, the flow's passes batched over them, and
     /// analysed together as replicas.
@@ -133,22 +134,25 @@ impl SampleArgs {
             return Ok(SampleSpec::from_toml_file(path)?);
         }
         self.target.refuse_foreign_couplings(m)?;
+        // Parsed here rather than by clap, which would quote the whole text.
+        let expression = parse_kernel(&run.kernel)
+            .map_err(|e| anyhow::anyhow!("invalid value for --kernel: {e}"))?;
         for id in arg_ids::<SampleRunArgs>() {
             if let Some(kernels) = KernelSpec::kernels_of_setting(&id)
                 && given(m, &id)
-                && !kernels.iter().any(|k| run.kernel.contains(k))
+                && !kernels.iter().any(|k| expression.contains(k))
             {
                 bail!(
                     "{} has no effect: --kernel {} has no `{}`",
                     flag_name(&id),
-                    run.kernel,
+                    expression.abbreviated(),
                     kernels.join("` or `")
                 );
             }
         }
         let (lattice, action) = self.target.resolve(run.model.as_deref())?;
         let kernel = KernelSpec {
-            kind: run.kernel.clone(),
+            kind: expression,
             step_size: run.step_size,
             tau: run.tau,
             md_steps: run.md_steps,
@@ -183,11 +187,6 @@ impl SampleArgs {
         spec.validate()?;
         Ok(spec)
     }
-}
-
-/// Parses `--kernel`, naming the column and what was expected on a malformed expression.
-pub(crate) fn kernel_expression(text: &str) -> std::result::Result<KernelExpr, String> {
-    parse_kernel(text).map_err(|e| e.to_string())
 }
 
 pub(crate) fn run_sample(

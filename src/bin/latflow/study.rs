@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::args::{OutputArgs, RuncardArgs};
+use crate::args::{OutputArgs, RuncardArgs, refuse_conflicts, seed_value};
 use crate::output::{
     action_summary, print_hmc_baseline, print_sampler_comparison, print_study, print_training_cost,
 };
@@ -19,8 +19,8 @@ use crate::signals::Signals;
 pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) card: RuncardArgs,
-    /// The master seed: `--set seed=...`.
-    #[arg(long)]
+    /// The master seed, 0 to 2⁶³ − 1: `--set seed=...`.
+    #[arg(long, value_parser = seed_value)]
     pub(crate) seed: Option<u64>,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
@@ -190,6 +190,7 @@ pub(crate) fn run_study(args: &RunArgs, signals: &Signals) -> Result<ExitCode> {
             key: "seed".into(),
             value: seed.to_string(),
         });
+        refuse_conflicts(&set)?;
     }
     let loaded = match path {
         Some(path) => StudySpec::load(path, &set)?,
@@ -296,6 +297,7 @@ pub(crate) fn run_analyse(args: &AnalyseArgs) -> Result<ExitCode> {
         });
     }
     set.extend(overrides(&args.set)?);
+    refuse_conflicts(&set)?;
     let result =
         latflow::study::analyse_folder(&args.folder, &set, &mut StageProgress::new(&args.output))?;
     print_study(&result, &args.output)?;

@@ -12,7 +12,7 @@ use latflow::run::{
 };
 use latflow::train::{GradientEstimator, OptimizerKind, Schedule, TrainConfig};
 
-use crate::args::{OutputArgs, TargetArgs, arg_ids, flag_name, given, refuse_given};
+use crate::args::{OutputArgs, TargetArgs, arg_ids, flag_name, given, refuse_given, seed_value};
 use crate::progress::StageProgress;
 use crate::ranks::Ranks;
 use crate::signals::Signals;
@@ -177,8 +177,8 @@ pub(crate) struct RunSettingsArgs {
     /// Fraction of training over which the coupling reaches its target (with --anneal-start).
     #[arg(long, default_value_t = 0.5)]
     pub(crate) anneal_over: f64,
-    /// Seed of initialisation and latent stream.
-    #[arg(long, default_value_t = 1)]
+    /// Seed of initialisation and latent stream, 0 to 2⁶³ − 1.
+    #[arg(long, default_value_t = 1, value_parser = seed_value)]
     pub(crate) seed: u64,
     /// Batch chunks for the data-parallel pass (0: one per thread).
     #[arg(long, default_value_t = 0)]
@@ -444,6 +444,17 @@ pub(crate) fn run_train(
         ranks: Some(&ranks.shared),
         ..TrainControl::default()
     };
+    if let Some(path) = &resuming
+        && let Some([before, now]) = latflow::train::checkpoint_chunk_change(path)?
+        && ranks.shared.is_root()
+    {
+        eprintln!(
+            "latflow: note: the checkpoint was written by a run with {before} batch chunks (one \
+             per thread), this run has {now}: the gradient is summed in another order, so the \
+             parameters will differ in their last bits from those of an uninterrupted run \
+             (resume with RAYON_NUM_THREADS={before} to continue it bit for bit)"
+        );
+    }
     let mut observer = StageProgress::new(&args.output);
     let outcome = match &resuming {
         Some(path) => {

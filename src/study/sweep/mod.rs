@@ -21,7 +21,9 @@ use crate::io::{read_json, write_json};
 use crate::parallel::Collective;
 use crate::run::{TrainControl, TrainOutcome, sample_with};
 
-pub use spec::{HmcBaseline, LoadedSweep, SweepMethod, SweepPoint, SweepSampling, SweepSpec};
+pub use spec::{
+    HmcBaseline, LoadedSweep, MAX_SWEEP_POINTS, SweepMethod, SweepPoint, SweepSampling, SweepSpec,
+};
 pub use tables::{
     BUDGETS_HEADER, ChainCost, HMC_HEADER, HmcBaselineResult, HmcRow, SAMPLER_COST_HEADER,
     SWEEP_HEADER, SweepRow, TRAINING_COST_HEADER,

@@ -14,6 +14,10 @@ use crate::stats::nan_if_null;
 use crate::study::spec::Override;
 use crate::train::{GradientEstimator, TrainConfig};
 
+/// Most points a sweep's grid may have (the product of its axes' lengths): each trains a
+/// flow, so even at a second per point a larger grid runs for days.
+pub const MAX_SWEEP_POINTS: usize = 100_000;
+
 /// A sweep runcard.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,9 +218,15 @@ impl SweepSpec {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let origin = format!("sweep runcard {}", path.display());
         let (spec, _): (SweepSpec, _) =
-            crate::study::spec::parse_with_overrides(&text, &origin, overrides)?;
-        spec.validate_with(&registry)?;
-        let runcard = crate::study::spec::runcard_text(&spec, "sweep", overrides)?;
+            crate::study::runcard::parse_with_overrides(&text, &origin, overrides)?;
+        spec.validate_with(&registry).map_err(|e| {
+            let paths = match &e {
+                Error::InvalidParameter { name, .. } => vec![name.clone()],
+                _ => Vec::new(),
+            };
+            crate::study::runcard::located(e, &text, &origin, overrides, &paths)
+        })?;
+        let runcard = crate::study::runcard::runcard_text(&spec, "sweep", overrides)?;
         Ok(LoadedSweep {
             spec,
             runcard,
@@ -335,6 +345,21 @@ impl SweepSpec {
                 ));
             }
         }
+        if let Some(lambda) = self.lambda
+            && !(lambda.is_finite() && lambda >= 0.0)
+        {
+            return Err(Error::param(
+                "lambda",
+                format!("must be finite and ≥ 0, got {lambda}"),
+            ));
+        }
+        if let Some(&(l, beta)) = self.beta.iter().find(|(_, b)| !b.is_finite()) {
+            return Err(Error::param(
+                "beta",
+                format!("β for L = {l} must be finite, got {beta}"),
+            ));
+        }
+        self.check_grid_size()?;
         // A size without its β is named first; then β entries that match no size.
         let points = self.points()?;
         for (i, &(l, _)) in self.beta.iter().enumerate() {
@@ -408,7 +433,10 @@ impl SweepSpec {
                     })?;
             }
             self.train_spec(&point, Path::new("model.json"))?
-                .validate()?;
+                .validate()
+                .map_err(|e| {
+                    crate::study::spec::training_key(e, "", &["batch", "iterations", "lr"])
+                })?;
             for k in 0..=self.sample.kernels.len() {
                 self.chain_spec(&point, k, Path::new("model.json"))?
                     .validate_with(registry)
@@ -422,6 +450,41 @@ impl SweepSpec {
             }
         }
         Ok(())
+    }
+
+    /// Refuses a grid of more than [`MAX_SWEEP_POINTS`] points before it is spelled out,
+    /// naming the count and the axes that multiply to it.
+    fn check_grid_size(&self) -> Result<()> {
+        let axes = [
+            ("lattices", self.lattices.len()),
+            ("method", self.methods.len().max(1)),
+            ("batch", self.batch.len()),
+            ("iterations", self.iterations.len()),
+            ("lr", self.lr.len()),
+            ("seeds", self.seeds.len()),
+        ];
+        let count = axes
+            .iter()
+            .try_fold(1u128, |acc, a| acc.checked_mul(a.1 as u128))
+            .unwrap_or(u128::MAX);
+        if count <= MAX_SWEEP_POINTS as u128 {
+            return Ok(());
+        }
+        let longest = axes.iter().max_by_key(|a| a.1).map_or("seeds", |a| a.0);
+        let factors: Vec<String> = axes
+            .iter()
+            .filter(|a| a.1 > 1)
+            .map(|a| format!("{} {}", a.1, a.0))
+            .collect();
+        Err(Error::param(
+            longest,
+            format!(
+                "the grid has {} points ({}), more than the {MAX_SWEEP_POINTS} a sweep runs: \
+                 each point trains a flow",
+                crate::limits::format_count(count),
+                factors.join(" × ")
+            ),
+        ))
     }
 
     pub(super) fn target(&self, point: &SweepPoint) -> Result<(Lattice, ActionSpec)> {
