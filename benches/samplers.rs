@@ -1,17 +1,19 @@
 //! Classic samplers on 2D φ⁴ (β = 0.576, λ = 0.5) at L = 8, 16, 64: one local Metropolis
-//! sweep (throughput in site updates), one HMC trajectory and one bare leapfrog step
-//! (throughput in site·steps), and the force alone (throughput in sites).
+//! sweep in sequential and in checkerboard order (throughput in site updates), one HMC
+//! trajectory and one bare leapfrog step (throughput in site·steps), and the force alone
+//! (throughput in sites).
 //!
 //! `local_sweep/L`, `hmc_leapfrog/L` and `force/force/L` do the same work as the loops of
 //! benches/c_reference/phi4.c, which prints its rates under these names
-//! (benches/compare_c.sh puts the two side by side).
+//! (benches/compare_c.sh puts the two side by side; `local_sweep_checkerboard/L` is
+//! compared with the C program's `local_sweep/L`).
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use latflow::action::{Action, Phi4};
-use latflow::kernel::{Chain, Hmc, LocalMetropolis};
+use latflow::kernel::{Chain, Hmc, LocalMetropolis, SweepOrder};
 use latflow::{Lattice, Proposal, State, rng_from_seed};
 use rand::RngExt;
 use rand_distr::StandardNormal;
@@ -32,11 +34,25 @@ fn thermalised(action: &Arc<Phi4>) -> State {
 }
 
 fn local_sweep(c: &mut Criterion) {
-    let mut group = c.benchmark_group("local_sweep");
+    local_sweeps(c, "local_sweep", SweepOrder::Sequential);
+}
+
+/// One checkerboard sweep (the vectorised φ⁴ path), the same work as `local_sweep/L`.
+fn local_sweep_checkerboard(c: &mut Criterion) {
+    local_sweeps(c, "local_sweep_checkerboard", SweepOrder::Checkerboard);
+}
+
+/// One local Metropolis sweep in `order` from a thermalised configuration, as the group
+/// `name`.
+fn local_sweeps(c: &mut Criterion, name: &str, order: SweepOrder) {
+    let mut group = c.benchmark_group(name);
     for l in SIZES {
         let action = phi4(l);
         let mut state = thermalised(&action);
-        let mut kernel = LocalMetropolis::new(action.clone(), 1.0).unwrap();
+        let mut kernel = LocalMetropolis::new(action.clone(), 1.0)
+            .unwrap()
+            .with_order(order)
+            .unwrap();
         let mut rng = rng_from_seed(2);
         let mut moves = Vec::with_capacity(1);
         group.throughput(Throughput::Elements((l * l) as u64));
@@ -106,5 +122,12 @@ fn force(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(samplers, local_sweep, hmc_trajectory, hmc_leapfrog, force);
+criterion_group!(
+    samplers,
+    local_sweep,
+    local_sweep_checkerboard,
+    hmc_trajectory,
+    hmc_leapfrog,
+    force
+);
 criterion_main!(samplers);

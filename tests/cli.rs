@@ -126,6 +126,49 @@ fn runcard_runs_and_malformed_runcard_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The checkerboard order from the command line and from a runcard: the same chain, and
+/// another one than the sequential order's.
+#[test]
+fn the_sweep_order_is_a_flag_and_a_runcard_key() {
+    let dir = scratch("sweep_order");
+    let card = dir.join("checkerboard.toml");
+    std::fs::write(
+        &card,
+        "lattice = [8, 8]\nn = 300\ntherm = 50\nseed = 4\n[action]\nform = \"phi4\"\n\
+         beta = 0.576\nlambda = 0.5\n[kernel]\nkind = \"local\"\nsweep_order = \"checkerboard\"\n",
+    )
+    .unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run_latflow(args);
+        assert_success(&out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let from_card = json(&["sample", "--config", card.to_str().unwrap(), "--json"]);
+    let flags = [
+        "sample",
+        "--lattice",
+        "8x8",
+        "--beta",
+        "0.576",
+        "--lambda",
+        "0.5",
+        "--kernel",
+        "local",
+        "--n",
+        "300",
+        "--therm",
+        "50",
+        "--seed",
+        "4",
+        "--json",
+    ];
+    let from_flags = json(&[&flags[..], &["--sweep-order", "checkerboard"]].concat());
+    let sequential = json(&flags);
+    assert_eq!(from_card["observables"], from_flags["observables"]);
+    assert_ne!(from_flags["observables"], sequential["observables"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_input_gives_clear_errors_and_nonzero_exit() {
     let cases: [(&[&str], &str); 9] = [
@@ -358,6 +401,28 @@ fn every_flag_takes_effect_or_is_refused() {
         (
             with(&["sample", "--kernel", "hmc", "--flow-batch", "10"], &phi4),
             "--flow-batch has no effect",
+        ),
+        (
+            with(
+                &["sample", "--kernel", "hmc", "--sweep-order", "checkerboard"],
+                &phi4,
+            ),
+            "--sweep-order has no effect",
+        ),
+        (
+            with(
+                &[
+                    "sample",
+                    "--kernel",
+                    "local",
+                    "--sweep-order",
+                    "checkerboard",
+                    "--lattice",
+                    "7x8",
+                ],
+                &phi4,
+            ),
+            "7x8",
         ),
         (
             with(&["train", "--weight-decay", "-1", "--out", "x.json"], &phi4),

@@ -47,6 +47,7 @@ fn reversible_kernels_pass() {
         LocalMetropolis::new(target.clone(), 1.0)
             .unwrap()
             .with_order(SweepOrder::Random)
+            .unwrap()
     };
     let hmc = || Hmc::new(target.clone(), 1.0, 4).unwrap();
     let mut mixture = Mixture::new(local(), hmc(), 0.4).unwrap();
@@ -80,7 +81,8 @@ fn a_kernel_for_another_distribution_fails() {
     // Local sweeps that leave m0² = 0.5 invariant, started from m0² = 1 samples.
     let mut kernel = LocalMetropolis::new(field(0.5), 1.0)
         .unwrap()
-        .with_order(SweepOrder::Random);
+        .with_order(SweepOrder::Random)
+        .unwrap();
     let c = check(&mut kernel, &field(1.0), 5);
     assert!(c.stationarity.z() > 4.0, "{c:?}");
     assert!(c.symmetry.z() > 4.0, "{c:?}");

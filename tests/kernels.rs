@@ -103,6 +103,7 @@ fn local_metropolis_with_random_order_and_hits_reproduces_the_free_field() {
     let kernel = LocalMetropolis::new(field.clone(), 1.0)
         .unwrap()
         .with_order(SweepOrder::Random)
+        .unwrap()
         .with_hits(3)
         .unwrap();
     let record = run_chain(kernel, &field, 3, 1_000, 40_000);
@@ -519,39 +520,49 @@ fn leapfrog_step_is_force_then_kick_then_drift() {
     }
 }
 
-/// The cached action of a state that only local sweeps move. Summing ΔS sweep after sweep
-/// adds rounding errors of order ε(|S| + |Λ|) per sweep, a random walk that grows without
-/// bound (√n of them after n sweeps); the kernel recomputes S from the field every
-/// `ACTION_REFRESH_INTERVAL` sweeps, so that the cached value is exact right after a
-/// recomputation and within that many sweeps' rounding in between.
+/// The cached action of a state that only local sweeps move, in sequential and in
+/// checkerboard order. Summing ΔS sweep after sweep adds rounding errors of order
+/// ε(|S| + |Λ|) per sweep, a random walk that grows without bound (√n of them after n
+/// sweeps); the kernel recomputes S from the field every `ACTION_REFRESH_INTERVAL` sweeps, so
+/// that the cached value is exact right after a recomputation and within that many sweeps'
+/// rounding in between.
 #[test]
 fn local_sweeps_keep_the_cached_action_exact() {
     let action = Arc::new(Phi4::hopping(Lattice::hypercubic(2, 8).unwrap(), 0.576, 0.5).unwrap());
-    let mut kernel = LocalMetropolis::new(action.clone(), 1.0).unwrap();
-    let mut state = State::zero(&*action);
-    let mut rng = rng_from_seed(60);
-    let mut moves = Vec::new();
-    let interval = ACTION_REFRESH_INTERVAL;
-    let mut worst: f64 = 0.0;
-    for sweep in 1..=1_000_000u32 {
-        moves.clear();
-        kernel.step(&mut state, &mut rng, &mut moves);
-        if sweep % (interval * 64) == 0 {
-            // Right after a recomputation (sweep counts from the kernel's construction).
-            assert_eq!(state.action(), action.action(state.phi()), "sweep {sweep}");
+    for (order, sweeps) in [
+        (SweepOrder::Sequential, 1_000_000u32),
+        (SweepOrder::Checkerboard, 300_000),
+    ] {
+        let mut kernel = LocalMetropolis::new(action.clone(), 1.0)
+            .unwrap()
+            .with_order(order)
+            .unwrap();
+        let mut state = State::zero(&*action);
+        let mut rng = rng_from_seed(60);
+        let mut moves = Vec::new();
+        let interval = ACTION_REFRESH_INTERVAL;
+        let mut worst: f64 = 0.0;
+        for sweep in 1..=sweeps {
+            moves.clear();
+            kernel.step(&mut state, &mut rng, &mut moves);
+            if sweep % (interval * 64) == 0 {
+                // Right after a recomputation (sweep counts from the kernel's construction).
+                let exact = action.action(state.phi());
+                assert_eq!(state.action(), exact, "{order:?}, sweep {sweep}");
+            }
+            if sweep % 997 == 0 {
+                let exact = action.action(state.phi());
+                let scale = exact.abs() + state.phi().len() as f64;
+                worst = worst.max((state.action() - exact).abs() / scale);
+            }
         }
-        if sweep % 997 == 0 {
-            let exact = action.action(state.phi());
-            let scale = exact.abs() + state.phi().len() as f64;
-            worst = worst.max((state.action() - exact).abs() / scale);
-        }
+        let bound = 8.0 * interval as f64 * f64::EPSILON;
+        assert!(
+            worst > 0.0 && worst < bound,
+            "{order:?}: cached action off by {:.1} ε(|S| + |Λ|)",
+            worst / f64::EPSILON
+        );
     }
-    let bound = 8.0 * interval as f64 * f64::EPSILON;
-    assert!(
-        worst < bound,
-        "cached action off by {:.1} ε(|S| + |Λ|)",
-        worst / f64::EPSILON
-    );
 }
 
 /// A kernel built from an expression, a hand-made composite of boxed kernels and one of

@@ -294,6 +294,7 @@ lambda = 8.0
 [kernel]
 kind = "mix(0.5: flow, 0.5: local*2)+hmc"
 step_size = 0.5
+sweep_order = "checkerboard"
 tau = 1.5
 md_steps = 12
 integrator = "omelyan"

@@ -7,10 +7,11 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rustfft::num_complex::Complex64;
 
-use crate::action::{Action, Phi4};
+use crate::action::{Action, Checkerboard, Phi4, SweepTally};
 use crate::error::{Error, Result, ensure_finite};
 use crate::fft::FftNd;
 use crate::lattice::Lattice;
+use crate::rng::SimRng;
 
 /// The free field of bare mass m0 > 0: the standard φ⁴ form with g0 = 0.
 #[derive(Clone, Debug)]
@@ -119,6 +120,17 @@ impl Action for FreeField {
     #[inline]
     fn delta_local(&self, phi: &[f64], site: usize, new: f64) -> f64 {
         self.phi4.delta_local(phi, site, new)
+    }
+    fn checkerboard_sweep(
+        &self,
+        phi: &mut [f64],
+        board: &mut Checkerboard,
+        step_size: f64,
+        hits: u32,
+        rng: &mut SimRng,
+    ) -> SweepTally {
+        self.phi4
+            .checkerboard_sweep(phi, board, step_size, hits, rng)
     }
     fn action_and_force(&self, phi: &[f64], out: &mut [f64]) -> f64 {
         self.phi4.action_and_force(phi, out)

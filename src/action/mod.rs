@@ -5,10 +5,13 @@ use ndarray::{ArrayView2, ArrayViewMut1, ArrayViewMut2};
 use rand::{Rng, RngExt};
 
 use crate::lattice::Lattice;
+use crate::rng::SimRng;
 
+mod checkerboard;
 mod free;
 mod phi4;
 
+pub use checkerboard::{Checkerboard, checkerboard_accepts};
 pub use free::{FreeField, FreeFieldSampler};
 pub use phi4::{Phi4, Phi4Conversion, Phi4Couplings, Phi4Form};
 
@@ -99,6 +102,25 @@ pub trait Action: Send + Sync {
         single_site_sweep(self, phi, sites, hits, rng, propose)
     }
 
+    /// One checkerboard sweep of `phi` (see [`Checkerboard`] for the order and the random
+    /// stream): `hits` proposals φ_x + δ(2u − 1), δ = `step_size`, per site, accepted when
+    /// v < e^{−ΔS} ([`checkerboard_accepts`]).
+    ///
+    /// The default is [`Checkerboard::sweep_reference`] through [`Action::delta_local`].
+    /// Implementations may vectorise it but must draw the same random numbers and take the
+    /// same decisions (the summed ΔS may differ by rounding). Panics if `board` was laid out
+    /// for another lattice or `phi` does not cover the lattice.
+    fn checkerboard_sweep(
+        &self,
+        phi: &mut [f64],
+        board: &mut Checkerboard,
+        step_size: f64,
+        hits: u32,
+        rng: &mut SimRng,
+    ) -> SweepTally {
+        board.sweep_reference(self, phi, step_size, hits, rng)
+    }
+
     /// S(φ) and the force in one pass (override where it saves work).
     fn action_and_force(&self, phi: &[f64], out: &mut [f64]) -> f64 {
         self.force(phi, out);
@@ -144,8 +166,9 @@ pub trait Action: Send + Sync {
 /// An action behind a shared pointer is the action itself: `Arc<dyn Action>` (an action
 /// chosen at run time, e.g. from a runcard) works with every kernel and with training.
 ///
-/// Every method forwards to the pointee, except [`Action::metropolis_sweep`], which cannot
-/// reach a pointee's specialised sweep through `dyn` and uses the reference sweep over
+/// Every method forwards to the pointee (a pointee's vectorised
+/// [`Action::checkerboard_sweep`] included), except [`Action::metropolis_sweep`], which
+/// cannot reach a pointee's specialised sweep through `dyn` and uses the reference sweep over
 /// [`Action::delta_local`]; build local Metropolis on the concrete action where its sweep is
 /// specialised.
 impl<A: Action + ?Sized> Action for std::sync::Arc<A> {
@@ -163,6 +186,17 @@ impl<A: Action + ?Sized> Action for std::sync::Arc<A> {
 
     fn delta_local(&self, phi: &[f64], site: usize, new: f64) -> f64 {
         (**self).delta_local(phi, site, new)
+    }
+
+    fn checkerboard_sweep(
+        &self,
+        phi: &mut [f64],
+        board: &mut Checkerboard,
+        step_size: f64,
+        hits: u32,
+        rng: &mut SimRng,
+    ) -> SweepTally {
+        (**self).checkerboard_sweep(phi, board, step_size, hits, rng)
     }
 
     fn action_and_force(&self, phi: &[f64], out: &mut [f64]) -> f64 {

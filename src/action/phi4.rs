@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use rand::Rng;
 
-use crate::action::{Action, SweepTally, metropolis_accepts, single_site_sweep};
+use crate::action::{Action, Checkerboard, SweepTally, metropolis_accepts, single_site_sweep};
 use crate::error::{Error, Result, ensure_finite};
 use crate::lattice::Lattice;
+use crate::rng::SimRng;
 
 /// The three conventions in which users write the φ⁴ action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +57,27 @@ impl Phi4Couplings {
             Phi4Couplings::Standard { .. } => Phi4Form::Standard,
             Phi4Couplings::Quartic { .. } => Phi4Form::Quartic,
         }
+    }
+}
+
+/// The coefficients (κ, μ, g) of the general φ⁴ form, which fix the change of the action
+/// when one site moves: the one formula every local update of φ⁴ uses.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LocalCoefficients {
+    pub(crate) kappa: f64,
+    pub(crate) mass: f64,
+    pub(crate) quartic: f64,
+}
+
+impl LocalCoefficients {
+    /// S(φ') − S(φ) for φ_x: `old` → `new` at a site whose neighbour sum
+    /// Σ_μ (φ_{x+μ} + φ_{x−μ}) is `n`:
+    /// (b − a)(μ (b + a) − κ n) + g (b⁴ − a⁴).
+    #[inline(always)]
+    pub(crate) fn delta(&self, old: f64, new: f64, n: f64) -> f64 {
+        let (a2, b2) = (old * old, new * new);
+        (new - old) * (self.mass * (new + old) - self.kappa * n)
+            + self.quartic * (b2 * b2 - a2 * a2)
     }
 }
 
@@ -264,9 +286,17 @@ impl Phi4 {
     /// S(φ') − S(φ) for φ_x: `old` → `new` at a site whose neighbour sum is `n`.
     #[inline(always)]
     fn delta_from_neighbours(&self, old: f64, new: f64, n: f64) -> f64 {
-        let (a2, b2) = (old * old, new * new);
-        (new - old) * (self.mass * (new + old) - self.kappa * n)
-            + self.quartic * (b2 * b2 - a2 * a2)
+        self.local_coefficients().delta(old, new, n)
+    }
+
+    /// The coefficients the local change ΔS needs.
+    #[inline(always)]
+    pub(crate) fn local_coefficients(&self) -> LocalCoefficients {
+        LocalCoefficients {
+            kappa: self.kappa,
+            mass: self.mass,
+            quartic: self.quartic,
+        }
     }
 
     #[inline(always)]
@@ -448,6 +478,18 @@ impl Action for Phi4 {
 
     fn action_and_force(&self, phi: &[f64], out: &mut [f64]) -> f64 {
         by_dimension!(self.action_and_force_in(phi, out))
+    }
+
+    /// Vectorised in two dimensions (see [`Checkerboard`]), the reference sweep otherwise.
+    fn checkerboard_sweep(
+        &self,
+        phi: &mut [f64],
+        board: &mut Checkerboard,
+        step_size: f64,
+        hits: u32,
+        rng: &mut SimRng,
+    ) -> SweepTally {
+        board.sweep_phi4(self, self.local_coefficients(), phi, step_size, hits, rng)
     }
 
     fn metropolis_sweep<R, P>(

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::flow::FlowModel;
 use crate::kernel::{
     EnsembleKernel, FlowHmc, FlowLeaf, FlowProposal, Hmc, Integrator, KernelExpr, MoveLabel,
-    NoneqEvolution, NoneqProposal, NoneqProtocol, NoneqUpdate, PerChain, Proposal,
+    NoneqEvolution, NoneqProposal, NoneqProtocol, NoneqUpdate, PerChain, Proposal, SweepOrder,
 };
 
 /// Parses a kernel expression and checks that it names only built-in kernels
@@ -54,6 +54,8 @@ pub struct KernelSpec {
     pub kind: KernelExpr,
     /// Initial local step size δ (tuned during thermalisation).
     pub step_size: f64,
+    /// The order of the local sweeps (`sequential`, `random` or `checkerboard`).
+    pub sweep_order: SweepOrder,
     /// HMC trajectory length τ.
     pub tau: f64,
     /// HMC molecular-dynamics steps per trajectory.
@@ -89,6 +91,7 @@ impl Default for KernelSpec {
         KernelSpec {
             kind: KernelExpr::Kernel("hmc".to_string()),
             step_size: 1.0,
+            sweep_order: SweepOrder::Sequential,
             tau: 1.0,
             md_steps: 10,
             integrator: Integrator::Leapfrog,
@@ -107,8 +110,9 @@ impl Default for KernelSpec {
 
 /// The settings of the built-in kernels: each key of [`KernelSpec`] with the kernels that
 /// read it.
-pub const KERNEL_SETTINGS: [(&str, &[&str]); 12] = [
+pub const KERNEL_SETTINGS: [(&str, &[&str]); 13] = [
     ("step_size", &["local"]),
+    ("sweep_order", &["local"]),
     ("tau", &["hmc", "noneq"]),
     ("md_steps", &["hmc", "noneq"]),
     ("integrator", &["hmc", "flowhmc"]),
@@ -348,7 +352,7 @@ impl KernelSpec {
         registry: &Registry,
     ) -> Result<Box<dyn Proposal>> {
         Ok(match name {
-            "local" => target.local_metropolis(self.step_size, label)?,
+            "local" => target.local_metropolis(self.step_size, self.sweep_order, label)?,
             "hmc" => Box::new(
                 Hmc::new(target.action(), self.tau, self.md_steps)?
                     .with_integrator(self.integrator)

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::flow::{FlowModel, LayerRegistry};
-use crate::kernel::{LocalMetropolis, MoveLabel, Proposal};
+use crate::kernel::{LocalMetropolis, MoveLabel, Proposal, SweepOrder};
 use crate::lattice::Lattice;
 
 /// The kernel names every run knows: one local Metropolis sweep, one HMC trajectory, one
@@ -30,8 +30,14 @@ pub trait TargetAction: Send + Sync + crate::sealed::TargetAction {
     /// The action.
     fn action(&self) -> Arc<dyn Action>;
 
-    /// Local Metropolis with proposal half-width `step_size`, recording under `label`.
-    fn local_metropolis(&self, step_size: f64, label: MoveLabel) -> Result<Box<dyn Proposal>>;
+    /// Local Metropolis with proposal half-width `step_size` and sweep order `order`,
+    /// recording under `label`.
+    fn local_metropolis(
+        &self,
+        step_size: f64,
+        order: SweepOrder,
+        label: MoveLabel,
+    ) -> Result<Box<dyn Proposal>>;
 
     /// The action as `Arc<A>` of its concrete type, for [`KernelContext::action_as`].
     fn as_any(&self) -> &dyn Any;
@@ -47,9 +53,16 @@ impl<A: Action + 'static> TargetAction for Typed<A> {
         self.0.clone()
     }
 
-    fn local_metropolis(&self, step_size: f64, label: MoveLabel) -> Result<Box<dyn Proposal>> {
+    fn local_metropolis(
+        &self,
+        step_size: f64,
+        order: SweepOrder,
+        label: MoveLabel,
+    ) -> Result<Box<dyn Proposal>> {
         Ok(Box::new(
-            LocalMetropolis::new(self.0.clone(), step_size)?.with_label(label),
+            LocalMetropolis::new(self.0.clone(), step_size)?
+                .with_order(order)?
+                .with_label(label),
         ))
     }
 
@@ -92,11 +105,16 @@ impl<'a> KernelContext<'a> {
         self.target.action()
     }
 
-    /// Local Metropolis with proposal half-width `step_size` on the run's action, built on
-    /// its concrete type (so that an action's specialised sweep is used), recording under
-    /// `label`.
-    pub fn local_metropolis(&self, step_size: f64, label: MoveLabel) -> Result<Box<dyn Proposal>> {
-        self.target.local_metropolis(step_size, label)
+    /// Local Metropolis with proposal half-width `step_size` and sweep order `order` on the
+    /// run's action, built on its concrete type (so that an action's specialised sweep is
+    /// used), recording under `label`.
+    pub fn local_metropolis(
+        &self,
+        step_size: f64,
+        order: SweepOrder,
+        label: MoveLabel,
+    ) -> Result<Box<dyn Proposal>> {
+        self.target.local_metropolis(step_size, order, label)
     }
 
     /// The run's action as its concrete type `A`, when it is one (e.g. a kernel written for

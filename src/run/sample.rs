@@ -11,11 +11,11 @@ use super::replicas::{ReplicaChain, combine_replicas, replica_seed};
 use super::report::stopped_report;
 use super::train::recorded_action;
 use super::{ActionSpec, KernelSpec, Registry, SampleReport};
-use crate::action::Action;
+use crate::action::{Action, Checkerboard};
 use crate::control::{Observer, StopToken};
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowModel};
-use crate::kernel::{Ensemble, Member, RunPlan, State};
+use crate::kernel::{Ensemble, Member, RunPlan, State, SweepOrder};
 use crate::lattice::Lattice;
 use crate::observable::{ActionDensity, Measurements};
 use crate::rng::rng_from_seed;
@@ -123,6 +123,10 @@ impl SampleSpec {
             ));
         }
         self.kernel.validate_settings()?;
+        if self.kernel.kind.contains("local") && self.kernel.sweep_order == SweepOrder::Checkerboard
+        {
+            Checkerboard::check(&self.lattice)?;
+        }
         self.check_size()
     }
 

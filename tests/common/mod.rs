@@ -423,6 +423,22 @@ pub fn field_observables<A: Action + 'static>(action: &Arc<A>) -> Vec<Box<dyn Ob
     ]
 }
 
+/// Runs `kernel` on `action` from the zero field: `therm` steps, then `n` steps measured
+/// with [`field_observables`].
+pub fn run_measured<K: Proposal, A: Action + 'static>(
+    kernel: K,
+    action: &Arc<A>,
+    seed: u64,
+    therm: usize,
+    n: usize,
+) -> ChainRecord {
+    let mut chain = Chain::new(kernel, State::zero(&**action), seed);
+    chain.thermalise(therm);
+    chain
+        .run_observables(n, 1, &mut field_observables(action))
+        .unwrap()
+}
+
 /// ⟨φ²⟩, χ = |Λ|(⟨m²⟩ − ⟨m⟩²) and S/|Λ| of a chain measured with [`field_observables`],
 /// with their Γ-method errors.
 pub fn field_estimates(record: &ChainRecord, volume: usize) -> [GammaEstimate; 3] {

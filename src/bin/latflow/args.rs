@@ -133,6 +133,13 @@ pub(crate) enum NoneqUpdateName {
     Hmc,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum SweepOrderName {
+    Sequential,
+    Random,
+    Checkerboard,
+}
+
 /// The lattice and the action, in the convention the user chose.
 #[derive(Args)]
 pub(crate) struct TargetArgs {

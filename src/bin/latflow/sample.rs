@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{ArgMatches, Args};
 use latflow::control::Prefixed;
-use latflow::kernel::Integrator;
+use latflow::kernel::{Integrator, SweepOrder};
 use latflow::run::{KernelSpec, NoneqUpdateKind, SampleReport, SampleSpec, parse_kernel};
 use latflow::stats::Verdict;
 
 use crate::args::{
-    IntegratorName, NoneqUpdateName, OutputArgs, TargetArgs, arg_ids, flag_name, given,
-    refuse_given, seed_value,
+    IntegratorName, NoneqUpdateName, OutputArgs, SweepOrderName, TargetArgs, arg_ids, flag_name,
+    given, refuse_given, seed_value,
 };
 use crate::output::print_table;
 use crate::progress::StageProgress;
@@ -115,6 +115,11 @@ pub(crate) struct SampleRunArgs {
     /// `local`).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) step_size: f64,
+    /// Order of the local sweeps: sites in order, a random permutation per sweep, or even
+    /// sites then odd sites (vectorised for φ⁴ in two dimensions; needs even extents)
+    /// (kernels with `local`).
+    #[arg(long, value_enum, default_value = "sequential")]
+    pub(crate) sweep_order: SweepOrderName,
 }
 
 impl SampleArgs {
@@ -154,6 +159,11 @@ impl SampleArgs {
         let kernel = KernelSpec {
             kind: expression,
             step_size: run.step_size,
+            sweep_order: match run.sweep_order {
+                SweepOrderName::Sequential => SweepOrder::Sequential,
+                SweepOrderName::Random => SweepOrder::Random,
+                SweepOrderName::Checkerboard => SweepOrder::Checkerboard,
+            },
             tau: run.tau,
             md_steps: run.md_steps,
             integrator: match run.integrator {
