@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# The sampler verdict per lattice size: a study (`latflow run`) comparing flow, flow+local,
-# flow+hmc, tuned HMC and local Metropolis on the ξ ≈ L/4 line at λ = 0.5, 100,000 measured
-# steps each, with the report's "Does the flow pay for its training?" table (payback.csv).
+# The sampler verdict per lattice size: a study (`latflow run`) comparing flow, flow+local
+# and flow+hmc (each as an ensemble of CHAINS chains in lockstep, so that every flow pass is
+# batched over the chains), flow HMC, non-equilibrium sampling from a Gaussian start, tuned
+# HMC and local Metropolis on the ξ ≈ L/4 line at λ = 0.5, with the report's "Does the flow
+# pay for its training?" table (payback.csv). At the end, per sampler: steps/s, seconds per
+# independent configuration (2 τ_max × seconds per step) and, for the flow samplers, that
+# cost with the training amortised over 10⁴, 10⁵ and 10⁶ independent configurations.
 # At L = 8 the study trains the seed recipe itself; for a larger L give a flow trained
 # before, e.g. by `latflow train --lattice 12x12 --beta 0.616 --lambda 0.5
 # --until-acceptance 0.7 --out L12.json`, as MODEL_L<L>=path. Run it on an idle machine.
 #
 #   MODEL_L12=L12.json MODEL_L16=L16.json benches/sampler_verdicts.sh [L ...]   (default: 8)
+# Environment: N (measured steps of the fast samplers, default 100000), N_SLOW (of flowhmc
+# and noneq, default 2000), CHAINS (ensemble size, default 16), SLOW=0 leaves flowhmc and
+# noneq out, LOCAL=0 leaves local Metropolis out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 BIN=${CARGO_TARGET_DIR:-target}/release/latflow
 OUT=${OUT:-${CARGO_TARGET_DIR:-target}/verdicts}
+N=${N:-100000}
+N_SLOW=${N_SLOW:-2000}
+CHAINS=${CHAINS:-16}
+SLOW=${SLOW:-1}
+LOCAL=${LOCAL:-1}
 mkdir -p "$OUT"
 beta_of() {
   case "$1" in
     6) echo 0.537 ;; 8) echo 0.576 ;; 10) echo 0.601 ;; 12) echo 0.616 ;; 14) echo 0.626 ;;
     16) echo 0.634 ;; 18) echo 0.641 ;; 20) echo 0.645 ;;
+    24) echo 0.6524 ;; 32) echo 0.6614 ;; 48) echo 0.6704 ;; 64) echo 0.6745 ;;
     *) echo "no β on the reference line for L = $1" >&2; exit 1 ;;
   esac
 }
@@ -29,6 +42,8 @@ for L in ${@:-8}; do
   else
     echo "L = $L needs a trained flow: set $model_var" >&2; exit 1
   fi
+  # Fewer steps per chain for the ensembles, the same number of configurations in all.
+  per_chain=$(( (N + CHAINS - 1) / CHAINS ))
   card="$OUT/verdict_L$L.toml"
   cat > "$card" <<CARD
 name = "verdict-L$L"
@@ -42,7 +57,7 @@ lambda = 0.5
 [flow]
 $flow
 [measure]
-n = 100000
+n = $N
 therm = 2000
 saved_configs = 200
 [[sampler]]
@@ -51,18 +66,59 @@ kernel = "flow"
 [[sampler]]
 name = "flow+local"
 kernel = "flow+local"
+chains = $CHAINS
+n = $per_chain
+therm = 500
 [[sampler]]
 name = "flow+hmc"
 kernel = { kind = "flow+hmc", tau = 1.0, md_steps = 10 }
+chains = $CHAINS
+n = $per_chain
+therm = 500
 [[sampler]]
 name = "hmc"
 kernel = "hmc"
 tune = true
-[[sampler]]
-name = "local"
-kernel = "local"
 CARD
+  if [ "$LOCAL" = 1 ]; then
+    printf '[[sampler]]\nname = "local"\nkernel = "local"\n' >> "$card"
+  fi
+  if [ "$SLOW" = 1 ]; then
+    cat >> "$card" <<CARD
+[[sampler]]
+name = "flowhmc"
+kernel = { kind = "flowhmc", flowhmc_tau = 1.0, flowhmc_md_steps = 10 }
+n = $N_SLOW
+therm = 100
+[[sampler]]
+name = "noneq"
+kernel = { kind = "noneq", noneq_steps = 20, noneq_start_m0sq = 0.2 }
+n = $N_SLOW
+therm = 100
+CARD
+  fi
   "$BIN" run "$card" --quiet
-  echo "L = $L: $OUT/verdict-L$L/index.html"
-  cat "$OUT/verdict-L$L/payback.csv"
+  study="$OUT/verdict-L$L"
+  echo "L = $L: $study/index.html"
+  cat "$study/payback.csv"
+  python3 - "$study" <<'PY'
+import csv, json, pathlib, sys
+study = pathlib.Path(sys.argv[1])
+training = json.loads((study / "training.json").read_text())
+t = training["seconds"] + training.get("eval_seconds", 0.0)
+print(f"training: {t:.1f} s (optimisation + checks)")
+head = f"{'sampler':<12}{'steps/s':>12}{'s / indep. config':>22}"
+head += "".join(f"{'+T/' + n:>14}" for n in ("1e4", "1e5", "1e6"))
+print(head)
+for row in csv.DictReader(open(study / "samplers.csv")):
+    line = f"{row['sampler']:<12}{float(row['steps_per_second']):>12.4g}"
+    if not row["cost_per_independent"]:
+        print(line + f"{'undefined':>22}  {row['verdict']}")
+        continue
+    c, e = float(row["cost_per_independent"]), float(row["cost_per_independent_err"])
+    line += f"{c:>12.3e} ± {e:<7.1e}"
+    if "flow" in row["kernel"]:
+        line += "".join(f"{c + t / n:>14.3e}" for n in (1e4, 1e5, 1e6))
+    print(line + f"  {row['verdict']}")
+PY
 done
