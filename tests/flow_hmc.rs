@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_agree, assert_within, field_estimates, field_observables, random_model};
+use common::{assert_agree, assert_within, field_estimates, random_model};
 use latflow::action::{Action, FreeField, Phi4};
 use latflow::flow::{Flow, FlowConfig, FlowModel, FlowScratch, LatentPrior, Prior};
 use latflow::kernel::{Chain, ChainRecord, Cycle, FlowHmc, Hmc, Integrator, LocalMetropolis};
@@ -45,11 +45,7 @@ fn run<K: Proposal, A: Action + 'static>(
     seed: u64,
     steps: usize,
 ) -> ChainRecord {
-    let mut chain = Chain::new(kernel, State::zero(&**action), seed);
-    chain.thermalise(200);
-    chain
-        .run_observables(steps, 1, &mut field_observables(action))
-        .unwrap()
+    common::run_measured(kernel, action, seed, 200, steps)
 }
 
 #[test]

@@ -8,14 +8,14 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_agree, assert_within, field_estimates, field_observables};
+use common::{assert_agree, assert_within, field_estimates};
 
 use latflow::action::{Action, FreeField, Phi4};
 use latflow::kernel::{
-    Chain, ChainRecord, Cycle, Hmc, LocalMetropolis, NoneqEvolution, NoneqProposal, NoneqProtocol,
+    ChainRecord, Cycle, Hmc, LocalMetropolis, NoneqEvolution, NoneqProposal, NoneqProtocol,
     NoneqUpdate, noneq_estimate,
 };
-use latflow::{Lattice, Proposal, State};
+use latflow::{Lattice, Proposal};
 
 const L: usize = 6;
 const V: usize = L * L;
@@ -92,11 +92,7 @@ fn run<K: Proposal, A: Action + 'static>(
     seed: u64,
     n: usize,
 ) -> ChainRecord {
-    let mut chain = Chain::new(kernel, State::zero(&**action), seed);
-    chain.thermalise(100);
-    chain
-        .run_observables(n, 1, &mut field_observables(action))
-        .unwrap()
+    common::run_measured(kernel, action, seed, 100, n)
 }
 
 #[test]
