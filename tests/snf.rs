@@ -362,3 +362,106 @@ fn bad_flow_starts_and_snfs_are_refused() {
         assert!(err.to_string().contains(needle), "{err}");
     }
 }
+
+/// A 4 × 4 φ⁴ training run of `iterations` steps, as a stochastic normalizing flow when
+/// `snf` is given.
+fn train_run(out: &std::path::Path, snf: Option<latflow::run::SnfSpec>) -> latflow::run::TrainSpec {
+    use latflow::run::{ActionSpec, RecipeSpec, TrainSpec};
+    let mut train = TrainConfig::new(64, 30, 0.01);
+    train.eval_samples = 300;
+    train.chunks = 1;
+    TrainSpec {
+        lattice: lattice(4),
+        action: ActionSpec::Phi4 {
+            beta: 0.537,
+            lambda: 0.5,
+        },
+        recipe: RecipeSpec::default(),
+        train,
+        anneal: None,
+        snf,
+        init: None,
+        out: out.to_path_buf(),
+    }
+}
+
+#[test]
+fn a_trained_snf_brings_its_protocol_to_the_noneq_kernel() {
+    use latflow::run::{
+        ActionSpec, KernelSpec, NoneqStart, Registry, SampleSpec, SnfSpec, Typed, parse_kernel,
+    };
+    let start = ActionSpec::Phi4 {
+        beta: 0.3,
+        lambda: 0.5,
+    };
+    let snf = SnfSpec {
+        steps: 3,
+        step_size: 0.7,
+        start: start.clone(),
+    };
+    let path = common::scratch_file("snf.json");
+    let spec = train_run(&path, Some(snf.clone()));
+    let report = common::train_to_the_end(&spec, &mut ());
+    // The evaluation ran whole paths: log w = −W ≤ log Z, with W including the sweeps.
+    assert!(report.acceptance > 0.0 && report.ess > 0.0);
+    let model = Arc::new(FlowModel::load(&path).unwrap());
+    assert_eq!(SnfSpec::recorded(&model).unwrap(), Some(snf));
+    let action = phi4(4, 0.537);
+    let kernel = |kernel: KernelSpec| {
+        kernel
+            .build_with(&Typed(action.clone()), Some(&model), Registry::builtin())
+            .unwrap()
+            .name()
+    };
+    let noneq = KernelSpec {
+        kind: parse_kernel("noneq").unwrap(),
+        ..KernelSpec::default()
+    };
+    assert_eq!(kernel(noneq.clone()), "noneq(flow start, 3 steps)");
+    let own = KernelSpec {
+        noneq_steps: 5,
+        ..noneq.clone()
+    };
+    assert_eq!(kernel(own), "noneq(flow start, 5 steps)");
+    let gaussian = KernelSpec {
+        noneq_start: Some(NoneqStart::Gaussian),
+        ..noneq.clone()
+    };
+    assert_eq!(kernel(gaussian), "noneq(gaussian start, 10 steps)");
+
+    // A plain flow trained at β = 0.3 starts evolutions to β = 0.537; a `flow` kernel
+    // would propose from it for β = 0.3 only.
+    let plain = common::scratch_file("plain.json");
+    let mut spec = train_run(&plain, None);
+    spec.action = start;
+    common::train_to_the_end(&spec, &mut ());
+    let mut sample = SampleSpec {
+        lattice: lattice(4),
+        action: ActionSpec::Phi4 {
+            beta: 0.537,
+            lambda: 0.5,
+        },
+        kernel: noneq,
+        n: 200,
+        therm: 10,
+        thin: 1,
+        seed: 1,
+        model: Some(plain.clone()),
+        chains: 1,
+    };
+    let report = latflow::run::sample(&sample, &mut (), &StopToken::never()).unwrap();
+    assert!(report.n == 200);
+    sample.kernel.kind = parse_kernel("flow").unwrap();
+    let err = latflow::run::sample(&sample, &mut (), &StopToken::never())
+        .err()
+        .unwrap();
+    assert!(matches!(err, latflow::Error::Incompatible(_)), "{err}");
+    sample.kernel = KernelSpec {
+        kind: parse_kernel("noneq").unwrap(),
+        noneq_start: Some(NoneqStart::Flow),
+        ..KernelSpec::default()
+    };
+    sample.model = None;
+    let err = sample.validate().err().unwrap();
+    assert!(err.to_string().contains("model"), "{err}");
+}
