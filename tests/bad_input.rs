@@ -76,6 +76,7 @@ fn base_train() -> TrainSpec {
         recipe: RecipeSpec::default(),
         train: TrainConfig::new(500, 750, 0.01),
         anneal: None,
+        snf: None,
         init: None,
         out: PathBuf::from("model.json"),
     }

@@ -15,7 +15,7 @@ use latflow::action::Phi4;
 use latflow::flow::{FlowConfig, FlowModel};
 use latflow::kernel::{BlockSize, Chain, KernelExpr, MoveRows, RunPlan};
 use latflow::observable::Measurements;
-use latflow::run::{ActionSpec, KernelSpec, SampleSpec, sample};
+use latflow::run::{ActionSpec, KernelSpec, NoneqStart, SampleSpec, sample};
 use latflow::train::{TrainConfig, Trainer};
 use latflow::{Action, Lattice, MoveInfo, Proposal, SimRng, State, StopToken};
 
@@ -90,6 +90,8 @@ fn run(expression: &str, block: BlockSize, slow: bool) -> Outcome {
         kind: KernelExpr::parse(expression).unwrap(),
         flow_batch: 37,
         md_steps: 4,
+        // The test's model records no action to start a protocol from.
+        noneq_start: Some(NoneqStart::Gaussian),
         ..KernelSpec::default()
     };
     let model = model();

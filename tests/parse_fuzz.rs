@@ -312,6 +312,7 @@ fn train_runcard() -> String {
             start: 0.5,
             over: 0.5,
         }),
+        snf: None,
         init: None,
         out: PathBuf::from("model.json"),
     };

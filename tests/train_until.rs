@@ -50,6 +50,7 @@ fn spec(target: Option<f64>, iterations: usize, eval_every: usize, out: PathBuf)
         },
         train,
         anneal: None,
+        snf: None,
         init: None,
         out,
     }

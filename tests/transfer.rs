@@ -29,6 +29,7 @@ fn spec(l: usize, recipe: RecipeSpec, iterations: usize, out: PathBuf) -> TrainS
         recipe,
         train,
         anneal: None,
+        snf: None,
         init: None,
         out,
     }

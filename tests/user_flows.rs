@@ -148,6 +148,7 @@ impl TrainableFlow for GlobalAffine {
             grad_logdet: ws.grad_log_det.view_mut(),
             record: ws.record.view_mut(),
             score: None,
+            first_row: 0,
         });
         let scale = f64::from(self.params[0].exp());
         let volume = z.ncols() as f64;

@@ -27,24 +27,17 @@ pub struct FlowProposal<F: Flow + ?Sized, A: Action + ?Sized> {
     flow: Arc<F>,
     action: Arc<A>,
     batch: usize,
-    latent: Array2<f32>,
-    log_prior: Array1<f64>,
-    /// φ and log|det ∂f/∂z| of the batch as the flow returns them.
-    generated: Array2<f32>,
-    log_det: Array1<f64>,
+    draws: FlowBatch,
     proposals: Array2<f64>,
     proposal_log_w: Vec<f64>,
     proposal_action: Vec<f64>,
     next: usize,
-    scratch: FlowScratch,
     /// The generation of the state `cached_log_w` belongs to (0: none).
     cached_generation: u64,
     cached_log_w: f64,
     label: MoveLabel,
-    /// The current state in f32 and its log p̃, for recomputing log w after another kernel.
-    state_row: Array2<f32>,
-    state_log_p: Array1<f64>,
-    inverse_scratch: FlowScratch,
+    /// log p̃ of the current state, for recomputing log w after another kernel.
+    density: RowDensity,
 }
 
 impl<F: Flow + ?Sized, A: Action + ?Sized> FlowProposal<F, A> {
@@ -60,21 +53,15 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowProposal<F, A> {
             flow,
             action,
             batch,
-            latent: Array2::zeros((batch, volume)),
-            log_prior: Array1::zeros(batch),
-            generated: Array2::zeros((batch, volume)),
-            log_det: Array1::zeros(batch),
+            draws: FlowBatch::new(batch, volume),
             proposals: Array2::zeros((batch, volume)),
             proposal_log_w: vec![0.0; batch],
             proposal_action: vec![0.0; batch],
             next: batch,
-            scratch: FlowScratch::new(),
             cached_generation: 0,
             cached_log_w: f64::NAN,
             label: MoveLabel::new("flow"),
-            state_row: Array2::zeros((1, volume)),
-            state_log_p: Array1::zeros(1),
-            inverse_scratch: FlowScratch::new(),
+            density: RowDensity::new(volume),
         })
     }
 
@@ -99,12 +86,12 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowProposal<F, A> {
     /// never accepted.
     fn refill(&mut self, rng: &mut SimRng) {
         self.next = 0;
-        if self.generate(rng).is_err() {
+        if self.draws.generate(&*self.flow, rng).is_err() {
             self.proposal_log_w.fill(f64::NAN);
             return;
         }
-        let logdet = &self.log_det;
         for (i, (row, mut out)) in self
+            .draws
             .generated
             .outer_iter()
             .zip(self.proposals.outer_iter_mut())
@@ -118,21 +105,8 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowProposal<F, A> {
                 None => f64::NAN,
             };
             self.proposal_action[i] = s;
-            self.proposal_log_w[i] = -s - (self.log_prior[i] - logdet[i]);
+            self.proposal_log_w[i] = -s - self.draws.log_density(i);
         }
-    }
-
-    /// z ~ r, log r(z), φ = f(z) and log|det ∂f/∂z| of a batch, into the proposal's buffers.
-    fn generate(&mut self, rng: &mut SimRng) -> Result<()> {
-        let prior = self.flow.prior();
-        prior.sample_into(self.latent.view_mut(), rng)?;
-        prior.log_density_into(self.latent.view(), self.log_prior.view_mut())?;
-        self.flow.forward_into(
-            self.latent.view(),
-            self.generated.view_mut(),
-            self.log_det.view_mut(),
-            &mut self.scratch,
-        )
     }
 
     /// Whether log w of `state` must be computed before the next step (the state changed
@@ -151,23 +125,8 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowProposal<F, A> {
     /// log w of `state`, from the cache when the state has not changed since it was filled.
     fn current_log_w(&mut self, state: &State) -> f64 {
         if self.cached_generation != state.generation() {
-            let phi = state.phi();
-            // A state of the wrong length is one the flow cannot produce: log w = NaN.
-            self.cached_log_w = if phi.len() == self.state_row.len() {
-                for (o, &x) in self.state_row.iter_mut().zip(phi) {
-                    *o = x as f32;
-                }
-                match self.flow.log_density_into(
-                    self.state_row.view(),
-                    self.state_log_p.view_mut(),
-                    &mut self.inverse_scratch,
-                ) {
-                    Ok(()) => -state.action() - self.state_log_p[0],
-                    Err(_) => f64::NAN,
-                }
-            } else {
-                f64::NAN
-            };
+            self.cached_log_w =
+                -state.action() - self.density.log_density(&*self.flow, state.phi());
             self.cached_generation = state.generation();
         }
         self.cached_log_w
@@ -209,6 +168,82 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> Proposal for FlowProposal<F, A> {
                 log_weight: proposed,
             },
         });
+    }
+}
+
+/// Batches of draws from a flow: z ~ r, log r(z), φ = f(z) and log|det ∂f/∂z|, through
+/// [`Flow::forward_into`] into buffers reused from batch to batch.
+pub(crate) struct FlowBatch {
+    latent: Array2<f32>,
+    log_prior: Array1<f64>,
+    /// φ of the batch as the flow returns them, one row per draw.
+    pub(crate) generated: Array2<f32>,
+    log_det: Array1<f64>,
+    scratch: FlowScratch,
+}
+
+impl FlowBatch {
+    /// Buffers for `batch` draws on `volume` sites.
+    pub(crate) fn new(batch: usize, volume: usize) -> Self {
+        FlowBatch {
+            latent: Array2::zeros((batch, volume)),
+            log_prior: Array1::zeros(batch),
+            generated: Array2::zeros((batch, volume)),
+            log_det: Array1::zeros(batch),
+            scratch: FlowScratch::new(),
+        }
+    }
+
+    /// Draws a whole batch with `rng`.
+    pub(crate) fn generate<F: Flow + ?Sized>(&mut self, flow: &F, rng: &mut SimRng) -> Result<()> {
+        let prior = flow.prior();
+        prior.sample_into(self.latent.view_mut(), rng)?;
+        prior.log_density_into(self.latent.view(), self.log_prior.view_mut())?;
+        flow.forward_into(
+            self.latent.view(),
+            self.generated.view_mut(),
+            self.log_det.view_mut(),
+            &mut self.scratch,
+        )
+    }
+
+    /// log p̃(φ_i) = log r(z_i) − log|det ∂f/∂z|(z_i) of draw `i`.
+    pub(crate) fn log_density(&self, i: usize) -> f64 {
+        self.log_prior[i] - self.log_det[i]
+    }
+}
+
+/// log p̃ of single configurations through [`Flow::log_density_into`] (the inverse path),
+/// with the f32 row and the flow's scratch reused from call to call.
+pub(crate) struct RowDensity {
+    row: Array2<f32>,
+    log_p: Array1<f64>,
+    scratch: FlowScratch,
+}
+
+impl RowDensity {
+    /// Buffers for configurations of `volume` sites.
+    pub(crate) fn new(volume: usize) -> Self {
+        RowDensity {
+            row: Array2::zeros((1, volume)),
+            log_p: Array1::zeros(1),
+            scratch: FlowScratch::new(),
+        }
+    }
+
+    /// log p̃(φ) of `phi` (rounded to f32); NaN when the flow fails on it or `phi` has the
+    /// wrong length (a configuration the flow cannot produce).
+    pub(crate) fn log_density<F: Flow + ?Sized>(&mut self, flow: &F, phi: &[f64]) -> f64 {
+        if phi.len() != self.row.len() {
+            return f64::NAN;
+        }
+        for (o, &x) in self.row.iter_mut().zip(phi) {
+            *o = x as f32;
+        }
+        match flow.log_density_into(self.row.view(), self.log_p.view_mut(), &mut self.scratch) {
+            Ok(()) => self.log_p[0],
+            Err(_) => f64::NAN,
+        }
     }
 }
 

@@ -1,8 +1,11 @@
 //! Non-equilibrium Monte Carlo: evolutions through a protocol of intermediate actions
-//! S_λ = (1 − λ) S₀ + λ S from an exactly sampled Gaussian start (a free field) to the
-//! target, each step one local sweep or HMC trajectory at fixed λ; the Jarzynski work W of
-//! every evolution; the estimator of log Z and of reweighted observables from independent
-//! evolutions; and the evolution as an exact independence proposal ([`NoneqProposal`]).
+//! S_λ = (1 − λ) S₀ + λ S from a start distribution — an exactly sampled Gaussian (a free
+//! field) or a normalizing flow trained for S₀ — to the target, each step one local sweep
+//! or HMC trajectory at fixed λ; the Jarzynski work W of every evolution ([`NoneqPath`]
+//! also gives its gradient with respect to the start field, which trains stochastic
+//! normalizing flows); the estimator of log Z and of reweighted observables from
+//! independent evolutions; and the evolution as an exact independence proposal
+//! ([`NoneqProposal`]).
 
 use std::sync::Arc;
 
@@ -12,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::{Action, FreeField, FreeFieldSampler, single_site_sweep};
 use crate::error::{Error, Result, ensure_finite};
+use crate::flow::{Flow, ensure_same_lattice};
+use crate::kernel::flow::{FlowBatch, RowDensity};
 use crate::kernel::hmc::{drift, kick, kinetic};
 use crate::kernel::{MoveDetail, MoveInfo, MoveLabel, Proposal, State};
 use crate::lattice::Lattice;
@@ -90,13 +95,13 @@ impl NoneqProtocol {
 }
 
 /// S_λ = (1 − λ) S₀ + λ S.
-struct Interpolated<'a, A: ?Sized> {
-    start: &'a FreeField,
+struct Interpolated<'a, S: ?Sized, A: ?Sized> {
+    start: &'a S,
     target: &'a A,
     lambda: f64,
 }
 
-impl<A: Action + ?Sized> Action for Interpolated<'_, A> {
+impl<S: Action + ?Sized, A: Action + ?Sized> Action for Interpolated<'_, S, A> {
     fn lattice(&self) -> &Lattice {
         self.target.lattice()
     }
@@ -125,29 +130,268 @@ impl<A: Action + ?Sized> Action for Interpolated<'_, A> {
     }
 }
 
-/// Evolutions through a [`NoneqProtocol`] from the Gaussian start q₀ ∝ e^{−S₀} (the free
-/// field of mass² m_s², sampled exactly, log Z₀ known) to the target e^{−S}.
+/// The updates of a [`NoneqProtocol`] between a start action S₀ and a target S, with their
+/// buffers: the forward path from a given φ₀ and its work
 ///
-/// Forward ([`NoneqEvolution::forward`]): φ₀ ~ q₀, then for t = 0 … n − 1 the work
+/// W_path = Σ_{t=0}^{n−1} [S_{λ_{t+1}}(φ_t) − S_{λ_t}(φ_t)] = Σ_t (λ_{t+1} − λ_t) [S(φ_t) − S₀(φ_t)],
 ///
-/// W += S_{λ_{t+1}}(φ_t) − S_{λ_t}(φ_t) = (λ_{t+1} − λ_t) [S(φ_t) − S₀(φ_t)]
-///
-/// and φ_{t+1} from φ_t by one update leaving e^{−S_{λ_{t+1}}} invariant. Jarzynski's
-/// equality ⟨e^{−W}⟩ = Z/Z₀ holds for any n ≥ 1 and any such updates, and
-/// ⟨O(φ_n) e^{−W}⟩/⟨e^{−W}⟩ = ⟨O⟩ under e^{−S}. Backward ([`NoneqEvolution::backward`]):
-/// from a given φ_n, the time reversal of every update (the sweep in reversed site order,
-/// the same HMC trajectory) in reversed order, t = n … 1, with the work of that path.
-pub struct NoneqEvolution<A: Action + ?Sized> {
-    start: FreeField,
-    sampler: FreeFieldSampler,
-    target: Arc<A>,
+/// φ_{t+1} from φ_t by one update leaving e^{−S_{λ_{t+1}}} invariant; the work's gradient
+/// with respect to φ₀ at fixed random numbers ([`NoneqPath::forward_with_gradient`]); and
+/// the backward path. [`NoneqEvolution`] adds the start distribution.
+pub struct NoneqPath {
     protocol: NoneqProtocol,
     sites: Vec<usize>,
     reversed: Vec<usize>,
-    phi: Vec<f64>,
     trial: Vec<f64>,
     force: Vec<f64>,
+    start_force: Vec<f64>,
     momentum: Vec<f64>,
+}
+
+impl NoneqPath {
+    /// The updates of `protocol` (checked by [`NoneqProtocol::validate`]) on `volume` sites.
+    pub fn new(protocol: NoneqProtocol, volume: usize) -> Result<Self> {
+        protocol.validate()?;
+        Ok(NoneqPath {
+            protocol,
+            sites: (0..volume).collect(),
+            reversed: (0..volume).rev().collect(),
+            trial: vec![0.0; volume],
+            force: vec![0.0; volume],
+            start_force: vec![0.0; volume],
+            momentum: vec![0.0; volume],
+        })
+    }
+
+    /// The protocol.
+    pub fn protocol(&self) -> &NoneqProtocol {
+        &self.protocol
+    }
+
+    /// Evolves `phi` from φ₀ to φ_n through the protocol from `start` to `target`; returns
+    /// W_path (NaN when `phi` does not have one value per site).
+    pub fn forward<S, A>(
+        &mut self,
+        start: &S,
+        target: &A,
+        phi: &mut Vec<f64>,
+        rng: &mut SimRng,
+    ) -> f64
+    where
+        S: Action + ?Sized,
+        A: Action + ?Sized,
+    {
+        if phi.len() != self.sites.len() {
+            return f64::NAN;
+        }
+        let mut work = 0.0;
+        for t in 0..self.protocol.steps {
+            let (from, to) = (self.protocol.lambda(t), self.protocol.lambda(t + 1));
+            work += (to - from) * (target.action(phi) - start.action(phi));
+            self.update(start, target, to, false, phi, rng);
+        }
+        work
+    }
+
+    /// [`NoneqPath::forward`] that also writes the gradient of W_path with respect to φ₀ at
+    /// fixed random numbers into `grad`:
+    ///
+    /// ∂W_path/∂φ₀ = Σ_t (λ_{t+1} − λ_t) ∇(S − S₀)(φ_t),
+    ///
+    /// because a local Metropolis update moves each site by a shift drawn independently of
+    /// φ or not at all, so that ∂φ_t/∂φ₀ = 1 except where an accept test flips (a set of
+    /// measure zero the gradient ignores). Local updates only: an HMC trajectory's
+    /// Jacobian is not the identity, and such a protocol is an [`Error::Incompatible`].
+    pub fn forward_with_gradient<S, A>(
+        &mut self,
+        start: &S,
+        target: &A,
+        phi: &mut Vec<f64>,
+        rng: &mut SimRng,
+        grad: &mut [f64],
+    ) -> Result<f64>
+    where
+        S: Action + ?Sized,
+        A: Action + ?Sized,
+    {
+        if let NoneqUpdate::Hmc { .. } = self.protocol.update {
+            return Err(Error::Incompatible(
+                "the gradient of the work through the protocol needs local updates (an HMC \
+                 trajectory's Jacobian is not the identity)"
+                    .into(),
+            ));
+        }
+        let v = self.sites.len();
+        if phi.len() != v || grad.len() != v {
+            return Err(Error::Shape(format!(
+                "a field of {} and a gradient of {} values on {v} sites",
+                phi.len(),
+                grad.len()
+            )));
+        }
+        grad.fill(0.0);
+        let mut work = 0.0;
+        for t in 0..self.protocol.steps {
+            let (from, to) = (self.protocol.lambda(t), self.protocol.lambda(t + 1));
+            let s = target.action_and_force(phi, &mut self.force);
+            let s0 = start.action_and_force(phi, &mut self.start_force);
+            work += (to - from) * (s - s0);
+            for ((g, f), f0) in grad.iter_mut().zip(&self.force).zip(&self.start_force) {
+                *g += (to - from) * (f - f0);
+            }
+            self.update(start, target, to, false, phi, rng);
+        }
+        Ok(work)
+    }
+
+    /// The backward path from `phi` (taken as φ_n): φ_{t−1} from φ_t by the reversal of the
+    /// update at λ_t, t = n … 1; leaves φ₀ in `phi` and returns W_path of that path (NaN
+    /// when `phi` does not have one value per site).
+    pub fn backward<S, A>(
+        &mut self,
+        start: &S,
+        target: &A,
+        phi: &mut Vec<f64>,
+        rng: &mut SimRng,
+    ) -> f64
+    where
+        S: Action + ?Sized,
+        A: Action + ?Sized,
+    {
+        if phi.len() != self.sites.len() {
+            return f64::NAN;
+        }
+        let mut work = 0.0;
+        for t in (1..=self.protocol.steps).rev() {
+            let (to, from) = (self.protocol.lambda(t), self.protocol.lambda(t - 1));
+            self.update(start, target, to, true, phi, rng);
+            work += (to - from) * (target.action(phi) - start.action(phi));
+        }
+        work
+    }
+
+    /// One update of `phi` leaving e^{−S_λ} invariant; `reversed`: its time reversal.
+    fn update<S, A>(
+        &mut self,
+        start: &S,
+        target: &A,
+        lambda: f64,
+        reversed: bool,
+        phi: &mut Vec<f64>,
+        rng: &mut SimRng,
+    ) where
+        S: Action + ?Sized,
+        A: Action + ?Sized,
+    {
+        let action = Interpolated {
+            start,
+            target,
+            lambda,
+        };
+        match self.protocol.update {
+            NoneqUpdate::Local { step_size } => {
+                let sites = if reversed {
+                    &self.reversed
+                } else {
+                    &self.sites
+                };
+                single_site_sweep(&action, phi, sites, 1, rng, |x, r| {
+                    x + step_size * (2.0 * r.random::<f64>() - 1.0)
+                });
+            }
+            NoneqUpdate::Hmc { tau, md_steps } => {
+                let eps = tau / md_steps as f64;
+                let s_old = action.action_and_force(phi, &mut self.force);
+                for p in self.momentum.iter_mut() {
+                    *p = StandardNormal.sample(rng);
+                }
+                let h_old = kinetic(&self.momentum) + s_old;
+                self.trial.copy_from_slice(phi);
+                let mut s_new = s_old;
+                for _ in 0..md_steps {
+                    kick(&mut self.momentum, &self.force, 0.5 * eps);
+                    drift(&mut self.trial, &self.momentum, eps);
+                    s_new = action.action_and_force(&self.trial, &mut self.force);
+                    kick(&mut self.momentum, &self.force, 0.5 * eps);
+                }
+                let delta_h = kinetic(&self.momentum) + s_new - h_old;
+                let accept =
+                    !delta_h.is_nan() && (delta_h <= 0.0 || rng.random::<f64>().ln() < -delta_h);
+                if accept {
+                    std::mem::swap(phi, &mut self.trial);
+                }
+            }
+        }
+    }
+}
+
+/// Where evolutions start.
+enum Start {
+    /// The free field q₀ ∝ e^{−S₀}, sampled exactly, log Z₀ known.
+    Gaussian {
+        field: Box<FreeField>,
+        sampler: Box<FreeFieldSampler>,
+    },
+    /// A flow q with S₀ the action it was trained for.
+    Flow(Box<FlowStart>),
+}
+
+/// A flow as the start distribution: starts drawn in batches, and S₀ + log q of a start.
+struct FlowStart {
+    flow: Arc<dyn Flow>,
+    action: Arc<dyn Action>,
+    draws: FlowBatch,
+    next: usize,
+    density: RowDensity,
+}
+
+impl FlowStart {
+    /// The next start φ₀ = f(z) of the current batch (a new batch, drawn with `rng`, when
+    /// it is used up) into `phi`; returns S₀(φ₀) + log q(φ₀), log q from the forward pass.
+    fn draw(&mut self, rng: &mut SimRng, phi: &mut [f64]) -> Result<f64> {
+        if self.next >= self.draws.generated.nrows() {
+            self.draws.generate(&*self.flow, rng)?;
+            self.next = 0;
+        }
+        let i = self.next;
+        self.next += 1;
+        for (o, &x) in phi.iter_mut().zip(self.draws.generated.row(i)) {
+            *o = f64::from(x);
+        }
+        Ok(self.action.action(phi) + self.draws.log_density(i))
+    }
+
+    /// S₀(φ) + log q(φ) of a given φ, log q through the flow's inverse.
+    fn offset(&mut self, phi: &[f64]) -> f64 {
+        self.action.action(phi) + self.density.log_density(&*self.flow, phi)
+    }
+}
+
+/// Evolutions through a [`NoneqProtocol`] from a start distribution q₀ to the target e^{−S}.
+///
+/// Forward ([`NoneqEvolution::forward`]): φ₀ ~ q₀, then the protocol's updates
+/// ([`NoneqPath`]), with the work
+///
+/// W = S₀(φ₀) + log q₀(φ₀) + log Z_ref + Σ_{t=0}^{n−1} (λ_{t+1} − λ_t) [S(φ_t) − S₀(φ_t)].
+///
+/// Two starts: the free field of mass² m_s² (`new`), S₀ its action and q₀ = e^{−S₀}/Z₀
+/// exactly, so that the first three terms cancel with log Z_ref = log Z₀ and W is the
+/// protocol's sum alone; or a flow q (`from_flow`), S₀ the action it was trained for (any
+/// action on the same lattice, e.g. φ⁴ at a smaller β), log Z_ref = 0. In both cases
+/// Jarzynski's equality reads ⟨e^{−W}⟩ = Z / Z_ref for any n ≥ 1 and any updates leaving
+/// the S_λ invariant ([`NoneqEvolution::log_z_start`] is log Z_ref), and
+/// ⟨O(φ_n) e^{−W}⟩/⟨e^{−W}⟩ = ⟨O⟩ under e^{−S}; with a flow start and S₀ = S the sum
+/// vanishes and W = −log w(φ₀), the flow's importance log-weight. Backward
+/// ([`NoneqEvolution::backward`]): from a given φ_n, the time reversal of every update
+/// (the sweep in reversed site order, the same HMC trajectory) in reversed order,
+/// t = n … 1, with the work of that path (a flow start's log q₀(φ₀) then through the
+/// flow's inverse, at φ₀ rounded to f32 as the flow proposal does).
+pub struct NoneqEvolution<A: Action + ?Sized> {
+    start: Start,
+    target: Arc<A>,
+    path: NoneqPath,
+    phi: Vec<f64>,
+    phi0: Vec<f64>,
 }
 
 impl<A: Action + ?Sized> NoneqEvolution<A> {
@@ -162,32 +406,79 @@ impl<A: Action + ?Sized> NoneqEvolution<A> {
                 format!("the Gaussian start needs a positive mass², got {start_m0sq}"),
             ));
         }
-        let lattice = target.lattice().clone();
-        let start = FreeField::new(lattice.clone(), start_m0sq)?;
+        let start = FreeField::new(target.lattice().clone(), start_m0sq)?;
         let sampler = start.sampler();
-        let v = lattice.volume();
-        Ok(NoneqEvolution {
-            start,
-            sampler,
+        Self::assemble(
+            Start::Gaussian {
+                field: Box::new(start),
+                sampler: Box::new(sampler),
+            },
             target,
             protocol,
-            sites: (0..v).collect(),
-            reversed: (0..v).rev().collect(),
+        )
+    }
+
+    /// Evolutions from `flow`, trained for `start_action`, to `target` through `protocol`;
+    /// the starts are drawn `batch` at a time. Flow and both actions must live on one
+    /// lattice (an [`Error::Incompatible`] otherwise).
+    pub fn from_flow(
+        target: Arc<A>,
+        flow: Arc<dyn Flow>,
+        start_action: Arc<dyn Action>,
+        protocol: NoneqProtocol,
+        batch: usize,
+    ) -> Result<Self> {
+        protocol.validate()?;
+        if batch == 0 {
+            return Err(Error::param("flow_batch", "must be at least 1"));
+        }
+        ensure_same_lattice(&*flow, &*target)?;
+        if start_action.lattice() != target.lattice() {
+            return Err(Error::Incompatible(format!(
+                "the start action is for a {} lattice, the target for {}",
+                start_action.lattice(),
+                target.lattice()
+            )));
+        }
+        let volume = target.lattice().volume();
+        let start = FlowStart {
+            flow,
+            action: start_action,
+            draws: FlowBatch::new(batch, volume),
+            next: batch,
+            density: RowDensity::new(volume),
+        };
+        Self::assemble(Start::Flow(Box::new(start)), target, protocol)
+    }
+
+    fn assemble(start: Start, target: Arc<A>, protocol: NoneqProtocol) -> Result<Self> {
+        let v = target.lattice().volume();
+        Ok(NoneqEvolution {
+            start,
+            target,
+            path: NoneqPath::new(protocol, v)?,
             phi: vec![0.0; v],
-            trial: vec![0.0; v],
-            force: vec![0.0; v],
-            momentum: vec![0.0; v],
+            phi0: vec![0.0; v],
         })
     }
 
     /// The protocol.
     pub fn protocol(&self) -> &NoneqProtocol {
-        &self.protocol
+        self.path.protocol()
     }
 
-    /// log Z₀ of the Gaussian start.
+    /// Whether the evolutions start from a flow (else from the Gaussian).
+    pub fn starts_from_flow(&self) -> bool {
+        matches!(self.start, Start::Flow(_))
+    }
+
+    /// log Z_ref, the constant of Jarzynski's equality ⟨e^{−W}⟩ = Z / Z_ref: log Z₀ of the
+    /// Gaussian start, 0 for a flow start (whose q is normalised).
     pub fn log_z_start(&self) -> f64 {
-        self.start.log_z()
+        match &self.start {
+            Start::Gaussian { field, .. } => field.log_z(),
+            Start::Flow(_) => 0.0,
+        }
     }
 
     /// The field at the end of the last evolution.
@@ -195,82 +486,56 @@ impl<A: Action + ?Sized> NoneqEvolution<A> {
         &self.phi
     }
 
+    /// The start φ₀ of the last forward evolution.
+    pub fn start_field(&self) -> &[f64] {
+        &self.phi0
+    }
+
     /// One forward evolution from a fresh φ₀ ~ q₀; returns its work W (NaN when an action
-    /// is not finite on the way) and leaves φ_n in [`NoneqEvolution::field`].
+    /// is not finite on the way) and leaves φ_n in [`NoneqEvolution::field`]. A flow that
+    /// fails on a batch is an error.
     pub fn forward(&mut self, rng: &mut SimRng) -> Result<f64> {
-        self.sampler.sample_into(rng, &mut self.phi)?;
-        let mut work = 0.0;
-        for t in 0..self.protocol.steps {
-            let (from, to) = (self.protocol.lambda(t), self.protocol.lambda(t + 1));
-            work += (to - from) * self.excess(&self.phi);
-            self.update(to, false, rng);
-        }
-        Ok(work)
+        let offset = match &mut self.start {
+            Start::Gaussian { sampler, .. } => {
+                sampler.sample_into(rng, &mut self.phi)?;
+                0.0
+            }
+            Start::Flow(flow) => flow.draw(rng, &mut self.phi)?,
+        };
+        self.phi0.copy_from_slice(&self.phi);
+        let (target, path, phi) = (&*self.target, &mut self.path, &mut self.phi);
+        let work = match &self.start {
+            Start::Gaussian { field, .. } => path.forward(&**field, target, phi, rng),
+            Start::Flow(flow) => path.forward(&*flow.action, target, phi, rng),
+        };
+        Ok(offset + work)
     }
 
     /// The backward path from `phi` (taken as φ_n): φ_{t−1} from φ_t by the reversal of the
-    /// update at λ_t, t = n … 1; returns the work W of that path. `phi` must have one value
-    /// per site.
+    /// update at λ_t, t = n … 1; returns the work W of that path (NaN when `phi` does not
+    /// have one value per site).
     pub fn backward(&mut self, phi: &[f64], rng: &mut SimRng) -> f64 {
         if phi.len() != self.phi.len() {
             return f64::NAN;
         }
         self.phi.copy_from_slice(phi);
-        let mut work = 0.0;
-        for t in (1..=self.protocol.steps).rev() {
-            let (to, from) = (self.protocol.lambda(t), self.protocol.lambda(t - 1));
-            self.update(to, true, rng);
-            work += (to - from) * self.excess(&self.phi);
+        let (target, path, phi) = (&*self.target, &mut self.path, &mut self.phi);
+        match &mut self.start {
+            Start::Gaussian { field, .. } => path.backward(&**field, target, phi, rng),
+            Start::Flow(flow) => {
+                let work = path.backward(&*flow.action, target, phi, rng);
+                work + flow.offset(phi)
+            }
         }
-        work
     }
 
-    /// S(φ) − S₀(φ).
-    fn excess(&self, phi: &[f64]) -> f64 {
-        self.target.action(phi) - self.start.action(phi)
-    }
-
-    /// One update of `self.phi` leaving e^{−S_λ} invariant; `reversed`: its time reversal.
-    fn update(&mut self, lambda: f64, reversed: bool, rng: &mut SimRng) {
-        let action = Interpolated {
-            start: &self.start,
-            target: &*self.target,
-            lambda,
+    /// A short description for kernel names: the start and the protocol.
+    fn describe(&self) -> String {
+        let start = match self.start {
+            Start::Gaussian { .. } => "gaussian",
+            Start::Flow(_) => "flow",
         };
-        match self.protocol.update {
-            NoneqUpdate::Local { step_size } => {
-                let sites = if reversed {
-                    &self.reversed
-                } else {
-                    &self.sites
-                };
-                single_site_sweep(&action, &mut self.phi, sites, 1, rng, |x, r| {
-                    x + step_size * (2.0 * r.random::<f64>() - 1.0)
-                });
-            }
-            NoneqUpdate::Hmc { tau, md_steps } => {
-                let eps = tau / md_steps as f64;
-                let s_old = action.action_and_force(&self.phi, &mut self.force);
-                for p in self.momentum.iter_mut() {
-                    *p = StandardNormal.sample(rng);
-                }
-                let h_old = kinetic(&self.momentum) + s_old;
-                self.trial.copy_from_slice(&self.phi);
-                let mut s_new = s_old;
-                for _ in 0..md_steps {
-                    kick(&mut self.momentum, &self.force, 0.5 * eps);
-                    drift(&mut self.trial, &self.momentum, eps);
-                    s_new = action.action_and_force(&self.trial, &mut self.force);
-                    kick(&mut self.momentum, &self.force, 0.5 * eps);
-                }
-                let delta_h = kinetic(&self.momentum) + s_new - h_old;
-                let accept =
-                    !delta_h.is_nan() && (delta_h <= 0.0 || rng.random::<f64>().ln() < -delta_h);
-                if accept {
-                    std::mem::swap(&mut self.phi, &mut self.trial);
-                }
-            }
-        }
+        format!("{start} start, {} steps", self.protocol().steps)
     }
 }
 
@@ -279,14 +544,16 @@ impl<A: Action + ?Sized> NoneqEvolution<A> {
 pub struct NoneqEstimate {
     /// Evolutions made.
     pub n: usize,
-    /// log Z of the target = log Z₀ + log ⟨e^{−W}⟩ (NaN when unreliable for a non-finite
+    /// log Z of the target = log Z_ref + log ⟨e^{−W}⟩ (NaN when unreliable for a non-finite
     /// work).
     pub log_z: f64,
     /// Its standard error by the delta method, σ(e^{−W}) / (√n ⟨e^{−W}⟩).
     pub log_z_err: f64,
-    /// log Z₀ of the Gaussian start.
+    /// log Z_ref of the start ([`NoneqEvolution::log_z_start`]): log Z₀ of a Gaussian, 0
+    /// for a flow.
     pub log_z_start: f64,
-    /// ⟨W⟩, whose excess over log Z₀ − log Z measures the dissipation.
+    /// ⟨W⟩, whose excess over log Z_ref − log Z measures the dissipation (and, for a flow
+    /// start, the flow's own distance from S₀).
     pub mean_work: f64,
     /// Effective sample size fraction of the weights e^{−W}.
     pub ess: f64,
@@ -442,7 +709,7 @@ impl<A: Action + ?Sized> NoneqProposal<A> {
 
 impl<A: Action + ?Sized> Proposal for NoneqProposal<A> {
     fn name(&self) -> String {
-        format!("noneq({} steps)", self.evolution.protocol.steps)
+        format!("noneq({})", self.evolution.describe())
     }
 
     fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {

@@ -131,6 +131,7 @@ impl CurriculumSpec {
             recipe: self.recipe.clone(),
             train: stage.train.clone(),
             anneal: stage.anneal,
+            snf: None,
             init: match k {
                 0 => self.init.clone(),
                 _ => Some(self.stage_model(k - 1)),

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::registry::{KERNEL_NAMES, KernelContext, Registry, TargetAction, Typed};
+use super::train::SnfSpec;
 use crate::action::Action;
 use crate::error::{Error, Result};
-use crate::flow::FlowModel;
+use crate::flow::{Flow, FlowModel};
 use crate::kernel::{
     EnsembleKernel, FlowHmc, FlowLeaf, FlowProposal, Hmc, Integrator, KernelExpr, MoveLabel,
     NoneqEvolution, NoneqProposal, NoneqProtocol, NoneqUpdate, PerChain, Proposal, SweepOrder,
@@ -76,8 +77,13 @@ pub struct KernelSpec {
     pub noneq_update: NoneqUpdateKind,
     /// Proposal half-width of the protocol's local sweeps.
     pub noneq_step_size: f64,
-    /// Mass² of the free field the protocol starts from.
+    /// Mass² of the free field the protocol starts from (Gaussian start).
     pub noneq_start_m0sq: f64,
+    /// Where the protocol starts: the run's flow (S₀ the action the model records it was
+    /// trained for) or the Gaussian; `None`: the flow when the run has a model, else the
+    /// Gaussian.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noneq_start: Option<NoneqStart>,
     /// Flow proposals generated per batch.
     pub flow_batch: usize,
     /// Settings of registered kernels, by kernel name (`[kernel.settings.NAME]`), handed
@@ -102,6 +108,7 @@ impl Default for KernelSpec {
             noneq_update: NoneqUpdateKind::Local,
             noneq_step_size: 0.5,
             noneq_start_m0sq: 1.0,
+            noneq_start: None,
             flow_batch: 1000,
             settings: BTreeMap::new(),
         }
@@ -110,7 +117,7 @@ impl Default for KernelSpec {
 
 /// The settings of the built-in kernels: each key of [`KernelSpec`] with the kernels that
 /// read it.
-pub const KERNEL_SETTINGS: [(&str, &[&str]); 13] = [
+pub const KERNEL_SETTINGS: [(&str, &[&str]); 14] = [
     ("step_size", &["local"]),
     ("sweep_order", &["local"]),
     ("tau", &["hmc", "noneq"]),
@@ -124,7 +131,19 @@ pub const KERNEL_SETTINGS: [(&str, &[&str]); 13] = [
     ("noneq_update", &["noneq"]),
     ("noneq_step_size", &["noneq"]),
     ("noneq_start_m0sq", &["noneq"]),
+    ("noneq_start", &["noneq"]),
 ];
+
+/// The start distribution of a non-equilibrium protocol, as runcards and the command line
+/// name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoneqStart {
+    /// The run's trained flow.
+    Flow,
+    /// The free field of mass² `noneq_start_m0sq`.
+    Gaussian,
+}
 
 /// The update of a non-equilibrium protocol step, as runcards and the command line name it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +169,17 @@ impl KernelSpec {
     /// True when the expression needs a trained flow (`flow` or `flowhmc`).
     pub fn uses_flow(&self) -> bool {
         self.kind.contains("flow") || self.kind.contains("flowhmc")
+    }
+
+    /// True when the expression's `noneq` starts from the run's flow: `noneq_start` is
+    /// `flow`, or unset and the run has a model.
+    pub fn noneq_from_flow(&self, has_model: bool) -> bool {
+        self.kind.contains("noneq")
+            && match self.noneq_start {
+                Some(NoneqStart::Flow) => true,
+                Some(NoneqStart::Gaussian) => false,
+                None => has_model,
+            }
     }
 
     /// Checks the settings of the kernels the expression uses: `tau` positive and finite
@@ -374,6 +404,21 @@ impl KernelSpec {
                 .with_randomised_length(!self.fixed_length)
                 .with_label(label),
             ),
+            "noneq" if self.noneq_from_flow(model.is_some()) => {
+                let model = needs_model(model, name)?;
+                let (start, protocol) = self.flow_start(&model, target, registry)?;
+                let flow: Arc<dyn Flow> = model;
+                Box::new(
+                    NoneqProposal::new(NoneqEvolution::from_flow(
+                        target.action(),
+                        flow,
+                        start,
+                        protocol,
+                        self.flow_batch,
+                    )?)
+                    .with_label(label),
+                )
+            }
             "noneq" => Box::new(
                 NoneqProposal::new(NoneqEvolution::new(
                     target.action(),
@@ -390,6 +435,48 @@ impl KernelSpec {
                     .ok_or_else(|| Error::param("kernel", format!("unknown kernel `{other}`")))??
             }
         })
+    }
+}
+
+impl KernelSpec {
+    /// The start action S₀ and the protocol of a `noneq` kernel starting from `model`: a
+    /// model trained as a stochastic normalizing flow gives its start action and protocol
+    /// (unless the spec sets `noneq_steps` or `noneq_step_size` to other values than their
+    /// defaults, or `noneq_update` to `hmc`: then the spec's protocol, as exact); any other
+    /// model the action it records it was trained for and the spec's protocol.
+    fn flow_start(
+        &self,
+        model: &FlowModel,
+        target: &dyn TargetAction,
+        registry: &Registry,
+    ) -> Result<(Arc<dyn crate::action::Action>, NoneqProtocol)> {
+        let lattice = target.action().lattice().clone();
+        let defaults = KernelSpec::default();
+        let own_protocol = self.noneq_steps != defaults.noneq_steps
+            || self.noneq_step_size != defaults.noneq_step_size
+            || self.noneq_update != defaults.noneq_update;
+        if let Some(snf) = SnfSpec::recorded(model)? {
+            let start = registry.action(&snf.start, &lattice)?.action();
+            let protocol = if own_protocol {
+                self.noneq_protocol()
+            } else {
+                snf.protocol()
+            };
+            return Ok((start, protocol));
+        }
+        let recorded = model.metadata().get("action").ok_or_else(|| {
+            Error::Incompatible(
+                "the noneq kernel's flow start needs the action the model was trained for, \
+                 and the model file records none"
+                    .into(),
+            )
+        })?;
+        let spec: super::ActionSpec = serde_json::from_value(recorded.clone())
+            .map_err(|e| Error::format("action in the model file", e.to_string()))?;
+        Ok((
+            registry.action(&spec, &lattice)?.action(),
+            self.noneq_protocol(),
+        ))
     }
 }
 

@@ -20,7 +20,7 @@ mod sample;
 mod train;
 
 pub use curriculum::{CurriculumOutcome, CurriculumReport, CurriculumSpec, StageSpec, curriculum};
-pub use kernel_spec::{KERNEL_SETTINGS, KernelSpec, NoneqUpdateKind, parse_kernel};
+pub use kernel_spec::{KERNEL_SETTINGS, KernelSpec, NoneqStart, NoneqUpdateKind, parse_kernel};
 pub(crate) use kernel_spec::{kernel_list, kernel_table_or_expression};
 pub use recipe::{
     DEFAULT_METHOD_CHECK_SAMPLES, DENSE_DEFAULT_UP_TO, RecipeKind, RecipeSpec, default_method,
@@ -31,7 +31,7 @@ pub use replicas::{ReplicaChain, combine_replicas, replica_seed, sample_replicas
 pub use report::{Estimate, REPORTED_OBSERVABLES, SampleReport, report_from};
 pub use sample::{SampleData, SampleSpec, sample, sample_data, sample_with};
 pub use train::{
-    AnnealSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport, TrainSpec,
+    AnnealSpec, SnfSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport, TrainSpec,
     checkpoint_spec, init_from, model_target, resume, train, trained_model_report,
 };
 

@@ -113,6 +113,12 @@ impl SampleSpec {
                 ),
             ));
         }
+        if self.kernel.noneq_from_flow(self.model.is_some()) && self.model.is_none() {
+            return Err(Error::param(
+                "model",
+                "noneq_start = \"flow\" needs a trained model file",
+            ));
+        }
         if self.n / self.thin < 2 {
             return Err(Error::param(
                 "n",
@@ -264,7 +270,7 @@ pub fn sample_data(
     spec.validate_with(registry)?;
     let target = registry.action(&spec.action, &spec.lattice)?;
     let action = target.action();
-    let model = if spec.kernel.uses_flow() {
+    let model = if spec.kernel.uses_flow() || spec.kernel.noneq_from_flow(spec.model.is_some()) {
         Some(Arc::new(load_model_for(spec, registry)?))
     } else {
         None
@@ -338,7 +344,9 @@ pub fn sample_data(
     })
 }
 
-/// Loads the spec's model, refusing one trained for another lattice or action.
+/// Loads the spec's model, refusing one trained for another lattice, or for another action
+/// when a `flow` or `flowhmc` kernel proposes from it (a `noneq` flow start may come from a
+/// flow trained for any action on the lattice: the protocol leads from it to the target).
 fn load_model_for(spec: &SampleSpec, registry: &Registry) -> Result<FlowModel> {
     let path = spec
         .model
@@ -354,7 +362,7 @@ fn load_model_for(spec: &SampleSpec, registry: &Registry) -> Result<FlowModel> {
         )));
     }
     let action = recorded_action(&model, path)?;
-    if action != spec.action {
+    if action != spec.action && spec.kernel.uses_flow() {
         return Err(Error::Incompatible(format!(
             "model {} was trained for {}, the run asks for {}",
             path.display(),

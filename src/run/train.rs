@@ -11,9 +11,10 @@ use crate::action::Action;
 use crate::control::{Observer, StopToken};
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowModel};
+use crate::kernel::{NoneqProtocol, NoneqUpdate};
 use crate::lattice::Lattice;
 use crate::parallel::Collective;
-use crate::train::{StepMetrics, TrainConfig, TrainSummary, Trainer};
+use crate::train::{Snf, StepMetrics, TrainConfig, TrainSummary, Trainer};
 
 use super::recipe::RecipeSpec;
 
@@ -52,6 +53,77 @@ impl AnnealSpec {
     }
 }
 
+/// A stochastic normalizing flow: the flow followed by a protocol of `steps` local sweeps
+/// (proposal half-width `step_size`) through S_λ = (1 − λ) S₀ + λ S, λ = t/`steps`, from
+/// the action `start` (S₀) to the run's action, trained end to end by minimising the path's
+/// work E[W] (see [`crate::train::Snf`]). A model trained so records it under `snf`, and the
+/// `noneq` kernel with the model's flow start uses this protocol and start action.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnfSpec {
+    /// Protocol steps (≥ 1), each one local sweep.
+    pub steps: usize,
+    /// Proposal half-width of the sweeps.
+    pub step_size: f64,
+    /// The action S₀ the flow's map stands for (e.g. φ⁴ at a smaller β), on the run's
+    /// lattice.
+    pub start: ActionSpec,
+}
+
+impl SnfSpec {
+    /// The protocol.
+    pub fn protocol(&self) -> NoneqProtocol {
+        NoneqProtocol {
+            steps: self.steps,
+            update: NoneqUpdate::Local {
+                step_size: self.step_size,
+            },
+        }
+    }
+
+    /// Checks the protocol; the errors name `snf.steps` and `snf.step_size`.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::param(
+                "snf.steps",
+                "a stochastic normalizing flow needs at least one protocol step",
+            ));
+        }
+        if !(self.step_size.is_finite() && self.step_size > 0.0) {
+            return Err(Error::param(
+                "snf.step_size",
+                format!("must be positive and finite, got {}", self.step_size),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The stochastic half of the flow for [`Trainer::with_snf`], S₀ built by `registry`.
+    pub fn build(&self, lattice: &Lattice, registry: &Registry) -> Result<Snf> {
+        self.validate()?;
+        Ok(Snf {
+            protocol: self.protocol(),
+            start: registry.action(&self.start, lattice)?.action(),
+        })
+    }
+
+    /// The SNF a model file records (under `snf`), if any.
+    pub fn recorded(model: &FlowModel) -> Result<Option<Self>> {
+        model
+            .metadata()
+            .get(SNF_KEY)
+            .map(|v| {
+                serde_json::from_value(v.clone())
+                    .map_err(|e| Error::format("snf in the model file", e.to_string()))
+            })
+            .transpose()
+    }
+}
+
+/// The metadata key under which a model trained as a stochastic normalizing flow records
+/// its [`SnfSpec`].
+const SNF_KEY: &str = "snf";
+
 /// A complete training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +141,10 @@ pub struct TrainSpec {
     /// Optional coupling annealing.
     #[serde(default)]
     pub anneal: Option<AnnealSpec>,
+    /// Train the flow as the first half of a stochastic normalizing flow (does not combine
+    /// with `anneal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snf: Option<SnfSpec>,
     /// A model file whose parameters start the training instead of a random
     /// initialisation: a flow trained on another lattice size or at other couplings (see
     /// [`init_from`]).
@@ -102,6 +178,16 @@ impl TrainSpec {
         self.train.validate()?;
         if let Some(a) = &self.anneal {
             a.validate()?;
+        }
+        if let Some(snf) = &self.snf {
+            snf.validate()?;
+            if self.anneal.is_some() {
+                return Err(Error::param(
+                    "snf",
+                    "a stochastic normalizing flow is trained without coupling annealing \
+                     (drop `anneal`)",
+                ));
+            }
         }
         Ok(())
     }
@@ -288,7 +374,8 @@ pub fn train(
         control,
     )?;
     let log = TrainLog::create(control.log.filter(|_| control.is_root()), 0)?;
-    drive(spec, with_annealing(trainer, spec)?, log, control, observer)
+    let trainer = with_snf(with_annealing(trainer, spec)?, spec, control)?;
+    drive(spec, trainer, log, control, observer)
 }
 
 /// Replaces the parameters of `model` by those of the flow saved at `path`, trained on any
@@ -349,13 +436,8 @@ pub fn resume(
         trainer.iteration(),
     )?;
     let chunk_change = crate::train::checkpoint_chunk_change(path)?;
-    let mut outcome = drive(
-        &spec,
-        with_annealing(trainer, &spec)?,
-        log,
-        control,
-        observer,
-    )?;
+    let trainer = with_snf(with_annealing(trainer, &spec)?, &spec, control)?;
+    let mut outcome = drive(&spec, trainer, log, control, observer)?;
     if let TrainOutcome::Finished(report) = &mut outcome {
         report.chunks_changed_on_resume = chunk_change;
     }
@@ -477,6 +559,18 @@ fn with_annealing(trainer: RunTrainer, spec: &TrainSpec) -> Result<RunTrainer> {
     })))
 }
 
+/// The trainer as the first half of the spec's stochastic normalizing flow, if any.
+fn with_snf(
+    trainer: RunTrainer,
+    spec: &TrainSpec,
+    control: &TrainControl<'_>,
+) -> Result<RunTrainer> {
+    match &spec.snf {
+        Some(snf) => trainer.with_snf(snf.build(&spec.lattice, control.registry)?),
+        None => Ok(trainer),
+    }
+}
+
 /// Runs the remaining iterations with checkpoints, log and stop requests, then evaluates,
 /// writes the model and reports.
 fn drive(
@@ -551,6 +645,11 @@ fn drive(
     let action_json =
         serde_json::to_value(&spec.action).map_err(|e| Error::format("action", e.to_string()))?;
     model.metadata_mut().insert("action".into(), action_json);
+    if let Some(snf) = &spec.snf {
+        let snf_json =
+            serde_json::to_value(snf).map_err(|e| Error::format("snf", e.to_string()))?;
+        model.metadata_mut().insert(SNF_KEY.into(), snf_json);
+    }
     let ranks = control.ranks.map_or(1, |r| r.size());
     model
         .metadata_mut()

@@ -682,6 +682,7 @@ impl StudySpec {
             recipe: flow.recipe.clone(),
             train: flow.train.clone(),
             anneal: flow.anneal,
+            snf: None,
             init: None,
             out: model.to_path_buf(),
         })

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
-use rand::RngExt;
 use rayon::prelude::*;
 
 use crate::action::Action;
@@ -21,11 +20,11 @@ use crate::error::{Error, Result};
 use crate::flow::{ChunkSeed, Flow, FlowModel, LayerRegistry, TrainableFlow, ensure_same_lattice};
 use crate::parallel::{Collective, SingleProcess, share};
 use crate::rng::{SimRng, splitmix64, stream};
-use crate::stats::{ess_fraction, rejection_autocorrelation};
 use crate::train::checkpoint::Checkpoint;
 use crate::train::config::{GradientEstimator, TrainConfig};
 use crate::train::metrics::{EvalMetrics, StepMetrics, TrainSummary};
 use crate::train::optim::Optimizer;
+use crate::train::snf::{Snf, check_eval_samples, eval_metrics, evaluate_snf, snf_stream};
 
 /// Index offset of the evaluation streams derived from the training seed (kept apart from
 /// the training stream, so evaluating never changes the training trajectory).
@@ -52,6 +51,19 @@ thread_local! {
     static ROW_SCRATCH: RefCell<(Vec<f64>, Vec<f64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// Per-thread buffers of a stochastic normalizing flow's rows: the evolving field, the
+/// gradient ∂W/∂φ₀ and the start action's force.
+#[derive(Default)]
+struct SnfScratch {
+    phi: Vec<f64>,
+    grad: Vec<f64>,
+    force: Vec<f64>,
+}
+
+thread_local! {
+    static SNF_SCRATCH: RefCell<SnfScratch> = RefCell::new(SnfScratch::default());
+}
+
 /// Trains a flow (a [`FlowModel`] or any other [`TrainableFlow`]) by reverse KL against an
 /// [`Action`].
 pub struct Trainer<F: TrainableFlow, A: Action> {
@@ -62,6 +74,7 @@ pub struct Trainer<F: TrainableFlow, A: Action> {
     ranks: Arc<dyn Collective>,
     pub(crate) counters: Counters,
     anneal: Option<AnnealFn<A>>,
+    snf: Option<Snf>,
     workspace: F::Workspace,
     latent: Array2<f32>,
     grad: Vec<f32>,
@@ -107,6 +120,7 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             ranks: Arc::new(SingleProcess),
             counters,
             anneal: None,
+            snf: None,
             workspace,
         })
     }
@@ -155,6 +169,32 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         self
     }
 
+    /// Trains the flow as the first half of the stochastic normalizing flow `snf`: every
+    /// row's φ₀ = f(z) is evolved through the protocol from `snf.start` to the trainer's
+    /// action with random numbers of its own stream (from the seed, the iteration and the
+    /// row), the loss is the path's work W and the gradient seed ∂W/∂φ₀ (see
+    /// [`crate::train::Snf`]'s module notes); evaluations run whole paths
+    /// ([`evaluate_snf`]). The loss reported is W − log r(z), as plain training reports
+    /// S − log|det| (the same up to the constant E[log r]). Refused together with
+    /// annealing (the target of the path would move). Not saved in checkpoints: set it
+    /// again after [`Trainer::resume`].
+    pub fn with_snf(mut self, snf: Snf) -> Result<Self> {
+        snf.validate(&*self.action)?;
+        if self.anneal.is_some() {
+            return Err(Error::param(
+                "anneal",
+                "coupling annealing and a stochastic normalizing flow do not combine",
+            ));
+        }
+        self.snf = Some(snf);
+        Ok(self)
+    }
+
+    /// The stochastic half of the flow, when it is trained as a stochastic normalizing flow.
+    pub fn snf(&self) -> Option<&Snf> {
+        self.snf.as_ref()
+    }
+
     /// One optimiser step on a fresh batch. A NaN or infinity in the loss or the gradient
     /// is an [`Error::NonFinite`] naming the iteration; the parameters and optimiser state
     /// are then left as they were.
@@ -173,6 +213,12 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
             None => None,
         };
         let action: &A = annealed.as_ref().unwrap_or(&*self.action);
+        if annealed.is_some() && self.snf.is_some() {
+            return Err(Error::param(
+                "anneal",
+                "coupling annealing and a stochastic normalizing flow do not combine",
+            ));
+        }
         if annealed.is_some() {
             ensure_same_lattice(&self.model, action).map_err(|e| {
                 Error::Incompatible(format!("the annealed action at iteration {it}: {e}"))
@@ -194,6 +240,7 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         let inv_n = 1.0 / self.config.batch as f64;
         let path = self.config.gradient == GradientEstimator::Path;
         let score_missing = AtomicBool::new(false);
+        let snf = self.snf.as_ref();
         let seed = |chunk: ChunkSeed<'_, f32>| {
             let ChunkSeed {
                 phi,
@@ -202,26 +249,40 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
                 mut grad_logdet,
                 mut record,
                 score,
+                first_row: chunk_row,
             } = chunk;
-            ROW_SCRATCH.with(|cell| {
-                let (x, force) = &mut *cell.borrow_mut();
-                x.resize(phi.ncols(), 0.0);
-                force.resize(phi.ncols(), 0.0);
-                for (((row, mut g), r), &ld) in phi
-                    .outer_iter()
-                    .zip(grad_phi.outer_iter_mut())
-                    .zip(record.iter_mut())
-                    .zip(logdet.iter())
-                {
-                    for (a, &b) in x.iter_mut().zip(row.iter()) {
-                        *a = f64::from(b);
+            if let Some(snf) = snf {
+                snf_seed(
+                    snf,
+                    action,
+                    phi,
+                    logdet,
+                    grad_phi.view_mut(),
+                    record.view_mut(),
+                    (seed, it, first_row + chunk_row),
+                    inv_n,
+                );
+            } else {
+                ROW_SCRATCH.with(|cell| {
+                    let (x, force) = &mut *cell.borrow_mut();
+                    x.resize(phi.ncols(), 0.0);
+                    force.resize(phi.ncols(), 0.0);
+                    for (((row, mut g), r), &ld) in phi
+                        .outer_iter()
+                        .zip(grad_phi.outer_iter_mut())
+                        .zip(record.iter_mut())
+                        .zip(logdet.iter())
+                    {
+                        for (a, &b) in x.iter_mut().zip(row.iter()) {
+                            *a = f64::from(b);
+                        }
+                        *r = action.action_and_force(x, force) - ld;
+                        for (o, &f) in g.iter_mut().zip(force.iter()) {
+                            *o = (f * inv_n) as f32;
+                        }
                     }
-                    *r = action.action_and_force(x, force) - ld;
-                    for (o, &f) in g.iter_mut().zip(force.iter()) {
-                        *o = (f * inv_n) as f32;
-                    }
-                }
-            });
+                });
+            }
             match (path, score) {
                 // ∂L̂/∂φ = (∇S + ∇_φ log p̃)/N; the log-det enters only through the score.
                 (true, Some(score)) => {
@@ -351,12 +412,7 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
                 self.config.seed,
                 FINAL_STREAM_BASE + self.counters.iteration as u64,
             );
-            evaluate_flow(
-                &self.model,
-                &*self.action,
-                self.config.eval_samples,
-                &mut rng,
-            )?
+            self.evaluate_with(self.config.eval_samples, &mut rng)?
         } else {
             self.evaluate(self.config.eval_samples)?
         };
@@ -386,13 +442,22 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
     }
 
     /// A short independent test with `n` fresh samples (from a stream derived from the seed
-    /// and the iteration, so the training stream is untouched): see [`evaluate_flow`].
+    /// and the iteration, so the training stream is untouched): see [`evaluate_flow`], and
+    /// [`evaluate_snf`] for a stochastic normalizing flow.
     pub fn evaluate(&mut self, n: usize) -> Result<EvalMetrics> {
         let mut rng = stream(
             self.config.seed,
             EVAL_STREAM_BASE + self.counters.iteration as u64,
         );
-        evaluate_flow(&self.model, &*self.action, n, &mut rng)
+        self.evaluate_with(n, &mut rng)
+    }
+
+    /// [`evaluate_flow`], or [`evaluate_snf`] for a stochastic normalizing flow.
+    fn evaluate_with(&self, n: usize, rng: &mut SimRng) -> Result<EvalMetrics> {
+        match &self.snf {
+            Some(snf) => evaluate_snf(&self.model, &*self.action, snf, n, rng),
+            None => evaluate_flow(&self.model, &*self.action, n, rng),
+        }
     }
 
     /// The flow being trained.
@@ -630,12 +695,7 @@ pub fn evaluate_flow<F: Flow + ?Sized, A: Action + ?Sized>(
     n: usize,
     rng: &mut SimRng,
 ) -> Result<EvalMetrics> {
-    if n < 2 {
-        return Err(Error::param(
-            "samples",
-            format!("an evaluation needs at least 2 samples, got {n}"),
-        ));
-    }
+    check_eval_samples(n)?;
     ensure_same_lattice(flow, action)?;
     let mut log_w = Vec::with_capacity(n);
     let mut positive = 0;
@@ -648,29 +708,7 @@ pub fn evaluate_flow<F: Flow + ?Sized, A: Action + ?Sized>(
         positive += chunk_positive;
         done += rows;
     }
-    let mean = log_w.iter().sum::<f64>() / n as f64;
-    let var = log_w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    let ess = ess_fraction(&log_w)?;
-    let mut accepted = Vec::with_capacity(n - 1);
-    let mut current = log_w[0];
-    for &proposed in &log_w[1..] {
-        let u: f64 = rng.random();
-        let accept = u.ln() < proposed - current;
-        if accept {
-            current = proposed;
-        }
-        accepted.push(accept);
-    }
-    let rejection = rejection_autocorrelation(&accepted);
-    let acceptance = accepted.iter().filter(|&&a| a).count() as f64 / accepted.len() as f64;
-    Ok(EvalMetrics {
-        acceptance,
-        ess,
-        mean_log_w: mean,
-        var_log_w: var,
-        tau_rej: rejection.map_or(f64::INFINITY, |r| r.tau_rej),
-        fraction_positive_m: positive as f64 / n as f64,
-    })
+    eval_metrics(&log_w, positive, rng)
 }
 
 /// log w = −S(φ) − log p̃(φ) of every row (S in f64 of the f32 field), and the number of
@@ -696,4 +734,55 @@ pub(crate) fn log_weights<A: Action + ?Sized>(
         })
         .collect();
     (log_w, positive)
+}
+
+/// The gradient seed of a stochastic normalizing flow's chunk: for every row, φ₀ in f64,
+/// its path through the protocol with the stream of (`seed`, `iteration`, row) from
+/// `first_row` on, the record S₀(φ₀) + W_path − ld and ∂L̂/∂φ₀ = ∂W/∂φ₀ / N (the log-det
+/// and score terms are the caller's, as in plain training).
+#[allow(clippy::too_many_arguments)]
+fn snf_seed<A: Action + ?Sized>(
+    snf: &Snf,
+    action: &A,
+    phi: ArrayView2<'_, f32>,
+    logdet: ArrayView1<'_, f64>,
+    mut grad_phi: ndarray::ArrayViewMut2<'_, f32>,
+    mut record: ndarray::ArrayViewMut1<'_, f64>,
+    (seed, iteration, first_row): (u64, usize, usize),
+    inv_n: f64,
+) {
+    let volume = phi.ncols();
+    let Ok(mut path) = crate::kernel::NoneqPath::new(snf.protocol, volume) else {
+        record.fill(f64::NAN);
+        return;
+    };
+    SNF_SCRATCH.with(|cell| {
+        let scratch = &mut *cell.borrow_mut();
+        scratch.phi.resize(volume, 0.0);
+        scratch.grad.resize(volume, 0.0);
+        scratch.force.resize(volume, 0.0);
+        for (k, ((row, mut g), (r, &ld))) in phi
+            .outer_iter()
+            .zip(grad_phi.outer_iter_mut())
+            .zip(record.iter_mut().zip(logdet.iter()))
+            .enumerate()
+        {
+            for (a, &b) in scratch.phi.iter_mut().zip(row.iter()) {
+                *a = f64::from(b);
+            }
+            let mut rng = snf_stream(seed, iteration, first_row + k);
+            let work = snf.row(
+                action,
+                &mut path,
+                &mut scratch.phi,
+                &mut rng,
+                &mut scratch.grad,
+                &mut scratch.force,
+            );
+            *r = work - ld;
+            for (o, &d) in g.iter_mut().zip(scratch.grad.iter()) {
+                *o = (d * inv_n) as f32;
+            }
+        }
+    });
 }

@@ -252,6 +252,39 @@ pub fn run_from_zero<K: Proposal, A: Action + ?Sized>(
     (record, m.summary().unwrap())
 }
 
+/// A chain of `kernel` from the zero field: `therm` steps, then `n` measured with
+/// [`field_observables`].
+pub fn run_measured<K: Proposal, A: Action + 'static>(
+    kernel: K,
+    action: &Arc<A>,
+    seed: u64,
+    therm: usize,
+    n: usize,
+) -> ChainRecord {
+    let mut chain = Chain::new(kernel, State::zero(&**action), seed);
+    chain.thermalise(therm);
+    chain
+        .run_observables(n, 1, &mut field_observables(action))
+        .unwrap()
+}
+
+/// Fails unless the ⟨φ²⟩, χ and S/|Λ| of `record` agree with `reference` within 4σ.
+pub fn assert_agrees_with(
+    record: &ChainRecord,
+    reference: &[GammaEstimate; 3],
+    volume: usize,
+    name: &str,
+) {
+    for ((a, b), what) in
+        field_estimates(record, volume)
+            .iter()
+            .zip(reference)
+            .zip(["⟨φ²⟩", "χ", "S/|Λ|"])
+    {
+        assert_agree(a, b, &format!("{name} {what}"));
+    }
+}
+
 /// Trains as `spec` says, reporting to `observer`, and returns the report of the finished
 /// run (nothing asks it to stop).
 pub fn train_to_the_end(spec: &TrainSpec, observer: &mut dyn Observer) -> TrainReport {
@@ -421,22 +454,6 @@ pub fn field_observables<A: Action + 'static>(action: &Arc<A>) -> Vec<Box<dyn Ob
         Box::new(FieldSquared),
         Box::new(ActionDensity::new(action.clone())),
     ]
-}
-
-/// Runs `kernel` on `action` from the zero field: `therm` steps, then `n` steps measured
-/// with [`field_observables`].
-pub fn run_measured<K: Proposal, A: Action + 'static>(
-    kernel: K,
-    action: &Arc<A>,
-    seed: u64,
-    therm: usize,
-    n: usize,
-) -> ChainRecord {
-    let mut chain = Chain::new(kernel, State::zero(&**action), seed);
-    chain.thermalise(therm);
-    chain
-        .run_observables(n, 1, &mut field_observables(action))
-        .unwrap()
 }
 
 /// ⟨φ²⟩, χ = |Λ|(⟨m²⟩ − ⟨m⟩²) and S/|Λ| of a chain measured with [`field_observables`],

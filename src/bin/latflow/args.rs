@@ -140,6 +140,14 @@ pub(crate) enum SweepOrderName {
     Checkerboard,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum NoneqStartName {
+    /// The run's trained flow (--model).
+    Flow,
+    /// The free field of mass² --noneq-start-m0sq.
+    Gaussian,
+}
+
 /// The lattice and the action, in the convention the user chose.
 #[derive(Args)]
 pub(crate) struct TargetArgs {
@@ -248,6 +256,28 @@ impl TargetArgs {
         if self.any_coupling() && self.action()? != action {
             bail!("the couplings given do not match the model's action {action:?}");
         }
+        Ok((lattice, action))
+    }
+
+    /// The lattice of `model` (the flags' must match) and the action of the flags, or the
+    /// model's when none are given: the target of a `noneq` kernel started from a flow
+    /// trained for another action.
+    pub(crate) fn resolve_from_start(
+        &self,
+        model: &std::path::Path,
+    ) -> Result<(Lattice, ActionSpec)> {
+        let (lattice, recorded) = model_target(model)?;
+        if self.lattice.is_some() && self.lattice()? != lattice {
+            bail!(
+                "--lattice {} does not match the model's lattice {lattice}",
+                self.lattice()?
+            );
+        }
+        let action = if self.any_coupling() {
+            self.action()?
+        } else {
+            recorded
+        };
         Ok((lattice, action))
     }
 }

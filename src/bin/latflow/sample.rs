@@ -7,12 +7,14 @@ use anyhow::{Result, bail};
 use clap::{ArgMatches, Args};
 use latflow::control::Prefixed;
 use latflow::kernel::{Integrator, SweepOrder};
-use latflow::run::{KernelSpec, NoneqUpdateKind, SampleReport, SampleSpec, parse_kernel};
+use latflow::run::{
+    KernelSpec, NoneqStart, NoneqUpdateKind, SampleReport, SampleSpec, parse_kernel,
+};
 use latflow::stats::Verdict;
 
 use crate::args::{
-    IntegratorName, NoneqUpdateName, OutputArgs, SweepOrderName, TargetArgs, arg_ids, flag_name,
-    given, refuse_given, seed_value,
+    IntegratorName, NoneqStartName, NoneqUpdateName, OutputArgs, SweepOrderName, TargetArgs,
+    arg_ids, flag_name, given, refuse_given, seed_value,
 };
 use crate::output::print_table;
 use crate::progress::StageProgress;
@@ -43,8 +45,10 @@ pub(crate) struct SampleArgs {
 /// describes the whole run).
 #[derive(Args)]
 pub(crate) struct SampleRunArgs {
-    /// Trained model file (for kernel expressions with `flow` or `flowhmc`); the lattice and action come
-    /// from it, and any given on the command line must match.
+    /// Trained model file (for kernel expressions with `flow` or `flowhmc`, and the flow
+    /// start of `noneq`); the lattice and action come from it, and any given on the command
+    /// line must match, except that a kernel with `noneq` and no `flow` or `flowhmc` may
+    /// target other couplings than the model was trained for (the protocol leads there).
     #[arg(long)]
     pub(crate) model: Option<PathBuf>,
     /// Flow proposals generated per batch (kernels with `flow`).
@@ -52,7 +56,7 @@ pub(crate) struct SampleRunArgs {
     pub(crate) flow_batch: usize,
     /// Markov chain kernel: an expression over local, hmc, flow, flowhmc (HMC on the flow's
     /// latent field with the pulled-back action S(f(z)) − log|det ∂f/∂z|) and noneq (a
-    /// non-equilibrium evolution from a Gaussian to the target, accepted by its Jarzynski
+    /// non-equilibrium evolution from a Gaussian or the flow to the target, accepted by its Jarzynski
     /// work), e.g. `hmc`,
     /// `flow+local*2+hmc` (a cycle: one flow proposal, two local sweeps, one HMC
     /// trajectory), `flowhmc+local`, `(flow+local)*4+hmc` or `mix(0.3: flow, 0.7: hmc)` (one
@@ -98,7 +102,7 @@ pub(crate) struct SampleRunArgs {
     #[arg(long, default_value_t = 10)]
     pub(crate) flowhmc_md_steps: usize,
     /// Non-equilibrium protocol steps: intermediate actions (1 − t/n) S₀ + (t/n) S,
-    /// t = 1 … n, from the Gaussian start S₀ to the target (kernels with `noneq`).
+    /// t = 1 … n, from the start's action S₀ to the target (kernels with `noneq`).
     #[arg(long, default_value_t = 10)]
     pub(crate) noneq_steps: usize,
     /// The update at each protocol step: one local sweep, or one HMC trajectory of --tau in
@@ -108,9 +112,15 @@ pub(crate) struct SampleRunArgs {
     /// Proposal half-width of the protocol's local sweeps (kernels with `noneq`).
     #[arg(long, default_value_t = 0.5)]
     pub(crate) noneq_step_size: f64,
-    /// Mass² of the free field the protocol starts from (kernels with `noneq`).
+    /// Mass² of the free field the protocol starts from (kernels with `noneq`, Gaussian
+    /// start).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) noneq_start_m0sq: f64,
+    /// Where the protocol starts: the --model's flow (S₀ the action it was trained for; a
+    /// model trained as a stochastic normalizing flow brings its protocol too) or the
+    /// Gaussian (default: the flow when --model is given).
+    #[arg(long, value_enum)]
+    pub(crate) noneq_start: Option<NoneqStartName>,
     /// Initial local Metropolis step size, tuned during thermalisation (kernels with
     /// `local`).
     #[arg(long, default_value_t = 1.0)]
@@ -155,7 +165,13 @@ impl SampleArgs {
                 );
             }
         }
-        let (lattice, action) = self.target.resolve(run.model.as_deref())?;
+        let proposes_from_model = run.kernel.contains("flow") || run.kernel.contains("flowhmc");
+        let (lattice, action) = match &run.model {
+            Some(model) if run.kernel.contains("noneq") && !proposes_from_model => {
+                self.target.resolve_from_start(model)?
+            }
+            model => self.target.resolve(model.as_deref())?,
+        };
         let kernel = KernelSpec {
             kind: expression,
             step_size: run.step_size,
@@ -180,6 +196,10 @@ impl SampleArgs {
             },
             noneq_step_size: run.noneq_step_size,
             noneq_start_m0sq: run.noneq_start_m0sq,
+            noneq_start: run.noneq_start.map(|s| match s {
+                NoneqStartName::Flow => NoneqStart::Flow,
+                NoneqStartName::Gaussian => NoneqStart::Gaussian,
+            }),
             flow_batch: run.flow_batch,
             ..KernelSpec::default()
         };

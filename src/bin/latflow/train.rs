@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{ArgMatches, Args, ValueEnum};
 use latflow::flow::FreeFieldKind;
 use latflow::run::{
-    ActionSpec, AnnealSpec, RecipeKind, RecipeSpec, TrainControl, TrainOutcome, TrainSpec,
+    ActionSpec, AnnealSpec, RecipeKind, RecipeSpec, SnfSpec, TrainControl, TrainOutcome, TrainSpec,
 };
 use latflow::train::{GradientEstimator, OptimizerKind, Schedule, TrainConfig};
 
@@ -92,6 +92,8 @@ pub(crate) struct TrainArgs {
     pub(crate) method: MethodArgs,
     #[command(flatten)]
     pub(crate) settings: RunSettingsArgs,
+    #[command(flatten)]
+    pub(crate) snf: SnfArgs,
     /// Where to keep the checkpoint (default: next to the model, NAME.checkpoint.json,
     /// removed when the run finishes).
     #[arg(long)]
@@ -218,6 +220,55 @@ pub(crate) struct RunSettingsArgs {
     pub(crate) out: Option<PathBuf>,
 }
 
+/// The flags of `train` that make the flow the first half of a stochastic normalizing
+/// flow.
+#[derive(Args)]
+#[command(allow_negative_numbers = true)]
+pub(crate) struct SnfArgs {
+    /// Train a stochastic normalizing flow: the flow followed by this many local sweeps
+    /// through (1 − t/n) S₀ + (t/n) S, trained end to end by minimising the path's work
+    /// E[W]; `sample --kernel noneq --model` then uses the same protocol.
+    #[arg(long)]
+    pub(crate) snf_steps: Option<usize>,
+    /// Proposal half-width of the SNF's sweeps (with --snf-steps).
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) snf_step_size: f64,
+    /// The hopping coupling of S₀, φ⁴ with the target's λ (with --snf-steps; default: S₀
+    /// is the target itself, and the sweeps only relax the flow's samples).
+    #[arg(long)]
+    pub(crate) snf_start_beta: Option<f64>,
+}
+
+impl SnfArgs {
+    /// The SNF of the flags, if --snf-steps is given, for the target `action`.
+    fn spec(&self, m: &ArgMatches, action: &ActionSpec) -> Result<Option<SnfSpec>> {
+        let Some(steps) = self.snf_steps else {
+            for flag in ["snf_step_size", "snf_start_beta"] {
+                if given(m, flag) {
+                    bail!("{} has no effect without --snf-steps", flag_name(flag));
+                }
+            }
+            return Ok(None);
+        };
+        let start = match (self.snf_start_beta, action) {
+            (None, action) => action.clone(),
+            (Some(beta), ActionSpec::Phi4 { lambda, .. }) => ActionSpec::Phi4 {
+                beta,
+                lambda: *lambda,
+            },
+            (Some(_), _) => bail!(
+                "--snf-start-beta sets the hopping coupling of φ⁴: it needs --action phi4 \
+                 (other start actions go in a runcard's [snf] start table)"
+            ),
+        };
+        Ok(Some(SnfSpec {
+            steps,
+            step_size: self.snf_step_size,
+            start,
+        }))
+    }
+}
+
 /// Whether a flag that chooses the flow or how it is trained was given: a run with
 /// --until-acceptance and none of them uses latflow's default method.
 pub(crate) fn sets_method(m: &ArgMatches) -> bool {
@@ -228,6 +279,7 @@ pub(crate) fn sets_method(m: &ArgMatches) -> bool {
 fn run_flags() -> Vec<String> {
     let mut ids = arg_ids::<MethodArgs>();
     ids.extend(arg_ids::<RunSettingsArgs>());
+    ids.extend(arg_ids::<SnfArgs>());
     ids
 }
 
@@ -291,6 +343,7 @@ impl TrainArgs {
             .clone()
             .context("--out is required: where to write the trained model")?;
         let (lattice, action) = self.target.resolve(None)?;
+        let snf = self.snf.spec(m, &action)?;
         if self.settings.until_acceptance.is_some() && !sets_method(m) {
             let (recipe, mut train) = latflow::run::default_method(&lattice);
             train.seed = self.settings.seed;
@@ -310,6 +363,7 @@ impl TrainArgs {
                 recipe,
                 train,
                 anneal: None,
+                snf,
                 init: self.settings.init.clone(),
                 out,
             });
@@ -366,6 +420,7 @@ impl TrainArgs {
             recipe,
             train,
             anneal,
+            snf,
             init: self.settings.init.clone(),
             out,
         })

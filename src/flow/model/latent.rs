@@ -105,6 +105,7 @@ impl FlowModel {
                 grad_logdet: chunk.grad_logdet.view_mut(),
                 record: chunk.record.view_mut(),
                 score: None,
+                first_row: 0,
             });
         }
         tape.grad_mut(ld).column_mut(0).assign(&chunk.grad_logdet);

@@ -294,6 +294,7 @@ impl FlowModel {
                     grad_logdet: chunk.grad_logdet.view_mut(),
                     record: chunk.record.view_mut(),
                     score: with_score.then(|| chunk.score.view()),
+                    first_row: a,
                 });
             }
             tape.grad_mut(ld).column_mut(0).assign(&chunk.grad_logdet);

@@ -26,6 +26,9 @@ pub struct ChunkSeed<'a, T> {
     /// The score ∇_φ log p̃(φ) of the chunk's rows at fixed parameters, `[rows, volume]`,
     /// when the pass was asked for it (path gradients), else `None`.
     pub score: Option<ArrayView2<'a, T>>,
+    /// The index of the chunk's first row in the batch (0 for a batch in one chunk), so
+    /// that a seed can give every row a random stream of its own whatever the chunking.
+    pub first_row: usize,
 }
 
 /// The whole batch after [`FlowModel::forward_backward`] (views into the workspace).

@@ -526,6 +526,7 @@ impl SweepSpec {
             recipe,
             train,
             anneal: None,
+            snf: None,
             init: None,
             out: model.to_path_buf(),
         })
