@@ -514,6 +514,48 @@ mod tests {
         assert!(decide(f64::NAN, 0.0) == (false, true));
     }
 
+    /// The baseline, AVX2 and AVX-512 builds of the two-dimensional φ⁴ sweep (those the
+    /// processor has) give the same field, tally and random stream to the bit.
+    #[test]
+    fn every_build_of_the_phi4_sweep_gives_the_same_numbers() {
+        let lattice = Lattice::new(&[10, 26]).unwrap();
+        let phi4 = crate::action::Phi4::hopping(lattice.clone(), 0.6, 0.4).unwrap();
+        let c = phi4.local_coefficients();
+        let mut rng = rng_from_seed(3);
+        let phi0: Vec<f64> = (0..260).map(|_| 3.0 * rng.random::<f64>() - 1.5).collect();
+        type Build =
+            fn(&mut Checkerboard, LocalCoefficients, &mut [f64], &mut SimRng) -> SweepTally;
+        let mut builds: Vec<(&str, Build)> =
+            vec![("baseline", |b, c, phi, rng| b.phi4_2d(c, phi, 1.2, 2, rng))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the processor has AVX2.
+                builds.push(("avx2", |b, c, phi, rng| unsafe {
+                    b.phi4_2d_avx2(c, phi, 1.2, 2, rng)
+                }));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the processor has AVX-512F.
+                builds.push(("avx512", |b, c, phi, rng| unsafe {
+                    b.phi4_2d_avx512(c, phi, 1.2, 2, rng)
+                }));
+            }
+        }
+        let run = |build: Build| {
+            let mut board = Checkerboard::new(&lattice).unwrap();
+            let mut phi = phi0.clone();
+            let mut rng = rng_from_seed(4);
+            let tally = build(&mut board, c, &mut phi, &mut rng);
+            (phi, tally, rng.random::<u64>())
+        };
+        let (phi, tally, next) = run(builds[0].1);
+        assert!(tally.accepted > 100 && phi != phi0, "{tally:?}");
+        for (name, build) in &builds[1..] {
+            assert_eq!(run(*build), (phi.clone(), tally, next), "{name}");
+        }
+    }
+
     #[test]
     fn odd_extents_are_refused_with_the_extents() {
         let err = Checkerboard::new(&Lattice::new(&[8, 7]).unwrap()).unwrap_err();
