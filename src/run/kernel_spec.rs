@@ -443,7 +443,8 @@ impl KernelSpec {
     /// model trained as a stochastic normalizing flow gives its start action and protocol
     /// (unless the spec sets `noneq_steps` or `noneq_step_size` to other values than their
     /// defaults, or `noneq_update` to `hmc`: then the spec's protocol, as exact); any other
-    /// model the action it records it was trained for and the spec's protocol.
+    /// model the action it records it was trained for (the target when it records none)
+    /// and the spec's protocol.
     fn flow_start(
         &self,
         model: &FlowModel,
@@ -464,19 +465,15 @@ impl KernelSpec {
             };
             return Ok((start, protocol));
         }
-        let recorded = model.metadata().get("action").ok_or_else(|| {
-            Error::Incompatible(
-                "the noneq kernel's flow start needs the action the model was trained for, \
-                 and the model file records none"
-                    .into(),
-            )
-        })?;
+        // A model that records no action (one built in code) is taken to be trained for the
+        // target: S₀ = S, exact like any other S₀.
+        let Some(recorded) = model.metadata().get("action") else {
+            return Ok((target.action(), self.noneq_protocol()));
+        };
         let spec: super::ActionSpec = serde_json::from_value(recorded.clone())
             .map_err(|e| Error::format("action in the model file", e.to_string()))?;
-        Ok((
-            registry.action(&spec, &lattice)?.action(),
-            self.noneq_protocol(),
-        ))
+        let start = registry.action(&spec, &lattice)?.action();
+        Ok((start, self.noneq_protocol()))
     }
 }
 

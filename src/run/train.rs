@@ -245,7 +245,8 @@ pub struct TrainReport {
     pub ess: f64,
     /// τ_rej of the test chain.
     pub tau_rej: f64,
-    /// Mean of log w = −S − log p̃ (a lower bound on log Z).
+    /// Mean of log w = −S − log p̃ (a lower bound on log Z), or −W of whole paths for a
+    /// stochastic normalizing flow (the same bound).
     pub mean_log_w: f64,
     /// Variance of log w.
     pub var_log_w: f64,
