@@ -104,11 +104,12 @@ impl SampleSpec {
                 ),
             ));
         }
-        if self.model.is_some() && !self.kernel.uses_flow() {
+        if self.model.is_some() && !self.kernel.uses_flow() && !self.kernel.noneq_from_flow(true) {
             return Err(Error::param(
                 "model",
                 format!(
-                    "has no effect: the kernel `{}` has no `flow` or `flowhmc`",
+                    "has no effect: the kernel `{}` has no `flow`, `flowhmc` or flow-started \
+                     `noneq`",
                     self.kernel.kind.abbreviated()
                 ),
             ));
