@@ -17,6 +17,7 @@ use rand::RngExt;
 use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowScratch};
+use crate::kernel::expr::Combinators;
 use crate::kernel::{FlowProposal, KernelExpr, MoveInfo, MoveLabel, Proposal, State};
 use crate::rng::SimRng;
 
@@ -286,63 +287,13 @@ impl KernelExpr {
         &self,
         leaf: &mut EnsembleLeafMaker<'_>,
     ) -> Result<Box<dyn EnsembleKernel>> {
-        let mut labels = self.labels().into_iter();
-        let mut next = |name: &str| -> Result<Box<dyn EnsembleKernel>> {
-            let label = labels.next().unwrap_or_else(|| MoveLabel::new(name));
-            leaf(name, label)
+        let combine = Combinators::<Box<dyn EnsembleKernel>> {
+            cycle: |parts| Ok(Box::new(EnsembleCycle { parts }) as Box<dyn EnsembleKernel>),
+            repeat: |kernel, times| {
+                Ok(Box::new(EnsembleRepeat { kernel, times }) as Box<dyn EnsembleKernel>)
+            },
+            mixture: |first, rest, p| Ok(Box::new(EnsembleMixture::new(first, rest, p)?)),
         };
-        self.build_ensemble_with(&mut next)
-    }
-
-    fn build_ensemble_with(
-        &self,
-        leaf: &mut dyn FnMut(&str) -> Result<Box<dyn EnsembleKernel>>,
-    ) -> Result<Box<dyn EnsembleKernel>> {
-        match self {
-            KernelExpr::Kernel(name) => leaf(name),
-            KernelExpr::Cycle(parts) => Ok(Box::new(EnsembleCycle {
-                parts: parts
-                    .iter()
-                    .map(|p| p.build_ensemble_with(leaf))
-                    .collect::<Result<_>>()?,
-            })),
-            KernelExpr::Repeat(inner, times) => {
-                if *times == 0 {
-                    return Err(Error::param("times", "must be at least 1"));
-                }
-                Ok(Box::new(EnsembleRepeat {
-                    kernel: inner.build_ensemble_with(leaf)?,
-                    times: *times,
-                }))
-            }
-            KernelExpr::Mixture(parts) => ensemble_mixture(parts, leaf),
-        }
-    }
-}
-
-/// The first part with probability w₁/Σw, otherwise (recursively) a mixture of the rest.
-fn ensemble_mixture(
-    parts: &[(f64, KernelExpr)],
-    leaf: &mut dyn FnMut(&str) -> Result<Box<dyn EnsembleKernel>>,
-) -> Result<Box<dyn EnsembleKernel>> {
-    if let Some(&(w, _)) = parts.iter().find(|(w, _)| !(w.is_finite() && *w > 0.0)) {
-        return Err(Error::param(
-            "kernel",
-            format!("mixture weights must be positive and finite, got {w}"),
-        ));
-    }
-    match parts {
-        [] => Err(Error::param("kernel", "a mixture needs at least one part")),
-        [(_, only)] => only.build_ensemble_with(leaf),
-        [(w, first), rest @ ..] => {
-            let total: f64 = parts.iter().map(|(w, _)| w).sum();
-            let first = first.build_ensemble_with(leaf)?;
-            let rest = ensemble_mixture(rest, leaf)?;
-            Ok(Box::new(EnsembleMixture::new(
-                first,
-                rest,
-                (w / total).min(1.0),
-            )?))
-        }
+        self.build_labelled(leaf, &combine)
     }
 }

@@ -162,58 +162,96 @@ impl KernelExpr {
     /// error from it, e.g. for an unknown name, is returned. Cycles, repeats and mixtures
     /// become [`Cycle`], [`Repeat`] and [`Mixture`].
     pub fn build(&self, kernel: &mut KernelMaker<'_>) -> Result<Box<dyn Proposal>> {
-        let mut labels = self.labels().into_iter();
-        let mut next = |name: &str| -> Result<Box<dyn Proposal>> {
-            let label = labels.next().unwrap_or_else(|| MoveLabel::new(name));
-            kernel(name, label)
-        };
-        self.build_with(&mut next)
-    }
-
-    fn build_with(
-        &self,
-        kernel: &mut dyn FnMut(&str) -> Result<Box<dyn Proposal>>,
-    ) -> Result<Box<dyn Proposal>> {
-        match self {
-            KernelExpr::Kernel(name) => kernel(name),
-            KernelExpr::Cycle(parts) => {
-                let mut parts = parts.iter();
+        let combine = Combinators {
+            cycle: |parts: Vec<Box<dyn Proposal>>| {
+                let mut parts = parts.into_iter();
                 let first = parts
                     .next()
                     .ok_or_else(|| Error::param("kernel", "a cycle needs at least one part"))?;
-                let mut built = first.build_with(kernel)?;
-                for part in parts {
-                    built = Box::new(Cycle::new(built, part.build_with(kernel)?));
-                }
-                Ok(built)
+                Ok(parts.fold(first, |built, part| {
+                    Box::new(Cycle::new(built, part)) as Box<dyn Proposal>
+                }))
+            },
+            repeat: |inner, times| Ok(Box::new(Repeat::new(inner, times)?)),
+            mixture: |first, rest, p| Ok(Box::new(Mixture::new(first, rest, p)?)),
+        };
+        self.build_labelled(kernel, &combine)
+    }
+
+    /// Builds a kernel of any type `K` from the expression: `leaf(name, label)` makes each
+    /// occurrence of a name with its move label (see [`KernelExpr::labels`]), left to
+    /// right, and `combine` joins the parts of cycles, repeats and mixtures.
+    pub(crate) fn build_labelled<K>(
+        &self,
+        leaf: &mut dyn FnMut(&str, MoveLabel) -> Result<K>,
+        combine: &Combinators<K>,
+    ) -> Result<K> {
+        let mut labels = self.labels().into_iter();
+        let mut next = |name: &str| -> Result<K> {
+            let label = labels.next().unwrap_or_else(|| MoveLabel::new(name));
+            leaf(name, label)
+        };
+        self.fold(&mut next, combine)
+    }
+
+    fn fold<K>(
+        &self,
+        leaf: &mut dyn FnMut(&str) -> Result<K>,
+        combine: &Combinators<K>,
+    ) -> Result<K> {
+        match self {
+            KernelExpr::Kernel(name) => leaf(name),
+            KernelExpr::Cycle(parts) => {
+                let built = parts
+                    .iter()
+                    .map(|part| part.fold(leaf, combine))
+                    .collect::<Result<Vec<_>>>()?;
+                (combine.cycle)(built)
             }
             KernelExpr::Repeat(inner, times) => {
-                Ok(Box::new(Repeat::new(inner.build_with(kernel)?, *times)?))
+                if *times == 0 {
+                    return Err(Error::param("times", "must be at least 1"));
+                }
+                (combine.repeat)(inner.fold(leaf, combine)?, *times)
             }
-            KernelExpr::Mixture(parts) => build_mixture(parts, kernel),
+            KernelExpr::Mixture(parts) => {
+                if let Some(&(w, _)) = parts.iter().find(|(w, _)| !(w.is_finite() && *w > 0.0)) {
+                    return Err(Error::param(
+                        "kernel",
+                        format!("mixture weights must be positive and finite, got {w}"),
+                    ));
+                }
+                fold_mixture(parts, leaf, combine)
+            }
         }
     }
 }
 
-/// The first part with probability w₁/Σw, otherwise (recursively) a mixture of the rest.
-fn build_mixture(
+/// How the parts of cycles, repeats and mixtures join into one kernel of type `K`.
+pub(crate) struct Combinators<K> {
+    /// The parts of a cycle, in order.
+    pub(crate) cycle: fn(Vec<K>) -> Result<K>,
+    /// A kernel made `times` (≥ 1) times per step.
+    pub(crate) repeat: fn(K, usize) -> Result<K>,
+    /// The first kernel with the given probability, else the second.
+    pub(crate) mixture: fn(K, K, f64) -> Result<K>,
+}
+
+/// The first part with probability w₁/Σw, otherwise (recursively) a mixture of the rest;
+/// the weights are checked by the caller.
+fn fold_mixture<K>(
     parts: &[(f64, KernelExpr)],
-    kernel: &mut dyn FnMut(&str) -> Result<Box<dyn Proposal>>,
-) -> Result<Box<dyn Proposal>> {
-    if let Some(&(w, _)) = parts.iter().find(|(w, _)| !(w.is_finite() && *w > 0.0)) {
-        return Err(Error::param(
-            "kernel",
-            format!("mixture weights must be positive and finite, got {w}"),
-        ));
-    }
+    leaf: &mut dyn FnMut(&str) -> Result<K>,
+    combine: &Combinators<K>,
+) -> Result<K> {
     match parts {
         [] => Err(Error::param("kernel", "a mixture needs at least one part")),
-        [(_, only)] => only.build_with(kernel),
+        [(_, only)] => only.fold(leaf, combine),
         [(w, first), rest @ ..] => {
             let total: f64 = parts.iter().map(|(w, _)| w).sum();
-            let first = first.build_with(kernel)?;
-            let rest = build_mixture(rest, kernel)?;
-            Ok(Box::new(Mixture::new(first, rest, (w / total).min(1.0))?))
+            let first = first.fold(leaf, combine)?;
+            let rest = fold_mixture(rest, leaf, combine)?;
+            (combine.mixture)(first, rest, (w / total).min(1.0))
         }
     }
 }

@@ -8,9 +8,9 @@ use rand::RngExt;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::action::Action;
-use crate::error::{Error, Result, ensure_finite};
+use crate::error::Result;
 use crate::flow::{Flow, FlowScratch, ensure_same_lattice};
-use crate::kernel::hmc::{drift, kick, kinetic, step_count_range};
+use crate::kernel::hmc::{Trajectory, drift, kick, kinetic};
 use crate::kernel::{Integrator, MoveDetail, MoveInfo, MoveLabel, OMELYAN_LAMBDA, Proposal, State};
 use crate::rng::SimRng;
 
@@ -123,10 +123,7 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> Pass<F, A> {
 /// recorded as HMC trajectories (ΔH and the steps taken) under the label `flowhmc`.
 pub struct FlowHmc<F: Flow + ?Sized, A: Action + ?Sized> {
     pass: Pass<F, A>,
-    tau: f64,
-    n_steps: usize,
-    integrator: Integrator,
-    randomise_length: bool,
+    trajectory: Trajectory,
     label: MoveLabel,
     current: Point,
     trial: Point,
@@ -144,19 +141,7 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowHmc<F, A> {
     /// action's lattice and compute its pull-back ([`Flow::pull_back`]); one is made at
     /// z = 0 to check.
     pub fn new(flow: Arc<F>, action: Arc<A>, tau: f64, n_steps: usize) -> Result<Self> {
-        ensure_finite("flowhmc_tau", tau)?;
-        if tau <= 0.0 {
-            return Err(Error::param(
-                "flowhmc_tau",
-                format!("must be positive, got {tau}"),
-            ));
-        }
-        if n_steps == 0 || n_steps > u32::MAX as usize {
-            return Err(Error::param(
-                "flowhmc_md_steps",
-                format!("must be between 1 and {}, got {n_steps}", u32::MAX),
-            ));
-        }
+        let trajectory = Trajectory::new(tau, n_steps, "flowhmc_tau", "flowhmc_md_steps")?;
         ensure_same_lattice(&*flow, &*action)?;
         let volume = action.lattice().volume();
         let mut pass = Pass {
@@ -178,10 +163,7 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowHmc<F, A> {
         )?;
         Ok(FlowHmc {
             pass,
-            tau,
-            n_steps,
-            integrator: Integrator::Leapfrog,
-            randomise_length: true,
+            trajectory,
             label: MoveLabel::new("flowhmc"),
             current: Point::new(volume),
             trial: Point::new(volume),
@@ -200,27 +182,27 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowHmc<F, A> {
 
     /// Chooses the integrator.
     pub fn with_integrator(mut self, integrator: Integrator) -> Self {
-        self.integrator = integrator;
+        self.trajectory.integrator = integrator;
         self
     }
 
     /// Randomises the trajectory length per trajectory (`true`, the default) or keeps it
     /// fixed at τ.
     pub fn with_randomised_length(mut self, randomise: bool) -> Self {
-        self.randomise_length = randomise;
+        self.trajectory.randomise_length = randomise;
         self
     }
 
     /// The step size ε = τ/n.
     pub fn step_size(&self) -> f64 {
-        self.tau / self.n_steps as f64
+        self.trajectory.step_size()
     }
 
     /// The range of step counts a trajectory may use (see [`Hmc::step_count_range`]).
     ///
     /// [`Hmc::step_count_range`]: crate::kernel::Hmc::step_count_range
     pub fn step_count_range(&self) -> std::ops::RangeInclusive<usize> {
-        step_count_range(self.n_steps, self.randomise_length)
+        self.trajectory.step_count_range()
     }
 
     /// The flow.
@@ -267,7 +249,7 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowHmc<F, A> {
         let eps = self.step_size();
         let (pass, t) = (&mut self.pass, &mut self.trial);
         for _ in 0..steps {
-            match self.integrator {
+            match self.trajectory.integrator {
                 Integrator::Leapfrog => {
                     kick(momentum, &t.grad, 0.5 * eps);
                     drift(&mut t.z, momentum, eps);
@@ -298,17 +280,7 @@ impl<F: Flow + ?Sized, A: Action + ?Sized> FlowHmc<F, A> {
 
 impl<F: Flow + ?Sized, A: Action + ?Sized> Proposal for FlowHmc<F, A> {
     fn name(&self) -> String {
-        format!(
-            "flowhmc({:?}, tau={}, n={}, {})",
-            self.integrator,
-            self.tau,
-            self.n_steps,
-            if self.randomise_length {
-                "random length"
-            } else {
-                "fixed length"
-            }
-        )
+        self.trajectory.describe("flowhmc")
     }
 
     fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {

@@ -36,10 +36,7 @@ pub enum Integrator {
 /// with ωτ near a multiple of π.
 pub struct Hmc<A: Action + ?Sized> {
     action: Arc<A>,
-    tau: f64,
-    n_steps: usize,
-    integrator: Integrator,
-    randomise_length: bool,
+    trajectory: Trajectory,
     label: MoveLabel,
     trial_phi: Vec<f64>,
     trial_force: Vec<f64>,
@@ -50,23 +47,11 @@ impl<A: Action + ?Sized> Hmc<A> {
     /// Leapfrog HMC with trajectory length `tau` (> 0) and `n_steps` (≥ 1) steps per unit
     /// trajectory, length randomised per trajectory.
     pub fn new(action: Arc<A>, tau: f64, n_steps: usize) -> Result<Self> {
-        ensure_finite("tau", tau)?;
-        if tau <= 0.0 {
-            return Err(Error::param("tau", format!("must be positive, got {tau}")));
-        }
-        if n_steps == 0 || n_steps > u32::MAX as usize {
-            return Err(Error::param(
-                "md_steps",
-                format!("must be between 1 and {}, got {n_steps}", u32::MAX),
-            ));
-        }
+        let trajectory = Trajectory::new(tau, n_steps, "tau", "md_steps")?;
         let v = action.lattice().volume();
         Ok(Hmc {
             action,
-            tau,
-            n_steps,
-            integrator: Integrator::Leapfrog,
-            randomise_length: true,
+            trajectory,
             label: MoveLabel::new("hmc"),
             trial_phi: vec![0.0; v],
             trial_force: vec![0.0; v],
@@ -82,35 +67,35 @@ impl<A: Action + ?Sized> Hmc<A> {
 
     /// Chooses the integrator.
     pub fn with_integrator(mut self, integrator: Integrator) -> Self {
-        self.integrator = integrator;
+        self.trajectory.integrator = integrator;
         self
     }
 
     /// Randomises the trajectory length per trajectory (`true`, the default) or keeps it
     /// fixed at τ.
     pub fn with_randomised_length(mut self, randomise: bool) -> Self {
-        self.randomise_length = randomise;
+        self.trajectory.randomise_length = randomise;
         self
     }
 
     /// The step size ε = τ/n.
     pub fn step_size(&self) -> f64 {
-        self.tau / self.n_steps as f64
+        self.trajectory.step_size()
     }
 
     /// The nominal trajectory length τ.
     pub fn trajectory_length(&self) -> f64 {
-        self.tau
+        self.trajectory.tau
     }
 
     /// The integrator in use.
     pub fn integrator(&self) -> Integrator {
-        self.integrator
+        self.trajectory.integrator
     }
 
     /// Whether the trajectory length is randomised.
     pub fn randomises_length(&self) -> bool {
-        self.randomise_length
+        self.trajectory.randomise_length
     }
 
     /// The action the kernel samples.
@@ -121,7 +106,7 @@ impl<A: Action + ?Sized> Hmc<A> {
     /// The range of step counts a trajectory may use: {n} when fixed,
     /// {⌈n/2⌉, …, ⌊3n/2⌋} when randomised.
     pub fn step_count_range(&self) -> std::ops::RangeInclusive<usize> {
-        step_count_range(self.n_steps, self.randomise_length)
+        self.trajectory.step_count_range()
     }
 
     /// H(φ, π) = ½ Σ π² + S(φ).
@@ -146,7 +131,7 @@ impl<A: Action + ?Sized> Hmc<A> {
             return action.action(phi);
         }
         let mut s = 0.0;
-        match self.integrator {
+        match self.trajectory.integrator {
             Integrator::Leapfrog => {
                 kick(momentum, force, 0.5 * eps);
                 drift(phi, momentum, eps);
@@ -198,13 +183,71 @@ impl<A: Action + ?Sized> Hmc<A> {
     }
 }
 
-/// The step counts of a trajectory of nominal length `n` steps: {⌈n/2⌉, …, ⌊3n/2⌋} (at
-/// least 1) when `randomise`, else {n}.
-pub(super) fn step_count_range(n: usize, randomise: bool) -> std::ops::RangeInclusive<usize> {
-    if randomise {
-        n.div_ceil(2).max(1)..=(3 * n / 2).max(1)
-    } else {
-        n..=n
+/// A trajectory's settings, shared by the HMC kernels: length τ, nominal step count n
+/// (step size ε = τ/n), integrator, and whether the step count is randomised over
+/// {⌈n/2⌉, …, ⌊3n/2⌋} (at least 1) per trajectory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Trajectory {
+    pub(super) tau: f64,
+    pub(super) n_steps: usize,
+    pub(super) integrator: Integrator,
+    pub(super) randomise_length: bool,
+}
+
+impl Trajectory {
+    /// Leapfrog with a randomised length; τ must be finite and positive and
+    /// 1 ≤ n ≤ u32::MAX, else an error naming `tau_key` or `steps_key`.
+    pub(super) fn new(tau: f64, n_steps: usize, tau_key: &str, steps_key: &str) -> Result<Self> {
+        ensure_finite(tau_key, tau)?;
+        if tau <= 0.0 {
+            return Err(Error::param(
+                tau_key,
+                format!("must be positive, got {tau}"),
+            ));
+        }
+        if n_steps == 0 || n_steps > u32::MAX as usize {
+            return Err(Error::param(
+                steps_key,
+                format!("must be between 1 and {}, got {n_steps}", u32::MAX),
+            ));
+        }
+        Ok(Trajectory {
+            tau,
+            n_steps,
+            integrator: Integrator::Leapfrog,
+            randomise_length: true,
+        })
+    }
+
+    /// ε = τ/n.
+    pub(super) fn step_size(&self) -> f64 {
+        self.tau / self.n_steps as f64
+    }
+
+    /// The step counts a trajectory may use: {n} when fixed, {⌈n/2⌉, …, ⌊3n/2⌋} (at
+    /// least 1) when randomised.
+    pub(super) fn step_count_range(&self) -> std::ops::RangeInclusive<usize> {
+        let n = self.n_steps;
+        if self.randomise_length {
+            n.div_ceil(2).max(1)..=(3 * n / 2).max(1)
+        } else {
+            n..=n
+        }
+    }
+
+    /// `kernel(integrator, tau=…, n=…, random length | fixed length)`.
+    pub(super) fn describe(&self, kernel: &str) -> String {
+        format!(
+            "{kernel}({:?}, tau={}, n={}, {})",
+            self.integrator,
+            self.tau,
+            self.n_steps,
+            if self.randomise_length {
+                "random length"
+            } else {
+                "fixed length"
+            }
+        )
     }
 }
 
@@ -238,17 +281,7 @@ pub(super) fn drift(phi: &mut [f64], momentum: &[f64], dt: f64) {
 
 impl<A: Action + ?Sized> Proposal for Hmc<A> {
     fn name(&self) -> String {
-        format!(
-            "hmc({:?}, tau={}, n={}, {})",
-            self.integrator,
-            self.tau,
-            self.n_steps,
-            if self.randomise_length {
-                "random length"
-            } else {
-                "fixed length"
-            }
-        )
+        self.trajectory.describe("hmc")
     }
 
     fn step(&mut self, state: &mut State, rng: &mut SimRng, moves: &mut Vec<MoveInfo>) {
