@@ -1,11 +1,12 @@
 //! Non-equilibrium Monte Carlo: evolutions through a protocol of intermediate actions
 //! S_λ = (1 − λ) S₀ + λ S from a start distribution — an exactly sampled Gaussian (a free
 //! field) or a normalizing flow trained for S₀ — to the target, each step one local sweep
-//! or HMC trajectory at fixed λ; the Jarzynski work W of every evolution ([`NoneqPath`]
-//! also gives its gradient with respect to the start field, which trains stochastic
-//! normalizing flows); the estimator of log Z and of reweighted observables from
-//! independent evolutions; and the evolution as an exact independence proposal
-//! ([`NoneqProposal`]).
+//! or HMC trajectory at fixed λ, optionally with flow layers between the steps (a
+//! stochastic normalizing flow); the Jarzynski work W of every evolution ([`NoneqPath`]
+//! also gives its gradient with respect to the field entering a stretch of steps, which
+//! trains stochastic normalizing flows); the estimator of log Z and of reweighted
+//! observables from independent evolutions; and the evolution as an exact independence
+//! proposal ([`NoneqProposal`]).
 
 use std::sync::Arc;
 
