@@ -56,7 +56,7 @@ impl AnnealSpec {
 /// A stochastic normalizing flow: the flow followed by a protocol of `steps` local sweeps
 /// (proposal half-width `step_size`) through S_λ = (1 − λ) S₀ + λ S, λ = t/`steps`, from
 /// the action `start` (S₀) to the run's action, trained end to end by minimising the path's
-/// work E[W] (see [`crate::train::Snf`]). With `layers_every` = k, one more coupling block
+/// work E\[W\] (see [`crate::train::Snf`]). With `layers_every` = k, one more coupling block
 /// of the recipe's kind (a copy of its last block's configuration) sits after every k
 /// sweeps: ⌊steps/k⌋ blocks, appended to the recipe's flow as its last layer groups. A
 /// model trained so records the SNF under `snf`, and the `noneq` kernel with the model's

@@ -31,7 +31,7 @@ pub struct ChunkSeed<'a, T> {
     pub first_row: usize,
 }
 
-/// What the map between layer groups of [`FlowModel::forward_backward_interleaved`] sees
+/// What the map between layer groups of [`FlowModel::forward_backward_interleaved_with`] sees
 /// and writes for one chunk of the batch at one cut.
 pub struct InterleaveSeed<'a, T> {
     /// The cut: j before the (j + 1)-th of the interleaved groups.

@@ -150,7 +150,7 @@ impl<S: Action + ?Sized, A: Action + ?Sized> Action for Interpolated<'_, S, A> {
 ///
 /// φ_{t+1} from φ_t by one update leaving e^{−S_{λ_{t+1}}} invariant; the work's gradient
 /// with respect to φ₀ at fixed random numbers ([`NoneqPath::forward_with_gradient`]); and
-/// the backward path. [`NoneqEvolution`] adds the start distribution.
+/// the backward path. [`NoneqEvolution`](super::NoneqEvolution) adds the start distribution.
 pub struct NoneqPath {
     protocol: NoneqProtocol,
     sites: Vec<usize>,
@@ -256,10 +256,10 @@ impl NoneqPath {
     /// start φ₀, or the output of a flow layer applied after step a), the steps `steps`
     /// take it to φ_b, and when `exit` a flow layer follows at λ_b. Returns
     ///
-    /// W_seg = S_{λ_a}(ψ) + Σ_{t ∈ steps} (λ_{t+1} − λ_t) (S − S₀)(φ_t) − [exit] S_{λ_b}(φ_b)
+    /// W_seg = S_{λ_a}(ψ) + Σ_{t ∈ steps} (λ_{t+1} − λ_t) (S − S₀)(φ_t) − \[exit\] S_{λ_b}(φ_b)
     ///
     /// and writes its gradient with respect to ψ at fixed random numbers into `grad`,
-    /// ∇S_{λ_a}(ψ) + Σ_t (λ_{t+1} − λ_t) ∇(S − S₀)(φ_t) − [exit] ∇S_{λ_b}(φ_b), each step
+    /// ∇S_{λ_a}(ψ) + Σ_t (λ_{t+1} − λ_t) ∇(S − S₀)(φ_t) − \[exit\] ∇S_{λ_b}(φ_b), each step
     /// passing ∂φ_{t+1}/∂φ_t = 1 as in [`NoneqPath::forward_with_gradient`]. The works of
     /// the stretches and the layers' −log|det ∂g/∂φ| add up to the whole path's W
     /// ([`crate::train::Snf`]). Local updates only, as there.
