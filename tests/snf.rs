@@ -166,6 +166,11 @@ fn trained_flow(action: &Arc<Phi4>, snf: Option<Snf>, iterations: usize) -> Flow
     let l = action.lattice().extents()[0];
     let model =
         FlowModel::new(&FlowConfig::seed(l * l, 1, 4).unwrap(), action.lattice(), 5).unwrap();
+    trained(model, action, snf, iterations)
+}
+
+/// `model` trained briefly by reverse KL on `action`, as the SNF `snf` when given.
+fn trained(model: FlowModel, action: &Arc<Phi4>, snf: Option<Snf>, iterations: usize) -> FlowModel {
     let mut config = TrainConfig::new(128, iterations, 0.01);
     config.seed = 6;
     config.chunks = 2;
@@ -262,13 +267,24 @@ fn the_snf_gradient_matches_finite_differences_of_the_work() {
         moved_somewhere |= end != *phi0;
     }
     assert!(moved_somewhere);
-    let h = 1e-6;
     let mut directions: Vec<Vec<f64>> = (0..16)
         .map(|i| (0..16).map(|j| f64::from(u8::from(i == j))).collect())
         .collect();
     directions.extend((0..4).map(|_| (0..16).map(|_| StandardNormal.sample(&mut rng)).collect()));
-    for d in &directions {
-        let fd = (mean_work(&mut path, d, h) - mean_work(&mut path, d, -h)) / (2.0 * h);
+    assert_matches_finite_differences(&grad, &directions, |d, h| mean_work(&mut path, d, h));
+}
+
+/// Checks `grad` against central differences, step h = 10⁻⁶, of `f(d, h)` (the function
+/// at the point moved by h·d) along every direction d of `directions`: |Δ| below
+/// 10⁻⁵ (1 + |∇f·d|).
+fn assert_matches_finite_differences(
+    grad: &[f64],
+    directions: &[Vec<f64>],
+    mut f: impl FnMut(&[f64], f64) -> f64,
+) {
+    let h = 1e-6;
+    for d in directions {
+        let fd = (f(d, h) - f(d, -h)) / (2.0 * h);
         let exact: f64 = grad.iter().zip(d).map(|(g, x)| g * x).sum();
         assert!(
             (fd - exact).abs() < 1e-5 * (1.0 + exact.abs()),
@@ -279,17 +295,28 @@ fn the_snf_gradient_matches_finite_differences_of_the_work() {
 
 #[test]
 fn training_an_snf_lowers_the_work_and_its_sampler_is_exact() {
-    let l = 4;
-    let action = phi4(l, 0.537);
     let snf = Snf {
         protocol: local(6, 1.0),
-        start: phi4(l, 0.3),
+        start: phi4(4, 0.3),
+        layers_after: Vec::new(),
     };
-    let untrained =
-        FlowModel::new(&FlowConfig::seed(16, 1, 4).unwrap(), action.lattice(), 5).unwrap();
-    let before = evaluate_snf(&untrained, &*action, &snf, 4_000, &mut rng_from_seed(7)).unwrap();
-    let model = Arc::new(trained_flow(&action, Some(snf.clone()), 200));
-    let after = evaluate_snf(&*model, &*action, &snf, 4_000, &mut rng_from_seed(8)).unwrap();
+    check_snf_training(
+        &FlowConfig::seed(16, 1, 4).unwrap(),
+        &snf,
+        "noneq(flow start, 6 steps)",
+    );
+}
+
+/// Trains the flow of `config` as the SNF `snf` on 4 × 4 φ⁴ at β = 0.537 (200 iterations)
+/// and checks that E[W] falls by more than 4σ and the ESS grows, and that the trained SNF's
+/// sampler (named `name`) agrees with HMC within 4σ.
+fn check_snf_training(config: &FlowConfig, snf: &Snf, name: &str) {
+    let l = 4;
+    let action = phi4(l, 0.537);
+    let untrained = FlowModel::new(config, action.lattice(), 5).unwrap();
+    let before = evaluate_snf(&untrained, &*action, snf, 4_000, &mut rng_from_seed(7)).unwrap();
+    let model = trained(untrained, &action, Some(snf.clone()), 200);
+    let after = evaluate_snf(&model, &*action, snf, 4_000, &mut rng_from_seed(8)).unwrap();
     // mean log w = −E[W] (up to the latent's constant in neither: W includes log q).
     let sigma = ((before.var_log_w + after.var_log_w) / 4_000.0).sqrt();
     assert!(
@@ -300,11 +327,18 @@ fn training_an_snf_lowers_the_work_and_its_sampler_is_exact() {
     );
     assert!(after.ess > before.ess, "ESS {} → {}", before.ess, after.ess);
     let reference = hmc_reference(&action, 9);
-    let flow: Arc<dyn Flow> = model;
     let kernel = NoneqProposal::new(
-        NoneqEvolution::from_flow(action.clone(), flow, snf.start.clone(), snf.protocol, 64)
-            .unwrap(),
+        NoneqEvolution::from_interleaved(
+            action.clone(),
+            model.interleave(snf.interleaved()).unwrap(),
+            snf.start.clone(),
+            snf.protocol,
+            &snf.layers_after,
+            64,
+        )
+        .unwrap(),
     );
+    assert_eq!(kernel.name(), name);
     let record = run(kernel, &action, 10, 8_000);
     assert!(record.acceptance_of("noneq") > 0.3);
     common::assert_agrees_with(&record, &reference, l * l, "noneq");
@@ -358,7 +392,12 @@ fn bad_flow_starts_and_snfs_are_refused() {
         (local(0, 1.0), phi4(4, 0.3), "noneq_steps"),
         (local(4, 1.0), phi4(6, 0.3), "lattice"),
     ] {
-        let err = trainer().with_snf(Snf { protocol, start }).err().unwrap();
+        let snf = Snf {
+            protocol,
+            start,
+            layers_after: Vec::new(),
+        };
+        let err = trainer().with_snf(snf).err().unwrap();
         assert!(err.to_string().contains(needle), "{err}");
     }
 }
@@ -398,6 +437,7 @@ fn a_trained_snf_brings_its_protocol_to_the_noneq_kernel() {
         steps: 3,
         step_size: 0.7,
         start: start.clone(),
+        layers_every: None,
     };
     let path = common::scratch_file("snf.json");
     let spec = train_run(&path, Some(snf.clone()));
@@ -464,4 +504,419 @@ fn a_trained_snf_brings_its_protocol_to_the_noneq_kernel() {
     sample.model = None;
     let err = sample.validate().err().unwrap();
     assert!(err.to_string().contains("model"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Flow layers between the stochastic steps.
+
+/// The seed recipe's flow on an l × l lattice with `extra` copies of its spline block
+/// appended (the groups an SNF places between its steps), every parameter drawn uniformly
+/// in (−`scale`, `scale`) so that each layer moves φ.
+fn flow_with_blocks(l: usize, extra: usize, scale: f32, seed: u64) -> FlowModel {
+    let mut config = FlowConfig::seed(l * l, 1, 4).unwrap();
+    let block = config
+        .layers
+        .iter()
+        .rev()
+        .find(|layer| matches!(layer, LayerConfig::Block(_)))
+        .unwrap()
+        .clone();
+    config.layers.extend(std::iter::repeat_n(block, extra));
+    random_model(&config, l, scale, seed)
+}
+
+#[test]
+fn flow_layers_between_the_steps_keep_the_free_fields_log_z_exact() {
+    // An exact free-field start of another mass, then 16 sweeps with a scale layer after
+    // sweep 5 and a random (untrained) affine block after sweep 10: Jarzynski's log Z
+    // stays exact whatever θ. Each layer's log-determinant is many standard errors of
+    // log Z, so a wrong term of W would show.
+    let l = 6;
+    let target = Arc::new(FreeField::new(lattice(l), 0.5).unwrap());
+    let start = Arc::new(FreeField::new(lattice(l), 0.2).unwrap());
+    let exact = target.log_z();
+    let affine = FlowConfig::real_nvp(1, &[l * l]).layers[0].clone();
+    let config = FlowConfig {
+        prior: PriorConfig::StandardNormal,
+        layers: vec![
+            LayerConfig::FreeField(FreeFieldConfig::mass(0.2, 1.0)),
+            LayerConfig::Scale,
+            affine,
+        ],
+    };
+    let mut model = FlowModel::new(&config, &lattice(l), 1).unwrap();
+    let (scale, block) = (
+        model.layer_params()[1].clone(),
+        model.layer_params()[2].clone(),
+    );
+    let mut rng = rng_from_seed(21);
+    model.params_mut()[scale].fill(0.04);
+    for p in &mut model.params_mut()[block] {
+        *p = 0.05 * Distribution::<f32>::sample(&StandardNormal, &mut rng);
+    }
+    assert_eq!(model.layer_groups(), 3);
+    let mut maps = model.interleave(2).unwrap().maps;
+    let mut field = vec![0.0; l * l];
+    start.sampler().sample_into(&mut rng, &mut field).unwrap();
+    let before = field.clone();
+    for map in &mut maps {
+        let log_det = map.forward(&mut field).unwrap();
+        let moved = field
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(moved > 0.02, "the layer moves φ by {moved}");
+        let back = map.inverse(&mut field).unwrap();
+        assert!((log_det + back).abs() < 1e-9, "{log_det} vs {back}");
+        assert!(field.iter().zip(&before).all(|(a, b)| (a - b).abs() < 1e-9));
+    }
+
+    let evolution = |k: usize, after: &[usize]| {
+        NoneqEvolution::from_interleaved(
+            target.clone(),
+            model.interleave(k).unwrap(),
+            start.clone(),
+            local(16, 1.0),
+            after,
+            100,
+        )
+        .unwrap()
+    };
+    let mut interleaved = evolution(2, &[5, 10]);
+    let est = noneq_estimate(&mut interleaved, 3_000, 1, &mut [&mut phi2]).unwrap();
+    assert!(est.reliable, "{:?}", est.caveats);
+    assert!(est.log_z_err < 0.05, "error {}", est.log_z_err);
+    assert!(
+        (est.log_z - exact).abs() < 4.0 * est.log_z_err,
+        "log Z {} ± {} vs exact {exact}",
+        est.log_z,
+        est.log_z_err
+    );
+    assert_within(&est.observables[0], target.propagator()[0], "G(0)");
+
+    // Without layers between the steps the evolution is the plain flow start's, bit for bit.
+    let mut plain = NoneqEvolution::from_flow(
+        target.clone(),
+        Arc::new(model.interleave(0).unwrap().start),
+        start.clone(),
+        local(16, 1.0),
+        100,
+    )
+    .unwrap();
+    let mut none = evolution(0, &[]);
+    let (mut a, mut b) = (rng_from_seed(5), rng_from_seed(5));
+    for _ in 0..5 {
+        assert_eq!(
+            plain.forward(&mut a).unwrap(),
+            none.forward(&mut b).unwrap()
+        );
+    }
+}
+
+/// The stochastic normalizing flow of `flow_with_blocks(_, 2, ..)`: 6 sweeps from φ⁴ at
+/// β = 0.3 to the target, the two extra blocks after the sweeps `after`.
+fn interleaved_snf(l: usize, after: &[usize]) -> Snf {
+    Snf {
+        protocol: local(6, 0.8),
+        start: phi4(l, 0.3),
+        layers_after: after.to_vec(),
+    }
+}
+
+#[test]
+fn the_gradient_through_layers_between_the_steps_matches_finite_differences() {
+    // f64 throughout, 4 × 4, 5 rows with the protocol's random numbers fixed: the loss
+    // (1/N) Σ (W − log r(z)) of the training pass, differentiated with respect to θ by
+    // central differences along parameters of every layer group and random directions.
+    // Two placements: blocks after sweeps 2 and 6 (the last after the final sweep), and
+    // before the first sweep and after sweep 4.
+    use latflow::flow::{ChunkSeed, Workspace};
+    use latflow::train::SnfSeeds;
+    let l = 4;
+    let target = phi4(l, 0.537);
+    let model = flow_with_blocks(l, 2, 0.3, 31);
+    let params: Vec<f64> = model.params().iter().map(|&p| f64::from(p)).collect();
+    let n = 5;
+    let mut rng = rng_from_seed(32);
+    let z = Array2::from_shape_fn((n, l * l), |_| StandardNormal.sample(&mut rng));
+    for after in [[2, 6], [0, 4]] {
+        let snf = interleaved_snf(l, &after);
+        let loss = |params: &[f64]| -> (f64, Vec<f64>) {
+            let seeds = SnfSeeds::new(&snf, &*target, 17, 3, n);
+            let mut ws = Workspace::<f64>::new(1);
+            let mut grad = vec![0.0; params.len()];
+            let out = model
+                .forward_backward_interleaved_with(
+                    params,
+                    z.view(),
+                    &mut ws,
+                    (2, |cut| seeds.between(cut)),
+                    |mut chunk: ChunkSeed<'_, f64>| {
+                        seeds.end(&mut chunk);
+                        chunk.grad_logdet.fill(-1.0 / n as f64);
+                    },
+                    &mut grad,
+                )
+                .unwrap();
+            (out.record.sum() / n as f64, grad)
+        };
+        let (_, grad) = loss(&params);
+        let groups = model.layer_params();
+        let mut directions: Vec<Vec<f64>> = Vec::new();
+        for range in groups.iter().filter(|r| !r.is_empty()) {
+            for k in [range.start, (range.start + range.end) / 2, range.end - 1] {
+                directions.push(
+                    (0..params.len())
+                        .map(|i| f64::from(u8::from(i == k)))
+                        .collect(),
+                );
+            }
+        }
+        directions.extend((0..3).map(|_| {
+            (0..params.len())
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect()
+        }));
+        // The interleaved groups' parameters do get a gradient.
+        let last = groups.last().unwrap().clone();
+        assert!(grad[last].iter().any(|g| g.abs() > 1e-3));
+        assert_matches_finite_differences(&grad, &directions, |d, h| {
+            let moved: Vec<f64> = params.iter().zip(d).map(|(p, x)| p + h * x).collect();
+            loss(&moved).0
+        });
+    }
+}
+
+#[test]
+fn the_training_pass_and_the_evaluation_agree_on_the_work() {
+    // The records of the f32 training pass are W − log r(z); their mean plus E[log r]
+    // estimates E[W], which the evaluation (whole paths in f64, layers through LayerMap)
+    // estimates independently.
+    use latflow::flow::{ChunkSeed, TrainableFlow};
+    use latflow::train::SnfSeeds;
+    let l = 4;
+    let target = phi4(l, 0.537);
+    let model = flow_with_blocks(l, 2, 0.05, 41);
+    let snf = interleaved_snf(l, &[3, 6]);
+    let n = 8_000;
+    let mut rng = rng_from_seed(42);
+    let z = Array2::from_shape_fn((n, l * l), |_| StandardNormal.sample(&mut rng));
+    let seeds = SnfSeeds::new(&snf, &*target, 1, 0, n);
+    let mut ws = model.workspace(2);
+    let mut grad = vec![0.0; model.n_params()];
+    let out = model
+        .forward_backward_interleaved(
+            z.view(),
+            &mut ws,
+            (2, |cut| seeds.between(cut)),
+            |mut chunk: ChunkSeed<'_, f32>| seeds.end(&mut chunk),
+            &mut grad,
+        )
+        .unwrap();
+    let half_log_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
+    let works: Vec<f64> = out
+        .record
+        .iter()
+        .zip(z.outer_iter())
+        .map(|(r, row)| {
+            let log_r: f64 = row
+                .iter()
+                .map(|x| -0.5 * f64::from(*x).powi(2) - half_log_2pi)
+                .sum();
+            r + log_r
+        })
+        .collect();
+    let mean = works.iter().sum::<f64>() / n as f64;
+    let var = works.iter().map(|w| (w - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let eval = evaluate_snf(&model, &*target, &snf, n, &mut rng_from_seed(43)).unwrap();
+    let sigma = ((var + eval.var_log_w) / n as f64).sqrt();
+    assert!(
+        (mean + eval.mean_log_w).abs() < 4.0 * sigma,
+        "training E[W] {mean} vs evaluation {} (σ {sigma})",
+        -eval.mean_log_w
+    );
+    // The comparison can fail: each layer's log-determinant, a term of W, is far larger
+    // than σ.
+    for mut map in model.interleave(2).unwrap().maps {
+        let mut field: Vec<f64> = (0..l * l)
+            .map(|_| 0.5 * Distribution::<f64>::sample(&StandardNormal, &mut rng))
+            .collect();
+        let log_det = map.forward(&mut field).unwrap();
+        assert!(log_det.abs() > 8.0 * sigma, "log|det| {log_det}, σ {sigma}");
+    }
+}
+
+#[test]
+fn training_with_layers_between_the_steps_lowers_the_work_and_samples_exactly() {
+    let snf = Snf {
+        protocol: local(6, 1.0),
+        start: phi4(4, 0.3),
+        layers_after: Snf::every(3, 6),
+    };
+    assert_eq!(snf.layers_after, [3, 6]);
+    let mut config = FlowConfig::seed(16, 1, 4).unwrap();
+    let spline = config.layers[2].clone();
+    config.layers.extend([spline.clone(), spline]);
+    check_snf_training(
+        &config,
+        &snf,
+        "noneq(flow start, 6 steps, 2 flow layers between)",
+    );
+}
+
+#[test]
+fn a_model_with_layers_between_the_steps_round_trips_to_the_noneq_kernel() {
+    use latflow::run::{
+        ActionSpec, KernelSpec, Registry, SampleSpec, SnfSpec, Typed, parse_kernel,
+    };
+    let snf = SnfSpec {
+        steps: 3,
+        step_size: 0.7,
+        start: ActionSpec::Phi4 {
+            beta: 0.3,
+            lambda: 0.5,
+        },
+        layers_every: Some(1),
+    };
+    assert_eq!(snf.layers_after(), [1, 2, 3]);
+    let path = common::scratch_file("snf-layers.json");
+    let spec = train_run(&path, Some(snf.clone()));
+    let report = common::train_to_the_end(&spec, &mut ());
+    assert!(report.acceptance > 0.0 && report.ess > 0.0);
+    let model = Arc::new(FlowModel::load(&path).unwrap());
+    assert_eq!(SnfSpec::recorded(&model).unwrap(), Some(snf.clone()));
+    let recipe = spec.recipe.build(&lattice(4)).unwrap();
+    assert_eq!(model.layer_groups(), recipe.layers.len() + 3);
+    let spline = recipe
+        .layers
+        .iter()
+        .rev()
+        .find(|layer| matches!(layer, LayerConfig::Block(_)))
+        .unwrap();
+    assert!(
+        model.config().layers[recipe.layers.len()..]
+            .iter()
+            .all(|layer| layer == spline)
+    );
+    let action = phi4(4, 0.537);
+    let noneq = KernelSpec {
+        kind: parse_kernel("noneq").unwrap(),
+        ..KernelSpec::default()
+    };
+    let build = |kernel: &KernelSpec| {
+        kernel.build_with(&Typed(action.clone()), Some(&model), Registry::builtin())
+    };
+    assert_eq!(
+        build(&noneq).unwrap().name(),
+        "noneq(flow start, 3 steps, 3 flow layers between)"
+    );
+    // The spec's own protocol is used when it has the model's number of steps.
+    let step_size = KernelSpec {
+        noneq_steps: 3,
+        noneq_step_size: 0.3,
+        ..noneq.clone()
+    };
+    assert_eq!(
+        build(&step_size).unwrap().name(),
+        "noneq(flow start, 3 steps, 3 flow layers between)"
+    );
+    let err = build(&KernelSpec {
+        noneq_steps: 5,
+        ..noneq.clone()
+    })
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("noneq_steps"), "{err}");
+    // The sampler of the model, in one chain and in an ensemble of two.
+    for chains in [1, 2] {
+        let sample = SampleSpec {
+            lattice: lattice(4),
+            action: ActionSpec::Phi4 {
+                beta: 0.537,
+                lambda: 0.5,
+            },
+            kernel: noneq.clone(),
+            n: 200,
+            therm: 10,
+            thin: 1,
+            seed: 1,
+            model: Some(path.clone()),
+            chains,
+        };
+        let report = latflow::run::sample(&sample, &mut (), &StopToken::never()).unwrap();
+        assert_eq!(report.n, 200);
+    }
+}
+
+#[test]
+fn bad_placements_of_layers_between_the_steps_are_refused() {
+    use latflow::run::{ActionSpec, SnfSpec};
+    use latflow::train::GradientEstimator;
+    let l = 4;
+    let action = phi4(l, 0.537);
+    let model = flow_with_blocks(l, 2, 0.05, 3);
+    let trainer = |gradient: GradientEstimator| {
+        let mut config = TrainConfig::new(8, 2, 0.01);
+        config.gradient = gradient;
+        Trainer::new(model.clone(), action.clone(), config).unwrap()
+    };
+    for (after, gradient, needle) in [
+        (vec![4, 2], GradientEstimator::Total, "layers_after"),
+        (vec![2, 7], GradientEstimator::Total, "layers_after"),
+        (vec![2, 4], GradientEstimator::Path, "gradient"),
+        (vec![1; 7], GradientEstimator::Total, "the flow has 6"),
+    ] {
+        let err = trainer(gradient)
+            .with_snf(interleaved_snf(l, &after))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(needle), "{after:?}: {err}");
+    }
+    let err = NoneqEvolution::from_interleaved(
+        action.clone(),
+        model.interleave(2).unwrap(),
+        phi4(l, 0.3),
+        local(6, 0.8),
+        &[3],
+        8,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("layers_after"), "{err}");
+    assert!(model.interleave(7).is_err());
+
+    let spec = |every| SnfSpec {
+        steps: 3,
+        step_size: 0.5,
+        start: ActionSpec::Phi4 {
+            beta: 0.3,
+            lambda: 0.5,
+        },
+        layers_every: Some(every),
+    };
+    for every in [0, 4] {
+        let err = spec(every).validate().err().unwrap();
+        assert!(err.to_string().contains("snf.layers_every"), "{err}");
+    }
+    let free_only = FlowConfig {
+        prior: PriorConfig::StandardNormal,
+        layers: vec![LayerConfig::FreeField(FreeFieldConfig::mass(0.2, 1.0))],
+    };
+    let err = spec(1).extend(free_only).err().unwrap();
+    assert!(err.to_string().contains("snf.layers_every"), "{err}");
+
+    let out = common::scratch_file("refused.json");
+    let out = out.to_str().unwrap();
+    let flags = ["train", "--beta", "0.5", "--lambda", "0.5", "--out", out];
+    for extra in [
+        &["--snf-layers-every", "2"][..],
+        &["--snf-steps", "2", "--snf-layers-every", "3"],
+    ] {
+        let run = common::run_latflow(&[&flags[..], extra].concat());
+        assert!(!run.status.success());
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains("--snf-layers-every"), "{stderr}");
+    }
+    assert!(!std::path::Path::new(out).exists());
 }

@@ -33,8 +33,8 @@ pub use conv::{ConvNet, coarse_lattice, conv_taps, strided_conv_taps, upsampling
 pub use free_field::{FreeFieldConfig, FreeFieldKind, FreeFieldLayer, Spectrum, momentum_classes};
 pub use layers::{Coupling, FlowFloat, Layer, TransformPair};
 pub use model::{
-    BatchOutput, ChunkSeed, FlowModel, MODEL_FORMAT_VERSION, OLDEST_MODEL_FORMAT_VERSION, PullBack,
-    Workspace,
+    BatchOutput, ChunkSeed, FlowModel, InterleaveSeed, InterleavedFlow, LayerMap,
+    MODEL_FORMAT_VERSION, OLDEST_MODEL_FORMAT_VERSION, PullBack, Workspace,
 };
 pub use multiscale::{CoarseLayer, check_levels};
 pub use net::{

@@ -4,6 +4,7 @@
 //! (`file`: JSON of config, lattice, parameters and metadata, written atomically).
 
 mod file;
+mod interleave;
 mod latent;
 mod passes;
 mod workspace;
@@ -27,9 +28,10 @@ use crate::rng::rng_from_seed;
 use crate::tape::{Tape, Var};
 
 pub use file::{MODEL_FORMAT_VERSION, OLDEST_MODEL_FORMAT_VERSION};
+pub use interleave::{InterleavedFlow, LayerMap};
 pub use latent::PullBack;
 use passes::scratch_workspace;
-pub use workspace::{BatchOutput, ChunkSeed, Workspace};
+pub use workspace::{BatchOutput, ChunkSeed, InterleaveSeed, Workspace};
 
 /// A normalizing flow: latent prior, layers, and the flat parameter vector; the built-in
 /// [`Flow`] and [`TrainableFlow`].
@@ -61,6 +63,8 @@ pub struct FlowModel {
     layers: Vec<Layer>,
     /// The parameters of each element of `config.layers`.
     layer_params: Vec<Range<usize>>,
+    /// The positions in `layers` of each element of `config.layers` (its layer group).
+    groups: Vec<Range<usize>>,
     params: Vec<f32>,
     metadata: BTreeMap<String, serde_json::Value>,
 }
@@ -99,8 +103,10 @@ impl FlowModel {
         let mut too_large: Option<&str> = None;
         let mut layers = Vec::new();
         let mut layer_params = Vec::new();
+        let mut groups = Vec::new();
         for layer in &config.layers {
             let start = builder.len();
+            let first = layers.len();
             layers.extend(build_layers(
                 std::slice::from_ref(layer),
                 lattice,
@@ -109,6 +115,7 @@ impl FlowModel {
                 &mut too_large,
             )?);
             layer_params.push(start..builder.len());
+            groups.push(first..layers.len());
         }
         if let Some(name) = too_large {
             let f32_bytes = std::mem::size_of::<f32>() as u128;
@@ -128,6 +135,7 @@ impl FlowModel {
             prior: Prior::new(&config.prior, lattice)?,
             layers,
             layer_params,
+            groups,
             params: builder.finish(),
             metadata: BTreeMap::new(),
         })
@@ -403,6 +411,25 @@ impl TrainableFlow for FlowModel {
         S: Fn(ChunkSeed<'_, f32>) + Sync,
     {
         FlowModel::forward_backward_scored(self, z, workspace, seed, grad)
+    }
+
+    fn forward_backward_interleaved<'w, B, S>(
+        &self,
+        z: ArrayView2<f32>,
+        workspace: &'w mut Workspace<f32>,
+        interleave: (usize, B),
+        seed: S,
+        grad: &mut [f32],
+    ) -> Result<BatchOutput<'w, f32>>
+    where
+        B: Fn(InterleaveSeed<'_, f32>) + Sync,
+        S: Fn(ChunkSeed<'_, f32>) + Sync,
+    {
+        self.forward_backward_interleaved_with(&self.params, z, workspace, interleave, seed, grad)
+    }
+
+    fn interleave(&self, k: usize) -> Result<InterleavedFlow> {
+        FlowModel::interleave(self, k)
     }
 
     /// The [`FlowConfig`] as JSON.

@@ -11,7 +11,7 @@ use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
 use crate::action::Action;
 use crate::error::{Error, Result};
-use crate::flow::model::{BatchOutput, ChunkSeed};
+use crate::flow::model::{BatchOutput, ChunkSeed, InterleaveSeed, InterleavedFlow};
 use crate::flow::prior::LatentPrior;
 use crate::lattice::Lattice;
 use crate::rng::SimRng;
@@ -390,6 +390,39 @@ pub trait TrainableFlow: Flow {
         ))
     }
 
+    /// [`TrainableFlow::forward_backward`] with a map run before each of the flow's last
+    /// `interleave.0` layer groups, `interleave.1`, which sees and moves the field there
+    /// and seeds the gradient of its own terms (see
+    /// [`FlowModel::forward_backward_interleaved_with`]): the pass of a stochastic
+    /// normalizing flow with flow layers between its stochastic steps. The provided
+    /// version refuses with an [`Error::Incompatible`]: a flow made of layer groups
+    /// overrides it, and [`TrainableFlow::interleave`] with it.
+    ///
+    /// [`FlowModel::forward_backward_interleaved_with`]: crate::flow::FlowModel::forward_backward_interleaved_with
+    fn forward_backward_interleaved<'w, B, S>(
+        &self,
+        z: ArrayView2<f32>,
+        workspace: &'w mut Self::Workspace,
+        interleave: (usize, B),
+        seed: S,
+        grad: &mut [f32],
+    ) -> Result<BatchOutput<'w, f32>>
+    where
+        B: Fn(InterleaveSeed<'_, f32>) + Sync,
+        S: Fn(ChunkSeed<'_, f32>) + Sync,
+    {
+        let _ = (z, workspace, interleave, seed, grad);
+        Err(interleave_refused())
+    }
+
+    /// The flow cut before its last `k` layer groups, which a stochastic normalizing flow
+    /// interleaves with its stochastic steps (see [`InterleavedFlow`]). The provided
+    /// version refuses like [`TrainableFlow::forward_backward_interleaved`].
+    fn interleave(&self, k: usize) -> Result<InterleavedFlow> {
+        let _ = k;
+        Err(interleave_refused())
+    }
+
     /// A JSON description of the flow's structure (not its parameters), saved in
     /// checkpoints; resuming into a flow with another description is refused.
     fn description(&self) -> serde_json::Value;
@@ -404,6 +437,15 @@ pub trait TrainableFlow: Flow {
     fn metadata_mut(&mut self) -> Option<&mut BTreeMap<String, serde_json::Value>> {
         None
     }
+}
+
+/// Why a flow that is not made of layer groups cannot interleave them with other maps.
+fn interleave_refused() -> Error {
+    Error::Incompatible(
+        "flow layers between stochastic steps need a flow made of layer groups (a \
+         FlowModel); this flow does not override TrainableFlow::forward_backward_interleaved"
+            .into(),
+    )
 }
 
 /// Checks that a flow and an action live on the same lattice: an [`Error::Incompatible`]

@@ -29,6 +29,7 @@ pub use flowhmc::FlowHmc;
 pub use hmc::{Hmc, Integrator, OMELYAN_LAMBDA};
 pub use local::{ACTION_REFRESH_INTERVAL, LocalMetropolis, SweepOrder};
 pub use moves::{MOVE_DETAIL_COLUMNS, MOVE_KINDS, MoveDetail, MoveInfo, MoveLabel, MoveRows};
+pub(crate) use noneq::FlowLayers;
 pub use noneq::{
     FieldFunction, MIN_EFFECTIVE_EVOLUTIONS, NoneqEstimate, NoneqEvolution, NoneqPath,
     NoneqProposal, NoneqProtocol, NoneqUpdate, noneq_estimate,

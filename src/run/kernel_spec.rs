@@ -406,18 +406,27 @@ impl KernelSpec {
             ),
             "noneq" if self.noneq_from_flow(model.is_some()) => {
                 let model = needs_model(model, name)?;
-                let (start, protocol) = self.flow_start(&model, target, registry)?;
-                let flow: Arc<dyn Flow> = model;
-                Box::new(
-                    NoneqProposal::new(NoneqEvolution::from_flow(
+                let (start, protocol, after) = self.flow_start(&model, target, registry)?;
+                let evolution = if after.is_empty() {
+                    let flow: Arc<dyn Flow> = model;
+                    NoneqEvolution::from_flow(
                         target.action(),
                         flow,
                         start,
                         protocol,
                         self.flow_batch,
-                    )?)
-                    .with_label(label),
-                )
+                    )?
+                } else {
+                    NoneqEvolution::from_interleaved(
+                        target.action(),
+                        model.interleave(after.len())?,
+                        start,
+                        protocol,
+                        &after,
+                        self.flow_batch,
+                    )?
+                };
+                Box::new(NoneqProposal::new(evolution).with_label(label))
             }
             "noneq" => Box::new(
                 NoneqProposal::new(NoneqEvolution::new(
@@ -439,18 +448,21 @@ impl KernelSpec {
 }
 
 impl KernelSpec {
-    /// The start action S₀ and the protocol of a `noneq` kernel starting from `model`: a
-    /// model trained as a stochastic normalizing flow gives its start action and protocol
-    /// (unless the spec sets `noneq_steps` or `noneq_step_size` to other values than their
-    /// defaults, or `noneq_update` to `hmc`: then the spec's protocol, as exact); any other
-    /// model the action it records it was trained for (the target when it records none)
-    /// and the spec's protocol.
+    /// The start action S₀, the protocol and the steps after which the model's last layer
+    /// groups sit, of a `noneq` kernel starting from `model`: a model trained as a
+    /// stochastic normalizing flow gives its start action, protocol and placement of
+    /// flow layers between the steps (unless the spec sets `noneq_steps` or
+    /// `noneq_step_size` to other values than their defaults, or `noneq_update` to `hmc`:
+    /// then the spec's protocol, as exact, which must have the model's number of steps when
+    /// flow layers sit between them); any other model the action it records it was
+    /// trained for (the target when it records none), the spec's protocol, and no layers
+    /// between the steps.
     fn flow_start(
         &self,
         model: &FlowModel,
         target: &dyn TargetAction,
         registry: &Registry,
-    ) -> Result<(Arc<dyn crate::action::Action>, NoneqProtocol)> {
+    ) -> Result<(Arc<dyn crate::action::Action>, NoneqProtocol, Vec<usize>)> {
         let lattice = target.action().lattice().clone();
         let defaults = KernelSpec::default();
         let own_protocol = self.noneq_steps != defaults.noneq_steps
@@ -463,17 +475,29 @@ impl KernelSpec {
             } else {
                 snf.protocol()
             };
-            return Ok((start, protocol));
+            let after = snf.layers_after();
+            if !after.is_empty() && protocol.steps != snf.steps {
+                return Err(Error::param(
+                    "noneq_steps",
+                    format!(
+                        "the model places flow layers after sweeps {after:?} of its protocol \
+                         of {} sweeps; a protocol of {} steps does not fit them (leave \
+                         noneq_steps at the model's {})",
+                        snf.steps, protocol.steps, snf.steps
+                    ),
+                ));
+            }
+            return Ok((start, protocol, after));
         }
         // A model that records no action (one built in code) is taken to be trained for the
         // target: S₀ = S, exact like any other S₀.
         let Some(recorded) = model.metadata().get("action") else {
-            return Ok((target.action(), self.noneq_protocol()));
+            return Ok((target.action(), self.noneq_protocol(), Vec::new()));
         };
         let spec: super::ActionSpec = serde_json::from_value(recorded.clone())
             .map_err(|e| Error::format("action in the model file", e.to_string()))?;
         let start = registry.action(&spec, &lattice)?.action();
-        Ok((start, self.noneq_protocol()))
+        Ok((start, self.noneq_protocol(), Vec::new()))
     }
 }
 

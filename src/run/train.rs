@@ -10,7 +10,7 @@ use super::{ActionSpec, Registry};
 use crate::action::Action;
 use crate::control::{Observer, StopToken};
 use crate::error::{Error, Result};
-use crate::flow::{Flow, FlowModel};
+use crate::flow::{Flow, FlowConfig, FlowModel, LayerConfig};
 use crate::kernel::{NoneqProtocol, NoneqUpdate};
 use crate::lattice::Lattice;
 use crate::parallel::Collective;
@@ -56,8 +56,11 @@ impl AnnealSpec {
 /// A stochastic normalizing flow: the flow followed by a protocol of `steps` local sweeps
 /// (proposal half-width `step_size`) through S_λ = (1 − λ) S₀ + λ S, λ = t/`steps`, from
 /// the action `start` (S₀) to the run's action, trained end to end by minimising the path's
-/// work E[W] (see [`crate::train::Snf`]). A model trained so records it under `snf`, and the
-/// `noneq` kernel with the model's flow start uses this protocol and start action.
+/// work E\[W\] (see [`crate::train::Snf`]). With `layers_every` = k, one more coupling block
+/// of the recipe's kind (a copy of its last block's configuration) sits after every k
+/// sweeps: ⌊steps/k⌋ blocks, appended to the recipe's flow as its last layer groups. A
+/// model trained so records the SNF under `snf`, and the `noneq` kernel with the model's
+/// flow start uses this protocol, start action and placement of the blocks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnfSpec {
@@ -68,6 +71,10 @@ pub struct SnfSpec {
     /// The action S₀ the flow's map stands for (e.g. φ⁴ at a smaller β), on the run's
     /// lattice.
     pub start: ActionSpec,
+    /// One more coupling block after every this many sweeps (≥ 1, at most `steps`);
+    /// none: the whole flow comes before the sweeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers_every: Option<usize>,
 }
 
 impl SnfSpec {
@@ -81,8 +88,51 @@ impl SnfSpec {
         }
     }
 
-    /// Checks the protocol; the errors name `snf.steps` and `snf.step_size`.
+    /// The steps after which the blocks between the sweeps sit (see
+    /// [`Snf::every`]).
+    pub fn layers_after(&self) -> Vec<usize> {
+        Snf::every(self.layers_every.unwrap_or(0), self.steps)
+    }
+
+    /// The recipe's flow `config` with the blocks between the sweeps appended: copies of
+    /// its last coupling block. A recipe without a coupling block is refused, naming
+    /// `snf.layers_every`.
+    pub fn extend(&self, mut config: FlowConfig) -> Result<FlowConfig> {
+        let blocks = self.layers_after().len();
+        if blocks == 0 {
+            return Ok(config);
+        }
+        let Some(block) = config
+            .layers
+            .iter()
+            .rev()
+            .find(|l| matches!(l, LayerConfig::Block(_)))
+            .cloned()
+        else {
+            return Err(Error::param(
+                "snf.layers_every",
+                "the recipe has no coupling block to place between the sweeps",
+            ));
+        };
+        config.layers.extend(std::iter::repeat_n(block, blocks));
+        Ok(config)
+    }
+
+    /// Checks the protocol and the blocks' spacing; the errors name `snf.steps`,
+    /// `snf.step_size` and `snf.layers_every`.
     pub fn validate(&self) -> Result<()> {
+        if let Some(every) = self.layers_every
+            && !(1..=self.steps.max(1)).contains(&every)
+        {
+            return Err(Error::param(
+                "snf.layers_every",
+                format!(
+                    "must be between 1 and snf.steps = {} (a block after every k sweeps), \
+                     got {every}",
+                    self.steps
+                ),
+            ));
+        }
         if self.steps == 0 {
             return Err(Error::param(
                 "snf.steps",
@@ -104,6 +154,7 @@ impl SnfSpec {
         Ok(Snf {
             protocol: self.protocol(),
             start: registry.action(&self.start, lattice)?.action(),
+            layers_after: self.layers_after(),
         })
     }
 
@@ -358,7 +409,10 @@ pub fn train(
             .action(&spec.action, &spec.lattice)?
             .action(),
     );
-    let config = spec.recipe.build(&spec.lattice)?;
+    let mut config = spec.recipe.build(&spec.lattice)?;
+    if let Some(snf) = &spec.snf {
+        config = snf.extend(config)?;
+    }
     let mut model = FlowModel::new_with(
         &config,
         &spec.lattice,

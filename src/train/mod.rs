@@ -16,5 +16,5 @@ pub use config::{DEFAULT_CHECK_INTERVAL, GradientEstimator, MIN_EVAL_SAMPLES, Tr
 pub use metrics::{EvalMetrics, StepMetrics, TrainSummary};
 pub use optim::{Optimizer, OptimizerKind};
 pub use schedule::Schedule;
-pub use snf::{Snf, evaluate_snf};
+pub use snf::{Snf, SnfSeeds, evaluate_snf};
 pub use trainer::{AnnealFn, EVAL_CHUNK, Trainer, evaluate_flow};

@@ -24,7 +24,7 @@ use crate::train::checkpoint::Checkpoint;
 use crate::train::config::{GradientEstimator, TrainConfig};
 use crate::train::metrics::{EvalMetrics, StepMetrics, TrainSummary};
 use crate::train::optim::Optimizer;
-use crate::train::snf::{Snf, check_eval_samples, eval_metrics, evaluate_snf, snf_stream};
+use crate::train::snf::{Snf, SnfSeeds, check_eval_samples, eval_metrics, evaluate_snf};
 
 /// Index offset of the evaluation streams derived from the training seed (kept apart from
 /// the training stream, so evaluating never changes the training trajectory).
@@ -49,19 +49,6 @@ pub type AnnealFn<A> = Box<dyn Fn(f64) -> Result<A> + Send + Sync>;
 thread_local! {
     /// Per-thread f64 copies of one row and its force, reused by the gradient seed.
     static ROW_SCRATCH: RefCell<(Vec<f64>, Vec<f64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// Per-thread buffers of a stochastic normalizing flow's rows: the evolving field, the
-/// gradient ∂W/∂φ₀ and the start action's force.
-#[derive(Default)]
-struct SnfScratch {
-    phi: Vec<f64>,
-    grad: Vec<f64>,
-    force: Vec<f64>,
-}
-
-thread_local! {
-    static SNF_SCRATCH: RefCell<SnfScratch> = RefCell::new(SnfScratch::default());
 }
 
 /// Trains a flow (a [`FlowModel`] or any other [`TrainableFlow`]) by reverse KL against an
@@ -169,17 +156,29 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         self
     }
 
-    /// Trains the flow as the first half of the stochastic normalizing flow `snf`: every
-    /// row's φ₀ = f(z) is evolved through the protocol from `snf.start` to the trainer's
-    /// action with random numbers of its own stream (from the seed, the iteration and the
-    /// row), the loss is the path's work W and the gradient seed ∂W/∂φ₀ (see
-    /// [`crate::train::Snf`]'s module notes); evaluations run whole paths
+    /// Trains the flow as part of the stochastic normalizing flow `snf`: every row's
+    /// φ₀ = f₀(z) is evolved through the protocol from `snf.start` to the trainer's action
+    /// (with the flow's last layer groups between the steps where `snf.layers_after` puts
+    /// them) with random numbers of its own streams (from the seed, the iteration, the row
+    /// and the stretch), the loss is the path's work W and the gradient its pathwise
+    /// gradient (see [`crate::train::Snf`]'s module notes); evaluations run whole paths
     /// ([`evaluate_snf`]). The loss reported is W − log r(z), as plain training reports
     /// S − log|det| (the same up to the constant E[log r]). Refused together with
-    /// annealing (the target of the path would move). Not saved in checkpoints: set it
-    /// again after [`Trainer::resume`].
+    /// annealing (the target of the path would move); layers between the steps are
+    /// refused with path gradients and for a flow without that many layer groups. Not
+    /// saved in checkpoints: set it again after [`Trainer::resume`].
     pub fn with_snf(mut self, snf: Snf) -> Result<Self> {
         snf.validate(&*self.action)?;
+        if snf.interleaved() > 0 {
+            if self.config.gradient == GradientEstimator::Path {
+                return Err(Error::param(
+                    "gradient",
+                    "flow layers between the stochastic steps are trained with the total \
+                     gradient (the path gradient needs the score of the whole path)",
+                ));
+            }
+            self.model.interleave(snf.interleaved())?;
+        }
         if self.anneal.is_some() {
             return Err(Error::param(
                 "anneal",
@@ -241,7 +240,12 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
         let path = self.config.gradient == GradientEstimator::Path;
         let score_missing = AtomicBool::new(false);
         let snf = self.snf.as_ref();
-        let seed = |chunk: ChunkSeed<'_, f32>| {
+        let snf_seeds = snf.map(|snf| SnfSeeds::new(snf, action, seed, it, self.config.batch));
+        let seed = |mut chunk: ChunkSeed<'_, f32>| {
+            chunk.first_row += first_row;
+            if let Some(seeds) = &snf_seeds {
+                seeds.end(&mut chunk);
+            }
             let ChunkSeed {
                 phi,
                 logdet,
@@ -249,20 +253,9 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
                 mut grad_logdet,
                 mut record,
                 score,
-                first_row: chunk_row,
+                ..
             } = chunk;
-            if let Some(snf) = snf {
-                snf_seed(
-                    snf,
-                    action,
-                    phi,
-                    logdet,
-                    grad_phi.view_mut(),
-                    record.view_mut(),
-                    (seed, it, first_row + chunk_row),
-                    inv_n,
-                );
-            } else {
+            if snf_seeds.is_none() {
                 ROW_SCRATCH.with(|cell| {
                     let (x, force) = &mut *cell.borrow_mut();
                     x.resize(phi.ncols(), 0.0);
@@ -292,7 +285,20 @@ impl<F: TrainableFlow, A: Action + 'static> Trainer<F, A> {
                 (false, _) => grad_logdet.fill((-inv_n) as f32),
             }
         };
-        let output = if path {
+        let interleaved = snf.map_or(0, Snf::interleaved);
+        let output = if let (Some(seeds), true) = (&snf_seeds, interleaved > 0) {
+            let between = |mut cut: crate::flow::InterleaveSeed<'_, f32>| {
+                cut.first_row += first_row;
+                seeds.between(cut);
+            };
+            self.model.forward_backward_interleaved(
+                self.latent.view(),
+                &mut self.workspace,
+                (interleaved, between),
+                seed,
+                &mut self.grad,
+            )?
+        } else if path {
             self.model.forward_backward_scored(
                 self.latent.view(),
                 &mut self.workspace,
@@ -734,55 +740,4 @@ pub(crate) fn log_weights<A: Action + ?Sized>(
         })
         .collect();
     (log_w, positive)
-}
-
-/// The gradient seed of a stochastic normalizing flow's chunk: for every row, φ₀ in f64,
-/// its path through the protocol with the stream of (`seed`, `iteration`, row) from
-/// `first_row` on, the record S₀(φ₀) + W_path − ld and ∂L̂/∂φ₀ = ∂W/∂φ₀ / N (the log-det
-/// and score terms are the caller's, as in plain training).
-#[allow(clippy::too_many_arguments)]
-fn snf_seed<A: Action + ?Sized>(
-    snf: &Snf,
-    action: &A,
-    phi: ArrayView2<'_, f32>,
-    logdet: ArrayView1<'_, f64>,
-    mut grad_phi: ndarray::ArrayViewMut2<'_, f32>,
-    mut record: ndarray::ArrayViewMut1<'_, f64>,
-    (seed, iteration, first_row): (u64, usize, usize),
-    inv_n: f64,
-) {
-    let volume = phi.ncols();
-    let Ok(mut path) = crate::kernel::NoneqPath::new(snf.protocol, volume) else {
-        record.fill(f64::NAN);
-        return;
-    };
-    SNF_SCRATCH.with(|cell| {
-        let scratch = &mut *cell.borrow_mut();
-        scratch.phi.resize(volume, 0.0);
-        scratch.grad.resize(volume, 0.0);
-        scratch.force.resize(volume, 0.0);
-        for (k, ((row, mut g), (r, &ld))) in phi
-            .outer_iter()
-            .zip(grad_phi.outer_iter_mut())
-            .zip(record.iter_mut().zip(logdet.iter()))
-            .enumerate()
-        {
-            for (a, &b) in scratch.phi.iter_mut().zip(row.iter()) {
-                *a = f64::from(b);
-            }
-            let mut rng = snf_stream(seed, iteration, first_row + k);
-            let work = snf.row(
-                action,
-                &mut path,
-                &mut scratch.phi,
-                &mut rng,
-                &mut scratch.grad,
-                &mut scratch.force,
-            );
-            *r = work - ld;
-            for (o, &d) in g.iter_mut().zip(scratch.grad.iter()) {
-                *o = (d * inv_n) as f32;
-            }
-        }
-    });
 }

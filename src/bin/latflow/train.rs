@@ -237,13 +237,17 @@ pub(crate) struct SnfArgs {
     /// is the target itself, and the sweeps only relax the flow's samples).
     #[arg(long)]
     pub(crate) snf_start_beta: Option<f64>,
+    /// One more coupling block of the recipe's kind after every K sweeps (with
+    /// --snf-steps): ⌊N/K⌋ blocks between the sweeps, trained with the rest.
+    #[arg(long, value_name = "K")]
+    pub(crate) snf_layers_every: Option<usize>,
 }
 
 impl SnfArgs {
     /// The SNF of the flags, if --snf-steps is given, for the target `action`.
     fn spec(&self, m: &ArgMatches, action: &ActionSpec) -> Result<Option<SnfSpec>> {
         let Some(steps) = self.snf_steps else {
-            for flag in ["snf_step_size", "snf_start_beta"] {
+            for flag in ["snf_step_size", "snf_start_beta", "snf_layers_every"] {
                 if given(m, flag) {
                     bail!("{} has no effect without --snf-steps", flag_name(flag));
                 }
@@ -265,6 +269,7 @@ impl SnfArgs {
             steps,
             step_size: self.snf_step_size,
             start,
+            layers_every: self.snf_layers_every,
         }))
     }
 }

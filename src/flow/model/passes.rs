@@ -7,7 +7,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, s};
 use rayon::prelude::*;
 
 use super::FlowModel;
-use super::workspace::{BatchOutput, ChunkSeed, Workspace};
+use super::workspace::{BatchOutput, ChunkSeed, Interleave, InterleaveSeed, Workspace};
 use crate::error::{Error, Result};
 use crate::flow::layers::FlowFloat;
 use crate::flow::prior::LatentPrior;
@@ -158,7 +158,7 @@ impl FlowModel {
     where
         F: Fn(ChunkSeed<'_, f32>) + Sync,
     {
-        self.pass(&self.params, z, ws, seed, grad, false)
+        self.pass(&self.params, z, ws, seed, grad, false, None)
     }
 
     /// [`FlowModel::forward_backward`] whose seed also receives the score ∇_φ log p̃(φ) of
@@ -173,7 +173,7 @@ impl FlowModel {
     where
         F: Fn(ChunkSeed<'_, f32>) + Sync,
     {
-        self.pass(&self.params, z, ws, seed, grad, true)
+        self.pass(&self.params, z, ws, seed, grad, true, None)
     }
 
     /// [`FlowModel::forward_backward_with`] whose seed also receives, in
@@ -194,7 +194,7 @@ impl FlowModel {
         T: FlowFloat,
         F: Fn(ChunkSeed<'_, T>) + Sync,
     {
-        self.pass(params, z, ws, seed, grad, true)
+        self.pass(params, z, ws, seed, grad, true, None)
     }
 
     /// φ = f(z) and the score ∇_φ log p̃(φ) of every row with `params`, by the forward
@@ -235,10 +235,43 @@ impl FlowModel {
         T: FlowFloat,
         F: Fn(ChunkSeed<'_, T>) + Sync,
     {
-        self.pass(params, z, ws, seed, grad, false)
+        self.pass(params, z, ws, seed, grad, false, None)
     }
 
-    /// The training pass, carrying the score of every row along when `with_score`.
+    /// [`FlowModel::forward_backward_with`] with a map between layer groups: `between` is
+    /// called before each of the last `k` layer groups with the field there
+    /// ([`InterleaveSeed`]); the field it leaves enters the next group as φ plus a shift that
+    /// does not depend on φ, and the gradient it writes for its own terms seeds the
+    /// backward pass at the cut, where the gradient flowing back from the later groups is
+    /// added: ∂L/∂φ_cut = seed + ∂L/∂φ_next. The records of the cuts and of `seed` add up
+    /// per row. With k = 0 this is [`FlowModel::forward_backward_with`]; more groups than
+    /// the flow has is an [`Error::Incompatible`].
+    ///
+    /// This trains a stochastic normalizing flow whose flow layers sit between stochastic
+    /// steps: `between` runs the steps of one stretch of the protocol
+    /// (see [`crate::train::Snf`]).
+    pub fn forward_backward_interleaved_with<'w, T, B, F>(
+        &self,
+        params: &[T],
+        z: ArrayView2<T>,
+        ws: &'w mut Workspace<T>,
+        (k, between): (usize, B),
+        seed: F,
+        grad: &mut [T],
+    ) -> Result<BatchOutput<'w, T>>
+    where
+        T: FlowFloat,
+        B: Fn(InterleaveSeed<'_, T>) + Sync,
+        F: Fn(ChunkSeed<'_, T>) + Sync,
+    {
+        self.check_interleaved(k)?;
+        self.pass(params, z, ws, seed, grad, false, Some((k, &between)))
+    }
+
+    /// The training pass, carrying the score of every row along when `with_score`, with
+    /// the map between layer groups of [`FlowModel::forward_backward_interleaved_with`]
+    /// when `interleave` is given.
+    #[allow(clippy::too_many_arguments)]
     fn pass<'w, T, F>(
         &self,
         params: &[T],
@@ -247,6 +280,7 @@ impl FlowModel {
         seed: F,
         grad: &mut [T],
         with_score: bool,
+        interleave: Option<Interleave<'_, T>>,
     ) -> Result<BatchOutput<'w, T>>
     where
         T: FlowFloat,
@@ -272,19 +306,26 @@ impl FlowModel {
                 return;
             }
             let rows = z.slice(s![a..b, ..]);
-            let (phi, ld) = if with_score {
-                chunk.record_forward_scored(self, params, rows)
-            } else {
-                chunk.record_forward(self, params, rows, true)
-            };
             if chunk.grad_logdet.len() != b - a {
                 chunk.grad_logdet = Array1::zeros(b - a);
                 chunk.record = Array1::zeros(b - a);
             }
-            let tape = &mut chunk.tape;
             chunk.grad_logdet.fill(T::zero());
             chunk.record.fill(0.0);
+            let (phi, ld) = match (with_score, interleave) {
+                (_, Some(between)) => {
+                    chunk.record_forward_interleaved(self, params, rows, between, a)
+                }
+                (true, None) => chunk.record_forward_scored(self, params, rows),
+                (false, None) => chunk.record_forward(self, params, rows, true),
+            };
+            let tape = &mut chunk.tape;
             tape.zero_grads();
+            if interleave.is_some() {
+                for (&v, g) in chunk.cut_vars.iter().zip(&chunk.cut_grads) {
+                    tape.grad_mut(v).zip_mut_with(g, |a, &b| *a = *a + b);
+                }
+            }
             {
                 let (phi_value, phi_grad) = tape.value_and_grad_mut(phi);
                 seed(ChunkSeed {

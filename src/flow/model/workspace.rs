@@ -31,6 +31,29 @@ pub struct ChunkSeed<'a, T> {
     pub first_row: usize,
 }
 
+/// What the map between layer groups of [`FlowModel::forward_backward_interleaved_with`] sees
+/// and writes for one chunk of the batch at one cut.
+pub struct InterleaveSeed<'a, T> {
+    /// The cut: j before the (j + 1)-th of the interleaved groups.
+    pub cut: usize,
+    /// φ of the chunk's rows at the cut on entry; on exit, the field the next group starts
+    /// from. The pass treats the change as a shift that does not depend on φ
+    /// (∂φ_out/∂φ_in = 1).
+    pub phi: ArrayViewMut2<'a, T>,
+    /// ∂L/∂φ at the cut of the terms the map adds to the loss, to be written (zero on
+    /// entry); the pass adds what flows back from the later groups.
+    pub grad_phi: ArrayViewMut2<'a, T>,
+    /// One f64 per row, zero before the first cut and carried from cut to cut on to
+    /// [`ChunkSeed::record`].
+    pub record: ArrayViewMut1<'a, f64>,
+    /// The index of the chunk's first row in the batch.
+    pub first_row: usize,
+}
+
+/// The map between layer groups of an interleaved pass and the number of groups it
+/// precedes (the last ones).
+pub(super) type Interleave<'a, T> = (usize, &'a (dyn Fn(InterleaveSeed<'_, T>) + Sync));
+
 /// The whole batch after [`FlowModel::forward_backward`] (views into the workspace).
 pub struct BatchOutput<'w, T> {
     /// φ = f(z), `[n, volume]`.
@@ -57,6 +80,11 @@ pub(super) struct ChunkWork<T: FlowFloat> {
     /// One row and the free field's force, for a free-field prior's score.
     pub(super) prior_row: Vec<f64>,
     pub(super) prior_force: Vec<f64>,
+    /// The field at a cut of an interleaved pass, then its shift.
+    pub(super) cut_phi: Array2<T>,
+    /// ∂L/∂φ of each cut's own terms, and the φ variable they seed.
+    pub(super) cut_grads: Vec<Array2<T>>,
+    pub(super) cut_vars: Vec<Var>,
 }
 
 impl<T: FlowFloat> ChunkWork<T> {
@@ -146,6 +174,63 @@ impl<T: FlowFloat> ChunkWork<T> {
         }
         (x, ld)
     }
+
+    /// [`ChunkWork::record_forward`] for a backward pass, calling `between` before each of
+    /// the model's last `k` layer groups: the field it leaves in [`InterleaveSeed::phi`]
+    /// enters the graph as φ + (a constant shift), and its gradient seed is kept in
+    /// `cut_grads` for the φ variable kept in `cut_vars`. `record` must be zeroed (and sized
+    /// for the chunk's rows) before; the cuts add to it.
+    pub(super) fn record_forward_interleaved(
+        &mut self,
+        model: &FlowModel,
+        params: &[T],
+        z: ArrayView2<T>,
+        (k, between): Interleave<'_, T>,
+        first_row: usize,
+    ) -> (Var, Var) {
+        self.tape.reset();
+        self.tape.set_save_for_backward(true);
+        let n = z.nrows();
+        let mut x = self.tape.input(z);
+        let mut ld = self.tape.zeros(n, 1);
+        let groups = model.groups.len();
+        self.cut_vars.clear();
+        if self.cut_grads.len() < k {
+            self.cut_grads.resize_with(k, || Array2::zeros((0, 0)));
+        }
+        for (g, span) in model.groups.iter().enumerate() {
+            if g + k >= groups {
+                let cut = g + k - groups;
+                ensure_shape(&mut self.cut_phi, z.dim());
+                self.cut_phi.assign(&self.tape.value(x));
+                let grad = &mut self.cut_grads[cut];
+                ensure_shape(grad, z.dim());
+                grad.fill(T::zero());
+                between(InterleaveSeed {
+                    cut,
+                    phi: self.cut_phi.view_mut(),
+                    grad_phi: grad.view_mut(),
+                    record: self.record.view_mut(),
+                    first_row,
+                });
+                self.cut_phi
+                    .zip_mut_with(&self.tape.value(x), |a, &b| *a = *a - b);
+                let shift = self.tape.input(self.cut_phi.view());
+                self.cut_vars.push(x);
+                x = self.tape.add(x, shift);
+            }
+            for layer in &model.layers[span.clone()] {
+                (x, ld) = layer.build(&mut self.tape, params, x, ld);
+            }
+        }
+        if self.logdet.len() != n {
+            self.logdet = Array1::zeros(n);
+        }
+        for (o, &l) in self.logdet.iter_mut().zip(self.tape.value(ld).iter()) {
+            *o = l.to_f64().unwrap_or(f64::NAN);
+        }
+        (x, ld)
+    }
 }
 
 /// Reusable buffers of [`FlowModel::forward_backward`]: one tape and gradient buffer per
@@ -176,6 +261,9 @@ impl<T: FlowFloat> Workspace<T> {
                     score_scratch: ScoreScratch::default(),
                     prior_row: Vec::new(),
                     prior_force: Vec::new(),
+                    cut_phi: Array2::zeros((0, 0)),
+                    cut_grads: Vec::new(),
+                    cut_vars: Vec::new(),
                 })
                 .collect(),
             phi: Array2::zeros((0, 0)),

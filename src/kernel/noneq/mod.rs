@@ -1,329 +1,31 @@
 //! Non-equilibrium Monte Carlo: evolutions through a protocol of intermediate actions
 //! S_λ = (1 − λ) S₀ + λ S from a start distribution — an exactly sampled Gaussian (a free
 //! field) or a normalizing flow trained for S₀ — to the target, each step one local sweep
-//! or HMC trajectory at fixed λ; the Jarzynski work W of every evolution ([`NoneqPath`]
-//! also gives its gradient with respect to the start field, which trains stochastic
-//! normalizing flows); the estimator of log Z and of reweighted observables from
-//! independent evolutions; and the evolution as an exact independence proposal
-//! ([`NoneqProposal`]).
+//! or HMC trajectory at fixed λ, optionally with flow layers between the steps (a
+//! stochastic normalizing flow); the Jarzynski work W of every evolution ([`NoneqPath`]
+//! also gives its gradient with respect to the field entering a stretch of steps, which
+//! trains stochastic normalizing flows); the estimator of log Z and of reweighted
+//! observables from independent evolutions; and the evolution as an exact independence
+//! proposal ([`NoneqProposal`]).
 
 use std::sync::Arc;
 
 use rand::RngExt;
-use rand_distr::{Distribution, StandardNormal};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::action::{Action, FreeField, FreeFieldSampler, single_site_sweep};
+use crate::action::{Action, FreeField, FreeFieldSampler};
 use crate::error::{Error, Result, ensure_finite};
-use crate::flow::{Flow, ensure_same_lattice};
+use crate::flow::{Flow, InterleavedFlow, LayerMap, ensure_same_lattice};
 use crate::kernel::flow::{FlowBatch, RowDensity};
-use crate::kernel::hmc::{drift, kick, kinetic};
 use crate::kernel::{MoveDetail, MoveInfo, MoveLabel, Proposal, State};
-use crate::lattice::Lattice;
 use crate::rng::{SimRng, rng_from_seed};
 use crate::stats::{
     GammaEstimate, ess_fraction, pareto_k_hat, pareto_k_threshold, reweighted_mean,
 };
 
-/// What one step of a protocol does at its λ.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum NoneqUpdate {
-    /// One local Metropolis sweep with proposals φ_x + δu, u uniform in (−1, 1).
-    Local {
-        /// The proposal half-width δ.
-        step_size: f64,
-    },
-    /// One leapfrog HMC trajectory of fixed length τ in `md_steps` steps.
-    Hmc {
-        /// Trajectory length τ.
-        tau: f64,
-        /// Leapfrog steps.
-        md_steps: usize,
-    },
-}
+mod path;
 
-/// A protocol of `steps` intermediate actions S_{λ_t}, λ_t = t/`steps`, t = 1 … `steps`,
-/// each visited by one `update`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NoneqProtocol {
-    /// Intermediate actions (≥ 1); the last is the target.
-    pub steps: usize,
-    /// The update at each of them.
-    pub update: NoneqUpdate,
-}
-
-impl NoneqProtocol {
-    /// Checks the protocol: at least one step, a positive finite step size or trajectory
-    /// length, at least one leapfrog step; the errors name the settings (`noneq_steps`,
-    /// `noneq_step_size`, `tau`, `md_steps`).
-    pub fn validate(&self) -> Result<()> {
-        if self.steps == 0 {
-            return Err(Error::param(
-                "noneq_steps",
-                "a protocol needs at least one step (0 would be plain importance sampling \
-                 from the start distribution, without any update)",
-            ));
-        }
-        match self.update {
-            NoneqUpdate::Local { step_size } => {
-                ensure_finite("noneq_step_size", step_size)?;
-                if step_size <= 0.0 {
-                    return Err(Error::param(
-                        "noneq_step_size",
-                        format!("must be positive, got {step_size}"),
-                    ));
-                }
-            }
-            NoneqUpdate::Hmc { tau, md_steps } => {
-                ensure_finite("tau", tau)?;
-                if tau <= 0.0 {
-                    return Err(Error::param("tau", format!("must be positive, got {tau}")));
-                }
-                if md_steps == 0 {
-                    return Err(Error::param("md_steps", "must be at least 1"));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// λ_t = t / steps.
-    fn lambda(&self, t: usize) -> f64 {
-        t as f64 / self.steps as f64
-    }
-}
-
-/// S_λ = (1 − λ) S₀ + λ S.
-struct Interpolated<'a, S: ?Sized, A: ?Sized> {
-    start: &'a S,
-    target: &'a A,
-    lambda: f64,
-}
-
-impl<S: Action + ?Sized, A: Action + ?Sized> Action for Interpolated<'_, S, A> {
-    fn lattice(&self) -> &Lattice {
-        self.target.lattice()
-    }
-
-    fn action(&self, phi: &[f64]) -> f64 {
-        (1.0 - self.lambda) * self.start.action(phi) + self.lambda * self.target.action(phi)
-    }
-
-    fn force(&self, phi: &[f64], out: &mut [f64]) {
-        self.action_and_force(phi, out);
-    }
-
-    fn delta_local(&self, phi: &[f64], site: usize, new: f64) -> f64 {
-        (1.0 - self.lambda) * self.start.delta_local(phi, site, new)
-            + self.lambda * self.target.delta_local(phi, site, new)
-    }
-
-    fn action_and_force(&self, phi: &[f64], out: &mut [f64]) -> f64 {
-        let mut start_force = vec![0.0; phi.len()];
-        let s0 = self.start.action_and_force(phi, &mut start_force);
-        let s1 = self.target.action_and_force(phi, out);
-        for (o, f) in out.iter_mut().zip(&start_force) {
-            *o = (1.0 - self.lambda) * f + self.lambda * *o;
-        }
-        (1.0 - self.lambda) * s0 + self.lambda * s1
-    }
-}
-
-/// The updates of a [`NoneqProtocol`] between a start action S₀ and a target S, with their
-/// buffers: the forward path from a given φ₀ and its work
-///
-/// W_path = Σ_{t=0}^{n−1} [S_{λ_{t+1}}(φ_t) − S_{λ_t}(φ_t)] = Σ_t (λ_{t+1} − λ_t) [S(φ_t) − S₀(φ_t)],
-///
-/// φ_{t+1} from φ_t by one update leaving e^{−S_{λ_{t+1}}} invariant; the work's gradient
-/// with respect to φ₀ at fixed random numbers ([`NoneqPath::forward_with_gradient`]); and
-/// the backward path. [`NoneqEvolution`] adds the start distribution.
-pub struct NoneqPath {
-    protocol: NoneqProtocol,
-    sites: Vec<usize>,
-    reversed: Vec<usize>,
-    trial: Vec<f64>,
-    force: Vec<f64>,
-    start_force: Vec<f64>,
-    momentum: Vec<f64>,
-}
-
-impl NoneqPath {
-    /// The updates of `protocol` (checked by [`NoneqProtocol::validate`]) on `volume` sites.
-    pub fn new(protocol: NoneqProtocol, volume: usize) -> Result<Self> {
-        protocol.validate()?;
-        Ok(NoneqPath {
-            protocol,
-            sites: (0..volume).collect(),
-            reversed: (0..volume).rev().collect(),
-            trial: vec![0.0; volume],
-            force: vec![0.0; volume],
-            start_force: vec![0.0; volume],
-            momentum: vec![0.0; volume],
-        })
-    }
-
-    /// The protocol.
-    pub fn protocol(&self) -> &NoneqProtocol {
-        &self.protocol
-    }
-
-    /// Evolves `phi` from φ₀ to φ_n through the protocol from `start` to `target`; returns
-    /// W_path (NaN when `phi` does not have one value per site).
-    pub fn forward<S, A>(
-        &mut self,
-        start: &S,
-        target: &A,
-        phi: &mut Vec<f64>,
-        rng: &mut SimRng,
-    ) -> f64
-    where
-        S: Action + ?Sized,
-        A: Action + ?Sized,
-    {
-        if phi.len() != self.sites.len() {
-            return f64::NAN;
-        }
-        let mut work = 0.0;
-        for t in 0..self.protocol.steps {
-            let (from, to) = (self.protocol.lambda(t), self.protocol.lambda(t + 1));
-            work += (to - from) * (target.action(phi) - start.action(phi));
-            self.update(start, target, to, false, phi, rng);
-        }
-        work
-    }
-
-    /// [`NoneqPath::forward`] that also writes the gradient of W_path with respect to φ₀ at
-    /// fixed random numbers into `grad`:
-    ///
-    /// ∂W_path/∂φ₀ = Σ_t (λ_{t+1} − λ_t) ∇(S − S₀)(φ_t),
-    ///
-    /// because a local Metropolis update moves each site by a shift drawn independently of
-    /// φ or not at all, so that ∂φ_t/∂φ₀ = 1 except where an accept test flips (a set of
-    /// measure zero the gradient ignores). Local updates only: an HMC trajectory's
-    /// Jacobian is not the identity, and such a protocol is an [`Error::Incompatible`].
-    pub fn forward_with_gradient<S, A>(
-        &mut self,
-        start: &S,
-        target: &A,
-        phi: &mut Vec<f64>,
-        rng: &mut SimRng,
-        grad: &mut [f64],
-    ) -> Result<f64>
-    where
-        S: Action + ?Sized,
-        A: Action + ?Sized,
-    {
-        if let NoneqUpdate::Hmc { .. } = self.protocol.update {
-            return Err(Error::Incompatible(
-                "the gradient of the work through the protocol needs local updates (an HMC \
-                 trajectory's Jacobian is not the identity)"
-                    .into(),
-            ));
-        }
-        let v = self.sites.len();
-        if phi.len() != v || grad.len() != v {
-            return Err(Error::Shape(format!(
-                "a field of {} and a gradient of {} values on {v} sites",
-                phi.len(),
-                grad.len()
-            )));
-        }
-        grad.fill(0.0);
-        let mut work = 0.0;
-        for t in 0..self.protocol.steps {
-            let (from, to) = (self.protocol.lambda(t), self.protocol.lambda(t + 1));
-            let s = target.action_and_force(phi, &mut self.force);
-            let s0 = start.action_and_force(phi, &mut self.start_force);
-            work += (to - from) * (s - s0);
-            for ((g, f), f0) in grad.iter_mut().zip(&self.force).zip(&self.start_force) {
-                *g += (to - from) * (f - f0);
-            }
-            self.update(start, target, to, false, phi, rng);
-        }
-        Ok(work)
-    }
-
-    /// The backward path from `phi` (taken as φ_n): φ_{t−1} from φ_t by the reversal of the
-    /// update at λ_t, t = n … 1; leaves φ₀ in `phi` and returns W_path of that path (NaN
-    /// when `phi` does not have one value per site).
-    pub fn backward<S, A>(
-        &mut self,
-        start: &S,
-        target: &A,
-        phi: &mut Vec<f64>,
-        rng: &mut SimRng,
-    ) -> f64
-    where
-        S: Action + ?Sized,
-        A: Action + ?Sized,
-    {
-        if phi.len() != self.sites.len() {
-            return f64::NAN;
-        }
-        let mut work = 0.0;
-        for t in (1..=self.protocol.steps).rev() {
-            let (to, from) = (self.protocol.lambda(t), self.protocol.lambda(t - 1));
-            self.update(start, target, to, true, phi, rng);
-            work += (to - from) * (target.action(phi) - start.action(phi));
-        }
-        work
-    }
-
-    /// One update of `phi` leaving e^{−S_λ} invariant; `reversed`: its time reversal.
-    fn update<S, A>(
-        &mut self,
-        start: &S,
-        target: &A,
-        lambda: f64,
-        reversed: bool,
-        phi: &mut Vec<f64>,
-        rng: &mut SimRng,
-    ) where
-        S: Action + ?Sized,
-        A: Action + ?Sized,
-    {
-        let action = Interpolated {
-            start,
-            target,
-            lambda,
-        };
-        match self.protocol.update {
-            NoneqUpdate::Local { step_size } => {
-                let sites = if reversed {
-                    &self.reversed
-                } else {
-                    &self.sites
-                };
-                single_site_sweep(&action, phi, sites, 1, rng, |x, r| {
-                    x + step_size * (2.0 * r.random::<f64>() - 1.0)
-                });
-            }
-            NoneqUpdate::Hmc { tau, md_steps } => {
-                let eps = tau / md_steps as f64;
-                let s_old = action.action_and_force(phi, &mut self.force);
-                for p in self.momentum.iter_mut() {
-                    *p = StandardNormal.sample(rng);
-                }
-                let h_old = kinetic(&self.momentum) + s_old;
-                self.trial.copy_from_slice(phi);
-                let mut s_new = s_old;
-                for _ in 0..md_steps {
-                    kick(&mut self.momentum, &self.force, 0.5 * eps);
-                    drift(&mut self.trial, &self.momentum, eps);
-                    s_new = action.action_and_force(&self.trial, &mut self.force);
-                    kick(&mut self.momentum, &self.force, 0.5 * eps);
-                }
-                let delta_h = kinetic(&self.momentum) + s_new - h_old;
-                let accept =
-                    !delta_h.is_nan() && (delta_h <= 0.0 || rng.random::<f64>().ln() < -delta_h);
-                if accept {
-                    std::mem::swap(phi, &mut self.trial);
-                }
-            }
-        }
-    }
-}
+pub use path::{NoneqPath, NoneqProtocol, NoneqUpdate};
 
 /// Where evolutions start.
 enum Start {
@@ -386,12 +88,118 @@ impl FlowStart {
 /// (the sweep in reversed site order, the same HMC trajectory) in reversed order,
 /// t = n … 1, with the work of that path (a flow start's log q₀(φ₀) then through the
 /// flow's inverse, at φ₀ rounded to f32 as the flow proposal does).
+///
+/// A stochastic normalizing flow may place flow layers between the steps
+/// ([`NoneqEvolution::from_interleaved`]): a layer g applied after step t maps φ to g(φ)
+/// and adds S_{λ_t}(g(φ)) − S_{λ_t}(φ) − log|det ∂g/∂φ| to W (derivation in
+/// [`crate::train::Snf`]); the backward path applies g⁻¹ there, in f64, with the same
+/// term. Jarzynski's equality and the exactness of the proposal hold as before.
 pub struct NoneqEvolution<A: Action + ?Sized> {
     start: Start,
     target: Arc<A>,
     path: NoneqPath,
+    layers: FlowLayers,
     phi: Vec<f64>,
     phi0: Vec<f64>,
+}
+
+/// Flow layers between the protocol's steps, `maps[j]` after step `after[j]`, and the
+/// whole evolution through steps and layers (none: the protocol alone).
+#[derive(Default)]
+pub(crate) struct FlowLayers {
+    maps: Vec<LayerMap>,
+    after: Vec<usize>,
+}
+
+impl FlowLayers {
+    /// The layers `maps`, `maps[j]` after step `after[j]` of `protocol` (checked by
+    /// [`NoneqProtocol::check_layers_after`], one position per map).
+    pub(crate) fn new(
+        maps: Vec<LayerMap>,
+        after: &[usize],
+        protocol: &NoneqProtocol,
+    ) -> Result<Self> {
+        protocol.check_layers_after(after)?;
+        if after.len() != maps.len() {
+            return Err(Error::param(
+                "layers_after",
+                format!(
+                    "{} step positions for {} flow layers",
+                    after.len(),
+                    maps.len()
+                ),
+            ));
+        }
+        Ok(FlowLayers {
+            maps,
+            after: after.to_vec(),
+        })
+    }
+
+    /// Evolves `phi` from φ₀ through the protocol of `path` from `start` to `target`, with
+    /// the layers where they sit; returns W minus its start terms S₀(φ₀) + log q₀(φ₀): the
+    /// protocol's sum plus S_{λ_t}(g(φ)) − S_{λ_t}(φ) − log|det ∂g/∂φ| of every layer.
+    pub(crate) fn forward<S, A>(
+        &mut self,
+        path: &mut NoneqPath,
+        start: &S,
+        target: &A,
+        phi: &mut Vec<f64>,
+        rng: &mut SimRng,
+    ) -> Result<f64>
+    where
+        S: Action + ?Sized,
+        A: Action + ?Sized,
+    {
+        let mut work = 0.0;
+        let mut from = 0;
+        for (map, &t) in self.maps.iter_mut().zip(&self.after) {
+            work += path.forward_steps(start, target, from..t, phi, rng);
+            let before = path.action_at(start, target, t, phi);
+            let log_det = map.forward(phi)?;
+            work += path.action_at(start, target, t, phi) - before - log_det;
+            from = t;
+        }
+        let steps = path.protocol().steps;
+        Ok(work + path.forward_steps(start, target, from..steps, phi, rng))
+    }
+
+    /// The backward path from `phi` (taken as the end field): the reversed updates and the
+    /// layers' inverses in reversed order; leaves φ₀ in `phi` and returns the work of that
+    /// path as [`FlowLayers::forward`] counts it (NaN when a layer fails).
+    fn backward<S, A>(
+        &mut self,
+        path: &mut NoneqPath,
+        start: &S,
+        target: &A,
+        phi: &mut Vec<f64>,
+        rng: &mut SimRng,
+    ) -> f64
+    where
+        S: Action + ?Sized,
+        A: Action + ?Sized,
+    {
+        let mut work = 0.0;
+        let mut to = path.protocol().steps;
+        for (map, &t) in self.maps.iter_mut().zip(&self.after).rev() {
+            work += path.backward_steps(start, target, t..to, phi, rng);
+            let after = path.action_at(start, target, t, phi);
+            let Ok(inverse_log_det) = map.inverse(phi) else {
+                return f64::NAN;
+            };
+            work += after - path.action_at(start, target, t, phi) + inverse_log_det;
+            to = t;
+        }
+        work + path.backward_steps(start, target, 0..to, phi, rng)
+    }
+}
+
+/// The start action S₀ of `start`.
+fn start_action(start: &Start) -> &dyn Action {
+    match start {
+        Start::Gaussian { field, .. } => &**field,
+        Start::Flow(flow) => &*flow.action,
+    }
 }
 
 impl<A: Action + ?Sized> NoneqEvolution<A> {
@@ -451,12 +259,33 @@ impl<A: Action + ?Sized> NoneqEvolution<A> {
         Self::assemble(Start::Flow(Box::new(start)), target, protocol)
     }
 
+    /// Evolutions of a stochastic normalizing flow with flow layers between the protocol's
+    /// steps: φ₀ from `flow.start` (trained for `start_action`), then the protocol from
+    /// `start_action` to `target`, with `flow.maps[j]` applied after step `after[j]`
+    /// (one step index per map, nondecreasing, at most the protocol's step count: checked
+    /// by [`NoneqProtocol::check_layers_after`]); the starts are drawn `batch` at a time.
+    pub fn from_interleaved(
+        target: Arc<A>,
+        flow: InterleavedFlow,
+        start_action: Arc<dyn Action>,
+        protocol: NoneqProtocol,
+        after: &[usize],
+        batch: usize,
+    ) -> Result<Self> {
+        let layers = FlowLayers::new(flow.maps, after, &protocol)?;
+        let mut evolution =
+            Self::from_flow(target, Arc::new(flow.start), start_action, protocol, batch)?;
+        evolution.layers = layers;
+        Ok(evolution)
+    }
+
     fn assemble(start: Start, target: Arc<A>, protocol: NoneqProtocol) -> Result<Self> {
         let v = target.lattice().volume();
         Ok(NoneqEvolution {
             start,
             target,
             path: NoneqPath::new(protocol, v)?,
+            layers: FlowLayers::default(),
             phi: vec![0.0; v],
             phi0: vec![0.0; v],
         })
@@ -504,28 +333,25 @@ impl<A: Action + ?Sized> NoneqEvolution<A> {
         };
         self.phi0.copy_from_slice(&self.phi);
         let (target, path, phi) = (&*self.target, &mut self.path, &mut self.phi);
-        let work = match &self.start {
-            Start::Gaussian { field, .. } => path.forward(&**field, target, phi, rng),
-            Start::Flow(flow) => path.forward(&*flow.action, target, phi, rng),
-        };
-        Ok(offset + work)
+        let start = start_action(&self.start);
+        Ok(offset + self.layers.forward(path, start, target, phi, rng)?)
     }
 
     /// The backward path from `phi` (taken as φ_n): φ_{t−1} from φ_t by the reversal of the
-    /// update at λ_t, t = n … 1; returns the work W of that path (NaN when `phi` does not
-    /// have one value per site).
+    /// update at λ_t, t = n … 1 (and the inverse of every flow layer where it sits);
+    /// returns the work W of that path (NaN when `phi` does not have one value per site or
+    /// a layer fails).
     pub fn backward(&mut self, phi: &[f64], rng: &mut SimRng) -> f64 {
         if phi.len() != self.phi.len() {
             return f64::NAN;
         }
         self.phi.copy_from_slice(phi);
         let (target, path, phi) = (&*self.target, &mut self.path, &mut self.phi);
+        let start = start_action(&self.start);
+        let work = self.layers.backward(path, start, target, phi, rng);
         match &mut self.start {
-            Start::Gaussian { field, .. } => path.backward(&**field, target, phi, rng),
-            Start::Flow(flow) => {
-                let work = path.backward(&*flow.action, target, phi, rng);
-                work + flow.offset(phi)
-            }
+            Start::Gaussian { .. } => work,
+            Start::Flow(flow) => work + flow.offset(phi),
         }
     }
 
@@ -535,7 +361,13 @@ impl<A: Action + ?Sized> NoneqEvolution<A> {
             Start::Gaussian { .. } => "gaussian",
             Start::Flow(_) => "flow",
         };
-        format!("{start} start, {} steps", self.protocol().steps)
+        match self.layers.maps.len() {
+            0 => format!("{start} start, {} steps", self.protocol().steps),
+            k => format!(
+                "{start} start, {} steps, {k} flow layers between",
+                self.protocol().steps
+            ),
+        }
     }
 }
 
