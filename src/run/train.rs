@@ -161,7 +161,7 @@ impl TrainSpec {
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         crate::study::runcard::read_checked(
             path,
-            |spec: &TrainSpec| {
+            |spec: &TrainSpec, _| {
                 spec.validate()
                     .map_err(|e| crate::study::spec::training_key(e, "", &[]))
             },
