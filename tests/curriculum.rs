@@ -230,7 +230,7 @@ fn curricula_that_cannot_run_are_refused_before_training() {
     let mut bad = two_stages(dir.join("bad"));
     bad.stages[1].train.batch = 0;
     match bad.validate() {
-        Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, "stage.2.batch"),
+        Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, "stage.2.train.batch"),
         other => panic!("{other:?}"),
     }
 
@@ -268,8 +268,13 @@ fn a_curriculum_runcard_reads_and_names_its_errors() {
     assert_eq!(spec.stages[1].lattice, Lattice::hypercubic(2, 6).unwrap());
     assert_eq!(spec.stages[1].train.until_acceptance, Some(0.5));
     assert_eq!(spec.stage_spec(1).init, Some(spec.stage_model(0)));
+    // A refused key is named as the runcard writes it, with its line.
     match card(", lr = -1.0") {
-        Err(Error::InvalidParameter { name, .. }) => assert_eq!(name, "stage.1.lr"),
+        Err(e @ Error::InvalidParameter { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("`stage.1.train.lr`"), "{message}");
+            assert!(message.contains("(line 9 of runcard"), "{message}");
+        }
         other => panic!("{other:?}"),
     }
     match card(", speed = 2") {

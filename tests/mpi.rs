@@ -175,6 +175,77 @@ fn a_terminated_multi_rank_run_stops_on_every_rank_and_resumes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Trains 10 steps of [`TRAIN`] (one chunk per process) with `command` in the new folder
+/// `dir`, keeping the checkpoint after step 5, and resumes it with `resume` (as `--json`):
+/// the resumed run's stderr and report.
+fn resumed_elsewhere(
+    dir: &Path,
+    mut command: Command,
+    mut resume: Command,
+) -> (String, serde_json::Value) {
+    std::fs::create_dir_all(dir).unwrap();
+    let checkpoint = dir.join("checkpoint.json");
+    run_ok(
+        command
+            .args(TRAIN)
+            .args([
+                "--iterations",
+                "10",
+                "--chunks",
+                "1",
+                "--checkpoint-every",
+                "5",
+            ])
+            .args(["--out", dir.join("full.json").to_str().unwrap()])
+            .args(["--checkpoint", checkpoint.to_str().unwrap()]),
+    );
+    let output = run_ok(
+        resume
+            .args(["train", "--quiet", "--json", "--resume"])
+            .arg(&checkpoint)
+            .args(["--out", dir.join("resumed.json").to_str().unwrap()]),
+    );
+    let report = serde_json::from_slice(&output.stdout).unwrap();
+    (String::from_utf8_lossy(&output.stderr).into_owned(), report)
+}
+
+#[test]
+fn a_checkpoint_resumed_over_another_number_of_ranks_says_so_and_records_it() {
+    let root = scratch("rank-change");
+    // Two ranks of one chunk each, resumed by one process of one chunk.
+    let dir = root.join("two-to-one");
+    let (stderr, report) = resumed_elsewhere(&dir, mpirun(2), one_process());
+    assert!(
+        stderr.contains("note") && stderr.contains("over 2 process(es)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("this run has 1"), "{stderr}");
+    assert_eq!(report["ranks_changed_on_resume"], serde_json::json!([2, 1]));
+    assert!(report.get("chunks_changed_on_resume").is_none(), "{report}");
+    // The same batches, summed in another order: the parameters agree with the
+    // uninterrupted run's up to rounding.
+    let (full, resumed) = (
+        model_params(&dir.join("full.json")),
+        model_params(&dir.join("resumed.json")),
+    );
+    let worst = full
+        .iter()
+        .zip(&resumed)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "parameters differ by up to {worst}");
+    // One process, resumed over two ranks: noted once (by rank 0).
+    let (stderr, report) = resumed_elsewhere(&root.join("one-to-two"), one_process(), mpirun(2));
+    assert_eq!(stderr.matches("note").count(), 1, "{stderr}");
+    assert!(stderr.contains("over 1 process(es)"), "{stderr}");
+    assert_eq!(report["ranks_changed_on_resume"], serde_json::json!([1, 2]));
+    // The same ranks: nothing to note.
+    let (stderr, report) = resumed_elsewhere(&root.join("two-to-two"), mpirun(2), mpirun(2));
+    assert!(!stderr.contains("note"), "{stderr}");
+    assert!(report.get("ranks_changed_on_resume").is_none(), "{report}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 /// `latflow sample` of HMC at L = 6, β = 0.537, λ = 0.5 with `n` trajectories.
 fn hmc_args(seed: u64, n: usize) -> Vec<String> {
     [

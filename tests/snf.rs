@@ -486,7 +486,7 @@ fn a_trained_snf_brings_its_protocol_to_the_noneq_kernel() {
         therm: 10,
         thin: 1,
         seed: 1,
-        model: Some(plain.clone()),
+        model: Some(plain.to_path_buf()),
         chains: 1,
     };
     let report = latflow::run::sample(&sample, &mut (), &StopToken::never()).unwrap();

@@ -48,7 +48,7 @@ fn acceptance(flow: &FlowModel, l: usize, n: usize) -> f64 {
 #[test]
 fn a_convolutional_flow_trained_at_l6_starts_l10_ahead_of_a_fresh_one() {
     let small = scratch_file("conv6.json");
-    let trained = train_to_the_end(&spec(6, conv_recipe(8), 300, small.clone()), &mut ());
+    let trained = train_to_the_end(&spec(6, conv_recipe(8), 300, small.to_path_buf()), &mut ());
     assert!(trained.acceptance > 0.3, "L = 6: {}", trained.acceptance);
 
     // The same recipe on L = 10, from the L = 6 parameters and from scratch, untrained.
@@ -70,9 +70,10 @@ fn a_convolutional_flow_trained_at_l6_starts_l10_ahead_of_a_fresh_one() {
     // Through the run spec: training at L = 10 starts from the L = 6 flow. (A learning
     // rate that small keeps the one step from moving it: Adam's first steps move every
     // parameter by about the rate, which at 0.01 undoes most of what was carried.)
-    let mut larger = spec(10, conv_recipe(8), 1, scratch_file("conv10.json"));
+    let larger_out = scratch_file("conv10.json");
+    let mut larger = spec(10, conv_recipe(8), 1, larger_out.to_path_buf());
     larger.train.lr = 1e-5;
-    larger.init = Some(small.clone());
+    larger.init = Some(small.to_path_buf());
     let report = train_to_the_end(&larger, &mut ());
     assert!(report.acceptance > a_fresh + 0.1, "{}", report.acceptance);
 }
@@ -86,7 +87,7 @@ fn flows_whose_nets_depend_on_the_size_are_refused() {
         ..RecipeSpec::default()
     };
     let small = scratch_file("seed4.json");
-    train_to_the_end(&spec(4, seed.clone(), 2, small.clone()), &mut ());
+    train_to_the_end(&spec(4, seed.clone(), 2, small.to_path_buf()), &mut ());
     let lattice = Lattice::hypercubic(2, 6).unwrap();
     let mut model = FlowModel::new(&seed.build(&lattice).unwrap(), &lattice, 1).unwrap();
     let e = init_from(&mut model, &small).unwrap_err().to_string();

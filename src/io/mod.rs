@@ -199,10 +199,8 @@ where
 mod tests {
     use super::*;
 
-    fn temp_dir(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("latflow-io-{tag}-{}", std::process::id()));
-        fs::create_dir_all(&d).unwrap();
-        d
+    fn temp_dir(tag: &str) -> crate::testing::TempDir {
+        crate::testing::TempDir::new(&format!("latflow-io-{tag}-{}", std::process::id()))
     }
 
     #[test]
@@ -251,7 +249,7 @@ mod tests {
         assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "the probe is removed");
         for (path, needle) in [
             (PathBuf::from("-"), "standard output"),
-            (d.clone(), "is a directory"),
+            (d.to_path_buf(), "is a directory"),
             (d.join("missing").join("x.json"), "does not exist"),
         ] {
             let err = check_output_path(&path, "out").unwrap_err();

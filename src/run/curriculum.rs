@@ -57,11 +57,14 @@ pub struct CurriculumSpec {
 
 impl CurriculumSpec {
     /// Reads a TOML runcard (the fields of [`CurriculumSpec`]; unknown keys are errors) and
-    /// validates it.
+    /// validates it; a refused key is named as the runcard writes it (`stage.3.train.lr`,
+    /// stages counted from 1, or `recipe.hidden`) with its line.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let spec: CurriculumSpec = super::read_runcard(path)?;
-        spec.validate()?;
-        Ok(spec)
+        crate::study::runcard::read_checked(
+            path,
+            |spec: &CurriculumSpec, _| spec.validate(),
+            |name| vec![stage_path(name)],
+        )
     }
 
     /// Checks every stage ([`TrainSpec::validate`] and the couplings of its built-in
@@ -87,18 +90,17 @@ impl CurriculumSpec {
         let mut previous: Option<(usize, FlowModel)> = None;
         for k in 0..self.stages.len() {
             let spec = self.stage_spec(k);
-            spec.validate().map_err(|e| in_stage(k, e))?;
+            spec.validate()
+                .map_err(|e| in_stage(k, crate::study::spec::training_key(e, "", &[])))?;
             let custom = matches!(spec.action, ActionSpec::Custom { .. });
             if let Some(registry) = registry.or((!custom).then(super::Registry::builtin)) {
                 registry
                     .action(&spec.action, &spec.lattice)
                     .map_err(|e| in_stage(k, in_table("action", e)))?;
             }
-            let config = spec
-                .recipe
-                .build(&spec.lattice)
-                .map_err(|e| in_stage(k, e))?;
-            let model = FlowModel::new(&config, &spec.lattice, 0).map_err(|e| in_stage(k, e))?;
+            let in_recipe = |e| in_stage(k, in_table("recipe", e));
+            let config = spec.recipe.build(&spec.lattice).map_err(in_recipe)?;
+            let model = FlowModel::new(&config, &spec.lattice, 0).map_err(in_recipe)?;
             if let Some((j, before)) = &previous {
                 crate::flow::transfer_rule(before, &model).map_err(|e| {
                     Error::Incompatible(format!(
@@ -152,13 +154,35 @@ fn in_table(table: &str, error: Error) -> Error {
     }
 }
 
+/// An invalid parameter of stage `k` (0-based), named as the runcard writes it: a key of
+/// the stage's tables as `stage.{k+1}.…` (stages counted from 1), a key of the shared
+/// `recipe` as itself with the stage in the reason.
 fn in_stage(k: usize, error: Error) -> Error {
     match error {
+        Error::InvalidParameter { name, reason } if name.starts_with("recipe.") => {
+            Error::InvalidParameter {
+                name,
+                reason: format!("{reason} (in stage {})", k + 1),
+            }
+        }
         Error::InvalidParameter { name, reason } => Error::InvalidParameter {
             name: format!("stage.{}.{name}", k + 1),
             reason,
         },
         other => other,
+    }
+}
+
+/// The runcard key path of a parameter named by [`in_stage`] (`stage.3.train.lr` is entry
+/// 2 of the `stage` array), for its line.
+fn stage_path(name: &str) -> String {
+    let stage = name.strip_prefix("stage.").and_then(|rest| {
+        let (k, key) = rest.split_once('.')?;
+        Some((k.parse::<usize>().ok()?.checked_sub(1)?, key))
+    });
+    match stage {
+        Some((k, key)) => format!("stage.{k}.{key}"),
+        None => name.to_string(),
     }
 }
 

@@ -48,7 +48,11 @@ pub(crate) fn check_kernel_names(expr: &KernelExpr, registry: &Registry) -> Resu
 /// [`Registry`] (see [`KernelExpr`]), and the settings of those kernels. Every occurrence of
 /// a name is a kernel of its own with these settings (a local step size adapts separately
 /// for each).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Serialised (a runcard as used, a report) it holds `kind`, the settings its kernels read
+/// and `settings`: a setting no kernel of the expression reads has no effect, and a runcard
+/// that gives one is refused.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KernelSpec {
     /// The kernel expression, e.g. `hmc`, `flow+local*2+hmc` or `mix(0.3: flow, 0.7: hmc)`.
@@ -82,14 +86,75 @@ pub struct KernelSpec {
     /// Where the protocol starts: the run's flow (S₀ the action the model records it was
     /// trained for) or the Gaussian; `None`: the flow when the run has a model, else the
     /// Gaussian.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub noneq_start: Option<NoneqStart>,
     /// Flow proposals generated per batch.
     pub flow_batch: usize,
     /// Settings of registered kernels, by kernel name (`[kernel.settings.NAME]`), handed
     /// to their constructors.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, serde_json::Value>,
+}
+
+impl Serialize for KernelSpec {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.serialize_keeping(serializer, |key| self.reads(key))
+    }
+}
+
+/// Every setting of a kernel spec, read or not (to compare them with the defaults).
+struct Every<'a>(&'a KernelSpec);
+
+impl Serialize for Every<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.0.serialize_keeping(serializer, |_| true)
+    }
+}
+
+impl KernelSpec {
+    /// Serialises `kind`, the settings `keep` selects, and `settings` unless empty.
+    fn serialize_keeping<S: serde::Serializer>(
+        &self,
+        serializer: S,
+        keep: impl Fn(&str) -> bool,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kind", &self.kind)?;
+        macro_rules! read_settings {
+            ($($key:ident),*) => {$(
+                if keep(stringify!($key)) {
+                    map.serialize_entry(stringify!($key), &self.$key)?;
+                }
+            )*};
+        }
+        read_settings!(
+            step_size,
+            sweep_order,
+            tau,
+            md_steps,
+            integrator,
+            fixed_length,
+            flowhmc_tau,
+            flowhmc_md_steps,
+            noneq_steps,
+            noneq_update,
+            noneq_step_size,
+            noneq_start_m0sq,
+            flow_batch
+        );
+        if let Some(start) = self.noneq_start.filter(|_| keep("noneq_start")) {
+            map.serialize_entry("noneq_start", &start)?;
+        }
+        if !self.settings.is_empty() {
+            map.serialize_entry("settings", &self.settings)?;
+        }
+        map.end()
+    }
 }
 
 impl Default for KernelSpec {
@@ -166,6 +231,13 @@ impl KernelSpec {
             .map(|(_, kernels)| *kernels)
     }
 
+    /// Whether a kernel of the expression reads the setting `key` of [`KERNEL_SETTINGS`]
+    /// (false for any other key).
+    pub fn reads(&self, key: &str) -> bool {
+        Self::kernels_of_setting(key)
+            .is_some_and(|kernels| kernels.iter().any(|k| self.kind.contains(k)))
+    }
+
     /// True when the expression needs a trained flow (`flow` or `flowhmc`).
     pub fn uses_flow(&self) -> bool {
         self.kind.contains("flow") || self.kind.contains("flowhmc")
@@ -237,16 +309,34 @@ impl KernelSpec {
     }
 
     /// Refuses a setting of [`KERNEL_SETTINGS`] changed from its default when none of the
-    /// kernels that read it is in the expression (e.g. `step_size` with `kind = "hmc"`).
+    /// kernels that read it is in the expression (e.g. `step_size` with `kind = "hmc"`); a
+    /// runcard's kernel table is checked by the keys it gives, whatever their values
+    /// ([`KernelSpec::refuse_unread_settings`]).
     fn refuse_unused_settings(&self) -> Result<()> {
         let (Ok(serde_json::Value::Object(given)), Ok(serde_json::Value::Object(default))) = (
-            serde_json::to_value(self),
-            serde_json::to_value(KernelSpec::default()),
+            serde_json::to_value(Every(self)),
+            serde_json::to_value(Every(&KernelSpec::default())),
         ) else {
             return Ok(());
         };
-        for (key, kernels) in KERNEL_SETTINGS {
-            if given.get(key) != default.get(key) && !kernels.iter().any(|k| self.kind.contains(k))
+        self.refuse_unread_settings(
+            KERNEL_SETTINGS
+                .iter()
+                .map(|(key, _)| *key)
+                .filter(|key| given.get(*key) != default.get(*key)),
+        )
+    }
+
+    /// Refuses the first of the keys `given` (those of a runcard's kernel table) that is a
+    /// setting of [`KERNEL_SETTINGS`] no kernel of the expression reads: written, it would
+    /// have no effect whatever its value. Other keys are left alone.
+    pub fn refuse_unread_settings<'a>(
+        &self,
+        given: impl IntoIterator<Item = &'a str>,
+    ) -> Result<()> {
+        for key in given {
+            if let Some(kernels) = Self::kernels_of_setting(key)
+                && !self.reads(key)
             {
                 return Err(Error::param(
                     key,

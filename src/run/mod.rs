@@ -45,13 +45,6 @@ pub fn derived_seed(seed: u64, k: u64) -> u64 {
     seed.wrapping_add(k) & MAX_SEED
 }
 
-/// Reads and parses a TOML runcard (errors name the file and the key).
-fn read_runcard<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    toml::from_str(&text)
-        .map_err(|e| Error::format(format!("runcard {}", path.display()), e.to_string()))
-}
-
 /// The action to sample, in the convention the user chose (observables are reported in it),
 /// or a user's action registered in a [`Registry`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -58,11 +58,18 @@ fn one() -> usize {
 }
 
 impl SampleSpec {
-    /// Reads a TOML runcard and validates it; a refused key is reported with its line.
+    /// Reads a TOML runcard and validates it; a refused key is reported with its line. A
+    /// kernel-table key no kernel of the expression reads is refused whatever its value.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        crate::study::runcard::read_checked(path, SampleSpec::validate, |name| {
-            vec![name.to_string(), format!("kernel.{name}")]
-        })
+        crate::study::runcard::read_checked(
+            path,
+            |spec: &SampleSpec, doc| {
+                spec.kernel
+                    .refuse_unread_settings(crate::study::runcard::table_keys(doc, "kernel"))?;
+                spec.validate()
+            },
+            |name| vec![name.to_string(), format!("kernel.{name}")],
+        )
     }
 
     /// Checks counts and parameters that do not depend on the action: counts at least 1,

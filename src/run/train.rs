@@ -212,7 +212,7 @@ impl TrainSpec {
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         crate::study::runcard::read_checked(
             path,
-            |spec: &TrainSpec| {
+            |spec: &TrainSpec, _| {
                 spec.validate()
                     .map_err(|e| crate::study::spec::training_key(e, "", &[]))
             },
@@ -311,6 +311,12 @@ pub struct TrainReport {
     /// bits from those of an uninterrupted run. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks_changed_on_resume: Option<[usize; 2]>,
+    /// For a run resumed from a checkpoint written over another number of processes (MPI
+    /// ranks): `[ranks before, ranks after]`. The batches and evaluations are the same, the
+    /// gradient was summed in another order, so the parameters differ in their last bits
+    /// from those of an uninterrupted run. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks_changed_on_resume: Option<[usize; 2]>,
 }
 
 fn one_rank() -> usize {
@@ -452,7 +458,9 @@ pub fn init_from(model: &mut FlowModel, path: &Path) -> Result<()> {
 /// Continues the run saved in the checkpoint at `path` (written by [`train`]): the spec
 /// comes from the checkpoint, with the model written to `out` if given (else to the spec's
 /// own `out`). The final model is bit for bit that of an uninterrupted run with the same
-/// thread count. The training log, if given, is cut back to the checkpoint's iteration and
+/// thread count and processes; with other ones it trains on the same batches and the
+/// report records the change (`chunks_changed_on_resume`, `ranks_changed_on_resume`). The
+/// training log, if given, is cut back to the checkpoint's iteration and
 /// continued.
 pub fn resume(
     path: &Path,
@@ -491,10 +499,13 @@ pub fn resume(
         trainer.iteration(),
     )?;
     let chunk_change = crate::train::checkpoint_chunk_change(path)?;
+    let rank_change =
+        crate::train::checkpoint_rank_change(path, control.ranks.map_or(1, |r| r.size()))?;
     let trainer = with_snf(with_annealing(trainer, &spec)?, &spec, control)?;
     let mut outcome = drive(&spec, trainer, log, control, observer)?;
     if let TrainOutcome::Finished(report) = &mut outcome {
         report.chunks_changed_on_resume = chunk_change;
+        report.ranks_changed_on_resume = rank_change;
     }
     Ok(outcome)
 }
@@ -753,6 +764,7 @@ fn report_of_run(
         fraction_positive_m: e.fraction_positive_m,
         model: spec.out.clone(),
         chunks_changed_on_resume: None,
+        ranks_changed_on_resume: None,
     }
 }
 

@@ -94,17 +94,38 @@ pub(crate) fn key_line(text: &str, path: &str) -> Option<usize> {
     Some(text[..value.span().start].matches('\n').count() + 1)
 }
 
-/// The runcard at `path` read as `T` and checked by `validate`, whose errors get the line
-/// of the first of the keys `paths` gives for the parameter they name (see [`located`]).
+/// The keys the table at the dotted `path` of `doc` gives (array entries by index, as for
+/// [`key_line`]); none when `doc` has no table there (e.g. a kernel given as an expression).
+pub(crate) fn table_keys<'a>(doc: &'a toml::Table, path: &str) -> Vec<&'a str> {
+    let mut segments = path.split('.');
+    let mut value = segments.next().and_then(|first| doc.get(first));
+    for segment in segments {
+        value = value.and_then(|v| match (v, segment.parse::<usize>()) {
+            (toml::Value::Array(entries), Ok(i)) => entries.get(i),
+            (v, _) => v.get(segment),
+        });
+    }
+    value
+        .and_then(toml::Value::as_table)
+        .map(|t| t.keys().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// The runcard at `path` read as `T` and checked by `validate` (which gets the parsed
+/// document too, for checks of the keys the runcard gives), whose errors get the line of
+/// the first of the keys `paths` gives for the parameter they name (see [`located`]).
 pub(crate) fn read_checked<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
-    validate: impl Fn(&T) -> Result<()>,
+    validate: impl Fn(&T, &toml::Table) -> Result<()>,
     paths: impl Fn(&str) -> Vec<String>,
 ) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let origin = format!("runcard {}", path.display());
+    let doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| Error::format(&origin, e.to_string()))?;
     let spec: T = toml::from_str(&text).map_err(|e| Error::format(&origin, e.to_string()))?;
-    validate(&spec).map_err(|e| {
+    validate(&spec, &doc).map_err(|e| {
         let keys = match &e {
             Error::InvalidParameter { name, .. } => paths(name),
             _ => Vec::new(),
@@ -160,6 +181,11 @@ mod tests {
         assert_eq!(key_line(text, "sampler.1.kernel.tau"), Some(8));
         assert_eq!(key_line(text, "sampler.2.name"), None);
         assert_eq!(key_line(text, "hmc.therm"), None);
+        let doc: toml::Table = text.parse().unwrap();
+        assert_eq!(table_keys(&doc, "sampler.1.kernel"), ["kind", "tau"]);
+        assert_eq!(table_keys(&doc, "hmc"), ["n"]);
+        assert!(table_keys(&doc, "sampler.0.kernel").is_empty());
+        assert!(table_keys(&doc, "name").is_empty());
         let e = located(
             Error::param("hmc.n", "must be at least 1"),
             text,

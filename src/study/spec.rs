@@ -11,7 +11,7 @@ use crate::run::{
     ActionSpec, AnnealSpec, KernelSpec, RecipeSpec, Registry, SampleSpec, TrainSpec,
     kernel_table_or_expression,
 };
-use crate::study::runcard::{located, parse_with_overrides, runcard_text};
+use crate::study::runcard::{located, parse_with_overrides, runcard_text, table_keys};
 use crate::train::TrainConfig;
 
 /// The built-in study: L = 8, β = 0.576, λ = 0.5; the seed recipe trained, then flow,
@@ -104,8 +104,9 @@ fn one_u64() -> u64 {
 }
 
 /// The flow of a study: recipe, training and optional coupling annealing, or a flow
-/// trained before (`model`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// trained before (`model`; serialised without the recipe, training and annealing it does
+/// not read).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowSection {
     /// A model file written by `latflow train` (or an earlier study), used instead of
@@ -127,6 +128,35 @@ pub struct FlowSection {
     /// Write a checkpoint every this many iterations.
     #[serde(default = "hundred")]
     pub checkpoint_every: usize,
+}
+
+impl Serialize for FlowSection {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            model: Option<&'a PathBuf>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            recipe: Option<&'a RecipeSpec>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            train: Option<&'a TrainConfig>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            anneal: Option<&'a AnnealSpec>,
+            checkpoint_every: usize,
+        }
+        let trained_here = self.model.is_none();
+        Written {
+            model: self.model.as_ref(),
+            recipe: trained_here.then_some(&self.recipe),
+            train: trained_here.then_some(&self.train),
+            anneal: self.anneal.as_ref().filter(|_| trained_here),
+            checkpoint_every: self.checkpoint_every,
+        }
+        .serialize(serializer)
+    }
 }
 
 fn hundred() -> usize {
@@ -447,10 +477,12 @@ impl StudySpec {
     ) -> Result<LoadedStudy> {
         let (spec, table): (StudySpec, _) = parse_with_overrides(text, origin, overrides)?;
         let spec = spec.with_seeds(&table);
-        spec.validate_with(&registry).map_err(|e| {
-            let paths = spec.runcard_paths(&e);
-            located(e, text, origin, overrides, &paths)
-        })?;
+        spec.validate_with(&registry)
+            .and_then(|()| spec.refuse_unread_keys(&table))
+            .map_err(|e| {
+                let paths = spec.runcard_paths(&e);
+                located(e, text, origin, overrides, &paths)
+            })?;
         let runcard = runcard_text(&spec, "study", overrides)?;
         Ok(LoadedStudy {
             spec,
@@ -483,6 +515,23 @@ impl StudySpec {
                 .get_or_insert(crate::run::derived_seed(self.seed, 1 + i as u64));
         }
         self
+    }
+
+    /// Refuses keys the runcard `doc` gives that would have no effect, whatever their values
+    /// ([`StudySpec::validate`] compares values with the defaults): a kernel-table setting no
+    /// kernel of its sampler reads, and `flow.recipe`, `flow.train` or `flow.anneal` beside
+    /// a `flow.model`.
+    fn refuse_unread_keys(&self, doc: &toml::Table) -> Result<()> {
+        for (i, s) in self.samplers.iter().enumerate() {
+            let keys = table_keys(doc, &format!("sampler.{i}.kernel"));
+            s.kernel
+                .refuse_unread_settings(keys)
+                .map_err(|e| in_sampler(&s.name, e))?;
+        }
+        if self.flow.as_ref().is_some_and(|f| f.model.is_some()) {
+            refuse_beside_model(table_keys(doc, "flow"))?;
+        }
+        Ok(())
     }
 
     /// The runcard keys that may have set the parameter `error` names: a sampler's key in
@@ -599,14 +648,13 @@ impl StudySpec {
         }
         if let Some(flow) = &self.flow
             && flow.model.is_some()
-            && (flow.recipe != RecipeSpec::default()
-                || flow.train != TrainConfig::default()
-                || flow.anneal.is_some())
         {
-            return Err(Error::param(
-                "flow.model",
-                "the flow is already trained: leave out flow.recipe, flow.train and flow.anneal",
-            ));
+            let set = [
+                ("recipe", flow.recipe != RecipeSpec::default()),
+                ("train", flow.train != TrainConfig::default()),
+                ("anneal", flow.anneal.is_some()),
+            ];
+            refuse_beside_model(set.iter().filter(|(_, set)| *set).map(|(key, _)| *key))?;
         }
         self.analysis.validate()?;
         self.fit_range()?;
@@ -710,6 +758,22 @@ pub(crate) fn training_key(e: Error, table: &str, top: &[&str]) -> Error {
             Error::param(key, reason)
         }
         other => other,
+    }
+}
+
+/// Refuses the first of the `[flow]` keys `given` that a flow adopted from `flow.model`
+/// does not read (`recipe`, `train`, `anneal`: it is trained already), naming it.
+fn refuse_beside_model<'a>(given: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    match given
+        .into_iter()
+        .find(|key| ["recipe", "train", "anneal"].contains(key))
+    {
+        Some(key) => Err(Error::param(
+            format!("flow.{key}"),
+            "has no effect: the flow is already trained (`flow.model`); leave out flow.recipe, \
+             flow.train and flow.anneal",
+        )),
+        None => Ok(()),
     }
 }
 

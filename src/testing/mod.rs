@@ -4,7 +4,8 @@
 //! gradient checks against finite differences and forward mode, invertibility,
 //! log-derivative and finiteness checks for pointwise transforms, flow-level checks
 //! (invertibility, log-determinant against the exact forward-mode Jacobian or a
-//! finite-difference one, Z2 and translation equivariance) and proptest strategies.
+//! finite-difference one, Z2 and translation equivariance), proptest strategies, and
+//! scratch folders removed when dropped ([`TempDir`]).
 //!
 //! Checks return `Result<(), String>` (or, for actions, a typed failure) naming the
 //! offending site or component, so they can be used with `prop_assert!`, `?` or
@@ -17,6 +18,7 @@ pub mod flow;
 pub mod gradcheck;
 #[cfg(feature = "proptest")]
 pub mod strategies;
+mod temp;
 pub mod transform;
 
 pub use action::{
@@ -33,6 +35,7 @@ pub use gradcheck::{
     GradCheck, assert_gradients_close, check_transform_gradients, finite_difference_gradient,
     random_loss_weights,
 };
+pub use temp::TempDir;
 pub use transform::{
     check_saved_backward, check_transform_finite, check_transform_invertible,
     check_transform_log_derivative, check_transform_matches_reference,

@@ -27,6 +27,22 @@ pub fn checkpoint_chunk_change(path: &Path) -> Result<Option<[usize; 2]>> {
     Ok(Checkpoint::read(path)?.chunk_change())
 }
 
+/// The processes (MPI ranks) of the run that wrote the checkpoint at `path` and `ranks`,
+/// those of a run resumed from it, `[before, now]`, when they differ. Every row of a batch
+/// has its own random stream, so the resumed run trains on the same batches and makes the
+/// same evaluations; only the gradient is summed in another order, so the parameters
+/// differ in their last bits from those of an uninterrupted run (bit-identity holds for
+/// the same ranks and chunks). `None` when they agree or the checkpoint does not record
+/// its ranks.
+pub fn checkpoint_rank_change(path: &Path, ranks: usize) -> Result<Option<[usize; 2]>> {
+    Ok(changed(Checkpoint::read(path)?.ranks_used, ranks))
+}
+
+/// `[before, now]` when a recorded count differs from the present one.
+fn changed(before: Option<usize>, now: usize) -> Option<[usize; 2]> {
+    before.filter(|&b| b != now).map(|b| [b, now])
+}
+
 /// Version of the checkpoint format written by [`Trainer::save_checkpoint`].
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
 
@@ -67,6 +83,10 @@ pub(crate) struct Checkpoint {
     /// 0); absent in checkpoints written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     chunks_used: Option<usize>,
+    /// The processes (MPI ranks) of the run that wrote it; absent in checkpoints written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ranks_used: Option<usize>,
 }
 
 impl Checkpoint {
@@ -96,6 +116,7 @@ impl Checkpoint {
                 .then_some(trainer.counters.last_loss),
             config: trainer.config.clone(),
             chunks_used: Some(crate::train::trainer::chunk_count(&trainer.config)),
+            ranks_used: Some(trainer.ranks.size()),
         }
     }
 
@@ -121,10 +142,10 @@ impl Checkpoint {
     /// The batch chunks of the run that wrote the checkpoint and those a run resumed from it
     /// in this process would use, when they differ.
     pub(crate) fn chunk_change(&self) -> Option<[usize; 2]> {
-        let now = crate::train::trainer::chunk_count(&self.config);
-        self.chunks_used
-            .filter(|&before| before != now)
-            .map(|before| [before, now])
+        changed(
+            self.chunks_used,
+            crate::train::trainer::chunk_count(&self.config),
+        )
     }
 
     /// A fresh [`FlowModel`] built from the saved description and lattice, to restore into;

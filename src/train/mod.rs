@@ -11,7 +11,7 @@ pub mod schedule;
 mod snf;
 mod trainer;
 
-pub use checkpoint::{CHECKPOINT_FORMAT_VERSION, checkpoint_chunk_change};
+pub use checkpoint::{CHECKPOINT_FORMAT_VERSION, checkpoint_chunk_change, checkpoint_rank_change};
 pub use config::{DEFAULT_CHECK_INTERVAL, GradientEstimator, MIN_EVAL_SAMPLES, TrainConfig};
 pub use metrics::{EvalMetrics, StepMetrics, TrainSummary};
 pub use optim::{Optimizer, OptimizerKind};

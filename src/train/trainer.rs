@@ -58,7 +58,7 @@ pub struct Trainer<F: TrainableFlow, A: Action> {
     action: Arc<A>,
     pub(crate) config: TrainConfig,
     pub(crate) optimizer: Optimizer,
-    ranks: Arc<dyn Collective>,
+    pub(crate) ranks: Arc<dyn Collective>,
     pub(crate) counters: Counters,
     anneal: Option<AnnealFn<A>>,
     snf: Option<Snf>,

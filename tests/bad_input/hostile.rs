@@ -129,6 +129,17 @@ const TRAIN_SMALL: [&str; 16] = [
     "--quiet",
 ];
 
+/// A runcard of `sample` (4 × 4, 100 HMC steps) with `$extra` appended after `n`.
+macro_rules! sample_card {
+    ($extra:literal) => {
+        concat!(
+            "lattice = [4, 4]\nn = 100\n",
+            $extra,
+            "[action]\nform = \"phi4\"\nbeta = 0.5\nlambda = 0.5\n[kernel]\nkind = \"hmc\"\n"
+        )
+    };
+}
+
 fn cases() -> Vec<Case> {
     let mut cases = vec![
         Case {
@@ -185,7 +196,11 @@ fn cases() -> Vec<Case> {
             args: &["curriculum", "cur.toml", "--quiet"],
             env: &[],
             status: 1,
-            stderr: &["stage.2.action.beta", "finite"],
+            stderr: &[
+                "stage.2.action.beta",
+                "finite",
+                "line 11 of runcard cur.toml",
+            ],
             absent: &["cur"],
         },
         Case {
@@ -327,22 +342,172 @@ fn cases() -> Vec<Case> {
             absent: &[],
         },
     ];
+    cases.extend(curriculum_errors());
+    cases.extend(settings_at_their_defaults());
     cases.extend(ineffective_settings());
     cases.extend(misleading_errors());
     cases.extend(launcher_case());
     cases
 }
 
-/// A runcard of `sample` (4 × 4, 100 HMC steps) with `$extra` appended after `n`.
-macro_rules! sample_card {
-    ($extra:literal) => {
+/// A curriculum of three stages on 4 × 4 whose third stage ends in `$extra` (its
+/// `[stage.action]` table starts on line 14, its `[stage.train]` table on line 18).
+macro_rules! curriculum {
+    ($beta:literal, $extra:literal) => {
         concat!(
-            "lattice = [4, 4]\nn = 100\n",
-            $extra,
-            "[action]\nform = \"phi4\"\nbeta = 0.5\nlambda = 0.5\n[kernel]\nkind = \"hmc\"\n"
+            "out = \"cur\"\n[recipe]\nkind = \"conv\"\n",
+            "[[stage]]\nlattice = [4, 4]\n",
+            "action = { form = \"phi4\", beta = 0.5, lambda = 0.5 }\n",
+            "train = { batch = 16, iterations = 3, lr = 0.01 }\n",
+            "[[stage]]\nlattice = [4, 4]\n",
+            "action = { form = \"phi4\", beta = 0.5, lambda = 0.5 }\n",
+            "train = { batch = 16, iterations = 3, lr = 0.01 }\n",
+            "[[stage]]\nlattice = [4, 4]\n",
+            "[stage.action]\nform = \"phi4\"\nbeta = ",
+            $beta,
+            "\nlambda = 0.5\n[stage.train]\nbatch = 16\niterations = 3\n",
+            $extra
         )
     };
 }
+
+/// Curriculum runcards refused with the key and its line, every stage's keys included,
+/// before any stage runs.
+fn curriculum_errors() -> Vec<Case> {
+    let case = |what, text, stderr| Case {
+        what,
+        files: vec![("cur.toml", Content::Text(text))].leak(),
+        args: &["curriculum", "cur.toml", "--quiet"],
+        env: &[],
+        status: 1,
+        stderr,
+        absent: &["cur"],
+    };
+    vec![
+        case(
+            "a curriculum whose third stage has β = inf",
+            curriculum!("inf", "lr = 0.01\n"),
+            &[
+                "`stage.3.action.beta`",
+                "finite",
+                "line 16 of runcard cur.toml",
+            ],
+        ),
+        case(
+            "a curriculum whose third stage has a negative learning rate",
+            curriculum!("0.5", "lr = -0.01\n"),
+            &[
+                "`stage.3.train.lr`",
+                "positive",
+                "line 21 of runcard cur.toml",
+            ],
+        ),
+        case(
+            "an unknown key in a curriculum stage's table",
+            curriculum!("0.5", "lr = 0.01\nbogus = 1\n"),
+            &["bogus", "line 22", "cur.toml"],
+        ),
+        case(
+            "a wrong type in a curriculum stage's table",
+            curriculum!("0.5", "lr = \"fast\"\n"),
+            &["invalid type", "line 21", "cur.toml"],
+        ),
+        case(
+            "a shared recipe size that no stage can build",
+            CURRICULUM_NO_CHANNELS,
+            &["`recipe.channels`", "stage 1", "line 4 of runcard cur.toml"],
+        ),
+    ]
+}
+
+/// A one-stage curriculum whose convolutional recipe has no channels.
+const CURRICULUM_NO_CHANNELS: &str = "out = \"cur\"\n[recipe]\nkind = \"conv\"\nchannels = 0\n\
+    [[stage]]\nlattice = [4, 4]\naction = { form = \"phi4\", beta = 0.5, lambda = 0.5 }\n\
+    train = { batch = 16, iterations = 3, lr = 0.01 }\n";
+
+/// Keys written with their default values where they would have no effect: refused as
+/// any other value is (what counts is that the runcard gives them).
+fn settings_at_their_defaults() -> Vec<Case> {
+    let kernel_key = |what, value: &str| Case {
+        what,
+        files: vec![(
+            "r.toml",
+            Content::Text(format!("{}step_size = {value}\n", sample_card!("")).leak()),
+        )]
+        .leak(),
+        args: &["sample", "--config", "r.toml", "--quiet"],
+        env: &[],
+        status: 1,
+        stderr: &["`step_size`", "has no effect", "`local`", "line 9"],
+        absent: &[],
+    };
+    vec![
+        kernel_key("a kernel-table key the kernel does not take", "0.3"),
+        kernel_key(
+            "a kernel-table key at its default the kernel does not read",
+            "1.0",
+        ),
+        Case {
+            what: "a study sampler's kernel key at its default the kernel does not read",
+            files: &[(
+                "study.toml",
+                Content::Text(study!(
+                    "[[sampler]]\nname = \"hmc\"\nkernel = { kind = \"hmc\", sweep_order = \"sequential\" }\n"
+                )),
+            )],
+            args: &["run", "study.toml", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &[
+                "sweep_order",
+                "has no effect",
+                "line 16 of runcard study.toml",
+            ],
+            absent: &["out/x"],
+        },
+        Case {
+            what: "a recipe at its default beside a trained flow",
+            files: &[
+                ("m.json", Content::Model),
+                ("study.toml", Content::Text(STUDY_ADOPTING_WITH_RECIPE)),
+            ],
+            args: &["run", "study.toml", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &[
+                "`flow.recipe`",
+                "has no effect",
+                "already trained",
+                "of runcard study.toml",
+            ],
+            absent: &["out"],
+        },
+        Case {
+            what: "a sweep kernel's key at its default the kernel does not read",
+            files: &[(
+                "sweep.toml",
+                Content::Text(sweep!(
+                    "seeds = [1]\n[sample]\nkernels = [{ kind = \"flow+local\", tau = 1.0 }]\n"
+                )),
+            )],
+            args: &["sweep", "sweep.toml", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &[
+                "sample.kernels",
+                "kernel 0: tau",
+                "has no effect",
+                "line 10",
+            ],
+            absent: &["out/s"],
+        },
+    ]
+}
+
+/// [`STUDY_ADOPTING`] on 4 × 4 (the model's lattice) with the default recipe written out.
+const STUDY_ADOPTING_WITH_RECIPE: &str = "name = \"y\"\nout = \"out\"\nlattice = [4, 4]\n[action]\n\
+    form = \"phi4\"\nbeta = 0.5\nlambda = 0.5\n[flow]\nmodel = \"m.json\"\n[flow.recipe]\n\
+    kind = \"seed\"\n[[sampler]]\nname = \"flow\"\nkernel = \"flow\"\n";
 
 /// Settings that would have no effect, and overrides that contradict each other.
 fn ineffective_settings() -> Vec<Case> {
@@ -357,18 +522,6 @@ fn ineffective_settings() -> Vec<Case> {
             env: &[],
             status: 1,
             stderr: &["`model`", "has no effect", "line 3 of runcard r.toml"],
-            absent: &[],
-        },
-        Case {
-            what: "a kernel-table key the kernel does not take",
-            files: &[(
-                "r.toml",
-                Content::Text(concat!(sample_card!(""), "step_size = 0.3\n")),
-            )],
-            args: &["sample", "--config", "r.toml", "--quiet"],
-            env: &[],
-            status: 1,
-            stderr: &["`step_size`", "has no effect", "`local`", "line 9"],
             absent: &[],
         },
         Case {

@@ -207,30 +207,47 @@ fn test_binary_name() -> String {
 }
 
 /// A fresh empty folder for one test: `latflow-<test binary>-<tag>-<process id>` under the
-/// system's temporary folder (whatever an earlier run left there is removed first). Tags are
-/// unique within a test file.
-pub fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
+/// system's temporary folder (whatever an earlier run left there is removed first), removed
+/// again when the returned guard is dropped, unless the test is failing (its files are then
+/// kept to look at). Tags are unique within a test file.
+pub fn scratch(tag: &str) -> latflow::testing::TempDir {
+    latflow::testing::TempDir::new(&format!(
         "latflow-{}-{tag}-{}",
         test_binary_name(),
         std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    ))
 }
 
-/// The path of file `name` in this process's shared folder `latflow-<test binary>-<process
-/// id>` (created when missing and never emptied: tests running side by side keep their files
-/// there, each under its own name).
-pub fn scratch_file(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "latflow-{}-{}",
+/// The path of file `name` in a fresh folder of its own, `latflow-<test binary>-<process
+/// id>-<name>`, removed with whatever was written there (e.g. `m.train.csv` beside
+/// `m.json`) when the returned guard is dropped; a failing test's files are kept.
+pub fn scratch_file(name: &str) -> ScratchFile {
+    let dir = latflow::testing::TempDir::new(&format!(
+        "latflow-{}-{}-{name}",
         test_binary_name(),
         std::process::id()
     ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    let path = dir.join(name);
+    ScratchFile { path, _dir: dir }
+}
+
+/// A file in a scratch folder of its own ([`scratch_file`]), used as the [`Path`] it is.
+pub struct ScratchFile {
+    path: PathBuf,
+    _dir: latflow::testing::TempDir,
+}
+
+impl std::ops::Deref for ScratchFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for ScratchFile {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -515,6 +515,18 @@ pub(crate) fn run_train(
              (resume with RAYON_NUM_THREADS={before} to continue it bit for bit)"
         );
     }
+    if let Some(path) = &resuming
+        && let Some([before, now]) =
+            latflow::train::checkpoint_rank_change(path, ranks.shared.size())?
+        && ranks.shared.is_root()
+    {
+        eprintln!(
+            "latflow: note: the checkpoint was written by a run over {before} process(es) (MPI \
+             ranks), this run has {now}: the batches are the same, but the gradient is summed \
+             in another order, so the parameters will differ in their last bits from those \
+             of an uninterrupted run (resume over {before} ranks to continue it bit for bit)"
+        );
+    }
     let mut observer = StageProgress::new(&args.output);
     let outcome = match &resuming {
         Some(path) => {

@@ -145,12 +145,9 @@ pub fn draw_bars(chart: &BarChart, stem: &Path) -> Result<[PathBuf; 2]> {
 mod tests {
     use super::*;
 
-    /// A fresh empty directory under the system temporary directory.
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("latflow-plot-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh empty directory under the system temporary directory, removed on drop.
+    fn temp_dir(name: &str) -> crate::testing::TempDir {
+        crate::testing::TempDir::new(&format!("latflow-plot-{name}-{}", std::process::id()))
     }
 
     /// Checks the PNG signature and its 1000×640 size, and that the SVG is an SVG holding

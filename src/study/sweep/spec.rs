@@ -87,6 +87,16 @@ pub struct SweepMethod {
     pub gradient: Option<GradientEstimator>,
 }
 
+/// An invalid parameter of entry `k` of `sample.kernels`, named as that key.
+fn in_kernel(k: usize, error: Error) -> Error {
+    match error {
+        Error::InvalidParameter { name, reason } => {
+            Error::param("sample.kernels", format!("kernel {k}: {name}: {reason}"))
+        }
+        other => other,
+    }
+}
+
 fn default_target_tau_rej() -> f64 {
     crate::study::DEFAULT_TARGET_TAU_REJ
 }
@@ -217,15 +227,17 @@ impl SweepSpec {
     ) -> Result<LoadedSweep> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let origin = format!("sweep runcard {}", path.display());
-        let (spec, _): (SweepSpec, _) =
+        let (spec, table): (SweepSpec, _) =
             crate::study::runcard::parse_with_overrides(&text, &origin, overrides)?;
-        spec.validate_with(&registry).map_err(|e| {
-            let paths = match &e {
-                Error::InvalidParameter { name, .. } => vec![name.clone()],
-                _ => Vec::new(),
-            };
-            crate::study::runcard::located(e, &text, &origin, overrides, &paths)
-        })?;
+        spec.validate_with(&registry)
+            .and_then(|()| spec.refuse_unread_keys(&table))
+            .map_err(|e| {
+                let paths = match &e {
+                    Error::InvalidParameter { name, .. } => vec![name.clone()],
+                    _ => Vec::new(),
+                };
+                crate::study::runcard::located(e, &text, &origin, overrides, &paths)
+            })?;
         let runcard = crate::study::runcard::runcard_text(&spec, "sweep", overrides)?;
         Ok(LoadedSweep {
             spec,
@@ -440,14 +452,24 @@ impl SweepSpec {
             for k in 0..=self.sample.kernels.len() {
                 self.chain_spec(&point, k, Path::new("model.json"))?
                     .validate_with(registry)
-                    .map_err(|e| match e {
-                        Error::InvalidParameter { name, reason } if k > 0 => Error::param(
-                            "sample.kernels",
-                            format!("kernel {}: {name}: {reason}", k - 1),
-                        ),
-                        other => other,
+                    .map_err(|e| match k {
+                        0 => e,
+                        k => in_kernel(k - 1, e),
                     })?;
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses a setting the runcard `doc` gives in a table of `sample.kernels` that no
+    /// kernel of its expression reads, whatever its value ([`SweepSpec::validate`] compares
+    /// values with the defaults).
+    fn refuse_unread_keys(&self, doc: &toml::Table) -> Result<()> {
+        for (k, kernel) in self.sample.kernels.iter().enumerate() {
+            let keys = crate::study::runcard::table_keys(doc, &format!("sample.kernels.{k}"));
+            kernel
+                .refuse_unread_settings(keys)
+                .map_err(|e| in_kernel(k, e))?;
         }
         Ok(())
     }
