@@ -841,7 +841,7 @@ fn a_model_with_layers_between_the_steps_round_trips_to_the_noneq_kernel() {
             therm: 10,
             thin: 1,
             seed: 1,
-            model: Some(path.clone()),
+            model: Some(path.to_path_buf()),
             chains,
         };
         let report = latflow::run::sample(&sample, &mut (), &StopToken::never()).unwrap();
