@@ -459,7 +459,7 @@ fn a_trained_snf_brings_its_protocol_to_the_noneq_kernel() {
     };
     assert_eq!(kernel(noneq.clone()), "noneq(flow start, 3 steps)");
     let own = KernelSpec {
-        noneq_steps: 5,
+        noneq_steps: Some(5),
         ..noneq.clone()
     };
     assert_eq!(kernel(own), "noneq(flow start, 5 steps)");
@@ -813,21 +813,24 @@ fn a_model_with_layers_between_the_steps_round_trips_to_the_noneq_kernel() {
     );
     // The spec's own protocol is used when it has the model's number of steps.
     let step_size = KernelSpec {
-        noneq_steps: 3,
-        noneq_step_size: 0.3,
+        noneq_steps: Some(3),
+        noneq_step_size: Some(0.3),
         ..noneq.clone()
     };
     assert_eq!(
         build(&step_size).unwrap().name(),
         "noneq(flow start, 3 steps, 3 flow layers between)"
     );
-    let err = build(&KernelSpec {
-        noneq_steps: 5,
-        ..noneq.clone()
-    })
-    .err()
-    .unwrap();
-    assert!(err.to_string().contains("noneq_steps"), "{err}");
+    // Given, a setting counts whatever its value: 10 is the default number of steps.
+    for steps in [5, 10] {
+        let err = build(&KernelSpec {
+            noneq_steps: Some(steps),
+            ..noneq.clone()
+        })
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("noneq_steps"), "{err}");
+    }
     // The sampler of the model, in one chain and in an ensemble of two.
     for chains in [1, 2] {
         let sample = SampleSpec {

@@ -74,13 +74,16 @@ pub struct KernelSpec {
     pub flowhmc_tau: f64,
     /// Flow-HMC molecular-dynamics steps per trajectory.
     pub flowhmc_md_steps: usize,
-    /// Non-equilibrium protocol steps (intermediate actions, the last the target).
-    pub noneq_steps: usize,
+    /// Non-equilibrium protocol steps (intermediate actions, the last the target). Each of
+    /// the three protocol settings (`noneq_steps`, `noneq_update`, `noneq_step_size`) left
+    /// unset takes its value from the protocol of a run's flow trained as a stochastic
+    /// normalizing flow, else its default ([`DEFAULT_NONEQ_PROTOCOL`]).
+    pub noneq_steps: Option<usize>,
     /// The update at each protocol step: a local sweep or an HMC trajectory (of `tau` in
     /// `md_steps` leapfrog steps).
-    pub noneq_update: NoneqUpdateKind,
+    pub noneq_update: Option<NoneqUpdateKind>,
     /// Proposal half-width of the protocol's local sweeps.
-    pub noneq_step_size: f64,
+    pub noneq_step_size: Option<f64>,
     /// Mass² of the free field the protocol starts from (Gaussian start).
     pub noneq_start_m0sq: f64,
     /// Where the protocol starts: the run's flow (S₀ the action the model records it was
@@ -141,21 +144,28 @@ impl KernelSpec {
             fixed_length,
             flowhmc_tau,
             flowhmc_md_steps,
-            noneq_steps,
-            noneq_update,
-            noneq_step_size,
             noneq_start_m0sq,
             flow_batch
         );
-        if let Some(start) = self.noneq_start.filter(|_| keep("noneq_start")) {
-            map.serialize_entry("noneq_start", &start)?;
+        // Settings that may be left unset: written when set.
+        macro_rules! set_settings {
+            ($($key:ident),*) => {$(
+                if let Some(value) = self.$key.as_ref().filter(|_| keep(stringify!($key))) {
+                    map.serialize_entry(stringify!($key), value)?;
+                }
+            )*};
         }
+        set_settings!(noneq_steps, noneq_update, noneq_step_size, noneq_start);
         if !self.settings.is_empty() {
             map.serialize_entry("settings", &self.settings)?;
         }
         map.end()
     }
 }
+
+/// The `noneq` protocol's settings when unset (and the run's flow brings none): 10 steps,
+/// each a local sweep of proposal half-width 0.5.
+pub const DEFAULT_NONEQ_PROTOCOL: (usize, NoneqUpdateKind, f64) = (10, NoneqUpdateKind::Local, 0.5);
 
 impl Default for KernelSpec {
     fn default() -> Self {
@@ -169,9 +179,9 @@ impl Default for KernelSpec {
             fixed_length: false,
             flowhmc_tau: 1.0,
             flowhmc_md_steps: 10,
-            noneq_steps: 10,
-            noneq_update: NoneqUpdateKind::Local,
-            noneq_step_size: 0.5,
+            noneq_steps: None,
+            noneq_update: None,
+            noneq_step_size: None,
             noneq_start_m0sq: 1.0,
             noneq_start: None,
             flow_batch: 1000,
@@ -366,11 +376,12 @@ impl KernelSpec {
         let hmc_steps = longest(md_steps);
         let flowhmc_steps = longest(self.flowhmc_md_steps as u128);
         // A forward evolution, and a backward one when another kernel moved the state.
+        let protocol = self.noneq_protocol();
         let noneq_updates = 2
-            * (self.noneq_steps as u128)
-            * match self.noneq_update {
-                NoneqUpdateKind::Local => 1,
-                NoneqUpdateKind::Hmc => md_steps.saturating_add(1),
+            * (protocol.steps as u128)
+            * match protocol.update {
+                NoneqUpdate::Local { .. } => 1,
+                NoneqUpdate::Hmc { .. } => md_steps.saturating_add(1),
             };
         fn walk(expr: &KernelExpr, sites: &dyn Fn(&str) -> u128) -> StepCost {
             match expr {
@@ -421,15 +432,40 @@ impl KernelSpec {
         })
     }
 
-    /// The protocol of the `noneq` kernel.
+    /// The protocol of the `noneq` kernel: the spec's settings, those unset at their
+    /// defaults ([`DEFAULT_NONEQ_PROTOCOL`]).
     pub fn noneq_protocol(&self) -> NoneqProtocol {
-        NoneqProtocol {
-            steps: self.noneq_steps,
-            update: match self.noneq_update {
-                NoneqUpdateKind::Local => NoneqUpdate::Local {
-                    step_size: self.noneq_step_size,
-                },
+        let (steps, update, step_size) = DEFAULT_NONEQ_PROTOCOL;
+        self.noneq_protocol_over(NoneqProtocol {
+            steps,
+            update: match update {
+                NoneqUpdateKind::Local => NoneqUpdate::Local { step_size },
                 NoneqUpdateKind::Hmc => NoneqUpdate::Hmc {
+                    tau: self.tau,
+                    md_steps: self.md_steps,
+                },
+            },
+        })
+    }
+
+    /// The protocol of the `noneq` kernel with the settings the spec leaves unset taken
+    /// from `base` (an HMC update chosen by the spec runs `tau` in `md_steps`; a local one
+    /// without `noneq_step_size` takes the base's step size, or the default when the base
+    /// runs HMC).
+    pub fn noneq_protocol_over(&self, base: NoneqProtocol) -> NoneqProtocol {
+        let base_step_size = match base.update {
+            NoneqUpdate::Local { step_size } => step_size,
+            NoneqUpdate::Hmc { .. } => DEFAULT_NONEQ_PROTOCOL.2,
+        };
+        let local = NoneqUpdate::Local {
+            step_size: self.noneq_step_size.unwrap_or(base_step_size),
+        };
+        NoneqProtocol {
+            steps: self.noneq_steps.unwrap_or(base.steps),
+            update: match (self.noneq_update, base.update) {
+                (None, NoneqUpdate::Local { .. }) | (Some(NoneqUpdateKind::Local), _) => local,
+                (None, hmc @ NoneqUpdate::Hmc { .. }) => hmc,
+                (Some(NoneqUpdateKind::Hmc), _) => NoneqUpdate::Hmc {
                     tau: self.tau,
                     md_steps: self.md_steps,
                 },
@@ -541,10 +577,9 @@ impl KernelSpec {
     /// The start action S₀, the protocol and the steps after which the model's last layer
     /// groups sit, of a `noneq` kernel starting from `model`: a model trained as a
     /// stochastic normalizing flow gives its start action, protocol and placement of
-    /// flow layers between the steps (unless the spec sets `noneq_steps` or
-    /// `noneq_step_size` to other values than their defaults, or `noneq_update` to `hmc`:
-    /// then the spec's protocol, as exact, which must have the model's number of steps when
-    /// flow layers sit between them); any other model the action it records it was
+    /// flow layers between the steps (the protocol's settings the spec gives replace the
+    /// model's, as exact; the steps must stay the model's number when flow layers sit
+    /// between them); any other model the action it records it was
     /// trained for (the target when it records none), the spec's protocol, and no layers
     /// between the steps.
     fn flow_start(
@@ -554,17 +589,9 @@ impl KernelSpec {
         registry: &Registry,
     ) -> Result<(Arc<dyn crate::action::Action>, NoneqProtocol, Vec<usize>)> {
         let lattice = target.action().lattice().clone();
-        let defaults = KernelSpec::default();
-        let own_protocol = self.noneq_steps != defaults.noneq_steps
-            || self.noneq_step_size != defaults.noneq_step_size
-            || self.noneq_update != defaults.noneq_update;
         if let Some(snf) = SnfSpec::recorded(model)? {
             let start = registry.action(&snf.start, &lattice)?.action();
-            let protocol = if own_protocol {
-                self.noneq_protocol()
-            } else {
-                snf.protocol()
-            };
+            let protocol = self.noneq_protocol_over(snf.protocol());
             let after = snf.layers_after();
             if !after.is_empty() && protocol.steps != snf.steps {
                 return Err(Error::param(
@@ -572,7 +599,7 @@ impl KernelSpec {
                     format!(
                         "the model places flow layers after sweeps {after:?} of its protocol \
                          of {} sweeps; a protocol of {} steps does not fit them (leave \
-                         noneq_steps at the model's {})",
+                         noneq_steps unset or give the model's {})",
                         snf.steps, protocol.steps, snf.steps
                     ),
                 ));
@@ -711,4 +738,77 @@ where
 pub(crate) struct StepCost {
     pub(crate) moves: u128,
     pub(crate) site_updates: u128,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings a spec gives replace the base protocol's, whatever their values; those
+    /// it leaves unset keep the base's.
+    #[test]
+    fn given_protocol_settings_replace_the_base() {
+        let hmc_base = NoneqProtocol {
+            steps: 4,
+            update: NoneqUpdate::Hmc {
+                tau: 2.0,
+                md_steps: 7,
+            },
+        };
+        let local_base = NoneqProtocol {
+            steps: 3,
+            update: NoneqUpdate::Local { step_size: 0.3 },
+        };
+        let unset = KernelSpec::default();
+        assert_eq!(unset.noneq_protocol_over(hmc_base), hmc_base);
+        assert_eq!(unset.noneq_protocol_over(local_base), local_base);
+        let (steps, _, step_size) = DEFAULT_NONEQ_PROTOCOL;
+        // Each given at its default value: still given.
+        let given_steps = KernelSpec {
+            noneq_steps: Some(steps),
+            ..KernelSpec::default()
+        };
+        assert_eq!(given_steps.noneq_protocol_over(local_base).steps, steps);
+        let given_step_size = KernelSpec {
+            noneq_step_size: Some(step_size),
+            ..KernelSpec::default()
+        };
+        assert_eq!(
+            given_step_size.noneq_protocol_over(local_base),
+            NoneqProtocol {
+                steps: 3,
+                update: NoneqUpdate::Local { step_size }
+            }
+        );
+        let given_local = KernelSpec {
+            noneq_update: Some(NoneqUpdateKind::Local),
+            ..KernelSpec::default()
+        };
+        assert_eq!(
+            given_local.noneq_protocol_over(hmc_base),
+            NoneqProtocol {
+                steps: 4,
+                update: NoneqUpdate::Local { step_size }
+            }
+        );
+        let given_hmc = KernelSpec {
+            noneq_update: Some(NoneqUpdateKind::Hmc),
+            ..KernelSpec::default()
+        };
+        assert_eq!(
+            given_hmc.noneq_protocol_over(local_base).update,
+            NoneqUpdate::Hmc {
+                tau: given_hmc.tau,
+                md_steps: given_hmc.md_steps
+            }
+        );
+        // Without a base, the defaults.
+        assert_eq!(
+            unset.noneq_protocol(),
+            NoneqProtocol {
+                steps,
+                update: NoneqUpdate::Local { step_size }
+            }
+        );
+    }
 }

@@ -22,7 +22,7 @@ pub(crate) fn parse_with_overrides<T: serde::de::DeserializeOwned>(
         .map_err(|e: toml::de::Error| Error::format(origin, e.to_string()))?;
     let as_written = toml::from_str::<T>(text).err();
     if let Some(e) = as_written.as_ref().filter(|_| overrides.is_empty()) {
-        return Err(Error::format(origin, e.to_string()));
+        return Err(deserialisation_error::<T>(text, origin, e));
     }
     let mut root = toml::Value::Table(table);
     for o in overrides {
@@ -39,7 +39,7 @@ pub(crate) fn parse_with_overrides<T: serde::de::DeserializeOwned>(
         .map_err(|e: toml::de::Error| match as_written {
             // The same fault in the runcard as written: report it there, with its line.
             Some(first) if first.message() == e.message() => {
-                Error::format(origin, first.to_string())
+                deserialisation_error::<T>(text, origin, &first)
             }
             _ => Error::format(
                 format!("{origin} with the overrides {}", listed(overrides)),
@@ -47,6 +47,161 @@ pub(crate) fn parse_with_overrides<T: serde::de::DeserializeOwned>(
             ),
         })?;
     Ok((spec, table))
+}
+
+/// The error of reading `text` as `T`, as an [`Error::Format`] of `origin`. A fault inside a
+/// table that is read through an internally tagged enum (e.g. `[action]`, tagged by
+/// `form`) is reported by toml at the table, without the key, because the table is
+/// buffered before its tag is known; such a fault is pinned here to its key and line:
+/// the key an unknown-field message names, or the one key whose removal turns the fault
+/// into a missing-field error for that key (or lets the runcard read).
+fn deserialisation_error<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+    error: &toml::de::Error,
+) -> Error {
+    pinned_key::<T>(text, error)
+        .map(|(key, line)| {
+            Error::format(
+                origin,
+                format!("`{key}` (line {line}): {}", error.message().trim_end()),
+            )
+        })
+        .unwrap_or_else(|| Error::format(origin, error.to_string()))
+}
+
+/// The dotted key (array entries counted from 1) and line of the key inside the table
+/// `error` points at that causes it, when the error points at a whole table.
+fn pinned_key<T: serde::de::DeserializeOwned>(
+    text: &str,
+    error: &toml::de::Error,
+) -> Option<(String, usize)> {
+    let span = error.span()?;
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    let mut tables = Vec::new();
+    tables_at(doc.get_ref(), span.start, &mut path, &mut tables);
+    // The innermost table the error points at.
+    let table_path = tables.into_iter().max_by_key(Vec::len)?;
+    let root: toml::Table = text.parse().ok()?;
+    let keys: Vec<String> = lookup(&root, &table_path)?.keys().cloned().collect();
+    let message = error.message();
+    if message.starts_with("missing field") {
+        // No key to point at: the table, which the message completes.
+        return Some((shown(&table_path), key_line(text, &table_path.join("."))?));
+    }
+    let culprit = keys
+        .iter()
+        .find(|k| message.starts_with(&format!("unknown field `{k}`")))
+        .or_else(|| {
+            // A trial read of the runcard with the key `k` of the table changed by `edit`.
+            let trial = |k: &str, edit: &dyn Fn(&mut toml::Table, &str)| {
+                let mut trial = root.clone();
+                edit(lookup_mut(&mut trial, &table_path)?, k);
+                Some(toml::Value::Table(trial).try_into::<T>())
+            };
+            keys.iter().find(|k| {
+                let removed = trial(k, &|t, k| {
+                    t.remove(k);
+                });
+                let culprit = match removed {
+                    Some(Ok(_)) => true,
+                    Some(Err(e)) => e.message().contains(&format!("missing field `{k}`")),
+                    None => false,
+                };
+                // The tag is missing when removed too: it is the key whose value picks
+                // the variant.
+                let tag = || {
+                    let renamed = trial(k, &|t, k| {
+                        t.insert(k.to_string(), "\u{1}".into());
+                    });
+                    matches!(renamed, Some(Err(e)) if e.message().contains("unknown variant"))
+                };
+                culprit && !tag()
+            })
+        })?;
+    let mut full = table_path.clone();
+    full.push(culprit.clone());
+    let line = key_line(text, &full.join("."))?;
+    Some((shown(&full), line))
+}
+
+/// A key path as shown to users: dotted, array entries counted from 1.
+fn shown(path: &[String]) -> String {
+    path.iter()
+        .map(|s| match s.parse::<usize>() {
+            Ok(i) => (i + 1).to_string(),
+            Err(_) => s.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Collects into `found` the paths (array entries by index) of the tables of `table`
+/// whose span (a `[header]`, or a whole inline table) starts at the byte offset `at`,
+/// `path` being the path of `table`.
+fn tables_at(
+    table: &toml::de::DeTable<'_>,
+    at: usize,
+    path: &mut Vec<String>,
+    found: &mut Vec<Vec<String>>,
+) {
+    for (key, value) in table {
+        path.push(key.get_ref().to_string());
+        visit_value(value, at, path, found);
+        path.pop();
+    }
+}
+
+/// [`tables_at`] for one value: a table, or the tables of an array.
+fn visit_value(
+    value: &toml::Spanned<toml::de::DeValue<'_>>,
+    at: usize,
+    path: &mut Vec<String>,
+    found: &mut Vec<Vec<String>>,
+) {
+    match value.get_ref() {
+        toml::de::DeValue::Table(inner) => {
+            if value.span().start == at {
+                found.push(path.clone());
+            }
+            tables_at(inner, at, path, found);
+        }
+        toml::de::DeValue::Array(entries) => {
+            for (i, entry) in entries.iter().enumerate() {
+                path.push(i.to_string());
+                visit_value(entry, at, path, found);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The table at `path` (array entries by index) of `root`.
+fn lookup<'a>(root: &'a toml::Table, path: &[String]) -> Option<&'a toml::Table> {
+    let mut value: Option<&toml::Value> = None;
+    for segment in path {
+        value = Some(match (value, segment.parse::<usize>()) {
+            (None, _) => root.get(segment)?,
+            (Some(toml::Value::Array(entries)), Ok(i)) => entries.get(i)?,
+            (Some(v), _) => v.get(segment)?,
+        });
+    }
+    value?.as_table()
+}
+
+/// [`lookup`], mutably.
+fn lookup_mut<'a>(root: &'a mut toml::Table, path: &[String]) -> Option<&'a mut toml::Table> {
+    let (first, rest) = path.split_first()?;
+    let mut value = root.get_mut(first)?;
+    for segment in rest {
+        value = match (value, segment.parse::<usize>()) {
+            (toml::Value::Array(entries), Ok(i)) => entries.get_mut(i)?,
+            (v, _) => v.get_mut(segment.as_str())?,
+        };
+    }
+    value.as_table_mut()
 }
 
 /// The overrides as `--set key=value`, separated by spaces.
@@ -124,7 +279,8 @@ pub(crate) fn read_checked<T: serde::de::DeserializeOwned>(
     let doc: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| Error::format(&origin, e.to_string()))?;
-    let spec: T = toml::from_str(&text).map_err(|e| Error::format(&origin, e.to_string()))?;
+    let spec: T =
+        toml::from_str(&text).map_err(|e| deserialisation_error::<T>(&text, &origin, &e))?;
     validate(&spec, &doc).map_err(|e| {
         let keys = match &e {
             Error::InvalidParameter { name, .. } => paths(name),
@@ -170,6 +326,63 @@ pub(crate) fn located(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A runcard with an internally tagged table.
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Card {
+        name: String,
+        action: crate::run::ActionSpec,
+        #[serde(default)]
+        stage: Vec<Stage>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Stage {
+        action: crate::run::ActionSpec,
+    }
+
+    fn message(text: &str) -> String {
+        let e = toml::from_str::<Card>(text).unwrap_err();
+        deserialisation_error::<Card>(text, "runcard r.toml", &e).to_string()
+    }
+
+    #[test]
+    fn faults_in_tagged_tables_name_their_key_and_line() {
+        let head = "name = \"x\"\n[action]\nform = \"phi4\"\n";
+        let e = message(&format!("{head}beta = 0.5\nlambda = 0.5\nmass = 1.0\n"));
+        assert!(
+            e.contains("`action.mass` (line 6)") && e.contains("unknown field"),
+            "{e}"
+        );
+        let e = message(&format!("{head}beta = \"hot\"\nlambda = 0.5\n"));
+        assert!(
+            e.contains("`action.beta` (line 4)") && e.contains("invalid type"),
+            "{e}"
+        );
+        let e = message(&format!("{head}beta = 0.5\nlambda = [1]\n"));
+        assert!(e.contains("`action.lambda` (line 5)"), "{e}");
+        // A missing key is reported at its table.
+        let e = message(&format!("{head}beta = 0.5\n"));
+        assert!(
+            e.contains("`action` (line 2): missing field `lambda`"),
+            "{e}"
+        );
+        let inline = "name = \"x\"\n\naction = { form = \"free\", mass = true }\n";
+        let e = message(inline);
+        assert!(e.contains("`action.mass` (line 3)"), "{e}");
+        let staged = "name = \"x\"\naction = { form = \"free\", mass = 1.0 }\n[[stage]]\n\
+                      action = { form = \"free\", mass = 1.0 }\n[[stage]]\n[stage.action]\n\
+                      form = \"phi4\"\nbeta = 0.5\nlambda = 0.5\nm2 = 1\n";
+        let e = message(staged);
+        assert!(e.contains("`stage.2.action.m2` (line 10)"), "{e}");
+        // A fault at a key keeps toml's own report, with its line and column.
+        let e = message("name = 3\naction = { form = \"free\", mass = 1.0 }\n");
+        assert!(e.contains("line 1, column 8"), "{e}");
+    }
 
     #[test]
     fn keys_are_found_on_their_lines() {

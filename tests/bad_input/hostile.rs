@@ -347,6 +347,7 @@ fn cases() -> Vec<Case> {
     cases.extend(ineffective_settings());
     cases.extend(misleading_errors());
     cases.extend(launcher_case());
+    cases.extend(action_table_errors());
     cases
 }
 
@@ -1040,4 +1041,59 @@ fn a_sample_stopped_by_two_signals_still_writes_its_report() {
     let n = v["n"].as_u64().unwrap();
     assert!(n > 0 && n < 10_000_000, "{v}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Faults inside an `[action]` table (read by its `form`) named by their key and line,
+/// for `sample`, a study and a curriculum stage.
+fn action_table_errors() -> Vec<Case> {
+    let sample = |what, text: &'static str, stderr| Case {
+        what,
+        files: vec![("r.toml", Content::Text(text))].leak(),
+        args: &["sample", "--config", "r.toml", "--quiet"],
+        env: &[],
+        status: 1,
+        stderr,
+        absent: &[],
+    };
+    vec![
+        sample(
+            "an unknown key in a sample runcard's action",
+            "lattice = [4, 4]\nn = 100\n[action]\nform = \"phi4\"\nbeta = 0.5\n\
+             lambda = 0.5\nmass = 1.0\n[kernel]\nkind = \"hmc\"\n",
+            &["`action.mass` (line 7)", "unknown field", "r.toml"],
+        ),
+        sample(
+            "a wrong type in a sample runcard's action",
+            "lattice = [4, 4]\nn = 100\n[action]\nform = \"phi4\"\nbeta = \"hot\"\n\
+             lambda = 0.5\n[kernel]\nkind = \"hmc\"\n",
+            &["`action.beta` (line 5)", "invalid type", "r.toml"],
+        ),
+        Case {
+            what: "a wrong type in a study's action",
+            files: &[(
+                "study.toml",
+                Content::Text(
+                    "name = \"x\"\nout = \"out\"\nlattice = [4, 4]\n[action]\nform = \"free\"\n\
+                     mass = [1.0]\n[[sampler]]\nname = \"local\"\nkernel = \"local\"\n",
+                ),
+            )],
+            args: &["run", "study.toml", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &["`action.mass` (line 6)", "invalid type", "study.toml"],
+            absent: &["out"],
+        },
+        Case {
+            what: "an unknown key in a curriculum stage's action",
+            files: &[(
+                "cur.toml",
+                Content::Text(curriculum!("0.5\nm2 = 1.0", "lr = 0.01\n")),
+            )],
+            args: &["curriculum", "cur.toml", "--quiet"],
+            env: &[],
+            status: 1,
+            stderr: &["`stage.3.action.m2` (line 17)", "unknown field", "cur.toml"],
+            absent: &["cur"],
+        },
+    ]
 }

@@ -102,16 +102,19 @@ pub(crate) struct SampleRunArgs {
     #[arg(long, default_value_t = 10)]
     pub(crate) flowhmc_md_steps: usize,
     /// Non-equilibrium protocol steps: intermediate actions (1 − t/n) S₀ + (t/n) S,
-    /// t = 1 … n, from the start's action S₀ to the target (kernels with `noneq`).
-    #[arg(long, default_value_t = 10)]
-    pub(crate) noneq_steps: usize,
+    /// t = 1 … n, from the start's action S₀ to the target (kernels with `noneq`; default
+    /// 10, or the protocol of a --model trained as a stochastic normalizing flow, which any
+    /// of --noneq-steps, --noneq-update, --noneq-step-size replaces).
+    #[arg(long)]
+    pub(crate) noneq_steps: Option<usize>,
     /// The update at each protocol step: one local sweep, or one HMC trajectory of --tau in
-    /// --md-steps leapfrog steps (kernels with `noneq`).
-    #[arg(long, value_enum, default_value = "local")]
-    pub(crate) noneq_update: NoneqUpdateName,
-    /// Proposal half-width of the protocol's local sweeps (kernels with `noneq`).
-    #[arg(long, default_value_t = 0.5)]
-    pub(crate) noneq_step_size: f64,
+    /// --md-steps leapfrog steps (kernels with `noneq`; default local).
+    #[arg(long, value_enum)]
+    pub(crate) noneq_update: Option<NoneqUpdateName>,
+    /// Proposal half-width of the protocol's local sweeps (kernels with `noneq`; default
+    /// 0.5).
+    #[arg(long)]
+    pub(crate) noneq_step_size: Option<f64>,
     /// Mass² of the free field the protocol starts from (kernels with `noneq`, Gaussian
     /// start).
     #[arg(long, default_value_t = 1.0)]
@@ -190,10 +193,10 @@ impl SampleArgs {
             flowhmc_tau: run.flowhmc_tau,
             flowhmc_md_steps: run.flowhmc_md_steps,
             noneq_steps: run.noneq_steps,
-            noneq_update: match run.noneq_update {
+            noneq_update: run.noneq_update.map(|u| match u {
                 NoneqUpdateName::Local => NoneqUpdateKind::Local,
                 NoneqUpdateName::Hmc => NoneqUpdateKind::Hmc,
-            },
+            }),
             noneq_step_size: run.noneq_step_size,
             noneq_start_m0sq: run.noneq_start_m0sq,
             noneq_start: run.noneq_start.map(|s| match s {
