@@ -12,8 +12,10 @@
 #
 #   MODEL_L12=L12.json MODEL_L16=L16.json benches/sampler_verdicts.sh [L ...]   (default: 8)
 # Environment: N (measured steps of the fast samplers, default 100000), N_SLOW (of flowhmc
-# and noneq, default 2000), CHAINS (ensemble size, default 16), SLOW=0 leaves flowhmc and
-# noneq out, LOCAL=0 leaves local Metropolis out.
+# and noneq, default 2000), CHAINS (ensemble size, default 16), ENSEMBLE_BATCH (flow proposals
+# drawn at once by each chain of an ensemble, default 1000; lower it for large flows, whose
+# every chain keeps a batch and its workspace), SLOW=0 leaves flowhmc and noneq out, LOCAL=0
+# leaves local Metropolis out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -22,6 +24,7 @@ OUT=${OUT:-${CARGO_TARGET_DIR:-target}/verdicts}
 N=${N:-100000}
 N_SLOW=${N_SLOW:-2000}
 CHAINS=${CHAINS:-16}
+ENSEMBLE_BATCH=${ENSEMBLE_BATCH:-1000}
 SLOW=${SLOW:-1}
 LOCAL=${LOCAL:-1}
 mkdir -p "$OUT"
@@ -65,13 +68,13 @@ name = "flow"
 kernel = "flow"
 [[sampler]]
 name = "flow+local"
-kernel = "flow+local"
+kernel = { kind = "flow+local", flow_batch = $ENSEMBLE_BATCH }
 chains = $CHAINS
 n = $per_chain
 therm = 500
 [[sampler]]
 name = "flow+hmc"
-kernel = { kind = "flow+hmc", tau = 1.0, md_steps = 10 }
+kernel = { kind = "flow+hmc", tau = 1.0, md_steps = 10, flow_batch = $ENSEMBLE_BATCH }
 chains = $CHAINS
 n = $per_chain
 therm = 500

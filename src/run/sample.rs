@@ -378,17 +378,25 @@ fn load_model_for(spec: &SampleSpec, registry: &Registry) -> Result<FlowModel> {
             spec.action.describe()
         )));
     }
+    // Every chain of an ensemble keeps a batch of proposals and the workspace that drew it.
     let f32_bytes = std::mem::size_of::<f32>() as u128;
+    let batch = format!(
+        "a batch of {} flow proposals ({} values each on the tape)",
+        spec.kernel.flow_batch,
+        model.tape_values_per_row()
+    );
+    let what = if spec.chains > 1 {
+        format!("{batch} for each of {} chains", spec.chains)
+    } else {
+        batch
+    };
     crate::limits::check_memory(
         "flow_batch",
-        &format!(
-            "a batch of {} flow proposals ({} values each on the tape)",
-            spec.kernel.flow_batch,
-            model.tape_values_per_row()
-        ),
+        &what,
         (spec.kernel.flow_batch as u128)
             .saturating_mul(model.tape_values_per_row() as u128)
-            .saturating_mul(f32_bytes),
+            .saturating_mul(f32_bytes)
+            .saturating_mul(spec.chains as u128),
     )?;
     Ok(model)
 }
