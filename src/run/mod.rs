@@ -23,8 +23,8 @@ pub use curriculum::{CurriculumOutcome, CurriculumReport, CurriculumSpec, StageS
 pub use kernel_spec::{KERNEL_SETTINGS, KernelSpec, NoneqStart, NoneqUpdateKind, parse_kernel};
 pub(crate) use kernel_spec::{kernel_list, kernel_table_or_expression};
 pub use recipe::{
-    DEFAULT_METHOD_CHECK_SAMPLES, DENSE_DEFAULT_UP_TO, RecipeKind, RecipeSpec, default_method,
-    dense_method, reference_budget, scalable_method,
+    DEFAULT_METHOD_CHECK_SAMPLES, DENSE_DEFAULT_UP_TO, RecipeKind, RecipeSpec, default_levels,
+    default_method, dense_method, reference_budget, scalable_method,
 };
 pub use registry::{KERNEL_NAMES, KernelContext, Registry, TargetAction, Typed};
 pub use replicas::{ReplicaChain, combine_replicas, replica_seed, sample_replicas};

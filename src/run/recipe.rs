@@ -356,16 +356,24 @@ pub fn dense_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
 /// where the dense one needs millions.
 pub const DENSE_DEFAULT_UP_TO: usize = 100;
 
-/// The scalable family's default method ([`default_method`] beyond |Λ| = 100): a free-field
-/// layer with one σ per class of momenta, two Z2-affine blocks with convolutional nets of
+/// The scalable family's default method ([`default_method`] beyond |Λ| = 100): a multiscale
+/// flow of [`default_levels`] levels (a convolutional flow on the whole lattice when an
+/// extent is odd) behind a free-field layer with one σ per class of momenta, two Z2-affine
+/// blocks on the coarsest lattice and two at every finer level, with convolutional nets of
 /// two hidden layers of 16 channels (3 × 3 kernels), and a spline block of 8 segments with
 /// the same nets between two learnable scales; trained with path gradients on batches of
 /// 256 at η = 0.003 on a cosine schedule over 40|Λ| iterations (about 10|Λ|² / 1000
 /// thousand configurations, a budget the target usually ends long before), checked every
 /// 50 iterations on [`DEFAULT_METHOD_CHECK_SAMPLES`] samples.
 pub fn scalable_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
+    let levels = default_levels(lattice);
     let recipe = RecipeSpec {
-        kind: RecipeKind::Conv,
+        kind: if levels == 0 {
+            RecipeKind::Conv
+        } else {
+            RecipeKind::Multiscale
+        },
+        levels: levels.max(1),
         affine_blocks: 2,
         channels: 16,
         depth: 2,
@@ -383,6 +391,21 @@ pub fn scalable_method(lattice: &Lattice) -> (RecipeSpec, TrainConfig) {
     (recipe, train)
 }
 
+/// The coarse levels of [`scalable_method`] on `lattice`: the most that leave a coarsest
+/// lattice of extents at least 3 (12 → 3, 16 → 4, 20 → 5, 32 → 4, 64 → 4), 0 when an extent
+/// is odd or below 6.
+pub fn default_levels(lattice: &Lattice) -> usize {
+    let mut levels = 0;
+    while lattice
+        .extents()
+        .iter()
+        .all(|&l| l.is_multiple_of(2 << levels) && l / (2 << levels) >= 3)
+    {
+        levels += 1;
+    }
+    levels
+}
+
 /// Samples of each acceptance check of [`default_method`]: a quarter of the command line's
 /// 10,000 evaluation samples, which reads an acceptance near 0.65 to about ±0.015 (at
 /// L = 8 this cut the checks from a quarter of the run's wall time to a tenth, with the
@@ -393,6 +416,25 @@ pub const DEFAULT_METHOD_CHECK_SAMPLES: usize = 2500;
 mod tests {
     use super::*;
     use crate::flow::FlowModel;
+
+    #[test]
+    fn scalable_levels_leave_a_coarsest_lattice_of_at_least_three() {
+        let levels = |extents: &[usize]| default_levels(&Lattice::new(extents).unwrap());
+        assert_eq!(levels(&[12, 12]), 2);
+        assert_eq!(levels(&[16, 16]), 2);
+        assert_eq!(levels(&[20, 20]), 2);
+        assert_eq!(levels(&[24, 24]), 3);
+        assert_eq!(levels(&[32, 32]), 3);
+        assert_eq!(levels(&[64, 64]), 4);
+        assert_eq!(levels(&[10, 10]), 1);
+        assert_eq!(levels(&[15, 15]), 0);
+        assert_eq!(levels(&[16, 10]), 1);
+        let (recipe, _) = scalable_method(&Lattice::new(&[15, 15]).unwrap());
+        assert_eq!(recipe.kind, RecipeKind::Conv);
+        let (recipe, _) = scalable_method(&Lattice::new(&[32, 32]).unwrap());
+        assert_eq!((recipe.kind, recipe.levels), (RecipeKind::Multiscale, 3));
+        assert!(recipe.build(&Lattice::new(&[32, 32]).unwrap()).is_ok());
+    }
 
     /// (batch, iterations, lr, eval_every, hidden, affine blocks) of the dense method.
     fn method(l: usize) -> (usize, usize, f64, usize, usize, usize) {
@@ -450,7 +492,10 @@ mod tests {
         for l in [12, 16, 32, 64] {
             let lattice = Lattice::new(&[l, l]).unwrap();
             let (recipe, train) = default_method(&lattice);
-            assert_eq!((recipe.kind, recipe.spline), (RecipeKind::Conv, true));
+            assert_eq!(
+                (recipe.kind, recipe.levels, recipe.spline),
+                (RecipeKind::Multiscale, default_levels(&lattice), true)
+            );
             assert_eq!(recipe.free_field, FreeFieldKind::Classes);
             assert_eq!((train.batch, train.iterations), (256, 40 * l * l));
             assert_eq!(train.gradient, crate::train::GradientEstimator::Path);

@@ -611,11 +611,23 @@ pub(crate) fn run_train(
             };
             let flow = match r.kind {
                 RecipeKind::Seed => format!("seed recipe with hidden width {}, {affine}", r.hidden),
-                _ => format!(
+                kind => format!(
                     "scalable family: a free-field layer with one σ per class of momenta, \
-                     {affine} with convolutional nets of {} × {} channels ({}×{} kernels), a \
+                     {}{affine} with convolutional nets of {} × {} channels ({}×{} kernels), a \
                      convolutional spline block",
-                    r.depth, r.channels, r.kernel, r.kernel
+                    if kind == RecipeKind::Multiscale {
+                        format!(
+                            "a multiscale flow of {} coarse levels (the lattice halved {} times) \
+                             with, at every level, ",
+                            r.levels, r.levels
+                        )
+                    } else {
+                        String::new()
+                    },
+                    r.depth,
+                    r.channels,
+                    r.kernel,
+                    r.kernel
                 ),
             };
             println!(
