@@ -568,9 +568,12 @@ proptest! {
 proptest! {
     #![proptest_config(config(64))]
 
-    /// The f32 code paths agree with f64 on the same (f32-representable) inputs: y and ld
-    /// to 1e-5 (1 + |·|), and the backward pass to 1e-4 (1 + |·|) (f32 rounding of e^{−s}
-    /// and of the network-side inputs, amplified at most by the condition of the spline).
+    /// The f32 code paths agree with f64 on the same (f32-representable) inputs: y to 1e-5
+    /// (1 + |·|), ld to 1e-5 (1 + |·|) for the shift-scale transforms and 1e-4 (1 + |·|) for
+    /// the spline, and the backward pass to 1e-4 (1 + |·|). The spline's ld depends on the
+    /// position ξ within a bin, whose knots are cumulative sums rounded in f32: their
+    /// absolute error (≈ 2a·ε₃₂) divided by a narrow bin's width amplifies it, as it does
+    /// for the backward pass (a case with ld off by 2.1e-5 relative is in the regressions).
     #[test]
     fn f32_paths_agree_with_f64(
         (v, theta) in arb_sites(23, 6, 6.0, 2.0),
@@ -605,7 +608,8 @@ proptest! {
             let close = |a: f32, b: f64, tol: f64| (a as f64 - b).abs() <= tol * (1.0 + b.abs());
             for i in 0..n {
                 prop_assert!(close(y32[i], y64[i], 1e-5), "{name} y[{i}]: {} vs {}", y32[i], y64[i]);
-                prop_assert!(close(ld32[i], ld64[i], 1e-5), "{name} ld[{i}]: {} vs {}", ld32[i], ld64[i]);
+                let ld_tol = if name == "rqs" { 1e-4 } else { 1e-5 };
+                prop_assert!(close(ld32[i], ld64[i], ld_tol), "{name} ld[{i}]: {} vs {}", ld32[i], ld64[i]);
                 prop_assert!(close(gv32[i], gv64[i], 1e-4), "{name} gv[{i}]: {} vs {}", gv32[i], gv64[i]);
             }
             for j in 0..n * k {
