@@ -84,7 +84,10 @@ fn pinned_key<T: serde::de::DeserializeOwned>(
     // The innermost table the error points at.
     let table_path = tables.into_iter().max_by_key(Vec::len)?;
     let root: toml::Table = text.parse().ok()?;
-    let keys: Vec<String> = lookup(&root, &table_path)?.keys().cloned().collect();
+    let keys: Vec<String> = table_keys(&root, &table_path.join("."))
+        .into_iter()
+        .map(String::from)
+        .collect();
     let message = error.message();
     if message.starts_with("missing field") {
         // No key to point at: the table, which the message completes.
@@ -178,20 +181,7 @@ fn visit_value(
     }
 }
 
-/// The table at `path` (array entries by index) of `root`.
-fn lookup<'a>(root: &'a toml::Table, path: &[String]) -> Option<&'a toml::Table> {
-    let mut value: Option<&toml::Value> = None;
-    for segment in path {
-        value = Some(match (value, segment.parse::<usize>()) {
-            (None, _) => root.get(segment)?,
-            (Some(toml::Value::Array(entries)), Ok(i)) => entries.get(i)?,
-            (Some(v), _) => v.get(segment)?,
-        });
-    }
-    value?.as_table()
-}
-
-/// [`lookup`], mutably.
+/// The table at `path` (array entries by index) of `root`, mutably.
 fn lookup_mut<'a>(root: &'a mut toml::Table, path: &[String]) -> Option<&'a mut toml::Table> {
     let (first, rest) = path.split_first()?;
     let mut value = root.get_mut(first)?;
