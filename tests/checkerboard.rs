@@ -12,6 +12,7 @@ use std::sync::Arc;
 use common::{assert_agree, assert_within, field_estimates, run_measured};
 use latflow::action::{Action, Checkerboard, FreeField, Phi4, SweepTally};
 use latflow::kernel::{LocalMetropolis, SweepOrder};
+use latflow::rng::splitmix64;
 use latflow::testing::balance::kernel_balance;
 use latflow::{Lattice, SimRng, rng_from_seed};
 use rand::{Rng, RngExt};
@@ -160,8 +161,11 @@ fn other_dimensions_and_the_free_field_use_the_same_stream() {
     );
 }
 
-/// The reference sweep is itself the order the documentation describes: even sites, line
-/// by line, the uniforms of a line's proposals before those of its tests.
+/// The reference sweep is itself the order the documentation describes: 32 draws of the
+/// chain's generator seed eight xoshiro256++ lanes (SplitMix64 of each draw, state word i of
+/// lane j from draw 8i + j); then even sites, line by line, a block of eight uniforms (one
+/// word per lane, its top 52 bits as a mantissa in [1, 2), minus 1) for a line's proposals
+/// before a block for its tests.
 #[test]
 fn the_reference_sweep_follows_the_documented_order() {
     let lattice = Lattice::new(&[4, 6]).unwrap();
@@ -170,11 +174,33 @@ fn the_reference_sweep_follows_the_documented_order() {
     let (phi, tally, mut rng_after) = sweep(&action, &phi0, 1.0, 1);
     let mut expected = phi0.clone();
     let mut rng = rng_from_seed(7);
+    let mut lanes: Vec<[u64; 4]> = vec![[0; 4]; 8];
+    for i in 0..4 {
+        for lane in lanes.iter_mut() {
+            lane[i] = splitmix64(rng.next_u64());
+        }
+    }
+    let mut block = || -> Vec<f64> {
+        lanes
+            .iter_mut()
+            .map(|s| {
+                let word = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
+                let t = s[1] << 17;
+                s[2] ^= s[0];
+                s[3] ^= s[1];
+                s[1] ^= s[2];
+                s[0] ^= s[3];
+                s[2] ^= t;
+                s[3] = s[3].rotate_left(45);
+                f64::from_bits((word >> 12) | 0x3FF0_0000_0000_0000) - 1.0
+            })
+            .collect()
+    };
     let mut accepted = 0;
     for parity in 0..2 {
         for row in 0..4 {
-            let u: Vec<f64> = (0..3).map(|_| rng.random::<f64>()).collect();
-            let v: Vec<f64> = (0..3).map(|_| rng.random::<f64>()).collect();
+            let u = block();
+            let v = block();
             for k in 0..3 {
                 let column = 2 * k + (row + parity) % 2;
                 let site = row * 6 + column;

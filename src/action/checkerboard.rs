@@ -1,16 +1,18 @@
 //! Checkerboard local Metropolis sweeps: every even site, then every odd site (parity of
-//! Σ_μ x_μ), line by line along the last axis, the random numbers of a line drawn in one go.
+//! Σ_μ x_μ), line by line along the last axis, the random numbers of a line drawn in one go
+//! from a [`LaneStream`] of eight generators advanced together, seeded afresh from the
+//! chain's generator at the start of every sweep.
 //! [`Checkerboard::sweep_reference`] works through any action's `delta_local`; the φ⁴ sweep
 //! in two dimensions updates half a row at a time in fixed-width chunks of f64 lanes, written
 //! so that they vectorise, and takes exactly the same decisions.
 
-use rand::RngExt;
+use rand::Rng;
 
 use crate::action::phi4::LocalCoefficients;
 use crate::action::{Action, SweepTally};
 use crate::error::{Error, Result};
 use crate::lattice::Lattice;
-use crate::rng::SimRng;
+use crate::rng::{SimRng, splitmix64};
 
 /// The Metropolis decision of a checkerboard sweep for the action change ΔS = `delta` and
 /// the uniform v = `v` in [0, 1): accepted when v < e^{−ΔS}, the exponential of the standard
@@ -24,11 +26,12 @@ pub fn checkerboard_accepts(delta: f64, v: f64) -> bool {
 /// sweep allocates nothing.
 ///
 /// A line is a run of sites along the last axis (contiguous in memory); the sites of one
-/// parity on a line are every other one. For each parity (even first), each line in
-/// increasing order and each of the `hits` proposals per site, the sweep draws the line's
-/// L_d/2 uniforms u (proposals φ_x + δ(2u − 1)) and then its L_d/2 uniforms v (accepted when
-/// v < e^{−ΔS}, [`checkerboard_accepts`]) from the chain's generator, and updates the
-/// line's sites of that parity in increasing order. The neighbours of a site all have the
+/// parity on a line are every other one. A sweep first seeds a [`LaneStream`] from the
+/// chain's generator; then for each parity (even first), each line in increasing order and
+/// each of the `hits` proposals per site, it draws the line's uniforms u (proposals
+/// φ_x + δ(2u − 1), the first L_d/2 of L_d/2 rounded up to a multiple of [`LANES`]) and then
+/// as many uniforms v (accepted when v < e^{−ΔS}, [`checkerboard_accepts`]) from that
+/// stream, and updates the line's sites of that parity in increasing order. The neighbours of a site all have the
 /// other parity, so the updates of one parity do not interact for a nearest-neighbour
 /// action, and the fast sweeps update them lane by lane with the same numbers and
 /// decisions as the reference sweep.
@@ -149,12 +152,13 @@ impl Checkerboard {
     ) -> SweepTally {
         self.check_field(action.lattice(), phi);
         let (line, half) = (self.line, self.line / 2);
+        let mut stream = LaneStream::seeded(rng);
         let mut tally = SweepTally::default();
         for parity in 0..2u8 {
             for (l, &first) in self.line_parity.iter().enumerate() {
                 let start = l * line + usize::from((parity + first) % 2);
                 for _ in 0..hits {
-                    let (u, v) = draw_line(rng, &mut self.uniforms, half, self.padded);
+                    let (u, v) = draw_line(&mut stream, &mut self.uniforms, half, self.padded);
                     for (k, (&u, &v)) in u[..half].iter().zip(&v[..half]).enumerate() {
                         let site = start + 2 * k;
                         let new = phi[site] + step_size * (2.0 * u - 1.0);
@@ -261,6 +265,7 @@ impl Checkerboard {
             set_ghosts(e, half);
             set_ghosts(o, half);
         }
+        let mut stream = LaneStream::seeded(rng);
         let mut tally = LaneTally::default();
         for parity in 0..2 {
             let (own, other) = if parity == 0 {
@@ -284,7 +289,7 @@ impl Checkerboard {
                 }
                 let values = &mut own[r * width + 1..][..padded];
                 for _ in 0..hits {
-                    let (u, v) = draw_line(rng, &mut self.uniforms, half, padded);
+                    let (u, v) = draw_line(&mut stream, &mut self.uniforms, half, padded);
                     let chunks = values
                         .as_chunks_mut::<LANES>()
                         .0
@@ -313,26 +318,84 @@ impl Checkerboard {
     }
 }
 
-/// Draws the uniforms of one line into `buffer`: `half` for the proposals at its start,
-/// then `half` for the acceptance tests from `padded` on; returns the two padded runs.
+/// Draws the uniforms of one line into `buffer` (of 2 `padded` values, `padded` a multiple
+/// of [`LANES`]): `padded` for the proposals, then `padded` for the acceptance tests, whose
+/// lanes from `half` on are set to 2 (a rejection); returns the two runs.
 #[inline(always)]
 fn draw_line<'a>(
-    rng: &mut SimRng,
+    stream: &mut LaneStream,
     buffer: &'a mut [f64],
     half: usize,
     padded: usize,
 ) -> (&'a [f64], &'a [f64]) {
-    fill_uniforms(rng, &mut buffer[..half]);
-    fill_uniforms(rng, &mut buffer[padded..padded + half]);
+    stream.fill(&mut buffer[..2 * padded]);
+    buffer[padded + half..2 * padded].fill(2.0);
     buffer.split_at(padded)
 }
 
-/// Fills `out` with uniforms in [0, 1) from `rng` (rand's standard f64: the top 53 bits of
-/// a 64-bit draw times 2⁻⁵³).
-#[inline(always)]
-fn fill_uniforms(rng: &mut SimRng, out: &mut [f64]) {
-    for x in out {
-        *x = rng.random::<f64>();
+/// Eight xoshiro256++ generators (lanes) advanced in lockstep, so that a block of eight
+/// random words takes a few vector instructions. Seeded per sweep from the chain's
+/// generator (each of the 32 state words is SplitMix64 of one of its draws), so
+/// the chain's state stays its one generator and a sweep's numbers are a fixed function of
+/// it; a lane's stream is the xoshiro256++ stream of its state (the lanes are independent
+/// starting points of a generator of period 2²⁵⁶ − 1).
+#[derive(Clone, Debug)]
+pub struct LaneStream {
+    /// State word i of lane j at `state[i][j]`.
+    state: [[u64; LANES]; 4],
+}
+
+impl LaneStream {
+    /// The lanes seeded from 32 draws of `rng`.
+    pub fn seeded(rng: &mut SimRng) -> Self {
+        let mut state = [[0u64; LANES]; 4];
+        for word in &mut state {
+            for x in word.iter_mut() {
+                *x = splitmix64(rng.next_u64());
+            }
+        }
+        for j in 0..LANES {
+            // The all-zero state is xoshiro's one fixed point (probability 2⁻²⁵⁶).
+            if state.iter().all(|w| w[j] == 0) {
+                state[0][j] = 0x9E37_79B9_7F4A_7C15;
+            }
+        }
+        LaneStream { state }
+    }
+
+    /// The next random word of every lane (xoshiro256++: rotl(s₀ + s₃, 23) + s₀, then the
+    /// state update).
+    #[inline(always)]
+    pub fn next_words(&mut self) -> [u64; LANES] {
+        let [s0, s1, s2, s3] = &mut self.state;
+        let mut out = [0u64; LANES];
+        for j in 0..LANES {
+            out[j] = s0[j]
+                .wrapping_add(s3[j])
+                .rotate_left(23)
+                .wrapping_add(s0[j]);
+            let t = s1[j] << 17;
+            s2[j] ^= s0[j];
+            s3[j] ^= s1[j];
+            s1[j] ^= s2[j];
+            s0[j] ^= s3[j];
+            s2[j] ^= t;
+            s3[j] = s3[j].rotate_left(45);
+        }
+        out
+    }
+
+    /// Fills `out` (a multiple of eight long; a shorter tail is left alone) with
+    /// uniforms in [0, 1) on the grid of 2⁻⁵²: the top 52 bits of a word as the mantissa of
+    /// a number in [1, 2), minus 1 (exact, and the same on every build).
+    #[inline(always)]
+    pub fn fill(&mut self, out: &mut [f64]) {
+        for chunk in out.as_chunks_mut::<LANES>().0 {
+            let words = self.next_words();
+            for (x, w) in chunk.iter_mut().zip(words) {
+                *x = f64::from_bits((w >> 12) | 0x3FF0_0000_0000_0000) - 1.0;
+            }
+        }
     }
 }
 
@@ -450,6 +513,7 @@ fn exp_nonpositive(x: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::rng::rng_from_seed;
+    use rand::RngExt;
 
     #[test]
     fn the_exponential_is_within_its_bound() {
@@ -554,6 +618,50 @@ mod tests {
         for (name, build) in &builds[1..] {
             assert_eq!(run(*build), (phi.clone(), tally, next), "{name}");
         }
+    }
+
+    /// Each lane of the sweep's stream is the xoshiro256++ stream of its state, and its
+    /// uniforms lie in [0, 1) with mean ½ and variance 1/12 within 4σ.
+    #[test]
+    fn every_lane_is_a_xoshiro256plusplus_stream() {
+        use rand::SeedableRng;
+        let mut stream = LaneStream::seeded(&mut rng_from_seed(5));
+        let mut lanes: Vec<SimRng> = (0..LANES)
+            .map(|j| {
+                let mut seed = [0u8; 32];
+                for (i, word) in stream.state.iter().enumerate() {
+                    seed[8 * i..8 * i + 8].copy_from_slice(&word[j].to_le_bytes());
+                }
+                SimRng::from_seed(seed)
+            })
+            .collect();
+        for _ in 0..1000 {
+            let words = stream.next_words();
+            for (w, lane) in words.iter().zip(&mut lanes) {
+                assert_eq!(*w, lane.next_u64());
+            }
+        }
+        let n = 800_000;
+        let mut u = vec![0.0; n];
+        stream.fill(&mut u);
+        assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
+        let mean = u.iter().sum::<f64>() / n as f64;
+        let var = u.iter().map(|x| (x - 0.5).powi(2)).sum::<f64>() / n as f64;
+        // σ(mean) = √(1/12n), σ(var) = √(1/180n) for the uniform distribution.
+        assert!(
+            (mean - 0.5).abs() < 4.0 * (1.0 / (12.0 * n as f64)).sqrt(),
+            "{mean}"
+        );
+        assert!(
+            (var - 1.0 / 12.0).abs() < 4.0 * (1.0 / (180.0 * n as f64)).sqrt(),
+            "{var}"
+        );
+        // Streams seeded from different chain states differ.
+        let mut other = LaneStream::seeded(&mut rng_from_seed(6));
+        assert_ne!(
+            other.next_words(),
+            LaneStream::seeded(&mut rng_from_seed(5)).next_words()
+        );
     }
 
     #[test]

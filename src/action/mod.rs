@@ -11,7 +11,7 @@ mod checkerboard;
 mod free;
 mod phi4;
 
-pub use checkerboard::{Checkerboard, checkerboard_accepts};
+pub use checkerboard::{Checkerboard, LaneStream, checkerboard_accepts};
 pub use free::{FreeField, FreeFieldSampler};
 pub use phi4::{Phi4, Phi4Conversion, Phi4Couplings, Phi4Form};
 
