@@ -27,6 +27,9 @@ struct Stage {
     /// The latest value of every metric seen in this stage (a metric reported once, such
     /// as an evaluation's acceptance, stays shown).
     metrics: Vec<(String, f64)>,
+    /// The first report (units done, when): rates and remaining times count from it, so a
+    /// resumed stage that starts at unit 258 does not credit those units to this process.
+    origin: Option<(u64, Instant)>,
 }
 
 /// Shows the stages of long work on stderr as an [`Observer`] of the library.
@@ -110,14 +113,10 @@ impl Stage {
     }
 }
 
-/// Remaining time from the rate so far; unknown until a first block finished.
-fn eta(start: Instant, total: u64, done: u64) -> String {
-    let elapsed = start.elapsed().as_secs_f64();
-    if done == 0 || elapsed <= 0.0 {
-        return "?".into();
-    }
-    let left = total.saturating_sub(done) as f64;
-    clock(left * elapsed / done as f64)
+/// Units per second since the first report `origin`; unknown until a unit more is done.
+fn rate_since(origin: (u64, Instant), done: u64, now: Instant) -> Option<f64> {
+    let elapsed = now.duration_since(origin.1).as_secs_f64();
+    (done > origin.0 && elapsed > 0.0).then(|| (done - origin.0) as f64 / elapsed)
 }
 
 impl Observer for StageProgress<'_> {
@@ -171,6 +170,7 @@ impl Observer for StageProgress<'_> {
             start,
             display,
             metrics: Vec::new(),
+            origin: None,
         });
     }
 
@@ -185,9 +185,15 @@ impl Observer for StageProgress<'_> {
             }
         }
         let message = stage.message();
+        let first = stage.origin.is_none();
+        let origin = *stage.origin.get_or_insert((done, Instant::now()));
         match &mut stage.display {
             Display::Bar(bar) => {
                 bar.set_position(done);
+                if first {
+                    // Rates and the ETA from here on, not from the units done before.
+                    bar.reset_eta();
+                }
                 bar.set_message(message);
             }
             Display::Lines { interval, last } => {
@@ -197,16 +203,21 @@ impl Observer for StageProgress<'_> {
                 }
                 *last = now;
                 let elapsed = now.duration_since(stage.start).as_secs_f64();
-                let eta = eta(stage.start, stage.total, done);
+                let per_second = rate_since(origin, done, now);
+                let (speed, eta) = match per_second {
+                    Some(r) => (
+                        rate(r, &stage.unit),
+                        clock(stage.total.saturating_sub(done) as f64 / r),
+                    ),
+                    None => (format!("? {}/s", stage.unit), "?".into()),
+                };
                 eprintln!(
-                    "{}: {done}/{} {} ({:.0} %)  {}  elapsed {}  eta {}  {}",
+                    "{}: {done}/{} {} ({:.0} %)  {speed}  elapsed {}  eta {eta}  {}",
                     stage.name,
                     stage.total,
                     stage.unit,
                     100.0 * done as f64 / stage.total.max(1) as f64,
-                    rate(done as f64 / elapsed.max(1e-9), &stage.unit),
                     clock(elapsed),
-                    eta,
                     message
                 );
             }
@@ -252,6 +263,16 @@ pub(crate) fn clock(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_count_from_the_first_report() {
+        let t0 = Instant::now();
+        // A run resumed at unit 258 that did 10 more in 10 s runs at 1 unit/s.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(rate_since((258, t0), 268, later), Some(1.0));
+        assert_eq!(rate_since((258, t0), 258, later), None);
+        assert_eq!(rate_since((0, t0), 5, t0), None);
+    }
 
     #[test]
     fn numbers_read_at_a_glance() {
