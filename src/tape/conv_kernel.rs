@@ -297,6 +297,7 @@ mod tests {
                 (2, 13, 13, 9),
                 (3, 25, 30, 5),
                 (1, 40, 40, 25),
+                (2, 14, 14, 9),
             ] {
                 let table = table(out_sites, in_sites, n_taps);
                 let shape = ConvShape {
@@ -354,6 +355,6 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 52);
+        assert_eq!(checked, 65);
     }
 }

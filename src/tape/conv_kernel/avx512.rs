@@ -117,7 +117,10 @@ pub(crate) unsafe fn forward(
     })
 }
 
-/// The wide forward kernel: blocks of sites × up to 32 output channels.
+/// The wide forward kernel: blocks of sites × up to 32 output channels. The output sites of
+/// all rows are taken as one sequence (the output rows lie one after the other), so that
+/// blocks run across the end of a row and only the batch's last few sites fall to the small
+/// blocks.
 #[target_feature(enable = "avx512f")]
 unsafe fn forward_wide(
     shape: &ConvShape<'_>,
@@ -127,75 +130,91 @@ unsafe fn forward_wide(
     y: *mut f32,
     zeros: *const f32,
 ) {
-    let (c_in, c_out) = (shape.c_in, shape.c_out);
-    for r in 0..shape.rows {
-        let mut col0 = 0;
-        while col0 < c_out {
-            let cols = (c_out - col0).min(32);
-            let b = WideBlock {
-                shape,
-                xr: x.wrapping_add(r * shape.in_sites * c_in),
-                w: w.wrapping_add(col0),
-                start,
-                yr: y.wrapping_add(r * shape.out_sites * c_out),
-                col0,
-                masks: [lanes(cols), lanes(cols.saturating_sub(16))],
-                zeros,
-            };
-            let mut s = 0;
-            // SAFETY: every block lies inside the output rows; the pointers are the
-            // caller's.
-            unsafe {
-                if cols > 16 {
-                    while s + 8 <= shape.out_sites {
-                        b.run::<8, 2>(s);
-                        s += 8;
-                    }
-                    while s < shape.out_sites {
-                        b.run::<1, 2>(s);
-                        s += 1;
-                    }
-                } else {
-                    while s + 12 <= shape.out_sites {
-                        b.run::<12, 1>(s);
-                        s += 12;
-                    }
-                    while s < shape.out_sites {
-                        b.run::<1, 1>(s);
-                        s += 1;
-                    }
-                }
+    let c_out = shape.c_out;
+    let total = shape.rows * shape.out_sites;
+    let mut col0 = 0;
+    while col0 < c_out {
+        let cols = (c_out - col0).min(32);
+        let b = WideBlock {
+            shape,
+            x,
+            w: w.wrapping_add(col0),
+            start,
+            y,
+            col0,
+            masks: [lanes(cols), lanes(cols.saturating_sub(16))],
+            zeros,
+        };
+        // SAFETY: the pointers are the caller's.
+        unsafe {
+            if cols > 16 {
+                b.run_all::<8, 2>(total);
+            } else {
+                b.run_all::<12, 1>(total);
             }
-            col0 += 32;
         }
+        col0 += 32;
     }
 }
 
-/// One row and one block of up to 32 output channels of the wide forward kernel.
+/// One block of up to 32 output channels of the wide forward kernel.
 struct WideBlock<'a, 's> {
     shape: &'a ConvShape<'s>,
-    /// The input row.
-    xr: *const f32,
+    /// The input batch.
+    x: *const f32,
     /// The kernel, offset to the block's first column.
     w: *const f32,
     start: Start<'a, f32>,
-    /// The output row.
-    yr: *mut f32,
+    /// The output batch.
+    y: *mut f32,
     col0: usize,
     masks: [__mmask16; 2],
     zeros: *const f32,
 }
 
 impl WideBlock<'_, '_> {
-    /// Output sites `s..s + M`, `NV` vectors of channels.
+    /// All `total` output sites of the batch in blocks of `M` sites, the last few in blocks
+    /// of 4 and 1.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn run<const M: usize, const NV: usize>(&self, s: usize) {
-        let (c_in, c_out) = (self.shape.c_in, self.shape.c_out);
+    unsafe fn run_all<const M: usize, const NV: usize>(&self, total: usize) {
+        let mut f = 0;
+        // SAFETY: every block lies inside the output.
+        unsafe {
+            while f + M <= total {
+                self.run::<M, NV>(f);
+                f += M;
+            }
+            while f + 4 <= total {
+                self.run::<4, NV>(f);
+                f += 4;
+            }
+            while f < total {
+                self.run::<1, NV>(f);
+                f += 1;
+            }
+        }
+    }
+
+    /// Output sites `f..f + M` of the batch (counted across rows), `NV` vectors of channels.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run<const M: usize, const NV: usize>(&self, f: usize) {
+        let shape = self.shape;
+        let (c_in, c_out, nt) = (shape.c_in, shape.c_out, shape.n_taps);
+        // Each site's input row and its place in its row.
+        let mut rows = [self.x; M];
+        let mut sites = [0usize; M];
+        for i in 0..M {
+            let r = (f + i) / shape.out_sites;
+            sites[i] = f + i - r * shape.out_sites;
+            rows[i] = self.x.wrapping_add(r * shape.in_sites * c_in);
+        }
+        let out = |i: usize, j: usize| self.y.wrapping_add((f + i) * c_out + self.col0 + 16 * j);
         let mut acc = [[_mm512_setzero_ps(); NV]; M];
-        // SAFETY (whole body): the caller's block of sites lies inside the output row, the
-        // masks cover only columns inside the kernel and output, and the table entries are
-        // sites of the input row.
+        // SAFETY (whole body): the caller's block of sites lies inside the output, the masks
+        // cover only columns inside the kernel and output, and the table entries are sites
+        // of the input rows.
         unsafe {
             match self.start {
                 Start::Zero => {}
@@ -213,17 +232,19 @@ impl WideBlock<'_, '_> {
                 Start::Accumulate => {
                     for (i, a) in acc.iter_mut().enumerate() {
                         for (j, a) in a.iter_mut().enumerate() {
-                            *a = _mm512_maskz_loadu_ps(
-                                self.masks[j],
-                                self.yr.wrapping_add((s + i) * c_out + self.col0 + 16 * j),
-                            );
+                            *a = _mm512_maskz_loadu_ps(self.masks[j], out(i, j));
                         }
                     }
                 }
             }
-            for t in 0..self.shape.n_taps {
-                let nt = self.shape.n_taps;
-                let p = table_sites::<M>(self.shape, self.xr, self.zeros, |i| (s + i) * nt + t);
+            for t in 0..nt {
+                let mut p = [self.zeros; M];
+                for i in 0..M {
+                    let u = *shape.table.get_unchecked(sites[i] * nt + t);
+                    if u != NO_SITE {
+                        p[i] = rows[i].wrapping_add(u as usize * c_in);
+                    }
+                }
                 let wt = self.w.wrapping_add(t * c_in * c_out);
                 for ci in 0..c_in {
                     let wrow = wt.wrapping_add(ci * c_out);
@@ -241,11 +262,7 @@ impl WideBlock<'_, '_> {
             }
             for (i, a) in acc.iter().enumerate() {
                 for (j, &a) in a.iter().enumerate() {
-                    _mm512_mask_storeu_ps(
-                        self.yr.wrapping_add((s + i) * c_out + self.col0 + 16 * j),
-                        self.masks[j],
-                        a,
-                    );
+                    _mm512_mask_storeu_ps(out(i, j), self.masks[j], a);
                 }
             }
         }
