@@ -68,24 +68,24 @@ fn zeros_for(scratch: &mut Scratch, channels: usize) -> *const f32 {
 }
 
 /// The addresses of the input sites `N` table entries read (the zero buffer for an empty
-/// tap): entry `entry(i)` for i < N.
+/// tap): for i < N, `entry(i)` gives the input row and the table entry.
 ///
 /// # Safety
-/// Every `entry(i)` must lie inside the table; its entries must be sites of the row `xr`
-/// or [`NO_SITE`].
+/// Every table entry must lie inside the table; its entries must be sites of the row given
+/// with it or [`NO_SITE`].
 #[inline(always)]
 unsafe fn table_sites<const N: usize>(
     shape: &ConvShape<'_>,
-    xr: *const f32,
     zeros: *const f32,
-    entry: impl Fn(usize) -> usize,
+    entry: impl Fn(usize) -> (*const f32, usize),
 ) -> [*const f32; N] {
     let mut p = [zeros; N];
     for (i, p) in p.iter_mut().enumerate() {
+        let (row, e) = entry(i);
         // SAFETY: forwarded from the caller.
-        let u = unsafe { *shape.table.get_unchecked(entry(i)) };
+        let u = unsafe { *shape.table.get_unchecked(e) };
         if u != NO_SITE {
-            *p = xr.wrapping_add(u as usize * shape.c_in);
+            *p = row.wrapping_add(u as usize * shape.c_in);
         }
     }
     p
@@ -238,13 +238,7 @@ impl WideBlock<'_, '_> {
                 }
             }
             for t in 0..nt {
-                let mut p = [self.zeros; M];
-                for i in 0..M {
-                    let u = *shape.table.get_unchecked(sites[i] * nt + t);
-                    if u != NO_SITE {
-                        p[i] = rows[i].wrapping_add(u as usize * c_in);
-                    }
-                }
+                let p = table_sites::<M>(shape, self.zeros, |i| (rows[i], sites[i] * nt + t));
                 let wt = self.w.wrapping_add(t * c_in * c_out);
                 for ci in 0..c_in {
                     let wrow = wt.wrapping_add(ci * c_out);
@@ -584,7 +578,7 @@ impl WeightGrad<'_, '_> {
                     for (co, gb) in gb.iter_mut().enumerate() {
                         *gb = _mm512_set1_ps(*gr.add(s * CO + co));
                     }
-                    let p = table_sites::<TB>(sh, xr, self.zeros, |tt| s * sh.n_taps + t0 + tt);
+                    let p = table_sites::<TB>(sh, self.zeros, |tt| (xr, s * sh.n_taps + t0 + tt));
                     for tt in 0..TB {
                         let xv = _mm512_maskz_loadu_ps(mask, p[tt].wrapping_add(cb));
                         for co in 0..CO {
