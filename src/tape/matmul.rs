@@ -44,33 +44,16 @@ pub(crate) fn mat_mul<T: Real>(
         mat_mul_loop(a, b, beta, c);
         return;
     }
-    let (sa, sb) = (a.strides(), b.strides());
-    let (c_rs, c_cs) = (c.strides()[0], c.strides()[1]);
     #[cfg(target_arch = "x86_64")]
     if TypeId::of::<T>() == TypeId::of::<f32>() && avx512::available() {
         let beta = beta.to_f64().unwrap_or(0.0) as f32;
-        // SAFETY: T is f32 (checked through its TypeId), so the pointers address f32
-        // elements; the shapes were checked above and the strides are the views' own, and
-        // `c` is borrowed mutably, so it overlaps neither `a` nor `b`; the processor has
-        // AVX-512F (`available`).
-        unsafe {
-            avx512::gemm(
-                avx512::Operands {
-                    m,
-                    n,
-                    k,
-                    a: a.as_ptr().cast(),
-                    a_strides: (sa[0], sa[1]),
-                    b: b.as_ptr().cast(),
-                    b_strides: (sb[0], sb[1]),
-                    c: c.as_mut_ptr().cast(),
-                    c_strides: (c_rs, c_cs),
-                },
-                beta,
-            )
-        };
+        // SAFETY: T is f32 (checked through its TypeId) and the processor has AVX-512F
+        // (`available`); the shapes were checked above.
+        unsafe { avx512_product(a, b, avx512::Init::Scale(beta), c) };
         return;
     }
+    let (sa, sb) = (a.strides(), b.strides());
+    let (c_rs, c_cs) = (c.strides()[0], c.strides()[1]);
     // SAFETY: the pointers address the first elements of views whose shapes were checked
     // above, the strides are the views' own (in elements), and `c` is borrowed mutably, so
     // it overlaps neither `a` nor `b`. `gemm` reads T through its TypeId (f32 or f64).
@@ -99,6 +82,76 @@ pub(crate) fn mat_mul<T: Real>(
     }
 }
 
+/// c ← bias + a·b with a bias row `[1, n]`: the same numbers as filling c with the bias and
+/// calling [`mat_mul`] with β = 1, without the pass that fills c (the 512-bit f32 kernel adds
+/// the bias as it stores each tile).
+///
+/// Panics when the shapes do not fit.
+pub(crate) fn mat_mul_bias<T: Real>(
+    a: &ArrayView2<T>,
+    b: &ArrayView2<T>,
+    bias: &ArrayView2<T>,
+    c: &mut ArrayViewMut2<T>,
+) {
+    let ((m, k), (k2, n)) = (a.dim(), b.dim());
+    assert!(
+        k == k2 && c.dim() == (m, n) && bias.dim() == (1, n),
+        "mat_mul_bias: [{m}, {k}] · [{k2}, {n}] + {:?} into {:?}",
+        bias.dim(),
+        c.dim()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if TypeId::of::<T>() == TypeId::of::<f32>()
+        && avx512::available()
+        && m > 0
+        && n > 0
+        && k > 0
+        && (n == 1 || bias.strides()[1] == 1)
+    {
+        // SAFETY: T is f32 (checked through its TypeId), the processor has AVX-512F, the
+        // shapes were checked above and the bias row's n floats are contiguous.
+        unsafe { avx512_product(a, b, avx512::Init::Bias(bias.as_ptr().cast()), c) };
+        return;
+    }
+    c.assign(bias);
+    mat_mul(a, b, T::one(), c);
+}
+
+/// The 512-bit f32 product of checked shapes with `init`.
+///
+/// # Safety
+/// T must be f32, the processor must have AVX-512F, the shapes must fit (`[m, k] · [k, n]`
+/// into `[m, n]`, all ≥ 1) and a bias of `init` must address n contiguous floats.
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx512_product<T: Real>(
+    a: &ArrayView2<T>,
+    b: &ArrayView2<T>,
+    init: avx512::Init,
+    c: &mut ArrayViewMut2<T>,
+) {
+    let ((m, k), n) = (a.dim(), b.ncols());
+    let (sa, sb, sc) = (a.strides(), b.strides(), c.strides());
+    let (c_rs, c_cs) = (sc[0], sc[1]);
+    // SAFETY: the pointers address f32 elements (the caller's T), the strides are the
+    // views' own, and `c` is borrowed mutably, so it overlaps neither `a` nor `b`.
+    unsafe {
+        avx512::gemm(
+            avx512::Operands {
+                m,
+                n,
+                k,
+                a: a.as_ptr().cast(),
+                a_strides: (sa[0], sa[1]),
+                b: b.as_ptr().cast(),
+                b_strides: (sb[0], sb[1]),
+                c: c.as_mut_ptr().cast(),
+                c_strides: (c_rs, c_cs),
+            },
+            init,
+        )
+    }
+}
+
 /// c ← β·c + a·b by a plain loop, for float types the `gemm` crate does not handle.
 fn mat_mul_loop<T: Real>(a: &ArrayView2<T>, b: &ArrayView2<T>, beta: T, c: &mut ArrayViewMut2<T>) {
     let k = a.ncols();
@@ -117,16 +170,18 @@ fn mat_mul_loop<T: Real>(a: &ArrayView2<T>, b: &ArrayView2<T>, beta: T, c: &mut 
 
 /// c ← β·c + a·b in f32 with 512-bit vectors: B is packed into panels of [`NR`] columns ×
 /// up to [`KC`] rows (a buffer per thread, allocated once), and a micro-kernel accumulates
-/// [`MR`] rows × [`NR`] columns of C in sixteen vector registers, broadcasting A's elements
-/// from their strided places (no packing of A). Columns beyond `n` in a panel are zeros and
-/// are never stored; rows beyond `m` take smaller kernels.
+/// [`MR`] rows × [`NR`] columns of C in twenty-four vector registers, broadcasting A's
+/// elements from their strided places (no packing of A; each row of a tile is walked by
+/// one shared depth index). Columns beyond `n` in a panel are zeros and are never stored;
+/// rows beyond `m` take smaller kernels. Every element of C is summed over the depth in
+/// order with fused multiply-adds, whatever the tile sizes.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
     use std::cell::RefCell;
 
     /// Rows of C per micro-kernel.
-    pub(crate) const MR: usize = 8;
+    pub(crate) const MR: usize = 12;
     /// Columns of C per micro-kernel: two vectors of 16 lanes.
     pub(crate) const NR: usize = 32;
     /// Rows of B per packed panel (32 KiB of f32).
@@ -155,24 +210,36 @@ pub(crate) mod avx512 {
         pub c_strides: (isize, isize),
     }
 
-    /// c ← β·c + a·b; with β = 0 the old contents of c are not read.
+    /// What the product does with C's old contents.
+    #[derive(Clone, Copy)]
+    pub(crate) enum Init {
+        /// c ← β·c + a·b; with β = 0 the old contents of c are not read.
+        Scale(f32),
+        /// c ← bias + a·b with a bias row of n floats (contiguous); c is not read. Each
+        /// element is rounded as bias + (a·b), exactly as β = 1 over a c filled with the
+        /// bias row.
+        Bias(*const f32),
+    }
+
+    /// c ← β·c + a·b or c ← bias + a·b, as `init` says.
     ///
     /// # Safety
-    /// The pointers must address matrices of the given shapes and strides, `c` must overlap
-    /// neither `a` nor `b`, m, n, k ≥ 1, and the processor must have AVX-512F.
-    pub(crate) unsafe fn gemm(ops: Operands, beta: f32) {
+    /// The pointers must address matrices of the given shapes and strides (a bias, n
+    /// floats), `c` must overlap neither `a`, `b` nor the bias, m, n, k ≥ 1, and the
+    /// processor must have AVX-512F.
+    pub(crate) unsafe fn gemm(ops: Operands, init: Init) {
         PANEL.with(|panel| {
             let mut panel = panel.borrow_mut();
             if panel.len() < KC * NR {
                 panel.resize(KC * NR, 0.0);
             }
             // SAFETY: forwarded from the caller; the panel holds KC × NR floats.
-            unsafe { blocked(&ops, beta, &mut panel) }
+            unsafe { blocked(&ops, init, &mut panel) }
         })
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn blocked(ops: &Operands, beta: f32, panel: &mut [f32]) {
+    unsafe fn blocked(ops: &Operands, init: Init, panel: &mut [f32]) {
         let Operands { m, n, k, .. } = *ops;
         let (rsa, csa) = ops.a_strides;
         let (rsb, csb) = ops.b_strides;
@@ -192,14 +259,12 @@ pub(crate) mod avx512 {
                     }
                     padding.fill(0.0);
                 }
-                let store = if p0 == 0 {
-                    if beta == 0.0 {
-                        Store::Overwrite
-                    } else {
-                        Store::Scale(beta)
-                    }
-                } else {
-                    Store::Scale(1.0)
+                let store = match (p0, init) {
+                    (0, Init::Scale(0.0)) => Store::Overwrite,
+                    (0, Init::Scale(beta)) => Store::Scale(beta),
+                    // SAFETY: the bias row holds n floats and j0 < n.
+                    (0, Init::Bias(bias)) => Store::Bias(unsafe { bias.add(j0) }),
+                    _ => Store::Scale(1.0),
                 };
                 for i0 in (0..m).step_by(MR) {
                     let rows = MR.min(m - i0);
@@ -218,18 +283,37 @@ pub(crate) mod avx512 {
                         store,
                     };
                     unsafe {
-                        match rows {
-                            8 => kernel::<8>(&tile),
-                            7 => kernel::<7>(&tile),
-                            6 => kernel::<6>(&tile),
-                            5 => kernel::<5>(&tile),
-                            4 => kernel::<4>(&tile),
-                            3 => kernel::<3>(&tile),
-                            2 => kernel::<2>(&tile),
-                            _ => kernel::<1>(&tile),
+                        if csa == 1 {
+                            tile_kernel::<true>(rows, &tile)
+                        } else {
+                            tile_kernel::<false>(rows, &tile)
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The micro-kernel for `rows` (1..=MR) rows; `CONTIGUOUS`: A's rows are contiguous
+    /// (column stride 1).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_kernel<const CONTIGUOUS: bool>(rows: usize, tile: &Tile) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match rows {
+                12 => kernel::<12, CONTIGUOUS>(tile),
+                11 => kernel::<11, CONTIGUOUS>(tile),
+                10 => kernel::<10, CONTIGUOUS>(tile),
+                9 => kernel::<9, CONTIGUOUS>(tile),
+                8 => kernel::<8, CONTIGUOUS>(tile),
+                7 => kernel::<7, CONTIGUOUS>(tile),
+                6 => kernel::<6, CONTIGUOUS>(tile),
+                5 => kernel::<5, CONTIGUOUS>(tile),
+                4 => kernel::<4, CONTIGUOUS>(tile),
+                3 => kernel::<3, CONTIGUOUS>(tile),
+                2 => kernel::<2, CONTIGUOUS>(tile),
+                _ => kernel::<1, CONTIGUOUS>(tile),
             }
         }
     }
@@ -241,6 +325,8 @@ pub(crate) mod avx512 {
         Overwrite,
         /// c ← factor·c + sum.
         Scale(f32),
+        /// c ← bias + sum with the tile's first column's entry of a bias row.
+        Bias(*const f32),
     }
 
     /// One micro-kernel's share: R rows of A from `a`, the packed panel, and R × `cols`
@@ -260,18 +346,28 @@ pub(crate) mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel<const R: usize>(t: &Tile) {
+    unsafe fn kernel<const R: usize, const CONTIGUOUS: bool>(t: &Tile) {
         let mut lo = [_mm512_setzero_ps(); R];
         let mut hi = [_mm512_setzero_ps(); R];
+        // The rows of A, each walked by the shared depth index (no address arithmetic per
+        // row inside the loop).
+        let a_rows: [*const f32; R] =
+            std::array::from_fn(|r| t.a.wrapping_offset(r as isize * t.rsa));
+        let mut panel = t.panel;
         for p in 0..t.depth {
             // SAFETY: the panel holds `depth` rows of NR floats; A's element (r, p) lies
             // inside A for r < R (the caller's row count).
             unsafe {
-                let b_lo = _mm512_loadu_ps(t.panel.add(p * NR));
-                let b_hi = _mm512_loadu_ps(t.panel.add(p * NR + 16));
-                let a_p = t.a.offset(p as isize * t.csa);
+                let b_lo = _mm512_loadu_ps(panel);
+                let b_hi = _mm512_loadu_ps(panel.add(16));
+                panel = panel.add(NR);
                 for r in 0..R {
-                    let x = _mm512_set1_ps(*a_p.offset(r as isize * t.rsa));
+                    let a_rp = if CONTIGUOUS {
+                        *a_rows[r].add(p)
+                    } else {
+                        *a_rows[r].offset(p as isize * t.csa)
+                    };
+                    let x = _mm512_set1_ps(a_rp);
                     lo[r] = _mm512_fmadd_ps(x, b_lo, lo[r]);
                     hi[r] = _mm512_fmadd_ps(x, b_hi, hi[r]);
                 }
@@ -296,14 +392,24 @@ pub(crate) mod avx512 {
                 let row = t.c.offset(r as isize * t.rsc);
                 if t.csc == 1 {
                     let (mut v_lo, mut v_hi) = (lo[r], hi[r]);
-                    if let Store::Scale(factor) = t.store {
-                        let f = _mm512_set1_ps(factor);
-                        v_lo = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(mask_lo, row), v_lo);
-                        v_hi = _mm512_fmadd_ps(
-                            f,
-                            _mm512_maskz_loadu_ps(mask_hi, row.wrapping_add(16)),
-                            v_hi,
-                        );
+                    match t.store {
+                        Store::Overwrite => {}
+                        Store::Scale(factor) => {
+                            let f = _mm512_set1_ps(factor);
+                            v_lo = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(mask_lo, row), v_lo);
+                            v_hi = _mm512_fmadd_ps(
+                                f,
+                                _mm512_maskz_loadu_ps(mask_hi, row.wrapping_add(16)),
+                                v_hi,
+                            );
+                        }
+                        Store::Bias(bias) => {
+                            v_lo = _mm512_add_ps(_mm512_maskz_loadu_ps(mask_lo, bias), v_lo);
+                            v_hi = _mm512_add_ps(
+                                _mm512_maskz_loadu_ps(mask_hi, bias.wrapping_add(16)),
+                                v_hi,
+                            );
+                        }
                     }
                     _mm512_mask_storeu_ps(row, mask_lo, v_lo);
                     _mm512_mask_storeu_ps(row.wrapping_add(16), mask_hi, v_hi);
@@ -316,6 +422,7 @@ pub(crate) mod avx512 {
                         *cj = match t.store {
                             Store::Overwrite => sum,
                             Store::Scale(factor) => factor.mul_add(*cj, sum),
+                            Store::Bias(bias) => *bias.add(j) + sum,
                         };
                     }
                 }
@@ -351,7 +458,7 @@ mod tests {
     #[test]
     fn the_f32_product_equals_the_triple_loop_for_every_shape_and_layout() {
         let mut checked = 0;
-        for &m in &[1, 5, 8, 9, 17, 250] {
+        for &m in &[1, 5, 8, 9, 12, 13, 17, 250] {
             for &n in &[1, 7, 16, 17, 32, 33, 70] {
                 for &k in &[1, 3, 64, 257, 600] {
                     if m * n * k > 2_000_000 {
@@ -433,6 +540,39 @@ mod tests {
                 .iter()
                 .fold(0.0f64, |w, d| w.max(d.abs()));
             assert!(worst <= 1e-5 * k as f64, "m {m} n {n} k {k}: {worst}");
+        }
+    }
+
+    /// c ← bias + a·b equals filling c with the bias row and adding a·b with β = 1, to the
+    /// bit, at every shape class, with A row-major (the contiguous kernel) and
+    /// column-major, and with a bias row that is a strided view.
+    #[test]
+    fn the_biased_product_equals_bias_then_accumulate_to_the_bit() {
+        for &m in &[1, 7, 12, 13, 40] {
+            for &n in &[1, 15, 32, 33, 70] {
+                for &k in &[1, 64, 300] {
+                    for a_cm in [false, true] {
+                        let a = matrix(m, k, 7, a_cm);
+                        let b = matrix(k, n, 8, false);
+                        let wide = matrix(2, 2 * n, 9, false);
+                        for bias in [
+                            wide.slice(ndarray::s![0..1, 0..n]),
+                            wide.slice(ndarray::s![1..2, ..;2]),
+                        ] {
+                            let mut expected = Array2::from_elem((m, n), f32::NAN);
+                            expected.assign(&bias);
+                            mat_mul(&a.view(), &b.view(), 1.0, &mut expected.view_mut());
+                            let mut got = Array2::from_elem((m, n), f32::NAN);
+                            mat_mul_bias(&a.view(), &b.view(), &bias, &mut got.view_mut());
+                            let same = got
+                                .iter()
+                                .zip(&expected)
+                                .all(|(x, y)| x.to_bits() == y.to_bits());
+                            assert!(same, "m {m} n {n} k {k} column-major A {a_cm}");
+                        }
+                    }
+                }
+            }
         }
     }
 }

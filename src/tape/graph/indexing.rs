@@ -52,6 +52,13 @@ impl<T: Real> Tape<T> {
         {
             let xr = xr.as_slice().expect("standard layout");
             let yr = yr.as_slice_mut().expect("standard layout");
+            if group == 1 {
+                // Single columns: element moves, not a copy call per element.
+                for (y, &c) in yr.iter_mut().zip(cols.iter()) {
+                    *y = xr[c];
+                }
+                continue;
+            }
             for (yg, &c) in yr.chunks_exact_mut(group).zip(cols.iter()) {
                 yg.copy_from_slice(&xr[c * group..(c + 1) * group]);
             }
@@ -89,6 +96,12 @@ impl<T: Real> Tape<T> {
         {
             let sr = sr.as_slice().expect("standard layout");
             let yr = yr.as_slice_mut().expect("standard layout");
+            if group == 1 {
+                for (&x, &c) in sr.iter().zip(cols.iter()) {
+                    yr[c] = x;
+                }
+                continue;
+            }
             for (sg, &c) in sr.chunks_exact(group).zip(cols.iter()) {
                 yr[c * group..(c + 1) * group].copy_from_slice(sg);
             }
@@ -124,6 +137,12 @@ impl<T: Real> Tape<T> {
             for (xr, mut yr) in prev[id].value.outer_iter().zip(node.value.outer_iter_mut()) {
                 let xr = xr.as_slice().expect("standard layout");
                 let yr = yr.as_slice_mut().expect("standard layout");
+                if k == 1 {
+                    for (y, &x) in yr[offset..].iter_mut().step_by(total).zip(xr) {
+                        *y = x;
+                    }
+                    continue;
+                }
                 for (s, xg) in xr.chunks_exact(k).enumerate() {
                     let at = s * total + offset;
                     yr[at..at + k].copy_from_slice(xg);

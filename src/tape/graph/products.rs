@@ -1,7 +1,7 @@
 //! Matrix products: dense layers x·W (+ b), products of two nodes, and bias rows.
 
 use super::{Backward, Op, ParamSlice, Real, Tape, Var, add_column_sums, add_into, two_mut};
-use crate::tape::matmul::mat_mul;
+use crate::tape::matmul::{mat_mul, mat_mul_bias};
 
 /// A matrix-product node.
 pub(super) enum ProductOp {
@@ -32,19 +32,20 @@ impl<T: Real> Tape<T> {
         let op = Op::Product(ProductOp::Linear { x: x.0, w, b });
         let i = self.push(op, (n, w.cols), true);
         let (prev, node) = self.split(i);
-        let beta = match b {
-            Some(b) => {
-                node.value.assign(&b.view(params));
-                T::one()
-            }
-            None => T::zero(),
-        };
-        mat_mul(
-            &prev[x.0].value.view(),
-            &w.view(params),
-            beta,
-            &mut node.value.view_mut(),
-        );
+        match b {
+            Some(b) => mat_mul_bias(
+                &prev[x.0].value.view(),
+                &w.view(params),
+                &b.view(params),
+                &mut node.value.view_mut(),
+            ),
+            None => mat_mul(
+                &prev[x.0].value.view(),
+                &w.view(params),
+                T::zero(),
+                &mut node.value.view_mut(),
+            ),
+        }
         Var(i)
     }
 

@@ -5,11 +5,12 @@ use super::segment::{Segment, SegmentMath};
 use super::{Batch, BinKernel, Rqs, SplineFloat};
 use crate::tape::{exp_f32, ln_f32};
 
-/// Sites per group of the f32 kernel: one site per lane of an AVX2 register.
-pub(super) const LANES: usize = 8;
+/// Sites per group of the f32 kernel: one site per lane of an AVX-512 register (two AVX2
+/// registers); the f64 knot sums take two 512-bit registers.
+pub(super) const LANES: usize = 16;
 
 /// One f32 per site of a group. The operations are element-wise loops of fixed length,
-/// which the compiler turns into single vector instructions.
+/// which the compiler turns into vector instructions.
 #[derive(Clone, Copy)]
 pub(super) struct Lanes([f32; LANES]);
 

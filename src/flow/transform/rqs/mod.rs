@@ -355,13 +355,24 @@ impl Rqs {
         self.run_bins_dispatch::<T, B, MAX_BINS, false>(batch)
     }
 
-    /// Runs `batch` compiled for AVX2 + FMA when the processor has them (8 f32 / 4 f64
-    /// lanes), else for the baseline target. With `FIXED` the bin count is C, a
-    /// compile-time constant; otherwise it is `self.bins` ≤ C.
+    /// Runs `batch` compiled for AVX-512 (a group's 8 f64 lanes in one register) or AVX2 +
+    /// FMA when the processor has them, else for the baseline target; the arithmetic is the
+    /// same in each (no contraction into fused operations but the explicit ones). With
+    /// `FIXED` the bin count is C, a compile-time constant; otherwise it is `self.bins` ≤ C.
     fn run_bins_dispatch<T, B: BinKernel<T>, const C: usize, const FIXED: bool>(
         &self,
         batch: Batch<'_, T>,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the processor supports the features `run_bins_avx512` is compiled for.
+            unsafe { self.run_bins_avx512::<T, B, C, FIXED>(batch) };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
@@ -376,6 +387,16 @@ impl Rqs {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn run_bins_avx2<T, B: BinKernel<T>, const C: usize, const FIXED: bool>(
+        &self,
+        batch: Batch<'_, T>,
+    ) {
+        B::run::<C>(self, self.bin_count::<C, FIXED>(), batch)
+    }
+
+    /// `B::run` compiled with AVX-512 (F, VL, DQ) and FMA enabled.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+    fn run_bins_avx512<T, B: BinKernel<T>, const C: usize, const FIXED: bool>(
         &self,
         batch: Batch<'_, T>,
     ) {
