@@ -170,7 +170,7 @@ fn mat_mul_loop<T: Real>(a: &ArrayView2<T>, b: &ArrayView2<T>, beta: T, c: &mut 
 
 /// c ← β·c + a·b in f32 with 512-bit vectors: B is packed into panels of [`NR`] columns ×
 /// up to [`KC`] rows (a buffer per thread, allocated once), and a micro-kernel accumulates
-/// [`MR`] rows × [`NR`] columns of C in twenty-four vector registers, broadcasting A's
+/// [`MR`] rows × [`NR`] columns of C in sixteen vector registers, broadcasting A's
 /// elements from their strided places (no packing of A; each row of a tile is walked by
 /// one shared depth index). Columns beyond `n` in a panel are zeros and are never stored;
 /// rows beyond `m` take smaller kernels. Every element of C is summed over the depth in
@@ -181,7 +181,7 @@ pub(crate) mod avx512 {
     use std::cell::RefCell;
 
     /// Rows of C per micro-kernel.
-    pub(crate) const MR: usize = 12;
+    pub(crate) const MR: usize = 8;
     /// Columns of C per micro-kernel: two vectors of 16 lanes.
     pub(crate) const NR: usize = 32;
     /// Rows of B per packed panel (32 KiB of f32).
@@ -302,10 +302,6 @@ pub(crate) mod avx512 {
         // SAFETY: forwarded from the caller.
         unsafe {
             match rows {
-                12 => kernel::<12, CONTIGUOUS>(tile),
-                11 => kernel::<11, CONTIGUOUS>(tile),
-                10 => kernel::<10, CONTIGUOUS>(tile),
-                9 => kernel::<9, CONTIGUOUS>(tile),
                 8 => kernel::<8, CONTIGUOUS>(tile),
                 7 => kernel::<7, CONTIGUOUS>(tile),
                 6 => kernel::<6, CONTIGUOUS>(tile),
