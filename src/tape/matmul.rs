@@ -186,6 +186,8 @@ pub(crate) mod avx512 {
     pub(crate) const NR: usize = 32;
     /// Rows of B per packed panel (32 KiB of f32).
     pub(crate) const KC: usize = 256;
+    /// Products of at most this many rows read B in place instead of packing it.
+    pub(crate) const DIRECT_ROWS: usize = 2 * MR;
 
     thread_local! {
         static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -244,21 +246,34 @@ pub(crate) mod avx512 {
         let (rsa, csa) = ops.a_strides;
         let (rsb, csb) = ops.b_strides;
         let (rsc, csc) = ops.c_strides;
+        // A few rows use each panel of B once or twice: they read B in place (its rows
+        // are contiguous) instead of packing it first.
+        let direct = csb == 1 && csa == 1 && m <= DIRECT_ROWS;
         for j0 in (0..n).step_by(NR) {
             let cols = NR.min(n - j0);
             for p0 in (0..k).step_by(KC) {
                 let depth = KC.min(k - p0);
-                // Pack B[p0.., j0..] row by row, zero-padded to NR columns.
-                for p in 0..depth {
-                    let row = &mut panel[p * NR..(p + 1) * NR];
-                    // SAFETY: (p0 + p, j0 + j) lies inside B for j < cols.
-                    let src = unsafe { ops.b.offset((p0 + p) as isize * rsb + j0 as isize * csb) };
-                    let (inside, padding) = row.split_at_mut(cols);
-                    for (j, x) in inside.iter_mut().enumerate() {
-                        *x = unsafe { *src.offset(j as isize * csb) };
+                let (b_panel, b_stride) = if direct {
+                    // SAFETY: (p0, j0) lies inside B.
+                    (
+                        unsafe { ops.b.offset(p0 as isize * rsb + j0 as isize) },
+                        rsb,
+                    )
+                } else {
+                    // Pack B[p0.., j0..] row by row, zero-padded to NR columns.
+                    for p in 0..depth {
+                        let row = &mut panel[p * NR..(p + 1) * NR];
+                        // SAFETY: (p0 + p, j0 + j) lies inside B for j < cols.
+                        let src =
+                            unsafe { ops.b.offset((p0 + p) as isize * rsb + j0 as isize * csb) };
+                        let (inside, padding) = row.split_at_mut(cols);
+                        for (j, x) in inside.iter_mut().enumerate() {
+                            *x = unsafe { *src.offset(j as isize * csb) };
+                        }
+                        padding.fill(0.0);
                     }
-                    padding.fill(0.0);
-                }
+                    (panel.as_ptr(), NR as isize)
+                };
                 let store = match (p0, init) {
                     (0, Init::Scale(0.0)) => Store::Overwrite,
                     (0, Init::Scale(beta)) => Store::Scale(beta),
@@ -274,7 +289,8 @@ pub(crate) mod avx512 {
                         a: unsafe { ops.a.offset(i0 as isize * rsa + p0 as isize * csa) },
                         rsa,
                         csa,
-                        panel: panel.as_ptr(),
+                        panel: b_panel,
+                        panel_stride: b_stride,
                         depth,
                         c: unsafe { ops.c.offset(i0 as isize * rsc + j0 as isize * csc) },
                         rsc,
@@ -283,10 +299,10 @@ pub(crate) mod avx512 {
                         store,
                     };
                     unsafe {
-                        if csa == 1 {
-                            tile_kernel::<true>(rows, &tile)
-                        } else {
-                            tile_kernel::<false>(rows, &tile)
+                        match (direct, csa == 1) {
+                            (true, _) => tile_kernel::<true, true>(rows, &tile),
+                            (false, true) => tile_kernel::<true, false>(rows, &tile),
+                            (false, false) => tile_kernel::<false, false>(rows, &tile),
                         }
                     }
                 }
@@ -295,21 +311,22 @@ pub(crate) mod avx512 {
     }
 
     /// The micro-kernel for `rows` (1..=MR) rows; `CONTIGUOUS`: A's rows are contiguous
-    /// (column stride 1).
+    /// (column stride 1); `DIRECT`: the tile reads B in place, masking the columns beyond
+    /// the tile's, rather than a zero-padded packed panel.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile_kernel<const CONTIGUOUS: bool>(rows: usize, tile: &Tile) {
+    unsafe fn tile_kernel<const CONTIGUOUS: bool, const DIRECT: bool>(rows: usize, tile: &Tile) {
         // SAFETY: forwarded from the caller.
         unsafe {
             match rows {
-                8 => kernel::<8, CONTIGUOUS>(tile),
-                7 => kernel::<7, CONTIGUOUS>(tile),
-                6 => kernel::<6, CONTIGUOUS>(tile),
-                5 => kernel::<5, CONTIGUOUS>(tile),
-                4 => kernel::<4, CONTIGUOUS>(tile),
-                3 => kernel::<3, CONTIGUOUS>(tile),
-                2 => kernel::<2, CONTIGUOUS>(tile),
-                _ => kernel::<1, CONTIGUOUS>(tile),
+                8 => kernel::<8, CONTIGUOUS, DIRECT>(tile),
+                7 => kernel::<7, CONTIGUOUS, DIRECT>(tile),
+                6 => kernel::<6, CONTIGUOUS, DIRECT>(tile),
+                5 => kernel::<5, CONTIGUOUS, DIRECT>(tile),
+                4 => kernel::<4, CONTIGUOUS, DIRECT>(tile),
+                3 => kernel::<3, CONTIGUOUS, DIRECT>(tile),
+                2 => kernel::<2, CONTIGUOUS, DIRECT>(tile),
+                _ => kernel::<1, CONTIGUOUS, DIRECT>(tile),
             }
         }
     }
@@ -325,13 +342,14 @@ pub(crate) mod avx512 {
         Bias(*const f32),
     }
 
-    /// One micro-kernel's share: R rows of A from `a`, the packed panel, and R × `cols`
-    /// elements of C from `c`.
+    /// One micro-kernel's share: R rows of A from `a`, `depth` rows of B (a packed panel or B
+    /// itself) `panel_stride` floats apart, and R × `cols` elements of C from `c`.
     struct Tile {
         a: *const f32,
         rsa: isize,
         csa: isize,
         panel: *const f32,
+        panel_stride: isize,
         depth: usize,
         c: *mut f32,
         rsc: isize,
@@ -342,33 +360,7 @@ pub(crate) mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel<const R: usize, const CONTIGUOUS: bool>(t: &Tile) {
-        let mut lo = [_mm512_setzero_ps(); R];
-        let mut hi = [_mm512_setzero_ps(); R];
-        // The rows of A, each walked by the shared depth index (no address arithmetic per
-        // row inside the loop).
-        let a_rows: [*const f32; R] =
-            std::array::from_fn(|r| t.a.wrapping_offset(r as isize * t.rsa));
-        let mut panel = t.panel;
-        for p in 0..t.depth {
-            // SAFETY: the panel holds `depth` rows of NR floats; A's element (r, p) lies
-            // inside A for r < R (the caller's row count).
-            unsafe {
-                let b_lo = _mm512_loadu_ps(panel);
-                let b_hi = _mm512_loadu_ps(panel.add(16));
-                panel = panel.add(NR);
-                for r in 0..R {
-                    let a_rp = if CONTIGUOUS {
-                        *a_rows[r].add(p)
-                    } else {
-                        *a_rows[r].offset(p as isize * t.csa)
-                    };
-                    let x = _mm512_set1_ps(a_rp);
-                    lo[r] = _mm512_fmadd_ps(x, b_lo, lo[r]);
-                    hi[r] = _mm512_fmadd_ps(x, b_hi, hi[r]);
-                }
-            }
-        }
+    unsafe fn kernel<const R: usize, const CONTIGUOUS: bool, const DIRECT: bool>(t: &Tile) {
         // The columns of C in each half of the tile (the same for every row).
         let mask_lo: __mmask16 = if t.cols >= 16 {
             0xffff
@@ -382,6 +374,40 @@ pub(crate) mod avx512 {
         } else {
             0
         };
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        // The rows of A, each walked by the shared depth index (no address arithmetic per
+        // row inside the loop).
+        let a_rows: [*const f32; R] =
+            std::array::from_fn(|r| t.a.wrapping_offset(r as isize * t.rsa));
+        let mut panel = t.panel;
+        for p in 0..t.depth {
+            // SAFETY: the panel holds `depth` rows of NR floats; A's element (r, p) lies
+            // inside A for r < R (the caller's row count).
+            unsafe {
+                let (b_lo, b_hi) = if DIRECT {
+                    // Masked-off lanes read nothing and hold zeros, as a packed panel's
+                    // padding does.
+                    (
+                        _mm512_maskz_loadu_ps(mask_lo, panel),
+                        _mm512_maskz_loadu_ps(mask_hi, panel.wrapping_add(16)),
+                    )
+                } else {
+                    (_mm512_loadu_ps(panel), _mm512_loadu_ps(panel.add(16)))
+                };
+                panel = panel.wrapping_offset(t.panel_stride);
+                for r in 0..R {
+                    let a_rp = if CONTIGUOUS {
+                        *a_rows[r].add(p)
+                    } else {
+                        *a_rows[r].offset(p as isize * t.csa)
+                    };
+                    let x = _mm512_set1_ps(a_rp);
+                    lo[r] = _mm512_fmadd_ps(x, b_lo, lo[r]);
+                    hi[r] = _mm512_fmadd_ps(x, b_hi, hi[r]);
+                }
+            }
+        }
         for r in 0..R {
             // SAFETY: row r of this tile of C holds `cols` elements at stride csc.
             unsafe {
