@@ -12,7 +12,7 @@
 //!
 //! This module holds the type, its validation and serialisation, the float trait and the
 //! dispatch over bin counts; `scalar` the per-site kernel (any [`SplineFloat`]), `lanes`
-//! the f32 kernel over groups of eight sites, and `segment` the segment formulas both share.
+//! the f32 kernel over groups of sixteen sites, and `segment` the segment formulas both share.
 
 use serde::{Deserialize, Serialize};
 
@@ -355,7 +355,7 @@ impl Rqs {
         self.run_bins_dispatch::<T, B, MAX_BINS, false>(batch)
     }
 
-    /// Runs `batch` compiled for AVX-512 (a group's 8 f64 lanes in one register) or AVX2 +
+    /// Runs `batch` compiled for AVX-512 (a group's 16 f32 lanes in one register) or AVX2 +
     /// FMA when the processor has them, else for the baseline target; the arithmetic is the
     /// same in each (no contraction into fused operations but the explicit ones). With
     /// `FIXED` the bin count is C, a compile-time constant; otherwise it is `self.bins` ≤ C.
