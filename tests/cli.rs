@@ -403,6 +403,14 @@ fn every_flag_takes_effect_or_is_refused() {
             "--flow-batch has no effect",
         ),
         (
+            with(&["sample", "--kernel", "hmc", "--recycle"], &phi4),
+            "recycling averages the proposals of the kernel `flow` alone",
+        ),
+        (
+            vec!["sample", "--config", card, "--recycle"],
+            "--recycle cannot be combined with --config",
+        ),
+        (
             with(
                 &["sample", "--kernel", "hmc", "--sweep-order", "checkerboard"],
                 &phi4,

@@ -2,7 +2,9 @@
 //! flow chain, mixed kernels (flow + local, flow + HMC) and HMC agree on ⟨φ²⟩, χ and ⟨|m|⟩;
 //! a poor flow is still exact (only slower); τ_rej and τ_int(|m|) of a trained flow chain
 //! agree; a kernel expression composing all three kernels agrees and records its moves in
-//! the expression's order. Errors are Γ-method errors; tolerances are 4σ of the combined error.
+//! the expression's order; the recycled flow chain agrees, for a trained and a poor flow,
+//! and its errors match the spread of independent runs. Errors are Γ-method errors;
+//! tolerances are 4σ of the combined error.
 
 mod common;
 
@@ -11,7 +13,10 @@ use std::sync::{Arc, OnceLock};
 use common::run_from_zero;
 use latflow::action::Phi4;
 use latflow::flow::{FlowConfig, FlowModel};
-use latflow::kernel::{Cycle, FlowProposal, Hmc, KernelExpr, LocalMetropolis, MoveDetail};
+use latflow::kernel::{
+    Cycle, FlowProposal, Hmc, KernelExpr, LocalMetropolis, MoveDetail, RecycledPlan,
+    recycled_sampling,
+};
 use latflow::observable::Summary;
 use latflow::run::KernelSpec;
 use latflow::stats::{GammaEstimate, rejection_autocorrelation};
@@ -164,20 +169,31 @@ fn kernel_expression_of_flow_local_and_hmc_agrees_with_hmc() {
     }
 }
 
-/// A deliberately poor flow (the seed recipe trained for a few iterations) proposes badly,
-/// yet its chain is exact: it agrees with HMC, only slower.
+/// The seed recipe trained for a few iterations: a deliberately poor flow, shared by the tests.
+fn poor() -> Arc<FlowModel> {
+    static MODEL: OnceLock<Arc<FlowModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let action = action();
+            let config = FlowConfig::seed(36, 2, 8).unwrap();
+            let model = FlowModel::new(&config, action.lattice(), 3).unwrap();
+            let mut train = TrainConfig::new(200, POOR_ITERATIONS, 0.02);
+            train.chunks = 2;
+            let mut trainer = Trainer::new(model, action.clone(), train).unwrap();
+            trainer
+                .train(&mut (), &latflow::StopToken::never())
+                .unwrap();
+            Arc::new(trainer.into_model())
+        })
+        .clone()
+}
+
+/// A deliberately poor flow proposes badly, yet its chain is exact: it agrees with HMC,
+/// only slower.
 #[test]
 fn poor_flow_chain_is_exact_but_slow() {
     let action = action();
-    let config = FlowConfig::seed(36, 2, 8).unwrap();
-    let model = FlowModel::new(&config, action.lattice(), 3).unwrap();
-    let mut train = TrainConfig::new(200, POOR_ITERATIONS, 0.02);
-    train.chunks = 2;
-    let mut trainer = Trainer::new(model, action.clone(), train).unwrap();
-    trainer
-        .train(&mut (), &latflow::StopToken::never())
-        .unwrap();
-    let flow = FlowProposal::new(Arc::new(trainer.into_model()), action.clone(), 1000).unwrap();
+    let flow = FlowProposal::new(poor(), action.clone(), 1000).unwrap();
     let (record, summary) = run_from_zero(flow, &*action, 7, 500, 120_000);
     let acceptance = record.acceptance_of("flow");
     let rejection = rejection_autocorrelation(&record.accept_history("flow")).unwrap();
@@ -217,4 +233,106 @@ fn proposal_refuses_a_flow_for_another_lattice() {
     assert!(FlowProposal::new(model.clone(), action(), 10).is_err());
     let small = Arc::new(Phi4::hopping(Lattice::hypercubic(2, 4).unwrap(), BETA, LAMBDA).unwrap());
     assert!(FlowProposal::new(model, small, 0).is_err());
+}
+
+/// The recycled chain (blocks of proposals plus the current state, every measurement the
+/// block's weighted average) agrees with HMC for the trained flow and for the poor one (it
+/// is exact for any flow), and moves its state in most blocks.
+#[test]
+fn recycled_flow_chain_agrees_with_hmc_for_good_and_poor_flows() {
+    let action = action();
+    let stop = latflow::StopToken::never();
+    let plan = RecycledPlan {
+        block: 200,
+        blocks: 100,
+        therm: 5,
+    };
+    let run = recycled_sampling(&*trained(), &*action, &plan, 21, &mut (), &stop).unwrap();
+    eprintln!(
+        "recycled, trained flow: moved {}, ESS {}, τ_eff {:?}",
+        run.moved, run.ess, run.taus
+    );
+    assert_eq!(run.measured_blocks, 100);
+    assert!(run.moved > 0.9, "moved in {} of the blocks", run.moved);
+    agree_with_hmc(&run.summary, "recycled trained flow");
+    let positive = run.summary.get("m_positive").unwrap();
+    assert!((positive.mean - 0.5).abs() < 4.0 * positive.err);
+
+    let plan = RecycledPlan {
+        block: 1000,
+        blocks: 120,
+        therm: 2,
+    };
+    let run = recycled_sampling(&*poor(), &*action, &plan, 22, &mut (), &stop).unwrap();
+    eprintln!(
+        "recycled, poor flow: moved {}, ESS {}, τ_eff {:?}",
+        run.moved, run.ess, run.taus
+    );
+    assert!(run.ess < 0.3, "the poor flow's ESS {}", run.ess);
+    agree_with_hmc(&run.summary, "recycled poor flow");
+}
+
+/// The Γ-method error of a recycled run is honest: over 16 independent runs the spread of
+/// the means matches the mean squared error (the ratio follows χ²₁₅/15, whose 0.1 % and
+/// 99.9 % points are 0.25 and 2.5), for ⟨φ²⟩ and ⟨|m|⟩.
+#[test]
+fn recycled_errors_match_the_spread_of_independent_runs() {
+    let action = action();
+    let model = trained();
+    let plan = RecycledPlan {
+        block: 50,
+        blocks: 60,
+        therm: 4,
+    };
+    let runs: Vec<_> = (0..16)
+        .map(|seed| {
+            recycled_sampling(
+                &*model,
+                &*action,
+                &plan,
+                300 + seed,
+                &mut (),
+                &latflow::StopToken::never(),
+            )
+            .unwrap()
+        })
+        .collect();
+    for name in ["phi2", "abs_m"] {
+        let estimates: Vec<&GammaEstimate> =
+            runs.iter().map(|r| r.summary.get(name).unwrap()).collect();
+        let k = estimates.len() as f64;
+        let mean = estimates.iter().map(|e| e.mean).sum::<f64>() / k;
+        let spread = estimates
+            .iter()
+            .map(|e| (e.mean - mean).powi(2))
+            .sum::<f64>()
+            / (k - 1.0);
+        let error2 = estimates.iter().map(|e| e.err * e.err).sum::<f64>() / k;
+        let ratio = spread / error2;
+        eprintln!("{name}: spread² / error² = {ratio}");
+        assert!(
+            (0.25..2.5).contains(&ratio),
+            "{name}: spread² / error² = {ratio}"
+        );
+    }
+}
+
+/// A block without proposals, or too few blocks for an error, is refused up front.
+#[test]
+fn recycled_run_refuses_empty_blocks_and_too_few_blocks() {
+    let action = action();
+    let stop = latflow::StopToken::never();
+    let plan = |block, blocks| RecycledPlan {
+        block,
+        blocks,
+        therm: 0,
+    };
+    let err = recycled_sampling(&*poor(), &*action, &plan(0, 10), 1, &mut (), &stop)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("block"), "{err}");
+    let err = recycled_sampling(&*poor(), &*action, &plan(10, 1), 1, &mut (), &stop)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least 2"), "{err}");
 }

@@ -15,6 +15,7 @@ mod hmc;
 mod local;
 mod moves;
 mod noneq;
+mod recycle;
 mod state;
 
 pub use chain::{BlockSize, Chain, ChainRecord, Ensemble, Measure, RunPlan};
@@ -33,6 +34,10 @@ pub(crate) use noneq::FlowLayers;
 pub use noneq::{
     FieldFunction, MIN_EFFECTIVE_EVOLUTIONS, NoneqEstimate, NoneqEvolution, NoneqPath,
     NoneqProposal, NoneqProtocol, NoneqUpdate, noneq_estimate,
+};
+pub use recycle::{
+    EffectiveTau, RECYCLED_COST_OBSERVABLES, RECYCLED_PRIMARIES, RecycledPlan, RecycledRun,
+    recycled_sampling,
 };
 pub use state::State;
 

@@ -58,6 +58,8 @@ pub struct Measurements {
     names: Vec<String>,
     series: Vec<Vec<f64>>,
     scratch: Vec<f64>,
+    /// One configuration's values of every series, reused by [`Measurements::record`].
+    values: Vec<f64>,
     replayed: bool,
 }
 
@@ -79,6 +81,7 @@ impl Measurements {
             names,
             series,
             scratch: Vec::new(),
+            values: Vec::new(),
             replayed: false,
         }
     }
@@ -155,6 +158,21 @@ impl Measurements {
 
     /// Measures one configuration.
     pub fn record(&mut self, phi: &[f64]) -> Result<()> {
+        let mut values = std::mem::take(&mut self.values);
+        let result = self.measure_into(phi, &mut values);
+        if result.is_ok() {
+            for (series, &value) in self.series.iter_mut().zip(&values) {
+                series.push(value);
+            }
+        }
+        self.values = values;
+        result
+    }
+
+    /// The value of every series (in the order of [`Measurements::names`]) for one
+    /// configuration, written to `out` (resized to the number of series) without recording
+    /// it.
+    pub fn measure_into(&mut self, phi: &[f64], out: &mut Vec<f64>) -> Result<()> {
         if self.replayed {
             return Err(Error::param(
                 "measurements",
@@ -172,19 +190,15 @@ impl Measurements {
             return Err(Error::NonFinite("measured field".into()));
         }
         let m = magnetisation(phi);
-        let fixed = [
+        out.clear();
+        out.extend([
             m,
             m.abs(),
             m * m,
             m.powi(4),
             field_squared(phi),
             ising_energy(&self.lattice, phi),
-        ];
-        let mut next = 0;
-        for value in fixed {
-            self.series[next].push(value);
-            next += 1;
-        }
+        ]);
         let correlators: [&mut dyn Observable; 2] =
             [&mut self.lowest_momentum, &mut self.zero_momentum];
         for observable in correlators
@@ -194,10 +208,7 @@ impl Measurements {
             let k = observable.components();
             self.scratch.resize(k, 0.0);
             observable.measure(phi, &mut self.scratch);
-            for (series, &value) in self.series[next..next + k].iter_mut().zip(&self.scratch) {
-                series.push(value);
-            }
-            next += k;
+            out.extend_from_slice(&self.scratch);
         }
         Ok(())
     }

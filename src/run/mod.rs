@@ -29,7 +29,7 @@ pub use recipe::{
 pub use registry::{KERNEL_NAMES, KernelContext, Registry, TargetAction, Typed};
 pub use replicas::{ReplicaChain, combine_replicas, replica_seed, sample_replicas};
 pub use report::{Estimate, REPORTED_OBSERVABLES, SampleReport, report_from};
-pub use sample::{SampleData, SampleSpec, sample, sample_data, sample_with};
+pub use sample::{SampleData, SampleSpec, sample, sample_data, sample_recycled, sample_with};
 pub use train::{
     AnnealSpec, SnfSpec, TRAIN_LOG_HEADER, TrainControl, TrainOutcome, TrainReport, TrainSpec,
     checkpoint_spec, init_from, model_target, resume, train, trained_model_report,

@@ -15,7 +15,9 @@ use crate::action::{Action, Checkerboard};
 use crate::control::{Observer, StopToken};
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowModel};
-use crate::kernel::{Ensemble, Member, RunPlan, State, SweepOrder};
+use crate::kernel::{
+    Ensemble, Member, RecycledPlan, RecycledRun, RunPlan, State, SweepOrder, recycled_sampling,
+};
 use crate::lattice::Lattice;
 use crate::observable::{ActionDensity, Measurements};
 use crate::rng::rng_from_seed;
@@ -247,6 +249,44 @@ pub fn sample_with(
     stop: &StopToken,
 ) -> Result<SampleReport> {
     Ok(sample_data(spec, registry, observer, stop, 0)?.report)
+}
+
+/// Runs the `flow` kernel of `spec` as a recycled chain ([`recycled_sampling`]): blocks of
+/// `flow_batch` proposals whose measurements average every proposal with its conditional
+/// weight; `n` and `therm` count proposals (rounded up to whole blocks). Only a single
+/// chain of the kernel `flow`, measured at every block (`thin` 1), is recycled: any other
+/// spec is refused.
+pub fn sample_recycled(
+    spec: &SampleSpec,
+    registry: &Registry,
+    observer: &mut dyn Observer,
+    stop: &StopToken,
+) -> Result<RecycledRun> {
+    spec.validate_with(registry)?;
+    if spec.kernel.kind != crate::kernel::KernelExpr::Kernel("flow".into()) {
+        return Err(Error::param(
+            "kernel",
+            format!(
+                "recycling averages the proposals of the kernel `flow` alone, not of `{}`",
+                spec.kernel.kind.abbreviated()
+            ),
+        ));
+    }
+    if spec.chains != 1 || spec.thin != 1 {
+        return Err(Error::param(
+            if spec.chains != 1 { "chains" } else { "thin" },
+            "a recycled run is one chain measured at every block (chains 1, thin 1)",
+        ));
+    }
+    let target = registry.action(&spec.action, &spec.lattice)?;
+    let model = load_model_for(spec, registry)?;
+    let block = spec.kernel.flow_batch;
+    let plan = RecycledPlan {
+        block,
+        blocks: spec.n.div_ceil(block.max(1)),
+        therm: spec.therm.div_ceil(block.max(1)),
+    };
+    recycled_sampling(&model, &*target.action(), &plan, spec.seed, observer, stop)
 }
 
 /// Everything a sampling run produced, for callers that store and re-analyse it: the report,

@@ -54,6 +54,13 @@ pub(crate) struct SampleRunArgs {
     /// Flow proposals generated per batch (kernels with `flow`).
     #[arg(long, default_value_t = 1000)]
     pub(crate) flow_batch: usize,
+    /// Recycle every flow proposal (kernel `flow`, one chain): blocks of --flow-batch
+    /// proposals plus the current state, the next state drawn from the block by weight, and
+    /// every measurement the weighted average over the block (exact in a stationary chain;
+    /// --n and --therm count proposals). Reports τ_eff, the τ_int of an ordinary chain with
+    /// the same error.
+    #[arg(long)]
+    pub(crate) recycle: bool,
     /// Markov chain kernel: an expression over local, hmc, flow, flowhmc (HMC on the flow's
     /// latent field with the pulled-back action S(f(z)) − log|det ∂f/∂z|) and noneq (a
     /// non-equilibrium evolution from a Gaussian or the flow to the target, accepted by its Jarzynski
@@ -245,6 +252,9 @@ pub(crate) fn run_sample(
         }
         latflow::io::check_distinct_files(&[("--out", path)], &inputs)?;
     }
+    if args.run.recycle {
+        return run_recycled(args, &spec, signals);
+    }
     let report = latflow::run::sample_replicas(
         &spec,
         latflow::run::Registry::builtin(),
@@ -300,6 +310,66 @@ pub(crate) fn run_sample(
         }
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `sample --recycle`: the recycled flow chain, its estimates and what an independent
+/// configuration cost.
+fn run_recycled(args: &SampleArgs, spec: &SampleSpec, signals: &Signals) -> Result<ExitCode> {
+    let run = latflow::run::sample_recycled(
+        spec,
+        latflow::run::Registry::builtin(),
+        &mut Prefixed::new(&mut StageProgress::new(&args.output), "sample"),
+        &signals.stop,
+    )?;
+    if let Some(path) = &args.out {
+        latflow::io::write_json(path, &run)?;
+    }
+    if args.output.json {
+        println!("{}", serde_json::to_value(&run)?);
+    } else {
+        print!("{}", run.summary);
+        println!(
+            "recycled flow: {} blocks of {} proposals, {:.4e} proposals/s, the state moved in \
+             {:.3} of the blocks, ESS per proposal {:.4}, Pareto k̂ {:.2}{}",
+            run.measured_blocks,
+            run.plan.block,
+            run.proposals() as f64 / run.wall_seconds,
+            run.moved,
+            run.ess,
+            run.pareto_k,
+            if run.non_finite > 0 {
+                format!(", {} proposals with non-finite weight", run.non_finite)
+            } else {
+                String::new()
+            }
+        );
+        let taus: Vec<String> = run
+            .taus
+            .iter()
+            .map(|t| format!("{} {:.3} ± {:.3}", t.name, t.tau_eff, t.tau_eff_err))
+            .collect();
+        println!("τ_eff: {}", taus.join(", "));
+        if let Some(t) = run.tau_max() {
+            let (cost, cost_err) = run.cost_per_independent();
+            println!(
+                "cost per independent configuration: {cost:.4e} ± {cost_err:.1e} s (2 τ_eff,max \
+                 = 2 × {:.3} ({}) proposals at {:.4e} s each)",
+                t.tau_eff,
+                t.name,
+                run.wall_seconds / run.proposals() as f64
+            );
+        }
+    }
+    if run.interrupted {
+        eprintln!(
+            "latflow: {} received: stopped after {} of {} blocks",
+            signals.name(),
+            run.measured_blocks,
+            run.plan.blocks
+        );
+        return Ok(signals.exit_code());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The exit status of a run whose diagnostics say its numbers cannot be trusted.
