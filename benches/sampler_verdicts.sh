@@ -3,9 +3,11 @@
 # and flow+hmc (each as an ensemble of CHAINS chains in lockstep, so that every flow pass is
 # batched over the chains), flow HMC, non-equilibrium sampling from a Gaussian start, tuned
 # HMC and local Metropolis on the ξ ≈ L/4 line at λ = 0.5, with the report's "Does the flow
-# pay for its training?" table (payback.csv). At the end, per sampler: steps/s, seconds per
-# independent configuration (2 τ_max × seconds per step) and, for the flow samplers, that
-# cost with the training amortised over 10⁴, 10⁵ and 10⁶ independent configurations.
+# pay for its training?" table (payback.csv); then the recycled flow chain of the same flow
+# (`latflow sample --kernel flow --recycle`, 10 N proposals). At the end, per sampler:
+# steps/s, seconds per independent configuration (2 τ_max × seconds per step; 2 τ_eff,max ×
+# seconds per proposal for the recycled chain) and, for the flow samplers, that cost with
+# the training amortised over 10⁴, 10⁵ and 10⁶ independent configurations.
 # At L = 8 the study trains the seed recipe itself; for a larger L give a flow trained
 # before, e.g. by `latflow train --lattice 12x12 --beta 0.616 --lambda 0.5
 # --until-acceptance 0.7 --out L12.json`, as MODEL_L<L>=path. Run it on an idle machine.
@@ -104,6 +106,8 @@ CARD
   study="$OUT/verdict-L$L"
   echo "L = $L: $study/index.html"
   cat "$study/payback.csv"
+  "$BIN" sample --model "$study/model.json" --kernel flow --recycle --n $((10 * N)) \
+    --therm 5000 --seed 2 --quiet --json > "$study/recycled.json"
   python3 - "$study" <<'PY'
 import csv, json, pathlib, sys
 study = pathlib.Path(sys.argv[1])
@@ -113,6 +117,7 @@ print(f"training: {t:.1f} s (optimisation + checks)")
 head = f"{'sampler':<12}{'steps/s':>12}{'s / indep. config':>22}"
 head += "".join(f"{'+T/' + n:>14}" for n in ("1e4", "1e5", "1e6"))
 print(head)
+hmc = None
 for row in csv.DictReader(open(study / "samplers.csv")):
     line = f"{row['sampler']:<12}{float(row['steps_per_second']):>12.4g}"
     if not row["cost_per_independent"]:
@@ -123,5 +128,20 @@ for row in csv.DictReader(open(study / "samplers.csv")):
     if "flow" in row["kernel"]:
         line += "".join(f"{c + t / n:>14.3e}" for n in (1e4, 1e5, 1e6))
     print(line + f"  {row['verdict']}")
+    if row["sampler"] == "hmc":
+        hmc = (c, e)
+recycled = json.loads((study / "recycled.json").read_text())
+proposals = recycled["measured_blocks"] * recycled["plan"]["block"]
+per = recycled["wall_seconds"] / proposals
+cost_taus = [x for x in recycled["taus"] if x["name"] in ("abs_m", "m2", "phi2", "energy")]
+slowest = max(cost_taus, key=lambda x: x["tau_eff"])
+c, e = 2 * slowest["tau_eff"] * per, 2 * slowest["tau_eff_err"] * per
+line = f"{'recycled':<12}{1 / per:>12.4g}{c:>12.3e} ± {e:<7.1e}"
+line += "".join(f"{c + t / n:>14.3e}" for n in (1e4, 1e5, 1e6))
+print(line + f"  τ_eff {slowest['tau_eff']:.3f} ({slowest['name']}), moved {recycled['moved']:.3f}")
+if hmc:
+    h, he = hmc
+    r = h / c
+    print(f"tuned HMC / recycled flow per independent configuration: {r:.2f} ± {r * ((he / h) ** 2 + (e / c) ** 2) ** 0.5:.2f}")
 PY
 done
