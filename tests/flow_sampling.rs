@@ -14,7 +14,7 @@ use common::run_from_zero;
 use latflow::action::Phi4;
 use latflow::flow::{FlowConfig, FlowModel};
 use latflow::kernel::{
-    Cycle, FlowProposal, Hmc, KernelExpr, LocalMetropolis, MoveDetail, RecycledPlan,
+    Cycle, FlowProposal, Hmc, KernelExpr, LocalMetropolis, MoveDetail, RecycledPlan, RecycledRun,
     recycled_sampling,
 };
 use latflow::observable::Summary;
@@ -235,39 +235,41 @@ fn proposal_refuses_a_flow_for_another_lattice() {
     assert!(FlowProposal::new(model, small, 0).is_err());
 }
 
+/// A recycled run of `model` with (block, blocks, therm) blocks, its diagnostics printed
+/// under `label`.
+fn recycled(
+    model: &FlowModel,
+    (block, blocks, therm): (usize, usize, usize),
+    seed: u64,
+    label: &str,
+) -> RecycledRun {
+    let plan = RecycledPlan {
+        block,
+        blocks,
+        therm,
+    };
+    let stop = latflow::StopToken::never();
+    let run = recycled_sampling(model, &*action(), &plan, seed, &mut (), &stop).unwrap();
+    eprintln!(
+        "recycled, {label}: moved {}, ESS {}, τ_eff {:?}",
+        run.moved, run.ess, run.taus
+    );
+    run
+}
+
 /// The recycled chain (blocks of proposals plus the current state, every measurement the
 /// block's weighted average) agrees with HMC for the trained flow and for the poor one (it
 /// is exact for any flow), and moves its state in most blocks.
 #[test]
 fn recycled_flow_chain_agrees_with_hmc_for_good_and_poor_flows() {
-    let action = action();
-    let stop = latflow::StopToken::never();
-    let plan = RecycledPlan {
-        block: 200,
-        blocks: 100,
-        therm: 5,
-    };
-    let run = recycled_sampling(&*trained(), &*action, &plan, 21, &mut (), &stop).unwrap();
-    eprintln!(
-        "recycled, trained flow: moved {}, ESS {}, τ_eff {:?}",
-        run.moved, run.ess, run.taus
-    );
+    let run = recycled(&trained(), (200, 100, 5), 21, "trained flow");
     assert_eq!(run.measured_blocks, 100);
     assert!(run.moved > 0.9, "moved in {} of the blocks", run.moved);
     agree_with_hmc(&run.summary, "recycled trained flow");
     let positive = run.summary.get("m_positive").unwrap();
     assert!((positive.mean - 0.5).abs() < 4.0 * positive.err);
 
-    let plan = RecycledPlan {
-        block: 1000,
-        blocks: 120,
-        therm: 2,
-    };
-    let run = recycled_sampling(&*poor(), &*action, &plan, 22, &mut (), &stop).unwrap();
-    eprintln!(
-        "recycled, poor flow: moved {}, ESS {}, τ_eff {:?}",
-        run.moved, run.ess, run.taus
-    );
+    let run = recycled(&poor(), (1000, 120, 2), 22, "poor flow");
     assert!(run.ess < 0.3, "the poor flow's ESS {}", run.ess);
     agree_with_hmc(&run.summary, "recycled poor flow");
 }

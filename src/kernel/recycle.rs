@@ -158,6 +158,7 @@ pub fn recycled_sampling<F: Flow + ?Sized, A: Action + ?Sized>(
     let mut draws = FlowBatch::new(n, volume);
     let mut measurements = Measurements::new(&lattice);
     let names: Vec<String> = measurements.names().to_vec();
+    let m_index = names.iter().position(|x| x == "m").unwrap_or(0);
     let k = names.len();
     // Slot 0 is the current state, slots 1..=n the block's proposals; the current state
     // is carried by its log-weight and measured values.
@@ -178,7 +179,6 @@ pub fn recycled_sampling<F: Flow + ?Sized, A: Action + ?Sized>(
     let mut done = 0usize;
     let mut interrupted = false;
     let mut wall = 0.0f64;
-    let mut started = false;
     if plan.therm > 0 {
         observer.begin("thermalise", plan.therm as u64, "blocks");
     }
@@ -242,7 +242,7 @@ pub fn recycled_sampling<F: Flow + ?Sized, A: Action + ?Sized>(
                 for (s, &x) in second.iter_mut().zip(v) {
                     *s += w * x * x / total_weight;
                 }
-                if v[0] > 0.0 {
+                if v[m_index] > 0.0 {
                     block_positive += w;
                 }
             }
@@ -264,14 +264,15 @@ pub fn recycled_sampling<F: Flow + ?Sized, A: Action + ?Sized>(
         while weights[next] == 0.0 {
             next -= 1;
         }
+        // The first block has no current state (weight 0): its draw starts the chain.
+        let had_state = log_w[0] > f64::NEG_INFINITY;
         if next != 0 {
-            if measuring && started {
+            if measuring && had_state {
                 moved += 1;
             }
             values.copy_within(next * k..(next + 1) * k, 0);
             log_w[0] = log_w[next];
         }
-        started = true;
         done += 1;
         if measuring {
             wall += clock.elapsed().as_secs_f64();
