@@ -15,7 +15,9 @@ use latflow::action::Phi4;
 use latflow::flow::{FlowConfig, FlowModel};
 use latflow::kernel::{BlockSize, Chain, KernelExpr, MoveRows, RunPlan};
 use latflow::observable::Measurements;
-use latflow::run::{ActionSpec, KernelSpec, NoneqStart, SampleSpec, sample};
+use latflow::run::{
+    ActionSpec, KernelSpec, NoneqStart, Registry, SampleSpec, replica_seed, sample, sample_data,
+};
 use latflow::train::{TrainConfig, Trainer};
 use latflow::{Action, Lattice, MoveInfo, Proposal, SimRng, State, StopToken};
 
@@ -53,6 +55,22 @@ fn model() -> Arc<FlowModel> {
             Arc::new(trainer.into_model())
         })
         .clone()
+}
+
+/// [`model`] saved as the scratch file `name` (removed when the returned guard is dropped),
+/// recording the target it was trained for (φ⁴ at β = 0.5, λ = 0.5), as `sample` reads
+/// model files; returns the file and the target.
+fn model_file(name: &str) -> (common::ScratchFile, ActionSpec) {
+    let path = common::scratch_file(name);
+    let target = ActionSpec::Phi4 {
+        beta: 0.5,
+        lambda: 0.5,
+    };
+    let mut flow = (*model()).clone();
+    flow.metadata_mut()
+        .insert("action".into(), serde_json::to_value(&target).unwrap());
+    flow.save(&*path).unwrap();
+    (path, target)
 }
 
 /// A kernel that sleeps before every step of the kernel it wraps: the same moves, slower.
@@ -152,16 +170,7 @@ fn blocks_never_change_a_run() {
 
 #[test]
 fn a_busy_machine_does_not_change_a_report() {
-    let dir = common::scratch("busy");
-    let path = dir.join("model.json");
-    let target = ActionSpec::Phi4 {
-        beta: 0.5,
-        lambda: 0.5,
-    };
-    let mut flow = (*model()).clone();
-    flow.metadata_mut()
-        .insert("action".into(), serde_json::to_value(&target).unwrap());
-    flow.save(&path).unwrap();
+    let (path, target) = model_file("busy.json");
     let action = action();
     let spec = SampleSpec {
         lattice: action.lattice().clone(),
@@ -174,7 +183,7 @@ fn a_busy_machine_does_not_change_a_report() {
         therm: 2000,
         thin: 1,
         seed: 3,
-        model: Some(path),
+        model: Some(path.to_path_buf()),
         chains: 1,
     };
     let strip = |r: &latflow::run::SampleReport| {
@@ -204,17 +213,7 @@ fn a_busy_machine_does_not_change_a_report() {
 /// flow passes split rows over threads, never change them.
 #[test]
 fn an_ensemble_does_not_depend_on_the_thread_count() {
-    let dir = std::env::temp_dir().join(format!("latflow-ensemble-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("model.json");
-    let target = ActionSpec::Phi4 {
-        beta: 0.5,
-        lambda: 0.5,
-    };
-    let mut flow = (*model()).clone();
-    flow.metadata_mut()
-        .insert("action".into(), serde_json::to_value(&target).unwrap());
-    flow.save(&path).unwrap();
+    let (path, target) = model_file("ensemble-threads.json");
     let spec = SampleSpec {
         lattice: action().lattice().clone(),
         action: target,
@@ -228,7 +227,7 @@ fn an_ensemble_does_not_depend_on_the_thread_count() {
         therm: 300,
         thin: 1,
         seed: 9,
-        model: Some(path),
+        model: Some(path.to_path_buf()),
         chains: 7,
     };
     let run = |threads: usize| {
@@ -247,5 +246,52 @@ fn an_ensemble_does_not_depend_on_the_thread_count() {
     assert_eq!(one["replicas"], 7);
     assert_eq!(run(2), one);
     assert_eq!(run(3), one);
-    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Each chain of an ensemble makes exactly the moves and measurements it makes alone with
+/// its replica seed: the chains' flow draws share one set of pass buffers (for `flow` and
+/// for a flow-started `noneq`) without one chain's batch touching another's.
+#[test]
+fn each_chain_of_an_ensemble_is_the_chain_alone() {
+    let (path, target) = model_file("ensemble-alone.json");
+    let spec = |chains: usize, seed: u64| SampleSpec {
+        lattice: action().lattice().clone(),
+        action: target.clone(),
+        kernel: KernelSpec {
+            kind: KernelExpr::parse("flow+local+noneq").unwrap(),
+            flow_batch: 7,
+            noneq_start: Some(NoneqStart::Flow),
+            ..KernelSpec::default()
+        },
+        n: 200,
+        therm: 20,
+        thin: 1,
+        seed,
+        model: Some(path.to_path_buf()),
+        chains,
+    };
+    let run = |spec: SampleSpec| {
+        sample_data(&spec, &Registry::new(), &mut (), &StopToken::never(), 0).unwrap()
+    };
+    let together = run(spec(3, 11));
+    assert_eq!(together.chains.len(), 3);
+    for (j, chain) in together.chains.iter().enumerate() {
+        let alone = run(spec(1, replica_seed(11, j)));
+        let alone = &alone.chains[0];
+        // Both flow kernels moved, so the shared buffers were used by every chain.
+        for kind in ["flow", "noneq"] {
+            assert!(
+                chain.record.acceptance_of(kind) > 0.0,
+                "chain {j}: {kind} never accepted"
+            );
+        }
+        assert_eq!(chain.record.moves, alone.record.moves, "chain {j}: moves");
+        for name in chain.measurements.names() {
+            assert_eq!(
+                chain.measurements.series(name),
+                alone.measurements.series(name),
+                "chain {j}: {name}"
+            );
+        }
+    }
 }

@@ -25,6 +25,7 @@ pub use ensemble::{
     Member, PerChain,
 };
 pub use expr::{KernelExpr, KernelMaker};
+pub(crate) use flow::DrawScratch;
 pub use flow::{FlowProposal, Reweighted, reweight};
 pub use flowhmc::FlowHmc;
 pub use hmc::{Hmc, Integrator, OMELYAN_LAMBDA};

@@ -13,8 +13,9 @@ use crate::action::Action;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowModel};
 use crate::kernel::{
-    EnsembleKernel, FlowHmc, FlowLeaf, FlowProposal, Hmc, Integrator, KernelExpr, MoveLabel,
-    NoneqEvolution, NoneqProposal, NoneqProtocol, NoneqUpdate, PerChain, Proposal, SweepOrder,
+    DrawScratch, EnsembleKernel, FlowHmc, FlowLeaf, FlowProposal, Hmc, Integrator, KernelExpr,
+    MoveLabel, NoneqEvolution, NoneqProposal, NoneqProtocol, NoneqUpdate, PerChain, Proposal,
+    SweepOrder,
 };
 
 /// Parses a kernel expression and checks that it names only built-in kernels
@@ -494,11 +495,13 @@ impl KernelSpec {
         registry: &Registry,
     ) -> Result<Box<dyn Proposal>> {
         check_kernel_names(&self.kind, registry)?;
-        self.kind
-            .build(&mut |name, label| self.build_leaf(name, label, target, model, registry))
+        self.kind.build(&mut |name, label| {
+            self.build_leaf(name, label, target, model, registry, &DrawScratch::new())
+        })
     }
 
-    /// One kernel of the expression: `name` with move label `label`.
+    /// One kernel of the expression: `name` with move label `label`; a kernel that draws
+    /// batches from the flow (`flow`, a flow-started `noneq`) runs their passes in `draws`.
     fn build_leaf(
         &self,
         name: &str,
@@ -506,6 +509,7 @@ impl KernelSpec {
         target: &dyn TargetAction,
         model: Option<&Arc<FlowModel>>,
         registry: &Registry,
+        draws: &DrawScratch,
     ) -> Result<Box<dyn Proposal>> {
         Ok(match name {
             "local" => target.local_metropolis(self.step_size, self.sweep_order, label)?,
@@ -517,6 +521,7 @@ impl KernelSpec {
             ),
             "flow" => Box::new(
                 FlowProposal::new(needs_model(model, name)?, target.action(), self.flow_batch)?
+                    .share_draw_scratch(draws)
                     .with_label(label),
             ),
             "flowhmc" => Box::new(
@@ -552,7 +557,7 @@ impl KernelSpec {
                         self.flow_batch,
                     )?
                 };
-                Box::new(NoneqProposal::new(evolution).with_label(label))
+                Box::new(NoneqProposal::new(evolution.share_draw_scratch(draws)).with_label(label))
             }
             "noneq" => Box::new(
                 NoneqProposal::new(NoneqEvolution::new(
@@ -679,12 +684,16 @@ impl KernelSpec {
         check_kernel_names(&self.kind, registry)?;
         let action = target.action();
         self.kind.build_ensemble(&mut |name, label| {
+            // The chains of one occurrence draw their batches one after the other: one set
+            // of pass buffers serves them all.
+            let draws = DrawScratch::new();
             if name == "flow" {
                 let model = needs_model(model, name)?;
                 let proposals = (0..chains)
                     .map(|_| {
                         Ok(
                             FlowProposal::new(model.clone(), action.clone(), self.flow_batch)?
+                                .share_draw_scratch(&draws)
                                 .with_label(label.clone()),
                         )
                     })
@@ -694,7 +703,7 @@ impl KernelSpec {
                 );
             }
             let kernels = (0..chains)
-                .map(|_| self.build_leaf(name, label.clone(), target, model, registry))
+                .map(|_| self.build_leaf(name, label.clone(), target, model, registry, &draws))
                 .collect::<Result<Vec<_>>>()?;
             Ok(Box::new(PerChain { kernels }) as Box<dyn EnsembleKernel>)
         })

@@ -158,10 +158,13 @@ impl SampleSpec {
         let chains = self.chains as u128;
         let measurements = ((self.n / self.thin) as u128).saturating_mul(chains);
         let move_bytes = std::mem::size_of::<crate::MoveInfo>() as u128;
-        // A flow batch: latent, generated and proposed fields in f32, f64 log-densities.
+        // A chain's flow batch: latent and generated fields in f32, the proposed ones in f64,
+        // four f64 per proposal (log-prior, log-det, log-weight, action). The flow's pass
+        // buffers are one set per flow kernel, whatever the number of chains (they draw one
+        // after the other).
         let flow_bytes = if self.kernel.uses_flow() {
             (self.kernel.flow_batch as u128)
-                .saturating_mul(3 * 4 * volume + 4 * 8)
+                .saturating_mul((4 + 4 + 8) * volume + 4 * 8)
                 .saturating_mul(chains)
         } else {
             0

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::action::{Action, FreeField, FreeFieldSampler};
 use crate::error::{Error, Result, ensure_finite};
 use crate::flow::{Flow, InterleavedFlow, LayerMap, ensure_same_lattice};
-use crate::kernel::flow::{FlowBatch, RowDensity};
+use crate::kernel::flow::{DrawScratch, FlowBatch, RowDensity};
 use crate::kernel::{MoveDetail, MoveInfo, MoveLabel, Proposal, State};
 use crate::rng::{SimRng, rng_from_seed};
 use crate::stats::{
@@ -277,6 +277,15 @@ impl<A: Action + ?Sized> NoneqEvolution<A> {
             Self::from_flow(target, Arc::new(flow.start), start_action, protocol, batch)?;
         evolution.layers = layers;
         Ok(evolution)
+    }
+
+    /// Runs the flow's passes for new batches of starts in `scratch`, shared with other
+    /// evolutions (an ensemble's chains); evolutions from the Gaussian are unchanged.
+    pub(crate) fn share_draw_scratch(mut self, scratch: &DrawScratch) -> Self {
+        if let Start::Flow(start) = &mut self.start {
+            start.draws.share_scratch(scratch);
+        }
+        self
     }
 
     fn assemble(start: Start, target: Arc<A>, protocol: NoneqProtocol) -> Result<Self> {
