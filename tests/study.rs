@@ -262,6 +262,34 @@ fn a_tiny_study_leaves_every_promised_file_and_analyse_recomputes_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A sampler run as an ensemble says so: samplers.csv gives its chains beside the steps
+/// of one chain, the steps per second count every chain's steps, and the report's table
+/// reads "steps × chains".
+#[test]
+fn an_ensemble_sampler_is_reported_with_its_chains() {
+    let dir = scratch("ensemble");
+    let output = run_tiny(
+        &dir,
+        &["--set", "sampler.1.chains=3", "--set", "measure.n=600"],
+    );
+    assert_success(&output);
+    let folder = dir.join("out").join("tiny");
+    let (header, rows) = check_csv(&folder.join("samplers.csv"));
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (steps, chains) = (column("steps"), column("chains"));
+    let (rate, per_step) = (column("steps_per_second"), column("seconds_per_step"));
+    for row in &rows {
+        assert_eq!(row[steps], "600", "{row:?}");
+        let expected = if row[0] == "flow+local" { "3" } else { "1" };
+        assert_eq!(row[chains], expected, "{row:?}");
+        let (r, t): (f64, f64) = (row[rate].parse().unwrap(), row[per_step].parse().unwrap());
+        assert!((r * t - 1.0).abs() < 1e-9, "{row:?}");
+    }
+    let html = std::fs::read_to_string(folder.join("index.html")).unwrap();
+    assert!(html.contains("<td>600 × 3 chains</td>"), "no ensemble row");
+    assert_eq!(html.matches("× 3 chains").count(), 1);
+}
+
 #[test]
 fn a_study_run_again_reuses_its_work_and_another_runcard_is_refused() {
     let dir = scratch("reuse");

@@ -79,9 +79,13 @@ pub struct SamplerAnalysis {
     pub tuning: Option<HmcTuning>,
     /// The sampling report: observables with errors and τ_int, acceptance, diagnostics.
     pub report: SampleReport,
-    /// Measured steps analysed (after the cut).
+    /// Measured steps analysed (after the cut), per chain.
     pub steps: usize,
-    /// Wall seconds per measured step.
+    /// Independent chains advanced in lockstep (1 for older summaries).
+    #[serde(default = "one_chain")]
+    pub chains: usize,
+    /// Wall seconds per measured step of one chain (the ensemble's time per step divided
+    /// by its chains).
     #[serde(deserialize_with = "nan_if_null")]
     pub seconds_per_step: f64,
     /// The observable with the largest τ_int among the cost observables.
@@ -109,6 +113,10 @@ pub struct SamplerAnalysis {
     /// Lengths of runs of consecutive rejected flow proposals and how often each occurred
     /// (flow kernels only).
     pub rejection_runs: Option<BTreeMap<usize, u64>>,
+}
+
+fn one_chain() -> usize {
+    1
 }
 
 /// Histograms shared by all samplers (common bins, so they can be overlaid).
@@ -523,6 +531,7 @@ fn analyse_one(
         tuning: run.info.tuning.clone(),
         report,
         steps,
+        chains: run.info.chains.max(1),
         seconds_per_step,
         slowest,
         tau_max,

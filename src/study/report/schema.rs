@@ -44,9 +44,15 @@ pub(super) fn write_schemas(folder: &Path, summary: &StudySummary) -> Result<()>
                 ),
                 column(
                     "steps",
-                    "measured steps analysed (after the cut)",
+                    "measured steps analysed (after the cut), per chain",
                     "",
                     "steps",
+                ),
+                column(
+                    "chains",
+                    "independent chains advanced in lockstep",
+                    "",
+                    "",
                 ),
                 column("acceptance", "accepted / proposed over all moves", "", ""),
                 column(
@@ -55,10 +61,15 @@ pub(super) fn write_schemas(folder: &Path, summary: &StudySummary) -> Result<()>
                     "",
                     "",
                 ),
-                column("steps_per_second", "measured steps per second", "", "1/s"),
+                column(
+                    "steps_per_second",
+                    "measured steps per second, all chains together",
+                    "",
+                    "1/s",
+                ),
                 column(
                     "seconds_per_step",
-                    "wall time per measured step",
+                    "wall time per measured step of one chain (of all chains: divided by their number)",
                     "",
                     SECONDS,
                 ),

@@ -115,7 +115,11 @@ pub(super) fn samplers_html(summary: &StudySummary) -> String {
             escape(&s.name),
             escape(&s.kernel),
             escape(&settings),
-            s.steps,
+            if s.chains > 1 {
+                format!("{} × {} chains", s.steps, s.chains)
+            } else {
+                s.steps.to_string()
+            },
             escape(&acceptance_text(s)),
             rate_text(1.0 / s.seconds_per_step),
             pm(s.tau_max, s.tau_max_err),

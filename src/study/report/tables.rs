@@ -15,7 +15,7 @@ use crate::io::write_atomic;
 use crate::study::analysis::{SamplerAnalysis, StudySummary};
 
 /// The per-sampler table's columns.
-pub(crate) const SAMPLERS_HEADER: &str = "sampler,kernel,tau,md_steps,steps,acceptance,\
+pub(crate) const SAMPLERS_HEADER: &str = "sampler,kernel,tau,md_steps,steps,chains,acceptance,\
 acceptance_by_kernel,\
 steps_per_second,seconds_per_step,slowest,tau_max,tau_max_err,cost_per_independent,\
 cost_per_independent_err,xi_fit,xi_fit_err,chi2_per_dof,fit_t_min,fit_t_max,verdict";
@@ -54,6 +54,7 @@ pub(super) fn write_tables(folder: &Path, summary: &StudySummary) -> Result<()> 
                 String::new()
             },
             s.steps.to_string(),
+            s.chains.to_string(),
             num(s.report.acceptance),
             csv_field(
                 &s.report
