@@ -20,7 +20,7 @@ use latflow::kernel::{
 use latflow::observable::Summary;
 use latflow::run::KernelSpec;
 use latflow::stats::{GammaEstimate, rejection_autocorrelation};
-use latflow::train::{TrainConfig, Trainer};
+use latflow::train::{TrainConfig, TrainSummary, Trainer};
 use latflow::{Action, Lattice};
 
 const BETA: f64 = 0.537;
@@ -38,16 +38,9 @@ fn trained() -> Arc<FlowModel> {
     static MODEL: OnceLock<Arc<FlowModel>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let action = action();
-            let config = FlowConfig::seed(36, 2, 8).unwrap();
-            let model = FlowModel::new(&config, action.lattice(), 11).unwrap();
             let mut train = TrainConfig::new(300, 350, 0.02);
             train.seed = 5;
-            train.chunks = 2;
-            let mut trainer = Trainer::new(model, action, train).unwrap();
-            let summary = trainer
-                .train(&mut (), &latflow::StopToken::never())
-                .unwrap();
+            let (model, summary) = train_seed_recipe(11, train);
             assert!(
                 summary.eval.acceptance > 0.5,
                 "trained acceptance {}",
@@ -56,9 +49,23 @@ fn trained() -> Arc<FlowModel> {
             // Both Z2 modes kept: M > 0 in half of 2000 samples (binomial σ ≈ 0.011).
             let positive = summary.eval.fraction_positive_m;
             assert!((positive - 0.5).abs() < 4.0 * 0.0112, "M > 0 in {positive}");
-            Arc::new(trainer.into_model())
+            Arc::new(model)
         })
         .clone()
+}
+
+/// The seed recipe (H 36, 2 affine blocks, K 8) on the L = 6 lattice, initialised with seed
+/// `init` and trained by `train` over two chunks: the model and the training summary.
+fn train_seed_recipe(init: u64, mut train: TrainConfig) -> (FlowModel, TrainSummary) {
+    let action = action();
+    let config = FlowConfig::seed(36, 2, 8).unwrap();
+    let model = FlowModel::new(&config, action.lattice(), init).unwrap();
+    train.chunks = 2;
+    let mut trainer = Trainer::new(model, action, train).unwrap();
+    let summary = trainer
+        .train(&mut (), &latflow::StopToken::never())
+        .unwrap();
+    (trainer.into_model(), summary)
 }
 
 fn hmc_reference() -> &'static Summary {
@@ -174,16 +181,8 @@ fn poor() -> Arc<FlowModel> {
     static MODEL: OnceLock<Arc<FlowModel>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let action = action();
-            let config = FlowConfig::seed(36, 2, 8).unwrap();
-            let model = FlowModel::new(&config, action.lattice(), 3).unwrap();
-            let mut train = TrainConfig::new(200, POOR_ITERATIONS, 0.02);
-            train.chunks = 2;
-            let mut trainer = Trainer::new(model, action.clone(), train).unwrap();
-            trainer
-                .train(&mut (), &latflow::StopToken::never())
-                .unwrap();
-            Arc::new(trainer.into_model())
+            let train = TrainConfig::new(200, POOR_ITERATIONS, 0.02);
+            Arc::new(train_seed_recipe(3, train).0)
         })
         .clone()
 }
